@@ -1,0 +1,1 @@
+"""AMD SEV-SNP: report ABI, VCEK/VLEK chains to pinned ARKs, policy, collection."""
