@@ -1,0 +1,3 @@
+from veil.cli.main import app
+
+app(prog_name="veil")

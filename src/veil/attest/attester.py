@@ -1,0 +1,57 @@
+"""Producing evidence on the machine we run on: the one place that knows which TEE is present.
+
+Coordinator and worker ask an ``Attester`` for evidence over 64 bytes of report_data and get a
+JSON-ready dict ``{"platform": ..., "snp": {...}}`` that :mod:`veil.attest.evidence` verifies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Attester(Protocol):
+    platform: str
+
+    def evidence(self, report_data: bytes) -> dict[str, Any]: ...
+
+
+class SimSnpAttester:
+    """The simulated SEV-SNP chip of a local deployment (clearly labelled ``sim-snp``).
+
+    Its launch measurement is the digest of the installed Veil code, so a client that pins the
+    measurement pins the code, as it would pin a VM image on real hardware.
+    """
+
+    platform = "sim-snp"
+
+    def __init__(self, platform_dir: Path) -> None:
+        from veil.attest.sim import SimPlatform, measure_code
+
+        self._sim = SimPlatform.load(platform_dir)
+        self.measurement = measure_code()
+
+    def evidence(self, report_data: bytes) -> dict[str, Any]:
+        ev = self._sim.attest(report_data, measurement=self.measurement)
+        return {"platform": self.platform, "snp": ev.to_json()}
+
+
+class SnpAttester:
+    """A real SEV-SNP guest: report through configfs-tsm or /dev/sev-guest, VCEK from the cache."""
+
+    platform = "sev-snp"
+
+    def evidence(self, report_data: bytes) -> dict[str, Any]:
+        from veil.attest.snp.collect import collect_evidence
+
+        return {"platform": self.platform, "snp": collect_evidence(report_data).to_json()}
+
+
+def attester_for(platform: str, sim_dir: Path | None = None) -> Attester:
+    if platform == "sim-snp":
+        if sim_dir is None:
+            raise ValueError("sim-snp needs the simulated platform's directory")
+        return SimSnpAttester(sim_dir)
+    if platform == "sev-snp":
+        return SnpAttester()
+    raise ValueError(f"no attester for platform {platform!r}")

@@ -1,0 +1,78 @@
+"""Verify evidence in Veil's wire form against a manifest's reference values.
+
+One entry point for coordinator (checking workers) and client (checking the coordinator): it
+picks the platform verifier, turns reference values into that platform's policy, checks the
+report_data binding, and returns a ``Verdict`` — never raising for bad evidence.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from veil.attest.claims import Verdict
+from veil.errors import ParseError, PolicyError, VeilError
+from veil.manifest import ReferenceValues
+
+SNP_PLATFORMS = ("sim-snp", "sev-snp")
+
+
+def verify_evidence(
+    evidence: dict[str, Any],
+    references: list[ReferenceValues],
+    *,
+    expected_report_data: bytes,
+    simulation_roots: list[str] = (),  # type: ignore[assignment]
+    as_of: datetime | None = None,
+) -> Verdict:
+    """Verify ``evidence`` and check it against the reference values for its platform."""
+    try:
+        platform = evidence.get("platform") if isinstance(evidence, dict) else None
+        if not isinstance(platform, str):
+            raise ParseError("evidence.malformed", "evidence names no platform")
+        refs = [r for r in references if r.platform == platform]
+        if not refs:
+            raise PolicyError(
+                "evidence.platform_not_allowed", f"the manifest has no reference values for {platform}"
+            )
+        if platform in SNP_PLATFORMS:
+            return _verify_snp(evidence, refs, expected_report_data, list(simulation_roots), as_of)
+        raise PolicyError("evidence.platform_unsupported", f"platform {platform} is not supported here")
+    except VeilError as err:
+        return Verdict.reject(err)
+
+
+def _verify_snp(
+    evidence: dict[str, Any],
+    refs: list[ReferenceValues],
+    expected_report_data: bytes,
+    simulation_roots: list[str],
+    as_of: datetime | None,
+) -> Verdict:
+    from veil.attest.snp import SnpEvidence, SnpPolicy, TrustRoots
+    from veil.attest.snp import verify_evidence as verify_snp
+
+    snp = SnpEvidence.from_json(evidence.get("snp"))
+    trust = TrustRoots.default(simulation_roots=simulation_roots)
+    verdict: Verdict | None = None
+    for ref in refs:  # any matching reference value set accepts
+        policy = SnpPolicy(
+            measurements=ref.measurements, allow_debug=ref.allow_debug, min_tcb=ref.min_tcb or None
+        )
+        verdict = verify_snp(
+            snp, policy, trust=trust, as_of=as_of, expected_report_data=expected_report_data
+        )
+        if verdict.accepted:
+            claims = verdict.claims
+            if claims is None or claims.platform != evidence["platform"]:
+                return Verdict.reject(
+                    PolicyError(
+                        "evidence.platform_mismatch",
+                        f"evidence claims {evidence['platform']} but verifies as "
+                        f"{claims.platform if claims else 'nothing'}",
+                    ),
+                    claims,
+                )
+            return verdict
+    assert verdict is not None
+    return verdict

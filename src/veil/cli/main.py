@@ -1,0 +1,242 @@
+"""`veil`: run a confidential inference deployment, verify it, and talk to it encrypted."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from veil.cli import evidence as evidence_cli
+from veil.cli import manifest as manifest_cli
+from veil.errors import VeilError
+
+app = typer.Typer(
+    help=(
+        "Veil: confidential AI inference. A client verifies hardware attestation before it sends "
+        "anything; prompts and responses are encrypted end to end (OHTTP) to attested machines.\n\n"
+        "Quick start: `veil up` starts a local deployment on a SIMULATED TEE; then `veil verify`, "
+        "`veil chat \"hello\"`, or `veil proxy` for any OpenAI client."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(evidence_cli.app, name="evidence")
+app.add_typer(manifest_cli.app, name="manifest")
+
+console = Console()
+err_console = Console(stderr=True)
+
+PolicyOpt = typer.Option(None, "--policy", help="Client policy JSON (default: the local `veil up` deployment's).")
+StateDirOpt = typer.Option(None, "--state-dir", help="State directory (default: $VEIL_STATE_DIR or ~/.veil).")
+
+
+def _fail(err: VeilError, as_json: bool = False) -> None:
+    from veil.client.report import render_failure
+
+    if as_json:
+        print(json.dumps({"verdict": "reject", "reason": err.reason, "message": err.message}))
+    else:
+        render_failure(err, err_console)
+    raise typer.Exit(1)
+
+
+def _state_dir(path: Optional[Path]) -> Path:
+    from veil.client.policy import DEFAULT_STATE_DIR
+
+    return (path or DEFAULT_STATE_DIR).resolve()
+
+
+@app.command()
+def up(
+    state_dir: Optional[Path] = StateDirOpt,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    coordinator_port: int = typer.Option(8470, help="Coordinator port."),
+    worker_port: int = typer.Option(8471, help="Worker OHTTP gateway port."),
+    sandbox: str = typer.Option("bubblewrap", help="Engine sandbox profile: bubblewrap, gvisor or none (dev only)."),
+    model: Optional[Path] = typer.Option(None, help="GGUF model (default: the bundled SmolLM2-135M-Instruct)."),
+    demo: bool = typer.Option(False, "--demo", help="After start-up, verify and run one streamed chat."),
+    detach: bool = typer.Option(False, "--detach", help="Start, write the policy, and return (for scripts)."),
+) -> None:
+    """Start a local deployment (coordinator, worker, engine) on the SIMULATED TEE."""
+    from veil.localdeploy import LocalDeployment
+
+    deployment = LocalDeployment(
+        _state_dir(state_dir), host=host, coordinator_port=coordinator_port,
+        worker_port=worker_port, sandbox=sandbox, model_path=model,
+    )
+    try:
+        with console.status("starting Veil") as status:
+            deployment.start(progress=lambda msg: (status.update(msg), console.print(f"[dim]·[/] {msg}")))
+    except VeilError as err:
+        deployment.stop()
+        _fail(err)
+    except KeyboardInterrupt:
+        deployment.stop()
+        raise typer.Exit(130)
+    console.print(
+        f"[bold green]Veil is up[/] (SIMULATED TEE). Coordinator {deployment.coordinator_url}, "
+        f"gateway {deployment.gateway_url}.\n"
+        f"  veil verify              # check the attestation\n"
+        f"  veil chat \"hello\"        # a verified, encrypted, streamed chat\n"
+        f"  veil proxy               # plain OpenAI endpoint on 127.0.0.1:8472 for any OpenAI client"
+    )
+    if detach:
+        for proc in deployment.processes:
+            proc.returncode = 0  # leave them running
+        return
+    try:
+        if demo:
+            _demo(deployment.policy_path)
+        console.print("[dim]Serving. Press Ctrl-C to stop.[/]")
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        while all(p.poll() is None for p in deployment.processes):
+            time.sleep(0.5)
+        console.print("[red]a Veil process exited; stopping[/]")
+    except KeyboardInterrupt:
+        console.print("\n[dim]stopping…[/]")
+    finally:
+        deployment.stop()
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _demo(policy_path: Path) -> None:
+    verify(policy=policy_path, as_json=False)
+    prompt = "In one sentence, why does encryption matter for AI prompts?"
+    console.print(f"\n[bold]you:[/] {prompt}")
+    chat(prompt=prompt, policy=policy_path, stream=True, max_tokens=80, quiet=True)
+
+
+@app.command()
+def coordinator(
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8470),
+    platform: str = typer.Option("sim-snp", help="TEE platform: sim-snp or sev-snp."),
+    sim_dir: Optional[Path] = typer.Option(None, help="Simulated platform directory (sim-snp)."),
+) -> None:
+    """Run the coordinator: attestation service and key broker."""
+    import uvicorn
+
+    from veil.attest.attester import attester_for
+    from veil.coordinator.app import create_app
+    from veil.coordinator.state import CoordinatorState
+
+    app_ = create_app(CoordinatorState.generate(), attester_for(platform, sim_dir))
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command()
+def worker(
+    coordinator: str = typer.Option("http://127.0.0.1:8470", "--coordinator", help="Coordinator URL."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8471),
+    platform: str = typer.Option("sim-snp"),
+    sim_dir: Optional[Path] = typer.Option(None),
+    model: Optional[Path] = typer.Option(None, help="GGUF model (default: bundled SmolLM2)."),
+    run_dir: Path = typer.Option(Path("/tmp/veil-worker"), help="Directory for the engine's socket."),
+    allow_unsandboxed: bool = typer.Option(False, help="Dev only: accept a manifest sandbox profile 'none'."),
+) -> None:
+    """Run a worker: attest, receive keys, start the sandboxed engine, serve the OHTTP gateway."""
+    from veil.attest.attester import attester_for
+    from veil.engines.models import default_model_path
+    from veil.worker.serve import WorkerConfig, run_worker
+
+    config = WorkerConfig(coordinator, host, port, model or default_model_path(), run_dir, allow_unsandboxed)
+    try:
+        run_worker(config, attester_for(platform, sim_dir))
+    except VeilError as err:
+        _fail(err)
+
+
+@app.command()
+def verify(
+    policy: Optional[Path] = PolicyOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Verify the deployment's attestation and manifest; print a report (exit 1 if refused)."""
+    from veil.client.policy import ClientPolicy
+    from veil.client.report import render_verification
+    from veil.client.verify import verify_coordinator
+
+    try:
+        attested = verify_coordinator(ClientPolicy.load(policy))
+    except VeilError as err:
+        _fail(err, as_json)
+    if as_json:
+        print(json.dumps(attested.to_json(), indent=2))
+    else:
+        render_verification(attested, console)
+
+
+@app.command()
+def chat(
+    prompt: str = typer.Argument(..., help="What to ask."),
+    policy: Optional[Path] = PolicyOpt,
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream tokens as they arrive."),
+    max_tokens: int = typer.Option(256, help="Maximum tokens in the answer."),
+    system: Optional[str] = typer.Option(None, help="System prompt."),
+    quiet: bool = typer.Option(False, "--quiet", help="Do not print the verification summary."),
+) -> None:
+    """Verify, then send one encrypted chat message and print the answer."""
+    from veil.client.sdk import Client
+
+    try:
+        client = Client(policy)
+    except VeilError as err:
+        _fail(err)
+    label = "SIMULATED TEE" if client.simulated else client.attestation.verdict.claims.platform  # type: ignore[union-attr]
+    if not quiet:
+        err_console.print(f"[dim]verified ({label}) in {client.attestation.elapsed_ms:.1f} ms; encrypted with OHTTP[/]")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    model = client.attestation.manifest.manifest.models[0].name if client.attestation.manifest.manifest.models else "default"
+    console.print("[bold]veil:[/] ", end="")
+    if stream:
+        for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                console.print(chunk.choices[0].delta.content, end="", soft_wrap=True, highlight=False, markup=False)
+        console.print()
+    else:
+        resp = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
+        console.print(resp.choices[0].message.content, highlight=False, markup=False)
+    if client.simulated:
+        err_console.print("[yellow]SIMULATED TEE: not protected by hardware.[/]")
+    client.close()
+
+
+@app.command()
+def proxy(
+    policy: Optional[Path] = PolicyOpt,
+    host: str = typer.Option("127.0.0.1", help="Listen address (keep it local: traffic to the proxy is plain)."),
+    port: int = typer.Option(8472, help="Listen port."),
+) -> None:
+    """A local plain OpenAI endpoint: verifies once, then encrypts every request."""
+    import uvicorn
+
+    from veil.client.policy import ClientPolicy
+    from veil.client.proxy import create_proxy_app
+    from veil.client.verify import verify_coordinator
+
+    try:
+        attested = verify_coordinator(ClientPolicy.load(policy))
+    except VeilError as err:
+        _fail(err)
+    sim = " (SIMULATED TEE)" if attested.simulated else ""
+    console.print(f"verified{sim}; OpenAI endpoint at http://{host}:{port}/v1 — every request is encrypted")
+    uvicorn.run(create_proxy_app(attested), host=host, port=port, log_level="warning", access_log=False)
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="veil")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

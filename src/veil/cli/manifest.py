@@ -1,0 +1,50 @@
+"""`veil manifest`: read a coordinator's manifest and check its signed history."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import typer
+from rich.console import Console
+
+from veil.errors import VeilError
+from veil.manifest import SignedManifest, verify_history
+
+app = typer.Typer(help="Read manifests and check the signed history chain.", no_args_is_help=True)
+console = Console()
+
+CoordOpt = typer.Option("http://127.0.0.1:8470", "--coordinator", help="Coordinator URL.")
+
+
+@app.command()
+def show(coordinator: str = CoordOpt) -> None:
+    """Print the current manifest."""
+    resp = httpx.get(f"{coordinator}/v1/manifest", timeout=10)
+    if resp.status_code != 200:
+        console.print(f"[red]no manifest[/]: {resp.text}")
+        raise typer.Exit(1)
+    print(json.dumps(resp.json(), indent=2))
+
+
+@app.command()
+def history(coordinator: str = CoordOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Fetch the history, check the hash chain and every signature."""
+    resp = httpx.get(f"{coordinator}/v1/manifest/history", timeout=10)
+    resp.raise_for_status()
+    try:
+        entries = [SignedManifest.parse(e) for e in resp.json()]
+        head = verify_history(entries)
+    except VeilError as err:
+        if as_json:
+            print(json.dumps({"verdict": "reject", "reason": err.reason, "message": err.message}))
+        else:
+            console.print(f"[red]history refused[/]: {err.message} ({err.reason})")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps({"verdict": "accept", "head": head.hex(), "length": len(entries),
+                          "digests": [e.digest.hex() for e in entries]}))
+        return
+    for i, e in enumerate(entries):
+        console.print(f"{i:3d}  {e.digest.hex()}  signed by {', '.join(s.key[:16] + '…' for s in e.signatures)}")
+    console.print(f"[green]✔[/] chain of {len(entries)} manifest(s) verified; head {head.hex()}")

@@ -1,0 +1,49 @@
+"""Readable verification output for people (JSON is the same data, from ``to_json``)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from veil.client.verify import AttestedCoordinator
+from veil.errors import VeilError
+
+SIMULATED_BANNER = (
+    "SIMULATED TEE: this deployment runs on a simulated platform. The checks below ran for real, "
+    "but no hardware protects the data. Use it for development and tests only."
+)
+
+
+def render_verification(attested: AttestedCoordinator, console: Console) -> None:
+    claims = attested.verdict.claims
+    if attested.simulated:
+        console.print(Panel(SIMULATED_BANNER, title="[bold yellow]SIMULATED[/]", border_style="yellow"))
+    table = Table(title="Veil attestation verified", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    if claims:
+        table.add_row("platform", claims.platform + ("  (SIMULATED)" if claims.simulated else ""))
+        table.add_row("measurement", claims.measurement)
+        table.add_row("debug", "yes" if claims.debug else "no")
+        if claims.tcb:
+            table.add_row("TCB", ", ".join(f"{k}={v}" for k, v in claims.tcb.items()))
+    m = attested.manifest.manifest
+    table.add_row("manifest", attested.manifest.digest.hex())
+    table.add_row("models", ", ".join(x.name for x in m.models) or "-")
+    sandbox = m.sandbox.profile + (" + GPU" if m.sandbox.allow_gpu else "")
+    table.add_row("sandbox", sandbox)
+    table.add_row("OHTTP key ids", ", ".join(str(c.key_id) for c in attested.key_configs))
+    table.add_row("coordinator", attested.coordinator_url)
+    table.add_row("gateway", attested.gateway_url)
+    table.add_row("took", f"{attested.elapsed_ms:.1f} ms")
+    console.print(table)
+    for check, result in attested.checks:
+        console.print(f"  [green]✔[/] {check}: {result}")
+
+
+def render_failure(err: VeilError, console: Console) -> None:
+    console.print(
+        Panel(f"{err.message}\n\nreason: [bold]{err.reason}[/]", title="[bold red]REFUSED[/]",
+              border_style="red")
+    )

@@ -1,0 +1,60 @@
+"""`veil.Client`: verify the deployment, then use the OpenAI API through end-to-end encryption.
+
+The client is the official ``openai`` SDK with an OHTTP transport underneath: every request is
+encrypted to the key configuration the coordinator's attestation vouched for, so nothing leaves
+this process in the clear. ``client.chat.completions.create(...)`` works as with OpenAI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+from veil.client.policy import ClientPolicy
+from veil.client.transport import OhttpTransport
+from veil.client.verify import AttestedCoordinator, verify_coordinator
+
+
+class Client:
+    """Verified, encrypted OpenAI-style client for a Veil deployment."""
+
+    def __init__(
+        self,
+        policy: ClientPolicy | Path | str | None = None,
+        *,
+        timeout: float = 120.0,
+        **openai_kwargs: Any,
+    ) -> None:
+        if not isinstance(policy, ClientPolicy):
+            policy = ClientPolicy.load(Path(policy) if policy else None)
+        self.policy = policy
+        self.attestation: AttestedCoordinator = verify_coordinator(policy)
+        transport = OhttpTransport(self.attestation.key_configs[0], policy.gateway_url)
+        self._http = httpx.Client(transport=transport, timeout=timeout)
+        self._openai = openai.OpenAI(
+            base_url=f"{policy.gateway_url}/v1",
+            api_key="veil-ohttp",  # authentication happens inside the encryption, not here
+            http_client=self._http,
+            max_retries=0,
+            **openai_kwargs,
+        )
+        self.chat = self._openai.chat
+        self.completions = self._openai.completions
+        self.embeddings = self._openai.embeddings
+        self.models = self._openai.models
+
+    @property
+    def simulated(self) -> bool:
+        return self.attestation.simulated
+
+    def close(self) -> None:
+        self._openai.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,163 @@
+"""Verify a coordinator before sending anything: evidence, binding, manifest, key configuration.
+
+One attestation proves everything the client needs: the report_data binds the client's fresh
+nonce, the coordinator's public key, the manifest digest and the OHTTP key configuration digest.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from veil.attest.binding import coordinator_report_data
+from veil.attest.claims import Verdict
+from veil.attest.evidence import verify_evidence
+from veil.client.policy import ClientPolicy
+from veil.errors import ParseError, PolicyError, VeilError, VerificationError
+from veil.manifest import SignedManifest, valid_signers
+from veil.ohttp.keyconfig import KeyConfig, decode_key_configs
+
+MAX_ATTESTATION_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class AttestedCoordinator:
+    """The outcome of a successful verification: what the client may now encrypt to."""
+
+    coordinator_url: str
+    gateway_url: str
+    verdict: Verdict
+    manifest: SignedManifest
+    key_configs: list[KeyConfig]
+    public_key: bytes
+    elapsed_ms: float
+    checks: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.verdict.claims and self.verdict.claims.simulated)
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.manifest.manifest
+        return {
+            "verdict": "accept",
+            "reason": "ok",
+            "simulated": self.simulated,
+            "coordinator_url": self.coordinator_url,
+            "gateway_url": self.gateway_url,
+            "claims": self.verdict.claims.to_json() if self.verdict.claims else None,
+            "manifest_digest": self.manifest.digest.hex(),
+            "sandbox": m.sandbox.model_dump(),
+            "models": [x.name for x in m.models],
+            "key_ids": [c.key_id for c in self.key_configs],
+            "checks": [{"check": c, "result": r} for c, r in self.checks],
+            "elapsed_ms": round(self.elapsed_ms, 2),
+        }
+
+
+def verify_coordinator(
+    policy: ClientPolicy,
+    *,
+    http: httpx.Client | None = None,
+    nonce: bytes | None = None,
+    as_of: datetime | None = None,
+) -> AttestedCoordinator:
+    """Fetch and verify the coordinator's attestation; raises a VeilError with a reason code."""
+    start = time.perf_counter()
+    nonce = nonce or os.urandom(32)
+    own = http is None
+    http = http or httpx.Client(timeout=10)
+    try:
+        resp = http.get(f"{policy.coordinator_url}/v1/attestation", params={"nonce": nonce.hex()})
+    except httpx.HTTPError as exc:
+        raise VerificationError("coordinator.unreachable", f"{policy.coordinator_url}: {exc}") from None
+    finally:
+        if own:
+            http.close()
+    if resp.status_code != 200 or len(resp.content) > MAX_ATTESTATION_BYTES:
+        raise VerificationError("coordinator.bad_response", f"attestation answered HTTP {resp.status_code}")
+    return check_attestation(resp.json(), policy, nonce=nonce, as_of=as_of, started=start)
+
+
+def check_attestation(
+    body: dict[str, Any],
+    policy: ClientPolicy,
+    *,
+    nonce: bytes,
+    as_of: datetime | None = None,
+    started: float | None = None,
+) -> AttestedCoordinator:
+    """Verify an attestation answer (already fetched) against ``policy`` for ``nonce``."""
+    started = started if started is not None else time.perf_counter()
+    checks: list[tuple[str, str]] = []
+    try:
+        platform = body["platform"]
+        configs_raw = base64.b64decode(body["key_configs"], validate=True)
+        public_key = bytes.fromhex(body["public_key"])
+        manifest_digest = bytes.fromhex(body["manifest_digest"])
+        evidence = body["evidence"]
+    except (KeyError, TypeError, ValueError):
+        raise ParseError("attestation.malformed", "attestation answer is missing or has bad fields") from None
+    if platform == "sim-snp" and not policy.trust_simulated:
+        raise VerificationError(
+            "attestation.simulated_untrusted",
+            "the coordinator runs on a SIMULATED TEE and this client does not trust simulation",
+        )
+    expected = coordinator_report_data(
+        nonce, public_key, manifest_digest, hashlib.sha256(configs_raw).digest()
+    )
+    verdict = verify_evidence(
+        evidence,
+        policy.coordinator,
+        expected_report_data=expected,
+        simulation_roots=policy.simulation_roots if policy.trust_simulated else [],
+        as_of=as_of,
+    )
+    if not verdict.accepted:
+        raise _error_for(verdict)
+    checks.append(("evidence signature and certificate chain", "ok"))
+    checks.append(("launch measurement matches reference values", "ok"))
+    checks.append(("report_data binds nonce, key, manifest and key configuration", "ok"))
+    manifest = _check_manifest(body.get("manifest"), manifest_digest, policy)
+    checks.append(("manifest digest pinned or signed by a trusted admin", "ok"))
+    key_configs = decode_key_configs(configs_raw)
+    if not key_configs:
+        raise ParseError("attestation.no_key_config", "the coordinator offers no OHTTP key configuration")
+    checks.append(("OHTTP key configuration bound to the evidence", "ok"))
+    return AttestedCoordinator(
+        coordinator_url=policy.coordinator_url,
+        gateway_url=policy.gateway_url,
+        verdict=verdict,
+        manifest=manifest,
+        key_configs=key_configs,
+        public_key=public_key,
+        elapsed_ms=(time.perf_counter() - started) * 1000,
+        checks=checks,
+    )
+
+
+def _error_for(verdict: Verdict) -> VeilError:
+    return VerificationError(verdict.reason, verdict.message)
+
+
+def _check_manifest(raw: Any, digest: bytes, policy: ClientPolicy) -> SignedManifest:
+    if raw is None:
+        raise PolicyError("manifest.missing", "the coordinator has no manifest yet")
+    manifest = SignedManifest.parse(raw)
+    if manifest.digest != digest:
+        raise VerificationError("manifest.digest_mismatch", "manifest does not match the attested digest")
+    if digest.hex() in policy.manifest_digests:
+        return manifest
+    if policy.admin_keys and valid_signers(manifest, policy.admin_keys):
+        return manifest
+    raise PolicyError(
+        "manifest.not_trusted",
+        "the attested manifest is neither pinned by digest nor signed by a trusted admin key",
+    )

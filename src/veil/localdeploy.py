@@ -1,0 +1,192 @@
+"""`veil up`: a whole deployment on one machine, on the simulated TEE.
+
+Coordinator and worker run as separate processes, exactly as they would in two confidential VMs;
+the only difference from production is the attester (``sim-snp``, labelled everywhere). This
+module prepares the state directory (simulated chip, admin key), starts the processes, sets a
+manifest made for this deployment and writes the client policy that trusts it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
+from veil.client.policy import POLICY_FILE, ClientPolicy
+from veil.errors import VeilError
+from veil.manifest import Manifest, ModelEntry, ReferenceValues, SandboxSettings, public_key_hex, sign_manifest
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+
+
+class DeploymentError(VeilError):
+    """A local deployment could not be started."""
+
+
+def load_or_create_admin_key(path: Path) -> Ed25519PrivateKey:
+    """The admin's Ed25519 signing key for this deployment's manifests (0600, PEM)."""
+    if path.exists():
+        key = load_pem_private_key(path.read_bytes(), password=None)
+        assert isinstance(key, Ed25519PrivateKey)
+        return key
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return key
+
+
+@dataclass
+class LocalDeployment:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    coordinator_port: int = 8470
+    worker_port: int = 8471
+    sandbox: str = "bubblewrap"
+    model_path: Path | None = None
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def coordinator_url(self) -> str:
+        return f"http://{self.host}:{self.coordinator_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.worker_port}"
+
+    @property
+    def sim_dir(self) -> Path:
+        return self.state_dir / "sim-platform"
+
+    @property
+    def policy_path(self) -> Path:
+        return self.state_dir / POLICY_FILE
+
+    def prepare(self) -> None:
+        from veil.attest.sim import SimPlatform
+        from veil.engines.models import default_model_path
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        if not (self.sim_dir / "ark.pem").exists():
+            SimPlatform.create(self.sim_dir)
+        self.model_path = self.model_path or default_model_path()
+
+    def start(self, progress=None) -> ClientPolicy:
+        """Start everything; returns the client policy written for this deployment."""
+        step = progress or (lambda msg: None)
+        step("preparing the simulated TEE and admin key")
+        self.prepare()
+        admin = load_or_create_admin_key(self.state_dir / "admin.key")
+        step("starting the coordinator")
+        self._spawn("coordinator", [
+            "coordinator", "--host", self.host, "--port", str(self.coordinator_port),
+            "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
+        ])
+        self._wait_http(f"{self.coordinator_url}/health", "coordinator", 30)
+        step("signing and setting the manifest")
+        manifest = self.manifest(admin)
+        with httpx.Client(timeout=10) as http:
+            current = http.get(f"{self.coordinator_url}/v1/manifest")
+            previous = current.json() if current.status_code == 200 else None
+            from veil.manifest import SignedManifest
+
+            prev_digest = SignedManifest.parse(previous).digest.hex() if previous else None
+            signed = sign_manifest(manifest, [admin], prev_digest)
+            resp = http.post(f"{self.coordinator_url}/v1/manifest", content=signed.model_dump_json())
+            if resp.status_code != 200:
+                raise DeploymentError("deploy.manifest_refused", resp.text)
+        step("starting the worker (attest, register, start the sandboxed engine)")
+        assert self.model_path is not None
+        self._spawn("worker", [
+            "worker", "--coordinator", self.coordinator_url, "--host", self.host,
+            "--port", str(self.worker_port), "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
+            "--model", str(self.model_path), "--run-dir", str(self.state_dir / "run"),
+            *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
+        ])
+        self._wait_http(f"{self.gateway_url}/.well-known/ohttp-gateway", "worker", 120)
+        policy = ClientPolicy(
+            coordinator_url=self.coordinator_url,
+            gateway_url=self.gateway_url,
+            coordinator=manifest.coordinator,
+            manifest_digests=[signed.digest.hex()],
+            admin_keys=[public_key_hex(admin)],
+            trust_simulated=True,
+            simulation_roots=manifest.trusted_simulation_roots,
+        )
+        policy.save(self.policy_path)
+        step(f"client policy written to {self.policy_path}")
+        return policy
+
+    def manifest(self, admin: Ed25519PrivateKey) -> Manifest:
+        from veil.attest.sim import SimPlatform, measure_code
+        from veil.engines.models import sha256_file
+
+        assert self.model_path is not None
+        measurement = measure_code().hex()
+        refs = [ReferenceValues(platform="sim-snp", measurements=[measurement])]
+        return Manifest(
+            coordinator=refs,
+            workers=refs,
+            models=[ModelEntry(name=DEFAULT_MODEL_NAME, sha256=sha256_file(self.model_path))],
+            sandbox=SandboxSettings(profile=self.sandbox),  # type: ignore[arg-type]
+            admin_keys=[public_key_hex(admin)],
+            trusted_simulation_roots=[SimPlatform.load(self.sim_dir).root_fingerprint],
+        )
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.state_dir / "logs" / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "veil", *args], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        self.processes.append(proc)
+
+    def _wait_http(self, url: str, name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        proc = self.processes[-1]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = (self.state_dir / "logs" / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise DeploymentError(f"deploy.{name}_exited", f"the {name} exited:\n{tail}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise DeploymentError(f"deploy.{name}_timeout", f"the {name} did not come up within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """Stop workers before the coordinator; SIGTERM, then SIGKILL after a grace period."""
+        for proc in reversed(self.processes):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.processes):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.processes.clear()
+
+    def __enter__(self) -> "LocalDeployment":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

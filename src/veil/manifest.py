@@ -1,0 +1,183 @@
+"""The manifest: what a deployment is allowed to run, signed by its admins, kept as a hash chain.
+
+Reference values for coordinator and workers, models, the sandbox profile and admin keys all
+live here. The coordinator's evidence binds the digest of the current manifest, so a client that
+verifies the coordinator also knows exactly which rules it enforces. Updates must be signed by
+an admin key of the *previous* manifest; the history is append-only and every entry names the
+digest of the one before it, so a fork or a rollback is visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from veil.errors import ParseError, PolicyError, VerificationError
+
+SIGNATURE_CONTEXT = b"veil/manifest-signature/v1"
+MAX_MANIFEST_BYTES = 1 << 20
+
+Platform = Literal["sim-snp", "sev-snp", "tdx", "azure-snp-vtpm", "azure-tdx-vtpm"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReferenceValues(_Strict):
+    """What a coordinator or worker must measure to be trusted on one platform."""
+
+    platform: Platform
+    measurements: list[str] = Field(min_length=1)  # hex launch measurements (allowlist)
+    allow_debug: bool = False
+    min_tcb: dict[str, int] = Field(default_factory=dict)
+    require_gpu: bool = False  # a worker must present verified GPU evidence bound to its report
+
+
+class ModelEntry(_Strict):
+    """A model the workers serve; sealed weights name their digest and data key."""
+
+    name: str
+    engine: Literal["llama.cpp", "vllm", "transformers", "onnxruntime"] = "llama.cpp"
+    sha256: str  # plaintext weights digest (hex)
+    source: str | None = None  # sealed weights: path or URL
+    sealed_sha256: str | None = None
+    key_id: str | None = None
+
+
+class SandboxSettings(_Strict):
+    """The engine's sandbox profile; the worker refuses to serve if it cannot enforce it."""
+
+    profile: Literal["bubblewrap", "gvisor", "none"] = "bubblewrap"
+    allow_gpu: bool = False
+
+
+class Manifest(_Strict):
+    version: Literal[1] = 1
+    coordinator: list[ReferenceValues] = Field(min_length=1)
+    workers: list[ReferenceValues] = Field(min_length=1)
+    models: list[ModelEntry] = Field(default_factory=list)
+    sandbox: SandboxSettings = SandboxSettings()
+    admin_keys: list[str] = Field(min_length=1)  # Ed25519 public keys, raw hex
+    # Fingerprints (SHA-256 of the ARK DER) of simulated roots this deployment accepts for workers.
+    # Empty in production; a client shows SIMULATED for any deployment that lists one.
+    trusted_simulation_roots: list[str] = Field(default_factory=list)
+    settings: dict[str, Any] = Field(default_factory=dict)  # client-visible settings
+
+    def canonical(self) -> bytes:
+        """RFC 8785 canonical JSON: the bytes that are hashed and signed."""
+        return rfc8785.dumps(self.model_dump(mode="json"))
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.canonical()).digest()
+
+
+class Signature(_Strict):
+    key: str  # Ed25519 public key, hex
+    signature: str  # hex
+
+
+class SignedManifest(_Strict):
+    """One history entry: a manifest, the digest of the one it replaces, and admin signatures."""
+
+    manifest: Manifest
+    previous: str | None = None  # hex digest of the previous manifest; None for the first
+    signatures: list[Signature] = Field(min_length=1)
+
+    @property
+    def digest(self) -> bytes:
+        return self.manifest.digest()
+
+    def signed_message(self) -> bytes:
+        return signed_message(self.manifest, self.previous)
+
+    @classmethod
+    def parse(cls, data: bytes | str | dict[str, Any]) -> "SignedManifest":
+        if isinstance(data, (bytes, str)) and len(data) > MAX_MANIFEST_BYTES:
+            raise ParseError("manifest.too_large", "manifest exceeds 1 MiB")
+        try:
+            if isinstance(data, dict):
+                return cls.model_validate(data)
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise ParseError("manifest.malformed", _first_error(exc)) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+
+
+def signed_message(manifest: Manifest, previous: str | None) -> bytes:
+    """What admins sign: a context label, the manifest digest and the previous digest."""
+    prev = bytes.fromhex(previous) if previous else b""
+    return SIGNATURE_CONTEXT + manifest.digest() + len(prev).to_bytes(1, "big") + prev
+
+
+def public_key_hex(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def sign_manifest(
+    manifest: Manifest, keys: list[Ed25519PrivateKey], previous: str | None
+) -> SignedManifest:
+    msg = signed_message(manifest, previous)
+    sigs = [Signature(key=public_key_hex(k), signature=k.sign(msg).hex()) for k in keys]
+    return SignedManifest(manifest=manifest, previous=previous, signatures=sigs)
+
+
+def valid_signers(entry: SignedManifest, allowed_keys: list[str]) -> set[str]:
+    """The allowed admin keys whose signature over this entry verifies."""
+    msg = entry.signed_message()
+    ok: set[str] = set()
+    for sig in entry.signatures:
+        if sig.key not in allowed_keys:
+            continue
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(sig.key)).verify(
+                bytes.fromhex(sig.signature), msg
+            )
+        except (InvalidSignature, ValueError):
+            continue
+        ok.add(sig.key)
+    return ok
+
+
+def check_successor(previous: SignedManifest | None, entry: SignedManifest) -> None:
+    """Refuse an entry that does not extend the chain or lacks an admin signature.
+
+    The first manifest must be signed by one of its own admin keys (trust on first use, which
+    clients pin by digest); every later one by an admin key of the manifest it replaces.
+    """
+    if previous is None:
+        if entry.previous is not None:
+            raise PolicyError("manifest.bad_chain", "the first manifest cannot name a predecessor")
+        allowed = entry.manifest.admin_keys
+    else:
+        if entry.previous != previous.digest.hex():
+            raise PolicyError(
+                "manifest.bad_chain", "update does not name the current manifest as its predecessor"
+            )
+        allowed = previous.manifest.admin_keys
+    if not valid_signers(entry, allowed):
+        raise VerificationError(
+            "manifest.unsigned", "no valid signature by an admin key of the previous manifest"
+        )
+
+
+def verify_history(entries: list[SignedManifest]) -> bytes:
+    """Check a whole history (hash chain and every signature); returns the head digest."""
+    if not entries:
+        raise PolicyError("manifest.empty_history", "the history holds no manifest")
+    prev: SignedManifest | None = None
+    for entry in entries:
+        check_successor(prev, entry)
+        prev = entry
+    assert prev is not None
+    return prev.digest

@@ -1,0 +1,62 @@
+"""Worker side of attested key release: challenge, evidence bound to a fresh key, sealed secrets.
+
+The shape follows Trustee's KBS flow (request → challenge → attestation → response) in one
+round trip after the challenge: the secrets come back HPKE-sealed to the key in our report_data.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from veil import keyrelease
+from veil.attest.attester import Attester
+from veil.attest.binding import worker_report_data
+from veil.errors import ProtocolError, VeilError
+
+
+class RegistrationRefused(VeilError):
+    """The coordinator refused our evidence; ``reason`` is its reason code."""
+
+
+@dataclass(frozen=True)
+class ReleasedSecrets:
+    worker_id: str
+    manifest_digest: str
+    ohttp_keys: list[dict[str, Any]]
+
+
+def register(coordinator_url: str, attester: Attester, http: httpx.Client) -> ReleasedSecrets:
+    key = X25519PrivateKey.generate()
+    public = keyrelease.public_bytes(key)
+    resp = http.post(f"{coordinator_url}/v1/workers/challenge")
+    resp.raise_for_status()
+    nonce = bytes.fromhex(resp.json()["nonce"])
+    evidence = attester.evidence(worker_report_data(nonce, public))
+    resp = http.post(
+        f"{coordinator_url}/v1/workers/register",
+        json={"nonce": nonce.hex(), "public_key": public.hex(), "evidence": evidence},
+    )
+    if resp.status_code != 200:
+        err = _error_of(resp)
+        raise RegistrationRefused(err.get("reason", f"http.{resp.status_code}"), err.get("message", ""))
+    body = resp.json()
+    try:
+        blob = base64.b64decode(body["sealed_secrets"], validate=True)
+    except (KeyError, ValueError):
+        raise ProtocolError("registration.malformed", "coordinator answer has no sealed secrets") from None
+    secrets = json.loads(keyrelease.open_sealed(key, blob, keyrelease.WORKER_SECRETS_INFO, aad=nonce))
+    return ReleasedSecrets(body["worker_id"], secrets["manifest_digest"], secrets["ohttp_keys"])
+
+
+def _error_of(resp: httpx.Response) -> dict[str, str]:
+    try:
+        err = resp.json().get("error", {})
+        return err if isinstance(err, dict) else {}
+    except ValueError:
+        return {}
