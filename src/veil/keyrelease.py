@@ -12,7 +12,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey
 
+from typing import TYPE_CHECKING
+
 from veil.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from veil.ohttp.keyconfig import KeyStore
 
 SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.AES256_GCM)
 ENC_LEN = 32
@@ -46,3 +51,28 @@ def open_sealed(private_key: X25519PrivateKey, blob: bytes, info: bytes, aad: by
         return ctx.open(blob[ENC_LEN:], aad)
     except Exception:  # pyhpke raises several types; all mean the same to us
         raise ProtocolError("keyrelease.open_failed", "sealed blob does not open with this key") from None
+
+
+def export_ohttp_keys(store: "KeyStore") -> list[dict[str, object]]:
+    """OHTTP key pairs as JSON-ready records, only ever placed inside a sealed blob."""
+    return [
+        {"key_id": c.key_id, "config": c.encode().hex(), "private_key": store.get(c.key_id).private_bytes().hex()}
+        for c in store.configs()
+    ]
+
+
+def import_ohttp_keys(records: list[dict[str, object]]) -> "KeyStore":
+    """Rebuild a worker's KeyStore from released records; the config must match the private key."""
+    from veil.ohttp.keyconfig import KeyConfig, KeyPair, KeyStore
+
+    pairs = []
+    for rec in records:
+        try:
+            config = KeyConfig.decode(bytes.fromhex(str(rec["config"])))
+            pair = KeyPair.from_private_bytes(int(rec["key_id"]), bytes.fromhex(str(rec["private_key"])), config.suites)
+        except (KeyError, ValueError, TypeError):
+            raise ProtocolError("keyrelease.bad_ohttp_key", "released OHTTP key record is malformed") from None
+        if pair.config != config:
+            raise ProtocolError("keyrelease.bad_ohttp_key", "released OHTTP key does not match its configuration")
+        pairs.append(pair)
+    return KeyStore(pairs)

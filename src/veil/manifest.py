@@ -23,6 +23,7 @@ from veil.errors import ParseError, PolicyError, VerificationError
 SIGNATURE_CONTEXT = b"veil/manifest-signature/v1"
 MAX_MANIFEST_BYTES = 1 << 20
 
+TcbComponent = Literal["bootloader", "tee", "snp", "microcode", "fmc"]
 Platform = Literal["sim-snp", "sev-snp", "tdx", "azure-snp-vtpm", "azure-tdx-vtpm"]
 
 
@@ -36,7 +37,7 @@ class ReferenceValues(_Strict):
     platform: Platform
     measurements: list[str] = Field(min_length=1)  # hex launch measurements (allowlist)
     allow_debug: bool = False
-    min_tcb: dict[str, int] = Field(default_factory=dict)
+    min_tcb: dict[TcbComponent, int] = Field(default_factory=dict)
     require_gpu: bool = False  # a worker must present verified GPU evidence bound to its report
 
 

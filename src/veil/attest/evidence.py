@@ -51,13 +51,16 @@ def _verify_snp(
 ) -> Verdict:
     from veil.attest.snp import SnpEvidence, SnpPolicy, TrustRoots
     from veil.attest.snp import verify_evidence as verify_snp
+    from veil.attest.snp.validate import MinimumTcb
 
     snp = SnpEvidence.from_json(evidence.get("snp"))
-    trust = TrustRoots.default(simulation_roots=simulation_roots)
+    trust = TrustRoots.default().with_simulation(*simulation_roots)
     verdict: Verdict | None = None
     for ref in refs:  # any matching reference value set accepts
         policy = SnpPolicy(
-            measurements=ref.measurements, allow_debug=ref.allow_debug, min_tcb=ref.min_tcb or None
+            measurements=ref.measurements,
+            allow_debug=ref.allow_debug,
+            minimum_tcb=MinimumTcb(**ref.min_tcb),
         )
         verdict = verify_snp(
             snp, policy, trust=trust, as_of=as_of, expected_report_data=expected_report_data

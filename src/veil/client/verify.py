@@ -22,7 +22,7 @@ from veil.attest.evidence import verify_evidence
 from veil.client.policy import ClientPolicy
 from veil.errors import ParseError, PolicyError, VeilError, VerificationError
 from veil.manifest import SignedManifest, valid_signers
-from veil.ohttp.keyconfig import KeyConfig, decode_key_configs
+from veil.ohttp.keyconfig import KeyConfig, decode_key_config_list
 
 MAX_ATTESTATION_BYTES = 1 << 20
 
@@ -127,7 +127,7 @@ def check_attestation(
     checks.append(("report_data binds nonce, key, manifest and key configuration", "ok"))
     manifest = _check_manifest(body.get("manifest"), manifest_digest, policy)
     checks.append(("manifest digest pinned or signed by a trusted admin", "ok"))
-    key_configs = decode_key_configs(configs_raw)
+    key_configs = decode_key_config_list(configs_raw)
     if not key_configs:
         raise ParseError("attestation.no_key_config", "the coordinator offers no OHTTP key configuration")
     checks.append(("OHTTP key configuration bound to the evidence", "ok"))

@@ -130,7 +130,7 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
             return error_response(err)
         secrets = {
             "manifest_digest": manifest.digest.hex(),
-            "ohttp_keys": state.ohttp_keys.export_private(),
+            "ohttp_keys": keyrelease.export_ohttp_keys(state.ohttp_keys),
         }
         sealed = keyrelease.seal(
             public_key, json.dumps(secrets).encode(), keyrelease.WORKER_SECRETS_INFO, aad=nonce

@@ -14,7 +14,7 @@ import uvicorn
 from veil.attest.attester import Attester
 from veil.errors import PolicyError, VerificationError
 from veil.manifest import ModelEntry, SignedManifest
-from veil.ohttp.keyconfig import KeyStore
+from veil import keyrelease
 from veil.worker.registration import register
 
 log = logging.getLogger("veil.worker")
@@ -60,7 +60,7 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
         secrets = register(config.coordinator_url, attester, http)
         manifest = fetch_manifest(http, config.coordinator_url, secrets.manifest_digest)
     entry = model_entry_for(manifest, config.model_path)
-    keys = KeyStore.from_private(secrets.ohttp_keys)
+    keys = keyrelease.import_ohttp_keys(secrets.ohttp_keys)
     profile = manifest.manifest.sandbox
     config.run_dir.mkdir(parents=True, exist_ok=True)
     wrapper = sandbox_wrapper(
