@@ -16,16 +16,14 @@ from pathlib import Path
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _servers import ServerThread  # noqa: E402
-
-from veil.attest.attester import SimSnpAttester  # noqa: E402
-from veil.attest.sim import SimPlatform  # noqa: E402
-from veil.client.policy import ClientPolicy  # noqa: E402
-from veil.client.verify import verify_coordinator  # noqa: E402
-from veil.coordinator.app import create_app  # noqa: E402
-from veil.coordinator.state import CoordinatorState  # noqa: E402
-from veil.manifest import Manifest, ReferenceValues, public_key_hex, sign_manifest  # noqa: E402
+from veil.attest.attester import SimSnpAttester
+from veil.attest.sim import SimPlatform
+from veil.client.policy import ClientPolicy
+from veil.client.verify import verify_coordinator
+from veil.coordinator.app import create_app
+from veil.coordinator.state import CoordinatorState
+from veil.manifest import Manifest, ReferenceValues, public_key_hex, sign_manifest
+from veil.testing import ServerThread
 
 SEED_LOW_MS, SEED_HIGH_MS = 200.0, 500.0
 

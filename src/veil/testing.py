@@ -1,4 +1,4 @@
-"""Helpers for benchmarks: run an ASGI app under a real uvicorn server on a free loopback port."""
+"""Test and benchmark support: run an ASGI app under a real uvicorn server on a free loopback port."""
 
 from __future__ import annotations
 

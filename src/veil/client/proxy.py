@@ -7,6 +7,9 @@ configuration and streams the decrypted response back.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import httpx
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -54,12 +57,17 @@ def create_proxy_app(attested: AttestedCoordinator, *, timeout: float = 300.0) -
     async def verification(_: Request) -> JSONResponse:
         return JSONResponse(attested.to_json())
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
     app = Starlette(
         routes=[
             Route("/veil/verification", verification),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "DELETE"]),
         ],
-        on_shutdown=[client.aclose],
+        lifespan=lifespan,
     )
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY)
     return app

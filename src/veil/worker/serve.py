@@ -51,9 +51,28 @@ def model_entry_for(manifest: SignedManifest, model_path: Path) -> ModelEntry:
     raise PolicyError("model.not_in_manifest", f"model {model_path.name} (sha256 {digest[:16]}…) is not in the manifest")
 
 
+def sandbox_wrapper(manifest: SignedManifest, config: WorkerConfig) -> list[str]:
+    """The argv prefix that enforces the manifest's sandbox profile, or a refusal.
+
+    There is no fallback: a profile this machine cannot enforce stops the worker
+    (``sandbox.unavailable``), and "none" needs the worker's explicit development flag.
+    """
+    from veil.sandbox import SandboxProfile, sandbox_prefix
+
+    settings = manifest.manifest.sandbox
+    if settings.profile == "none" and not config.allow_unsandboxed:
+        raise PolicyError(
+            "sandbox.unsandboxed_refused",
+            "the manifest asks for no sandbox; start the worker with --allow-unsandboxed (development only)",
+        )
+    profile = SandboxProfile(
+        name=settings.profile, allow_gpu=settings.allow_gpu, dev_unsandboxed=settings.profile == "none"
+    )
+    return sandbox_prefix(profile, socket_dir=str(config.run_dir), ro_binds=[str(config.model_path)])
+
+
 def run_worker(config: WorkerConfig, attester: Attester) -> None:
-    from veil.engines.launcher import EngineProcess, engine_client
-    from veil.sandbox import sandbox_wrapper
+    from veil.engines.launcher import EngineProcess, engine_transport
     from veil.worker.gateway import create_gateway_app
 
     with httpx.Client(timeout=30) as http:
@@ -61,17 +80,20 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
         manifest = fetch_manifest(http, config.coordinator_url, secrets.manifest_digest)
     entry = model_entry_for(manifest, config.model_path)
     keys = keyrelease.import_ohttp_keys(secrets.ohttp_keys)
-    profile = manifest.manifest.sandbox
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = sandbox_wrapper(
-        profile.profile,
-        allow_gpu=profile.allow_gpu,
-        socket_dir=config.run_dir,
-        ro_paths=[config.model_path.parent],
-        allow_none=config.allow_unsandboxed,
+    config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    wrapper = sandbox_wrapper(manifest, config)
+    log.warning(
+        "worker %s admitted; starting engine for %s (sandbox: %s)",
+        secrets.worker_id, entry.name, manifest.manifest.sandbox.profile,
     )
-    log.warning("worker %s admitted; starting engine for %s (sandbox: %s)", secrets.worker_id, entry.name, profile.profile)
-    with EngineProcess(config.model_path, socket_dir=config.run_dir, wrapper=wrapper, model_name=entry.name) as engine:
-        upstream = engine_client(engine.socket_path)
+    engine = EngineProcess(
+        config.run_dir / "engine.sock", config.model_path, wrapper=wrapper, model_id=entry.name,
+        log_path=config.run_dir / "engine.log",
+    )
+    with engine:
+        upstream = httpx.AsyncClient(
+            transport=engine_transport(engine.socket_path), base_url="http://engine",
+            timeout=httpx.Timeout(300.0, connect=5.0),
+        )
         app = create_gateway_app(keys, upstream)
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)

@@ -1,0 +1,142 @@
+"""The walking skeleton end to end: `veil up` processes, the real model, verified and encrypted
+chat through the SDK, the CLI and the local proxy with the official `openai` SDK — and no
+plaintext prompt or answer anywhere on disk afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from veil.client.policy import ClientPolicy
+from veil.client.proxy import create_proxy_app
+from veil.client.sdk import Client
+from veil.client.verify import verify_coordinator
+from veil.localdeploy import LocalDeployment
+from veil.testing import ServerThread, free_port
+
+pytestmark = pytest.mark.slow
+
+CANARY = f"CANARY-{uuid.uuid4().hex}"
+SANDBOX = os.environ.get("VEIL_TEST_SANDBOX", "bubblewrap")
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    state = tmp_path_factory.mktemp("veil-state")
+    dep = LocalDeployment(state, coordinator_port=free_port(), worker_port=free_port(), sandbox=SANDBOX)
+    dep.start()
+    yield dep
+    dep.stop()
+
+
+@pytest.fixture(scope="module")
+def client(deployment):
+    with Client(deployment.policy_path) as c:
+        yield c
+
+
+def _messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_client_verifies_simulated_deployment(client, deployment) -> None:
+    assert client.simulated
+    manifest = client.attestation.manifest.manifest
+    assert manifest.sandbox.profile == SANDBOX
+    assert [m.name for m in manifest.models] == ["smollm2-135m-instruct"]
+
+
+def test_chat_non_streaming(client) -> None:
+    resp = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=_messages(f"Say hello. {CANARY}"), max_tokens=16
+    )
+    assert resp.choices[0].message.content
+    assert resp.usage is None or resp.usage.completion_tokens > 0
+
+
+def test_chat_streaming_yields_tokens_incrementally(client) -> None:
+    stream = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=_messages(f"Count to five. {CANARY}"), max_tokens=24, stream=True
+    )
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 3, pieces
+    assert "".join(pieces).strip()
+
+
+def test_models_endpoint(client) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert "smollm2-135m-instruct" in ids
+
+
+def test_openai_sdk_through_local_proxy(deployment) -> None:
+    attested = verify_coordinator(ClientPolicy.load(deployment.policy_path))
+    with ServerThread(create_proxy_app(attested)) as proxy:
+        oa = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
+        resp = oa.chat.completions.create(
+            model="smollm2-135m-instruct", messages=_messages(f"Hi {CANARY}"), max_tokens=12
+        )
+        assert resp.choices[0].message.content
+        chunks = list(oa.chat.completions.create(
+            model="smollm2-135m-instruct", messages=_messages(f"Hi again {CANARY}"), max_tokens=12, stream=True
+        ))
+        assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+        info = httpx.get(f"{proxy.url}/veil/verification").json()
+        assert info["simulated"] is True
+
+
+def test_cli_verify_and_chat_use_the_local_policy(deployment) -> None:
+    env = {**os.environ, "VEIL_STATE_DIR": str(deployment.state_dir)}
+    out = subprocess.run(
+        [sys.executable, "-m", "veil", "verify", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["verdict"] == "accept" and report["simulated"] is True
+    chat = subprocess.run(
+        [sys.executable, "-m", "veil", "chat", "--max-tokens", "8", f"hello {CANARY}"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert chat.returncode == 0, chat.stderr
+    assert "SIMULATED" in chat.stdout + chat.stderr
+
+
+def test_cli_refuses_a_policy_pinning_another_measurement(deployment, tmp_path) -> None:
+    policy = json.loads(deployment.policy_path.read_text())
+    policy["coordinator"][0]["measurements"] = ["00" * 48]
+    bad = tmp_path / "policy.json"
+    bad.write_text(json.dumps(policy))
+    out = subprocess.run(
+        [sys.executable, "-m", "veil", "verify", "--json", "--policy", str(bad)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["reason"] == "snp.measurement_mismatch"
+
+
+def _files_containing(root: Path, needle: bytes) -> list[Path]:
+    hits = []
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.is_socket() and needle in path.read_bytes():
+                hits.append(path)
+        except OSError:
+            continue
+    return hits
+
+
+def test_zz_canary_never_reaches_disk(deployment) -> None:
+    """Runs last in this module: every prompt above carried the canary."""
+    needle = CANARY.encode()
+    hits = _files_containing(deployment.state_dir, needle)
+    hits += [p for p in Path("/tmp").glob("veil-engine-*") if needle in p.read_bytes()]
+    assert hits == [], f"plaintext canary found in {hits}"
+    logs = "".join(p.read_text(errors="replace") for p in (deployment.state_dir / "logs").glob("*.log"))
+    assert CANARY not in logs
