@@ -1,0 +1,185 @@
+"""Azure CVM vTPM evidence verification: hardware report, HCL binding, TPM quote, PCRs, nonce.
+
+The chain of trust: the hardware report (SEV-SNP, signed by the VCEK; or a TDX TDREPORT whose
+TD quote is signed through Intel's PCK chain) carries in report_data the hash of the HCL's runtime
+claims; those claims hold the vTPM attestation key HCLAkPub; that key signs the TPM quote, whose
+extraData is the verifier's nonce and whose PCR digest covers the PCR values sent alongside.
+Each link below fails with its own reason code. Policy lives in validate.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from datetime import datetime
+from typing import Any, Callable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from veil.attest.azure.evidence import TpmQuote, VtpmEvidence
+from veil.attest.azure.hcl import HclReport
+from veil.attest.azure.tpm import TPM_ALG_SHA256, TpmsAttest
+from veil.attest.claims import Claims
+from veil.attest.tdx.abi import parse_quote, parse_td_report
+from veil.attest.tdx.verify import to_claims, verify_quote
+from veil.errors import ParseError, VerificationError
+
+# Verifies the hardware report inside the HCL report and returns its claims (report_data included).
+HardwareVerifier = Callable[[VtpmEvidence, "datetime | None"], Claims]
+
+
+def _b64url_int(value: Any, what: str) -> int:
+    if not isinstance(value, str) or not value:
+        raise ParseError("azure.ak_malformed", f"HCLAkPub {what} missing")
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ParseError("azure.ak_malformed", f"HCLAkPub {what} is not base64url") from exc
+    return int.from_bytes(raw, "big")
+
+
+def ak_public_key(jwk: dict[str, Any]) -> rsa.RSAPublicKey:
+    """The RSA key of an HCLAkPub JWK (Azure vTPM attestation keys are RSA-2048)."""
+    if jwk.get("kty") != "RSA":
+        raise ParseError("azure.ak_malformed", f"HCLAkPub key type {jwk.get('kty')!r}")
+    n, e = _b64url_int(jwk.get("n"), "modulus"), _b64url_int(jwk.get("e"), "exponent")
+    if n.bit_length() < 2048 or e < 3 or e % 2 == 0:
+        raise ParseError("azure.ak_malformed", "HCLAkPub is not a sane RSA key (>= 2048 bits)")
+    try:
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    except ValueError as exc:
+        raise ParseError("azure.ak_malformed", str(exc)) from exc
+
+
+def verify_tpm_signature(quote: TpmQuote, ak: rsa.RSAPublicKey) -> None:
+    """The quote message is signed by the vTPM AK: RSASSA-PKCS1-v1_5 over SHA-256."""
+    try:
+        ak.verify(quote.signature, quote.message, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature as exc:
+        raise VerificationError(
+            "azure.tpm_signature_invalid", "TPM quote is not signed by the HCL's attestation key"
+        ) from exc
+
+
+def check_pcr_digest(quote: TpmQuote) -> dict[int, bytes]:
+    """SHA-256 over the selected PCR values (ascending index) must equal the quote's pcrDigest."""
+    selected: list[int] = []
+    for sel in quote.attest.pcr_selections:
+        if sel.hash_alg != TPM_ALG_SHA256:
+            raise VerificationError("azure.pcr_bank_unsupported", f"PCR bank {sel.hash_alg:#06x}")
+        selected.extend(sel.pcrs)
+    if not selected:
+        raise VerificationError("azure.pcr_selection_empty", "the quote covers no PCR")
+    if len(set(selected)) != len(selected) or max(selected) >= len(quote.pcrs):
+        raise VerificationError("azure.pcr_values_missing", "the quote selects PCRs not sent")
+    if any(len(quote.pcrs[i]) != 32 for i in selected):
+        raise VerificationError("azure.pcr_values_missing", "a selected PCR is not 32 bytes")
+    digest = hashlib.sha256(b"".join(quote.pcrs[i] for i in sorted(selected))).digest()
+    if not hmac.compare_digest(digest, quote.attest.pcr_digest):
+        raise VerificationError("azure.pcr_digest_mismatch", "PCR values differ from the quote")
+    return {i: quote.pcrs[i] for i in sorted(selected)}
+
+
+def check_nonce(attest: TpmsAttest, nonce: bytes) -> None:
+    if not hmac.compare_digest(attest.extra_data, nonce):
+        raise VerificationError("azure.nonce_mismatch", "TPM quote extraData is not this nonce")
+
+
+def check_hcl_binding(hcl: HclReport, hw_report_data: bytes) -> None:
+    """report_data = hash(runtime claims) ‖ zeros: the hardware vouches for HCLAkPub."""
+    digest = hcl.var_data_digest()
+    if len(hw_report_data) != 64 or not hmac.compare_digest(hw_report_data[: len(digest)], digest):
+        raise VerificationError(
+            "azure.hcl_binding_mismatch", "hardware report_data does not hash the runtime claims"
+        )
+    if any(hw_report_data[len(digest) :]):
+        raise VerificationError("azure.hcl_binding_mismatch", "report_data tail is not zero")
+
+
+def tdx_hardware(collateral: dict[str, Any]) -> HardwareVerifier:
+    """Hardware verifier for Azure TDX CVMs: the TD quote (dcap-qvl) must quote the HCL's TDREPORT."""
+
+    def verify(evidence: VtpmEvidence, as_of: datetime | None) -> Claims:
+        if evidence.td_quote is None:
+            raise ParseError("azure.td_quote_missing", "TDX CVM evidence carries no td_quote")
+        verified = verify_quote(parse_quote(evidence.td_quote), collateral, as_of=as_of)
+        report = parse_td_report(evidence.hcl.td_report)
+        body = verified.quote.body
+        pairs = [
+            (report.report_data, body.report_data), (report.mr_td, body.mr_td),
+            (report.rtmrs, body.rtmrs), (report.td_attributes, body.td_attributes),
+            (report.xfam, body.xfam), (report.mr_seam, body.mr_seam),
+        ]
+        if any(a != b for a, b in pairs):
+            raise VerificationError("azure.td_quote_mismatch", "TD quote is not of the HCL TDREPORT")
+        return to_claims(verified)
+
+    return verify
+
+
+def snp_hardware(chain_pem: bytes | None = None, crl: bytes | None = None) -> HardwareVerifier:
+    """Hardware verifier for Azure SNP CVMs: report signature and VCEK chain via veil.attest.snp.
+
+    ``chain_pem`` is ASK then ARK; when None, the SNP collateral cache's chain for the report's
+    product is used (Azure evidence carries only the VCEK).
+    """
+    from veil.attest.snp import kds
+    from veil.attest.snp.abi import parse_report
+    from veil.attest.snp.verify import load_certificate, vcek_extensions, verify_report
+
+    def verify(evidence: VtpmEvidence, as_of: datetime | None) -> Claims:
+        if evidence.vcek is None:
+            raise ParseError("azure.vcek_missing", "SNP CVM evidence carries no VCEK")
+        report = parse_report(evidence.hcl.hw_report)
+        chain = chain_pem
+        if chain is None:
+            name = str(vcek_extensions(load_certificate(evidence.vcek)).get("product_name") or "")
+            product = report.product or next((p for p in ("Milan", "Genoa", "Turin") if p in name), None)
+            if product is None:
+                raise ParseError("cli.missing_input", "unknown SNP product: pass --chain")
+            chain = kds.CollateralCache().read_cert_chain(product)
+            if chain is None:
+                raise ParseError("cli.missing_input", f"no ASK/ARK chain for {product}: pass --chain")
+        return verify_report(report, evidence.vcek, chain, as_of=as_of, crl=crl).claims()
+
+    return verify
+
+
+def verify_vtpm(
+    evidence: VtpmEvidence,
+    nonce: bytes,
+    hardware: HardwareVerifier,
+    *,
+    platform: str,
+    as_of: datetime | None = None,
+) -> Claims:
+    """Verify every link from hardware report to TPM quote; return the CVM's claims."""
+    hw = hardware(evidence, as_of)
+    check_hcl_binding(evidence.hcl, hw.report_data)
+    ak_jwk = evidence.hcl.ak_jwk()
+    verify_tpm_signature(evidence.tpm_quote, ak_public_key(ak_jwk))
+    pcrs = check_pcr_digest(evidence.tpm_quote)
+    check_nonce(evidence.tpm_quote.attest, nonce)
+    attest = evidence.tpm_quote.attest
+    vm_config = evidence.hcl.runtime.get("vm-configuration", {})
+    details = {
+        **hw.details,
+        "hardware_platform": hw.platform,
+        "hw_report_data": hw.report_data.hex(),
+        "hcl_report_type": evidence.hcl.platform,
+        "vm_configuration": vm_config if isinstance(vm_config, dict) else {},
+        "ak_pub_n_sha256": hashlib.sha256(str(ak_jwk.get("n", "")).encode()).hexdigest(),
+        "tpm_nonce": attest.extra_data.hex(),
+        "tpm_clock": attest.clock,
+        "tpm_reset_count": attest.reset_count,
+        "tpm_firmware_version": attest.firmware_version,
+        "pcrs": {str(i): v.hex() for i, v in pcrs.items()},
+    }
+    return Claims(
+        platform=platform, measurement=hw.measurement, report_data=evidence.hcl.user_data,
+        debug=hw.debug, simulated=hw.simulated, tcb=dict(hw.tcb), details=details,
+    )

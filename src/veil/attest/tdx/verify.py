@@ -1,0 +1,198 @@
+"""TDX quote verification: signatures, PCK chain, CRLs, collateral and time, through dcap-qvl.
+
+dcap-qvl (Phala Network's Rust DCAP verifier) checks, against Intel's SGX Root CA: the TCB info and
+QE identity signatures and validity windows, the PCK chain and CRLs, the QE report signature and its
+binding of the attestation key, the quote signature, and the platform's TCB level. It reports
+failures as English strings; ``_reason`` turns them into stable reason codes. Policy (which TCB
+statuses are fine, debug, reference values) is not decided here: see validate.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import dcap_qvl
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from veil.attest.claims import Claims
+from veil.attest.tdx.abi import TdxQuote, parse_quote
+from veil.errors import ParseError, VerificationError
+
+# SHA-256 of the DER of Intel's SGX Root CA (also the root of TDX quotes), pinned.
+INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+
+COLLATERAL_FIELDS = (
+    "pck_crl_issuer_chain", "root_ca_crl", "pck_crl", "tcb_info_issuer_chain", "tcb_info",
+    "tcb_info_signature", "qe_identity_issuer_chain", "qe_identity", "qe_identity_signature",
+)
+_CHAIN_FIELDS = ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain")
+
+# dcap-qvl message fragment -> reason code; first match wins, so order matters.
+_REASONS: tuple[tuple[str, str], ...] = (
+    ("issue date is in the future", "tdx.collateral_not_yet_valid"),
+    ("notvalidyet", "tdx.collateral_not_yet_valid"),
+    ("crlexpired", "tdx.collateral_expired"),
+    ("expired", "tdx.collateral_expired"),
+    ("no matching tcb level", "tdx.no_tcb_level"),
+    ("tcb status is invalid", "tdx.tcb_revoked"),
+    ("revoked", "tdx.pck_revoked"),
+    ("isv enclave report signature", "tdx.quote_signature_invalid"),
+    ("qe report hash mismatch", "tdx.qe_binding_invalid"),
+    ("signature is invalid for qe_report", "tdx.qe_report_signature_invalid"),
+    ("signature is invalid for tcb_info", "tdx.collateral_signature_invalid"),
+    ("signature is invalid for qe_identity", "tdx.collateral_signature_invalid"),
+    ("invalidcrlsignature", "tdx.collateral_signature_invalid"),
+    ("failed to decode tcbinfo", "tdx.collateral_malformed"),
+    ("failed to decode qeidentity", "tdx.collateral_malformed"),
+    ("crl", "tdx.collateral_malformed"),
+    ("qe identity", "tdx.qe_identity_mismatch"),
+    ("qe mrsigner", "tdx.qe_identity_mismatch"),
+    ("qe isvprodid", "tdx.qe_identity_mismatch"),
+    ("qe miscselect", "tdx.qe_identity_mismatch"),
+    ("qe attributes", "tdx.qe_identity_mismatch"),
+    ("fmspc", "tdx.collateral_mismatch"),
+    ("pck", "tdx.pck_chain_invalid"),
+    ("certificate", "tdx.pck_chain_invalid"),
+    ("debug mode", "tdx.debug_forbidden"),
+    ("decode quote", "tdx.quote_malformed"),
+    ("unsupported", "tdx.unsupported_quote"),
+)
+
+
+def _reason(message: str) -> str:
+    low = message.lower().replace(" ", "")
+    for fragment, reason in _REASONS:
+        if fragment.replace(" ", "") in low:
+            return reason
+    return "tdx.verification_failed"
+
+
+@dataclass(frozen=True)
+class TdxVerified:
+    """A quote whose signatures, chain and collateral checked out, with its TCB evaluation."""
+
+    quote: TdxQuote
+    tcb_status: str
+    advisory_ids: tuple[str, ...]
+    fmspc: str
+    tcb_date: str | None
+    collateral_expires: datetime | None
+
+
+def to_timestamp(as_of: datetime | None) -> int:
+    """Seconds since the epoch for ``as_of`` (None: now; naive datetimes are taken as UTC)."""
+    if as_of is None:
+        as_of = datetime.now(timezone.utc)
+    elif as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=timezone.utc)
+    return int(as_of.timestamp())
+
+
+def load_collateral(collateral: dict[str, Any]) -> "dcap_qvl.QuoteCollateralV3":
+    """Check Veil's collateral JSON (Intel PCS field names), pin the root, hand it to dcap-qvl."""
+    if not isinstance(collateral, dict):
+        raise ParseError("tdx.collateral_malformed", "collateral must be a JSON object")
+    missing = [f for f in COLLATERAL_FIELDS if not isinstance(collateral.get(f), str)]
+    if missing:
+        raise ParseError("tdx.collateral_malformed", f"collateral lacks {', '.join(missing)}")
+    for field in _CHAIN_FIELDS:
+        try:
+            certs = x509.load_pem_x509_certificates(collateral[field].encode())
+        except ValueError as exc:
+            raise ParseError("tdx.collateral_malformed", f"{field}: {exc}") from exc
+        root = hashlib.sha256(certs[-1].public_bytes(Encoding.DER))
+        if root.hexdigest() != INTEL_SGX_ROOT_CA_SHA256:
+            raise VerificationError(
+                "tdx.collateral_root_untrusted", f"{field} does not end in the Intel SGX Root CA"
+            )
+    subset = {f: collateral[f] for f in COLLATERAL_FIELDS}
+    try:
+        return dcap_qvl.QuoteCollateralV3.from_json(json.dumps(subset))
+    except (ValueError, TypeError) as exc:
+        raise ParseError("tdx.collateral_malformed", str(exc)) from exc
+
+
+def verify_quote(
+    quote: bytes | TdxQuote, collateral: dict[str, Any], *, as_of: datetime | None = None
+) -> TdxVerified:
+    """Verify a TDX quote against PCS collateral as of ``as_of``; raise VeilError on failure."""
+    parsed = quote if isinstance(quote, TdxQuote) else parse_quote(quote)
+    col = load_collateral(collateral)
+    now = to_timestamp(as_of)
+    try:
+        # claims_only: every cryptographic and time check, but no TCB-status policy here.
+        raw = dcap_qvl.QuoteVerifier().verify_with_policy(
+            parsed.raw, col, now, dcap_qvl.QuotePolicy.claims_only(now)
+        )
+        out = json.loads(raw.to_json())
+    except ValueError as exc:
+        msg = str(exc).replace("\n", " ")
+        raise VerificationError(_reason(msg), msg) from exc
+    report: dict[str, Any] = next(iter(out.get("report", {}).values()), {})
+    # Belt and braces: the fields Veil exposes must be those dcap-qvl verified.
+    if report.get("mr_td") != parsed.body.mr_td.hex() or report.get(
+        "report_data"
+    ) != parsed.body.report_data.hex():
+        raise VerificationError("tdx.parser_mismatch", "verified report differs from parsed quote")
+    tcb = out.get("tcb", {})
+    status = str(tcb.get("status", ""))
+    if status == "Revoked":
+        raise VerificationError("tdx.tcb_revoked", "Intel has revoked this platform's TCB")
+    platform = out.get("platform", {})
+    expires = out.get("earliest_expiration_date")
+    return TdxVerified(
+        quote=parsed,
+        tcb_status=status,
+        advisory_ids=tuple(str(a) for a in tcb.get("advisory_ids", [])),
+        fmspc=bytes(platform.get("pck", {}).get("fmspc", [])).hex(),
+        tcb_date=platform.get("tcb_level", {}).get("tcbDate"),
+        collateral_expires=(
+            datetime.fromtimestamp(expires, timezone.utc) if isinstance(expires, int) else None
+        ),
+    )
+
+
+def td_claims(quote: TdxQuote) -> dict[str, Any]:
+    """The report-body part of TDX claims, shared with Azure TDX CVMs."""
+    b = quote.body
+    details: dict[str, Any] = {
+        "quote_version": quote.header.version,
+        "mr_seam": b.mr_seam.hex(),
+        "mr_signer_seam": b.mr_signer_seam.hex(),
+        "seam_attributes": b.seam_attributes.hex(),
+        "td_attributes": b.td_attributes.hex(),
+        "xfam": b.xfam.hex(),
+        "mr_config_id": b.mr_config_id.hex(),
+        "mr_owner": b.mr_owner.hex(),
+        "mr_owner_config": b.mr_owner_config.hex(),
+        **{f"rtmr{i}": r.hex() for i, r in enumerate(b.rtmrs)},
+    }
+    if b.mr_service_td is not None:
+        details["mr_service_td"] = b.mr_service_td.hex()
+    return details
+
+
+def to_claims(verified: TdxVerified, platform: str = "tdx") -> Claims:
+    """Normalise a verified quote into Veil's Claims (MRTD is the measurement)."""
+    b = verified.quote.body
+    tcb: dict[str, Any] = {
+        "status": verified.tcb_status,
+        "advisory_ids": list(verified.advisory_ids),
+        "tee_tcb_svn": b.tee_tcb_svn.hex(),
+        "fmspc": verified.fmspc,
+        "tcb_date": verified.tcb_date,
+    }
+    if b.tee_tcb_svn2 is not None:
+        tcb["tee_tcb_svn2"] = b.tee_tcb_svn2.hex()
+    details = td_claims(verified.quote)
+    if verified.collateral_expires is not None:
+        details["collateral_expires"] = verified.collateral_expires.isoformat()
+    return Claims(
+        platform=platform, measurement=b.mr_td.hex(), report_data=b.report_data, debug=b.debug,
+        tcb=tcb, details=details,
+    )
