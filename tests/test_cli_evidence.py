@@ -1,0 +1,93 @@
+"""`veil evidence verify` on the real vectors: verdicts, exit codes (0 accept, 1 reject, 2 usage)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from veil.cli.main import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    result = runner.invoke(app, ["evidence", "verify", *args, "--json"])
+    return result.exit_code, (json.loads(result.stdout) if result.stdout.strip() else None)
+
+
+def test_snp_milan_accepted(vectors) -> None:
+    d = vectors / "sev-snp" / "milan-vcek"
+    code, out = run("--platform", "sev-snp", "--report", str(d / "report.bin"), "--vcek", str(d / "vcek.der"),
+                    "--chain", str(d / "ask_ark.pem"), "--as-of", "2025-01-01T00:00:00Z")
+    assert code == 0, out
+    assert out["verdict"] == "accept"
+    assert out["claims"]["measurement"].startswith("7a1e5c26")
+
+
+def test_snp_debug_rejected_then_allowed(vectors) -> None:
+    d = vectors / "sev-snp" / "milan-debug"
+    args = ["--platform", "sev-snp", "--report", str(d / "report.bin"), "--vcek", str(d / "vcek.der"),
+            "--chain", str(d / "ask_ark.pem"), "--as-of", "2025-01-01T00:00:00Z"]
+    code, out = run(*args)
+    assert code == 1 and out["reason"] == "snp.debug_guest"
+    code, out = run(*args, "--allow-debug")
+    assert code == 0, out
+
+
+def test_tdx_uptodate_and_expired(vectors) -> None:
+    d = vectors / "tdx" / "uptodate"
+    quote = next(p for p in d.iterdir() if p.name != "collateral.json")
+    args = ["--platform", "tdx", "--quote", str(quote), "--collateral", str(d / "collateral.json")]
+    code, out = run(*args, "--as-of", "2025-07-01T00:00:00Z")
+    assert code == 0, out
+    code, out = run(*args, "--as-of", "2026-11-21T00:00:00Z")
+    assert code == 1 and out["reason"] == "tdx.collateral_expired"
+
+
+def test_nvidia_h100(vectors) -> None:
+    d = vectors / "nvidia" / "h100"
+    nonce = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"
+    args = ["--platform", "nvidia", "--report", str(d / "report.hex"), "--cert-chain", str(d / "cert_chain.pem"),
+            "--as-of", "2025-06-01T00:00:00Z"]
+    code, out = run(*args, "--nonce", nonce)
+    assert code == 0, out
+    code, out = run(*args, "--nonce", "00" * 32)
+    assert code == 1 and out["reason"] == "nvidia.nonce_mismatch"
+    root_only = vectors / "nvidia" / "chain-root-only" / "cert_chain.pem"
+    code, out = run("--platform", "nvidia", "--report", str(d / "report.hex"), "--cert-chain", str(root_only),
+                    "--nonce", nonce, "--as-of", "2025-06-01T00:00:00Z")
+    assert code == 1 and out["reason"] == "nvidia.chain_too_short"
+
+
+def test_azure_snp_vtpm(vectors, tmp_path) -> None:
+    ev = vectors / "azure" / "snp-vtpm-milan" / "evidence.json"
+    roots = vectors / "roots"
+    # the Milan ASK+ARK travel as the chain, like AMD KDS's cert_chain
+    chain_file = tmp_path / "ask_ark.pem"
+    chain_file.write_bytes((roots / "canonical_SEV-Milan.pem").read_bytes() + (roots / "canonical_ARK-Milan.pem").read_bytes())
+    args = ["--platform", "azure-snp-vtpm", "--evidence", str(ev), "--chain", str(chain_file),
+            "--as-of", "2025-06-01T00:00:00Z"]
+    code, out = run(*args, "--nonce", "6368616c6c656e6765")
+    assert code == 0, out
+    assert out["claims"]["measurement"].startswith("6a063be9")
+    code, out = run(*args, "--nonce", "00")
+    assert code == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["--platform", "nonsense"],
+    ["--platform", "sev-snp"],  # no report
+    ["--platform", "sev-snp", "--report", "/nonexistent", "--vcek", "/nonexistent"],
+])
+def test_usage_errors_exit_2(args) -> None:
+    code, _ = run(*args)
+    assert code == 2
+
+
+def test_help_explains_itself() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for word in ("up", "verify", "chat", "proxy", "evidence"):
+        assert word in result.stdout
