@@ -76,3 +76,14 @@ def import_ohttp_keys(records: list[dict[str, object]]) -> "KeyStore":
             raise ProtocolError("keyrelease.bad_ohttp_key", "released OHTTP key does not match its configuration")
         pairs.append(pair)
     return KeyStore(pairs)
+
+
+SECRET_UPLOAD_CONTEXT = b"veil/secret-upload/v1"
+
+
+def secret_upload_message(key_id: str, sealed: bytes) -> bytes:
+    """What an admin signs to upload a secret: binds the key id to exactly this ciphertext."""
+    import hashlib
+
+    kid = key_id.encode()
+    return SECRET_UPLOAD_CONTEXT + len(kid).to_bytes(2, "big") + kid + hashlib.sha256(sealed).digest()

@@ -15,9 +15,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -25,9 +27,18 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from veil import keyrelease
 from veil.client.policy import POLICY_FILE, ClientPolicy
 from veil.errors import VeilError
-from veil.manifest import Manifest, ModelEntry, ReferenceValues, SandboxSettings, public_key_hex, sign_manifest
+from veil.manifest import (
+    Manifest,
+    ModelEntry,
+    ReferenceValues,
+    SandboxSettings,
+    SignedManifest,
+    public_key_hex,
+    sign_manifest,
+)
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 
@@ -36,18 +47,29 @@ class DeploymentError(VeilError):
     """A local deployment could not be started."""
 
 
-def load_or_create_admin_key(path: Path) -> Ed25519PrivateKey:
-    """The admin's Ed25519 signing key for this deployment's manifests (0600, PEM)."""
+def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
+    """A PEM private key of ``kind`` at ``path``, created (0600) on first use."""
     if path.exists():
         key = load_pem_private_key(path.read_bytes(), password=None)
-        assert isinstance(key, Ed25519PrivateKey)
+        if not isinstance(key, kind):
+            raise DeploymentError("deploy.bad_key", f"{path} does not hold a {kind.__name__}")
         return key
-    key = Ed25519PrivateKey.generate()
+    key = kind.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     return key
+
+
+def load_or_create_admin_key(path: Path) -> Ed25519PrivateKey:
+    """The admin's Ed25519 key that signs this deployment's manifests."""
+    return _load_or_create_key(path, Ed25519PrivateKey)
+
+
+def load_or_create_recovery_key(path: Path) -> X25519PrivateKey:
+    """The admin's X25519 recovery key: the coordinator's state key is also sealed to it."""
+    return _load_or_create_key(path, X25519PrivateKey)
 
 
 @dataclass
@@ -96,20 +118,14 @@ class LocalDeployment:
         self._spawn("coordinator", [
             "coordinator", "--host", self.host, "--port", str(self.coordinator_port),
             "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
+            "--db", f"sqlite:///{self.state_dir / 'coordinator.db'}",
         ])
         self._wait_http(f"{self.coordinator_url}/health", "coordinator", 30)
+        recovery = load_or_create_recovery_key(self.state_dir / "recovery.key")
+        manifest = self.manifest(admin, recovery)
+        self._unlock_if_needed(recovery, manifest)
         step("signing and setting the manifest")
-        manifest = self.manifest(admin)
-        with httpx.Client(timeout=10) as http:
-            current = http.get(f"{self.coordinator_url}/v1/manifest")
-            previous = current.json() if current.status_code == 200 else None
-            from veil.manifest import SignedManifest
-
-            prev_digest = SignedManifest.parse(previous).digest.hex() if previous else None
-            signed = sign_manifest(manifest, [admin], prev_digest)
-            resp = http.post(f"{self.coordinator_url}/v1/manifest", content=signed.model_dump_json())
-            if resp.status_code != 200:
-                raise DeploymentError("deploy.manifest_refused", resp.text)
+        signed = self._set_manifest(admin, manifest)
         step("starting the worker (attest, register, start the sandboxed engine)")
         assert self.model_path is not None
         self._spawn("worker", [
@@ -119,20 +135,46 @@ class LocalDeployment:
             *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
         ])
         self._wait_http(f"{self.gateway_url}/.well-known/ohttp-gateway", "worker", 120)
-        policy = ClientPolicy(
-            coordinator_url=self.coordinator_url,
-            gateway_url=self.gateway_url,
-            coordinator=manifest.coordinator,
-            manifest_digests=[signed.digest.hex()],
-            admin_keys=[public_key_hex(admin)],
-            trust_simulated=True,
-            simulation_roots=manifest.trusted_simulation_roots,
-        )
+        policy = self._policy(manifest, [signed.digest.hex()], [public_key_hex(admin)])
         policy.save(self.policy_path)
         step(f"client policy written to {self.policy_path}")
         return policy
 
-    def manifest(self, admin: Ed25519PrivateKey) -> Manifest:
+    def _unlock_if_needed(self, recovery: X25519PrivateKey, manifest: Manifest) -> None:
+        """After a code change the coordinator's sealing key changes and it comes up locked:
+        restore it with this deployment's recovery key, as an admin would with `veil recover`."""
+        from veil import admin as admin_ops
+
+        body = httpx.get(f"{self.coordinator_url}/v1/attestation", params={"nonce": "00" * 32}, timeout=10).json()
+        if not body.get("locked"):
+            return
+        target = self._policy(manifest, [], [])
+        admin_ops.recover(self.coordinator_url, recovery, target)
+
+    def _set_manifest(self, admin: Ed25519PrivateKey, manifest: Manifest) -> SignedManifest:
+        with httpx.Client(timeout=10) as http:
+            current = http.get(f"{self.coordinator_url}/v1/manifest")
+            previous = SignedManifest.parse(current.content) if current.status_code == 200 else None
+            if previous is not None and previous.manifest == manifest:
+                return previous  # unchanged deployment: keep the head as it is
+            signed = sign_manifest(manifest, [admin], previous.digest.hex() if previous else None)
+            resp = http.post(f"{self.coordinator_url}/v1/manifest", content=signed.model_dump_json())
+            if resp.status_code != 200:
+                raise DeploymentError("deploy.manifest_refused", resp.text)
+            return signed
+
+    def _policy(self, manifest: Manifest, digests: list[str], admin_keys: list[str]) -> ClientPolicy:
+        return ClientPolicy(
+            coordinator_url=self.coordinator_url,
+            gateway_url=self.gateway_url,
+            coordinator=manifest.coordinator,
+            manifest_digests=digests,
+            admin_keys=admin_keys,
+            trust_simulated=True,
+            simulation_roots=manifest.trusted_simulation_roots,
+        )
+
+    def manifest(self, admin: Ed25519PrivateKey, recovery: X25519PrivateKey) -> Manifest:
         from veil.attest.sim import SimPlatform, measure_code
         from veil.engines.models import sha256_file
 
@@ -146,6 +188,7 @@ class LocalDeployment:
             sandbox=SandboxSettings(profile=self.sandbox),  # type: ignore[arg-type]
             admin_keys=[public_key_hex(admin)],
             trusted_simulation_roots=[SimPlatform.load(self.sim_dir).root_fingerprint],
+            recovery_keys=[keyrelease.public_bytes(recovery).hex()],
         )
 
     def _spawn(self, name: str, args: list[str]) -> None:

@@ -52,6 +52,23 @@ class ModelEntry(_Strict):
     key_id: str | None = None
 
 
+class ReleasePolicy(_Strict):
+    """When the coordinator may release one secret (a model data key) to a worker.
+
+    Conditions are over *verified* claims; every one must hold. Empty lists mean "no further
+    restriction" beyond the worker reference values the worker already had to satisfy.
+    """
+
+    platforms: list[Platform] = Field(default_factory=list)
+    measurements: list[str] = Field(default_factory=list)
+    allow_debug: bool = False
+    allow_simulated: bool = False  # real model keys never go to a simulated TEE unless said here
+    min_tcb: dict[TcbComponent, int] = Field(default_factory=dict)
+    require_gpu: bool = False
+    gpu_platforms: list[str] = Field(default_factory=list)
+    roles: list[Literal["worker"]] = Field(default_factory=lambda: ["worker"])
+
+
 class SandboxSettings(_Strict):
     """The engine's sandbox profile; the worker refuses to serve if it cannot enforce it."""
 
@@ -69,6 +86,10 @@ class Manifest(_Strict):
     # Fingerprints (SHA-256 of the ARK DER) of simulated roots this deployment accepts for workers.
     # Empty in production; a client shows SIMULATED for any deployment that lists one.
     trusted_simulation_roots: list[str] = Field(default_factory=list)
+    # Release policy per secret key id; a secret without a policy is never released.
+    release_policies: dict[str, ReleasePolicy] = Field(default_factory=dict)
+    # X25519 public keys (hex) of admins who can restore the coordinator's state elsewhere.
+    recovery_keys: list[str] = Field(default_factory=list)
     settings: dict[str, Any] = Field(default_factory=dict)  # client-visible settings
 
     def canonical(self) -> bytes:

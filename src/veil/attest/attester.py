@@ -15,6 +15,10 @@ class Attester(Protocol):
 
     def evidence(self, report_data: bytes) -> dict[str, Any]: ...
 
+    def sealing_key(self) -> bytes:
+        """A 32-byte key only this code on this machine can derive (seals state at rest)."""
+        ...
+
 
 class SimSnpAttester:
     """The simulated SEV-SNP chip of a local deployment (clearly labelled ``sim-snp``).
@@ -35,6 +39,15 @@ class SimSnpAttester:
         ev = self._sim.attest(report_data, measurement=self.measurement)
         return {"platform": self.platform, "snp": ev.to_json()}
 
+    def sealing_key(self) -> bytes:
+        """The simulated MSG_KEY_REQ: derived from the chip secret and mixed with the measurement,
+        so other code (another measurement) on the same simulated chip derives another key."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        secret = self._sim.vcek_key.private_numbers().private_value.to_bytes(48, "big")
+        return HKDF(hashes.SHA256(), 32, salt=self.measurement, info=b"veil/sim-sealing-key/v1").derive(secret)
+
 
 class SnpAttester:
     """A real SEV-SNP guest: report through configfs-tsm or /dev/sev-guest, VCEK from the cache."""
@@ -45,6 +58,13 @@ class SnpAttester:
         from veil.attest.snp.collect import collect_evidence
 
         return {"platform": self.platform, "snp": collect_evidence(report_data).to_json()}
+
+    def sealing_key(self) -> bytes:
+        # SNP_GET_DERIVED_KEY (MSG_KEY_REQ through /dev/sev-guest) is not implemented yet; refuse
+        # rather than seal state with a weaker key. Run the coordinator without --db meanwhile.
+        from veil.errors import VeilError
+
+        raise VeilError("sealing.unsupported", "state sealing on real SEV-SNP is not implemented yet")
 
 
 def attester_for(platform: str, sim_dir: Path | None = None) -> Attester:

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from veil.cli import admin as admin_cli
 from veil.cli import evidence as evidence_cli
 from veil.cli import manifest as manifest_cli
 from veil.errors import VeilError
@@ -29,6 +30,9 @@ app = typer.Typer(
 )
 app.add_typer(evidence_cli.app, name="evidence")
 app.add_typer(manifest_cli.app, name="manifest")
+app.add_typer(admin_cli.secret_app, name="secret")
+app.command("audit")(admin_cli.audit)
+app.command("recover")(admin_cli.recover)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -122,6 +126,9 @@ def coordinator(
     port: int = typer.Option(8470),
     platform: str = typer.Option("sim-snp", help="TEE platform: sim-snp or sev-snp."),
     sim_dir: Optional[Path] = typer.Option(None, help="Simulated platform directory (sim-snp)."),
+    db: Optional[str] = typer.Option(
+        None, help="State database URL (sqlite:///path or postgresql://...); state is sealed at rest. "
+        "Without it, state lives in memory only."),
 ) -> None:
     """Run the coordinator: attestation service and key broker."""
     import uvicorn
@@ -129,8 +136,16 @@ def coordinator(
     from veil.attest.attester import attester_for
     from veil.coordinator.app import create_app
     from veil.coordinator.state import CoordinatorState
+    from veil.coordinator.store import Store
 
-    app_ = create_app(CoordinatorState.generate(), attester_for(platform, sim_dir))
+    attester = attester_for(platform, sim_dir)
+    try:
+        state = CoordinatorState.open(Store.from_url(db), attester.sealing_key()) if db else CoordinatorState.generate()
+    except VeilError as err:
+        _fail(err)
+    if state.locked:
+        err_console.print("[yellow]stored state is sealed to another platform: locked until `veil recover`[/]")
+    app_ = create_app(state, attester)
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -163,12 +178,13 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Verify the deployment's attestation and manifest; print a report (exit 1 if refused)."""
-    from veil.client.policy import ClientPolicy
+    from veil.client.policy import load_with_log
     from veil.client.report import render_verification
     from veil.client.verify import verify_coordinator
 
     try:
-        attested = verify_coordinator(ClientPolicy.load(policy))
+        client_policy, log = load_with_log(policy)
+        attested = verify_coordinator(client_policy, manifest_log=log)
     except VeilError as err:
         _fail(err, as_json)
     if as_json:
@@ -221,12 +237,13 @@ def proxy(
     """A local plain OpenAI endpoint: verifies once, then encrypts every request."""
     import uvicorn
 
-    from veil.client.policy import ClientPolicy
+    from veil.client.policy import load_with_log
     from veil.client.proxy import create_proxy_app
     from veil.client.verify import verify_coordinator
 
     try:
-        attested = verify_coordinator(ClientPolicy.load(policy))
+        client_policy, log = load_with_log(policy)
+        attested = verify_coordinator(client_policy, manifest_log=log)
     except VeilError as err:
         _fail(err)
     sim = " (SIMULATED TEE)" if attested.simulated else ""

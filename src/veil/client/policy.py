@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from veil.errors import ParseError
 from veil.manifest import ReferenceValues
+
+if TYPE_CHECKING:
+    from veil.client.manifest_log import ManifestLog
 
 DEFAULT_STATE_DIR = Path(os.environ.get("VEIL_STATE_DIR", Path.home() / ".veil"))
 POLICY_FILE = "client-policy.json"
@@ -50,3 +54,11 @@ class ClientPolicy(BaseModel):
 
 def default_policy_path() -> Path:
     return DEFAULT_STATE_DIR / POLICY_FILE
+
+
+def load_with_log(path: Path | None) -> tuple[ClientPolicy, "ManifestLog"]:
+    """A policy and the manifest log kept beside it (the client's memory of manifests seen)."""
+    from veil.client.manifest_log import LOG_FILE, ManifestLog
+
+    path = path or default_policy_path()
+    return ClientPolicy.load(path), ManifestLog(path.parent / LOG_FILE)

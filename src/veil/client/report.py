@@ -28,11 +28,14 @@ def render_verification(attested: AttestedCoordinator, console: Console) -> None
         table.add_row("debug", "yes" if claims.debug else "no")
         if claims.tcb:
             table.add_row("TCB", ", ".join(f"{k}={v}" for k, v in claims.tcb.items()))
-    m = attested.manifest.manifest
-    table.add_row("manifest", attested.manifest.digest.hex())
-    table.add_row("models", ", ".join(x.name for x in m.models) or "-")
-    sandbox = m.sandbox.profile + (" + GPU" if m.sandbox.allow_gpu else "")
-    table.add_row("sandbox", sandbox)
+    if attested.manifest is not None:
+        m = attested.manifest.manifest
+        table.add_row("manifest", attested.manifest.digest.hex())
+        table.add_row("models", ", ".join(x.name for x in m.models) or "-")
+        sandbox = m.sandbox.profile + (" + GPU" if m.sandbox.allow_gpu else "")
+        if m.sandbox.profile == "none":
+            sandbox += "  (NOT SANDBOXED: development only)"
+        table.add_row("sandbox", sandbox)
     table.add_row("OHTTP key ids", ", ".join(str(c.key_id) for c in attested.key_configs))
     table.add_row("coordinator", attested.coordinator_url)
     table.add_row("gateway", attested.gateway_url)

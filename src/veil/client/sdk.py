@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import openai
 
-from veil.client.policy import ClientPolicy
+from veil.client.policy import ClientPolicy, load_with_log
 from veil.client.transport import OhttpTransport
 from veil.client.verify import AttestedCoordinator, verify_coordinator
 
@@ -28,10 +28,11 @@ class Client:
         timeout: float = 120.0,
         **openai_kwargs: Any,
     ) -> None:
+        log = None
         if not isinstance(policy, ClientPolicy):
-            policy = ClientPolicy.load(Path(policy) if policy else None)
+            policy, log = load_with_log(Path(policy) if policy else None)
         self.policy = policy
-        self.attestation: AttestedCoordinator = verify_coordinator(policy)
+        self.attestation: AttestedCoordinator = verify_coordinator(policy, manifest_log=log)
         transport = OhttpTransport(self.attestation.key_configs[0], policy.gateway_url)
         self._http = httpx.Client(transport=transport, timeout=timeout)
         self._openai = openai.OpenAI(

@@ -19,6 +19,7 @@ import httpx
 from veil.attest.binding import coordinator_report_data
 from veil.attest.claims import Verdict
 from veil.attest.evidence import verify_evidence
+from veil.client.manifest_log import ManifestLog
 from veil.client.policy import ClientPolicy
 from veil.errors import ParseError, PolicyError, VeilError, VerificationError
 from veil.manifest import SignedManifest, valid_signers
@@ -34,7 +35,7 @@ class AttestedCoordinator:
     coordinator_url: str
     gateway_url: str
     verdict: Verdict
-    manifest: SignedManifest
+    manifest: SignedManifest | None  # None only when verified with require_manifest=False
     key_configs: list[KeyConfig]
     public_key: bytes
     elapsed_ms: float
@@ -45,7 +46,7 @@ class AttestedCoordinator:
         return bool(self.verdict.claims and self.verdict.claims.simulated)
 
     def to_json(self) -> dict[str, Any]:
-        m = self.manifest.manifest
+        m = self.manifest.manifest if self.manifest else None
         return {
             "verdict": "accept",
             "reason": "ok",
@@ -53,9 +54,9 @@ class AttestedCoordinator:
             "coordinator_url": self.coordinator_url,
             "gateway_url": self.gateway_url,
             "claims": self.verdict.claims.to_json() if self.verdict.claims else None,
-            "manifest_digest": self.manifest.digest.hex(),
-            "sandbox": m.sandbox.model_dump(),
-            "models": [x.name for x in m.models],
+            "manifest_digest": self.manifest.digest.hex() if self.manifest else None,
+            "sandbox": m.sandbox.model_dump() if m else None,
+            "models": [x.name for x in m.models] if m else [],
             "key_ids": [c.key_id for c in self.key_configs],
             "checks": [{"check": c, "result": r} for c, r in self.checks],
             "elapsed_ms": round(self.elapsed_ms, 2),
@@ -68,22 +69,35 @@ def verify_coordinator(
     http: httpx.Client | None = None,
     nonce: bytes | None = None,
     as_of: datetime | None = None,
+    require_manifest: bool = True,
+    manifest_log: ManifestLog | None = None,
 ) -> AttestedCoordinator:
-    """Fetch and verify the coordinator's attestation; raises a VeilError with a reason code."""
+    """Fetch and verify the coordinator's attestation; raises a VeilError with a reason code.
+
+    ``require_manifest=False`` is for restoring a locked coordinator, which has none yet. With a
+    ``manifest_log``, the attested manifest must also extend the history this client has seen.
+    """
     start = time.perf_counter()
     nonce = nonce or os.urandom(32)
     own = http is None
     http = http or httpx.Client(timeout=10)
     try:
-        resp = http.get(f"{policy.coordinator_url}/v1/attestation", params={"nonce": nonce.hex()})
-    except httpx.HTTPError as exc:
-        raise VerificationError("coordinator.unreachable", f"{policy.coordinator_url}: {exc}") from None
+        try:
+            resp = http.get(f"{policy.coordinator_url}/v1/attestation", params={"nonce": nonce.hex()})
+        except httpx.HTTPError as exc:
+            raise VerificationError("coordinator.unreachable", f"{policy.coordinator_url}: {exc}") from None
+        if resp.status_code != 200 or len(resp.content) > MAX_ATTESTATION_BYTES:
+            raise VerificationError("coordinator.bad_response", f"attestation answered HTTP {resp.status_code}")
+        attested = check_attestation(
+            resp.json(), policy, nonce=nonce, as_of=as_of, started=start, require_manifest=require_manifest
+        )
+        if manifest_log is not None and attested.manifest is not None:
+            manifest_log.advance(policy.coordinator_url, attested.manifest, http)
+            attested.checks.append(("manifest extends the history this client has seen", "ok"))
+        return attested
     finally:
         if own:
             http.close()
-    if resp.status_code != 200 or len(resp.content) > MAX_ATTESTATION_BYTES:
-        raise VerificationError("coordinator.bad_response", f"attestation answered HTTP {resp.status_code}")
-    return check_attestation(resp.json(), policy, nonce=nonce, as_of=as_of, started=start)
 
 
 def check_attestation(
@@ -93,6 +107,7 @@ def check_attestation(
     nonce: bytes,
     as_of: datetime | None = None,
     started: float | None = None,
+    require_manifest: bool = True,
 ) -> AttestedCoordinator:
     """Verify an attestation answer (already fetched) against ``policy`` for ``nonce``."""
     started = started if started is not None else time.perf_counter()
@@ -125,8 +140,10 @@ def check_attestation(
     checks.append(("evidence signature and certificate chain", "ok"))
     checks.append(("launch measurement matches reference values", "ok"))
     checks.append(("report_data binds nonce, key, manifest and key configuration", "ok"))
-    manifest = _check_manifest(body.get("manifest"), manifest_digest, policy)
-    checks.append(("manifest digest pinned or signed by a trusted admin", "ok"))
+    manifest: SignedManifest | None = None
+    if require_manifest or body.get("manifest") is not None:
+        manifest = _check_manifest(body.get("manifest"), manifest_digest, policy)
+        checks.append(("manifest digest pinned or signed by a trusted admin", "ok"))
     key_configs = decode_key_config_list(configs_raw)
     if not key_configs:
         raise ParseError("attestation.no_key_config", "the coordinator offers no OHTTP key configuration")

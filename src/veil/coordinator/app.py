@@ -9,6 +9,8 @@ import time
 import uuid
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -18,9 +20,10 @@ from veil import keyrelease
 from veil.attest.attester import Attester
 from veil.attest.binding import coordinator_report_data, worker_report_data
 from veil.attest.evidence import verify_evidence
+from veil.coordinator import release
 from veil.coordinator.nonces import NonceStore
 from veil.coordinator.state import CoordinatorState, WorkerRecord
-from veil.errors import ParseError, PolicyError, VeilError
+from veil.errors import ParseError, PolicyError, VeilError, VerificationError
 from veil.httputil import BodyLimitMiddleware, error_response, veil_error_handler
 from veil.manifest import SignedManifest
 
@@ -28,10 +31,28 @@ MAX_BODY = 1 << 20  # 1 MiB: manifests and evidence are small
 OHTTP_KEYS_MEDIA_TYPE = "application/ohttp-keys"
 
 
+class SecretUpload(BaseModel):
+    key_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    sealed: str = Field(max_length=65536)  # base64: HPKE to the attested coordinator key
+    admin_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$")
+
+
+class RecoverRequest(BaseModel):
+    sealed_state_key: str = Field(max_length=4096)  # base64: HPKE to this coordinator's attested key
+
+
 class RegisterRequest(BaseModel):
     nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
     public_key: str = Field(pattern=r"^[0-9a-f]{64}$")  # X25519, raw hex
     evidence: dict[str, Any]
+
+
+def _b64(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise ParseError("request.bad_base64", "a field is not valid base64") from None
 
 
 def _hex_nonce(nonce: str) -> bytes:
@@ -89,7 +110,46 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
             "key_configs": base64.b64encode(configs).decode(),
             "manifest": current.model_dump(mode="json") if current else None,
             "manifest_digest": manifest_digest.hex(),
+            "locked": state.locked,
         }
+
+    @app.post("/v1/secrets")
+    def put_secret(body: SecretUpload) -> dict[str, Any]:
+        """Store a secret an admin of the current manifest sealed to our attested key."""
+        manifest = state.require_manifest()
+        if body.admin_key not in manifest.manifest.admin_keys:
+            raise VerificationError("secret.not_admin", "the uploading key is not an admin of the current manifest")
+        sealed = _b64(body.sealed)
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(body.admin_key)).verify(
+                bytes.fromhex(body.signature), keyrelease.secret_upload_message(body.key_id, sealed)
+            )
+        except InvalidSignature:
+            raise VerificationError("secret.bad_signature", "the admin signature over the upload does not verify") from None
+        value = keyrelease.open_sealed(state.hpke_key, sealed, keyrelease.ADMIN_SECRET_INFO, aad=body.key_id.encode())
+        state.put_secret(body.key_id, value, body.admin_key)
+        return {"key_id": body.key_id, "stored": True}
+
+    @app.get("/v1/secrets")
+    def list_secrets() -> dict[str, Any]:
+        state.require_unlocked()
+        return {"key_ids": sorted(state.secrets)}
+
+    @app.get("/v1/audit")
+    def get_audit(after: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10000)) -> list[dict[str, Any]]:
+        if state.store is None:
+            return []
+        return [r.to_json() for r in state.store.audit_records(limit=limit, after_id=after)]
+
+    @app.get("/v1/recovery")
+    def recovery() -> dict[str, Any]:
+        """The state key sealed to each admin recovery key, for `veil recover`."""
+        return {"locked": state.locked, "records": state.recovery_blob()}
+
+    @app.post("/v1/recover")
+    def recover(body: RecoverRequest) -> dict[str, Any]:
+        state.restore(_b64(body.sealed_state_key))
+        return {"restored": True, "manifests": len(state.history), "secrets": len(state.secrets)}
 
     @app.get("/v1/manifest")
     def get_manifest() -> dict[str, Any]:
@@ -127,16 +187,20 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
                 raise PolicyError(verdict.reason, f"worker refused: {verdict.message}")
         except VeilError as err:
             registrations.labels("refused").inc()
+            state.audit("worker.register", body.public_key[:16], "refused", err.reason)
             return error_response(err)
+        claims = verdict.claims
         secrets = {
             "manifest_digest": manifest.digest.hex(),
             "ohttp_keys": keyrelease.export_ohttp_keys(state.ohttp_keys),
+            "data_keys": _release_data_keys(manifest, claims, body.public_key[:16]),
         }
         sealed = keyrelease.seal(
             public_key, json.dumps(secrets).encode(), keyrelease.WORKER_SECRETS_INFO, aad=nonce
         )
         worker_id = uuid.uuid4().hex
-        claims = verdict.claims
+        state.audit("worker.register", worker_id, "accepted", "ok",
+                    {"platform": claims.platform, "measurement": claims.measurement, "simulated": claims.simulated})
         state.add_worker(
             WorkerRecord(worker_id, claims.platform, claims.measurement, claims.simulated, time.time())
         )
@@ -148,6 +212,20 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
                 "sealed_secrets": base64.b64encode(sealed).decode(),
             }
         )
+
+    def _release_data_keys(manifest: SignedManifest, claims: Any, subject: str) -> dict[str, str]:
+        """Data keys whose release policy these claims satisfy; every decision is audited."""
+        released: dict[str, str] = {}
+        for model in manifest.manifest.models:
+            if model.key_id is None:
+                continue
+            ok, reason = release.evaluate(manifest.manifest.release_policies.get(model.key_id), claims)
+            if ok and model.key_id not in state.secrets:
+                ok, reason = False, "release.secret_missing"
+            state.audit("secret.release", model.key_id, "released" if ok else "refused", reason, {"worker": subject})
+            if ok:
+                released[model.key_id] = state.secrets[model.key_id].hex()
+        return released
 
     @app.get("/v1/workers")
     def workers() -> list[dict[str, Any]]:

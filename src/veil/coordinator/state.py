@@ -1,20 +1,35 @@
-"""The coordinator's state: its keys, the manifest history and the workers it has admitted.
+"""The coordinator's state: its keys, the manifest history, uploaded secrets, admitted workers.
 
-Everything secret here (the HPKE key admins encrypt to, the OHTTP private keys released to
-workers) is generated inside the coordinator's TEE and leaves it only sealed to an attested key.
+Everything secret (the HPKE key admins encrypt to, the OHTTP private keys, model data keys) is
+generated or received inside the coordinator's TEE and stored only under the state key. The
+state key is sealed to the platform (so the same measured coordinator on the same machine gets it
+back after a restart) and to the admins' recovery keys (so a new, verified coordinator can be
+restored). A coordinator whose platform cannot unseal the stored state starts *locked*: it serves
+attestation and accepts a recovery, nothing else.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
-import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from veil.errors import PolicyError
+from veil import keyrelease
+from veil.coordinator.store import StateCipher, Store
+from veil.errors import PolicyError, ProtocolError, VeilError
 from veil.manifest import SignedManifest, check_successor
 from veil.ohttp.keyconfig import KeyPair, KeyStore
+
+META_PLATFORM_SEALED = "state_key.platform"
+META_RECOVERY = "state_key.recovery"
+META_KEYS = "keys"
+RECOVERY_INFO = b"veil/state-key-recovery/v1"
+RECOVERY_UPLOAD_INFO = b"veil/state-key-restore/v1"
 
 
 @dataclass(frozen=True)
@@ -26,23 +41,124 @@ class WorkerRecord:
     registered_at: float
 
 
+def _raw_private(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
 @dataclass
 class CoordinatorState:
     hpke_key: X25519PrivateKey
     ohttp_keys: KeyStore
+    store: Store | None = None
+    cipher: StateCipher | None = None
+    locked: bool = False  # stored state exists that this platform cannot unseal: awaiting recovery
     history: list[SignedManifest] = field(default_factory=list)
+    secrets: dict[str, bytes] = field(default_factory=dict)
     workers: dict[str, WorkerRecord] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _platform_key: bytes | None = field(default=None, repr=False)
 
+    # construction -------------------------------------------------------------------------------
     @classmethod
     def generate(cls) -> "CoordinatorState":
+        """Fresh keys, nothing persisted (tests, and deployments that accept losing state)."""
         return cls(hpke_key=X25519PrivateKey.generate(), ohttp_keys=KeyStore([KeyPair.generate(1)]))
 
+    @classmethod
+    def open(cls, store: Store, platform_key: bytes) -> "CoordinatorState":
+        """Load sealed state, create it on first start, or come up locked for recovery."""
+        sealed = store.get_meta(META_PLATFORM_SEALED)
+        if sealed is None:
+            state = cls.generate()
+            state.store, state._platform_key = store, platform_key
+            state._initialise(os.urandom(32))
+            return state
+        try:
+            state_key = StateCipher(platform_key).open(sealed, META_PLATFORM_SEALED)
+        except VeilError:
+            # Not our platform (or another measurement): stay locked until an admin restores us.
+            locked = cls.generate()
+            locked.store, locked.locked, locked._platform_key = store, True, platform_key
+            return locked
+        state = cls._load(store, state_key)
+        state._platform_key = platform_key
+        return state
+
+    @classmethod
+    def _load(cls, store: Store, state_key: bytes) -> "CoordinatorState":
+        cipher = StateCipher(state_key)
+        blob = store.get_meta(META_KEYS)
+        if blob is None:
+            raise ProtocolError("state.corrupt", "sealed state has no key record")
+        keys = json.loads(cipher.open(blob, META_KEYS))
+        state = cls(
+            hpke_key=X25519PrivateKey.from_private_bytes(bytes.fromhex(keys["hpke"])),
+            ohttp_keys=keyrelease.import_ohttp_keys(keys["ohttp"]),
+            store=store,
+            cipher=cipher,
+        )
+        for idx, digest, sealed_entry in store.manifest_rows():
+            entry = SignedManifest.parse(cipher.open(sealed_entry, f"manifest:{idx}"))
+            if entry.digest.hex() != digest:
+                raise ProtocolError("state.corrupt", f"manifest {idx} does not match its digest")
+            check_successor(state.history[-1] if state.history else None, entry)
+            state.history.append(entry)
+        for key_id, sealed_value, _ in store.secret_rows():
+            state.secrets[key_id] = cipher.open(sealed_value, f"secret:{key_id}")
+        return state
+
+    def _initialise(self, state_key: bytes) -> None:
+        assert self.store is not None and self._platform_key is not None
+        self.cipher = StateCipher(state_key)
+        keys = {"hpke": _raw_private(self.hpke_key).hex(), "ohttp": keyrelease.export_ohttp_keys(self.ohttp_keys)}
+        with self.store.transaction() as conn:
+            self.store.put_meta(conn, META_KEYS, self.cipher.seal(json.dumps(keys).encode(), META_KEYS))
+            self.store.put_meta(
+                conn, META_PLATFORM_SEALED, StateCipher(self._platform_key).seal(state_key, META_PLATFORM_SEALED)
+            )
+
+    # recovery -----------------------------------------------------------------------------------
+    def recovery_blob(self) -> list[dict[str, str]]:
+        """The state key sealed to each admin recovery key (public ciphertext)."""
+        raw = self.store.get_meta(META_RECOVERY) if self.store else None
+        return json.loads(raw) if raw else []
+
+    def restore(self, sealed_state_key: bytes) -> None:
+        """Unlock with a state key an admin recovered and sealed to our attested HPKE key."""
+        if not self.locked or self.store is None or self._platform_key is None:
+            raise PolicyError("recovery.not_locked", "this coordinator is not awaiting recovery")
+        state_key = keyrelease.open_sealed(self.hpke_key, sealed_state_key, RECOVERY_UPLOAD_INFO)
+        try:
+            loaded = CoordinatorState._load(self.store, state_key)
+        except VeilError:
+            raise PolicyError("recovery.wrong_key", "the recovered key does not open the stored state") from None
+        with self._lock:
+            self.hpke_key, self.ohttp_keys, self.cipher = loaded.hpke_key, loaded.ohttp_keys, loaded.cipher
+            self.history, self.secrets, self.locked = loaded.history, loaded.secrets, False
+            with self.store.transaction() as conn:  # from now on, sealed to *this* platform
+                self.store.put_meta(
+                    conn, META_PLATFORM_SEALED,
+                    StateCipher(self._platform_key).seal(state_key, META_PLATFORM_SEALED),
+                )
+                self.store.add_audit(conn, "recovery", "state", "restored", "ok")
+
+    def _recovery_records(self, recovery_keys: list[str], state_key: bytes) -> bytes:
+        return json.dumps([
+            {"recovery_key": k, "sealed_state_key": keyrelease.seal(bytes.fromhex(k), state_key, RECOVERY_INFO).hex()}
+            for k in recovery_keys
+        ]).encode()
+
+    # manifests ----------------------------------------------------------------------------------
     @property
     def manifest(self) -> SignedManifest | None:
         return self.history[-1] if self.history else None
 
+    def require_unlocked(self) -> None:
+        if self.locked:
+            raise PolicyError("state.locked", "this coordinator awaits recovery (`veil recover`)")
+
     def require_manifest(self) -> SignedManifest:
+        self.require_unlocked()
         current = self.manifest
         if current is None:
             raise PolicyError("manifest.missing", "no manifest has been set on this coordinator")
@@ -50,10 +166,45 @@ class CoordinatorState:
 
     def append_manifest(self, entry: SignedManifest) -> int:
         """Extend the history if ``entry`` is a correctly signed successor; returns its index."""
+        self.require_unlocked()
         with self._lock:
             check_successor(self.manifest, entry)
+            idx = len(self.history)
+            if self.store is not None and self.cipher is not None:
+                with self.store.transaction() as conn:
+                    sealed = self.cipher.seal(entry.model_dump_json().encode(), f"manifest:{idx}")
+                    self.store.add_manifest(conn, idx, entry.digest.hex(), sealed)
+                    if entry.manifest.recovery_keys:
+                        state_key = self._state_key()
+                        self.store.put_meta(conn, META_RECOVERY, self._recovery_records(entry.manifest.recovery_keys, state_key))
+                    self.store.add_audit(conn, "manifest.set", entry.digest.hex(), "accepted", "ok", {"index": idx})
             self.history.append(entry)
-            return len(self.history) - 1
+            return idx
+
+    def _state_key(self) -> bytes:
+        assert self.store is not None and self._platform_key is not None
+        sealed = self.store.get_meta(META_PLATFORM_SEALED)
+        assert sealed is not None
+        return StateCipher(self._platform_key).open(sealed, META_PLATFORM_SEALED)
+
+    # secrets ------------------------------------------------------------------------------------
+    def put_secret(self, key_id: str, value: bytes, admin_key: str) -> None:
+        self.require_unlocked()
+        with self._lock:
+            if key_id in self.secrets:
+                raise PolicyError("secret.exists", f"secret {key_id!r} exists; secrets are write-once")
+            if self.store is not None and self.cipher is not None:
+                with self.store.transaction() as conn:
+                    self.store.add_secret(conn, key_id, self.cipher.seal(value, f"secret:{key_id}"))
+                    self.store.add_audit(conn, "secret.put", key_id, "accepted", "ok", {"admin_key": admin_key})
+            self.secrets[key_id] = value
+
+    # audit --------------------------------------------------------------------------------------
+    def audit(self, event: str, subject: str, decision: str, reason: str, detail: dict[str, Any] | None = None) -> None:
+        """Record a decision (never a secret value)."""
+        if self.store is not None:
+            with self.store.transaction() as conn:
+                self.store.add_audit(conn, event, subject, decision, reason, detail)
 
     def add_worker(self, record: WorkerRecord) -> None:
         with self._lock:
