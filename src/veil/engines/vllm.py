@@ -1,0 +1,185 @@
+"""vLLM engine (GPU): vLLM's own OpenAI server, started on a Unix socket with logging kept quiet.
+
+Run as ``python -m veil.engines.vllm --model DIR --socket PATH [--n-ctx N] [-- VLLM-ARGS...]``;
+the same flags as every Veil engine, so ``EngineProcess(engine_module="veil.engines.vllm")`` works.
+
+vLLM already serves the OpenAI API (``vllm serve MODEL --uds PATH``), so Veil does not wrap it in a
+second HTTP server: this module only builds a safe command line and then *execs* vLLM, after
+(1) asking Linux to kill it with the gateway (PR_SET_PDEATHSIG survives exec), (2) setting a umask
+so the socket vLLM binds is owner-only, and refusing a socket directory others can enter, (3)
+switching off request logging and usage telemetry, and refusing extra flags that undo that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+#: Environment for vLLM: no usage stats, no Hugging Face hub traffic or telemetry.
+VLLM_ENV = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+#: Extra vLLM flags refused because they log prompts/outputs, open a TCP port or run model code.
+FORBIDDEN_FLAGS = (
+    "--enable-log-requests",
+    "--no-disable-log-requests",
+    "--enable-log-outputs",
+    "--host",
+    "--port",
+    "--trust-remote-code",
+    "--otlp-traces-endpoint",
+)
+
+#: vLLM 0.10.2 replaced --disable-log-requests with --enable-log-requests/--no-enable-log-requests
+#: (off by default); the old flag was removed in 0.12.
+_NEW_LOG_FLAG_SINCE = (0, 10, 2)
+
+
+class VllmConfigError(ValueError):
+    """The requested vLLM set-up would weaken Veil's guarantees (or cannot work)."""
+
+
+def installed_version() -> str | None:
+    """The installed vLLM version, or None where vLLM is not installed (e.g. no GPU here)."""
+    try:
+        return importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def request_logging_off(version: str | None) -> list[str]:
+    """The flag that turns request logging off for this vLLM version (newest if unknown)."""
+    if version is None or _version_tuple(version) >= _NEW_LOG_FLAG_SINCE:
+        return ["--no-enable-log-requests"]
+    return ["--disable-log-requests"]
+
+
+def check_extra_args(extra: Sequence[str]) -> list[str]:
+    """Pass-through vLLM flags (e.g. --gpu-memory-utilization), minus any that weaken privacy."""
+    for arg in extra:
+        name = arg.split("=", 1)[0]
+        if name in FORBIDDEN_FLAGS:
+            raise VllmConfigError(f"vLLM flag {name} is not allowed inside Veil")
+    return list(extra)
+
+
+def vllm_executable() -> list[str]:
+    """``vllm`` beside this interpreter (same virtualenv), else on PATH, else the module form."""
+    beside = Path(sys.executable).with_name("vllm")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    if found := shutil.which("vllm"):
+        return [found]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+
+
+def build_command(
+    model: str | Path,
+    socket_path: str | Path,
+    *,
+    model_id: str | None = None,
+    max_model_len: int | None = None,
+    version: str | None = None,
+    executable: Sequence[str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The ``vllm serve`` argv for one model on one Unix socket, request logging off."""
+    argv = [*(executable or vllm_executable()), "serve", str(model), "--uds", str(socket_path)]
+    if model_id:
+        argv += ["--served-model-name", model_id]
+    if max_model_len:
+        argv += ["--max-model-len", str(max_model_len)]
+    argv += request_logging_off(version)
+    argv += ["--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
+    return argv + check_extra_args(extra_args)
+
+
+def build_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment vLLM runs with: the caller's, plus telemetry and hub access switched off."""
+    return {**(os.environ if base is None else base), **VLLM_ENV}
+
+
+def check_socket_dir(socket_path: str | Path) -> None:
+    """Refuse a socket directory that group or others can enter.
+
+    vLLM binds the socket itself, so the umask is our only say over the socket's mode; a private
+    directory makes the socket unreachable to other users whatever mode it ends up with.
+    """
+    parent = Path(socket_path).resolve().parent
+    st = parent.stat()
+    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise VllmConfigError(
+            f"socket directory {parent} must be owned by this user with mode 0700"
+        )
+
+
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog="python -m veil.engines.vllm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="local model directory (or memfd-backed path)")
+    p.add_argument("--socket", type=Path, required=True, help="Unix socket path to serve on")
+    p.add_argument("--model-id", help="name under /v1/models (default: the directory name)")
+    p.add_argument("--n-ctx", type=int, help="maximum model length (vLLM --max-model-len)")
+    p.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # sent by EngineProcess; unused
+    p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=0o600,
+                   help="only 0600/0700 make sense: vLLM binds the socket under umask 077")
+    p.add_argument("--parent-pid", type=int, help="exit at once if our parent is not this pid")
+    p.add_argument("--print-command", action="store_true",
+                   help="print the vLLM argv and environment overrides as JSON, then exit")
+    args, extra = p.parse_known_args(argv)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    return args, extra
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the command, lock things down, then replace this process with vLLM."""
+    args, extra = _parse_args(argv)
+    model_id = args.model_id or Path(args.model).resolve().name
+    try:
+        cmd = build_command(args.model, args.socket, model_id=model_id,
+                            max_model_len=args.n_ctx, version=installed_version(),
+                            extra_args=extra)
+    except VllmConfigError as exc:
+        print(f"veil-engine: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if args.print_command:
+        print(json.dumps({"argv": cmd, "env": VLLM_ENV}))
+        return
+
+    from veil.engines.onnx import start_up
+
+    start_up(args.parent_pid)
+    try:
+        check_socket_dir(args.socket)
+    except VllmConfigError as exc:
+        print(f"veil-engine: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if args.socket.is_socket():  # stale socket from a dead engine: vLLM's bind() would fail
+        args.socket.unlink()
+    os.umask(0o077)
+    print(f"veil-engine: serving {model_id} (vllm {installed_version() or '?'}) on {args.socket}",
+          file=sys.stderr, flush=True)
+    os.execvpe(cmd[0], cmd, build_env())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Seal a weights file: two streaming passes (digest, then encrypt) in constant memory.
+
+Two passes because the plaintext SHA-256 and size live in the header, and the header is the
+associated data of every segment, so it must be final before the first byte is encrypted. The
+second pass re-hashes what it encrypts and refuses if the source changed in between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from veil.errors import VeilError
+from veil.sealing.format import (
+    DEFAULT_SEGMENT_SIZE,
+    KEY_SIZE,
+    NONCE_PREFIX_SIZE,
+    TINK_HEADER_SIZE,
+    SealedHeader,
+    build_header,
+    check_key,
+    segment_key,
+    segment_nonce,
+)
+
+# progress(phase, done_bytes, total_bytes); phase is "hashing" or "sealing"
+Progress = Callable[[str, int, int], None]
+_READ = 1 << 20
+
+
+def generate_data_key() -> bytes:
+    """A fresh random 32-byte per-model data key."""
+    return secrets.token_bytes(KEY_SIZE)
+
+
+def read_exact(f: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` unless EOF comes first; returns the bytes read."""
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _digest(src: Path, progress: Progress | None) -> tuple[int, bytes]:
+    h = hashlib.sha256()
+    total = src.stat().st_size
+    buf = bytearray(_READ)
+    view = memoryview(buf)
+    done = 0
+    with open(src, "rb", buffering=0) as f:
+        while n := read_exact(f, view):
+            h.update(view[:n])
+            done += n
+            if progress:
+                progress("hashing", done, total)
+    return done, h.digest()
+
+
+def encrypt_stream(fin: BinaryIO, fout: BinaryIO, key: bytes, header: SealedHeader,
+                   progress: Progress | None = None, *, salt: bytes | None = None,
+                   nonce_prefix: bytes | None = None) -> tuple[bytes, str]:
+    """Write ``header`` and the encrypted segments of ``fin`` (exactly header.plaintext_size bytes).
+
+    Returns (SHA-256 of the plaintext actually encrypted, hex SHA-256 of everything written); the
+    caller compares the first with the header. Separate from seal_file so tests can forge files and
+    pin test vectors (``salt``/``nonce_prefix``: never pass them otherwise; they must be random).
+    """
+    plan = header.plan
+    salt = salt or secrets.token_bytes(KEY_SIZE)
+    prefix = nonce_prefix or secrets.token_bytes(NONCE_PREFIX_SIZE)
+    if len(salt) != KEY_SIZE or len(prefix) != NONCE_PREFIX_SIZE:
+        raise ValueError("salt is 32 bytes, nonce prefix 7")
+    aes = algorithms.AES(segment_key(key, salt, header.raw))
+    pt_view = memoryview(bytearray(plan.plaintext_per_segment))
+    ct_view = memoryview(bytearray(plan.plaintext_per_segment + 15))  # update_into wants a block of slack
+    check, sealed = hashlib.sha256(), hashlib.sha256()
+    for chunk in (header.raw, bytes([TINK_HEADER_SIZE]) + salt + prefix):
+        fout.write(chunk)
+        sealed.update(chunk)
+    done = 0
+    for i in range(plan.count):
+        n = plan.plaintext_len(i)
+        if read_exact(fin, pt_view[:n]) != n:
+            raise VeilError("seal.source_changed", "the source shrank while it was being sealed")
+        check.update(pt_view[:n])
+        enc = Cipher(aes, modes.GCM(segment_nonce(prefix, i, i == plan.count - 1))).encryptor()
+        out = ct_view[:enc.update_into(pt_view[:n], ct_view)]
+        enc.finalize()
+        for part in (out, enc.tag):
+            fout.write(part)
+            sealed.update(part)
+        done += n
+        if progress:
+            progress("sealing", done, plan.plaintext_size)
+    if fin.read(1):
+        raise VeilError("seal.source_changed", "the source grew while it was being sealed")
+    return check.digest(), sealed.hexdigest()
+
+
+def seal_file(src: Path, dst: Path, key: bytes, key_id: str, progress: Progress | None = None,
+              *, segment_size: int = DEFAULT_SEGMENT_SIZE) -> SealedHeader:
+    """Encrypt ``src`` to ``dst`` (written to ``dst.partial``, fsynced, then renamed).
+
+    Returns the header with ``sealed_sha256`` set: the digest to pin in the manifest.
+    """
+    check_key(key)
+    src, dst = Path(src), Path(dst)
+    size, digest = _digest(src, progress)
+    header = build_header(key, key_id, size, digest, segment_size)
+    tmp = dst.with_name(dst.name + ".partial")
+    try:
+        with open(src, "rb", buffering=0) as fin, open(tmp, "wb") as fout:
+            encrypted, sealed_hex = encrypt_stream(fin, fout, key, header, progress)
+            if not hmac.compare_digest(encrypted, digest):
+                raise VeilError("seal.source_changed", f"{src} changed while it was being sealed")
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return replace(header, sealed_sha256=sealed_hex)
