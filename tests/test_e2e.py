@@ -132,6 +132,21 @@ def _files_containing(root: Path, needle: bytes) -> list[Path]:
     return hits
 
 
+def test_weights_are_served_sealed_and_never_written_in_the_clear(deployment, client) -> None:
+    """The worker unsealed the weights into a memfd: no plaintext window of them is on disk."""
+    import tempfile
+
+    entry = client.attestation.manifest.manifest.models[0]
+    assert entry.source and entry.key_id and entry.sealed_sha256
+    plain = deployment.model_path.read_bytes()
+    windows = [plain[i:i + 64] for i in (len(plain) // 3, len(plain) // 2, 2 * len(plain) // 3)]
+    roots = [deployment.state_dir, Path("/dev/shm")]
+    roots += [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(("veil", "tmp"))]
+    for root in roots:
+        for w in windows:
+            assert _files_containing(root, w) == [] if root.is_dir() else w not in root.read_bytes()
+
+
 def test_zz_canary_never_reaches_disk(deployment) -> None:
     """Runs last in this module: every prompt above carried the canary."""
     needle = CANARY.encode()

@@ -67,6 +67,8 @@ def put_secret(policy: ClientPolicy, admin: Ed25519PrivateKey, key_id: str, valu
     client = http or httpx.Client(timeout=30)
     try:
         return _check(client.post(f"{policy.coordinator_url}/v1/secrets", json=body))
+    except httpx.HTTPError as exc:
+        raise AdminError("coordinator.unreachable", f"{policy.coordinator_url}: {exc}") from None
     finally:
         if http is None:
             client.close()
@@ -94,6 +96,8 @@ def recover(source_url: str, recovery: X25519PrivateKey, target: ClientPolicy,
             f"{target.coordinator_url}/v1/recover",
             json={"sealed_state_key": base64.b64encode(sealed).decode()},
         ))
+    except httpx.HTTPError as exc:
+        raise AdminError("coordinator.unreachable", f"{source_url}: {exc}") from None
     finally:
         if http is None:
             client.close()
@@ -103,6 +107,8 @@ def audit(coordinator_url: str, after: int = 0, http: httpx.Client | None = None
     client = http or httpx.Client(timeout=30)
     try:
         return _check(client.get(f"{coordinator_url}/v1/audit", params={"after": after}))  # type: ignore[return-value]
+    except httpx.HTTPError as exc:
+        raise AdminError("coordinator.unreachable", f"{coordinator_url}: {exc}") from None
     finally:
         if http is None:
             client.close()

@@ -34,6 +34,7 @@ from veil.manifest import (
     Manifest,
     ModelEntry,
     ReferenceValues,
+    ReleasePolicy,
     SandboxSettings,
     SignedManifest,
     public_key_hex,
@@ -41,6 +42,14 @@ from veil.manifest import (
 )
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+DATA_KEY_ID = f"{DEFAULT_MODEL_NAME}-key"
+
+
+@dataclass(frozen=True)
+class SealedModel:
+    plaintext_sha256: str
+    sealed_sha256: str
+    key: bytes = field(repr=False)
 
 
 class DeploymentError(VeilError):
@@ -108,6 +117,34 @@ class LocalDeployment:
             SimPlatform.create(self.sim_dir)
         self.model_path = self.model_path or default_model_path()
 
+    @property
+    def sealed_path(self) -> Path:
+        return self.state_dir / "models" / f"{DEFAULT_MODEL_NAME}.sealed"
+
+    @property
+    def data_key_path(self) -> Path:
+        return self.state_dir / "models" / f"{DEFAULT_MODEL_NAME}.key"
+
+    def seal_model(self) -> SealedModel:
+        """Seal the weights once under a fresh data key (the admin keeps the key file, 0600)."""
+        from veil.cli.seal import load_key
+        from veil.engines.models import sha256_file
+        from veil.sealing import generate_data_key, read_header, seal_file
+
+        assert self.model_path is not None
+        plain = sha256_file(self.model_path)
+        if self.sealed_path.exists() and self.data_key_path.exists() and read_header(self.sealed_path).plaintext_sha256 == plain:
+            key = load_key(self.data_key_path)
+        else:
+            self.sealed_path.parent.mkdir(mode=0o700, exist_ok=True)
+            key = generate_data_key()
+            self.data_key_path.unlink(missing_ok=True)
+            fd = os.open(self.data_key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key.hex())
+            seal_file(self.model_path, self.sealed_path, key, DATA_KEY_ID)
+        return SealedModel(plain, sha256_file(self.sealed_path), key)
+
     def start(self, progress=None) -> ClientPolicy:
         """Start everything; returns the client policy written for this deployment."""
         step = progress or (lambda msg: None)
@@ -121,17 +158,20 @@ class LocalDeployment:
             "--db", f"sqlite:///{self.state_dir / 'coordinator.db'}",
         ])
         self._wait_http(f"{self.coordinator_url}/health", "coordinator", 30)
+        step("sealing the model weights under a data key")
+        sealed = self.seal_model()
         recovery = load_or_create_recovery_key(self.state_dir / "recovery.key")
-        manifest = self.manifest(admin, recovery)
+        manifest = self.manifest(admin, recovery, sealed)
         self._unlock_if_needed(recovery, manifest)
         step("signing and setting the manifest")
         signed = self._set_manifest(admin, manifest)
+        self._upload_data_key(admin, manifest, signed, sealed.key)
         step("starting the worker (attest, register, start the sandboxed engine)")
         assert self.model_path is not None
         self._spawn("worker", [
             "worker", "--coordinator", self.coordinator_url, "--host", self.host,
             "--port", str(self.worker_port), "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
-            "--model", str(self.model_path), "--run-dir", str(self.state_dir / "run"),
+            "--run-dir", str(self.state_dir / "run"),
             *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
         ])
         self._wait_http(f"{self.gateway_url}/.well-known/ohttp-gateway", "worker", 120)
@@ -150,6 +190,14 @@ class LocalDeployment:
             return
         target = self._policy(manifest, [], [])
         admin_ops.recover(self.coordinator_url, recovery, target)
+
+    def _upload_data_key(self, admin: Ed25519PrivateKey, manifest: Manifest, signed: SignedManifest, key: bytes) -> None:
+        """The data key goes to the coordinator only sealed to its freshly verified key."""
+        from veil import admin as admin_ops
+
+        held = httpx.get(f"{self.coordinator_url}/v1/secrets", timeout=10).json()["key_ids"]
+        if DATA_KEY_ID not in held:
+            admin_ops.put_secret(self._policy(manifest, [signed.digest.hex()], []), admin, DATA_KEY_ID, key)
 
     def _set_manifest(self, admin: Ed25519PrivateKey, manifest: Manifest) -> SignedManifest:
         with httpx.Client(timeout=10) as http:
@@ -174,17 +222,22 @@ class LocalDeployment:
             simulation_roots=manifest.trusted_simulation_roots,
         )
 
-    def manifest(self, admin: Ed25519PrivateKey, recovery: X25519PrivateKey) -> Manifest:
+    def manifest(self, admin: Ed25519PrivateKey, recovery: X25519PrivateKey, sealed: SealedModel) -> Manifest:
         from veil.attest.sim import SimPlatform, measure_code
-        from veil.engines.models import sha256_file
 
-        assert self.model_path is not None
         measurement = measure_code().hex()
         refs = [ReferenceValues(platform="sim-snp", measurements=[measurement])]
         return Manifest(
             coordinator=refs,
             workers=refs,
-            models=[ModelEntry(name=DEFAULT_MODEL_NAME, sha256=sha256_file(self.model_path))],
+            models=[ModelEntry(
+                name=DEFAULT_MODEL_NAME, sha256=sealed.plaintext_sha256, source=str(self.sealed_path),
+                sealed_sha256=sealed.sealed_sha256, key_id=DATA_KEY_ID,
+            )],
+            # A local demo: the simulated worker running exactly this code may receive the key.
+            release_policies={DATA_KEY_ID: ReleasePolicy(
+                platforms=["sim-snp"], measurements=[measurement], allow_simulated=True,
+            )},
             sandbox=SandboxSettings(profile=self.sandbox),  # type: ignore[arg-type]
             admin_keys=[public_key_hex(admin)],
             trusted_simulation_roots=[SimPlatform.load(self.sim_dir).root_fingerprint],

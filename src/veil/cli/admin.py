@@ -41,12 +41,13 @@ def secret_put(
 ) -> None:
     """Verify the coordinator, then upload the secret HPKE-sealed to its attested key."""
     from veil import admin
+    from veil.cli.seal import load_key
     from veil.client.policy import ClientPolicy
 
     try:
         result = admin.put_secret(
             ClientPolicy.load(policy), admin.load_admin_key(admin_key or _state_file(policy, "admin.key")),
-            key_id, key_file.read_bytes(),
+            key_id, load_key(key_file),
         )
     except VeilError as err:
         _fail(err)

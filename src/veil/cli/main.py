@@ -15,6 +15,7 @@ from rich.console import Console
 from veil.cli import admin as admin_cli
 from veil.cli import evidence as evidence_cli
 from veil.cli import manifest as manifest_cli
+from veil.cli.seal import seal_command
 from veil.errors import VeilError
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.add_typer(evidence_cli.app, name="evidence")
 app.add_typer(manifest_cli.app, name="manifest")
 app.add_typer(admin_cli.secret_app, name="secret")
+app.command("seal")(seal_command)
 app.command("audit")(admin_cli.audit)
 app.command("recover")(admin_cli.recover)
 
@@ -156,16 +158,16 @@ def worker(
     port: int = typer.Option(8471),
     platform: str = typer.Option("sim-snp"),
     sim_dir: Optional[Path] = typer.Option(None),
-    model: Optional[Path] = typer.Option(None, help="GGUF model (default: bundled SmolLM2)."),
-    run_dir: Path = typer.Option(Path("/tmp/veil-worker"), help="Directory for the engine's socket."),
+    model: Optional[Path] = typer.Option(None, help="Plaintext GGUF weights, when the manifest's model is not sealed."),
+    model_name: Optional[str] = typer.Option(None, help="Which manifest model to serve (default: the first)."),
+    run_dir: Path = typer.Option(Path("/run/veil-worker"), help="Directory for the engine's socket (tmpfs)."),
     allow_unsandboxed: bool = typer.Option(False, help="Dev only: accept a manifest sandbox profile 'none'."),
 ) -> None:
-    """Run a worker: attest, receive keys, start the sandboxed engine, serve the OHTTP gateway."""
+    """Run a worker: attest, receive keys, unseal weights, start the sandboxed engine, serve OHTTP."""
     from veil.attest.attester import attester_for
-    from veil.engines.models import default_model_path
     from veil.worker.serve import WorkerConfig, run_worker
 
-    config = WorkerConfig(coordinator, host, port, model or default_model_path(), run_dir, allow_unsandboxed)
+    config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name)
     try:
         run_worker(config, attester_for(platform, sim_dir))
     except VeilError as err:

@@ -17,10 +17,18 @@ console = Console()
 CoordOpt = typer.Option("http://127.0.0.1:8470", "--coordinator", help="Coordinator URL.")
 
 
+def _get(url: str) -> httpx.Response:
+    try:
+        return httpx.get(url, timeout=10)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]coordinator unreachable[/]: {exc} (coordinator.unreachable)")
+        raise typer.Exit(1)
+
+
 @app.command()
 def show(coordinator: str = CoordOpt) -> None:
     """Print the current manifest."""
-    resp = httpx.get(f"{coordinator}/v1/manifest", timeout=10)
+    resp = _get(f"{coordinator}/v1/manifest")
     if resp.status_code != 200:
         console.print(f"[red]no manifest[/]: {resp.text}")
         raise typer.Exit(1)
@@ -30,8 +38,10 @@ def show(coordinator: str = CoordOpt) -> None:
 @app.command()
 def history(coordinator: str = CoordOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Fetch the history, check the hash chain and every signature."""
-    resp = httpx.get(f"{coordinator}/v1/manifest/history", timeout=10)
-    resp.raise_for_status()
+    resp = _get(f"{coordinator}/v1/manifest/history")
+    if resp.status_code != 200:
+        console.print(f"[red]no history[/]: HTTP {resp.status_code}")
+        raise typer.Exit(1)
     try:
         entries = [SignedManifest.parse(e) for e in resp.json()]
         head = verify_history(entries)

@@ -29,6 +29,7 @@ class ReleasedSecrets:
     worker_id: str
     manifest_digest: str
     ohttp_keys: list[dict[str, Any]]
+    data_keys: dict[str, str]  # key id -> hex data key, only those our claims were released
 
 
 def register(coordinator_url: str, attester: Attester, http: httpx.Client) -> ReleasedSecrets:
@@ -51,7 +52,9 @@ def register(coordinator_url: str, attester: Attester, http: httpx.Client) -> Re
     except (KeyError, ValueError):
         raise ProtocolError("registration.malformed", "coordinator answer has no sealed secrets") from None
     secrets = json.loads(keyrelease.open_sealed(key, blob, keyrelease.WORKER_SECRETS_INFO, aad=nonce))
-    return ReleasedSecrets(body["worker_id"], secrets["manifest_digest"], secrets["ohttp_keys"])
+    return ReleasedSecrets(
+        body["worker_id"], secrets["manifest_digest"], secrets["ohttp_keys"], secrets.get("data_keys", {})
+    )
 
 
 def _error_of(resp: httpx.Response) -> dict[str, str]:

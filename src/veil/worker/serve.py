@@ -15,7 +15,7 @@ from veil.attest.attester import Attester
 from veil.errors import PolicyError, VerificationError
 from veil.manifest import ModelEntry, SignedManifest
 from veil import keyrelease
-from veil.worker.registration import register
+from veil.worker.registration import ReleasedSecrets, register
 
 log = logging.getLogger("veil.worker")
 
@@ -25,9 +25,10 @@ class WorkerConfig:
     coordinator_url: str
     host: str
     port: int
-    model_path: Path
+    model_path: Path | None  # plaintext weights; None when the manifest's model is sealed
     run_dir: Path  # holds the engine's Unix socket
     allow_unsandboxed: bool = False  # dev only: permits a manifest whose sandbox profile is "none"
+    model_name: str | None = None  # which manifest model to serve (default: the first)
 
 
 def fetch_manifest(http: httpx.Client, coordinator_url: str, digest: str) -> SignedManifest:
@@ -40,18 +41,51 @@ def fetch_manifest(http: httpx.Client, coordinator_url: str, digest: str) -> Sig
     return manifest
 
 
-def model_entry_for(manifest: SignedManifest, model_path: Path) -> ModelEntry:
-    """The manifest entry whose digest matches our weights; serving anything else is refused."""
+def select_model(manifest: SignedManifest, name: str | None) -> ModelEntry:
+    models = manifest.manifest.models
+    for entry in models:
+        if name is None or entry.name == name:
+            return entry
+    raise PolicyError("model.not_in_manifest", f"model {name!r} is not in the manifest")
+
+
+@dataclass
+class Weights:
+    """Where the engine finds the weights: a plain file, or a sealed memfd it inherits."""
+
+    path: str
+    pass_fds: tuple[int, ...] = ()
+    memfile: object | None = None
+
+    def close(self) -> None:
+        if self.memfile is not None:
+            self.memfile.close()  # type: ignore[attr-defined]
+
+
+def load_weights(entry: ModelEntry, secrets: ReleasedSecrets, config: WorkerConfig) -> Weights:
+    """Sealed weights are unsealed into a memfd (never onto disk); plain ones must match the pin."""
+    if entry.source is not None:
+        from veil.sealing import unseal_to_memfd
+
+        key_hex = secrets.data_keys.get(entry.key_id or "")
+        if key_hex is None:
+            raise PolicyError("secret.not_released", f"the coordinator did not release key {entry.key_id!r} to this worker")
+        memfile = unseal_to_memfd(
+            entry.source, bytes.fromhex(key_hex),
+            expected_digest=entry.sealed_sha256, expected_plaintext_digest=entry.sha256,
+        )
+        return Weights(memfile.path, (memfile.fd,), memfile)
     from veil.engines.models import sha256_file
 
-    digest = sha256_file(model_path)
-    for entry in manifest.manifest.models:
-        if entry.sha256 == digest:
-            return entry
-    raise PolicyError("model.not_in_manifest", f"model {model_path.name} (sha256 {digest[:16]}…) is not in the manifest")
+    if config.model_path is None:
+        raise PolicyError("model.missing", f"model {entry.name!r} is not sealed and no --model was given")
+    digest = sha256_file(config.model_path)
+    if digest != entry.sha256:
+        raise PolicyError("model.digest_mismatch", f"{config.model_path.name} (sha256 {digest[:16]}…) is not the manifest's {entry.name}")
+    return Weights(str(config.model_path))
 
 
-def sandbox_wrapper(manifest: SignedManifest, config: WorkerConfig) -> list[str]:
+def sandbox_wrapper(manifest: SignedManifest, config: WorkerConfig, weights: Weights) -> list[str]:
     """The argv prefix that enforces the manifest's sandbox profile, or a refusal.
 
     There is no fallback: a profile this machine cannot enforce stops the worker
@@ -68,7 +102,8 @@ def sandbox_wrapper(manifest: SignedManifest, config: WorkerConfig) -> list[str]
     profile = SandboxProfile(
         name=settings.profile, allow_gpu=settings.allow_gpu, dev_unsandboxed=settings.profile == "none"
     )
-    return sandbox_prefix(profile, socket_dir=str(config.run_dir), ro_binds=[str(config.model_path)])
+    ro_binds = [] if weights.pass_fds else [weights.path]  # a memfd is inherited, not bound
+    return sandbox_prefix(profile, socket_dir=str(config.run_dir), ro_binds=ro_binds)
 
 
 def run_worker(config: WorkerConfig, attester: Attester) -> None:
@@ -78,17 +113,18 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
     with httpx.Client(timeout=30) as http:
         secrets = register(config.coordinator_url, attester, http)
         manifest = fetch_manifest(http, config.coordinator_url, secrets.manifest_digest)
-    entry = model_entry_for(manifest, config.model_path)
+    entry = select_model(manifest, config.model_name)
     keys = keyrelease.import_ohttp_keys(secrets.ohttp_keys)
     config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    wrapper = sandbox_wrapper(manifest, config)
+    weights = load_weights(entry, secrets, config)
+    wrapper = sandbox_wrapper(manifest, config, weights)
     log.warning(
         "worker %s admitted; starting engine for %s (sandbox: %s)",
         secrets.worker_id, entry.name, manifest.manifest.sandbox.profile,
     )
     engine = EngineProcess(
-        config.run_dir / "engine.sock", config.model_path, wrapper=wrapper, model_id=entry.name,
-        log_path=config.run_dir / "engine.log",
+        config.run_dir / "engine.sock", weights.path, wrapper=wrapper, model_id=entry.name,
+        log_path=config.run_dir / "engine.log", pass_fds=weights.pass_fds,
     )
     with engine:
         upstream = httpx.AsyncClient(
@@ -96,4 +132,7 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
             timeout=httpx.Timeout(300.0, connect=5.0),
         )
         app = create_gateway_app(keys, upstream)
-        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+        try:
+            uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+        finally:
+            weights.close()
