@@ -79,3 +79,49 @@ def _verify_snp(
             return verdict
     assert verdict is not None
     return verdict
+
+
+def verify_worker_evidence(
+    evidence: dict[str, Any],
+    references: list[ReferenceValues],
+    *,
+    challenge: bytes,
+    public_key: bytes,
+    simulation_roots: list[str] = (),  # type: ignore[assignment]
+    as_of: datetime | None = None,
+) -> Verdict:
+    """A worker's CPU evidence, and its GPUs' evidence when present, bound together.
+
+    With GPUs, the CPU report_data binds the digest of every GPU's SPDM report, and each GPU
+    signed a nonce derived from the same challenge and worker key (veil.attest.composite), so the
+    GPUs cannot be swapped for others or replayed from another registration.
+    """
+    from veil.attest import binding, composite
+    from veil.attest.nvidia import NvidiaEvidence
+    from veil.attest.nvidia.verify import TRUSTED_ROOTS
+
+    try:
+        raw_gpus = (evidence.get("gpus") or []) if isinstance(evidence, dict) else []
+        if not isinstance(raw_gpus, list):
+            raise ParseError("evidence.malformed", "gpus must be a list")
+        gpus = [NvidiaEvidence.from_json(g) for g in raw_gpus]
+        platform = evidence.get("platform") if isinstance(evidence, dict) else None
+        if not gpus and any(r.require_gpu for r in references if r.platform == platform):
+            raise PolicyError("evidence.gpu_required", "the manifest requires GPU evidence from workers")
+    except VeilError as err:
+        return Verdict.reject(err)
+    expected = (
+        composite.worker_report_data(challenge, public_key, gpus)
+        if gpus
+        else binding.worker_report_data(challenge, public_key)
+    )
+    verdict = verify_evidence(
+        evidence, references, expected_report_data=expected, simulation_roots=simulation_roots, as_of=as_of
+    )
+    if not verdict.accepted or not gpus:
+        return verdict
+    assert verdict.claims is not None
+    return composite.verify_composite(
+        verdict.claims, gpus, challenge_nonce=challenge, worker_public_key=public_key, as_of=as_of,
+        trusted_roots=set(TRUSTED_ROOTS) | set(simulation_roots),
+    )

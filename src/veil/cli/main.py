@@ -162,12 +162,13 @@ def worker(
     model_name: Optional[str] = typer.Option(None, help="Which manifest model to serve (default: the first)."),
     run_dir: Path = typer.Option(Path("/run/veil-worker"), help="Directory for the engine's socket (tmpfs)."),
     allow_unsandboxed: bool = typer.Option(False, help="Dev only: accept a manifest sandbox profile 'none'."),
+    gpu: str = typer.Option("auto", help="GPU evidence: auto (NVML, when a CC-mode GPU is present), none, required."),
 ) -> None:
     """Run a worker: attest, receive keys, unseal weights, start the sandboxed engine, serve OHTTP."""
     from veil.attest.attester import attester_for
     from veil.worker.serve import WorkerConfig, run_worker
 
-    config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name)
+    config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu)
     try:
         run_worker(config, attester_for(platform, sim_dir))
     except VeilError as err:

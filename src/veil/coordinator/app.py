@@ -18,8 +18,8 @@ from pydantic import BaseModel, Field
 
 from veil import keyrelease
 from veil.attest.attester import Attester
-from veil.attest.binding import coordinator_report_data, worker_report_data
-from veil.attest.evidence import verify_evidence
+from veil.attest.binding import coordinator_report_data
+from veil.attest.evidence import verify_worker_evidence
 from veil.coordinator import release
 from veil.coordinator.nonces import NonceStore
 from veil.coordinator.state import CoordinatorState, WorkerRecord
@@ -177,10 +177,11 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
             nonce = bytes.fromhex(body.nonce)
             nonces.consume(nonce)
             public_key = bytes.fromhex(body.public_key)
-            verdict = verify_evidence(
+            verdict = verify_worker_evidence(
                 body.evidence,
                 manifest.manifest.workers,
-                expected_report_data=worker_report_data(nonce, public_key),
+                challenge=nonce,
+                public_key=public_key,
                 simulation_roots=manifest.manifest.trusted_simulation_roots,
             )
             if not verdict.accepted or verdict.claims is None:

@@ -139,10 +139,13 @@ def wrap_command(
         "--tmpfs", "/",  # an empty root; only what is bound below exists
         *_system_args(),
     ]
+    # The scratch tmpfs goes first: read-only binds that live beneath it (a checkout or venv under
+    # /tmp, say) are then mounted on top of it instead of being hidden by it.
+    scratch = scratch_dir(socket_dir)
+    args += ["--size", str(TMP_SIZE), "--tmpfs", scratch]
     for path in outermost([*python_runtime_paths(), *profile.ro_paths, *ro_binds]):
         args += ["--ro-bind", path, path]
-    scratch = scratch_dir(socket_dir)
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_SIZE), "--tmpfs", scratch]
+    args += ["--proc", "/proc", "--dev", "/dev"]
     if profile.allow_gpu:
         for node in gpu_device_nodes():
             args += ["--dev-bind", node, node]

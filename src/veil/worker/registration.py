@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -32,13 +33,25 @@ class ReleasedSecrets:
     data_keys: dict[str, str]  # key id -> hex data key, only those our claims were released
 
 
-def register(coordinator_url: str, attester: Attester, http: httpx.Client) -> ReleasedSecrets:
+GpuCollector = Callable[[bytes, bytes], list[Any]]  # (challenge, worker key) -> NvidiaEvidence list
+
+
+def register(
+    coordinator_url: str, attester: Attester, http: httpx.Client, gpu_collector: GpuCollector | None = None
+) -> ReleasedSecrets:
     key = X25519PrivateKey.generate()
     public = keyrelease.public_bytes(key)
     resp = http.post(f"{coordinator_url}/v1/workers/challenge")
     resp.raise_for_status()
     nonce = bytes.fromhex(resp.json()["nonce"])
-    evidence = attester.evidence(worker_report_data(nonce, public))
+    gpus = gpu_collector(nonce, public) if gpu_collector else []
+    if gpus:  # the CPU report binds every GPU's report, each signed over a nonce from this challenge
+        from veil.attest import composite
+
+        evidence = attester.evidence(composite.worker_report_data(nonce, public, gpus))
+        evidence["gpus"] = [g.to_json() for g in gpus]
+    else:
+        evidence = attester.evidence(worker_report_data(nonce, public))
     resp = http.post(
         f"{coordinator_url}/v1/workers/register",
         json={"nonce": nonce.hex(), "public_key": public.hex(), "evidence": evidence},

@@ -29,6 +29,26 @@ class WorkerConfig:
     run_dir: Path  # holds the engine's Unix socket
     allow_unsandboxed: bool = False  # dev only: permits a manifest whose sandbox profile is "none"
     model_name: str | None = None  # which manifest model to serve (default: the first)
+    gpu: str = "auto"  # auto: attest CC-mode GPUs through NVML when present; none; required
+
+
+def gpu_collector(mode: str):
+    """Collect GPU evidence for registration: NVML on a confidential-computing GPU."""
+    from veil.attest import composite
+    from veil.errors import VeilError
+
+    if mode == "none":
+        return None
+
+    def collect(challenge: bytes, public_key: bytes) -> list:
+        try:
+            return composite.collect_gpu_evidence(challenge, public_key)[0]
+        except VeilError as err:
+            if mode == "auto" and err.reason == "nvidia.no_gpu":
+                return []
+            raise
+
+    return collect
 
 
 def fetch_manifest(http: httpx.Client, coordinator_url: str, digest: str) -> SignedManifest:
@@ -111,7 +131,7 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
     from veil.worker.gateway import create_gateway_app
 
     with httpx.Client(timeout=30) as http:
-        secrets = register(config.coordinator_url, attester, http)
+        secrets = register(config.coordinator_url, attester, http, gpu_collector(config.gpu))
         manifest = fetch_manifest(http, config.coordinator_url, secrets.manifest_digest)
     entry = select_model(manifest, config.model_name)
     keys = keyrelease.import_ohttp_keys(secrets.ohttp_keys)
