@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 # Portable llama.cpp build (no -march=native), so the wheel in pip's cache runs on any x86-64.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
+TEST_STAMP := $(VENV)/.test-deps
+
 .PHONY: run test install clean bench
 
 install: $(STAMP)
@@ -20,7 +22,12 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh
 run: install
 	$(BIN)/veil up --demo
 
-test: install
+# Test-only system packages (a private PostgreSQL server for the shared-database tests).
+$(TEST_STAMP): scripts/install-test-deps.sh $(STAMP)
+	sh scripts/install-test-deps.sh
+	touch $(TEST_STAMP)
+
+test: install $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 bench: install

@@ -19,6 +19,7 @@ import json
 import statistics
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,10 @@ async def measure(max_tokens: int, repeat: int, sandbox: str) -> dict[str, Any]:
                     for _ in range(repeat):
                         for prompt in DEFAULT_PROMPTS:
                             for name, src in sources.items():
-                                runs[name].append(await measure_one(src, prompt, max_tokens))
+                                # A unique opening defeats llama.cpp's reuse of the previous
+                                # request's KV cache, which would favour whichever path runs second.
+                                unique = f"(request {uuid.uuid4().hex[:8]}) {prompt}"
+                                runs[name].append(await measure_one(src, unique, max_tokens))
         finally:
             dep.stop()
     result = {name: summarise(r) for name, r in runs.items()}

@@ -196,3 +196,18 @@ def test_recovery_into_a_new_coordinator(sim_dir, tmp_path) -> None:
     resp, secrets = _register(new)
     assert resp.status_code == 200 and secrets["data_keys"] == {"model-key": DATA_KEY.hex()}
     assert any(r["event"] == "recovery" for r in new.http.get("/v1/audit").json())
+
+
+def test_concurrent_writer_conflict_is_a_clean_refusal(sim_dir, tmp_path) -> None:
+    """Two coordinators on one database racing for the same history slot: the loser gets
+    state.conflict (HTTP 403 with a reason), never a 500, and nothing is half-written."""
+    a = Ed25519PrivateKey.generate()
+    one = Deployment(sim_dir, tmp_path / "c.db")
+    two = Deployment(sim_dir, tmp_path / "c.db")
+    first = _manifest(sim_dir, a, one.attester)
+    assert one.http.post("/v1/manifest", content=first.model_dump_json()).status_code == 200
+    two.state.refresh = lambda: None  # freeze two's view, as if it lost the race after reading
+    rival = _manifest(sim_dir, a, one.attester, settings={"rival": True})
+    resp = two.http.post("/v1/manifest", content=rival.model_dump_json())
+    assert resp.status_code == 403 and resp.json()["error"]["reason"] == "state.conflict"
+    assert [e.digest for e in Deployment(sim_dir, tmp_path / "c.db").state.history] == [first.digest]

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from veil.cli import admin as admin_cli
+from veil.cli import collateral as collateral_cli
 from veil.cli import evidence as evidence_cli
 from veil.cli import manifest as manifest_cli
 from veil.cli.seal import seal_command
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 app.add_typer(evidence_cli.app, name="evidence")
 app.add_typer(manifest_cli.app, name="manifest")
+app.add_typer(collateral_cli.app, name="collateral")
 app.add_typer(admin_cli.secret_app, name="secret")
 app.command("seal")(seal_command)
 app.command("audit")(admin_cli.audit)

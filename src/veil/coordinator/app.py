@@ -173,6 +173,7 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
     def register(body: RegisterRequest) -> JSONResponse:
         """Verify a worker's evidence against the manifest; only then release the OHTTP keys."""
         try:
+            state.refresh()  # a peer coordinator on the same database may have moved on
             manifest = state.require_manifest()
             nonce = bytes.fromhex(body.nonce)
             nonces.consume(nonce)

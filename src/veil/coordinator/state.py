@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from sqlalchemy.exc import IntegrityError
 
 from veil import keyrelease
 from veil.coordinator.store import StateCipher, Store
@@ -164,14 +167,30 @@ class CoordinatorState:
             raise PolicyError("manifest.missing", "no manifest has been set on this coordinator")
         return current
 
+    def refresh(self) -> None:
+        """Pick up what coordinators sharing our database wrote (manifests, secrets) since we loaded."""
+        if self.store is None or self.cipher is None or self.locked:
+            return
+        with self._lock:
+            for idx, digest, sealed_entry in self.store.manifest_rows()[len(self.history):]:
+                entry = SignedManifest.parse(self.cipher.open(sealed_entry, f"manifest:{idx}"))
+                if entry.digest.hex() != digest:
+                    raise ProtocolError("state.corrupt", f"manifest {idx} does not match its digest")
+                check_successor(self.manifest, entry)
+                self.history.append(entry)
+            for key_id, sealed_value, _ in self.store.secret_rows():
+                if key_id not in self.secrets:
+                    self.secrets[key_id] = self.cipher.open(sealed_value, f"secret:{key_id}")
+
     def append_manifest(self, entry: SignedManifest) -> int:
         """Extend the history if ``entry`` is a correctly signed successor; returns its index."""
         self.require_unlocked()
+        self.refresh()
         with self._lock:
             check_successor(self.manifest, entry)
             idx = len(self.history)
             if self.store is not None and self.cipher is not None:
-                with self.store.transaction() as conn:
+                with self._conflict_guard(), self.store.transaction() as conn:
                     sealed = self.cipher.seal(entry.model_dump_json().encode(), f"manifest:{idx}")
                     self.store.add_manifest(conn, idx, entry.digest.hex(), sealed)
                     if entry.manifest.recovery_keys:
@@ -188,13 +207,22 @@ class CoordinatorState:
         return StateCipher(self._platform_key).open(sealed, META_PLATFORM_SEALED)
 
     # secrets ------------------------------------------------------------------------------------
+    @contextmanager
+    def _conflict_guard(self) -> Iterator[None]:
+        """Another coordinator on the same database wrote first: a clean refusal, not a crash."""
+        try:
+            yield
+        except IntegrityError:
+            raise PolicyError("state.conflict", "another coordinator changed this state first; retry") from None
+
     def put_secret(self, key_id: str, value: bytes, admin_key: str) -> None:
         self.require_unlocked()
+        self.refresh()
         with self._lock:
             if key_id in self.secrets:
                 raise PolicyError("secret.exists", f"secret {key_id!r} exists; secrets are write-once")
             if self.store is not None and self.cipher is not None:
-                with self.store.transaction() as conn:
+                with self._conflict_guard(), self.store.transaction() as conn:
                     self.store.add_secret(conn, key_id, self.cipher.seal(value, f"secret:{key_id}"))
                     self.store.add_audit(conn, "secret.put", key_id, "accepted", "ok", {"admin_key": admin_key})
             self.secrets[key_id] = value

@@ -140,6 +140,26 @@ def _vcek_der(data: bytes) -> bytes:
     return data
 
 
+def _cached_vcek(report: bytes, cache: Any) -> bytes:
+    """The VCEK `veil collateral fetch` cached for this report's chip and reported TCB (a v2
+    report has no CPUID, so every product's layout is tried)."""
+    parsed = parse_report(report)
+    from veil.attest.snp.abi import PRODUCTS
+
+    for product in [parsed.product] if parsed.product else list(PRODUCTS):
+        try:
+            vcek = cache.read_vcek(product, parsed.chip_id, TcbVersion.decode(parsed.reported_tcb, product))
+        except VeilError:
+            continue
+        if vcek is not None:
+            return vcek
+    raise ParseError(
+        "cli.missing_input",
+        f"--vcek not given and no cached VCEK for this chip and TCB in {cache.root} "
+        "(run `veil collateral fetch --report ...` once, online)",
+    )
+
+
 def verify_files(inputs: EvidenceFiles, *, trust: TrustRoots | None = None, cache_dir: Any = None) -> Verdict:
     """The CLI's entry: --report, --vcek (DER/PEM), --chain (else the collateral cache), --policy."""
     from veil.attest.snp import kds
@@ -147,7 +167,10 @@ def verify_files(inputs: EvidenceFiles, *, trust: TrustRoots | None = None, cach
 
     try:
         report = _read(inputs.report, "report")
-        vcek = _vcek_der(_read(inputs.vcek, "vcek"))
+        if inputs.vcek is not None:
+            vcek = _vcek_der(_read(inputs.vcek, "vcek"))
+        else:
+            vcek = _cached_vcek(report, kds.CollateralCache(cache_dir))
         crl: bytes | None = None
         if inputs.chain is not None:
             chain = _read(inputs.chain, "chain")
