@@ -16,7 +16,7 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from veil.errors import ParseError, PolicyError, VerificationError
 
@@ -76,6 +76,23 @@ class SandboxSettings(_Strict):
     allow_gpu: bool = False
 
 
+class TenantEntry(_Strict):
+    """One tenant: its API key is stored only as SHA-256 (see docs/tenants-and-padding.md)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # SHA-256 of a secrets.token_urlsafe(32) key
+    requests_per_minute: int = Field(ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+
+class PaddingSettings(_Strict):
+    """Length hiding: minimum size buckets (bytes); None switches that kind of padding off."""
+
+    requests: int | None = Field(default=256, ge=16)  # client-side: inner request message
+    responses: int | None = Field(default=256, ge=16)  # whole (non-streamed) inner responses
+    stream_chunks: int | None = Field(default=512, ge=64)  # each chunk of a streamed (SSE) answer
+
+
 class Manifest(_Strict):
     version: Literal[1] = 1
     coordinator: list[ReferenceValues] = Field(min_length=1)
@@ -91,6 +108,26 @@ class Manifest(_Strict):
     # X25519 public keys (hex) of admins who can restore the coordinator's state elsewhere.
     recovery_keys: list[str] = Field(default_factory=list)
     settings: dict[str, Any] = Field(default_factory=dict)  # client-visible settings
+    # API-key tenants; empty means no key is required. Left out of the canonical form while
+    # empty/None (like padding), so manifests written before these fields keep their digests.
+    tenants: list[TenantEntry] = Field(default_factory=list)
+    padding: PaddingSettings | None = None  # None: the defaults of PaddingSettings
+
+    @field_validator("tenants")
+    @classmethod
+    def _unique_tenants(cls, tenants: list[TenantEntry]) -> list[TenantEntry]:
+        if len({t.id for t in tenants}) != len(tenants) or len({t.key_sha256 for t in tenants}) != len(tenants):
+            raise ValueError("tenant ids and key hashes must be unique")
+        return tenants
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_additions(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if not self.tenants:
+            data.pop("tenants", None)
+        if self.padding is None:
+            data.pop("padding", None)
+        return data
 
     def canonical(self) -> bytes:
         """RFC 8785 canonical JSON: the bytes that are hashed and signed."""

@@ -6,7 +6,9 @@ Plug into any httpx-based SDK (the ``openai`` SDK included)::
     client = openai.OpenAI(base_url="https://gateway.example/v1", api_key="x", http_client=http_client)
 
 By default the response uses chunked OHTTP, so a streamed completion is decrypted and handed to
-the caller chunk by chunk as the engine produces it.
+the caller chunk by chunk as the engine produces it. The inner request is padded with zero bytes
+(RFC 9292 §3.8) to the next power of two >= ``pad_requests`` (256 by default; None: off), so its
+size reveals only a bucket (docs/tenants-and-padding.md).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from veil.ohttp.chunked import (
 )
 from veil.ohttp.keyconfig import KeyConfig, SymmetricSuite, decode_key_config_list
 from veil.ohttp.ohttp import MEDIA_TYPE_REQUEST, MEDIA_TYPE_RESPONSE, ClientResponseContext, encapsulate_request
+from veil.worker.padding import pad_message
 
 GATEWAY_PATH = "/.well-known/ohttp-gateway"
 REQUEST_CHUNK = 16 * 1024
+DEFAULT_REQUEST_PADDING = 256  # inner requests padded to the next power of two >= 256 bytes
 
 
 def _as_config(key_config: KeyConfig | bytes) -> KeyConfig:
@@ -72,19 +76,24 @@ def _outer_failure(status: int, body: bytes) -> ProtocolError:
 class _Core:
     """What the sync and async transports share: encryption and decryption, no I/O."""
 
-    def __init__(self, key_config: KeyConfig | bytes, gateway_url: str, chunked: bool, suite: SymmetricSuite | None) -> None:
+    def __init__(
+        self, key_config: KeyConfig | bytes, gateway_url: str, chunked: bool, suite: SymmetricSuite | None,
+        pad_requests: int | None = DEFAULT_REQUEST_PADDING,
+    ) -> None:
         self.config = _as_config(key_config)
         self.url = _gateway_url(gateway_url)
         self.chunked = chunked
         self.suite = suite
+        self.pad_requests = pad_requests
 
     def encrypt(self, request: httpx.Request, body: bytes) -> tuple[bytes, str, object]:
         inner = _inner_request(request, body)
         if not self.chunked:
-            enc, ctx = encapsulate_request(self.config, bhttp.encode_request(inner), suite=self.suite)
+            plain = pad_message(bhttp.encode_request(inner), self.pad_requests)  # RFC 9292 §3.8 zeros
+            enc, ctx = encapsulate_request(self.config, plain, suite=self.suite)
             return enc, MEDIA_TYPE_REQUEST, ctx
         tx = ChunkedRequestSender(self.config, suite=self.suite)
-        plain = bhttp.encode_request(inner, indeterminate=True)
+        plain = pad_message(bhttp.encode_request(inner, indeterminate=True), self.pad_requests)
         pieces = [plain[i : i + REQUEST_CHUNK] for i in range(0, len(plain), REQUEST_CHUNK)] or [b""]
         wire = tx.header + b"".join(tx.seal_chunk(p) for p in pieces[:-1]) + tx.seal_final(pieces[-1])
         return wire, MEDIA_TYPE_CHUNKED_REQUEST, tx
@@ -110,6 +119,7 @@ class _Decryptor:
     def __init__(self, tx: ChunkedRequestSender) -> None:
         self.rx: ChunkedResponseReceiver = tx.response_receiver()
         self.decoder = bhttp.ResponseStreamDecoder()
+        self.closed = False
 
     def feed(self, data: bytes) -> list[bhttp.Event]:
         events: list[bhttp.Event] = []
@@ -118,6 +128,9 @@ class _Decryptor:
         return events
 
     def close(self) -> list[bhttp.Event]:
+        if self.closed:
+            return []
+        self.closed = True
         events = self.decoder.feed(self.rx.close())
         self.decoder.close()
         return events
@@ -141,8 +154,9 @@ class OhttpTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         outer_transport: httpx.BaseTransport | None = None,
         async_outer_transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout | float | None = 60.0,
+        pad_requests: int | None = DEFAULT_REQUEST_PADDING,
     ) -> None:
-        self._core = _Core(key_config, gateway_url, chunked, suite)
+        self._core = _Core(key_config, gateway_url, chunked, suite, pad_requests)
         self._sync = httpx.Client(transport=outer_transport, timeout=timeout)
         self._async = httpx.AsyncClient(transport=async_outer_transport, timeout=timeout)
 
@@ -170,9 +184,11 @@ class OhttpTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
             while dec.decoder.head is None:
                 try:
                     piece = next(raw)
-                except StopIteration:
-                    dec.close()
-                    raise ProtocolError("chunked.truncated", "response ended before its head") from None
+                except StopIteration:  # the whole (padded) answer may sit in the final chunk
+                    pending += [e.data for e in dec.close() if isinstance(e, bhttp.BodyChunk)]
+                    if dec.decoder.head is None:
+                        raise ProtocolError("chunked.truncated", "response ended before its head") from None
+                    break
                 pending += [e.data for e in dec.feed(piece) if isinstance(e, bhttp.BodyChunk)]
         except BaseException:
             outer.close()
@@ -207,9 +223,11 @@ class OhttpTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
             while dec.decoder.head is None:
                 try:
                     piece = await raw.__anext__()
-                except StopAsyncIteration:
-                    dec.close()
-                    raise ProtocolError("chunked.truncated", "response ended before its head") from None
+                except StopAsyncIteration:  # the whole (padded) answer may sit in the final chunk
+                    pending += [e.data for e in dec.close() if isinstance(e, bhttp.BodyChunk)]
+                    if dec.decoder.head is None:
+                        raise ProtocolError("chunked.truncated", "response ended before its head") from None
+                    break
                 pending += [e.data for e in dec.feed(piece) if isinstance(e, bhttp.BodyChunk)]
         except BaseException:
             await outer.aclose()

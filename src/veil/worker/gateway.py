@@ -4,6 +4,10 @@ Only outer-layer failures (wrong media type, unknown key, failed decryption, ove
 answered in the clear, as ``{"error": {"reason", "message"}}``. Once a request has been opened,
 every answer, errors included, goes back encrypted to that client. Nothing here logs plaintext:
 log lines carry media types, sizes, status codes and reason codes only.
+
+Inside the encryption the gateway also authenticates tenants and applies their rate limits and
+prefix-cache salts (``tenants.py``), and pads answers to size buckets (``padding.py``); see
+docs/tenants-and-padding.md.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from veil.ohttp.chunked import (
 from veil.ohttp.compat import CompatResponseSender
 from veil.ohttp.keyconfig import MEDIA_TYPE_KEYS, KeyStore
 from veil.ohttp.ohttp import MEDIA_TYPE_REQUEST, MEDIA_TYPE_RESPONSE, ServerResponseContext, decapsulate_request
+from veil.manifest import Manifest, PaddingSettings, TenantEntry
+from veil.worker.padding import SsePadder, pad_message, split_whole
+from veil.worker.tenants import Admission, Tenancy
 
 log = logging.getLogger("veil.worker.gateway")
 
@@ -75,12 +82,43 @@ def _response_headers(resp: httpx.Response) -> bhttp.Fields:
     return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in resp.headers.raw if k.decode("latin-1").lower() not in _STRIP_RESPONSE]
 
 
+def _is_sse(resp: httpx.Response) -> bool:
+    return resp.headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream"
+
+
+def _usage_tokens(headers: bhttp.Fields, content: bytes) -> int | None:
+    """``usage.total_tokens`` of a JSON answer, for tokens-per-minute accounting (None if absent)."""
+    if not any(n == "content-type" and "json" in v for n, v in headers) or len(content) > 1 << 20:
+        return None
+    try:
+        total = json.loads(content).get("usage", {}).get("total_tokens")
+    except (ValueError, AttributeError):
+        return None
+    return total if isinstance(total, int) and total >= 0 else None
+
+
 class _Gateway:
-    def __init__(self, keys: KeyStore, upstream: httpx.AsyncClient, max_request_bytes: int, limits: bhttp.Limits) -> None:
+    def __init__(
+        self, keys: KeyStore, upstream: httpx.AsyncClient, max_request_bytes: int, limits: bhttp.Limits,
+        tenancy: Tenancy, padding: PaddingSettings,
+    ) -> None:
         self.keys = keys
         self.upstream = upstream
         self.max_request_bytes = max_request_bytes
         self.limits = limits
+        self.tenancy = tenancy
+        self.padding = padding
+
+    def _admit(self, plaintext: bytes) -> Admission | tuple[int, bhttp.Fields, bytes]:
+        """Decode the inner request, then authenticate, rate-limit and rewrite it (tenants.py)."""
+        try:
+            req = bhttp.decode_request(plaintext, self.limits)
+        except ParseError as err:
+            return _inner_error(400, err.reason, err.message)
+        got = self.tenancy.admit(req)
+        if not isinstance(got, Admission):
+            log.info("ohttp inner request refused: status=%d", got[0])
+        return got
 
     async def keys_endpoint(self, request: Request) -> Response:
         return Response(self.keys.encode_configs(), media_type=MEDIA_TYPE_KEYS, headers={"cache-control": "max-age=300"})
@@ -106,20 +144,22 @@ class _Gateway:
 
     async def _whole(self, plaintext: bytes, ctx: ServerResponseContext) -> Response:
         status, headers, content = await self._forward_buffered(plaintext)
-        inner = bhttp.encode_response(bhttp.Response(status, headers, content))
+        inner = pad_message(bhttp.encode_response(bhttp.Response(status, headers, content)), self.padding.responses)
         log.info("ohttp response: media=%s status-inner=<encrypted> bytes=%d", MEDIA_TYPE_RESPONSE, len(inner))
         return Response(ctx.encapsulate_response(inner), media_type=MEDIA_TYPE_RESPONSE)
 
     async def _forward_buffered(self, plaintext: bytes) -> tuple[int, bhttp.Fields, bytes]:
+        adm = self._admit(plaintext)
+        if not isinstance(adm, Admission):
+            return adm
         try:
-            req = bhttp.decode_request(plaintext, self.limits)
-        except ParseError as err:
-            return _inner_error(400, err.reason, err.message)
-        try:
-            resp = await self.upstream.send(_upstream_request(self.upstream, req))
+            resp = await self.upstream.send(_upstream_request(self.upstream, adm.request))
         except httpx.HTTPError:
             return _inner_error(502, "gateway.upstream_unavailable", "the engine could not be reached")
-        return resp.status_code, _response_headers(resp), resp.content
+        headers = _response_headers(resp)
+        if adm.counts_tokens:
+            adm.settle(total_tokens=_usage_tokens(headers, resp.content))
+        return resp.status_code, headers, resp.content
 
     # -- message/ohttp-chunked-req: the draft, or ohttpy's variant ----------------------------
 
@@ -143,43 +183,77 @@ class _Gateway:
             raise ProtocolError("ohttp.decrypt_failed", "request failed authentication") from draft_error
         return await self._stream_compat(plaintext, ctx)
 
-    async def _open_upstream(self, plaintext: bytes) -> tuple[httpx.Response | None, tuple[int, bhttp.Fields, bytes] | None]:
+    async def _open_upstream(
+        self, plaintext: bytes
+    ) -> tuple[httpx.Response | None, tuple[int, bhttp.Fields, bytes] | None, Admission | None]:
+        adm = self._admit(plaintext)
+        if not isinstance(adm, Admission):
+            return None, adm, None
         try:
-            req = bhttp.decode_request(plaintext, self.limits)
-        except ParseError as err:
-            return None, _inner_error(400, err.reason, err.message)
-        try:
-            return await self.upstream.send(_upstream_request(self.upstream, req), stream=True), None
+            return await self.upstream.send(_upstream_request(self.upstream, adm.request), stream=True), None, adm
         except httpx.HTTPError:
-            return None, _inner_error(502, "gateway.upstream_unavailable", "the engine could not be reached")
+            return None, _inner_error(502, "gateway.upstream_unavailable", "the engine could not be reached"), None
+
+    def _sealed_whole(self, tx: ChunkedResponseSender, status: int, headers: bhttp.Fields, content: bytes) -> list[bytes]:
+        """A complete answer as chunked OHTTP: padded to a bucket, or head + content unpadded."""
+        if self.padding.responses is None:
+            return [
+                tx.seal_chunk(bhttp.encode_response_head(status, headers)),
+                tx.seal_final(bhttp.encode_content_chunk(content) + bhttp.encode_response_end()),
+            ]
+        message = bhttp.encode_response_head(status, headers) + bhttp.encode_content_chunk(content) + bhttp.encode_response_end()
+        pieces, last = split_whole(pad_message(message, self.padding.responses))
+        return [tx.seal_chunk(p) for p in pieces] + [tx.seal_final(last)]
 
     async def _stream_draft(self, plaintext: bytes, rx: ChunkedRequestReceiver) -> Response:
         tx: ChunkedResponseSender = rx.response_sender()
-        resp, err = await self._open_upstream(plaintext)
+        resp, err, adm = await self._open_upstream(plaintext)
 
         async def body() -> AsyncIterator[bytes]:
             if resp is None:
                 assert err is not None
-                status, headers, content = err
-                yield tx.seal_chunk(bhttp.encode_response_head(status, headers))
-                yield tx.seal_final(bhttp.encode_content_chunk(content) + bhttp.encode_response_end())
+                for out in self._sealed_whole(tx, *err):
+                    yield out
                 return
+            headers = _response_headers(resp)
+            events = 0
             try:
-                yield tx.seal_chunk(bhttp.encode_response_head(resp.status_code, _response_headers(resp)))
-                async for piece in resp.aiter_bytes():
-                    if piece:
-                        yield tx.seal_chunk(bhttp.encode_content_chunk(piece))
-                yield tx.seal_final(bhttp.encode_response_end())
+                if _is_sse(resp) and self.padding.stream_chunks is not None:
+                    # Token stream: every chunk one bucket long, whatever the token text.
+                    pad = SsePadder(self.padding.stream_chunks)
+                    yield tx.seal_chunk(pad.head(bhttp.encode_response_head(resp.status_code, headers)))
+                    async for piece in resp.aiter_bytes():
+                        events += piece.count(b"data:")
+                        for pt in pad.feed(piece):
+                            yield tx.seal_chunk(pt)
+                    yield tx.seal_final(pad.final())
+                elif not _is_sse(resp) and self.padding.responses is not None:
+                    # A whole answer (JSON): buffered, padded as one message.
+                    content = await resp.aread()
+                    if adm is not None and adm.counts_tokens:
+                        adm.settle(total_tokens=_usage_tokens(headers, content))
+                    for out in self._sealed_whole(tx, resp.status_code, headers, content):
+                        yield out
+                else:
+                    yield tx.seal_chunk(bhttp.encode_response_head(resp.status_code, headers))
+                    async for piece in resp.aiter_bytes():
+                        if piece:
+                            events += piece.count(b"data:")
+                            yield tx.seal_chunk(bhttp.encode_content_chunk(piece))
+                    yield tx.seal_final(bhttp.encode_response_end())
             except httpx.HTTPError:
                 log.warning("ohttp stream: upstream failed mid-response; closing without a final chunk")
             finally:
+                if adm is not None and adm.counts_tokens and _is_sse(resp):
+                    adm.settle(stream_events=max(0, events - 1))  # minus the "data: [DONE]" event
                 await resp.aclose()
 
         return StreamingResponse(body(), media_type=MEDIA_TYPE_CHUNKED_RESPONSE)
 
     async def _stream_compat(self, plaintext: bytes, ctx: ServerResponseContext) -> Response:
+        # ohttpy's variant has no inner Binary HTTP response, so there is nowhere to pad.
         tx = CompatResponseSender(ctx)
-        resp, err = await self._open_upstream(plaintext)
+        resp, err, _ = await self._open_upstream(plaintext)
         status = resp.status_code if resp is not None else err[0]  # type: ignore[index]
 
         async def body() -> AsyncIterator[bytes]:
@@ -208,9 +282,25 @@ def create_gateway_app(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ohttpy_compat: bool = True,
     limits: bhttp.Limits = bhttp.DEFAULT_LIMITS,
+    manifest: Manifest | None = None,
+    engine: str | None = None,
+    tenants: list[TenantEntry] | None = None,
+    padding: PaddingSettings | None = None,
+    tenant_salt_secret: bytes | None = None,
 ) -> Starlette:
-    """Build the gateway ASGI app. ``upstream`` needs a ``base_url`` (e.g. ``http://engine`` over a UDS)."""
-    gw = _Gateway(keys, upstream, max_request_bytes, limits)
+    """Build the gateway ASGI app. ``upstream`` needs a ``base_url`` (e.g. ``http://engine`` over a UDS).
+
+    ``manifest`` supplies ``tenants`` and ``padding`` (explicit arguments win); ``engine`` names the
+    engine behind ``upstream`` (per-tenant ``cache_salt`` goes only to engines that take it, vLLM).
+    ``tenant_salt_secret`` keys the prefix-cache salts; by default a fresh random one per worker.
+    No tenants: no API key is required. Padding defaults: see :class:`veil.manifest.PaddingSettings`.
+    """
+    if tenants is None:
+        tenants = manifest.tenants if manifest is not None else []
+    if padding is None:
+        padding = (manifest.padding if manifest is not None else None) or PaddingSettings()
+    tenancy = Tenancy(tenants, salt_secret=tenant_salt_secret, engine=engine)
+    gw = _Gateway(keys, upstream, max_request_bytes, limits, tenancy, padding)
     routes = [
         Route(GATEWAY_PATH, gw.keys_endpoint, methods=["GET"]),
         Route(GATEWAY_PATH, gw.post, methods=["POST"]),

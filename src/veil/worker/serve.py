@@ -151,7 +151,8 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
             transport=engine_transport(engine.socket_path), base_url="http://engine",
             timeout=httpx.Timeout(300.0, connect=5.0),
         )
-        app = create_gateway_app(keys, upstream)
+        # tenants and padding from the attested manifest; the cache-salt secret is made fresh per worker
+        app = create_gateway_app(keys, upstream, manifest=manifest.manifest, engine=entry.engine)
         try:
             uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
         finally:

@@ -1,0 +1,110 @@
+"""Length hiding: pad Binary HTTP messages and streamed chunks to a small set of sizes.
+
+Three tools, no I/O:
+
+* :func:`bucket` — the size a message of ``n`` bytes is padded to: the next power of two at or
+  above ``max(n, minimum)``, and above ``ceiling`` the next multiple of ``ceiling``.
+* :func:`pad_message` — RFC 9292 §3.8 padding: zero bytes after a complete message. Used for
+  requests (client) and whole responses (gateway). Every conforming decoder ignores it.
+* :class:`SsePadder` — turns a streamed ``text/event-stream`` body into chunk plaintexts that each
+  fill a bucket exactly. Binary HTTP has no padding *inside* an indeterminate-length message (a
+  zero-length content chunk would end the content), so the filler is carried in the content as an
+  SSE comment line (``:`` + spaces + ``\\n``), which every SSE parser ignores (WHATWG HTML
+  §9.2.6: "If the line starts with a U+003A COLON character, ignore the line"). A comment is only
+  ever added where a line has just ended, so it can never split or merge the engine's lines.
+  The final chunk ends the message and uses ordinary RFC 9292 zero padding.
+"""
+
+from __future__ import annotations
+
+from veil.ohttp.bhttp import encode_content_chunk, encode_response_end, encode_varint
+
+WHOLE_CEILING = 1 << 20  # whole messages: powers of two up to 1 MiB, then multiples of 1 MiB
+CHUNK_CEILING = 1 << 16  # streamed chunks: at most 64 KiB of plaintext each
+
+
+def bucket(n: int, minimum: int, ceiling: int = WHOLE_CEILING) -> int:
+    """The padded size for ``n`` bytes (always >= n)."""
+    size = max(n, minimum, 1)
+    if size <= ceiling:
+        return 1 << (size - 1).bit_length()
+    return -(-size // ceiling) * ceiling
+
+
+def pad_message(message: bytes, minimum: int | None, ceiling: int = WHOLE_CEILING) -> bytes:
+    """``message`` followed by zero bytes up to its bucket (unchanged when ``minimum`` is None)."""
+    if minimum is None:
+        return message
+    return message + bytes(bucket(len(message), minimum, ceiling) - len(message))
+
+
+def split_whole(message: bytes, piece: int = CHUNK_CEILING) -> tuple[list[bytes], bytes]:
+    """Cut an (already padded) message into non-final chunk plaintexts and the final one.
+
+    The cut points depend only on the padded length, so chunk sizes say nothing more than the
+    bucket does. Small messages travel whole in the final chunk.
+    """
+    pieces = [message[i : i + piece] for i in range(0, len(message), piece)] or [b""]
+    return pieces[:-1], pieces[-1]
+
+
+def _exact_chunk_len(total: int) -> int:
+    """The content length n whose BHTTP chunk ``varint(n) || n bytes`` is exactly ``total`` bytes."""
+    for width in (1, 2, 4, 8):
+        n = total - width
+        if n >= 0 and len(encode_varint(n)) == width:
+            return n
+    raise ValueError(f"no content chunk is exactly {total} bytes")
+
+
+def _comment_filled(prefix: bytes, data: bytes, minimum: int, ceiling: int) -> bytes:
+    """``prefix`` + one content chunk (``data`` + an SSE comment line), exactly one bucket long."""
+    target = bucket(len(prefix) + len(data) + 3, minimum, ceiling)
+    while True:
+        room = target - len(prefix)
+        for width in (1, 2, 4, 8):
+            n = room - width
+            if n >= len(data) + 2 and len(encode_varint(n)) == width:
+                filler = b":" + b" " * (n - len(data) - 2) + b"\n"
+                return prefix + encode_varint(n) + data + filler
+        target = bucket(target + 1, minimum, ceiling)  # a varint width boundary: next bucket
+
+
+class SsePadder:
+    """Padded chunk plaintexts for an indeterminate-length BHTTP response carrying SSE.
+
+    ``head()`` first (status and header section, filled with a comment), then ``feed()`` each engine
+    body piece, then ``final()`` for the last chunk. Bytes after the last line break are held back
+    until the line completes (SSE engines end every event with a blank line, so nothing waits in
+    practice); a partial line longer than ``ceiling`` is sent on in exact ``ceiling``-sized chunks.
+    """
+
+    def __init__(self, minimum: int, ceiling: int = CHUNK_CEILING) -> None:
+        self.minimum = minimum
+        self.ceiling = max(ceiling, minimum)
+        self._pending = bytearray()
+        self._raw_len = _exact_chunk_len(self.ceiling)
+
+    def head(self, head: bytes) -> bytes:
+        return _comment_filled(head, b"", self.minimum, WHOLE_CEILING)
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        self._pending += piece
+        out: list[bytes] = []
+        cut = self._pending.rfind(b"\n") + 1
+        if cut:
+            data = bytes(self._pending[:cut])
+            del self._pending[:cut]
+            while len(data) + 16 > self.ceiling:  # too big to fill with a comment: exact raw chunks
+                out.append(encode_content_chunk(data[: self._raw_len]))
+                data = data[self._raw_len :]
+            out.append(_comment_filled(b"", data, self.minimum, self.ceiling))
+        while len(self._pending) >= self._raw_len:  # an endless partial line: pass it on, still padded
+            out.append(encode_content_chunk(bytes(self._pending[: self._raw_len])))
+            del self._pending[: self._raw_len]
+        return out
+
+    def final(self) -> bytes:
+        end = encode_content_chunk(bytes(self._pending)) + encode_response_end()
+        self._pending.clear()
+        return pad_message(end, self.minimum, self.ceiling)

@@ -1,0 +1,261 @@
+"""Tenants: API keys checked inside the encryption, per-tenant rate limits, prefix-cache salts.
+
+The manifest (public and attested) lists each tenant as ``{id, key_sha256, requests_per_minute,
+tokens_per_minute?}``. Keys are ``secrets.token_urlsafe(32)`` strings — 256 bits from the OS
+CSPRNG — so their SHA-256 is safe to publish: nobody can search a 2**256 space, and a slow
+password hash would only add cost to every request (see docs/tenants-and-padding.md).
+
+Everything here runs on the *decrypted* inner request in the worker's gateway. The outer POST
+carries no key, so relays and load balancers never see which tenant is speaking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from veil.manifest import Manifest, TenantEntry
+from veil.ohttp import bhttp
+
+KEY_PREFIX = "veil-"
+SALT_CONTEXT = b"veil/cache-salt/v1\x00"
+SALTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+SALT_ENGINES = frozenset({"vllm"})  # engines whose OpenAI server takes a `cache_salt` request field
+
+
+# -- creating tenants (admin side) ---------------------------------------------------------------
+
+
+def key_digest(api_key: str) -> str:
+    """The manifest's ``key_sha256`` for an API key."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def create_tenant(
+    tenant_id: str, requests_per_minute: int, tokens_per_minute: int | None = None
+) -> tuple[str, TenantEntry]:
+    """A fresh API key (shown once, never stored) and the manifest entry that admits it."""
+    api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    entry = TenantEntry(
+        id=tenant_id, key_sha256=key_digest(api_key),
+        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+    )
+    return api_key, entry
+
+
+def add_tenant(
+    manifest: Manifest, tenant_id: str, requests_per_minute: int, tokens_per_minute: int | None = None
+) -> tuple[str, TenantEntry, Manifest]:
+    """``veil tenant add``: the key (once), its entry, and the manifest with the entry appended.
+
+    The new manifest still has to be signed and published like any other manifest update.
+    """
+    if any(t.id == tenant_id for t in manifest.tenants):
+        raise ValueError(f"tenant {tenant_id!r} already exists")
+    api_key, entry = create_tenant(tenant_id, requests_per_minute, tokens_per_minute)
+    tenants = [t.model_dump() for t in manifest.tenants] + [entry.model_dump()]
+    updated = Manifest.model_validate({**manifest.model_dump(), "tenants": tenants})
+    return api_key, entry, updated
+
+
+# -- rate limits ------------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """``per_minute`` tokens of capacity, refilled continuously; may go into debt on settlement."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.level = self.capacity
+        self._clock = clock
+        self._t = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self.level = min(self.capacity, self.level + (now - self._t) * self.rate)
+        self._t = now
+
+    def take(self, cost: float) -> float:
+        """Take ``cost`` and return 0.0, or take nothing and return the seconds to wait."""
+        self._refill()
+        need = min(cost, self.capacity)  # a request bigger than the bucket waits for a full one
+        if self.level >= need:
+            self.level -= cost
+            return 0.0
+        return (need - self.level) / self.rate
+
+    def settle(self, delta: float) -> None:
+        """Charge (positive) or refund (negative) the difference between estimate and usage."""
+        self._refill()
+        self.level = min(self.capacity, self.level - delta)
+
+
+# -- admission --------------------------------------------------------------------------------
+
+InnerAnswer = tuple[int, bhttp.Fields, bytes]
+
+
+def openai_error(status: int, message: str, type_: str, code: str, reason: str, headers: bhttp.Fields = ()) -> InnerAnswer:  # type: ignore[assignment]
+    """An OpenAI-shaped error (``{"error": {message, type, param, code}}``) plus Veil's reason code."""
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code, "reason": reason}}
+    return status, [("content-type", "application/json"), *headers], json.dumps(body).encode()
+
+
+@dataclass
+class Admission:
+    """An admitted request: what to forward, and how to settle its token estimate afterwards."""
+
+    request: bhttp.Request
+    tenant: str | None = None
+    _bucket: TokenBucket | None = None
+    _estimate: int = 0
+    _prompt_estimate: int = 0
+    _settled: bool = field(default=False, repr=False)
+
+    def settle(self, *, total_tokens: int | None = None, stream_events: int | None = None) -> None:
+        """Replace the admission estimate by the usage the engine reported (or that we counted)."""
+        if self._bucket is None or self._settled:
+            return
+        self._settled = True
+        if total_tokens is not None:
+            actual = total_tokens
+        elif stream_events is not None:
+            actual = self._prompt_estimate + stream_events  # one SSE event ~ one token
+        else:
+            return
+        self._bucket.settle(actual - self._estimate)
+
+    @property
+    def counts_tokens(self) -> bool:
+        return self._bucket is not None
+
+
+class Tenancy:
+    """The gateway's view of the manifest's tenants (one instance per worker process)."""
+
+    def __init__(
+        self,
+        tenants: list[TenantEntry],
+        *,
+        salt_secret: bytes | None = None,
+        engine: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tenants = list(tenants)
+        self._digests = [bytes.fromhex(t.key_sha256) for t in self.tenants]
+        # Per-worker secret made at start; salts never leave this process and nothing a client
+        # sends can choose or predict them.
+        self._salt_secret = salt_secret if salt_secret is not None else os.urandom(32)
+        self.salts_cache = engine in SALT_ENGINES
+        self._rpm = {t.id: TokenBucket(t.requests_per_minute, clock) for t in self.tenants}
+        self._tpm = {t.id: TokenBucket(t.tokens_per_minute, clock) for t in self.tenants if t.tokens_per_minute}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tenants)
+
+    def cache_salt(self, tenant_id: str) -> str:
+        return hmac.new(self._salt_secret, SALT_CONTEXT + tenant_id.encode(), hashlib.sha256).hexdigest()
+
+    def authenticate(self, headers: bhttp.Fields) -> TenantEntry | None:
+        """The tenant whose key is in the single ``Authorization: Bearer`` header, or None.
+
+        The presented key is hashed and compared with *every* tenant's digest by
+        ``hmac.compare_digest``, without stopping at a match, so the time taken does not depend on
+        which entry (if any) matched or on how many leading bytes agreed.
+        """
+        values = [v for n, v in headers if n.lower() == "authorization"]
+        if len(values) != 1:
+            return None
+        scheme, _, token = values[0].strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        presented = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        found = -1
+        for i, digest in enumerate(self._digests):
+            match = hmac.compare_digest(presented, digest)
+            found = i if match else found
+        return self.tenants[found] if found >= 0 else None
+
+    def admit(self, req: bhttp.Request) -> Admission | InnerAnswer:
+        """Authenticate, rate-limit and rewrite one decoded inner request."""
+        tenant: TenantEntry | None = None
+        headers = req.headers
+        if self.enabled:
+            tenant = self.authenticate(req.headers)
+            if tenant is None:
+                return openai_error(
+                    401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>' inside the encrypted request.",
+                    "invalid_request_error", "invalid_api_key", "tenant.unauthorized",
+                    [("www-authenticate", 'Bearer realm="veil"')],
+                )
+            headers = [(n, v) for n, v in headers if n.lower() != "authorization"]  # the engine never sees keys
+        tpm = self._tpm.get(tenant.id) if tenant else None
+        salt = tenant is not None and self.salts_cache and _path(req.path) in SALTED_PATHS
+        # A client-sent cache_salt must go, however it is spelt (a \u escape can hide the name).
+        maybe_salted = b"cache_salt" in req.content or b"\\u" in req.content
+        if tenant is None and not maybe_salted:
+            return Admission(req)  # the common single-tenant case: nothing to parse or rewrite
+        body, doc = _json_body(req) if (tpm or salt or maybe_salted) else (req.content, None)
+        if doc is None and (salt or maybe_salted) and req.content.strip():
+            # Never forward a body we could not read: the engine's parser might see a salt in it.
+            return openai_error(400, "The request body must be a JSON object.", "invalid_request_error",
+                                "invalid_body", "gateway.invalid_body")
+        estimate = prompt_estimate = 0
+        if tpm is not None:
+            prompt_estimate = math.ceil(len(req.content) / 4)
+            limit = doc.get("max_completion_tokens", doc.get("max_tokens")) if doc is not None else None
+            estimate = prompt_estimate + (limit if isinstance(limit, int) and limit > 0 else 0)
+        if tenant is not None:
+            wait = self._rpm[tenant.id].take(1)
+            if wait:
+                return _rate_limited(wait, "requests", tenant.requests_per_minute)
+            if tpm is not None:
+                wait = tpm.take(estimate)
+                if wait:
+                    self._rpm[tenant.id].settle(-1)  # refused: give the request back
+                    return _rate_limited(wait, "tokens", tenant.tokens_per_minute or 0)
+        if doc is not None:
+            changed = "cache_salt" in doc  # a client never picks its salt
+            doc.pop("cache_salt", None)
+            if salt:
+                doc["cache_salt"] = self.cache_salt(tenant.id)  # type: ignore[union-attr]
+                changed = True
+            if changed:
+                body = json.dumps(doc, separators=(",", ":")).encode()
+        out = bhttp.Request(req.method, req.scheme, req.authority, req.path, headers, body, req.trailers)
+        return Admission(out, tenant.id if tenant else None, tpm, estimate, prompt_estimate)
+
+
+def _path(path: str) -> str:
+    return path.split("?", 1)[0].rstrip("/") or "/"
+
+
+def _json_body(req: bhttp.Request) -> tuple[bytes, dict | None]:  # type: ignore[type-arg]
+    """The body, and its JSON object when it is one (None for anything else)."""
+    content = req.content
+    if not content or content.lstrip()[:1] != b"{":
+        return content, None
+    try:
+        doc = json.loads(content)
+    except ValueError:
+        return content, None  # the engine answers malformed JSON itself
+    return content, doc if isinstance(doc, dict) else None
+
+
+def _rate_limited(wait: float, kind: str, limit: int) -> InnerAnswer:
+    seconds = max(1, math.ceil(wait))
+    return openai_error(
+        429, f"Rate limit reached for {kind} per minute (limit {limit}); retry in {seconds} s.",
+        kind, "rate_limit_exceeded", "tenant.rate_limited",
+        [("retry-after", str(seconds)), ("retry-after-ms", str(math.ceil(wait * 1000)))],
+    )
