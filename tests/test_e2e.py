@@ -132,6 +132,25 @@ def _files_containing(root: Path, needle: bytes) -> list[Path]:
     return hits
 
 
+def test_tenant_add_publishes_only_the_key_hash(deployment) -> None:
+    import hashlib
+
+    env = {**os.environ, "VEIL_STATE_DIR": str(deployment.state_dir)}
+    out = subprocess.run(
+        [sys.executable, "-m", "veil", "tenant", "add", "acme", "--rpm", "5"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    api_key = out.stdout.strip().splitlines()[-1]
+    assert api_key.startswith("veil-")
+    manifest = httpx.get(f"{deployment.coordinator_url}/v1/manifest").json()["manifest"]
+    assert manifest["tenants"] == [{"id": "acme", "key_sha256": hashlib.sha256(api_key.encode()).hexdigest(),
+                                    "requests_per_minute": 5, "tokens_per_minute": None}]
+    assert api_key not in json.dumps(manifest)
+    # the client still verifies: the new manifest is signed by the admin key it trusts
+    assert verify_coordinator(ClientPolicy.load(deployment.policy_path)).manifest.manifest.tenants
+
+
 def test_weights_are_served_sealed_and_never_written_in_the_clear(deployment, client) -> None:
     """The worker unsealed the weights into a memfd: no plaintext window of them is on disk."""
     import tempfile

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from veil.errors import VeilError
 
+tenant_app = typer.Typer(help="Manage tenants: API keys (hashed in the manifest) and rate limits.", no_args_is_help=True)
 secret_app = typer.Typer(help="Upload secrets (model data keys) sealed to the attested coordinator.", no_args_is_help=True)
 console = Console()
 err_console = Console(stderr=True)
@@ -93,3 +94,39 @@ def recover(
     except VeilError as err:
         _fail(err)
     console.print(f"[green]✔[/] restored: {result['manifests']} manifest(s), {result['secrets']} secret(s)")
+
+
+@tenant_app.command("add")
+def tenant_add(
+    tenant_id: str = typer.Argument(..., help="Tenant id (letters, digits, . _ -)."),
+    requests_per_minute: int = typer.Option(60, "--rpm", help="Requests per minute, per worker."),
+    tokens_per_minute: Optional[int] = typer.Option(None, "--tpm", help="Tokens per minute, per worker."),
+    policy: Optional[Path] = PolicyOpt,
+    admin_key: Optional[Path] = AdminKeyOpt,
+) -> None:
+    """Create a tenant: print its API key ONCE, add its key hash to a new signed manifest."""
+    import httpx
+
+    from veil import admin
+    from veil.client.policy import load_with_log
+    from veil.client.verify import verify_coordinator
+    from veil.manifest import sign_manifest
+    from veil.worker.tenants import add_tenant
+
+    try:
+        client_policy, log = load_with_log(policy)
+        attested = verify_coordinator(client_policy, manifest_log=log)
+        assert attested.manifest is not None
+        key = admin.load_admin_key(admin_key or _state_file(policy, "admin.key"))
+        api_key, entry, updated = add_tenant(attested.manifest.manifest, tenant_id, requests_per_minute, tokens_per_minute)
+        signed = sign_manifest(updated, [key], attested.manifest.digest.hex())
+        resp = httpx.post(f"{client_policy.coordinator_url}/v1/manifest", content=signed.model_dump_json(), timeout=30)
+        admin._check(resp)
+    except (VeilError, ValueError) as err:
+        _fail(err if isinstance(err, VeilError) else VeilError("tenant.invalid", str(err)))
+    except httpx.HTTPError as exc:
+        _fail(VeilError("coordinator.unreachable", str(exc)))
+    console.print(f"[green]✔[/] tenant {entry.id!r} added (manifest {signed.digest.hex()[:16]}…).")
+    console.print("[dim]Running workers enforce it once restarted (they read the manifest when they register).[/]")
+    console.print("API key (shown once; Veil stores only its SHA-256):")
+    print(api_key)

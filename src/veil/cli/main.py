@@ -35,6 +35,7 @@ app.add_typer(manifest_cli.app, name="manifest")
 app.add_typer(collateral_cli.app, name="collateral")
 app.add_typer(admin_cli.secret_app, name="secret")
 app.command("seal")(seal_command)
+app.add_typer(admin_cli.tenant_app, name="tenant")
 app.command("audit")(admin_cli.audit)
 app.command("recover")(admin_cli.recover)
 
@@ -206,12 +207,15 @@ def chat(
     max_tokens: int = typer.Option(256, help="Maximum tokens in the answer."),
     system: Optional[str] = typer.Option(None, help="System prompt."),
     quiet: bool = typer.Option(False, "--quiet", help="Do not print the verification summary."),
+    api_key: Optional[str] = typer.Option(None, envvar="VEIL_API_KEY", help="Tenant API key (sent only inside the encryption)."),
 ) -> None:
     """Verify, then send one encrypted chat message and print the answer."""
+    import openai
+
     from veil.client.sdk import Client
 
     try:
-        client = Client(policy)
+        client = Client(policy, api_key=api_key)
     except VeilError as err:
         _fail(err)
     label = "SIMULATED TEE" if client.simulated else client.attestation.verdict.claims.platform  # type: ignore[union-attr]
@@ -220,6 +224,18 @@ def chat(
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     model = client.attestation.manifest.manifest.models[0].name if client.attestation.manifest.manifest.models else "default"
     console.print("[bold]veil:[/] ", end="")
+    try:
+        _print_answer(client, model, messages, max_tokens, stream)
+    except openai.APIStatusError as exc:
+        console.print()
+        err_console.print(f"[red]refused by the deployment[/] (HTTP {exc.status_code}): {exc.message}")
+        raise typer.Exit(1)
+    if client.simulated:
+        err_console.print("[yellow]SIMULATED TEE: not protected by hardware.[/]")
+    client.close()
+
+
+def _print_answer(client, model: str, messages: list, max_tokens: int, stream: bool) -> None:  # type: ignore[no-untyped-def]
     if stream:
         for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, stream=True):
             if chunk.choices and chunk.choices[0].delta.content:
@@ -228,9 +244,6 @@ def chat(
     else:
         resp = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
         console.print(resp.choices[0].message.content, highlight=False, markup=False)
-    if client.simulated:
-        err_console.print("[yellow]SIMULATED TEE: not protected by hardware.[/]")
-    client.close()
 
 
 @app.command()

@@ -7,6 +7,7 @@ this process in the clear. ``client.chat.completions.create(...)`` works as with
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,12 @@ class Client:
         self,
         policy: ClientPolicy | Path | str | None = None,
         *,
+        api_key: str | None = None,
         timeout: float = 120.0,
         **openai_kwargs: Any,
     ) -> None:
+        """``api_key``: the tenant key when the deployment has tenants (default $VEIL_API_KEY).
+        It travels only inside the encryption, as the inner request's Authorization header."""
         log = None
         if not isinstance(policy, ClientPolicy):
             policy, log = load_with_log(Path(policy) if policy else None)
@@ -37,7 +41,7 @@ class Client:
         self._http = httpx.Client(transport=transport, timeout=timeout)
         self._openai = openai.OpenAI(
             base_url=f"{policy.gateway_url}/v1",
-            api_key="veil-ohttp",  # authentication happens inside the encryption, not here
+            api_key=api_key or os.environ.get("VEIL_API_KEY") or "veil-no-tenant-key",
             http_client=self._http,
             max_retries=0,
             **openai_kwargs,
