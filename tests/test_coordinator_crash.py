@@ -12,7 +12,6 @@ import threading
 import time
 
 import httpx
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deployment_fixtures import make_manifest

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deployment_fixtures import make_manifest, start_coordinator
 from veil.attest.sim import SimPlatform

@@ -27,6 +27,7 @@ from rich.table import Table
 from veil.attest.snp import kds
 from veil.attest.snp.abi import PRODUCTS, Report, SigningKey, TcbVersion, parse_report
 from veil.attest.snp.verify import TrustRoots, load_certificate, load_chain, vcek_extensions, verify_report
+from veil.cli.evidence import parse_time
 from veil.errors import ParseError, VeilError, VerificationError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -171,22 +172,6 @@ def fetch_for_report(
     return result
 
 
-def find_cached_vcek(report: Report, cache: kds.CollateralCache,
-                     product: str | None = None) -> tuple[str, bytes] | None:
-    """(product, VCEK DER) cached for this report's chip and reported TCB, trying each product
-    when the report (v2) does not say which it is."""
-    products = [product] if product else ([report.product] if report.product else list(PRODUCTS))
-    for p in products:
-        try:
-            tcb = TcbVersion.decode(report.reported_tcb, p)
-            der = cache.read_vcek(p, report.chip_id, tcb)
-        except VeilError:
-            continue
-        if der is not None:
-            return p, der
-    return None
-
-
 def _describe_cert(der_or_pem: bytes) -> dict[str, Any]:
     cert = load_certificate(der_or_pem)
     return {"subject": cert.subject.rfc4514_string(), "not_after": cert.not_valid_after_utc.isoformat()}
@@ -243,16 +228,6 @@ def cache_listing(cache: kds.CollateralCache) -> list[dict[str, Any]]:
 CacheOpt = typer.Option(None, "--cache", help="Cache directory (default: $VEIL_COLLATERAL_DIR or ~/.cache/veil/collateral).")
 
 
-def _parse_time(value: Optional[str]) -> Optional[datetime]:
-    if value is None:
-        return None
-    try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter(f"not an ISO 8601 time: {value}") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
 def _fail(err: VeilError, as_json: bool, code: int) -> None:
     if as_json:
         print(json.dumps({"result": "error", "reason": err.reason, "message": err.message}))
@@ -283,7 +258,7 @@ def fetch_cmd(
     try:
         with make_client() as client:
             result = fetch_for_report(data, the_cache, product=product, client=client, base=kds_url.rstrip("/"),
-                                      with_crl=crl, refresh=refresh, as_of=_parse_time(as_of), vlek=vlek_bytes)
+                                      with_crl=crl, refresh=refresh, as_of=parse_time(as_of), vlek=vlek_bytes)
     except ParseError as err:
         _fail(err, as_json, EXIT_USAGE)
     except VeilError as err:
@@ -317,7 +292,7 @@ def show_cmd(
         except VeilError as err:
             _fail(err, as_json, EXIT_USAGE)
         try:
-            found = find_cached_vcek(parsed, the_cache, product)
+            found = kds.find_cached_vcek(parsed, the_cache, product)
         except VeilError as err:
             _fail(err, as_json, EXIT_USAGE)
         p = found[0] if found else (product or parsed.product)
@@ -355,4 +330,4 @@ def show_cmd(
     console.print(table)
 
 
-__all__ = ["app", "fetch_for_report", "find_cached_vcek", "report_target", "cache_listing", "make_client"]
+__all__ = ["app", "fetch_for_report", "report_target", "cache_listing", "make_client"]

@@ -26,7 +26,7 @@ console = Console()
 EXIT_ACCEPT, EXIT_REJECT, EXIT_USAGE = 0, 1, 2
 
 
-def _parse_time(value: Optional[str]) -> Optional[datetime]:
+def parse_time(value: Optional[str]) -> Optional[datetime]:
     if value is None:
         return None
     try:
@@ -69,7 +69,7 @@ def verify_cmd(
         _emit_error(ParseError("cli.unknown_platform", f"unknown platform {platform!r}"), as_json)
         raise typer.Exit(EXIT_USAGE)
     inputs = EvidenceFiles(
-        platform=platform, as_of=_parse_time(as_of), policy=policy, allow_debug=allow_debug,
+        platform=platform, as_of=parse_time(as_of), policy=policy, allow_debug=allow_debug,
         report=report, vcek=vcek, chain=chain, quote=quote, collateral=collateral,
         cert_chain=cert_chain, nonce=_parse_nonce(nonce), evidence=evidence, token=token,
         jwks=jwks, rim=rim,

@@ -141,23 +141,17 @@ def _vcek_der(data: bytes) -> bytes:
 
 
 def _cached_vcek(report: bytes, cache: Any) -> bytes:
-    """The VCEK `veil collateral fetch` cached for this report's chip and reported TCB (a v2
-    report has no CPUID, so every product's layout is tried)."""
-    parsed = parse_report(report)
-    from veil.attest.snp.abi import PRODUCTS
+    """The VCEK `veil collateral fetch` cached for this report's chip and reported TCB."""
+    from veil.attest.snp.kds import find_cached_vcek
 
-    for product in [parsed.product] if parsed.product else list(PRODUCTS):
-        try:
-            vcek = cache.read_vcek(product, parsed.chip_id, TcbVersion.decode(parsed.reported_tcb, product))
-        except VeilError:
-            continue
-        if vcek is not None:
-            return vcek
-    raise ParseError(
-        "cli.missing_input",
-        f"--vcek not given and no cached VCEK for this chip and TCB in {cache.root} "
-        "(run `veil collateral fetch --report ...` once, online)",
-    )
+    found = find_cached_vcek(parse_report(report), cache)
+    if found is None:
+        raise ParseError(
+            "cli.missing_input",
+            f"--vcek not given and no cached VCEK for this chip and TCB in {cache.root} "
+            "(run `veil collateral fetch --report ...` once, online)",
+        )
+    return found[1]
 
 
 def verify_files(inputs: EvidenceFiles, *, trust: TrustRoots | None = None, cache_dir: Any = None) -> Verdict:

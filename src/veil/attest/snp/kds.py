@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from veil.attest.snp.abi import PRODUCTS, TURIN, TcbVersion
-from veil.errors import ParseError, VerificationError
+from veil.attest.snp.abi import PRODUCTS, TURIN, Report, TcbVersion
+from veil.errors import ParseError, VeilError, VerificationError
 
 KDS_BASE = "https://kdsintf.amd.com"
 KEY_KINDS = ("vcek", "vlek")
@@ -174,3 +174,19 @@ def fetch_collateral(
         crl = fetch(crl_url(product, base=base), client=client)
         cache.write_crl(product, crl)
     return vcek, chain, crl
+
+
+def find_cached_vcek(report: Report, cache: CollateralCache,
+                     product: str | None = None) -> tuple[str, bytes] | None:
+    """(product, VCEK DER) cached for this report's chip and reported TCB, trying each product
+    when the report (v2) does not say which it is."""
+    products = [product] if product else ([report.product] if report.product else list(PRODUCTS))
+    for p in products:
+        try:
+            tcb = TcbVersion.decode(report.reported_tcb, p)
+            der = cache.read_vcek(p, report.chip_id, tcb)
+        except VeilError:
+            continue
+        if der is not None:
+            return p, der
+    return None
