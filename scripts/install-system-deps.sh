@@ -2,12 +2,15 @@
 # Install the Debian packages Veil needs, only those missing (idempotent, quick when done).
 #   bubblewrap   the engine sandbox (namespaces)            -> veil.sandbox bubblewrap profile
 #   libseccomp2  the seccomp filter compiler (via pyseccomp) -> veil.sandbox.seccomp
+#   tcpdump      loopback capture for the whole-system canary test (tests/test_canary_system.py:
+#                it proves no prompt crosses the wire in the clear; without tcpdump it skips,
+#                or fails under VEIL_REQUIRE_CAPTURE=1)
 #   runsc        gVisor, the second sandbox profile (optional: not every distribution ships it;
 #                without it a gvisor profile is refused with reason sandbox.unavailable)
 # Runs as root in CI (make); elsewhere it uses sudo when present.
 set -eu
 
-REQUIRED="bubblewrap libseccomp2"
+REQUIRED="bubblewrap libseccomp2 tcpdump"
 OPTIONAL="runsc"
 
 installed() {

@@ -119,10 +119,10 @@ def _raise_interrupt(*_: object) -> None:
 
 
 def _demo(policy_path: Path) -> None:
-    verify(policy=policy_path, as_json=False)
+    _verify(policy_path, as_json=False)
     prompt = "In one sentence, why does encryption matter for AI prompts?"
     console.print(f"\n[bold]you:[/] {prompt}")
-    chat(prompt=prompt, policy=policy_path, stream=True, max_tokens=80, quiet=True)
+    _chat(prompt, policy_path, stream=True, max_tokens=80, system=None, quiet=True, api_key=None)
 
 
 @app.command()
@@ -184,6 +184,10 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Verify the deployment's attestation and manifest; print a report (exit 1 if refused)."""
+    _verify(policy, as_json)
+
+
+def _verify(policy: Optional[Path], as_json: bool) -> None:
     from veil.client.policy import load_with_log
     from veil.client.report import render_verification
     from veil.client.verify import verify_coordinator
@@ -210,6 +214,13 @@ def chat(
     api_key: Optional[str] = typer.Option(None, envvar="VEIL_API_KEY", help="Tenant API key (sent only inside the encryption)."),
 ) -> None:
     """Verify, then send one encrypted chat message and print the answer."""
+    _chat(prompt, policy, stream=stream, max_tokens=max_tokens, system=system, quiet=quiet, api_key=api_key)
+
+
+def _chat(
+    prompt: str, policy: Optional[Path], *, stream: bool, max_tokens: int, system: Optional[str],
+    quiet: bool, api_key: Optional[str],
+) -> None:
     import openai
 
     from veil.client.sdk import Client

@@ -76,6 +76,7 @@ class EngineProcess:
         startup_timeout: float = 120.0,
         log_path: str | Path | None = None,
         pass_fds: Sequence[int] = (),
+        stdin_fd: int | None = None,
     ) -> None:
         self._socket_path = Path(socket_path)
         self.model = Path(model) if model is not None else None
@@ -91,6 +92,7 @@ class EngineProcess:
         self._own_log = log_path is None
         self.log_path = Path(log_path) if log_path is not None else None
         self.pass_fds = tuple(pass_fds)
+        self.stdin_fd = stdin_fd  # e.g. unsealed weights in a memfd, read as /proc/self/fd/0
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -135,7 +137,7 @@ class EngineProcess:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 self.command(),
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if self.stdin_fd is None else self.stdin_fd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,

@@ -12,10 +12,13 @@ on a model without fill-in-the-middle tokens.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
+import base64
 import functools
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -71,6 +74,7 @@ class LlamaBackend:
             model_path=str(model_path), n_ctx=n_ctx, n_threads=threads, verbose=False
         )
         self._embedder: Any = None
+        self._scorer: Any = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
 
     @property
@@ -95,10 +99,40 @@ class LlamaBackend:
         return [*bos, pre, *tok(prefix), suf, *tok(suffix), mid]
 
     def complete(self, prompt: str, suffix: str | None = None, **kwargs: Any) -> Any:
-        """``create_completion``, routing ``suffix`` through our own FIM prompt."""
-        if suffix is None:
-            return self.llm.create_completion(prompt=prompt, **kwargs)
-        return self.llm.create_completion(prompt=self.fim_tokens(prompt, suffix), **kwargs)
+        """``create_completion``, routing ``suffix`` through our own FIM prompt.
+
+        Requests with ``logprobs`` run on the scoring twin (see ``scorer``).
+        """
+        include_usage = kwargs.pop("include_usage", False)
+        llm = self.scorer() if kwargs.get("logprobs") is not None else self.llm
+        text = prompt if suffix is None else self.fim_tokens(prompt, suffix)
+        run = functools.partial(llm.create_completion, prompt=text, **kwargs)
+        return _with_usage(llm, run) if include_usage else run()
+
+    def chat(self, include_usage: bool = False, **kwargs: Any) -> Any:
+        """``create_chat_completion``; requests with ``logprobs`` run on the scoring twin."""
+        llm = self.scorer() if kwargs.get("logprobs") else self.llm
+        run = functools.partial(llm.create_chat_completion, **kwargs)
+        return _with_usage(llm, run) if include_usage else run()
+
+    def scorer(self) -> Any:
+        """A twin context with ``logits_all=True``, which llama-cpp-python needs for logprobs.
+
+        Kept apart because keeping every position's logits costs n_ctx x vocabulary floats
+        (about 200 MB for SmolLM2 at n_ctx 1024) and slows prompt evaluation; loaded on the
+        first request that asks for logprobs. The weights are memory-mapped, so shared.
+        """
+        if self._scorer is None:
+            from llama_cpp import Llama
+
+            self._scorer = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.threads,
+                logits_all=True,
+                verbose=False,
+            )
+        return self._scorer
 
     def embedder(self) -> Any:
         """A second context with embeddings on (mean pooling); loaded on first use, same file."""
@@ -158,6 +192,47 @@ class LlamaBackend:
             cancelled.set()
 
 
+def _with_usage(llm: Any, run: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """Stream ``run()``'s chunks, then OpenAI's usage chunk (``stream_options.include_usage``).
+
+    llama-cpp-python reports usage only for whole answers, so we count what it feeds to and gets
+    from ``Llama.generate`` (prompt tokens as evaluated; sampled tokens except end-of-generation),
+    exactly as its non-streamed ``usage`` does. The instance attribute shadows the method only
+    while this generator runs, on the single model thread.
+    """
+    from llama_cpp import llama_vocab_is_eog
+
+    counts = {"prompt": 0, "completion": 0}
+    generate = llm.generate
+    vocab = llm._model.vocab
+
+    def counting(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        counts["prompt"] = len(tokens)
+        for token in generate(tokens, *args, **kwargs):
+            if not llama_vocab_is_eog(vocab, token):
+                counts["completion"] += 1
+            yield token
+
+    llm.generate = counting
+    last = None
+    try:
+        for chunk in run():
+            last = chunk
+            yield chunk
+    finally:
+        del llm.generate  # the class's method again
+    if last is not None:
+        yield {
+            "id": last["id"], "object": last["object"], "created": last["created"],
+            "model": last["model"], "choices": [],
+            "usage": {
+                "prompt_tokens": counts["prompt"],
+                "completion_tokens": counts["completion"],
+                "total_tokens": counts["prompt"] + counts["completion"],
+            },
+        }
+
+
 def _api_error(exc: Exception) -> EngineAPIError:
     """Map a model-call failure to an OpenAI error without echoing request content."""
     if isinstance(exc, EngineAPIError):
@@ -166,6 +241,59 @@ def _api_error(exc: Exception) -> EngineAPIError:
     if isinstance(exc, ValueError) and (m := _CONTEXT_RE.search(text)):
         return EngineAPIError(400, m.group(0), "context_length_exceeded", "messages")
     return EngineAPIError(500, f"generation failed ({type(exc).__name__})", "engine_error")
+
+
+def _check_schema(schema: dict[str, Any], param: str) -> None:
+    """Refuse a JSON schema that llama.cpp cannot turn into a grammar.
+
+    llama-cpp-python would otherwise fall back silently to "any JSON", so the output would no
+    longer follow the schema the client asked for. The message names the exception type only:
+    converter messages quote the schema, which may be as private as the prompt.
+    """
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:
+        raise EngineAPIError(
+            400, f"this JSON schema cannot be enforced by a llama.cpp grammar ({type(exc).__name__})",
+            "unsupported_schema", param,
+        ) from None
+
+
+def _finite(x: Any) -> float:
+    """A JSON-safe float: numpy scalars become floats, -inf becomes OpenAI's -9999.0."""
+    f = float(x)
+    return f if math.isfinite(f) else -9999.0
+
+
+def _tidy_chat_logprobs(lp: Any, top: int) -> Any:
+    """llama-cpp-python's chat logprobs carry numpy floats and always one top entry at least."""
+    if not isinstance(lp, dict) or not isinstance(lp.get("content"), list):
+        return lp
+    for tok in lp["content"]:
+        tok["logprob"] = _finite(tok["logprob"])
+        tok["bytes"] = list(tok["token"].encode()) if tok.get("bytes") is None else tok["bytes"]
+        tops = tok.get("top_logprobs") or []
+        tok["top_logprobs"] = [
+            {"token": t["token"], "logprob": _finite(t["logprob"]),
+             "bytes": list(t["token"].encode())}
+            for t in tops[:top]
+        ]
+    return lp
+
+
+def _tidy_completion_logprobs(lp: Any) -> Any:
+    if not isinstance(lp, dict):
+        return lp
+    if isinstance(lp.get("token_logprobs"), list):
+        lp["token_logprobs"] = [None if v is None else _finite(v) for v in lp["token_logprobs"]]
+    if isinstance(lp.get("top_logprobs"), list):
+        lp["top_logprobs"] = [
+            None if d is None else {k: _finite(v) for k, v in d.items()}
+            for d in lp["top_logprobs"]
+        ]
+    return lp
 
 
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
@@ -195,6 +323,21 @@ def _sampling(req: Any) -> dict[str, Any]:
     }
 
 
+def _logit_bias(req: Any, n_vocab: int) -> dict[str, Any]:
+    """OpenAI's ``logit_bias`` (token-id strings → -100..100) for the served model's vocabulary."""
+    if not req.logit_bias:
+        return {}
+    bias: dict[int, float] = {}
+    for key, value in req.logit_bias.items():
+        if not key.isdigit() or int(key) >= n_vocab or not -100 <= value <= 100:
+            raise EngineAPIError(
+                400, f"logit_bias takes token ids below {n_vocab} mapped to values in [-100, 100]",
+                "invalid_request", "logit_bias",
+            )
+        bias[int(key)] = float(value)
+    return {"logit_bias": bias}
+
+
 def create_app(backend: LlamaBackend) -> FastAPI:
     """The OpenAI-compatible ASGI app for one loaded model."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -210,15 +353,39 @@ def create_app(backend: LlamaBackend) -> FastAPI:
         obj["model"] = backend.model_id  # llama-cpp-python reports the file path here
         return obj
 
+    def chat_tidier(top_logprobs: int | None, legacy_functions: bool) -> Callable[..., Any]:
+        def tidy(obj: dict[str, Any]) -> dict[str, Any]:
+            for choice in obj.get("choices") or []:
+                if top_logprobs is not None:
+                    choice["logprobs"] = _tidy_chat_logprobs(choice.get("logprobs"), top_logprobs)
+                msg = choice.get("message") or choice.get("delta")
+                if not legacy_functions and isinstance(msg, dict):
+                    msg.pop("function_call", None)  # only for the legacy `functions` field
+            return relabel(obj)
+
+        return tidy
+
+    def completion_tidier(logprobs: int | None) -> Callable[..., Any]:
+        def tidy(obj: dict[str, Any]) -> dict[str, Any]:
+            if logprobs is not None:
+                for choice in obj.get("choices") or []:
+                    choice["logprobs"] = _tidy_completion_logprobs(choice.get("logprobs"))
+            return relabel(obj)
+
+        return tidy
+
     async def respond(
-        stream: bool, make: Callable[..., Any], kwargs: dict[str, Any]
+        stream: bool,
+        make: Callable[..., Any],
+        kwargs: dict[str, Any],
+        tidy: Callable[[dict[str, Any]], dict[str, Any]] = relabel,
     ) -> JSONResponse | StreamingResponse:
         if not stream:
             try:
                 result = await backend.call(functools.partial(make, **kwargs))
             except Exception as exc:
                 raise _api_error(exc) from None
-            return JSONResponse(relabel(result))
+            return JSONResponse(tidy(result))
         chunks = backend.stream(functools.partial(make, stream=True, **kwargs))
         # Wait for the first chunk so that errors raised before any token (context overflow...)
         # still come back as a proper HTTP error rather than inside a 200 stream.
@@ -234,7 +401,7 @@ def create_app(backend: LlamaBackend) -> FastAPI:
                     if isinstance(item, Exception):
                         yield sse_event(_api_error(item).body())
                         return
-                    yield sse_event(relabel(item))
+                    yield sse_event(tidy(item))
                     item = await anext(chunks, None)
                 yield SSE_DONE
             finally:
@@ -275,12 +442,33 @@ def create_app(backend: LlamaBackend) -> FastAPI:
     async def chat(request: Request) -> Any:
         req: ChatCompletionRequest = await _parse(request, ChatCompletionRequest)
         check_model(req.model)
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "messages": [m.plain() for m in req.messages],
             "max_tokens": req.max_completion_tokens or req.max_tokens,
             **_sampling(req),
+            **_logit_bias(req, backend.llm.n_vocab()),
         }
-        return await respond(req.stream, backend.llm.create_chat_completion, kwargs)
+        top: int | None = None
+        if req.want_logprobs():
+            top = req.top_logprobs or 0
+            kwargs.update(logprobs=True, top_logprobs=max(top, 1))
+        if (response_format := req.llama_response_format()) is not None:
+            if "schema" in response_format:
+                _check_schema(response_format["schema"], "response_format")
+            kwargs["response_format"] = response_format  # a JSON grammar constrains sampling
+        if (tool := req.forced_tool()) is not None:
+            # llama-cpp-python turns the function's JSON schema into a grammar and answers
+            # with one tool call whose arguments match it.
+            params = tool.parameters or {"type": "object", "properties": {}}
+            _check_schema(params, "tools")
+            kwargs["tools"] = [{"type": "function", "function": {
+                "name": tool.name, "description": tool.description or "", "parameters": params,
+            }}]
+            kwargs["tool_choice"] = {"type": "function", "function": {"name": tool.name}}
+        if req.include_usage:
+            kwargs["include_usage"] = True
+        tidy = chat_tidier(top, legacy_functions=bool(req.functions))
+        return await respond(req.stream, backend.chat, kwargs, tidy)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -301,8 +489,15 @@ def create_app(backend: LlamaBackend) -> FastAPI:
             "max_tokens": req.max_tokens,
             "echo": req.echo,
             **_sampling(req),
+            **_logit_bias(req, backend.llm.n_vocab()),
         }
-        return await respond(req.stream, backend.complete, kwargs)
+        if req.logprobs is not None:
+            kwargs["logprobs"] = req.logprobs
+        if req.include_usage:
+            kwargs["include_usage"] = True
+        return await respond(
+            req.stream, backend.complete, kwargs, completion_tidier(req.logprobs)
+        )
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
@@ -313,9 +508,22 @@ def create_app(backend: LlamaBackend) -> FastAPI:
             return backend.embedder().create_embedding(req.input, model=backend.model_id)
 
         try:
-            return JSONResponse(await backend.call(embed))
+            result = await backend.call(embed)
         except Exception as exc:
             raise _api_error(exc) from None
+        size = len(result["data"][0]["embedding"]) if result.get("data") else 0
+        if req.dimensions is not None and req.dimensions != size:
+            raise EngineAPIError(
+                400, f"this model's embeddings have {size} dimensions; dimensions cannot change it",
+                "unsupported_dimensions", "dimensions",
+            )
+        if req.encoding_format == "base64":
+            for item in result["data"]:
+                vec = array.array("f", item["embedding"])  # float32, as OpenAI encodes it
+                if sys.byteorder != "little":
+                    vec.byteswap()
+                item["embedding"] = base64.b64encode(vec.tobytes()).decode("ascii")
+        return JSONResponse(result)
 
     return app
 

@@ -64,8 +64,14 @@ def validation_error(exc: ValidationError) -> EngineAPIError:
     return EngineAPIError(400, f"{param or 'body'}: {first.get('msg')}", "invalid_request", param)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
 class _Request(BaseModel):
-    # Unknown OpenAI fields (user, logit_bias, ...) are ignored rather than refused, so any
+    # Unknown OpenAI fields (user, metadata, ...) are ignored rather than refused, so any
     # OpenAI client works unchanged.
     model_config = ConfigDict(extra="ignore")
 
@@ -78,7 +84,15 @@ class _Request(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     stream: bool = False
+    stream_options: StreamOptions | None = None
+    # Token id (as a string, the JSON way) -> bias in [-100, 100]; ids are the served model's.
+    logit_bias: dict[str, float] | None = None
     n: int = Field(default=1, ge=1, le=1)  # one choice per request; refuse rather than ignore
+
+    @property
+    def include_usage(self) -> bool:
+        """``stream_options.include_usage``: a last chunk with ``choices: []`` and ``usage``."""
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
 class ChatMessage(BaseModel):
@@ -86,10 +100,18 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
     def plain(self) -> dict[str, Any]:
-        """llama.cpp chat templates want text; join OpenAI text parts, refuse other parts."""
+        """llama.cpp chat templates want text; join OpenAI text parts, refuse other parts.
+
+        An assistant turn that only called tools becomes the calls as JSON text, so a client
+        replaying a tool conversation keeps its history instead of sending empty turns.
+        """
         role = "system" if self.role == "developer" else self.role
+        if not self.content and self.tool_calls:
+            calls = [c.get("function", {}) for c in self.tool_calls if isinstance(c, dict)]
+            return {"role": role, "content": json.dumps(calls, ensure_ascii=False)}
         if self.content is None or isinstance(self.content, str):
             return {"role": role, "content": self.content or ""}
         texts = []
@@ -102,9 +124,126 @@ class ChatMessage(BaseModel):
         return {"role": role, "content": "".join(texts)}
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``text``, ``json_object``, or ``json_schema`` (structured outputs)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # llama-cpp-python's form
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    # The legacy spelling of tools, still sent by older clients.
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+
+    def want_logprobs(self) -> bool:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise EngineAPIError(
+                400, "top_logprobs requires logprobs to be true", "invalid_request", "top_logprobs"
+            )
+        return bool(self.logprobs)
+
+    def llama_response_format(self) -> dict[str, Any] | None:
+        """llama-cpp-python constrains output with a grammar for ``{"type": "json_object"}``,
+        optionally with a ``schema``; OpenAI's ``json_schema`` maps onto that."""
+        rf = self.response_format
+        if rf is None or rf.type == "text":
+            return None
+        if rf.type == "json_object":
+            return {"type": "json_object", **({"schema": rf.schema_} if rf.schema_ else {})}
+        if rf.json_schema is None or rf.json_schema.schema_ is None:
+            raise EngineAPIError(
+                400, "response_format.json_schema.schema is required", "invalid_request",
+                "response_format",
+            )
+        return {"type": "json_object", "schema": rf.json_schema.schema_}
+
+    def forced_tool(self) -> FunctionDefinition | None:
+        """The one function the model must call, or None for a plain answer.
+
+        The grammar-constrained path in llama-cpp-python can force a call to a *named*
+        function (its arguments then always match the function's JSON schema), but it cannot
+        let the model decide whether to call one: ``auto`` (the default once tools are given)
+        and ``required`` with several tools are refused as ``unsupported_tools`` rather than
+        silently answered without tools.
+        """
+        tools = [t.function for t in self.tools or []] + list(self.functions or [])
+        choice: Any = self.tool_choice
+        if choice is None and self.function_call is not None:
+            fc = self.function_call
+            choice = fc if isinstance(fc, str) else NamedToolChoice(function=fc)
+        if not tools:
+            if choice not in (None, "none", "auto"):
+                raise EngineAPIError(
+                    400, "tool_choice names a tool but no tools were given", "invalid_request",
+                    "tool_choice",
+                )
+            return None
+        if choice == "none":
+            return None
+        if isinstance(choice, NamedToolChoice):
+            for tool in tools:
+                if tool.name == choice.function.name:
+                    return tool
+            raise EngineAPIError(
+                400, "tool_choice names a function that is not in tools", "invalid_request",
+                "tool_choice",
+            )
+        if choice == "required" and len(tools) == 1:
+            return tools[0]
+        raise EngineAPIError(
+            400,
+            "this engine can only force a call to one named function: set tool_choice to "
+            '{"type": "function", "function": {"name": ...}} (or "none"); '
+            f'tool_choice "{choice or "auto"}" is unsupported',
+            "unsupported_tools", "tool_choice",
+        )
 
 
 class CompletionRequest(_Request):
@@ -112,6 +251,7 @@ class CompletionRequest(_Request):
     suffix: str | None = None
     max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's documented default
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)
 
     def single_prompt(self) -> str:
         if isinstance(self.prompt, str):
@@ -128,4 +268,6 @@ class EmbeddingRequest(BaseModel):
 
     model: str | None = None
     input: str | list[str] = Field(min_length=1)
-    encoding_format: Literal["float"] = "float"
+    # The openai SDK asks for base64 by default and decodes it back to floats itself.
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import signal
 import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -43,10 +45,28 @@ def bind_unix_socket(path: str | Path, mode: int = 0o600) -> socket.socket:
 
     The umask is tightened around bind() so there is no window in which another user could connect.
     A stale socket file left by a dead engine is replaced; any other existing file is refused.
+
+    Under gVisor (``runsc --host-uds=create``) the socket is created on the host by runsc's gofer,
+    and runsc then refuses ``stat``, ``chmod`` and ``unlink`` on it with EPERM. Those refusals are
+    tolerated: the guards that matter do not depend on them. (1) The umask set around ``bind()``
+    is what gives the socket its mode at creation: the gofer honours it, and the host sees
+    ``srw-------`` for the default mode (asserted by tests/test_sandbox_gvisor_engine.py); the
+    ``chmod`` after it is only belt and braces (e.g. where a default ACL overrides the umask).
+    (2) The socket directory is private: the worker creates its run directory with mode 0700
+    (``veil.worker.serve``; tests use ``mkdtemp``, also 0700), so no other user can even reach
+    the socket, and the sandbox binds only that directory writable.
     """
     path = Path(path)
-    if path.exists() or path.is_symlink():
-        if not path.is_socket():
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        # gVisor: a host-backed socket we may not stat (nor unlink); bind() reports EADDRINUSE.
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
             raise FileExistsError(f"{path} exists and is not a socket")
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -58,12 +78,22 @@ def bind_unix_socket(path: str | Path, mode: int = 0o600) -> socket.socket:
         raise
     finally:
         os.umask(old_umask)
-    os.chmod(path, mode)
+    try:
+        os.chmod(path, mode)
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM:
+            sock.close()
+            raise
+        # gVisor refuses chmod on a host-backed socket; the umask above already set ``mode``.
     sock.listen(128)
     return sock
 
 
 def remove_socket(path: str | Path) -> None:
-    """Best-effort removal of the socket file on shutdown."""
-    with contextlib.suppress(FileNotFoundError):
+    """Best-effort removal of the socket file on shutdown.
+
+    Under gVisor the host-backed socket cannot be unlinked from inside (EPERM); the sandbox
+    launcher removes it from the host side when the engine exits.
+    """
+    with contextlib.suppress(FileNotFoundError, PermissionError):
         Path(path).unlink()

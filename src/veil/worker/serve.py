@@ -5,6 +5,7 @@ sandboxed engine on a Unix socket, and serve the OHTTP gateway in front of it.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from veil import keyrelease
 from veil.worker.registration import ReleasedSecrets, register
 
 log = logging.getLogger("veil.worker")
+STDIN_MODEL_PATH = "/proc/self/fd/0"
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,14 @@ def select_model(manifest: SignedManifest, name: str | None) -> ModelEntry:
 
 @dataclass
 class Weights:
-    """Where the engine finds the weights: a plain file, or a sealed memfd it inherits."""
+    """Where the engine finds the weights: a plain file, or a sealed memfd it inherits.
+
+    A memfd becomes the engine's stdin and is opened as /proc/self/fd/0: stdio is the one
+    descriptor set that every sandbox profile passes through (gVisor's runsc passes no others).
+    """
 
     path: str
-    pass_fds: tuple[int, ...] = ()
+    stdin_fd: int | None = None
     memfile: object | None = None
 
     def close(self) -> None:
@@ -94,7 +100,8 @@ def load_weights(entry: ModelEntry, secrets: ReleasedSecrets, config: WorkerConf
             entry.source, bytes.fromhex(key_hex),
             expected_digest=entry.sealed_sha256, expected_plaintext_digest=entry.sha256,
         )
-        return Weights(memfile.path, (memfile.fd,), memfile)
+        os.lseek(memfile.fd, 0, os.SEEK_SET)  # gVisor shares the offset with the engine's stdin
+        return Weights(STDIN_MODEL_PATH, memfile.fd, memfile)
     from veil.engines.models import sha256_file
 
     if config.model_path is None:
@@ -122,7 +129,7 @@ def sandbox_wrapper(manifest: SignedManifest, config: WorkerConfig, weights: Wei
     profile = SandboxProfile(
         name=settings.profile, allow_gpu=settings.allow_gpu, dev_unsandboxed=settings.profile == "none"
     )
-    ro_binds = [] if weights.pass_fds else [weights.path]  # a memfd is inherited, not bound
+    ro_binds = [] if weights.stdin_fd is not None else [weights.path]  # a memfd is inherited, not bound
     return sandbox_prefix(profile, socket_dir=str(config.run_dir), ro_binds=ro_binds)
 
 
@@ -136,6 +143,7 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
     entry = select_model(manifest, config.model_name)
     keys = keyrelease.import_ohttp_keys(secrets.ohttp_keys)
     config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(config.run_dir, 0o700)  # an existing directory is tightened too: only we reach the socket
     weights = load_weights(entry, secrets, config)
     wrapper = sandbox_wrapper(manifest, config, weights)
     log.warning(
@@ -144,7 +152,7 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
     )
     engine = EngineProcess(
         config.run_dir / "engine.sock", weights.path, wrapper=wrapper, model_id=entry.name,
-        log_path=config.run_dir / "engine.log", pass_fds=weights.pass_fds,
+        log_path=config.run_dir / "engine.log", stdin_fd=weights.stdin_fd,
     )
     with engine:
         upstream = httpx.AsyncClient(
