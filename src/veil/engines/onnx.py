@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,17 +26,13 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.engines.onnx_api import ORT_TYPES, Limits, TensorSpec, decode_inputs, encode_tensor
-from veil.engines.openai_api import EngineAPIError
+from veil.engines.openai_api import EngineAPIError, install_error_handlers
+from veil.engines.serving import log as _log
+from veil.engines.serving import serve, start_up
 
 _FD_PATH = re.compile(r"^/(proc/(self|\d+)|dev)/fd/\d+$")
-
-
-def _log(msg: str) -> None:
-    """Fixed operational lines only: never tensor content, names sent by callers, or tracebacks."""
-    print(f"veil-engine: {msg}", file=sys.stderr, flush=True)
 
 
 def read_model_bytes(path: str | Path) -> bytes:
@@ -130,18 +125,7 @@ def create_app(backend: OnnxBackend, limits: Limits = Limits()) -> FastAPI:
     """The tensor-serving ASGI app for one loaded model."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.exception_handler(EngineAPIError)
-    async def _engine_error(_: Request, exc: EngineAPIError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return EngineAPIError(exc.status_code, str(exc.detail), code).response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return EngineAPIError(500, "internal engine error", "engine_error").response()
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -192,49 +176,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=0o600)
     p.add_argument("--parent-pid", type=int, help="exit at once if our parent is not this pid")
     return p.parse_args(argv)
-
-
-def serve(app: Any, socket_path: Path, socket_mode: int, banner: str) -> None:
-    """Listen on an owner-only socket until SIGTERM, then exit without waiting on model threads.
-
-    Reuses the llama.cpp engine's log hygiene (no tracebacks, no access log) so every engine
-    leaks equally little.
-    """
-    import uvicorn
-
-    from veil.engines.llamacpp import _quiet_server_logs, _SwallowErrors
-    from veil.engines.serving import bind_unix_socket, remove_socket
-
-    sock = bind_unix_socket(socket_path, socket_mode)
-    config = uvicorn.Config(_SwallowErrors(app), access_log=False, log_level="warning",
-                            lifespan="off", timeout_graceful_shutdown=2)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises these after shutdown
-        signal.signal(sig, lambda *_: None)
-    _log(banner)
-    server = uvicorn.Server(config)
-    config.load()
-    _quiet_server_logs()
-    status = 0
-    try:
-        server.run(sockets=[sock])
-    except BaseException as exc:  # no traceback: its text could carry request content
-        _log(f"server failed: {type(exc).__name__}")
-        status = 1
-    finally:
-        remove_socket(socket_path)
-        _log("stopped")
-        sys.stderr.flush()
-        os._exit(status)
-
-
-def start_up(parent_pid: int | None) -> None:
-    """Die with the gateway; exit at once if it is already gone."""
-    from veil.engines.serving import die_with_parent, parent_already_gone
-
-    die_with_parent()
-    if parent_already_gone(parent_pid):
-        _log("parent exited before start-up; exiting")
-        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

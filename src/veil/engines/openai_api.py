@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 SSE_DONE = b"data: [DONE]\n\n"
 
@@ -271,3 +273,40 @@ class EmbeddingRequest(BaseModel):
     # The openai SDK asks for base64 by default and decodes it back to floats itself.
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
+
+
+MAX_BODY = 8 << 20  # 8 MiB: far above any 2k-token context, refuses memory-exhaustion bodies
+
+
+async def parse_body(request: Request, model: type[BaseModel]) -> Any:
+    """A JSON object body validated into ``model``; every failure is an OpenAI-shaped error."""
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise EngineAPIError(413, "request body too large", "body_too_large")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise EngineAPIError(400, "request body is not valid JSON", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise EngineAPIError(400, "request body must be a JSON object", "invalid_request")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves an engine in OpenAI's shape, and an unexpected one says nothing more."""
+
+    @app.exception_handler(EngineAPIError)
+    async def _engine_error(_: Request, exc: EngineAPIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return EngineAPIError(exc.status_code, str(exc.detail), code).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return EngineAPIError(500, "internal engine error", "engine_error").response()

@@ -7,15 +7,20 @@ An engine holds plaintext prompts and weights, so it must never outlive the gate
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import signal
 import socket
 import stat
 import sys
 from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 _PR_SET_PDEATHSIG = 1
 
@@ -97,3 +102,89 @@ def remove_socket(path: str | Path) -> None:
     """
     with contextlib.suppress(FileNotFoundError, PermissionError):
         Path(path).unlink()
+
+
+def log(msg: str) -> None:
+    """An engine's only logger: fixed operational lines, never request or response content."""
+    print(f"veil-engine: {msg}", file=sys.stderr, flush=True)
+
+
+def start_up(parent_pid: int | None) -> None:
+    """Die with the gateway; exit at once if it is already gone."""
+    die_with_parent()
+    if parent_already_gone(parent_pid):
+        log("parent exited before start-up; exiting")
+        sys.exit(1)
+
+
+class SwallowErrors:
+    """Outermost ASGI layer: Starlette re-raises handled 500s so servers can log them; we don't.
+
+    Uvicorn would print the traceback, and exception text can carry request content.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except (Exception, asyncio.CancelledError) as exc:  # cancelled: shutdown grace expired
+            log(f"request ended: {type(exc).__name__}")
+
+
+def _ignore_signal(signum: int, _frame: object) -> None:
+    """Uvicorn re-raises the stop signal after its graceful shutdown; let run() return instead."""
+
+
+class NoTracebacks(logging.Filter):
+    """Strip exception details from server log records: exception text can quote a request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            kind = record.exc_info[0].__name__ if record.exc_info[0] else "error"
+            record.msg = f"{record.getMessage()} ({kind})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_server_logs() -> None:
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio"):
+        logger = logging.getLogger(name)
+        logger.addFilter(NoTracebacks())
+        for handler in logger.handlers:
+            handler.addFilter(NoTracebacks())
+
+
+def serve(app: Any, socket_path: Path, socket_mode: int, banner: str) -> None:
+    """Listen on an owner-only socket until SIGTERM, then exit without waiting on model threads.
+
+    Every engine shares this log hygiene (no tracebacks, no access log), so each leaks equally
+    little.
+    """
+    import uvicorn
+
+    sock = bind_unix_socket(socket_path, socket_mode)
+    config = uvicorn.Config(SwallowErrors(app), access_log=False, log_level="warning",
+                            lifespan="off", timeout_graceful_shutdown=2)
+    # Uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that was
+    # installed before it: make that a no-op so we reach our cleanup instead of dying mid-way.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore_signal)
+    log(banner)
+    server = uvicorn.Server(config)
+    config.load()
+    quiet_server_logs()
+    status = 0
+    try:
+        server.run(sockets=[sock])
+    except BaseException as exc:  # no traceback: its text could carry request content
+        log(f"server failed: {type(exc).__name__}")
+        status = 1
+    finally:
+        remove_socket(socket_path)
+        log("stopped")
+        sys.stderr.flush()
+        os._exit(status)

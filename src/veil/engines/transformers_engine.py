@@ -26,15 +26,18 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.engines.openai_api import (
     SSE_DONE,
     ChatCompletionRequest,
     CompletionRequest,
     EngineAPIError,
+    install_error_handlers,
+    parse_body,
     sse_event,
 )
+from veil.engines.serving import log as _log
+from veil.engines.serving import serve, start_up
 
 #: Set before transformers is imported: never reach the network, never phone home.
 OFFLINE_ENV = {
@@ -45,11 +48,6 @@ OFFLINE_ENV = {
     "DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
-
-
-def _log(msg: str) -> None:
-    """Fixed operational lines only, never request or response content."""
-    print(f"veil-engine: {msg}", file=sys.stderr, flush=True)
 
 
 class ChatRequest(ChatCompletionRequest):
@@ -274,7 +272,6 @@ def _api_error(exc: Exception) -> EngineAPIError:
 
 def create_app(backend: TransformersBackend) -> FastAPI:
     """The OpenAI-compatible ASGI app for one loaded model."""
-    from veil.engines.llamacpp import _parse
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -345,18 +342,7 @@ def create_app(backend: TransformersBackend) -> FastAPI:
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.exception_handler(EngineAPIError)
-    async def _engine_error(_: Request, exc: EngineAPIError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return EngineAPIError(exc.status_code, str(exc.detail), code).response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return EngineAPIError(500, "internal engine error", "engine_error").response()
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -369,7 +355,7 @@ def create_app(backend: TransformersBackend) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        req: ChatRequest = await _parse(request, ChatRequest)
+        req: ChatRequest = await parse_body(request, ChatRequest)
         check_model(req.model)
         if not backend.has_chat_template:
             raise EngineAPIError(400, f"{backend.model_id} has no chat template; use "
@@ -386,7 +372,7 @@ def create_app(backend: TransformersBackend) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req: TextRequest = await _parse(request, TextRequest)
+        req: TextRequest = await parse_body(request, TextRequest)
         check_model(req.model)
         if req.suffix is not None:
             raise EngineAPIError(400, "this engine has no fill-in-the-middle support; suffix is "
@@ -425,7 +411,6 @@ def _silence_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Load the model, then listen; the socket existing means the engine is ready."""
-    from veil.engines.onnx import serve, start_up
 
     args = _parse_args(argv)
     start_up(args.parent_pid)

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"argv": cmd, "env": VLLM_ENV}))
         return
 
-    from veil.engines.onnx import start_up
+    from veil.engines.serving import start_up
 
     start_up(args.parent_pid)
     try:
