@@ -60,11 +60,10 @@ class SnpAttester:
         return {"platform": self.platform, "snp": collect_evidence(report_data).to_json()}
 
     def sealing_key(self) -> bytes:
-        # SNP_GET_DERIVED_KEY (MSG_KEY_REQ through /dev/sev-guest) is not implemented yet; refuse
-        # rather than seal state with a weaker key. Run the coordinator without --db meanwhile.
-        from veil.errors import VeilError
+        """MSG_KEY_REQ: the firmware's key for this chip, measurement and policy."""
+        from veil.attest.snp.derived_key import sealing_key
 
-        raise VeilError("sealing.unsupported", "state sealing on real SEV-SNP is not implemented yet")
+        return sealing_key()
 
 
 def attester_for(platform: str, sim_dir: Path | None = None) -> Attester:
