@@ -20,6 +20,13 @@ from veil.worker.registration import ReleasedSecrets, register
 
 log = logging.getLogger("veil.worker")
 STDIN_MODEL_PATH = "/proc/self/fd/0"
+# The manifest names an engine; each is a process serving HTTP on the engine's Unix socket.
+ENGINE_MODULES = {
+    "llama.cpp": "veil.engines.llamacpp",
+    "onnxruntime": "veil.engines.onnx",
+    "transformers": "veil.engines.transformers_engine",
+    "vllm": "veil.engines.vllm",
+}
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,7 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
     )
     engine = EngineProcess(
         config.run_dir / "engine.sock", weights.path, wrapper=wrapper, model_id=entry.name,
+        engine_module=ENGINE_MODULES[entry.engine],
         log_path=config.run_dir / "engine.log", stdin_fd=weights.stdin_fd,
     )
     with engine:
