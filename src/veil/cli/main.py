@@ -76,6 +76,11 @@ def up(
     """Start a local deployment (coordinator, worker, engine) on the SIMULATED TEE."""
     from veil.localdeploy import LocalDeployment
 
+    # Ctrl-C and SIGTERM stop everything, even when we inherited SIGINT as ignored (a shell
+    # starting us in the background does that, and Python then installs no handler of its own).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
     deployment = LocalDeployment(
         _state_dir(state_dir), host=host, coordinator_port=coordinator_port,
         worker_port=worker_port, sandbox=sandbox, model_path=model,
@@ -104,7 +109,6 @@ def up(
         if demo:
             _demo(deployment.policy_path)
         console.print("[dim]Serving. Press Ctrl-C to stop.[/]")
-        signal.signal(signal.SIGTERM, _raise_interrupt)
         while all(p.poll() is None for p in deployment.processes):
             time.sleep(0.5)
         console.print("[red]a Veil process exited; stopping[/]")
