@@ -71,6 +71,27 @@ def test_chat_streaming_yields_tokens_incrementally(client) -> None:
     assert "".join(pieces).strip()
 
 
+def test_async_client_streams(deployment) -> None:
+    import asyncio
+
+    import veil
+
+    async def run() -> list[str]:
+        async with veil.AsyncClient(deployment.policy_path) as ac:
+            assert ac.simulated
+            stream = await ac.chat.completions.create(
+                model="smollm2-135m-instruct", messages=_messages(f"Hello {CANARY}"), max_tokens=12, stream=True
+            )
+            return [c.choices[0].delta.content async for c in stream if c.choices and c.choices[0].delta.content]
+
+    assert len(asyncio.run(run())) > 1
+
+
+def test_verify_json_shows_worker_requirements(client) -> None:
+    workers = client.attestation.to_json()["workers"]
+    assert workers and workers[0]["platform"] == "sim-snp" and workers[0]["require_gpu"] is False
+
+
 def test_models_endpoint(client) -> None:
     ids = [m.id for m in client.models.list()]
     assert "smollm2-135m-instruct" in ids

@@ -2,12 +2,12 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Client"]
+__all__ = ["__version__", "Client", "AsyncClient"]
 
 
 def __getattr__(name: str):  # lazy: importing veil must stay cheap for the CLI
-    if name == "Client":
-        from veil.client.sdk import Client
+    if name in ("Client", "AsyncClient"):
+        from veil.client import sdk
 
-        return Client
+        return getattr(sdk, name)
     raise AttributeError(name)

@@ -36,6 +36,9 @@ def render_verification(attested: AttestedCoordinator, console: Console) -> None
         if m.sandbox.profile == "none":
             sandbox += "  (NOT SANDBOXED: development only)"
         table.add_row("sandbox", sandbox)
+        for ref in m.workers:
+            gpu = "GPU evidence required (bound into the CPU report)" if ref.require_gpu else "no GPU required"
+            table.add_row("workers", f"{ref.platform}, {len(ref.measurements)} measurement(s), {gpu}")
     table.add_row("OHTTP key ids", ", ".join(str(c.key_id) for c in attested.key_configs))
     table.add_row("coordinator", attested.coordinator_url)
     table.add_row("gateway", attested.gateway_url)

@@ -63,3 +63,50 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`Client`: ``await client.chat.completions.create(...)``.
+
+    Verification happens once, in the constructor (a few milliseconds); requests are async.
+    """
+
+    def __init__(
+        self,
+        policy: ClientPolicy | Path | str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        **openai_kwargs: Any,
+    ) -> None:
+        log = None
+        if not isinstance(policy, ClientPolicy):
+            policy, log = load_with_log(Path(policy) if policy else None)
+        self.policy = policy
+        self.attestation: AttestedCoordinator = verify_coordinator(policy, manifest_log=log)
+        transport = OhttpTransport(self.attestation.key_configs[0], policy.gateway_url)
+        self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
+        self._openai = openai.AsyncOpenAI(
+            base_url=f"{policy.gateway_url}/v1",
+            api_key=api_key or os.environ.get("VEIL_API_KEY") or "veil-no-tenant-key",
+            http_client=self._http,
+            max_retries=0,
+            **openai_kwargs,
+        )
+        self.chat = self._openai.chat
+        self.completions = self._openai.completions
+        self.embeddings = self._openai.embeddings
+        self.models = self._openai.models
+
+    @property
+    def simulated(self) -> bool:
+        return self.attestation.simulated
+
+    async def close(self) -> None:
+        await self._openai.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -56,6 +56,8 @@ class AttestedCoordinator:
             "claims": self.verdict.claims.to_json() if self.verdict.claims else None,
             "manifest_digest": self.manifest.digest.hex() if self.manifest else None,
             "sandbox": m.sandbox.model_dump() if m else None,
+            # what the attested coordinator demands of every worker before it releases keys
+            "workers": [w.model_dump() for w in m.workers] if m else [],
             "models": [x.name for x in m.models] if m else [],
             "key_ids": [c.key_id for c in self.key_configs],
             "checks": [{"check": c, "result": r} for c, r in self.checks],
