@@ -170,12 +170,13 @@ def worker(
     run_dir: Path = typer.Option(Path("/run/veil-worker"), help="Directory for the engine's socket (tmpfs)."),
     allow_unsandboxed: bool = typer.Option(False, help="Dev only: accept a manifest sandbox profile 'none'."),
     gpu: str = typer.Option("auto", help="GPU evidence: auto (NVML, when a CC-mode GPU is present), none, required."),
+    reregister_seconds: float = typer.Option(60.0, help="Re-attest this often; a newer manifest takes effect then."),
 ) -> None:
     """Run a worker: attest, receive keys, unseal weights, start the sandboxed engine, serve OHTTP."""
     from veil.attest.attester import attester_for
     from veil.worker.serve import WorkerConfig, run_worker
 
-    config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu)
+    config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu, reregister_seconds)
     try:
         run_worker(config, attester_for(platform, sim_dir))
     except VeilError as err:

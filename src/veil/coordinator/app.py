@@ -46,6 +46,7 @@ class RegisterRequest(BaseModel):
     nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
     public_key: str = Field(pattern=r"^[0-9a-f]{64}$")  # X25519, raw hex
     evidence: dict[str, Any]
+    worker_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")  # a re-registration keeps its id
 
 
 def _b64(value: str) -> bytes:
@@ -200,12 +201,15 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
         sealed = keyrelease.seal(
             public_key, json.dumps(secrets).encode(), keyrelease.WORKER_SECRETS_INFO, aad=nonce
         )
-        worker_id = uuid.uuid4().hex
+        known = state.workers.get(body.worker_id or "")
+        worker_id = known.worker_id if known else uuid.uuid4().hex
+        now = time.time()
         state.audit("worker.register", worker_id, "accepted", "ok",
                     {"platform": claims.platform, "measurement": claims.measurement, "simulated": claims.simulated})
-        state.add_worker(
-            WorkerRecord(worker_id, claims.platform, claims.measurement, claims.simulated, time.time())
-        )
+        state.add_worker(WorkerRecord(
+            worker_id, claims.platform, claims.measurement, claims.simulated,
+            known.registered_at if known else now, now,
+        ))
         registrations.labels("accepted").inc()
         return JSONResponse(
             {

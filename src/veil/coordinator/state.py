@@ -35,6 +35,9 @@ RECOVERY_INFO = b"veil/state-key-recovery/v1"
 RECOVERY_UPLOAD_INFO = b"veil/state-key-restore/v1"
 
 
+WORKER_STALE_SECONDS = 600.0  # a worker that has not re-attested for this long is dropped
+
+
 @dataclass(frozen=True)
 class WorkerRecord:
     worker_id: str
@@ -42,6 +45,7 @@ class WorkerRecord:
     measurement: str
     simulated: bool
     registered_at: float
+    last_seen: float
 
 
 def _raw_private(key: X25519PrivateKey) -> bytes:
@@ -235,5 +239,9 @@ class CoordinatorState:
                 self.store.add_audit(conn, event, subject, decision, reason, detail)
 
     def add_worker(self, record: WorkerRecord) -> None:
+        """Record a (re-)registration; workers that stopped re-attesting fall out of the list."""
         with self._lock:
             self.workers[record.worker_id] = record
+            stale = record.last_seen - WORKER_STALE_SECONDS
+            for worker_id in [w for w, r in self.workers.items() if r.last_seen < stale]:
+                del self.workers[worker_id]

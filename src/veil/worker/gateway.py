@@ -109,6 +109,13 @@ class _Gateway:
         self.tenancy = tenancy
         self.padding = padding
 
+    def apply_manifest(self, manifest: Manifest, keys: KeyStore | None = None) -> None:
+        """A newer manifest (from re-registration) takes effect for the next request."""
+        self.tenancy = self.tenancy.updated(manifest.tenants)
+        self.padding = manifest.padding or PaddingSettings()
+        if keys is not None:
+            self.keys = keys
+
     def _admit(self, plaintext: bytes) -> Admission | tuple[int, bhttp.Fields, bytes]:
         """Decode the inner request, then authenticate, rate-limit and rewrite it (tenants.py)."""
         try:
@@ -307,4 +314,6 @@ def create_gateway_app(
     ]
     if ohttpy_compat:
         routes += [Route(COMPAT_PATH, gw.post, methods=["POST"]), Route(COMPAT_KEYS_PATH, gw.keys_endpoint, methods=["GET"])]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.gateway = gw  # the worker applies newer manifests through it
+    return app

@@ -37,8 +37,13 @@ GpuCollector = Callable[[bytes, bytes], list[Any]]  # (challenge, worker key) ->
 
 
 def register(
-    coordinator_url: str, attester: Attester, http: httpx.Client, gpu_collector: GpuCollector | None = None
+    coordinator_url: str,
+    attester: Attester,
+    http: httpx.Client,
+    gpu_collector: GpuCollector | None = None,
+    worker_id: str | None = None,
 ) -> ReleasedSecrets:
+    """Attest with a fresh key and receive the secrets; ``worker_id`` re-registers a known worker."""
     key = X25519PrivateKey.generate()
     public = keyrelease.public_bytes(key)
     resp = http.post(f"{coordinator_url}/v1/workers/challenge")
@@ -54,7 +59,7 @@ def register(
         evidence = attester.evidence(worker_report_data(nonce, public))
     resp = http.post(
         f"{coordinator_url}/v1/workers/register",
-        json={"nonce": nonce.hex(), "public_key": public.hex(), "evidence": evidence},
+        json={"nonce": nonce.hex(), "public_key": public.hex(), "evidence": evidence, "worker_id": worker_id},
     )
     if resp.status_code != 200:
         err = _error_of(resp)

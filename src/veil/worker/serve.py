@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +15,10 @@ import httpx
 import uvicorn
 
 from veil.attest.attester import Attester
-from veil.errors import PolicyError, VerificationError
+from veil.errors import PolicyError, VeilError, VerificationError
 from veil.manifest import ModelEntry, SignedManifest
 from veil import keyrelease
-from veil.worker.registration import ReleasedSecrets, register
+from veil.worker.registration import RegistrationRefused, ReleasedSecrets, register
 
 log = logging.getLogger("veil.worker")
 STDIN_MODEL_PATH = "/proc/self/fd/0"
@@ -39,6 +41,7 @@ class WorkerConfig:
     allow_unsandboxed: bool = False  # dev only: permits a manifest whose sandbox profile is "none"
     model_name: str | None = None  # which manifest model to serve (default: the first)
     gpu: str = "auto"  # auto: attest CC-mode GPUs through NVML when present; none; required
+    reregister_seconds: float = 60.0  # re-attest this often; manifest changes take effect then
 
 
 def gpu_collector(mode: str):
@@ -169,7 +172,73 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
         )
         # tenants and padding from the attested manifest; the cache-salt secret is made fresh per worker
         app = create_gateway_app(keys, upstream, manifest=manifest.manifest, engine=entry.engine)
+        server = uvicorn.Server(uvicorn.Config(
+            app, host=config.host, port=config.port, log_level="warning", access_log=False,
+        ))
+        keeper = Reregistration(config, attester, app, server, secrets, entry)
+        keeper.start()
         try:
-            uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+            server.run()
         finally:
+            keeper.stop()
             weights.close()
+        if keeper.refused is not None:
+            raise keeper.refused
+
+
+# Refusals that say something about the coordinator, not about this worker: keep serving.
+NOT_A_VERDICT = frozenset({"state.locked", "nonce.unknown", "nonce.expired", "nonce.too_many_outstanding"})
+
+
+class Reregistration:
+    """Re-attest on an interval, so the coordinator keeps seeing fresh evidence and a newer manifest
+    (tenants, padding, keys) reaches this worker without a restart.
+
+    Fail closed: when the coordinator refuses us, or the manifest no longer lists the model we
+    serve, the gateway stops. When the coordinator is merely unreachable we keep serving with the
+    keys we hold (availability is not the coordinator's to take away mid-stream).
+    """
+
+    def __init__(self, config: WorkerConfig, attester: Attester, app: Any, server: uvicorn.Server,
+                 secrets: ReleasedSecrets, entry: ModelEntry) -> None:
+        self.config, self.attester, self.app, self.server = config, attester, app, server
+        self.worker_id, self.digest, self.entry = secrets.worker_id, secrets.manifest_digest, entry
+        self.refused: VeilError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="veil-reregister", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.reregister_seconds):
+            try:
+                self.once()
+            except (RegistrationRefused, PolicyError) as err:
+                if err.reason in NOT_A_VERDICT:
+                    log.warning("re-registration deferred: %s", err.reason)
+                else:
+                    self._refuse(err)
+            except (httpx.HTTPError, VeilError) as err:
+                log.warning("re-registration failed, serving on with the keys held: %s", getattr(err, "reason", type(err).__name__))
+
+    def once(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            secrets = register(self.config.coordinator_url, self.attester, http, gpu_collector(self.config.gpu), self.worker_id)
+            if secrets.manifest_digest == self.digest:
+                return
+            manifest = fetch_manifest(http, self.config.coordinator_url, secrets.manifest_digest)
+        if select_model(manifest, self.entry.name) != self.entry:
+            raise PolicyError("model.changed", "the manifest changed the model this worker serves; restart it")
+        self.app.state.gateway.apply_manifest(manifest.manifest, keyrelease.import_ohttp_keys(secrets.ohttp_keys))
+        self.digest = secrets.manifest_digest
+        log.warning("worker %s now serves under manifest %s", self.worker_id, self.digest[:16])
+
+    def _refuse(self, err: VeilError) -> None:
+        log.error("stopping: %s (%s)", err.message, err.reason)
+        self.refused = err
+        self.server.should_exit = True

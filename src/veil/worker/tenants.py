@@ -150,6 +150,7 @@ class Tenancy:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tenants = list(tenants)
+        self._clock = clock
         self._digests = [bytes.fromhex(t.key_sha256) for t in self.tenants]
         # Per-worker secret made at start; salts never leave this process and nothing a client
         # sends can choose or predict them.
@@ -161,6 +162,19 @@ class Tenancy:
     @property
     def enabled(self) -> bool:
         return bool(self.tenants)
+
+    def updated(self, tenants: list[TenantEntry]) -> "Tenancy":
+        """The tenancy of a newer manifest: same worker salt secret, and a tenant whose limits did
+        not change keeps its running buckets (a manifest update is no way to reset a rate limit)."""
+        new = Tenancy(tenants, salt_secret=self._salt_secret, clock=self._clock)
+        new.salts_cache = self.salts_cache
+        old = {t.id: t for t in self.tenants}
+        for t in new.tenants:
+            if t.id in old and old[t.id].requests_per_minute == t.requests_per_minute:
+                new._rpm[t.id] = self._rpm[t.id]
+            if t.id in old and old[t.id].tokens_per_minute == t.tokens_per_minute and t.id in self._tpm:
+                new._tpm[t.id] = self._tpm[t.id]
+        return new
 
     def cache_salt(self, tenant_id: str) -> str:
         return hmac.new(self._salt_secret, SALT_CONTEXT + tenant_id.encode(), hashlib.sha256).hexdigest()
