@@ -127,6 +127,6 @@ def tenant_add(
     except httpx.HTTPError as exc:
         _fail(VeilError("coordinator.unreachable", str(exc)))
     console.print(f"[green]✔[/] tenant {entry.id!r} added (manifest {signed.digest.hex()[:16]}…).")
-    console.print("[dim]Running workers enforce it once restarted (they read the manifest when they register).[/]")
+    console.print("[dim]Running workers enforce it at their next re-attestation (every 60 s by default).[/]")
     console.print("API key (shown once; Veil stores only its SHA-256):")
     print(api_key)
