@@ -19,30 +19,27 @@ from veil.client.transport import OhttpTransport
 from veil.client.verify import AttestedCoordinator, verify_coordinator
 
 
-class Client:
-    """Verified, encrypted OpenAI-style client for a Veil deployment."""
+PolicyArg = ClientPolicy | Path | str | None
 
-    def __init__(
-        self,
-        policy: ClientPolicy | Path | str | None = None,
-        *,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        **openai_kwargs: Any,
-    ) -> None:
-        """``api_key``: the tenant key when the deployment has tenants (default $VEIL_API_KEY).
-        It travels only inside the encryption, as the inner request's Authorization header."""
+
+class _Verified:
+    """What both clients share: verify first, then expose the OpenAI resources over OHTTP."""
+
+    _openai: openai.OpenAI | openai.AsyncOpenAI
+
+    def _connect(self, policy: PolicyArg, api_key: str | None, http: type[httpx.Client] | type[httpx.AsyncClient],
+                 sdk: type[openai.OpenAI] | type[openai.AsyncOpenAI], timeout: float, openai_kwargs: dict[str, Any]) -> None:
         log = None
         if not isinstance(policy, ClientPolicy):
             policy, log = load_with_log(Path(policy) if policy else None)
         self.policy = policy
         self.attestation: AttestedCoordinator = verify_coordinator(policy, manifest_log=log)
         transport = OhttpTransport(self.attestation.key_configs[0], policy.gateway_url)
-        self._http = httpx.Client(transport=transport, timeout=timeout)
-        self._openai = openai.OpenAI(
+        self._openai = sdk(
             base_url=f"{policy.gateway_url}/v1",
+            # the tenant key (if the deployment has tenants) travels only inside the encryption
             api_key=api_key or os.environ.get("VEIL_API_KEY") or "veil-no-tenant-key",
-            http_client=self._http,
+            http_client=http(transport=transport, timeout=timeout),  # type: ignore[arg-type]
             max_retries=0,
             **openai_kwargs,
         )
@@ -55,8 +52,19 @@ class Client:
     def simulated(self) -> bool:
         return self.attestation.simulated
 
+
+class Client(_Verified):
+    """Verified, encrypted OpenAI-style client for a Veil deployment.
+
+    ``api_key``: the tenant key when the deployment has tenants (default $VEIL_API_KEY).
+    """
+
+    def __init__(self, policy: PolicyArg = None, *, api_key: str | None = None, timeout: float = 120.0,
+                 **openai_kwargs: Any) -> None:
+        self._connect(policy, api_key, httpx.Client, openai.OpenAI, timeout, openai_kwargs)
+
     def close(self) -> None:
-        self._openai.close()
+        self._openai.close()  # type: ignore[unused-coroutine]
 
     def __enter__(self) -> "Client":
         return self
@@ -65,45 +73,18 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Verified):
     """The asyncio twin of :class:`Client`: ``await client.chat.completions.create(...)``.
 
     Verification happens once, in the constructor (a few milliseconds); requests are async.
     """
 
-    def __init__(
-        self,
-        policy: ClientPolicy | Path | str | None = None,
-        *,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        **openai_kwargs: Any,
-    ) -> None:
-        log = None
-        if not isinstance(policy, ClientPolicy):
-            policy, log = load_with_log(Path(policy) if policy else None)
-        self.policy = policy
-        self.attestation: AttestedCoordinator = verify_coordinator(policy, manifest_log=log)
-        transport = OhttpTransport(self.attestation.key_configs[0], policy.gateway_url)
-        self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
-        self._openai = openai.AsyncOpenAI(
-            base_url=f"{policy.gateway_url}/v1",
-            api_key=api_key or os.environ.get("VEIL_API_KEY") or "veil-no-tenant-key",
-            http_client=self._http,
-            max_retries=0,
-            **openai_kwargs,
-        )
-        self.chat = self._openai.chat
-        self.completions = self._openai.completions
-        self.embeddings = self._openai.embeddings
-        self.models = self._openai.models
-
-    @property
-    def simulated(self) -> bool:
-        return self.attestation.simulated
+    def __init__(self, policy: PolicyArg = None, *, api_key: str | None = None, timeout: float = 120.0,
+                 **openai_kwargs: Any) -> None:
+        self._connect(policy, api_key, httpx.AsyncClient, openai.AsyncOpenAI, timeout, openai_kwargs)
 
     async def close(self) -> None:
-        await self._openai.close()
+        await self._openai.close()  # type: ignore[misc]
 
     async def __aenter__(self) -> "AsyncClient":
         return self
