@@ -80,3 +80,16 @@ def test_ctrl_c_stops_everything_and_restart_restores(tmp_path) -> None:
     assert again["manifest_digests"] == first_digest
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0
+
+
+def test_killing_veil_up_outright_takes_its_processes_along(tmp_path) -> None:
+    state = tmp_path / "state"
+    proc = _up(state, free_port(), free_port())
+    _wait_until_up(proc)
+    assert len(_processes_mentioning(str(state))) >= 3
+    proc.kill()  # SIGKILL: no handler runs, no orderly stop
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while _processes_mentioning(str(state)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(state)) == [], "processes outlived a killed `veil up`"

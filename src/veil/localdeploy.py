@@ -56,6 +56,13 @@ class DeploymentError(VeilError):
     """A local deployment could not be started."""
 
 
+def _terminate_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the process that started it dies."""
+    from veil.engines.serving import die_with_parent
+
+    die_with_parent(signal.SIGTERM)
+
+
 def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
     """A PEM private key of ``kind`` at ``path``, created (0600) on first use."""
     if path.exists():
@@ -246,9 +253,11 @@ class LocalDeployment:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.state_dir / "logs" / f"{name}.log", "ab")
+        # Own session: a terminal's Ctrl-C reaches only `veil up`, which stops workers before the
+        # coordinator. Parent-death signal: if `veil up` is killed outright, they go too.
         proc = subprocess.Popen(
             [sys.executable, "-m", "veil", *args], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_terminate_with_parent,
         )
         log.close()
         self.processes.append(proc)
