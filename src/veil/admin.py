@@ -22,6 +22,7 @@ from veil.client.policy import ClientPolicy
 from veil.client.verify import verify_coordinator
 from veil.coordinator.state import RECOVERY_INFO, RECOVERY_UPLOAD_INFO
 from veil.errors import ParseError, ProtocolError, VeilError
+from veil.httputil import error_of
 from veil.manifest import public_key_hex
 
 
@@ -46,11 +47,7 @@ def load_recovery_key(path: Path) -> X25519PrivateKey:
 def _check(resp: httpx.Response) -> dict[str, Any]:
     if resp.status_code == 200:
         return resp.json()
-    try:
-        err = resp.json().get("error", {})
-    except ValueError:
-        err = {}
-    raise AdminError(err.get("reason", f"http.{resp.status_code}"), err.get("message", resp.text[:200]))
+    raise AdminError(*error_of(resp))
 
 
 def put_secret(policy: ClientPolicy, admin: Ed25519PrivateKey, key_id: str, value: bytes,

@@ -22,6 +22,17 @@ def error_body(reason: str, message: str) -> dict[str, Any]:
     return {"error": {"reason": reason, "message": message}}
 
 
+def error_of(resp: Any) -> tuple[str, str]:
+    """(reason, message) of an error answer in Veil's shape; a fallback when it is not one."""
+    try:
+        err = resp.json().get("error", {})
+    except (ValueError, AttributeError):
+        err = {}
+    if not isinstance(err, dict):
+        err = {}
+    return str(err.get("reason", f"http.{resp.status_code}")), str(err.get("message", resp.text[:200]))
+
+
 def error_response(err: VeilError, status: int | None = None) -> JSONResponse:
     code = status or next((s for t, s in STATUS_BY_ERROR.items() if isinstance(err, t)), 400)
     return JSONResponse(error_body(err.reason, err.message), status_code=code)

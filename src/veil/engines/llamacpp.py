@@ -37,6 +37,7 @@ from veil.engines.openai_api import (
     CompletionRequest,
     EmbeddingRequest,
     EngineAPIError,
+    check_model,
     install_error_handlers,
     parse_body,
     sse_event,
@@ -317,12 +318,6 @@ def create_app(backend: LlamaBackend) -> FastAPI:
     """The OpenAI-compatible ASGI app for one loaded model."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
-    def check_model(name: str | None) -> None:
-        if name is not None and name != backend.model_id:
-            raise EngineAPIError(
-                404, f"model not served by this engine; available: {backend.model_id}",
-                "model_not_found", "model",
-            )
 
     def relabel(obj: dict[str, Any]) -> dict[str, Any]:
         obj["model"] = backend.model_id  # llama-cpp-python reports the file path here
@@ -405,7 +400,7 @@ def create_app(backend: LlamaBackend) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest)
-        check_model(req.model)
+        check_model(req.model, backend.model_id)
         kwargs: dict[str, Any] = {
             "messages": [m.plain() for m in req.messages],
             "max_tokens": req.max_completion_tokens or req.max_tokens,
@@ -437,7 +432,7 @@ def create_app(backend: LlamaBackend) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         req: CompletionRequest = await parse_body(request, CompletionRequest)
-        check_model(req.model)
+        check_model(req.model, backend.model_id)
         if req.suffix is not None and not backend.supports_fim:
             raise EngineAPIError(
                 400, f"{backend.model_id} has no fill-in-the-middle tokens; suffix is unsupported",
@@ -466,7 +461,7 @@ def create_app(backend: LlamaBackend) -> FastAPI:
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
         req: EmbeddingRequest = await parse_body(request, EmbeddingRequest)
-        check_model(req.model)
+        check_model(req.model, backend.model_id)
 
         def embed() -> dict[str, Any]:
             return backend.embedder().create_embedding(req.input, model=backend.model_id)

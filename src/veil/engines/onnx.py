@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from veil.engines.onnx_api import ORT_TYPES, Limits, TensorSpec, decode_inputs, encode_tensor
-from veil.engines.openai_api import EngineAPIError, install_error_handlers
+from veil.engines.openai_api import EngineAPIError, check_model, install_error_handlers
 from veil.engines.serving import log as _log
 from veil.engines.serving import serve, start_up
 
@@ -140,10 +140,7 @@ def create_app(backend: OnnxBackend, limits: Limits = Limits()) -> FastAPI:
         body = await read_json_body(request, limits.max_body_bytes)
         if not isinstance(body, dict):
             raise EngineAPIError(400, "request body must be a JSON object", "invalid_request")
-        model = body.get("model")
-        if model is not None and model != backend.model_id:
-            raise EngineAPIError(404, f"model not served by this engine; available: "
-                                 f"{backend.model_id}", "model_not_found", "model")
+        check_model(body.get("model"), backend.model_id)
         encoding = body.get("output_encoding", "base64")
         if encoding not in ("base64", "list"):
             raise EngineAPIError(400, "output_encoding must be 'base64' or 'list'",

@@ -295,6 +295,12 @@ async def parse_body(request: Request, model: type[BaseModel]) -> Any:
         raise validation_error(exc) from None
 
 
+def check_model(name: str | None, served: str) -> None:
+    """Refuse a request that names a model other than the one this engine serves (None: any)."""
+    if name is not None and name != served:
+        raise EngineAPIError(404, f"model not served by this engine; available: {served}", "model_not_found", "model")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves an engine in OpenAI's shape, and an unexpected one says nothing more."""
 

@@ -32,6 +32,7 @@ from veil.engines.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
     EngineAPIError,
+    check_model,
     install_error_handlers,
     parse_body,
     sse_event,
@@ -275,12 +276,6 @@ def create_app(backend: TransformersBackend) -> FastAPI:
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
-    def check_model(name: str | None) -> None:
-        if name is not None and name != backend.model_id:
-            raise EngineAPIError(
-                404, f"model not served by this engine; available: {backend.model_id}",
-                "model_not_found", "model",
-            )
 
     async def respond(gen: Generation, chat: bool, stream: bool, include_usage: bool,
                       prefix: str = "") -> Any:
@@ -356,7 +351,7 @@ def create_app(backend: TransformersBackend) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         req: ChatRequest = await parse_body(request, ChatRequest)
-        check_model(req.model)
+        check_model(req.model, backend.model_id)
         if not backend.has_chat_template:
             raise EngineAPIError(400, f"{backend.model_id} has no chat template; use "
                                  "/v1/completions", "unsupported_chat", "messages")
@@ -373,7 +368,7 @@ def create_app(backend: TransformersBackend) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         req: TextRequest = await parse_body(request, TextRequest)
-        check_model(req.model)
+        check_model(req.model, backend.model_id)
         if req.suffix is not None:
             raise EngineAPIError(400, "this engine has no fill-in-the-middle support; suffix is "
                                  "unsupported", "unsupported_suffix", "suffix")

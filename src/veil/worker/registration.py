@@ -19,6 +19,7 @@ from veil import keyrelease
 from veil.attest.attester import Attester
 from veil.attest.binding import worker_report_data
 from veil.errors import ProtocolError, VeilError
+from veil.httputil import error_of
 
 
 class RegistrationRefused(VeilError):
@@ -62,8 +63,7 @@ def register(
         json={"nonce": nonce.hex(), "public_key": public.hex(), "evidence": evidence, "worker_id": worker_id},
     )
     if resp.status_code != 200:
-        err = _error_of(resp)
-        raise RegistrationRefused(err.get("reason", f"http.{resp.status_code}"), err.get("message", ""))
+        raise RegistrationRefused(*error_of(resp))
     body = resp.json()
     try:
         blob = base64.b64decode(body["sealed_secrets"], validate=True)
@@ -73,11 +73,3 @@ def register(
     return ReleasedSecrets(
         body["worker_id"], secrets["manifest_digest"], secrets["ohttp_keys"], secrets.get("data_keys", {})
     )
-
-
-def _error_of(resp: httpx.Response) -> dict[str, str]:
-    try:
-        err = resp.json().get("error", {})
-        return err if isinstance(err, dict) else {}
-    except ValueError:
-        return {}
