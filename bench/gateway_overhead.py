@@ -275,7 +275,7 @@ def breakdown(repeat: int = 300) -> dict[str, float]:
     import timeit
 
     from veil.ohttp.chunked import ChunkedRequestReceiver, ChunkedRequestSender
-    from veil.worker.padding import SsePadder
+    from veil.ohttp.padding import SsePadder
 
     pair = KeyPair.generate(1)
     keys = KeyStore([pair])

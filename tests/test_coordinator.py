@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from deployment_fixtures import make_manifest, start_coordinator
-from veil import keyrelease
+from veil import keyrelease, wire
 from veil.attest.binding import worker_report_data
 from veil.attest.sim import SimPlatform
 from veil.manifest import sign_manifest
@@ -64,7 +64,7 @@ def test_worker_registration_releases_keys(coord) -> None:
     resp, key, nonce = _register(coord)
     assert resp.status_code == 200, resp.text
     blob = base64.b64decode(resp.json()["sealed_secrets"])
-    secrets = json.loads(keyrelease.open_sealed(key, blob, keyrelease.WORKER_SECRETS_INFO, aad=nonce))
+    secrets = json.loads(keyrelease.open_sealed(key, blob, wire.WORKER_SECRETS_INFO, aad=nonce))
     assert secrets["manifest_digest"] == coord.signed.digest.hex()
     store = keyrelease.import_ohttp_keys(secrets["ohttp_keys"])
     assert store.encode_configs() == coord.http.get("/.well-known/ohttp-gateway").content

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fastapi.testclient import TestClient
 
 from deployment_fixtures import make_manifest
-from veil import admin, keyrelease
+from veil import admin, keyrelease, wire
 from veil.attest.attester import SimSnpAttester
 from veil.attest.binding import worker_report_data
 from veil.attest.sim import SimPlatform
@@ -77,7 +77,7 @@ def _register(dep: Deployment):
     if resp.status_code != 200:
         return resp, None
     blob = base64.b64decode(resp.json()["sealed_secrets"])
-    return resp, json.loads(keyrelease.open_sealed(key, blob, keyrelease.WORKER_SECRETS_INFO, aad=nonce))
+    return resp, json.loads(keyrelease.open_sealed(key, blob, wire.WORKER_SECRETS_INFO, aad=nonce))
 
 
 def test_restart_restores_keys_manifests_and_secrets(sim_dir, tmp_path) -> None:
@@ -135,7 +135,7 @@ def test_secret_upload_refusals(sim_dir, tmp_path) -> None:
         admin.put_secret(dep.policy(signed), mallory, "k", DATA_KEY, http=dep.http)
     assert exc.value.reason == "secret.not_admin"
     # a valid admin signature over a different ciphertext
-    sealed = keyrelease.seal(dep.state.hpke_key.public_key().public_bytes_raw(), DATA_KEY, keyrelease.ADMIN_SECRET_INFO, aad=b"k")
+    sealed = keyrelease.seal(dep.state.hpke_key.public_key().public_bytes_raw(), DATA_KEY, wire.ADMIN_SECRET_INFO, aad=b"k")
     body = {"key_id": "k", "sealed": base64.b64encode(sealed).decode(), "admin_key": a.public_key().public_bytes_raw().hex(),
             "signature": a.sign(keyrelease.secret_upload_message("k", sealed + b"x")).hex()}
     resp = dep.http.post("/v1/secrets", json=body)

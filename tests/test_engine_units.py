@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from veil.engines import models
 from veil.engines.launcher import EngineProcess
 from veil.engines.openai_api import ChatCompletionRequest, EngineAPIError, validation_error
-from veil.engines.serving import bind_unix_socket, die_with_parent
+from veil.engines.serving import bind_unix_socket
+from veil.process import die_with_parent
 
 
 def test_default_model_path_is_the_wheel_gguf() -> None:

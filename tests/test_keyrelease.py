@@ -5,25 +5,25 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from veil import keyrelease
+from veil import keyrelease, wire
 from veil.errors import ProtocolError
 
 
 def test_round_trip() -> None:
     key = X25519PrivateKey.generate()
-    blob = keyrelease.seal(keyrelease.public_bytes(key), b"secret", keyrelease.WORKER_SECRETS_INFO, aad=b"n")
-    assert keyrelease.open_sealed(key, blob, keyrelease.WORKER_SECRETS_INFO, aad=b"n") == b"secret"
+    blob = keyrelease.seal(keyrelease.public_bytes(key), b"secret", wire.WORKER_SECRETS_INFO, aad=b"n")
+    assert keyrelease.open_sealed(key, blob, wire.WORKER_SECRETS_INFO, aad=b"n") == b"secret"
 
 
 @pytest.mark.parametrize("mutation", ["wrong_key", "wrong_info", "wrong_aad", "flip", "truncate"])
 def test_refusals(mutation: str) -> None:
     key = X25519PrivateKey.generate()
-    info, aad = keyrelease.WORKER_SECRETS_INFO, b"nonce"
+    info, aad = wire.WORKER_SECRETS_INFO, b"nonce"
     blob = keyrelease.seal(keyrelease.public_bytes(key), b"secret", info, aad=aad)
     if mutation == "wrong_key":
         key = X25519PrivateKey.generate()
     elif mutation == "wrong_info":
-        info = keyrelease.ADMIN_SECRET_INFO
+        info = wire.ADMIN_SECRET_INFO
     elif mutation == "wrong_aad":
         aad = b"other nonce"
     elif mutation == "flip":
@@ -36,4 +36,4 @@ def test_refusals(mutation: str) -> None:
 
 def test_bad_public_key() -> None:
     with pytest.raises(ProtocolError):
-        keyrelease.seal(b"short", b"x", keyrelease.WORKER_SECRETS_INFO)
+        keyrelease.seal(b"short", b"x", wire.WORKER_SECRETS_INFO)

@@ -17,7 +17,7 @@ from veil.ohttp import bhttp
 from veil.ohttp.bhttp import decode_varint
 from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.worker.gateway import create_gateway_app
-from veil.worker.padding import SsePadder, bucket, pad_message
+from veil.ohttp.padding import SsePadder, bucket, pad_message
 
 # Tokens of very different lengths (and UTF-8 widths): unpadded, each shows in its chunk's size.
 TOKENS = ["a", " hello", ",", " extraordinarily", " 🙂", "\n", " ünïcödé", " x" * 40, "", " the", "!" * 120, "."]

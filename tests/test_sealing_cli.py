@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from veil.cli.seal import load_key, seal_command
+from veil.admin import load_data_key
+from veil.cli.seal import seal_command
 from veil.sealing import unseal_to_memfd
 
 app = typer.Typer()
@@ -28,7 +29,7 @@ def test_seal_generates_key_and_prints_manifest_fields(tmp_path: Path) -> None:
     key_file = tmp_path / "model.sealed.key"
     assert fields["key_id"] == "smollm2" and fields["key_file"] == str(key_file)
     assert key_file.stat().st_mode & 0o777 == 0o600
-    with unseal_to_memfd(out, load_key(key_file), expected_digest=fields["sealed_sha256"],
+    with unseal_to_memfd(out, load_data_key(key_file), expected_digest=fields["sealed_sha256"],
                          expected_plaintext_digest=fields["sha256"]) as mf:
         assert mf.read() == data
 
@@ -54,4 +55,4 @@ def test_raw_key_file_accepted(tmp_path: Path) -> None:
     raw = os.urandom(32)
     (tmp_path / "raw").write_bytes(raw)
     (tmp_path / "hex").write_text(raw.hex() + "\n")
-    assert load_key(tmp_path / "raw") == load_key(tmp_path / "hex") == raw
+    assert load_data_key(tmp_path / "raw") == load_data_key(tmp_path / "hex") == raw

@@ -11,14 +11,16 @@ import httpx
 import openai
 import pytest
 
+from veil.admin import add_tenant, create_tenant, tenant_key_digest
 from veil.client.transport import OhttpTransport
+from veil.errors import ParseError, PolicyError
 from veil.manifest import Manifest, PaddingSettings, ReferenceValues, TenantEntry
 from veil.ohttp import bhttp
 from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.ohttp.ohttp import encapsulate_request
 from veil.worker import tenants as tenants_mod
 from veil.worker.gateway import create_gateway_app
-from veil.worker.tenants import Tenancy, TokenBucket, add_tenant, create_tenant, key_digest
+from veil.worker.tenants import Tenancy, TokenBucket
 
 SECRET = b"\x01" * 32
 
@@ -66,15 +68,19 @@ MSG = [{"role": "user", "content": "hi"}]
 def test_create_tenant_and_manifest_entry() -> None:
     key, entry = create_tenant("acme", 60, 10_000)
     assert key.startswith("veil-") and len(key) == len("veil-") + 43  # token_urlsafe(32): 256 bits
-    assert entry.key_sha256 == hashlib.sha256(key.encode()).hexdigest() == key_digest(key)
+    assert entry.key_sha256 == hashlib.sha256(key.encode()).hexdigest() == tenant_key_digest(key)
     assert key not in entry.model_dump_json()
     base = _manifest([])
     assert b"tenants" not in base.canonical() and b"padding" not in base.canonical()  # old digests hold
     key2, entry2, updated = add_tenant(base, "acme", 60)
     assert updated.tenants == [entry2] and updated.digest() != base.digest()
     assert Manifest.model_validate_json(updated.canonical()) == updated
-    with pytest.raises(ValueError):
+    with pytest.raises(PolicyError) as e:
         add_tenant(updated, "acme", 60)
+    assert e.value.reason == "tenant.exists"
+    with pytest.raises(ParseError) as e:
+        create_tenant("bad id!", 60)
+    assert e.value.reason == "tenant.invalid"
     with pytest.raises(ValueError):  # pydantic: ids and key hashes must be unique
         Manifest.model_validate({**updated.model_dump(), "tenants": [entry2.model_dump(), entry2.model_dump()]})
 

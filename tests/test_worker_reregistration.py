@@ -20,7 +20,7 @@ from veil.engines.models import default_model_path, sha256_file
 from veil.manifest import Manifest, ModelEntry, ReferenceValues, SandboxSettings, public_key_hex, sign_manifest
 from veil.ohttp.keyconfig import decode_key_config_list
 from veil.testing import ServerThread, free_port
-from veil.worker.tenants import add_tenant
+from veil.admin import add_tenant
 
 pytestmark = pytest.mark.slow
 

@@ -15,15 +15,13 @@ from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey
 from typing import TYPE_CHECKING
 
 from veil.errors import ProtocolError
+from veil.wire import SECRET_UPLOAD_CONTEXT
 
 if TYPE_CHECKING:
     from veil.ohttp.keyconfig import KeyStore
 
 SUITE = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.AES256_GCM)
 ENC_LEN = 32
-
-WORKER_SECRETS_INFO = b"veil/worker-secrets/v1"
-ADMIN_SECRET_INFO = b"veil/admin-secret-upload/v1"
 
 
 def public_bytes(key: X25519PrivateKey | X25519PublicKey) -> bytes:
@@ -76,9 +74,6 @@ def import_ohttp_keys(records: list[dict[str, object]]) -> "KeyStore":
             raise ProtocolError("keyrelease.bad_ohttp_key", "released OHTTP key does not match its configuration")
         pairs.append(pair)
     return KeyStore(pairs)
-
-
-SECRET_UPLOAD_CONTEXT = b"veil/secret-upload/v1"
 
 
 def secret_upload_message(key_id: str, sealed: bytes) -> bytes:

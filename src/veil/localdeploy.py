@@ -15,19 +15,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    load_pem_private_key,
-)
 
-from veil import keyrelease
+from veil import admin as admin_ops
+from veil import keyrelease, wire
 from veil.client.policy import POLICY_FILE, ClientPolicy
 from veil.errors import VeilError
 from veil.manifest import (
@@ -40,6 +34,7 @@ from veil.manifest import (
     public_key_hex,
     sign_manifest,
 )
+from veil.process import die_with_parent
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 DATA_KEY_ID = f"{DEFAULT_MODEL_NAME}-key"
@@ -58,34 +53,7 @@ class DeploymentError(VeilError):
 
 def _terminate_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the process that started it dies."""
-    from veil.engines.serving import die_with_parent
-
     die_with_parent(signal.SIGTERM)
-
-
-def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
-    """A PEM private key of ``kind`` at ``path``, created (0600) on first use."""
-    if path.exists():
-        key = load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, kind):
-            raise DeploymentError("deploy.bad_key", f"{path} does not hold a {kind.__name__}")
-        return key
-    key = kind.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return key
-
-
-def load_or_create_admin_key(path: Path) -> Ed25519PrivateKey:
-    """The admin's Ed25519 key that signs this deployment's manifests."""
-    return _load_or_create_key(path, Ed25519PrivateKey)
-
-
-def load_or_create_recovery_key(path: Path) -> X25519PrivateKey:
-    """The admin's X25519 recovery key: the coordinator's state key is also sealed to it."""
-    return _load_or_create_key(path, X25519PrivateKey)
 
 
 @dataclass
@@ -134,21 +102,17 @@ class LocalDeployment:
 
     def seal_model(self) -> SealedModel:
         """Seal the weights once under a fresh data key (the admin keeps the key file, 0600)."""
-        from veil.cli.seal import load_key
         from veil.engines.models import sha256_file
-        from veil.sealing import generate_data_key, read_header, seal_file
+        from veil.sealing import read_header, seal_file
 
         assert self.model_path is not None
         plain = sha256_file(self.model_path)
         if self.sealed_path.exists() and self.data_key_path.exists() and read_header(self.sealed_path).plaintext_sha256 == plain:
-            key = load_key(self.data_key_path)
+            key = admin_ops.load_data_key(self.data_key_path)
         else:
             self.sealed_path.parent.mkdir(mode=0o700, exist_ok=True)
-            key = generate_data_key()
             self.data_key_path.unlink(missing_ok=True)
-            fd = os.open(self.data_key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(key.hex())
+            key = admin_ops.write_new_data_key(self.data_key_path)
             seal_file(self.model_path, self.sealed_path, key, DATA_KEY_ID)
         return SealedModel(plain, sha256_file(self.sealed_path), key)
 
@@ -157,17 +121,17 @@ class LocalDeployment:
         step = progress or (lambda msg: None)
         step("preparing the simulated TEE and admin key")
         self.prepare()
-        admin = load_or_create_admin_key(self.state_dir / "admin.key")
+        admin = admin_ops.load_or_create_admin_key(self.state_dir / "admin.key")
         step("starting the coordinator")
         self._spawn("coordinator", [
             "coordinator", "--host", self.host, "--port", str(self.coordinator_port),
             "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
             "--db", f"sqlite:///{self.state_dir / 'coordinator.db'}",
         ])
-        self._wait_http(f"{self.coordinator_url}/health", "coordinator", 30)
+        self._wait_http(f"{self.coordinator_url}{wire.HEALTH_PATH}", "coordinator", 30)
         step("sealing the model weights under a data key")
         sealed = self.seal_model()
-        recovery = load_or_create_recovery_key(self.state_dir / "recovery.key")
+        recovery = admin_ops.load_or_create_recovery_key(self.state_dir / "recovery.key")
         manifest = self.manifest(admin, recovery, sealed)
         self._unlock_if_needed(recovery, manifest)
         step("signing and setting the manifest")
@@ -181,7 +145,7 @@ class LocalDeployment:
             "--run-dir", str(self.state_dir / "run"),
             *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
         ])
-        self._wait_http(f"{self.gateway_url}/.well-known/ohttp-gateway", "worker", 120)
+        self._wait_http(f"{self.gateway_url}{wire.GATEWAY_PATH}", "worker", 120)
         policy = self._policy(manifest, [signed.digest.hex()], [public_key_hex(admin)])
         policy.save(self.policy_path)
         step(f"client policy written to {self.policy_path}")
@@ -190,9 +154,7 @@ class LocalDeployment:
     def _unlock_if_needed(self, recovery: X25519PrivateKey, manifest: Manifest) -> None:
         """After a code change the coordinator's sealing key changes and it comes up locked:
         restore it with this deployment's recovery key, as an admin would with `veil recover`."""
-        from veil import admin as admin_ops
-
-        body = httpx.get(f"{self.coordinator_url}/v1/attestation", params={"nonce": "00" * 32}, timeout=10).json()
+        body = httpx.get(f"{self.coordinator_url}{wire.ATTESTATION_PATH}", params={"nonce": "00" * 32}, timeout=10).json()
         if not body.get("locked"):
             return
         target = self._policy(manifest, [], [])
@@ -200,22 +162,18 @@ class LocalDeployment:
 
     def _upload_data_key(self, admin: Ed25519PrivateKey, manifest: Manifest, signed: SignedManifest, key: bytes) -> None:
         """The data key goes to the coordinator only sealed to its freshly verified key."""
-        from veil import admin as admin_ops
-
-        held = httpx.get(f"{self.coordinator_url}/v1/secrets", timeout=10).json()["key_ids"]
+        held = httpx.get(f"{self.coordinator_url}{wire.SECRETS_PATH}", timeout=10).json()["key_ids"]
         if DATA_KEY_ID not in held:
             admin_ops.put_secret(self._policy(manifest, [signed.digest.hex()], []), admin, DATA_KEY_ID, key)
 
     def _set_manifest(self, admin: Ed25519PrivateKey, manifest: Manifest) -> SignedManifest:
         with httpx.Client(timeout=10) as http:
-            current = http.get(f"{self.coordinator_url}/v1/manifest")
+            current = http.get(f"{self.coordinator_url}{wire.MANIFEST_PATH}")
             previous = SignedManifest.parse(current.content) if current.status_code == 200 else None
             if previous is not None and previous.manifest == manifest:
                 return previous  # unchanged deployment: keep the head as it is
             signed = sign_manifest(manifest, [admin], previous.digest.hex() if previous else None)
-            resp = http.post(f"{self.coordinator_url}/v1/manifest", content=signed.model_dump_json())
-            if resp.status_code != 200:
-                raise DeploymentError("deploy.manifest_refused", resp.text)
+            admin_ops.publish_manifest(self.coordinator_url, signed, http=http)
             return signed
 
     def _policy(self, manifest: Manifest, digests: list[str], admin_keys: list[str]) -> ClientPolicy:

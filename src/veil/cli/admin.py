@@ -42,13 +42,12 @@ def secret_put(
 ) -> None:
     """Verify the coordinator, then upload the secret HPKE-sealed to its attested key."""
     from veil import admin
-    from veil.cli.seal import load_key
     from veil.client.policy import ClientPolicy
 
     try:
         result = admin.put_secret(
             ClientPolicy.load(policy), admin.load_admin_key(admin_key or _state_file(policy, "admin.key")),
-            key_id, load_key(key_file),
+            key_id, admin.load_data_key(key_file),
         )
     except VeilError as err:
         _fail(err)
@@ -105,27 +104,17 @@ def tenant_add(
     admin_key: Optional[Path] = AdminKeyOpt,
 ) -> None:
     """Create a tenant: print its API key ONCE, add its key hash to a new signed manifest."""
-    import httpx
-
     from veil import admin
     from veil.client.policy import load_with_log
-    from veil.client.verify import verify_coordinator
-    from veil.manifest import sign_manifest
-    from veil.worker.tenants import add_tenant
 
     try:
         client_policy, log = load_with_log(policy)
-        attested = verify_coordinator(client_policy, manifest_log=log)
-        assert attested.manifest is not None
         key = admin.load_admin_key(admin_key or _state_file(policy, "admin.key"))
-        api_key, entry, updated = add_tenant(attested.manifest.manifest, tenant_id, requests_per_minute, tokens_per_minute)
-        signed = sign_manifest(updated, [key], attested.manifest.digest.hex())
-        resp = httpx.post(f"{client_policy.coordinator_url}/v1/manifest", content=signed.model_dump_json(), timeout=30)
-        admin._check(resp)
-    except (VeilError, ValueError) as err:
-        _fail(err if isinstance(err, VeilError) else VeilError("tenant.invalid", str(err)))
-    except httpx.HTTPError as exc:
-        _fail(VeilError("coordinator.unreachable", str(exc)))
+        api_key, entry, signed = admin.publish_tenant(
+            client_policy, key, tenant_id, requests_per_minute, tokens_per_minute, manifest_log=log,
+        )
+    except VeilError as err:
+        _fail(err)
     console.print(f"[green]✔[/] tenant {entry.id!r} added (manifest {signed.digest.hex()[:16]}…).")
     console.print("[dim]Running workers enforce it at their next re-attestation (every 60 s by default).[/]")
     console.print("API key (shown once; Veil stores only its SHA-256):")

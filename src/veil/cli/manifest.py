@@ -8,6 +8,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from veil import wire
 from veil.errors import VeilError
 from veil.manifest import SignedManifest, verify_history
 
@@ -28,7 +29,7 @@ def _get(url: str) -> httpx.Response:
 @app.command()
 def show(coordinator: str = CoordOpt) -> None:
     """Print the current manifest."""
-    resp = _get(f"{coordinator}/v1/manifest")
+    resp = _get(f"{coordinator}{wire.MANIFEST_PATH}")
     if resp.status_code != 200:
         console.print(f"[red]no manifest[/]: {resp.text}")
         raise typer.Exit(1)
@@ -38,7 +39,7 @@ def show(coordinator: str = CoordOpt) -> None:
 @app.command()
 def history(coordinator: str = CoordOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Fetch the history, check the hash chain and every signature."""
-    resp = _get(f"{coordinator}/v1/manifest/history")
+    resp = _get(f"{coordinator}{wire.MANIFEST_HISTORY_PATH}")
     if resp.status_code != 200:
         console.print(f"[red]no history[/]: HTTP {resp.status_code}")
         raise typer.Exit(1)

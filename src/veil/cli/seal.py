@@ -8,7 +8,6 @@ coordinator encrypted to its attested key, then delete the file: whoever holds i
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -17,35 +16,13 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
+from veil.admin import load_data_key, write_new_data_key
 from veil.errors import VeilError
-from veil.sealing.format import DEFAULT_SEGMENT_SIZE, KEY_SIZE, default_key_id
-from veil.sealing.seal import generate_data_key, seal_file
+from veil.sealing.format import DEFAULT_SEGMENT_SIZE, default_key_id
+from veil.sealing.seal import seal_file
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 _err = Console(stderr=True)
-
-
-def load_key(path: Path) -> bytes:
-    """A data key file: 64 hex characters (what we write) or 32 raw bytes."""
-    data = path.read_bytes()
-    text = data.strip()
-    if len(text) == 2 * KEY_SIZE:
-        try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            pass
-    if len(data) == KEY_SIZE:
-        return data
-    raise VeilError("seal.bad_key", f"{path}: expected {KEY_SIZE} raw bytes or {2 * KEY_SIZE} hex characters")
-
-
-def write_new_key(path: Path) -> bytes:
-    """Generate a key and write it as hex, owner-only, refusing to overwrite anything."""
-    key = generate_data_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
-    return key
 
 
 def seal_command(
@@ -62,7 +39,7 @@ def seal_command(
     key_path = key_file or out.with_name(out.name + ".key")
     created = not key_path.exists()
     try:
-        key = write_new_key(key_path) if created else load_key(key_path)
+        key = write_new_data_key(key_path) if created else load_data_key(key_path)
         kid = key_id or default_key_id(key)
         size = model.stat().st_size
         columns = (TextColumn("{task.description:>8}"), BarColumn(), DownloadColumn(),

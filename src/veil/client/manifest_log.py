@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from veil import wire
 from veil.errors import PolicyError
 from veil.manifest import SignedManifest, verify_history
 
@@ -50,7 +51,7 @@ class ManifestLog:
             raise PolicyError("manifest.rollback", "the coordinator shows an older manifest than one already seen")
         client = http or httpx.Client(timeout=10)
         try:
-            resp = client.get(f"{coordinator_url}/v1/manifest/history")
+            resp = client.get(f"{coordinator_url}{wire.MANIFEST_HISTORY_PATH}")
             resp.raise_for_status()
             history = [SignedManifest.parse(e) for e in resp.json()]
         finally:

@@ -20,19 +20,20 @@ import httpx
 
 from veil.errors import ParseError, ProtocolError
 from veil.ohttp import bhttp
-from veil.ohttp.chunked import (
+from veil.ohttp.chunked import ChunkedRequestSender, ChunkedResponseReceiver
+from veil.ohttp.keyconfig import KeyConfig, SymmetricSuite, decode_key_config_list
+from veil.ohttp.ohttp import ClientResponseContext, encapsulate_request
+from veil.ohttp.padding import pad_message
+from veil.wire import (
+    DEFAULT_REQUEST_PADDING,
+    GATEWAY_PATH,
     MEDIA_TYPE_CHUNKED_REQUEST,
     MEDIA_TYPE_CHUNKED_RESPONSE,
-    ChunkedRequestSender,
-    ChunkedResponseReceiver,
+    MEDIA_TYPE_REQUEST,
+    MEDIA_TYPE_RESPONSE,
 )
-from veil.ohttp.keyconfig import KeyConfig, SymmetricSuite, decode_key_config_list
-from veil.ohttp.ohttp import MEDIA_TYPE_REQUEST, MEDIA_TYPE_RESPONSE, ClientResponseContext, encapsulate_request
-from veil.worker.padding import pad_message
 
-GATEWAY_PATH = "/.well-known/ohttp-gateway"
 REQUEST_CHUNK = 16 * 1024
-DEFAULT_REQUEST_PADDING = 256  # inner requests padded to the next power of two >= 256 bytes
 
 
 def _as_config(key_config: KeyConfig | bytes) -> KeyConfig:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from veil import wire
 from veil.attest.binding import coordinator_report_data
 from veil.attest.claims import Verdict
 from veil.attest.evidence import verify_evidence
@@ -85,7 +86,7 @@ def verify_coordinator(
     http = http or httpx.Client(timeout=10)
     try:
         try:
-            resp = http.get(f"{policy.coordinator_url}/v1/attestation", params={"nonce": nonce.hex()})
+            resp = http.get(f"{policy.coordinator_url}{wire.ATTESTATION_PATH}", params={"nonce": nonce.hex()})
         except httpx.HTTPError as exc:
             raise VerificationError("coordinator.unreachable", f"{policy.coordinator_url}: {exc}") from None
         if resp.status_code != 200 or len(resp.content) > MAX_ATTESTATION_BYTES:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from pydantic import BaseModel, Field
 
-from veil import keyrelease
+from veil import keyrelease, wire
 from veil.attest.attester import Attester
 from veil.attest.binding import coordinator_report_data
 from veil.attest.evidence import verify_worker_evidence
@@ -28,7 +28,6 @@ from veil.httputil import BodyLimitMiddleware, error_response, veil_error_handle
 from veil.manifest import SignedManifest
 
 MAX_BODY = 1 << 20  # 1 MiB: manifests and evidence are small
-OHTTP_KEYS_MEDIA_TYPE = "application/ohttp-keys"
 
 
 class SecretUpload(BaseModel):
@@ -80,7 +79,7 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
     def key_configs() -> bytes:
         return state.ohttp_keys.encode_configs()
 
-    @app.get("/health")
+    @app.get(wire.HEALTH_PATH)
     def health() -> dict[str, Any]:
         return {"status": "ok", "manifest": state.manifest is not None, "workers": len(state.workers)}
 
@@ -88,11 +87,11 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/.well-known/ohttp-gateway")
+    @app.get(wire.GATEWAY_PATH)
     def ohttp_keys() -> Response:
-        return Response(key_configs(), media_type=OHTTP_KEYS_MEDIA_TYPE)
+        return Response(key_configs(), media_type=wire.MEDIA_TYPE_KEYS)
 
-    @app.get("/v1/attestation")
+    @app.get(wire.ATTESTATION_PATH)
     def attestation(nonce: str = Query(max_length=128)) -> dict[str, Any]:
         """Fresh evidence whose report_data binds the client's nonce, our key, manifest and key config."""
         raw_nonce = _hex_nonce(nonce)
@@ -114,7 +113,7 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
             "locked": state.locked,
         }
 
-    @app.post("/v1/secrets")
+    @app.post(wire.SECRETS_PATH)
     def put_secret(body: SecretUpload) -> dict[str, Any]:
         """Store a secret an admin of the current manifest sealed to our attested key."""
         manifest = state.require_manifest()
@@ -127,50 +126,50 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
             )
         except InvalidSignature:
             raise VerificationError("secret.bad_signature", "the admin signature over the upload does not verify") from None
-        value = keyrelease.open_sealed(state.hpke_key, sealed, keyrelease.ADMIN_SECRET_INFO, aad=body.key_id.encode())
+        value = keyrelease.open_sealed(state.hpke_key, sealed, wire.ADMIN_SECRET_INFO, aad=body.key_id.encode())
         state.put_secret(body.key_id, value, body.admin_key)
         return {"key_id": body.key_id, "stored": True}
 
-    @app.get("/v1/secrets")
+    @app.get(wire.SECRETS_PATH)
     def list_secrets() -> dict[str, Any]:
         state.require_unlocked()
         return {"key_ids": sorted(state.secrets)}
 
-    @app.get("/v1/audit")
+    @app.get(wire.AUDIT_PATH)
     def get_audit(after: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10000)) -> list[dict[str, Any]]:
         if state.store is None:
             return []
         return [r.to_json() for r in state.store.audit_records(limit=limit, after_id=after)]
 
-    @app.get("/v1/recovery")
+    @app.get(wire.RECOVERY_PATH)
     def recovery() -> dict[str, Any]:
         """The state key sealed to each admin recovery key, for `veil recover`."""
         return {"locked": state.locked, "records": state.recovery_blob()}
 
-    @app.post("/v1/recover")
+    @app.post(wire.RECOVER_PATH)
     def recover(body: RecoverRequest) -> dict[str, Any]:
         state.restore(_b64(body.sealed_state_key))
         return {"restored": True, "manifests": len(state.history), "secrets": len(state.secrets)}
 
-    @app.get("/v1/manifest")
+    @app.get(wire.MANIFEST_PATH)
     def get_manifest() -> dict[str, Any]:
         return state.require_manifest().model_dump(mode="json")
 
-    @app.get("/v1/manifest/history")
+    @app.get(wire.MANIFEST_HISTORY_PATH)
     def get_history() -> list[dict[str, Any]]:
         return [entry.model_dump(mode="json") for entry in state.history]
 
-    @app.post("/v1/manifest")
+    @app.post(wire.MANIFEST_PATH)
     async def set_manifest(request: Request) -> dict[str, Any]:
         entry = SignedManifest.parse(await request.body())
         index = state.append_manifest(entry)
         return {"index": index, "digest": entry.digest.hex()}
 
-    @app.post("/v1/workers/challenge")
+    @app.post(wire.WORKERS_CHALLENGE_PATH)
     def challenge() -> dict[str, Any]:
         return {"nonce": nonces.issue().hex(), "ttl_seconds": 60}
 
-    @app.post("/v1/workers/register")
+    @app.post(wire.WORKERS_REGISTER_PATH)
     def register(body: RegisterRequest) -> JSONResponse:
         """Verify a worker's evidence against the manifest; only then release the OHTTP keys."""
         try:
@@ -199,7 +198,7 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
             "data_keys": _release_data_keys(manifest, claims, body.public_key[:16]),
         }
         sealed = keyrelease.seal(
-            public_key, json.dumps(secrets).encode(), keyrelease.WORKER_SECRETS_INFO, aad=nonce
+            public_key, json.dumps(secrets).encode(), wire.WORKER_SECRETS_INFO, aad=nonce
         )
         known = state.workers.get(body.worker_id or "")
         worker_id = known.worker_id if known else uuid.uuid4().hex
@@ -233,7 +232,7 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
                 released[model.key_id] = state.secrets[model.key_id].hex()
         return released
 
-    @app.get("/v1/workers")
+    @app.get(wire.WORKERS_PATH)
     def workers() -> list[dict[str, Any]]:
         return [vars(w) for w in state.workers.values()]
 

@@ -27,12 +27,11 @@ from veil.coordinator.store import StateCipher, Store
 from veil.errors import PolicyError, ProtocolError, VeilError
 from veil.manifest import SignedManifest, check_successor
 from veil.ohttp.keyconfig import KeyPair, KeyStore
+from veil.wire import RECOVERY_INFO, RECOVERY_UPLOAD_INFO
 
 META_PLATFORM_SEALED = "state_key.platform"
 META_RECOVERY = "state_key.recovery"
 META_KEYS = "keys"
-RECOVERY_INFO = b"veil/state-key-recovery/v1"
-RECOVERY_UPLOAD_INFO = b"veil/state-key-restore/v1"
 
 
 WORKER_STALE_SECONDS = 600.0  # a worker that has not re-attested for this long is dropped

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -22,28 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> bool:
-    """Ask Linux to send ``sig`` to this process when its parent thread exits.
-
-    Returns False where unsupported (non-Linux). The signal fires when the *thread* that forked us
-    exits, so launchers must spawn engines from a long-lived thread (see launcher.EngineProcess).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(err)}")
-    return True
-
-
-def parent_already_gone(expected_ppid: int | None) -> bool:
-    """True if the parent died before prctl took effect (we were re-parented)."""
-    return expected_ppid is not None and os.getppid() != expected_ppid
-
+from veil.process import die_with_parent, parent_already_gone
 
 def bind_unix_socket(path: str | Path, mode: int = 0o600) -> socket.socket:
     """Bind and return a listening-ready AF_UNIX socket that is never wider than ``mode``.

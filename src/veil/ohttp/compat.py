@@ -16,8 +16,8 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidTag
 
 from veil.errors import ParseError, ProtocolError
-from veil.ohttp.chunked import FINAL_AAD
 from veil.ohttp.ohttp import ClientResponseContext, ResponseAead, ServerResponseContext, response_nonce_len
+from veil.wire import FINAL_AAD
 
 MAX_CHUNK = 1 << 24
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from veil.errors import ParseError, ProtocolError
+from veil.wire import MEDIA_TYPE_KEYS
 
 KEM_X25519_SHA256 = 0x0020
 KDF_HKDF_SHA256 = 0x0001
@@ -28,8 +29,6 @@ KEM_ENC_LEN = {KEM_X25519_SHA256: 32}
 SUPPORTED_KDFS = frozenset({KDF_HKDF_SHA256})
 #: AEAD id -> (key length Nk, nonce length Nn).
 AEAD_PARAMS = {AEAD_AES_128_GCM: (16, 12), AEAD_AES_256_GCM: (32, 12), AEAD_CHACHA20_POLY1305: (32, 12)}
-
-MEDIA_TYPE_KEYS = "application/ohttp-keys"
 
 
 @dataclass(frozen=True)

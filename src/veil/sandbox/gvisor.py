@@ -21,6 +21,7 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 
+from veil.process import die_with_parent
 from veil.sandbox.bwrap import (
     ETC_FILES,
     SYSTEM_DIRS,
@@ -114,7 +115,7 @@ def run_in_gvisor(spec: LaunchSpec, command: Sequence[str]) -> int:
     if beneath(spec.socket_dir, "/dev"):
         print("veil.sandbox: the socket directory cannot live under /dev", file=sys.stderr)
         return 125
-    _die_with_parent()
+    die_with_parent(signal.SIGTERM)  # the launcher dies: tear the sandbox and bundle down with it
     work = tempfile.mkdtemp(prefix="veil-gvisor-")
     state, bundle = os.path.join(work, "state"), os.path.join(work, "bundle")
     os.makedirs(state)
@@ -129,7 +130,7 @@ def run_in_gvisor(spec: LaunchSpec, command: Sequence[str]) -> int:
     before = set(os.listdir(spec.socket_dir))
     # runsc dies with us (SIGKILL included) and takes its sandbox and gofer along.
     proc = subprocess.Popen([binary, *flags, "run", "--bundle", bundle, name],
-                            preexec_fn=lambda: _set_pdeathsig(signal.SIGKILL))
+                            preexec_fn=lambda: die_with_parent(signal.SIGKILL))
 
     def forward(signum: int, _frame: object) -> None:
         proc.send_signal(signum)
@@ -156,17 +157,6 @@ def _remove_new_entries(directory: str, before: set[str]) -> None:
                 os.unlink(path)
             except OSError:
                 pass
-
-
-def _set_pdeathsig(signum: int) -> None:
-    import ctypes
-
-    ctypes.CDLL(None).prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def _die_with_parent() -> None:
-    """Get SIGTERM when the launcher dies, so the sandbox and bundle are torn down with it."""
-    _set_pdeathsig(signal.SIGTERM)
 
 
 @functools.lru_cache(maxsize=2)

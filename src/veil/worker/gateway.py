@@ -6,7 +6,7 @@ every answer, errors included, goes back encrypted to that client. Nothing here 
 log lines carry media types, sizes, status codes and reason codes only.
 
 Inside the encryption the gateway also authenticates tenants and applies their rate limits and
-prefix-cache salts (``tenants.py``), and pads answers to size buckets (``padding.py``); see
+prefix-cache salts (``tenants.py``), and pads answers to size buckets (``veil.ohttp.padding``); see
 docs/tenants-and-padding.md.
 """
 
@@ -24,24 +24,26 @@ from starlette.routing import Route
 
 from veil.errors import ParseError, ProtocolError, VeilError
 from veil.ohttp import bhttp
-from veil.ohttp.chunked import (
+from veil.ohttp.chunked import ChunkedRequestReceiver, ChunkedResponseSender
+from veil.ohttp.compat import CompatResponseSender
+from veil.ohttp.keyconfig import KeyStore
+from veil.ohttp.ohttp import ServerResponseContext, decapsulate_request
+from veil.ohttp.padding import SsePadder, pad_message, split_whole
+from veil.manifest import Manifest, PaddingSettings, TenantEntry
+from veil.wire import (
+    COMPAT_KEYS_PATH,
+    COMPAT_PATH,
+    GATEWAY_PATH,
     MEDIA_TYPE_CHUNKED_REQUEST,
     MEDIA_TYPE_CHUNKED_RESPONSE,
-    ChunkedRequestReceiver,
-    ChunkedResponseSender,
+    MEDIA_TYPE_KEYS,
+    MEDIA_TYPE_REQUEST,
+    MEDIA_TYPE_RESPONSE,
 )
-from veil.ohttp.compat import CompatResponseSender
-from veil.ohttp.keyconfig import MEDIA_TYPE_KEYS, KeyStore
-from veil.ohttp.ohttp import MEDIA_TYPE_REQUEST, MEDIA_TYPE_RESPONSE, ServerResponseContext, decapsulate_request
-from veil.manifest import Manifest, PaddingSettings, TenantEntry
-from veil.worker.padding import SsePadder, pad_message, split_whole
 from veil.worker.tenants import Admission, Tenancy
 
 log = logging.getLogger("veil.worker.gateway")
 
-GATEWAY_PATH = "/.well-known/ohttp-gateway"
-COMPAT_PATH = "/score"  # where ohttpy / Azure's attested OHTTP clients POST
-COMPAT_KEYS_PATH = "/discover"
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 _HOP_BY_HOP = frozenset(

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from veil import keyrelease
+from veil import keyrelease, wire
 from veil.attest.attester import Attester
 from veil.attest.binding import worker_report_data
 from veil.errors import ProtocolError, VeilError
@@ -47,7 +47,7 @@ def register(
     """Attest with a fresh key and receive the secrets; ``worker_id`` re-registers a known worker."""
     key = X25519PrivateKey.generate()
     public = keyrelease.public_bytes(key)
-    resp = http.post(f"{coordinator_url}/v1/workers/challenge")
+    resp = http.post(f"{coordinator_url}{wire.WORKERS_CHALLENGE_PATH}")
     resp.raise_for_status()
     nonce = bytes.fromhex(resp.json()["nonce"])
     gpus = gpu_collector(nonce, public) if gpu_collector else []
@@ -59,7 +59,7 @@ def register(
     else:
         evidence = attester.evidence(worker_report_data(nonce, public))
     resp = http.post(
-        f"{coordinator_url}/v1/workers/register",
+        f"{coordinator_url}{wire.WORKERS_REGISTER_PATH}",
         json={"nonce": nonce.hex(), "public_key": public.hex(), "evidence": evidence, "worker_id": worker_id},
     )
     if resp.status_code != 200:
@@ -69,7 +69,7 @@ def register(
         blob = base64.b64decode(body["sealed_secrets"], validate=True)
     except (KeyError, ValueError):
         raise ProtocolError("registration.malformed", "coordinator answer has no sealed secrets") from None
-    secrets = json.loads(keyrelease.open_sealed(key, blob, keyrelease.WORKER_SECRETS_INFO, aad=nonce))
+    secrets = json.loads(keyrelease.open_sealed(key, blob, wire.WORKER_SECRETS_INFO, aad=nonce))
     return ReleasedSecrets(
         body["worker_id"], secrets["manifest_digest"], secrets["ohttp_keys"], secrets.get("data_keys", {})
     )

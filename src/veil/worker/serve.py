@@ -17,7 +17,7 @@ import uvicorn
 from veil.attest.attester import Attester
 from veil.errors import PolicyError, VeilError, VerificationError
 from veil.manifest import ModelEntry, SignedManifest
-from veil import keyrelease
+from veil import keyrelease, wire
 from veil.worker.registration import RegistrationRefused, ReleasedSecrets, register
 
 log = logging.getLogger("veil.worker")
@@ -65,7 +65,7 @@ def gpu_collector(mode: str):
 
 def fetch_manifest(http: httpx.Client, coordinator_url: str, digest: str) -> SignedManifest:
     """The manifest we were admitted under; its digest came sealed with our secrets."""
-    resp = http.get(f"{coordinator_url}/v1/manifest")
+    resp = http.get(f"{coordinator_url}{wire.MANIFEST_PATH}")
     resp.raise_for_status()
     manifest = SignedManifest.parse(resp.content)
     if manifest.digest.hex() != digest:

@@ -5,7 +5,8 @@ tokens_per_minute?}``. Keys are ``secrets.token_urlsafe(32)`` strings — 256 bi
 CSPRNG — so their SHA-256 is safe to publish: nobody can search a 2**256 space, and a slow
 password hash would only add cost to every request (see docs/tenants-and-padding.md).
 
-Everything here runs on the *decrypted* inner request in the worker's gateway. The outer POST
+Keys are made and published by the admin library (``veil.admin.create_tenant``). Everything here
+runs on the *decrypted* inner request in the worker's gateway. The outer POST
 carries no key, so relays and load balancers never see which tenant is speaking.
 """
 
@@ -16,53 +17,16 @@ import hmac
 import json
 import math
 import os
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from veil.manifest import Manifest, TenantEntry
+from veil.manifest import TenantEntry
 from veil.ohttp import bhttp
 
-KEY_PREFIX = "veil-"
 SALT_CONTEXT = b"veil/cache-salt/v1\x00"
 SALTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 SALT_ENGINES = frozenset({"vllm"})  # engines whose OpenAI server takes a `cache_salt` request field
-
-
-# -- creating tenants (admin side) ---------------------------------------------------------------
-
-
-def key_digest(api_key: str) -> str:
-    """The manifest's ``key_sha256`` for an API key."""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
-
-
-def create_tenant(
-    tenant_id: str, requests_per_minute: int, tokens_per_minute: int | None = None
-) -> tuple[str, TenantEntry]:
-    """A fresh API key (shown once, never stored) and the manifest entry that admits it."""
-    api_key = KEY_PREFIX + secrets.token_urlsafe(32)
-    entry = TenantEntry(
-        id=tenant_id, key_sha256=key_digest(api_key),
-        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-    )
-    return api_key, entry
-
-
-def add_tenant(
-    manifest: Manifest, tenant_id: str, requests_per_minute: int, tokens_per_minute: int | None = None
-) -> tuple[str, TenantEntry, Manifest]:
-    """``veil tenant add``: the key (once), its entry, and the manifest with the entry appended.
-
-    The new manifest still has to be signed and published like any other manifest update.
-    """
-    if any(t.id == tenant_id for t in manifest.tenants):
-        raise ValueError(f"tenant {tenant_id!r} already exists")
-    api_key, entry = create_tenant(tenant_id, requests_per_minute, tokens_per_minute)
-    tenants = [t.model_dump() for t in manifest.tenants] + [entry.model_dump()]
-    updated = Manifest.model_validate({**manifest.model_dump(), "tenants": tenants})
-    return api_key, entry, updated
 
 
 # -- rate limits ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Length hiding: pad Binary HTTP messages and streamed chunks to a small set of sizes.
 
-Three tools, no I/O:
+Both ends use it (the client pads requests, the gateway pads answers), so it lives with OHTTP and
+Binary HTTP, below both; the bucket ceilings are wire constants (``veil.wire``). Three tools, no I/O:
 
 * :func:`bucket` — the size a message of ``n`` bytes is padded to: the next power of two at or
   above ``max(n, minimum)``, and above ``ceiling`` the next multiple of ``ceiling``.
@@ -18,9 +19,7 @@ Three tools, no I/O:
 from __future__ import annotations
 
 from veil.ohttp.bhttp import encode_content_chunk, encode_response_end, encode_varint
-
-WHOLE_CEILING = 1 << 20  # whole messages: powers of two up to 1 MiB, then multiples of 1 MiB
-CHUNK_CEILING = 1 << 16  # streamed chunks: at most 64 KiB of plaintext each
+from veil.wire import CHUNK_CEILING, WHOLE_CEILING
 
 
 def bucket(n: int, minimum: int, ceiling: int = WHOLE_CEILING) -> int:
