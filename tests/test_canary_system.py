@@ -8,7 +8,7 @@ gateway) and a local `veil proxy` app. Prompts carrying
 a canary go through `veil.Client` (streamed and not) and ask the model to repeat it. Afterwards:
 
 * the canary and its prompt text appear nowhere in the capture (raw pcap bytes and every TCP
-  stream reassembled), nowhere under the state directory (logs, run/engine.log, coordinator DB,
+  stream reassembled), nowhere under the state directory (logs, the run directory, coordinator DB,
   sealed model), in no file created under /tmp or /var/tmp during the run, in none of /dev/shm and
   in no process's command line or environment — only in what the client returned;
 * the capture is real, so that the negative result means something: it holds the OHTTP media type
@@ -377,9 +377,9 @@ def test_canary_nowhere_in_the_capture(run: Run) -> None:
 
 def test_canary_nowhere_in_logs_or_state(run: Run) -> None:
     logs = run.state_dir / "logs"
-    engine_log = run.state_dir / "run" / "engine.log"
     assert (logs / "coordinator.log").is_file() and (logs / "worker.log").is_file()
-    assert "serving" in engine_log.read_text(), "the engine log is where the scan expects it"
+    # The engine's stdio goes to a pipe the worker drains: no engine log exists to hold content.
+    assert not (run.state_dir / "run" / "engine.log").exists()
     assert files_containing([run.state_dir], _secrets(run)) == []
     # The proxy canary never crossed into the deployment either.
     assert files_containing([run.state_dir], [run.proxy_canary.encode()]) == []

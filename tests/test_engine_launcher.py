@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from veil.engines.launcher import EngineProcess, EngineStartError, engine_client
@@ -50,7 +51,7 @@ def test_async_start_client_and_sigterm_stop(tmp_path: Path) -> None:
             async with await engine_client(eng.socket_path) as client:
                 r = await client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
                 assert r.status_code == 200
-            assert eng.log_path is not None and eng.log_path.exists()
+            assert "serving" in eng.log_text()  # unconfined: the raw output, in memory only
             return eng.pid
 
     pid = asyncio.run(scenario())
@@ -111,3 +112,55 @@ def test_model_from_a_memfd(tmp_path: Path) -> None:
                 assert c.get("/v1/models").json()["data"][0]["id"] == "smollm2-memfd"
     finally:
         os.close(fd)
+
+
+def _require(profile):
+    from veil.sandbox import SandboxError, check_enforceable
+
+    try:
+        check_enforceable(profile)
+    except SandboxError as exc:
+        pytest.skip(str(exc))
+
+
+def test_confined_start_failure_withholds_the_engine_output(tmp_path: Path) -> None:
+    """A confined engine's output is untrusted: a failed start shows fixed messages, not its text."""
+    from veil.sandbox import SandboxProfile
+
+    profile = SandboxProfile()
+    _require(profile)
+    sock_dir = tmp_path / "sock"
+    sock_dir.mkdir()
+    missing = tmp_path / "secret-prompt-in-the-name.gguf"
+    missing.write_bytes(b"not a model")
+    eng = EngineProcess(sock_dir / "s.sock", model=missing, sandbox=profile, threads=1)
+    with pytest.raises(EngineStartError) as err:
+        eng.start()
+    assert err.value.reason == "engine.start_failed"
+    assert "withheld" in err.value.message
+    assert "secret-prompt" not in err.value.message and "Traceback" not in err.value.message
+    assert eng.pid is None  # a failed start leaves nothing running
+
+
+def test_restart_under_another_profile(tmp_path: Path) -> None:
+    """restart(sandbox=...) replaces the engine: a new process, confined by the new profile."""
+    from veil.sandbox import SandboxError, SandboxProfile
+
+    first = SandboxProfile(landlock=False)
+    second = SandboxProfile()
+    _require(second)
+    sock_dir = tmp_path / "sock"
+    sock_dir.mkdir()
+    with EngineProcess(sock_dir / "r.sock", sandbox=first, threads=1, n_ctx=256) as eng:
+        old_pid = eng.pid
+        assert eng.profile == first
+        eng.restart(second)
+        assert eng.profile == second and eng.pid != old_pid and not _alive(old_pid)
+        transport = httpx.HTTPTransport(uds=str(eng.socket_path))
+        with httpx.Client(transport=transport, base_url="http://engine") as c:
+            assert c.get("/health").status_code == 200
+        # A profile this host cannot enforce: refused, and no engine keeps running under the old one.
+        with pytest.raises(SandboxError) as refused:
+            eng.restart(SandboxProfile(name="gvisor", allow_gpu=True))
+        assert refused.value.reason == "sandbox.unavailable"
+        assert eng.pid is None and eng.profile is None

@@ -89,10 +89,15 @@ def test_error_body_shape() -> None:
     assert body["error"]["type"] == "server_error"
 
 
-def test_command_puts_wrapper_first(tmp_path: Path) -> None:
-    eng = EngineProcess(tmp_path / "s", wrapper=["bwrap", "--die-with-parent"], threads=1)
-    argv = eng.command()
-    assert argv[:2] == ["bwrap", "--die-with-parent"]
+def test_command_puts_the_sandbox_launcher_first(tmp_path: Path) -> None:
+    from veil.sandbox import SandboxError, SandboxProfile
+
+    eng = EngineProcess(tmp_path / "s", sandbox=SandboxProfile(), threads=1)
+    try:
+        argv = eng.command()
+    except SandboxError as exc:
+        pytest.skip(str(exc))
+    assert argv[1:3] == ["-m", "veil.sandbox.launch"]
     assert "--parent-pid" not in argv  # meaningless inside the wrapper's PID namespace
     assert argv[argv.index("--socket") + 1] == str(tmp_path / "s")
     assert "--parent-pid" in EngineProcess(tmp_path / "s").command()

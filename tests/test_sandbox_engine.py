@@ -16,7 +16,6 @@ from veil.sandbox import (
     SandboxProfile,
     check_enforceable,
     run_sandboxed,
-    sandbox_prefix,
 )
 
 
@@ -71,8 +70,7 @@ def test_real_llamacpp_engine_serves_inside_bubblewrap() -> None:
 
     with tempfile.TemporaryDirectory(prefix="veil-engine-", dir=base) as sock_dir:
         sock = Path(sock_dir) / "engine.sock"
-        prefix = sandbox_prefix(profile, socket_dir=sock_dir)
-        with EngineProcess(sock, wrapper=prefix, n_ctx=256, threads=1, startup_timeout=120):
+        with EngineProcess(sock, sandbox=profile, n_ctx=256, threads=1, startup_timeout=120):
             transport = httpx.HTTPTransport(uds=str(sock))
             with httpx.Client(transport=transport, base_url="http://engine", timeout=30) as client:
                 assert client.get("/health").status_code == 200

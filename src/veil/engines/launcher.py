@@ -1,9 +1,15 @@
-"""Start an engine process (optionally inside a sandbox wrapper) and talk to it over its socket.
+"""Start an engine process inside its sandbox and talk to it over its Unix socket.
 
-The worker owns one ``EngineProcess``: it spawns ``python -m veil.engines.<engine>`` behind a
-wrapper argv such as ``["bwrap", ...]``, waits until ``/health`` answers on the Unix socket, and
-kills the engine on stop. The engine also dies on its own if this process dies (PR_SET_PDEATHSIG),
-so a crashed gateway never leaves decrypted weights behind in an orphan.
+The worker owns one ``EngineProcess``: it spawns ``python -m veil.engines.<engine>`` confined by a
+``SandboxProfile`` (the manifest's), waits until ``/health`` answers on the Unix socket, and kills
+the engine on stop. ``restart(sandbox=...)`` stops it and starts it again under another profile,
+which is how a manifest that changes the profile is enforced before it is acknowledged. The
+engine also dies on its own if this process dies (PR_SET_PDEATHSIG), so a crashed gateway never
+leaves decrypted weights behind in an orphan.
+
+The engine's stdout and stderr go to a pipe that this process drains; nothing it prints is written
+anywhere, and for a confined engine only fixed messages are kept (``veil.sandbox.output``).
+``sandbox=None`` runs the engine as a plain child process, for tests and benchmarks only.
 """
 
 from __future__ import annotations
@@ -14,18 +20,22 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import httpx
 
 from veil.errors import VeilError
+from veil.sandbox.output import EngineOutput
+
+if TYPE_CHECKING:
+    from veil.sandbox.profile import SandboxProfile
 
 ENGINE_BASE_URL = "http://engine"
-_TAIL = 4000
+_TAIL = 4000  # characters of an unconfined engine's output shown when it fails to start
 
 
 class EngineStartError(VeilError):
@@ -52,12 +62,13 @@ async def engine_client(
 
 
 class EngineProcess:
-    """One engine subprocess serving the OpenAI API on ``socket_path``.
+    """One engine subprocess serving the OpenAI API on ``socket_path``, confined by ``sandbox``.
 
-    Unsealed weights never touch disk: put them in a memfd, pass its descriptor in ``pass_fds``
-    and give ``model="/proc/self/fd/N"`` (plus ``model_id``, since that path names nothing).
-    Spawn it from a long-lived thread (normally the event loop's): Linux delivers the engine's
-    parent-death signal when the *thread* that forked it exits.
+    Unsealed weights never touch disk: put them in a sealed memfd and pass it as ``stdin_fd`` with
+    ``model="/proc/self/fd/0"`` (plus ``model_id``, since that path names nothing); a model file
+    is bound into the sandbox read-only. ``engine_module`` is a module run with ``python -m`` or a
+    path to a script. Spawn it from a long-lived thread (normally the event loop's): Linux
+    delivers the engine's parent-death signal when the *thread* that forked it exits.
     """
 
     def __init__(
@@ -65,7 +76,8 @@ class EngineProcess:
         socket_path: str | Path,
         model: str | Path | None = None,
         *,
-        wrapper: Sequence[str] = (),
+        sandbox: SandboxProfile | None = None,
+        ro_binds: Sequence[str] = (),
         engine_module: str = "veil.engines.llamacpp",
         n_ctx: int = 2048,
         threads: int | None = None,
@@ -74,13 +86,13 @@ class EngineProcess:
         python: str = sys.executable,
         env: dict[str, str] | None = None,
         startup_timeout: float = 120.0,
-        log_path: str | Path | None = None,
         pass_fds: Sequence[int] = (),
         stdin_fd: int | None = None,
     ) -> None:
         self._socket_path = Path(socket_path)
         self.model = Path(model) if model is not None else None
-        self.wrapper = list(wrapper)
+        self.sandbox = sandbox
+        self.ro_binds = tuple(ro_binds)
         self.engine_module = engine_module
         self.n_ctx = n_ctx
         self.threads = threads
@@ -89,11 +101,11 @@ class EngineProcess:
         self.python = python
         self.env = env
         self.startup_timeout = startup_timeout
-        self._own_log = log_path is None
-        self.log_path = Path(log_path) if log_path is not None else None
         self.pass_fds = tuple(pass_fds)
         self.stdin_fd = stdin_fd  # e.g. unsealed weights in a memfd, read as /proc/self/fd/0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._output: EngineOutput | None = None
+        self._running_profile: SandboxProfile | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -107,60 +119,104 @@ class EngineProcess:
     def returncode(self) -> int | None:
         return self._proc.poll() if self._proc else None
 
-    def command(self) -> list[str]:
-        """The full argv: wrapper prefix, then the engine module and its flags."""
-        argv = [self.python, "-m", self.engine_module, "--socket", str(self._socket_path),
-                "--n-ctx", str(self.n_ctx)]
+    @property
+    def profile(self) -> SandboxProfile | None:
+        """The profile the running engine is confined by (None when stopped or unsandboxed)."""
+        return self._running_profile if self._proc is not None else None
+
+    @property
+    def confined(self) -> bool:
+        """True when the engine runs inside a sandbox (any profile but "none")."""
+        return self.sandbox is not None and self.sandbox.enforced
+
+    def _engine_argv(self) -> list[str]:
+        if self.engine_module.endswith(".py"):
+            argv = [self.python, self.engine_module]
+        else:
+            argv = [self.python, "-m", self.engine_module]
+        argv += ["--socket", str(self._socket_path), "--n-ctx", str(self.n_ctx)]
         if self.model is not None:
             argv += ["--model", str(self.model)]
         if self.threads is not None:
             argv += ["--threads", str(self.threads)]
         if self.model_id is not None:
             argv += ["--model-id", self.model_id]
-        if not self.wrapper:  # inside a PID namespace our pid means nothing to the engine
+        return argv
+
+    def _binds(self) -> list[str]:
+        """Host paths the engine must read: its model file (not a descriptor) and a script."""
+        binds = list(self.ro_binds)
+        if self.model is not None and not str(self.model).startswith("/proc/"):
+            binds.append(str(self.model))
+        if self.engine_module.endswith(".py"):
+            binds.append(self.engine_module)
+        return binds
+
+    def command(self) -> list[str]:
+        """The full argv: the sandbox's launch prefix, then the engine and its flags.
+
+        Raises ``SandboxError`` (``sandbox.unavailable``) when this machine cannot enforce the
+        profile: there is no fallback to a weaker one.
+        """
+        prefix: list[str] = []
+        if self.sandbox is not None:
+            from veil.sandbox import sandbox_prefix
+
+            prefix = sandbox_prefix(self.sandbox, socket_dir=str(self._socket_path.parent),
+                                    ro_binds=self._binds())
+        argv = self._engine_argv()
+        if not prefix:  # inside a PID namespace our pid means nothing to the engine
             argv += ["--parent-pid", str(os.getpid())]
-        return [*self.wrapper, *argv, *self.extra_args]
+        return [*prefix, *argv, *self.extra_args]
 
     def log_text(self) -> str:
-        """Everything the engine wrote to stdout/stderr so far (it never logs request content)."""
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")
+        """What is kept of the engine's output: fixed messages, or (unconfined) the raw tail."""
+        return self._output.text() if self._output is not None else ""
 
     def _spawn(self) -> None:
         if self._proc is not None:
             raise RuntimeError("engine already started")
-        if self.log_path is None:
-            fd, name = tempfile.mkstemp(prefix="veil-engine-", suffix=".log")
-            os.close(fd)
-            self.log_path = Path(name)
-        with open(self.log_path, "ab") as log:
+        command = self.command()
+        read_end, write_end = os.pipe()
+        try:
             self._proc = subprocess.Popen(
-                self.command(),
+                command,
                 stdin=subprocess.DEVNULL if self.stdin_fd is None else self.stdin_fd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=write_end,
+                stderr=write_end,
                 env=self.env,
                 pass_fds=self.pass_fds,  # e.g. a memfd holding unsealed weights
                 start_new_session=True,  # so stop() can signal the wrapper and engine together
             )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self._output = EngineOutput(read_end, confined=self.confined)
+        self._running_profile = self.sandbox
+
+    def _failure(self, what: str) -> EngineStartError:
+        assert self._output is not None
+        kept = self._output.text()
+        if self.confined:
+            kept = kept or "(no output)"
+            note = "its output is withheld (a confined engine is untrusted); kept:\n"
+        else:
+            kept, note = kept[-_TAIL:], "its output:\n"
+        return EngineStartError("engine.start_failed", f"{what}; {note}{kept}")
 
     def _check_alive(self) -> None:
-        assert self._proc is not None
+        assert self._proc is not None and self._output is not None
         if (rc := self._proc.poll()) is not None:
-            tail = self.log_text()[-_TAIL:]
-            raise EngineStartError(
-                "engine.start_failed",
-                f"engine exited with status {rc} before it was ready:\n{tail}",
-            )
+            self._output.wait(timeout=2.0)
+            error = self._failure(f"engine exited with status {rc} before it was ready")
+            self.stop()
+            raise error
 
     def _timed_out(self) -> EngineStartError:
-        tail = self.log_text()[-_TAIL:]
         self.stop()
-        return EngineStartError(
-            "engine.start_failed",
-            f"engine did not answer /health within {self.startup_timeout:.0f}s:\n{tail}",
-        )
+        return self._failure(f"engine did not answer /health within {self.startup_timeout:.0f}s")
 
     def start(self) -> EngineProcess:
         """Spawn the engine and block until ``/health`` answers."""
@@ -193,6 +249,23 @@ class EngineProcess:
                     raise self._timed_out()
                 await asyncio.sleep(0.05)
 
+    def restart(self, sandbox: SandboxProfile | None) -> EngineProcess:
+        """Stop the engine and start it again confined by ``sandbox``; block until it answers.
+
+        If the new profile cannot be enforced here (``SandboxError``) or the engine does not come
+        up (``EngineStartError``), the error propagates and *no* engine runs: the caller must not
+        acknowledge the new profile, and must not keep serving under the old one either.
+        """
+        self.stop()
+        self.sandbox = sandbox
+        return self.start()
+
+    async def arestart(self, sandbox: SandboxProfile | None) -> EngineProcess:
+        """Like restart(), without blocking the event loop during the wait for /health."""
+        self.stop()
+        self.sandbox = sandbox
+        return await self.astart()
+
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM the engine's process group, SIGKILL it after ``timeout``; return its status."""
         proc, self._proc = self._proc, None
@@ -209,9 +282,6 @@ class EngineProcess:
         with contextlib.suppress(FileNotFoundError):
             if self._socket_path.is_socket():
                 self._socket_path.unlink()
-        if self._own_log and self.log_path is not None:
-            self.log_path.unlink(missing_ok=True)
-            self.log_path = None
         return rc
 
     def __enter__(self) -> EngineProcess:

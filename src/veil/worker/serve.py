@@ -17,6 +17,7 @@ import uvicorn
 from veil.attest.attester import Attester
 from veil.errors import PolicyError, VeilError, VerificationError
 from veil.manifest import ModelEntry, SignedManifest
+from veil.sandbox.profile import SandboxProfile
 from veil import keyrelease, wire
 from veil.worker.registration import RegistrationRefused, ReleasedSecrets, register
 
@@ -122,25 +123,21 @@ def load_weights(entry: ModelEntry, secrets: ReleasedSecrets, config: WorkerConf
     return Weights(str(config.model_path))
 
 
-def sandbox_wrapper(manifest: SignedManifest, config: WorkerConfig, weights: Weights) -> list[str]:
-    """The argv prefix that enforces the manifest's sandbox profile, or a refusal.
+def sandbox_profile(manifest: SignedManifest, config: WorkerConfig) -> SandboxProfile:
+    """The profile that enforces the manifest's sandbox settings, or a refusal.
 
-    There is no fallback: a profile this machine cannot enforce stops the worker
-    (``sandbox.unavailable``), and "none" needs the worker's explicit development flag.
+    There is no fallback: a profile this machine cannot enforce stops the worker when the engine
+    starts (``sandbox.unavailable``), and "none" needs the worker's explicit development flag.
     """
-    from veil.sandbox import SandboxProfile, sandbox_prefix
-
     settings = manifest.manifest.sandbox
     if settings.profile == "none" and not config.allow_unsandboxed:
         raise PolicyError(
             "sandbox.unsandboxed_refused",
             "the manifest asks for no sandbox; start the worker with --allow-unsandboxed (development only)",
         )
-    profile = SandboxProfile(
+    return SandboxProfile(
         name=settings.profile, allow_gpu=settings.allow_gpu, dev_unsandboxed=settings.profile == "none"
     )
-    ro_binds = [] if weights.stdin_fd is not None else [weights.path]  # a memfd is inherited, not bound
-    return sandbox_prefix(profile, socket_dir=str(config.run_dir), ro_binds=ro_binds)
 
 
 def run_worker(config: WorkerConfig, attester: Attester) -> None:
@@ -155,15 +152,14 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
     config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(config.run_dir, 0o700)  # an existing directory is tightened too: only we reach the socket
     weights = load_weights(entry, secrets, config)
-    wrapper = sandbox_wrapper(manifest, config, weights)
+    profile = sandbox_profile(manifest, config)
     log.warning(
         "worker %s admitted; starting engine for %s (sandbox: %s)",
         secrets.worker_id, entry.name, manifest.manifest.sandbox.profile,
     )
     engine = EngineProcess(
-        config.run_dir / "engine.sock", weights.path, wrapper=wrapper, model_id=entry.name,
-        engine_module=ENGINE_MODULES[entry.engine],
-        log_path=config.run_dir / "engine.log", stdin_fd=weights.stdin_fd,
+        config.run_dir / "engine.sock", weights.path, sandbox=profile, model_id=entry.name,
+        engine_module=ENGINE_MODULES[entry.engine], stdin_fd=weights.stdin_fd,
     )
     with engine:
         upstream = httpx.AsyncClient(
