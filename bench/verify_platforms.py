@@ -80,10 +80,16 @@ def main(n: int = 50) -> dict[str, float]:
     import dcap_qvl
     from cryptography import x509
 
-    from veil.attest import azure, nvidia, snp, tdx
-    from veil.attest.files import EvidenceFiles
+    from veil.attest import azure, nvidia, snp
+    from veil.attest.api import Binding, VerifyOptions
+    from veil.attest.collateral import CollateralCache
     from veil.attest.nvidia.abi import load_report
-    from veil.attest.snp import kds
+    from veil.attest.snp.platform import SEV_SNP
+    from veil.attest.snp.platform import verify_evidence as verify_snp
+    from veil.attest.tdx import TdxEvidence, TdxPolicy
+    from veil.attest.tdx.platform import TDX
+    from veil.attest.tdx.platform import verify_evidence as verify_tdx
+    from veil.cli.evidence import EvidenceFiles, verify_files
     from veil.attest.snp.abi import TcbVersion, parse_report
     from veil.attest.snp.verify import load_certificate, vcek_extensions, verify_report_signature
     from veil.attest.tdx.abi import parse_quote as veil_parse_quote
@@ -97,15 +103,22 @@ def main(n: int = 50) -> dict[str, float]:
     d = VECTORS / "sev-snp" / "milan-vcek"
     report, vcek, chain = (d / "report.bin").read_bytes(), (d / "vcek.der").read_bytes(), (d / "ask_ark.pem").read_bytes()
     ev = snp.SnpEvidence(report=report, vcek=vcek, chain_pem=chain)
-    bench.add("snp_veil", lambda: snp.verify_evidence(ev, as_of=SNP_AS_OF), lambda v: v.accepted)
+    snp_options = VerifyOptions(Binding.unbound(), as_of=SNP_AS_OF)
+    snp_policy = snp.SnpPolicy()
+
+    def snp_full() -> bool:
+        return bool(SEV_SNP.validate(verify_snp(ev, snp_options), snp_policy))
+
+    bench.add("snp_veil", snp_full, bool)
 
     # the same read from the offline collateral cache on disk, as `veil evidence verify` does
-    cache = kds.CollateralCache(cache_dir.name)
+    cache = CollateralCache(cache_dir.name)
     parsed = parse_report(report)
     vcek_path = cache.write_vcek("Milan", parsed.chip_id, TcbVersion.decode(parsed.reported_tcb, "Milan"), vcek)
     cache.write_cert_chain("Milan", chain)
-    inputs = EvidenceFiles(platform="sev-snp", report=d / "report.bin", vcek=vcek_path, as_of=SNP_AS_OF)
-    bench.add("snp_veil_files", lambda: snp.verify_files(inputs, cache_dir=cache_dir.name), lambda v: v.accepted)
+    inputs = EvidenceFiles(platform="sev-snp", report=d / "report.bin", vcek=vcek_path, as_of=SNP_AS_OF,
+                           cache_dir=Path(cache_dir.name))
+    bench.add("snp_veil_files", lambda: verify_files(inputs), lambda v: v.accepted)
 
     def veil_snp_subset() -> bool:
         r = parse_report(report)
@@ -150,7 +163,12 @@ def main(n: int = 50) -> dict[str, float]:
     # ---- TDX, uptodate ---------------------------------------------------------------------------
     d = VECTORS / "tdx" / "uptodate"
     quote, collateral = (d / "quote.dat").read_bytes(), json.loads((d / "collateral.json").read_text())
-    bench.add("tdx_veil", lambda: tdx.verify_evidence(quote, collateral, as_of=TDX_AS_OF), lambda v: v.accepted)
+    tdx_evidence, tdx_options, tdx_policy = TdxEvidence(quote, collateral), VerifyOptions(Binding.unbound(), as_of=TDX_AS_OF), TdxPolicy()
+
+    def tdx_full() -> bool:
+        return bool(TDX.validate(verify_tdx(tdx_evidence, tdx_options), tdx_policy))
+
+    bench.add("tdx_veil", tdx_full, bool)
     raw_quote = veil_parse_quote(quote).raw  # without the padding after the signature data
     col = dcap_qvl.QuoteCollateralV3.from_json(json.dumps({f: collateral[f] for f in COLLATERAL_FIELDS}))
     now = int(TDX_AS_OF.timestamp())

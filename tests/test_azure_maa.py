@@ -18,8 +18,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veil.attest.azure import MaaPolicy, verify_files, verify_maa
-from veil.attest.files import EvidenceFiles
+from veil.attest.azure import MaaPolicy, verify_maa
+from veil.cli.evidence import EvidenceFiles, verify_files
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 ISS = "https://sharedeus.eus.attest.azure.net"

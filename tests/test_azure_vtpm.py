@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from veil.attest.azure import AzureVtpmPolicy, parse_evidence, verify_files, verify_snp_vtpm, verify_tdx_vtpm
+from veil.attest.azure import AzureVtpmPolicy, parse_evidence, verify_snp_vtpm, verify_tdx_vtpm
 from veil.attest.azure.validate import validate_vtpm
 from veil.attest.azure.verify import snp_hardware, verify_vtpm
-from veil.attest.files import EvidenceFiles
+from veil.cli.evidence import EvidenceFiles, verify_files
 from veil.errors import PolicyError
 
 NONCE = bytes.fromhex("6368616c6c656e6765")
@@ -157,4 +157,4 @@ def test_verify_files(vectors: Path, tmp_path: Path, chain: bytes) -> None:
     pol.write_text(json.dumps({"pcrs": {"0": ["11" * 32]}}))
     assert verify_files(dataclasses.replace(base, policy=pol)).reason == "azure.pcr_not_allowed"
     pol.write_text(json.dumps({"pcrz": {}}))
-    assert verify_files(dataclasses.replace(base, policy=pol)).reason == "azure.policy_invalid"
+    assert verify_files(dataclasses.replace(base, policy=pol)).reason == "cli.malformed_policy"

@@ -15,9 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from typer.testing import CliRunner
 
-from veil.attest.files import EvidenceFiles
+from veil.cli.evidence import EvidenceFiles, verify_files
 from veil.attest.sim import SimPlatform
-from veil.attest.snp import kds, verify_files
+from veil.attest.collateral import CollateralCache
+from veil.attest.snp import kds
 from veil.attest.snp.verify import TrustRoots
 from veil.cli import collateral
 from veil.cli.main import app as veil_app
@@ -179,9 +180,9 @@ def test_usage_errors(milan, tmp_path) -> None:
 def test_sim_platform_crl_is_checked_and_cached(tmp_path) -> None:
     """A valid ARK-signed CRL is cached and then used offline; a CRL revoking the ASK is refused."""
     sim = SimPlatform.create(tmp_path / "sim")
-    trust = TrustRoots.default().with_simulation(sim.root_fingerprint)
+    trust = TrustRoots.production().with_simulation(sim.root_fingerprint)
     ev = sim.attest(b"\x01" * 64, measurement=b"\x02" * 48)  # v3: the CPUID says Milan
-    cache = kds.CollateralCache(tmp_path / "cache")
+    cache = CollateralCache(tmp_path / "cache")
 
     revoked = FakeKds(sim.vcek_der, sim.chain_pem, sim.issue_crl([sim.ask.serial_number]))
     client = httpx.Client(transport=httpx.MockTransport(revoked.handler))
@@ -195,8 +196,9 @@ def test_sim_platform_crl_is_checked_and_cached(tmp_path) -> None:
     assert result.crl and set(result.written) == {"vcek", "cert_chain", "crl"}
     assert len(good.urls) == 3 and good.urls[0].startswith(f"{KDS}/vcek/v1/Milan/{sim.chip_id.hex()}?")
     (tmp_path / "r.bin").write_bytes(ev.report)
-    verdict = verify_files(EvidenceFiles(platform="sev-snp", report=tmp_path / "r.bin",
-                                         vcek=Path(result.written["vcek"])), trust=trust, cache_dir=cache.root)
+    verdict = verify_files(EvidenceFiles(platform="sim-snp", report=tmp_path / "r.bin",
+                                         vcek=Path(result.written["vcek"]), cache_dir=cache.root,
+                                         simulation_roots=(sim.root_fingerprint,)))
     assert verdict.accepted, verdict.message
     listing = {e["item"] for e in collateral.cache_listing(cache)}
     assert listing == {"vcek", "cert_chain", "crl"}

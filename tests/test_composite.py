@@ -8,15 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from veil.attest import binding
-from veil.attest.claims import Claims
-from veil.attest.composite import (
-    gpu_evidence_digest,
-    gpu_nonce,
-    verify_composite,
-    worker_report_data,
-)
+from veil.attest import binding, composite
+from veil.attest.api import Binding, VerifiedEvidence, VerifyOptions, verdict_of
+from veil.attest.claims import Claims, Verdict
+from veil.attest.composite import gpu_evidence_digest, gpu_nonce, worker_report_data
 from veil.attest.nvidia import NvidiaEvidence, NvidiaPolicy
+from veil.attest.trust import TrustRoots
 from veil.attest.nvidia.abi import load_report
 from veil.attest.nvidia.testing import FakeGpu
 
@@ -32,6 +29,27 @@ def h100(vectors: Path) -> NvidiaEvidence:
     return NvidiaEvidence(
         load_report((d / "report.hex").read_bytes()), (d / "cert_chain.pem").read_bytes()
     )
+
+
+def verify_composite(
+    claims: Claims,
+    gpus: object,
+    *,
+    challenge_nonce: bytes,
+    worker_public_key: bytes,
+    as_of: datetime | None = None,
+    trusted_roots: set[str] | None = None,
+    policy: NvidiaPolicy = NvidiaPolicy(),
+    expected_gpu_nonce: bytes | None = None,
+) -> Verdict:
+    """composite.verify_composite on CPU claims accepted elsewhere, as a Verdict."""
+    trust = TrustRoots.production() if trusted_roots is None else TrustRoots(nvidia=frozenset(trusted_roots))
+    options = VerifyOptions(Binding.unbound(), trust, as_of)
+    return verdict_of(lambda: composite.verify_composite(
+        VerifiedEvidence(claims, ()), gpus, challenge_nonce=challenge_nonce,  # type: ignore[arg-type]
+        worker_public_key=worker_public_key, options=options, policy=policy,
+        expected_gpu_nonce=expected_gpu_nonce,
+    ), claims)
 
 
 def cpu_claims(report_data: bytes) -> Claims:

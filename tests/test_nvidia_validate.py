@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from veil.attest.files import EvidenceFiles
-from veil.attest.nvidia import NvidiaEvidence, NvidiaPolicy, verify_evidence, verify_files
+from veil.cli.evidence import EvidenceFiles, verify_files
+from veil.attest.nvidia import NvidiaEvidence, NvidiaPolicy, verify_evidence
 from veil.attest.nvidia.abi import load_report, parse_report
 from veil.attest.nvidia.rim import parse_rim
 from veil.attest.nvidia.validate import load_rims
@@ -125,7 +125,7 @@ def test_verify_files_with_rim_and_policy(
     )
     assert verify_files(files).accepted
     (tmp_path / "policy.json").write_text('{"allowed_drivers": []}')
-    assert verify_files(files).reason == "nvidia.policy_malformed"
+    assert verify_files(files).reason == "cli.malformed_policy"
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from veil.attest.claims import Verdict
-from veil.attest.files import EvidenceFiles
-from veil.attest.nvidia import NvidiaEvidence, NvidiaPolicy, verify_evidence, verify_files
+from veil.cli.evidence import EvidenceFiles, verify_files
+from veil.attest.nvidia import NvidiaEvidence, NvidiaPolicy, verify_evidence
 from veil.attest.nvidia.abi import REQUEST_LEN, load_report, parse_report
 from veil.attest.nvidia.testing import FakeGpu
 from veil.attest.nvidia.verify import NVIDIA_DEVICE_IDENTITY_CA_SHA256, fingerprint

@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from veil.attest.sim import SimPlatform, measure_code
-from veil.attest.snp import SnpEvidence, SnpPolicy, TrustRoots, verify_evidence
+from attest_verdicts import snp_verdict
+from veil.attest.snp import SnpEvidence, SnpPolicy
+from veil.attest.trust import TrustRoots
 from veil.attest.snp.abi import REPORT_SIZE, TcbVersion, parse_report
 from veil.attest.snp.verify import vcek_extensions
 from veil.errors import ParseError
@@ -24,14 +26,14 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> SimPlatform:
 
 @pytest.fixture(scope="module")
 def trust(sim: SimPlatform) -> TrustRoots:
-    return TrustRoots.default().with_simulation(sim.root_fingerprint)
+    return TrustRoots.production().with_simulation(sim.root_fingerprint)
 
 
 def test_round_trip(sim: SimPlatform, trust: TrustRoots) -> None:
     m = measure_code()
     ev = sim.attest(b"nonce-and-key", measurement=m, host_data=b"\x07" * 32)
     assert len(ev.report) == REPORT_SIZE
-    v = verify_evidence(ev, SnpPolicy(measurements=[m.hex()], host_data=["07" * 32]), trust=trust,
+    v = snp_verdict(ev, SnpPolicy(measurements=[m.hex()], host_data=["07" * 32]), trust=trust,
                         expected_report_data=b"nonce-and-key".ljust(64, b"\0"))
     assert v.accepted, v
     c = v.claims
@@ -39,7 +41,7 @@ def test_round_trip(sim: SimPlatform, trust: TrustRoots) -> None:
     assert "SIMULATED" in v.message and "SIMULATED" in c.details["notice"]
     assert c.tcb == sim.tcb.to_json()
     # the wire form carries it intact
-    assert verify_evidence(SnpEvidence.from_json(ev.to_json()), trust=trust).accepted
+    assert snp_verdict(SnpEvidence.from_json(ev.to_json()), trust=trust).accepted
 
 
 def test_report_layout(sim: SimPlatform) -> None:
@@ -52,18 +54,18 @@ def test_report_layout(sim: SimPlatform) -> None:
 
 
 def test_v2_report_verifies(sim: SimPlatform, trust: TrustRoots) -> None:
-    assert verify_evidence(sim.attest(b"x", measurement=bytes(48), version=2), trust=trust).accepted
+    assert snp_verdict(sim.attest(b"x", measurement=bytes(48), version=2), trust=trust).accepted
 
 
 def test_debug_and_vmpl(sim: SimPlatform, trust: TrustRoots) -> None:
     dbg = sim.attest(b"x", measurement=bytes(48), debug=True)
-    assert verify_evidence(dbg, trust=trust).reason == "snp.debug_guest"
-    assert verify_evidence(dbg, SnpPolicy(allow_debug=True), trust=trust).accepted
-    assert verify_evidence(sim.attest(b"x", measurement=bytes(48), vmpl=1), trust=trust).reason == "snp.vmpl_too_high"
+    assert snp_verdict(dbg, trust=trust).reason == "snp.debug_guest"
+    assert snp_verdict(dbg, SnpPolicy(allow_debug=True), trust=trust).accepted
+    assert snp_verdict(sim.attest(b"x", measurement=bytes(48), vmpl=1), trust=trust).reason == "snp.vmpl_too_high"
 
 
 def test_refused_without_trust(sim: SimPlatform) -> None:
-    v = verify_evidence(sim.attest(b"x", measurement=bytes(48)))
+    v = snp_verdict(sim.attest(b"x", measurement=bytes(48)))
     assert v.reason == "snp.untrusted_root" and "SIMULATED TEE" in v.message
 
 
@@ -85,7 +87,7 @@ def test_persistence(sim: SimPlatform, trust: TrustRoots) -> None:
     assert stat.S_IMODE(sim.directory.stat().st_mode) == 0o700
     again = SimPlatform.load(sim.directory)
     assert again.root_fingerprint == sim.root_fingerprint and again.chip_id == sim.chip_id
-    assert verify_evidence(again.attest(b"y", measurement=bytes(48)), trust=trust).accepted
+    assert snp_verdict(again.attest(b"y", measurement=bytes(48)), trust=trust).accepted
     assert SimPlatform.load_or_create(sim.directory).root_fingerprint == sim.root_fingerprint
 
 
@@ -97,7 +99,7 @@ def test_load_missing(tmp_path: Path) -> None:
 
 def test_custom_tcb(tmp_path: Path) -> None:
     p = SimPlatform.create(tmp_path, tcb=TcbVersion(1, 2, 3, 4))
-    v = verify_evidence(p.attest(b"", measurement=bytes(48)), trust=TrustRoots.default().with_simulation(p.root_fingerprint))
+    v = snp_verdict(p.attest(b"", measurement=bytes(48)), trust=TrustRoots.production().with_simulation(p.root_fingerprint))
     assert v.accepted and v.claims and v.claims.tcb == {"bootloader": 1, "tee": 2, "snp": 3, "microcode": 4}
 
 
@@ -137,7 +139,7 @@ def test_tampered_sim_report_never_accepted(sim: SimPlatform, trust: TrustRoots,
     ev = sim.attest(b"fuzz", measurement=bytes(48))
     raw = bytearray(ev.report)
     raw[pos] ^= xor
-    v = verify_evidence(dataclasses.replace(ev, report=bytes(raw)), trust=trust)
+    v = snp_verdict(dataclasses.replace(ev, report=bytes(raw)), trust=trust)
     assert not v.accepted
     assert v.reason in ("snp.report_signature_invalid", "snp.malformed_report", "snp.tcb_mismatch",
                         "snp.hwid_mismatch", "snp.product_mismatch", "snp.signing_key_mismatch",
@@ -147,11 +149,11 @@ def test_tampered_sim_report_never_accepted(sim: SimPlatform, trust: TrustRoots,
 @pytest.mark.parametrize("product", ["Genoa", "Turin"])
 def test_other_products(tmp_path: Path, product: str) -> None:
     p = SimPlatform.create(tmp_path, product=product)
-    trust = TrustRoots.default().with_simulation(p.root_fingerprint)
+    trust = TrustRoots.production().with_simulation(p.root_fingerprint)
     ev = p.attest(b"t", measurement=bytes(48))
     r = parse_report(ev.report)
     assert r.product == product
-    v = verify_evidence(ev, trust=trust)
+    v = snp_verdict(ev, trust=trust)
     assert v.accepted, v
     assert v.claims and v.claims.details["product"] == product
     if product == "Turin":
@@ -159,14 +161,14 @@ def test_other_products(tmp_path: Path, product: str) -> None:
         assert len(ext["hwid"]) == 8 and ext["fmc"] == p.tcb.fmc
         assert v.claims.tcb == p.tcb.to_json() and "fmc" in v.claims.tcb
         # a v2 report has no CPUID: the chain says Turin and the Turin TCB layout still applies
-        assert verify_evidence(p.attest(b"t", measurement=bytes(48), version=2), trust=trust).accepted
+        assert snp_verdict(p.attest(b"t", measurement=bytes(48), version=2), trust=trust).accepted
         # fmc is certified too
         bad = dataclasses.replace(r, reported_tcb=dataclasses.replace(p.tcb, fmc=1).encode())
-        v = verify_evidence(dataclasses.replace(ev, report=p.sign_report(bad)), trust=trust)
+        v = snp_verdict(dataclasses.replace(ev, report=p.sign_report(bad)), trust=trust)
         assert v.reason == "snp.tcb_mismatch" and "fmc" in v.message
         # only the first 8 bytes are the Turin hwID
         other = dataclasses.replace(r, chip_id=b"\x01" + r.chip_id[1:])
-        assert verify_evidence(dataclasses.replace(ev, report=p.sign_report(other)), trust=trust).reason == "snp.hwid_mismatch"
+        assert snp_verdict(dataclasses.replace(ev, report=p.sign_report(other)), trust=trust).reason == "snp.hwid_mismatch"
     assert SimPlatform.load(tmp_path).product == product
 
 

@@ -14,7 +14,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from veil.attest.sim import SimPlatform
-from veil.attest.snp import SnpPolicy, TrustRoots, kds, verify_evidence
+from attest_verdicts import snp_verdict
+from veil.attest.collateral import CollateralCache
+from veil.attest.snp import SnpPolicy, kds
+from veil.attest.trust import TrustRoots
 from veil.attest.snp import collect
 from veil.attest.snp.abi import TcbVersion, parse_report
 from veil.errors import ParseError, ProtocolError
@@ -90,15 +93,15 @@ def test_configfs_report_verifies(tmp_path: Path, sim: SimPlatform) -> None:
     )
     got = collect.get_report(b"k" * 64, tsm=FakeKernel(tmp_path, sim, aux=aux), device=tmp_path / "none")
     assert set(got.certificates) == {"vcek", "ask", "ark"}
-    ev = collect.to_evidence(got, cache=kds.CollateralCache(tmp_path / "cache"))
-    v = verify_evidence(ev, SnpPolicy(), trust=TrustRoots.default().with_simulation(sim.root_fingerprint), expected_report_data=b"k" * 64)
+    ev = collect.to_evidence(got, cache=CollateralCache(tmp_path / "cache"))
+    v = snp_verdict(ev, SnpPolicy(), trust=TrustRoots.production().with_simulation(sim.root_fingerprint), expected_report_data=b"k" * 64)
     assert v.accepted and v.claims and v.claims.simulated
 
 
 def test_to_evidence_from_cache(tmp_path: Path, sim: SimPlatform) -> None:
     (tmp_path / "tsm").mkdir()
     got = FakeKernel(tmp_path / "tsm", sim).get_report(b"x")
-    cache = kds.CollateralCache(tmp_path / "cache")
+    cache = CollateralCache(tmp_path / "cache")
     with pytest.raises(ProtocolError) as err:
         collect.to_evidence(got, cache=cache)
     assert err.value.reason == "snp.collateral_missing"
@@ -106,7 +109,7 @@ def test_to_evidence_from_cache(tmp_path: Path, sim: SimPlatform) -> None:
     cache.write_vcek("Milan", report.chip_id, TcbVersion.decode(report.reported_tcb, "Milan"), sim.vcek_der)
     cache.write_cert_chain("Milan", sim.chain_pem)
     ev = collect.to_evidence(got, cache=cache)
-    assert verify_evidence(ev, trust=TrustRoots.default().with_simulation(sim.root_fingerprint)).accepted
+    assert snp_verdict(ev, trust=TrustRoots.production().with_simulation(sim.root_fingerprint)).accepted
 
 
 def test_configfs_race_and_provider(tmp_path: Path, sim: SimPlatform) -> None:
@@ -196,7 +199,7 @@ def test_collect_evidence_one_call(tmp_path: Path, sim: SimPlatform) -> None:
             "crl": sim.issue_crl([]),
         }
     )
-    ev = collect.collect_evidence(b"rd", tsm=FakeKernel(tmp_path, sim, aux=aux), cache=kds.CollateralCache(tmp_path / "c"))
+    ev = collect.collect_evidence(b"rd", tsm=FakeKernel(tmp_path, sim, aux=aux), cache=CollateralCache(tmp_path / "c"))
     assert ev.crl is not None
-    trust = TrustRoots.default().with_simulation(sim.root_fingerprint)
-    assert verify_evidence(ev, trust=trust, expected_report_data=b"rd".ljust(64, b"\0")).accepted
+    trust = TrustRoots.production().with_simulation(sim.root_fingerprint)
+    assert snp_verdict(ev, trust=trust, expected_report_data=b"rd".ljust(64, b"\0")).accepted

@@ -1,4 +1,4 @@
-"""``verify_files``: the CLI's view of SEV-SNP (files in, verdict out, never an exception)."""
+"""``veil evidence verify --platform sev-snp``: files in, verdict out (the CLI edge), exit code by error type."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from veil.attest.files import EvidenceFiles
-from veil.attest.snp import SnpEvidence, kds, verify_files
+from veil.attest.collateral import CollateralCache
+from veil.attest.snp import SnpEvidence
+from veil.cli.evidence import EvidenceFiles, verify_files
 from veil.attest.snp.verify import load_certificate
 from cryptography.hazmat.primitives import serialization
 
@@ -51,21 +52,22 @@ def test_policy_file(vectors: Path, tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps({"measurements": ["00" * 48]}))
     assert verify_files(_inputs(d, policy=tmp_path / "p.json")).reason == "snp.measurement_mismatch"
     (tmp_path / "bad.json").write_text("{\"nope\": 1}")
-    assert verify_files(_inputs(d, policy=tmp_path / "bad.json")).reason == "snp.malformed_policy"
+    assert verify_files(_inputs(d, policy=tmp_path / "bad.json")).reason == "cli.malformed_policy"
 
 
 def test_chain_from_cache(vectors: Path, tmp_path: Path) -> None:
     d = vectors / "sev-snp" / "milan-vcek"
-    v = verify_files(_inputs(d, chain=None), cache_dir=tmp_path)
+    v = verify_files(_inputs(d, chain=None, cache_dir=tmp_path))
     assert not v.accepted and v.reason == "cli.missing_input"
-    kds.CollateralCache(tmp_path).write_cert_chain("Milan", (d / "ask_ark.pem").read_bytes())
-    assert verify_files(_inputs(d, chain=None), cache_dir=tmp_path).accepted
+    CollateralCache(tmp_path).write_cert_chain("Milan", (d / "ask_ark.pem").read_bytes())
+    assert verify_files(_inputs(d, chain=None, cache_dir=tmp_path)).accepted
 
 
 def test_missing_inputs(vectors: Path, tmp_path: Path) -> None:
     d = vectors / "sev-snp" / "milan-vcek"
     assert verify_files(_inputs(d, report=None)).reason == "cli.missing_input"
-    assert verify_files(_inputs(d, vcek=tmp_path / "absent")).reason == "cli.missing_input"
+    v = verify_files(_inputs(d, vcek=tmp_path / "absent"))
+    assert v.reason == "cli.unreadable_input" and v.error == "parse"
 
 
 def test_evidence_json_round_trip(vectors: Path) -> None:

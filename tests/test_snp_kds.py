@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from veil.attest.collateral import CollateralCache
 from veil.attest.snp import kds
 from veil.attest.snp.abi import TcbVersion
 from veil.errors import ParseError, VerificationError
@@ -40,7 +41,7 @@ def test_chain_and_crl_urls() -> None:
 
 
 def test_cache_round_trip(tmp_path: Path) -> None:
-    cache = kds.CollateralCache(tmp_path)
+    cache = CollateralCache(tmp_path)
     tcb = TcbVersion(3, 0, 8, 115)
     assert cache.read_vcek("Milan", CHIP, tcb) is None and cache.read_cert_chain("Milan") is None
     p = cache.write_vcek("Milan", CHIP, tcb, b"der")
@@ -55,26 +56,9 @@ def test_cache_round_trip(tmp_path: Path) -> None:
 
 def test_default_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VEIL_COLLATERAL_DIR", str(tmp_path))
-    assert kds.CollateralCache().root == tmp_path
+    assert CollateralCache().root == tmp_path
     monkeypatch.delenv("VEIL_COLLATERAL_DIR")
-    assert kds.CollateralCache().root == Path.home() / ".cache" / "veil" / "collateral"
-
-
-def test_fetch_collateral_uses_cache_then_transport(tmp_path: Path) -> None:
-    seen: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(str(request.url))
-        return httpx.Response(200, content=request.url.path.encode())
-
-    client = httpx.Client(transport=httpx.MockTransport(handler))
-    cache = kds.CollateralCache(tmp_path)
-    tcb = TcbVersion(3, 0, 8, 115)
-    vcek, chain, crl = kds.fetch_collateral("Milan", CHIP, tcb, cache, client=client)
-    assert chain == b"/vcek/v1/Milan/cert_chain" and crl == b"/vcek/v1/Milan/crl"
-    assert len(seen) == 3
-    assert kds.fetch_collateral("Milan", CHIP, tcb, cache, client=client) == (vcek, chain, crl)
-    assert len(seen) == 3  # second time: all from the cache
+    assert CollateralCache().root == Path.home() / ".cache" / "veil" / "collateral"
 
 
 def test_fetch_errors() -> None:

@@ -13,10 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from veil.attest.sim import SimPlatform
 from veil.attest.sim.platform import PSS
-from veil.attest.snp import SnpEvidence, SnpPolicy, TrustRoots, verify_evidence
+from attest_verdicts import snp_verdict
+from veil.attest.snp import SnpEvidence, SnpPolicy
+from veil.attest.trust import TrustRoots
 from veil.attest.snp.abi import parse_report
+from veil.attest.trust import AMD_ARK_FINGERPRINTS
 from veil.attest.snp.verify import (
-    AMD_ARK_FINGERPRINTS,
     AMD_INTERMEDIATE_FINGERPRINTS,
     OID_PRODUCT_NAME,
     fingerprint,
@@ -46,7 +48,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> SimPlatform:
 
 @pytest.fixture(scope="module")
 def sim_trust(sim: SimPlatform) -> TrustRoots:
-    return TrustRoots.default().with_simulation(sim.root_fingerprint)
+    return TrustRoots.production().with_simulation(sim.root_fingerprint)
 
 
 def _reject(verdict, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -58,7 +60,7 @@ def _reject(verdict, reason: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_milan_vcek_accepted(milan: SnpEvidence) -> None:
-    v = verify_evidence(milan, SnpPolicy(measurements=[MEASUREMENT]), as_of=IN_WINDOW)
+    v = snp_verdict(milan, SnpPolicy(measurements=[MEASUREMENT]), as_of=IN_WINDOW)
     assert v.accepted, v
     c = v.claims
     assert c is not None
@@ -71,10 +73,10 @@ def test_milan_vcek_accepted(milan: SnpEvidence) -> None:
 
 def test_milan_debug_refused_then_allowed(vectors: Path) -> None:
     ev = _evidence(vectors, "milan-debug")
-    v = verify_evidence(ev, as_of=IN_WINDOW)
+    v = snp_verdict(ev, as_of=IN_WINDOW)
     _reject(v, "snp.debug_guest")
     assert v.claims is not None and v.claims.debug  # genuine: claims are there
-    ok = verify_evidence(ev, SnpPolicy(allow_debug=True), as_of=IN_WINDOW)
+    ok = snp_verdict(ev, SnpPolicy(allow_debug=True), as_of=IN_WINDOW)
     assert ok.accepted and ok.claims and ok.claims.tcb == {"bootloader": 2, "tee": 0, "snp": 5, "microcode": 68}
 
 
@@ -105,8 +107,8 @@ def test_pinned_fingerprints_match_roots(vectors: Path) -> None:
 
 def test_expected_report_data(milan: SnpEvidence) -> None:
     rd = parse_report(milan.report).report_data
-    assert verify_evidence(milan, as_of=IN_WINDOW, expected_report_data=rd).accepted
-    _reject(verify_evidence(milan, as_of=IN_WINDOW, expected_report_data=bytes(64)), "binding.report_data_mismatch")
+    assert snp_verdict(milan, as_of=IN_WINDOW, expected_report_data=rd).accepted
+    _reject(snp_verdict(milan, as_of=IN_WINDOW, expected_report_data=bytes(64)), "binding.report_data_mismatch")
 
 
 # ---- tampering ---------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def test_expected_report_data(milan: SnpEvidence) -> None:
 def test_changed_signed_byte(milan: SnpEvidence, offset: int) -> None:
     raw = bytearray(milan.report)
     raw[offset] ^= 0x01
-    v = verify_evidence(dataclasses.replace(milan, report=bytes(raw)), as_of=IN_WINDOW)
+    v = snp_verdict(dataclasses.replace(milan, report=bytes(raw)), as_of=IN_WINDOW)
     assert not v.accepted
     assert v.reason in ("snp.report_signature_invalid", "snp.malformed_report")
 
@@ -137,12 +139,12 @@ def test_every_signed_byte_matters(milan: SnpEvidence) -> None:
 def test_changed_signature(milan: SnpEvidence) -> None:
     raw = bytearray(milan.report)
     raw[0x2A0] ^= 0x01
-    _reject(verify_evidence(dataclasses.replace(milan, report=bytes(raw)), as_of=IN_WINDOW), "snp.report_signature_invalid")
+    _reject(snp_verdict(dataclasses.replace(milan, report=bytes(raw)), as_of=IN_WINDOW), "snp.report_signature_invalid")
 
 
 def test_vcek_of_another_chip(milan: SnpEvidence, vectors: Path) -> None:
     other = (vectors / "sev-snp" / "milan-debug" / "vcek.der").read_bytes()
-    _reject(verify_evidence(dataclasses.replace(milan, vcek=other), as_of=IN_WINDOW), "snp.report_signature_invalid")
+    _reject(snp_verdict(dataclasses.replace(milan, vcek=other), as_of=IN_WINDOW), "snp.report_signature_invalid")
 
 
 def test_missing_certificates(milan: SnpEvidence) -> None:
@@ -150,24 +152,24 @@ def test_missing_certificates(milan: SnpEvidence) -> None:
     only_ark = ark.public_bytes(serialization.Encoding.PEM)
     only_ask = ask.public_bytes(serialization.Encoding.PEM)
     for chain in (b"", only_ark, only_ask):
-        _reject(verify_evidence(dataclasses.replace(milan, chain_pem=chain), as_of=IN_WINDOW), "snp.chain_incomplete")
-    _reject(verify_evidence(dataclasses.replace(milan, vcek=b""), as_of=IN_WINDOW), "snp.malformed_certificate")
+        _reject(snp_verdict(dataclasses.replace(milan, chain_pem=chain), as_of=IN_WINDOW), "snp.chain_incomplete")
+    _reject(snp_verdict(dataclasses.replace(milan, vcek=b""), as_of=IN_WINDOW), "snp.malformed_certificate")
 
 
 def test_swapped_order_still_verifies(milan: SnpEvidence) -> None:
     ask, ark = load_chain(milan.chain_pem)
     swapped = ark.public_bytes(serialization.Encoding.PEM) + ask.public_bytes(serialization.Encoding.PEM)
-    assert verify_evidence(dataclasses.replace(milan, chain_pem=swapped), as_of=IN_WINDOW).accepted
+    assert snp_verdict(dataclasses.replace(milan, chain_pem=swapped), as_of=IN_WINDOW).accepted
 
 
 def test_other_products_chain(milan: SnpEvidence, vectors: Path) -> None:
     """Genoa's ASK+ARK (a real, trusted AMD chain) did not sign a Milan VCEK."""
     roots = vectors / "roots"
     genoa = (roots / "canonical_SEV-Genoa.pem").read_bytes() + (roots / "canonical_ARK-Genoa.pem").read_bytes()
-    _reject(verify_evidence(dataclasses.replace(milan, chain_pem=genoa), as_of=IN_WINDOW), "snp.chain_signature_invalid")
+    _reject(snp_verdict(dataclasses.replace(milan, chain_pem=genoa), as_of=IN_WINDOW), "snp.chain_signature_invalid")
     # Milan's ASK under Genoa's ARK
     mixed = (roots / "canonical_SEV-Milan.pem").read_bytes() + (roots / "canonical_ARK-Genoa.pem").read_bytes()
-    _reject(verify_evidence(dataclasses.replace(milan, chain_pem=mixed), as_of=IN_WINDOW), "snp.chain_signature_invalid")
+    _reject(snp_verdict(dataclasses.replace(milan, chain_pem=mixed), as_of=IN_WINDOW), "snp.chain_signature_invalid")
 
 
 def test_forged_ark_with_amd_name(milan: SnpEvidence, sim: SimPlatform) -> None:
@@ -185,13 +187,13 @@ def test_forged_ark_with_amd_name(milan: SnpEvidence, sim: SimPlatform) -> None:
         .sign(sim.ark_key, hashes.SHA384(), rsa_padding=PSS)
     )
     chain = ask.public_bytes(serialization.Encoding.PEM) + forged.public_bytes(serialization.Encoding.PEM)
-    v = verify_evidence(dataclasses.replace(milan, chain_pem=chain), as_of=IN_WINDOW)
+    v = snp_verdict(dataclasses.replace(milan, chain_pem=chain), as_of=IN_WINDOW)
     _reject(v, "snp.untrusted_root")
     assert "not a trusted AMD root" in v.message
 
 
 def test_no_trusted_roots(milan: SnpEvidence) -> None:
-    _reject(verify_evidence(milan, trust=TrustRoots(amd={}), as_of=IN_WINDOW), "snp.untrusted_root")
+    _reject(snp_verdict(milan, trust=TrustRoots(amd={}), as_of=IN_WINDOW), "snp.untrusted_root")
 
 
 @pytest.mark.parametrize(
@@ -202,11 +204,11 @@ def test_no_trusted_roots(milan: SnpEvidence) -> None:
     ],
 )
 def test_validity_window(milan: SnpEvidence, when: dt.datetime, reason: str) -> None:
-    _reject(verify_evidence(milan, as_of=when), reason)
+    _reject(snp_verdict(milan, as_of=when), reason)
 
 
 def test_naive_as_of_is_utc(milan: SnpEvidence) -> None:
-    assert verify_evidence(milan, as_of=dt.datetime(2025, 6, 1)).accepted
+    assert snp_verdict(milan, as_of=dt.datetime(2025, 6, 1)).accepted
 
 
 # ---- simulated platform through the same verifier ----------------------------------------------
@@ -218,74 +220,73 @@ def _resign(sim: SimPlatform, ev: SnpEvidence, **changes: object) -> SnpEvidence
 
 
 def test_sim_untrusted_by_default(sim: SimPlatform) -> None:
-    v = verify_evidence(sim.attest(b"n", measurement=bytes(48)))
+    v = snp_verdict(sim.attest(b"n", measurement=bytes(48)))
     _reject(v, "snp.untrusted_root")
     assert "SIMULATED" in v.message and "simulated TEE" in v.message.replace("SIMULATED TEE", "simulated TEE")
 
 
 def test_sim_trusted(sim: SimPlatform, sim_trust: TrustRoots) -> None:
-    v = verify_evidence(sim.attest(b"n", measurement=bytes(48)), trust=sim_trust)
+    v = snp_verdict(sim.attest(b"n", measurement=bytes(48)), trust=sim_trust)
     assert v.accepted and v.claims and v.claims.simulated and v.claims.platform == "sim-snp"
     assert "SIMULATED" in v.message
     # real AMD evidence stays "sev-snp" even when a simulation root is trusted too
 
 
 def test_real_evidence_not_simulated_under_sim_trust(milan: SnpEvidence, sim_trust: TrustRoots) -> None:
-    v = verify_evidence(milan, trust=sim_trust, as_of=IN_WINDOW)
+    v = snp_verdict(milan, trust=sim_trust, as_of=IN_WINDOW)
     assert v.accepted and v.claims and v.claims.platform == "sev-snp" and not v.claims.simulated
 
 
 def test_sim_root_of_another_deployment(sim: SimPlatform, tmp_path: Path) -> None:
     other = SimPlatform.create(tmp_path / "other")
-    trust = TrustRoots.default().with_simulation(other.root_fingerprint)
-    _reject(verify_evidence(sim.attest(b"n", measurement=bytes(48)), trust=trust), "snp.untrusted_root")
+    trust = TrustRoots.production().with_simulation(other.root_fingerprint)
+    _reject(snp_verdict(sim.attest(b"n", measurement=bytes(48)), trust=trust), "snp.untrusted_root")
 
 
 def test_tcb_mismatch(sim: SimPlatform, sim_trust: TrustRoots) -> None:
     ev = sim.attest(b"n", measurement=bytes(48))
     newer = dataclasses.replace(sim.tcb, snp=sim.tcb.snp + 1).encode()
     bad = _resign(sim, ev, reported_tcb=newer)
-    v = verify_evidence(bad, trust=sim_trust)
+    v = snp_verdict(bad, trust=sim_trust)
     _reject(v, "snp.tcb_mismatch")
-    assert v.claims is not None  # parsed, so the caller still sees what it said
 
 
 def test_hwid_mismatch(sim: SimPlatform, sim_trust: TrustRoots) -> None:
     ev = sim.attest(b"n", measurement=bytes(48))
-    _reject(verify_evidence(_resign(sim, ev, chip_id=b"\x42" * 64), trust=sim_trust), "snp.hwid_mismatch")
-    _reject(verify_evidence(_resign(sim, ev, mask_chip_key=True, chip_id=bytes(64)), trust=sim_trust), "snp.hwid_mismatch")
+    _reject(snp_verdict(_resign(sim, ev, chip_id=b"\x42" * 64), trust=sim_trust), "snp.hwid_mismatch")
+    _reject(snp_verdict(_resign(sim, ev, mask_chip_key=True, chip_id=bytes(64)), trust=sim_trust), "snp.hwid_mismatch")
 
 
 def test_signing_key_field(sim: SimPlatform, sim_trust: TrustRoots) -> None:
     ev = sim.attest(b"n", measurement=bytes(48))
-    _reject(verify_evidence(_resign(sim, ev, signing_key=1), trust=sim_trust), "snp.signing_key_mismatch")
-    _reject(verify_evidence(_resign(sim, ev, signing_key=7), trust=sim_trust), "snp.report_unsigned")
-    _reject(verify_evidence(_resign(sim, ev, signature_algo=2), trust=sim_trust), "snp.unsupported_signature_algo")
+    _reject(snp_verdict(_resign(sim, ev, signing_key=1), trust=sim_trust), "snp.signing_key_mismatch")
+    _reject(snp_verdict(_resign(sim, ev, signing_key=7), trust=sim_trust), "snp.report_unsigned")
+    _reject(snp_verdict(_resign(sim, ev, signature_algo=2), trust=sim_trust), "snp.unsupported_signature_algo")
 
 
 def test_product_mismatch_with_cpuid(sim: SimPlatform, sim_trust: TrustRoots) -> None:
     ev = sim.attest(b"n", measurement=bytes(48))
-    _reject(verify_evidence(_resign(sim, ev, cpuid_fam_id=0x1A, cpuid_mod_id=0x02), trust=sim_trust), "snp.product_mismatch")
+    _reject(snp_verdict(_resign(sim, ev, cpuid_fam_id=0x1A, cpuid_mod_id=0x02), trust=sim_trust), "snp.product_mismatch")
 
 
 def test_revoked(sim: SimPlatform, sim_trust: TrustRoots) -> None:
     ev = sim.attest(b"n", measurement=bytes(48))
     clean = dataclasses.replace(ev, crl=sim.issue_crl([12345]))
-    assert verify_evidence(clean, trust=sim_trust).accepted
+    assert snp_verdict(clean, trust=sim_trust).accepted
     revoked = dataclasses.replace(ev, crl=sim.issue_crl([sim.ask.serial_number]))
-    _reject(verify_evidence(revoked, trust=sim_trust), "snp.revoked")
+    _reject(snp_verdict(revoked, trust=sim_trust), "snp.revoked")
 
 
 def test_crl_checks(sim: SimPlatform, sim_trust: TrustRoots, tmp_path: Path) -> None:
     ev = sim.attest(b"n", measurement=bytes(48))
     stale = dataclasses.replace(ev, crl=sim.issue_crl([], days=1))
     _reject(
-        verify_evidence(stale, trust=sim_trust, as_of=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)),
+        snp_verdict(stale, trust=sim_trust, as_of=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)),
         "snp.crl_expired",
     )
     other = SimPlatform.create(tmp_path / "other")
-    _reject(verify_evidence(dataclasses.replace(ev, crl=other.issue_crl([])), trust=sim_trust), "snp.crl_signature_invalid")
-    _reject(verify_evidence(dataclasses.replace(ev, crl=b"not a crl"), trust=sim_trust), "snp.malformed_crl")
+    _reject(snp_verdict(dataclasses.replace(ev, crl=other.issue_crl([])), trust=sim_trust), "snp.crl_signature_invalid")
+    _reject(snp_verdict(dataclasses.replace(ev, crl=b"not a crl"), trust=sim_trust), "snp.malformed_crl")
 
 
 def _vcek_with_key(sim: SimPlatform, key: object, *extensions: x509.ExtensionType) -> bytes:
@@ -309,9 +310,9 @@ def _vcek_with_key(sim: SimPlatform, key: object, *extensions: x509.ExtensionTyp
 def test_wrong_key_type(sim: SimPlatform, sim_trust: TrustRoots) -> None:
     ev = sim.attest(b"n", measurement=bytes(48))
     p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
-    _reject(verify_evidence(dataclasses.replace(ev, vcek=_vcek_with_key(sim, p256)), trust=sim_trust), "snp.wrong_key_type")
+    _reject(snp_verdict(dataclasses.replace(ev, vcek=_vcek_with_key(sim, p256)), trust=sim_trust), "snp.wrong_key_type")
     small = rsa.generate_private_key(65537, 2048).public_key()
-    _reject(verify_evidence(dataclasses.replace(ev, vcek=_vcek_with_key(sim, small)), trust=sim_trust), "snp.wrong_key_type")
+    _reject(snp_verdict(dataclasses.replace(ev, vcek=_vcek_with_key(sim, small)), trust=sim_trust), "snp.wrong_key_type")
 
 
 def test_vcek_without_amd_extensions(sim: SimPlatform, sim_trust: TrustRoots) -> None:
@@ -327,16 +328,16 @@ def test_vcek_without_amd_extensions(sim: SimPlatform, sim_trust: TrustRoots) ->
 
     r, s = decode_dss_signature(key.sign(report.signed_bytes(), ec.ECDSA(hashes.SHA384())))
     forged = SnpEvidence(report.with_signature(r, s).to_bytes(), leaf, ev.chain_pem)
-    _reject(verify_evidence(forged, trust=sim_trust), "snp.unknown_product")
-    _reject(verify_evidence(dataclasses.replace(forged, vcek=named), trust=sim_trust), "snp.tcb_mismatch")
+    _reject(snp_verdict(forged, trust=sim_trust), "snp.unknown_product")
+    _reject(snp_verdict(dataclasses.replace(forged, vcek=named), trust=sim_trust), "snp.tcb_mismatch")
 
 
 def test_pem_vcek_and_garbage() -> None:
     ev = SnpEvidence(b"\0" * 10, b"junk", b"junk")
-    _reject(verify_evidence(ev), "snp.malformed_report")
+    _reject(snp_verdict(ev), "snp.malformed_report")
 
 
-# ---- verify_evidence never raises for bad evidence ----------------------------------------------
+# ---- snp_verdict never raises for bad evidence ----------------------------------------------
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -356,7 +357,7 @@ def test_fuzz_verify_never_raises(milan: SnpEvidence, field: str, pos: int, xor:
         del data[pos:]
     else:
         data[pos] ^= xor
-    v = verify_evidence(dataclasses.replace(milan, **{field: bytes(data)}), as_of=IN_WINDOW)
+    v = snp_verdict(dataclasses.replace(milan, **{field: bytes(data)}), as_of=IN_WINDOW)
     assert v.reason and (v.accepted is False or v.reason == "ok")
 
 
@@ -410,15 +411,15 @@ def _vlek_evidence(sim: SimPlatform) -> tuple[SnpEvidence, SnpEvidence]:
 
 def test_vlek_chain(sim: SimPlatform, sim_trust: TrustRoots) -> None:
     good, wrong_field = _vlek_evidence(sim)
-    v = verify_evidence(good, trust=sim_trust)
+    v = snp_verdict(good, trust=sim_trust)
     assert v.accepted, v
     assert v.claims and v.claims.details["signing_key"] == "vlek"
-    _reject(verify_evidence(wrong_field, trust=sim_trust), "snp.signing_key_mismatch")
+    _reject(snp_verdict(wrong_field, trust=sim_trust), "snp.signing_key_mismatch")
 
 
 def test_vlek_under_amd_ask_refused(milan: SnpEvidence, vectors: Path) -> None:
     """A VCEK presented with AMD's ASVK (VLEK intermediate): kinds must match before anything else."""
     roots = vectors / "roots"
     chain = (roots / "canonical_SEV-VLEK-Milan.pem").read_bytes() + (roots / "canonical_ARK-Milan.pem").read_bytes()
-    v = verify_evidence(dataclasses.replace(milan, chain_pem=chain), as_of=IN_WINDOW)
+    v = snp_verdict(dataclasses.replace(milan, chain_pem=chain), as_of=IN_WINDOW)
     _reject(v, "snp.chain_signature_invalid")  # the ASVK did not sign this VCEK

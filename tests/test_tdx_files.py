@@ -6,8 +6,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from veil.attest.files import EvidenceFiles
-from veil.attest.tdx import verify_files
+from veil.attest.tdx import TdxPolicy
+from veil.cli.evidence import EvidenceFiles, load_policy, verify_files
 
 IN_WINDOW = datetime(2025, 7, 1, tzinfo=timezone.utc)
 
@@ -44,14 +44,12 @@ def test_hex_quote_and_policy_file(vectors: Path, tmp_path: Path) -> None:
     pol.write_text(json.dumps({"mrtd": ["00" * 48]}))
     assert verify_files(files(vectors, quote=q, policy=pol)).reason == "tdx.mrtd_not_allowed"
     pol.write_text(json.dumps({"mrtdd": []}))
-    assert verify_files(files(vectors, quote=q, policy=pol)).reason == "tdx.policy_invalid"
+    assert verify_files(files(vectors, quote=q, policy=pol)).reason == "cli.malformed_policy"
 
 
 def test_allow_debug_flag(vectors: Path, tmp_path: Path) -> None:
-    from veil.attest.tdx import load_policy
-
     pol = tmp_path / "policy.json"
     pol.write_text(json.dumps({"allowed_tcb_statuses": ["UpToDate"]}))
-    p = load_policy(files(vectors, policy=pol, allow_debug=True))
+    p = load_policy(TdxPolicy, files(vectors, policy=pol, allow_debug=True))
     assert p.allow_debug and p.allowed_tcb_statuses == frozenset({"UpToDate"})
-    assert not load_policy(files(vectors)).allow_debug
+    assert not load_policy(TdxPolicy, files(vectors)).allow_debug

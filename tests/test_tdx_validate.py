@@ -50,9 +50,21 @@ def test_sw_hardening_allowed_by_default() -> None:
     validate_claims(claims(tcb={"status": "SWHardeningNeeded", "advisory_ids": []}), TdxPolicy())
 
 
-def test_forbidden_advisory() -> None:
-    p = TdxPolicy(forbidden_advisories=frozenset({"INTEL-SA-00837"}))
-    assert refused(claims(), p) == "tdx.advisory_forbidden"
+def test_advisory_allowlist() -> None:
+    c = claims()  # affected by INTEL-SA-00837 (see claims())
+    validate_claims(c, TdxPolicy())  # None: advisories are not checked
+    assert refused(c, TdxPolicy(allowed_advisories=frozenset())) == "tdx.advisory_forbidden"
+    assert refused(c, TdxPolicy(allowed_advisories=frozenset({"INTEL-SA-00615"}))) == "tdx.advisory_forbidden"
+    validate_claims(c, TdxPolicy(allowed_advisories=frozenset({"INTEL-SA-00837"})))
+
+
+def test_minimum_tcb_status() -> None:
+    from veil.attest.tdx.validate import statuses_at_least
+
+    assert statuses_at_least("UpToDate") == frozenset({"UpToDate"})
+    assert statuses_at_least("SWHardeningNeeded") == frozenset({"UpToDate", "SWHardeningNeeded"})
+    with pytest.raises(ValueError):
+        statuses_at_least("Revoked")
 
 
 def test_allowlists() -> None:

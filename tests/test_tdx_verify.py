@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from veil.attest.binding import bind
-from veil.attest.tdx import TdxPolicy, verify_evidence
+from attest_verdicts import tdx_verdict
+from veil.attest.tdx import TdxPolicy
 from veil.attest.tdx.verify import load_collateral, verify_quote
 from veil.errors import ParseError, VerificationError
 
@@ -27,7 +28,7 @@ def load(vectors: Path, name: str) -> tuple[bytes, dict[str, Any]]:
 
 def test_uptodate_accepted_in_window(vectors: Path) -> None:
     quote, col = load(vectors, "uptodate")
-    v = verify_evidence(quote, col, as_of=IN_WINDOW)
+    v = tdx_verdict(quote, col, as_of=IN_WINDOW)
     assert v.accepted, v
     c = v.claims
     assert c is not None and c.platform == "tdx" and c.measurement == MRTD
@@ -39,7 +40,7 @@ def test_uptodate_accepted_in_window(vectors: Path) -> None:
 
 def test_uptodate_rejected_today(vectors: Path) -> None:
     quote, col = load(vectors, "uptodate")
-    v = verify_evidence(quote, col)  # as of now: the collateral has expired
+    v = tdx_verdict(quote, col)  # as of now: the collateral has expired
     assert not v.accepted and v.reason == "tdx.collateral_expired"
 
 
@@ -50,12 +51,12 @@ def test_uptodate_rejected_today(vectors: Path) -> None:
 )
 def test_wrong_as_of(vectors: Path, when: datetime, reason: str) -> None:
     quote, col = load(vectors, "uptodate")
-    assert verify_evidence(quote, col, as_of=when).reason == reason
+    assert tdx_verdict(quote, col, as_of=when).reason == reason
 
 
 def test_no_tcb_level(vectors: Path) -> None:
     quote, col = load(vectors, "no-tcb-level")
-    v = verify_evidence(quote, col, as_of=NO_TCB_WINDOW)
+    v = tdx_verdict(quote, col, as_of=NO_TCB_WINDOW)
     assert not v.accepted and v.reason == "tdx.no_tcb_level"
 
 
@@ -64,7 +65,7 @@ def test_changed_signed_byte(vectors: Path, offset: int) -> None:
     quote, col = load(vectors, "uptodate")
     bad = bytearray(quote)
     bad[offset] ^= 1
-    v = verify_evidence(bytes(bad), col, as_of=IN_WINDOW)
+    v = tdx_verdict(bytes(bad), col, as_of=IN_WINDOW)
     assert not v.accepted and v.reason == "tdx.quote_signature_invalid"
 
 
@@ -72,14 +73,14 @@ def test_changed_qe_report(vectors: Path) -> None:
     quote, col = load(vectors, "uptodate")
     bad = bytearray(quote)
     bad[1000] ^= 1
-    assert verify_evidence(bytes(bad), col, as_of=IN_WINDOW).reason == "tdx.qe_report_signature_invalid"
+    assert tdx_verdict(bytes(bad), col, as_of=IN_WINDOW).reason == "tdx.qe_report_signature_invalid"
 
 
 def test_changed_tcb_info(vectors: Path) -> None:
     quote, col = load(vectors, "uptodate")
     col = copy.deepcopy(col)
     col["tcb_info"] = col["tcb_info"].replace('"tcbEvaluationDataNumber":17', '"tcbEvaluationDataNumber":18')
-    v = verify_evidence(quote, col, as_of=IN_WINDOW)
+    v = tdx_verdict(quote, col, as_of=IN_WINDOW)
     assert v.reason == "tdx.collateral_signature_invalid"
 
 
@@ -87,7 +88,7 @@ def test_changed_qe_identity_signature(vectors: Path) -> None:
     quote, col = load(vectors, "uptodate")
     sig = col["qe_identity_signature"]
     col = {**col, "qe_identity_signature": ("1" if sig[0] != "1" else "2") + sig[1:]}
-    assert verify_evidence(quote, col, as_of=IN_WINDOW).reason == "tdx.collateral_signature_invalid"
+    assert tdx_verdict(quote, col, as_of=IN_WINDOW).reason == "tdx.collateral_signature_invalid"
 
 
 def test_changed_pck_crl(vectors: Path) -> None:
@@ -95,7 +96,7 @@ def test_changed_pck_crl(vectors: Path) -> None:
     crl = col["pck_crl"]
     i = len(crl) - 20
     col = {**col, "pck_crl": crl[:i] + ("0" if crl[i] != "0" else "1") + crl[i + 1:]}
-    v = verify_evidence(quote, col, as_of=IN_WINDOW)
+    v = tdx_verdict(quote, col, as_of=IN_WINDOW)
     assert not v.accepted
     assert v.reason in {"tdx.collateral_signature_invalid", "tdx.collateral_malformed", "tdx.pck_chain_invalid"}
 
@@ -120,25 +121,25 @@ def test_collateral_foreign_root(vectors: Path) -> None:
 def test_collateral_of_other_platform(vectors: Path) -> None:
     quote, _ = load(vectors, "uptodate")
     _, other = load(vectors, "no-tcb-level")
-    v = verify_evidence(quote, other, as_of=NO_TCB_WINDOW)
+    v = tdx_verdict(quote, other, as_of=NO_TCB_WINDOW)
     assert not v.accepted and v.reason == "tdx.collateral_mismatch"
 
 
 def test_expected_report_data(vectors: Path) -> None:
     quote, col = load(vectors, "uptodate")
     ok = verify_quote(quote, col, as_of=IN_WINDOW).quote.body.report_data
-    assert verify_evidence(quote, col, as_of=IN_WINDOW, expected_report_data=ok).accepted
-    v = verify_evidence(quote, col, as_of=IN_WINDOW, expected_report_data=bind(b"x", b"nonce"))
-    assert v.reason == "binding.report_data_mismatch" and v.claims is not None
+    assert tdx_verdict(quote, col, as_of=IN_WINDOW, expected_report_data=ok).accepted
+    v = tdx_verdict(quote, col, as_of=IN_WINDOW, expected_report_data=bind(b"x", b"nonce"))
+    assert v.reason == "binding.report_data_mismatch" and v.error == "verification"
 
 
 def test_policy_applied_after_verification(vectors: Path) -> None:
     quote, col = load(vectors, "uptodate")
-    v = verify_evidence(quote, col, TdxPolicy(mrtd=["00" * 48]), as_of=IN_WINDOW)
+    v = tdx_verdict(quote, col, TdxPolicy(mrtd=["00" * 48]), as_of=IN_WINDOW)
     assert v.reason == "tdx.mrtd_not_allowed" and v.claims is not None
-    assert verify_evidence(quote, col, TdxPolicy(mrtd=[MRTD.upper()]), as_of=IN_WINDOW).accepted
+    assert tdx_verdict(quote, col, TdxPolicy(mrtd=[MRTD.upper()]), as_of=IN_WINDOW).accepted
 
 
 def test_padding_does_not_matter(vectors: Path) -> None:
     quote, col = load(vectors, "uptodate")
-    assert verify_evidence(quote + bytes(50), col, as_of=IN_WINDOW).accepted
+    assert tdx_verdict(quote + bytes(50), col, as_of=IN_WINDOW).accepted

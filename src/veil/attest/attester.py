@@ -1,13 +1,19 @@
-"""Producing evidence on the machine we run on: the one place that knows which TEE is present.
+"""Producing evidence on the machine we run on.
 
-Coordinator and worker ask an ``Attester`` for evidence over 64 bytes of report_data and get a
-JSON-ready dict ``{"platform": ..., "snp": {...}}`` that :mod:`veil.attest.evidence` verifies.
+Coordinator and worker ask an ``Attester`` (built by :func:`veil.attest.registry.attester` from
+the platform name) for evidence over 64 bytes of report_data and get a JSON-ready dict
+``{"platform": ..., "snp": {...}}`` that :mod:`veil.attest.api` verifies.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from veil.errors import ParseError
+
+if TYPE_CHECKING:
+    from veil.attest.registry import AttesterConfig
 
 
 class Attester(Protocol):
@@ -66,11 +72,11 @@ class SnpAttester:
         return sealing_key()
 
 
-def attester_for(platform: str, sim_dir: Path | None = None) -> Attester:
-    if platform == "sim-snp":
-        if sim_dir is None:
-            raise ValueError("sim-snp needs the simulated platform's directory")
-        return SimSnpAttester(sim_dir)
-    if platform == "sev-snp":
-        return SnpAttester()
-    raise ValueError(f"no attester for platform {platform!r}")
+def sim_snp_attester(config: AttesterConfig) -> SimSnpAttester:
+    if config.sim_dir is None:
+        raise ParseError("attest.missing_sim_dir", "sim-snp needs the simulated platform's directory (--sim-dir)")
+    return SimSnpAttester(config.sim_dir)
+
+
+def snp_attester(config: AttesterConfig) -> SnpAttester:
+    return SnpAttester()

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Collection, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
 from veil.attest import binding
-from veil.attest.claims import Claims, Verdict
-from veil.attest.nvidia import NvidiaEvidence, NvidiaPolicy, verify_evidence
-from veil.attest.nvidia.rim import ReferenceMeasurement
+from veil.attest.api import Binding, Check, VerifiedEvidence, VerifyOptions
+from veil.attest.nvidia import NvidiaEvidence, NvidiaPolicy
+from veil.attest.nvidia.platform import NVIDIA
+from veil.attest.nvidia.platform import verify_evidence as verify_gpu
 from veil.attest.nvidia.validate import DEFAULT_POLICY
-from veil.attest.nvidia.verify import TRUSTED_ROOTS
 from veil.errors import PolicyError, VeilError
 
 GPU_NONCE_CONTEXT = b"veil/gpu-nonce/v1"
@@ -89,59 +88,44 @@ def collect_gpu_evidence(
 
 
 def verify_composite(
-    cpu_claims: Claims,
+    cpu: VerifiedEvidence,
     gpu_evidence: NvidiaEvidence | Sequence[NvidiaEvidence],
     *,
     challenge_nonce: bytes,
     worker_public_key: bytes,
+    options: VerifyOptions,
     policy: NvidiaPolicy = DEFAULT_POLICY,
-    as_of: datetime | None = None,
-    rim_references: dict[int, ReferenceMeasurement] | None = None,
     expected_gpu_nonce: bytes | None = None,
-    trusted_roots: Collection[str] = TRUSTED_ROOTS,
-) -> Verdict:
-    """Check the CPU report_data binding, then every GPU; never raises for bad evidence.
+) -> VerifiedEvidence:
+    """Check the CPU report_data binding, then every GPU; raises a typed VeilError.
 
-    ``cpu_claims`` must come from an accepted CPU verdict. ``expected_gpu_nonce`` overrides the
-    derived :func:`gpu_nonce` (only for evidence whose GPU nonce was fixed elsewhere, such as
-    published test vectors). On success the CPU claims come back with ``details["gpus"]``.
+    ``cpu`` is already verified CPU evidence. ``expected_gpu_nonce`` overrides the derived
+    :func:`gpu_nonce` (only for evidence whose GPU nonce was fixed elsewhere, such as published
+    test vectors). The CPU claims come back with ``details["gpus"]``.
     """
     items = _as_list(gpu_evidence)
-    try:
-        if not items:
-            raise PolicyError("composite.no_gpu_evidence", "no GPU evidence to bind")
-        binding.check_report_data(
-            cpu_claims.report_data,
-            worker_report_data(challenge_nonce, worker_public_key, items),
-        )
-    except VeilError as err:
-        return Verdict.reject(err, cpu_claims)
-    nonce = (
-        expected_gpu_nonce
-        if expected_gpu_nonce is not None
-        else gpu_nonce(challenge_nonce, worker_public_key)
+    if not items:
+        raise PolicyError("composite.no_gpu_evidence", "no GPU evidence to bind")
+    binding.check_report_data(
+        cpu.claims.report_data, worker_report_data(challenge_nonce, worker_public_key, items)
     )
+    nonce = expected_gpu_nonce if expected_gpu_nonce is not None else gpu_nonce(challenge_nonce, worker_public_key)
+    gpu_options = dataclasses.replace(options, binding=Binding.to(nonce))
     gpus: list[dict[str, Any]] = []
     for i, item in enumerate(items):
-        verdict = verify_evidence(
-            item,
-            policy,
-            expected_nonce=nonce,
-            as_of=as_of,
-            rim_references=rim_references,
-            trusted_roots=trusted_roots,
-        )
-        if not verdict.accepted:
-            return Verdict(False, verdict.reason, f"GPU {i}: {verdict.message}", cpu_claims)
-        assert verdict.claims is not None
-        device = verdict.claims.details["leaf_fingerprint"]  # the GPU's own certificate
+        try:
+            verified = verify_gpu(item, gpu_options)
+            NVIDIA.validate(verified, policy)
+        except VeilError as err:
+            raise type(err)(err.reason, f"GPU {i}: {err.message}") from None
+        device = verified.claims.details["leaf_fingerprint"]  # the GPU's own certificate
         if any(g["details"]["leaf_fingerprint"] == device for g in gpus):
-            return Verdict.reject(
-                PolicyError("composite.duplicate_gpu", f"GPU {i} repeats an earlier GPU's report"),
-                cpu_claims,
-            )
-        gpus.append(verdict.claims.to_json())
-    details = {**cpu_claims.details, "gpus": gpus}
-    return Verdict.accept(
-        dataclasses.replace(cpu_claims, details=details), "CPU and GPU evidence verified"
+            raise PolicyError("composite.duplicate_gpu", f"GPU {i} repeats an earlier GPU's report")
+        gpus.append(verified.claims.to_json())
+    details = {**cpu.claims.details, "gpus": gpus}
+    return dataclasses.replace(
+        cpu,
+        claims=dataclasses.replace(cpu.claims, details=details),
+        checks=cpu.checks + (Check("GPU evidence", f"{len(items)} GPU report(s) verified, bound into the CPU report_data "
+                                   "and signed over this challenge's GPU nonce"),),
     )

@@ -24,6 +24,7 @@ from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
+from veil.attest.collateral import CollateralCache, find_cached_vcek
 from veil.attest.snp import kds
 from veil.attest.snp.abi import PRODUCTS, Report, SigningKey, TcbVersion, parse_report
 from veil.attest.snp.verify import TrustRoots, load_certificate, load_chain, vcek_extensions, verify_report
@@ -107,7 +108,7 @@ def _get(client: httpx.Client, url: str, result: FetchResult) -> bytes:
 
 def fetch_for_report(
     report_bytes: bytes,
-    cache: kds.CollateralCache,
+    cache: CollateralCache,
     *,
     product: str | None = None,
     client: httpx.Client | None = None,
@@ -177,7 +178,7 @@ def _describe_cert(der_or_pem: bytes) -> dict[str, Any]:
     return {"subject": cert.subject.rfc4514_string(), "not_after": cert.not_valid_after_utc.isoformat()}
 
 
-def cache_listing(cache: kds.CollateralCache) -> list[dict[str, Any]]:
+def cache_listing(cache: CollateralCache) -> list[dict[str, Any]]:
     """Everything in the cache, one entry per file, with what it is and until when it is valid."""
     out: list[dict[str, Any]] = []
     base = cache.root / "amd"
@@ -249,7 +250,7 @@ def fetch_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Download the VCEK, chain and CRL for a report from AMD KDS, verify them, cache them."""
-    the_cache = kds.CollateralCache(cache)
+    the_cache = CollateralCache(cache)
     try:
         data = report.read_bytes()
         vlek_bytes = vlek.read_bytes() if vlek is not None else None
@@ -283,7 +284,7 @@ def show_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the cached collateral (or, with --report, what is cached for that report)."""
-    the_cache = kds.CollateralCache(cache)
+    the_cache = CollateralCache(cache)
     if report is not None:
         try:
             parsed = parse_report(report.read_bytes())
@@ -292,7 +293,7 @@ def show_cmd(
         except VeilError as err:
             _fail(err, as_json, EXIT_USAGE)
         try:
-            found = kds.find_cached_vcek(parsed, the_cache, product)
+            found = find_cached_vcek(parsed, the_cache, product)
         except VeilError as err:
             _fail(err, as_json, EXIT_USAGE)
         p = found[0] if found else (product or parsed.product)

@@ -46,6 +46,18 @@ PolicyOpt = typer.Option(None, "--policy", help="Client policy JSON (default: th
 StateDirOpt = typer.Option(None, "--state-dir", help="State directory (default: $VEIL_STATE_DIR or ~/.veil).")
 
 
+PlatformOpt = typer.Option(
+    "sim-snp", "--platform",
+    help="TEE this process runs in: sev-snp, tdx, or a SIMULATED twin (sim-snp, sim-tdx) for development.")
+SimDirOpt = typer.Option(None, "--sim-dir", help="Simulated platform directory (sim-* platforms).")
+
+
+def _attester(platform: str, sim_dir: Optional[Path]):  # type: ignore[no-untyped-def]
+    from veil.attest import registry
+
+    return registry.attester(platform, registry.AttesterConfig(sim_dir=sim_dir))
+
+
 def _fail(err: VeilError, as_json: bool = False) -> None:
     from veil.client.report import render_failure
 
@@ -133,8 +145,8 @@ def _demo(policy_path: Path) -> None:
 def coordinator(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8470),
-    platform: str = typer.Option("sim-snp", help="TEE platform: sim-snp or sev-snp."),
-    sim_dir: Optional[Path] = typer.Option(None, help="Simulated platform directory (sim-snp)."),
+    platform: str = PlatformOpt,
+    sim_dir: Optional[Path] = SimDirOpt,
     db: Optional[str] = typer.Option(
         None, envvar="VEIL_DB", help="State database URL (sqlite:///path or postgresql://...); state is sealed at rest. "
         "Without it, state lives in memory only. Read from $VEIL_DB when not given (keeps a password out of argv)."),
@@ -142,13 +154,12 @@ def coordinator(
     """Run the coordinator: attestation service and key broker."""
     import uvicorn
 
-    from veil.attest.attester import attester_for
     from veil.coordinator.app import create_app
     from veil.coordinator.state import CoordinatorState
     from veil.coordinator.store import Store
 
-    attester = attester_for(platform, sim_dir)
     try:
+        attester = _attester(platform, sim_dir)
         state = CoordinatorState.open(Store.from_url(db), attester.sealing_key()) if db else CoordinatorState.generate()
     except VeilError as err:
         _fail(err)
@@ -163,8 +174,8 @@ def worker(
     coordinator: str = typer.Option("http://127.0.0.1:8470", "--coordinator", help="Coordinator URL."),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8471),
-    platform: str = typer.Option("sim-snp"),
-    sim_dir: Optional[Path] = typer.Option(None),
+    platform: str = PlatformOpt,
+    sim_dir: Optional[Path] = SimDirOpt,
     model: Optional[Path] = typer.Option(None, help="Plaintext GGUF weights, when the manifest's model is not sealed."),
     model_name: Optional[str] = typer.Option(None, help="Which manifest model to serve (default: the first)."),
     run_dir: Path = typer.Option(Path("/run/veil-worker"), help="Directory for the engine's socket (tmpfs)."),
@@ -173,12 +184,11 @@ def worker(
     reregister_seconds: float = typer.Option(60.0, help="Re-attest this often; a newer manifest takes effect then."),
 ) -> None:
     """Run a worker: attest, receive keys, unseal weights, start the sandboxed engine, serve OHTTP."""
-    from veil.attest.attester import attester_for
     from veil.worker.serve import WorkerConfig, run_worker
 
     config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu, reregister_seconds)
     try:
-        run_worker(config, attester_for(platform, sim_dir))
+        run_worker(config, _attester(platform, sim_dir))
     except VeilError as err:
         _fail(err)
 

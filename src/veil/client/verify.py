@@ -19,7 +19,8 @@ import httpx
 from veil import wire
 from veil.attest.binding import coordinator_report_data
 from veil.attest.claims import Verdict
-from veil.attest.evidence import verify_evidence
+from veil.attest.evidence import appraise_evidence, trust_for
+from veil.attest.registry import is_simulated
 from veil.client.manifest_log import ManifestLog
 from veil.client.policy import ClientPolicy
 from veil.errors import ParseError, PolicyError, VeilError, VerificationError
@@ -123,7 +124,7 @@ def check_attestation(
         evidence = body["evidence"]
     except (KeyError, TypeError, ValueError):
         raise ParseError("attestation.malformed", "attestation answer is missing or has bad fields") from None
-    if platform == "sim-snp" and not policy.trust_simulated:
+    if is_simulated(platform) and not policy.trust_simulated:
         raise VerificationError(
             "attestation.simulated_untrusted",
             "the coordinator runs on a SIMULATED TEE and this client does not trust simulation",
@@ -131,18 +132,17 @@ def check_attestation(
     expected = coordinator_report_data(
         nonce, public_key, manifest_digest, hashlib.sha256(configs_raw).digest()
     )
-    verdict = verify_evidence(
+    # --- attestation (veil.attest): the checks shown are those the verifier performed ---
+    verified = appraise_evidence(
         evidence,
         policy.coordinator,
         expected_report_data=expected,
-        simulation_roots=policy.simulation_roots if policy.trust_simulated else [],
+        trust=trust_for(policy.simulation_roots if policy.trust_simulated else []),
         as_of=as_of,
     )
-    if not verdict.accepted:
-        raise _error_for(verdict)
-    checks.append(("evidence signature and certificate chain", "ok"))
-    checks.append(("launch measurement matches reference values", "ok"))
-    checks.append(("report_data binds nonce, key, manifest and key configuration", "ok"))
+    verdict = Verdict.accept(verified.claims, "coordinator evidence verified", verified.checks)
+    checks.extend((c.name, c.result) for c in verified.checks)
+    # --- end attestation ---
     manifest: SignedManifest | None = None
     if require_manifest or body.get("manifest") is not None:
         manifest = _check_manifest(body.get("manifest"), manifest_digest, policy)
@@ -161,10 +161,6 @@ def check_attestation(
         elapsed_ms=(time.perf_counter() - started) * 1000,
         checks=checks,
     )
-
-
-def _error_for(verdict: Verdict) -> VeilError:
-    return VerificationError(verdict.reason, verdict.message)
 
 
 def _check_manifest(raw: Any, digest: bytes, policy: ClientPolicy) -> SignedManifest:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from veil import keyrelease, wire
 from veil.attest.attester import Attester
 from veil.attest.binding import coordinator_report_data
-from veil.attest.evidence import verify_worker_evidence
+from veil.attest.evidence import appraise_worker_evidence, trust_for
 from veil.coordinator import release
 from veil.coordinator.nonces import NonceStore
 from veil.coordinator.state import CoordinatorState, WorkerRecord
@@ -178,20 +178,18 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
             nonce = bytes.fromhex(body.nonce)
             nonces.consume(nonce)
             public_key = bytes.fromhex(body.public_key)
-            verdict = verify_worker_evidence(
+            verified = appraise_worker_evidence(
                 body.evidence,
                 manifest.manifest.workers,
                 challenge=nonce,
                 public_key=public_key,
-                simulation_roots=manifest.manifest.trusted_simulation_roots,
+                trust=trust_for(manifest.manifest.trusted_simulation_roots),
             )
-            if not verdict.accepted or verdict.claims is None:
-                raise PolicyError(verdict.reason, f"worker refused: {verdict.message}")
         except VeilError as err:
             registrations.labels("refused").inc()
             state.audit("worker.register", body.public_key[:16], "refused", err.reason)
             return error_response(err)
-        claims = verdict.claims
+        claims = verified.claims
         secrets = {
             "manifest_digest": manifest.digest.hex(),
             "ohttp_keys": keyrelease.export_ohttp_keys(state.ohttp_keys),

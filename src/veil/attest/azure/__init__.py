@@ -17,13 +17,11 @@ from veil.attest.azure.validate import AzureVtpmPolicy, MaaPolicy, validate_maa,
 from veil.attest.azure.verify import HardwareVerifier, snp_hardware, tdx_hardware, verify_vtpm
 from veil.attest.binding import check_report_data
 from veil.attest.claims import Claims, Verdict
-from veil.attest.files import EvidenceFiles
-from veil.attest.tdx.inputs import need, read_bytes, read_json
 from veil.errors import ParseError, VeilError
 
 __all__ = [
     "AzureVtpmPolicy", "MaaPolicy", "VtpmEvidence", "parse_evidence", "verify_snp_vtpm",
-    "verify_tdx_vtpm", "verify_vtpm_evidence", "verify_maa", "verify_files",
+    "verify_tdx_vtpm", "verify_vtpm_evidence", "verify_maa",
 ]
 
 _HW = {"azure-snp-vtpm": "snp", "azure-tdx-vtpm": "tdx"}
@@ -106,39 +104,3 @@ def verify_maa(
     except VeilError as exc:
         return Verdict.reject(exc, claims)
     return Verdict.accept(claims, "Azure Attestation token verified")
-
-
-def _policy(inputs: EvidenceFiles, model: type[AzureVtpmPolicy] | type[MaaPolicy]) -> Any:
-    if inputs.policy is None:
-        return model()
-    try:
-        return model.model_validate(read_json(inputs.policy))
-    except ValueError as exc:
-        raise ParseError("azure.policy_invalid", str(exc)) from exc
-
-
-def verify_files(inputs: EvidenceFiles) -> Verdict:
-    """`veil evidence verify --platform azure-snp-vtpm|azure-tdx-vtpm|azure-maa ...`."""
-    try:
-        if inputs.platform == "azure-maa":
-            token = read_bytes(need(inputs.token, "--token")).decode("ascii", "replace").strip()
-            jwks = read_json(need(inputs.jwks, "--jwks"))
-            policy = _policy(inputs, MaaPolicy)
-            if inputs.allow_debug:
-                policy = policy.model_copy(update={"allow_debug": True})
-            return verify_maa(token, jwks, policy, as_of=inputs.as_of, expected_nonce=inputs.nonce)
-        if inputs.platform not in _HW:
-            raise ParseError("cli.unknown_platform", f"azure does not handle {inputs.platform!r}")
-        evidence = read_json(need(inputs.evidence, "--evidence"))
-        if inputs.nonce is None:
-            raise ParseError("cli.missing_input", "--nonce is required for vTPM evidence")
-        vpolicy: AzureVtpmPolicy = _policy(inputs, AzureVtpmPolicy)
-        if inputs.allow_debug:
-            vpolicy = vpolicy.with_debug()
-        if inputs.platform == "azure-tdx-vtpm":
-            collateral = read_json(need(inputs.collateral, "--collateral"))
-            return verify_tdx_vtpm(evidence, inputs.nonce, collateral, vpolicy, as_of=inputs.as_of)
-        chain = read_bytes(inputs.chain) if inputs.chain is not None else None
-        return verify_snp_vtpm(evidence, inputs.nonce, vpolicy, chain_pem=chain, as_of=inputs.as_of)
-    except VeilError as exc:
-        return Verdict.reject(exc)

@@ -15,14 +15,12 @@ from datetime import datetime
 from typing import Any
 
 from veil.attest.claims import Verdict
-from veil.attest.files import EvidenceFiles
 from veil.attest.nvidia.abi import AttestationReport, load_report, parse_report
 from veil.attest.nvidia.rim import ReferenceMeasurement
 from veil.attest.nvidia.validate import (
     DEFAULT_POLICY,
     NvidiaPolicy,
     claims_from,
-    load_rims,
     validate,
 )
 from veil.attest.nvidia.verify import (
@@ -38,7 +36,6 @@ __all__ = [
     "NvidiaEvidence",
     "NvidiaPolicy",
     "verify_evidence",
-    "verify_files",
 ]
 
 
@@ -104,24 +101,3 @@ def verify_evidence(
         return Verdict.reject(
             VerificationError("nvidia.chain_invalid", f"unusable certificate: {exc}")
         )
-
-
-def verify_files(inputs: EvidenceFiles) -> Verdict:
-    """``veil evidence verify --platform nvidia``: --report, --cert-chain, --nonce, --policy, --rim."""
-    try:
-        if inputs.report is None or inputs.cert_chain is None or inputs.nonce is None:
-            raise ParseError("cli.missing_input", "nvidia needs --report, --cert-chain and --nonce")
-        try:
-            evidence = NvidiaEvidence(
-                report=load_report(inputs.report.read_bytes()),
-                cert_chain_pem=inputs.cert_chain.read_bytes(),
-            )
-        except OSError as exc:
-            raise ParseError("cli.missing_input", f"cannot read input: {exc}") from exc
-        policy = NvidiaPolicy.load(inputs.policy) if inputs.policy else NvidiaPolicy()
-        rims = load_rims([inputs.rim]) if inputs.rim else None
-    except VeilError as err:
-        return Verdict.reject(err)
-    return verify_evidence(
-        evidence, policy, expected_nonce=inputs.nonce, as_of=inputs.as_of, rim_references=rims
-    )

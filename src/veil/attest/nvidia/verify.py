@@ -25,12 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from veil.attest.nvidia.abi import SIGNATURE_LEN, AttestationReport
+from veil.attest.trust import NVIDIA_DEVICE_IDENTITY_CA_SHA256
 from veil.errors import ParseError, VerificationError
 
-# SHA-256 of the DER of "CN=NVIDIA Device Identity CA, O=NVIDIA" (P-384, valid 2021-11-05 .. 9999).
-NVIDIA_DEVICE_IDENTITY_CA_SHA256 = (
-    "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48"
-)
 TRUSTED_ROOTS: frozenset[str] = frozenset({NVIDIA_DEVICE_IDENTITY_CA_SHA256})
 
 # TCG DICE extensions that carry FWIDs: TcbInfo and MultiTcbInfo.

@@ -11,6 +11,7 @@ import hmac
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from veil.attest.api import Check
 from veil.attest.snp.abi import Report, TcbVersion
 from veil.errors import PolicyError
 
@@ -90,8 +91,9 @@ def _in(value: bytes, allowed: list[str]) -> bool:
     return any(hmac.compare_digest(value, bytes.fromhex(a)) for a in allowed)
 
 
-def validate_report(report: Report, policy: SnpPolicy, product: str | None = None) -> None:
-    """Raise PolicyError with a reason code when the (verified) report breaks the policy."""
+def validate_report(report: Report, policy: SnpPolicy, product: str | None = None) -> list[Check]:
+    """Raise PolicyError with a reason code when the (verified) report breaks the policy; else
+    return the checks made, as reports show them."""
     gp = report.guest_policy
     if gp.debug and not policy.allow_debug:
         raise PolicyError("snp.debug_guest", "the guest policy allows debugging (host can read guest memory)")
@@ -126,3 +128,41 @@ def validate_report(report: Report, policy: SnpPolicy, product: str | None = Non
         raise PolicyError("snp.chip_not_allowed", "this chip is not in the allowed list")
     if policy.report_data is not None and not hmac.compare_digest(report.report_data, bytes.fromhex(policy.report_data)):
         raise PolicyError("snp.report_data_mismatch", "REPORT_DATA differs from the expected value")
+    return _checks(report, policy, product, tcb, minimum)
+
+
+def _allowlist(values: list[str], what: str) -> str:
+    return f"{what} in the allowed list ({len(values)})" if values else f"{what}: any"
+
+
+def _checks(report: Report, policy: SnpPolicy, product: str | None, tcb: TcbVersion, minimum: TcbVersion) -> list[Check]:
+    gp = report.guest_policy
+    guest = [
+        "debug " + ("allowed by policy" if gp.debug else "off"),
+        "migration agent " + ("allowed by policy" if gp.migrate_ma else "off"),
+        f"VMPL {report.vmpl} <= {policy.max_vmpl}",
+    ]
+    if policy.require_smt_off:
+        guest.append("SMT off")
+    checks = [
+        Check("guest policy", ", ".join(guest)),
+        Check("launch measurement", f"{report.measurement.hex()[:16]}… "
+              + ("matches a reference value" if policy.measurements else "(no reference values: any accepted)")),
+        Check("minimum TCB", f"reported {_tcb_text(tcb)} >= minimum {_tcb_text(minimum)}"),
+    ]
+    if policy.minimum_guest_svn or policy.minimum_firmware:
+        checks.append(Check("versions", f"guest SVN {report.guest_svn} >= {policy.minimum_guest_svn}, firmware {report.firmware}"))
+    extra = [
+        _allowlist(policy.host_data, "HOST_DATA") if policy.host_data else "",
+        _allowlist(policy.chip_ids, "chip id") if policy.chip_ids else "",
+        f"product {product} allowed" if policy.products else "",
+        _allowlist(policy.id_key_digests, "ID key") if policy.id_key_digests else "",
+        _allowlist(policy.author_key_digests, "author key") if policy.author_key_digests else "",
+    ]
+    if any(extra):
+        checks.append(Check("launch identity", ", ".join(e for e in extra if e)))
+    return checks
+
+
+def _tcb_text(tcb: TcbVersion) -> str:
+    return " ".join(f"{k}={v}" for k, v in tcb.to_json().items())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -24,6 +24,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from veil.attest.claims import Claims
+from veil.attest.trust import TrustRoots
 from veil.attest.snp.abi import (
     MILAN,
     GENOA,
@@ -47,12 +48,7 @@ OID_FMC_SPL = "1.3.6.1.4.1.3704.1.3.9"
 OID_HWID = "1.3.6.1.4.1.3704.1.4"
 OID_CSP_ID = "1.3.6.1.4.1.3704.1.5"  # VLEK only
 
-# ---- pinned AMD roots and intermediates (SHA-256 of the DER certificate) ----------------------
-AMD_ARK_FINGERPRINTS: dict[str, str] = {
-    "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd": MILAN,
-    "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1": GENOA,
-    "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a": TURIN,
-}
+# ---- pinned AMD intermediates (SHA-256 of the DER certificate; the ARKs are in veil.attest.trust) --
 # fingerprint -> (product, "ask" | "asvk")
 AMD_INTERMEDIATE_FINGERPRINTS: dict[str, tuple[str, str]] = {
     "67d303bd3905fd38db8b20e0793699870e7fa612eaad5dec358293fd8c0bac1b": (MILAN, "ask"),
@@ -65,35 +61,6 @@ AMD_INTERMEDIATE_FINGERPRINTS: dict[str, tuple[str, str]] = {
 SIMULATED_MARKER = "SIMULATED"  # in every sim certificate subject (see veil.attest.sim)
 
 _PSS_SALT = 48  # AMD signs with RSASSA-PSS, SHA-384, MGF1-SHA-384, 48-byte salt
-
-
-@dataclass(frozen=True)
-class TrustRoots:
-    """Which ARKs this verifier accepts: AMD's pinned roots, plus simulation roots only if asked.
-
-    ``amd`` maps fingerprint -> product; ``simulation`` holds SHA-256 hex fingerprints of
-    simulation ARKs (``SimPlatform.root_fingerprint``) that the caller chose to trust.
-    """
-
-    amd: dict[str, str] = field(default_factory=lambda: dict(AMD_ARK_FINGERPRINTS))
-    simulation: frozenset[str] = frozenset()
-
-    @classmethod
-    def default(cls) -> "TrustRoots":
-        """AMD's pinned ARKs for Milan, Genoa and Turin; no simulation root."""
-        return cls()
-
-    def with_simulation(self, *fingerprints: str) -> "TrustRoots":
-        """A copy that also trusts these simulation roots (evidence is then labelled simulated)."""
-        return TrustRoots(dict(self.amd), self.simulation | {f.lower().replace(":", "") for f in fingerprints})
-
-    def classify(self, fingerprint: str) -> tuple[str | None, bool] | None:
-        """(product, simulated) for a trusted root fingerprint, None when untrusted."""
-        if fingerprint in self.amd:
-            return self.amd[fingerprint], False
-        if fingerprint in self.simulation:
-            return None, True
-        return None
 
 
 @dataclass(frozen=True)
@@ -348,6 +315,14 @@ def _product_from_name(name: str | None) -> str | None:
     return head if head in (MILAN, GENOA, TURIN) else None
 
 
+def product_of_certificate(cert: bytes) -> str | None:
+    """The product a VCEK/VLEK names in its productName extension (None when unreadable)."""
+    try:
+        return _product_from_name(vcek_extensions(load_certificate(cert)).get("product_name"))
+    except (ValueError, ParseError):
+        return None
+
+
 def _as_of(as_of: datetime | None) -> datetime:
     if as_of is None:
         return datetime.now(timezone.utc)
@@ -380,7 +355,7 @@ def _verify_vcek_chain(
     as_of: datetime | None,
     crl: bytes | None,
 ) -> ChainResult:
-    trust = trust or TrustRoots.default()
+    trust = trust or TrustRoots.production()
     now = _as_of(as_of)
     leaf = vcek if isinstance(vcek, x509.Certificate) else load_certificate(vcek)
     certs = load_chain(chain_pem)
@@ -399,7 +374,7 @@ def _verify_vcek_chain(
             raise VerificationError("snp.wrong_key_type", f"the {what} key is not RSA-4096")
 
     fp = fingerprint(root)
-    trusted = trust.classify(fp)
+    trusted = trust.classify("amd", fp)
     if trusted is None:
         subject = root.subject.rfc4514_string()
         if SIMULATED_MARKER in subject:
@@ -409,7 +384,8 @@ def _verify_vcek_chain(
                 "it is refused unless you explicitly trust that simulation root",
             )
         raise VerificationError("snp.untrusted_root", f"the ARK {subject} ({fp}) is not a trusted AMD root")
-    root_product, simulated = trusted
+    simulated = trusted == "simulation"
+    root_product = None if simulated else trust.amd_product(fp)
 
     _check_pss(root, root, "ARK (self-signature)")
     _check_pss(inter, root, "ASK/ASVK")

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from veil.attest.claims import Claims
 from veil.attest.tdx.abi import TdxQuote, parse_quote
+from veil.attest.trust import TrustRoots
 from veil.errors import ParseError, VerificationError
 
-# SHA-256 of the DER of Intel's SGX Root CA (also the root of TDX quotes), pinned.
-INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+SIMULATED_MARKER = "SIMULATED"  # in every sim-tdx certificate subject (see veil.attest.sim.tdx)
 
 COLLATERAL_FIELDS = (
     "pck_crl_issuer_chain", "root_ca_crl", "pck_crl", "tcb_info_issuer_chain", "tcb_info",
@@ -82,6 +82,12 @@ class TdxVerified:
     fmspc: str
     tcb_date: str | None
     collateral_expires: datetime | None
+    simulated: bool = False
+    root_fingerprint: str = ""
+    collateral_issued: datetime | None = None  # the latest issue date of TCB info, QE identity, CRLs
+    crl_numbers: tuple[int, int] = (0, 0)  # (root CA CRL, PCK CRL)
+    qe_status: str = ""
+    qe_isvsvn: int | None = None
 
 
 def to_timestamp(as_of: datetime | None) -> int:
@@ -93,41 +99,79 @@ def to_timestamp(as_of: datetime | None) -> int:
     return int(as_of.timestamp())
 
 
-def load_collateral(collateral: dict[str, Any]) -> "dcap_qvl.QuoteCollateralV3":
-    """Check Veil's collateral JSON (Intel PCS field names), pin the root, hand it to dcap-qvl."""
+@dataclass(frozen=True)
+class LoadedCollateral:
+    """PCS collateral in dcap-qvl's form, with the root all its chains end in."""
+
+    collateral: "dcap_qvl.QuoteCollateralV3"
+    root_der: bytes
+    root_fingerprint: str
+    simulated: bool
+
+
+def load_collateral(collateral: dict[str, Any], trust: TrustRoots | None = None) -> LoadedCollateral:
+    """Check Veil's collateral JSON (Intel PCS field names) and that every chain in it ends in one
+    trusted root (Intel's pinned SGX Root CA, or a simulation root the caller trusts)."""
+    trust = trust or TrustRoots.production()
     if not isinstance(collateral, dict):
         raise ParseError("tdx.collateral_malformed", "collateral must be a JSON object")
     missing = [f for f in COLLATERAL_FIELDS if not isinstance(collateral.get(f), str)]
     if missing:
         raise ParseError("tdx.collateral_malformed", f"collateral lacks {', '.join(missing)}")
+    roots: set[bytes] = set()
     for field in _CHAIN_FIELDS:
         try:
             certs = x509.load_pem_x509_certificates(collateral[field].encode())
         except ValueError as exc:
             raise ParseError("tdx.collateral_malformed", f"{field}: {exc}") from exc
-        root = hashlib.sha256(certs[-1].public_bytes(Encoding.DER))
-        if root.hexdigest() != INTEL_SGX_ROOT_CA_SHA256:
+        roots.add(certs[-1].public_bytes(Encoding.DER))
+    if len(roots) != 1:
+        raise VerificationError("tdx.collateral_root_untrusted", "the collateral's chains end in different roots")
+    root_der = roots.pop()
+    fingerprint = hashlib.sha256(root_der).hexdigest()
+    kind = trust.classify("intel", fingerprint)
+    if kind is None:
+        subject = x509.load_der_x509_certificate(root_der).subject.rfc4514_string()
+        if SIMULATED_MARKER in subject:
             raise VerificationError(
-                "tdx.collateral_root_untrusted", f"{field} does not end in the Intel SGX Root CA"
+                "tdx.collateral_root_untrusted",
+                f"this evidence comes from a SIMULATED TEE (sim-tdx, root {fingerprint}), not from Intel "
+                "hardware; it is refused unless you explicitly trust that simulation root",
             )
+        raise VerificationError(
+            "tdx.collateral_root_untrusted", f"the collateral does not end in the Intel SGX Root CA ({subject})"
+        )
     subset = {f: collateral[f] for f in COLLATERAL_FIELDS}
     try:
-        return dcap_qvl.QuoteCollateralV3.from_json(json.dumps(subset))
+        loaded = dcap_qvl.QuoteCollateralV3.from_json(json.dumps(subset))
     except (ValueError, TypeError) as exc:
         raise ParseError("tdx.collateral_malformed", str(exc)) from exc
+    return LoadedCollateral(loaded, root_der, fingerprint, kind == "simulation")
+
+
+def _utc(seconds: Any) -> datetime | None:
+    return datetime.fromtimestamp(seconds, timezone.utc) if isinstance(seconds, int) else None
 
 
 def verify_quote(
-    quote: bytes | TdxQuote, collateral: dict[str, Any], *, as_of: datetime | None = None
+    quote: bytes | TdxQuote,
+    collateral: dict[str, Any],
+    *,
+    as_of: datetime | None = None,
+    trust: TrustRoots | None = None,
 ) -> TdxVerified:
-    """Verify a TDX quote against PCS collateral as of ``as_of``; raise VeilError on failure."""
+    """Verify a TDX quote against PCS collateral as of ``as_of``; raise VeilError on failure.
+
+    dcap-qvl verifies against the root the collateral's chains end in, once that root is known
+    to be trusted: Intel's for hardware, a simulation root (``verify_with_root_ca``) for sim-tdx.
+    """
     parsed = quote if isinstance(quote, TdxQuote) else parse_quote(quote)
-    col = load_collateral(collateral)
+    loaded = load_collateral(collateral, trust)
     now = to_timestamp(as_of)
     try:
         # claims_only: every cryptographic and time check, but no TCB-status policy here.
-        raw = dcap_qvl.QuoteVerifier().verify_with_policy(
-            parsed.raw, col, now, dcap_qvl.QuotePolicy.claims_only(now)
+        raw = dcap_qvl.QuoteVerifier(loaded.root_der).verify_with_policy(
+            parsed.raw, loaded.collateral, now, dcap_qvl.QuotePolicy.claims_only(now)
         )
         out = json.loads(raw.to_json())
     except ValueError as exc:
@@ -144,16 +188,20 @@ def verify_quote(
     if status == "Revoked":
         raise VerificationError("tdx.tcb_revoked", "Intel has revoked this platform's TCB")
     platform = out.get("platform", {})
-    expires = out.get("earliest_expiration_date")
+    qe = out.get("qe", {})
     return TdxVerified(
         quote=parsed,
         tcb_status=status,
         advisory_ids=tuple(str(a) for a in tcb.get("advisory_ids", [])),
         fmspc=bytes(platform.get("pck", {}).get("fmspc", [])).hex(),
         tcb_date=platform.get("tcb_level", {}).get("tcbDate"),
-        collateral_expires=(
-            datetime.fromtimestamp(expires, timezone.utc) if isinstance(expires, int) else None
-        ),
+        collateral_expires=_utc(out.get("earliest_expiration_date")),
+        simulated=loaded.simulated,
+        root_fingerprint=loaded.root_fingerprint,
+        collateral_issued=_utc(out.get("latest_issue_date")),
+        crl_numbers=(int(platform.get("root_ca_crl_num", 0)), int(platform.get("pck_crl_num", 0))),
+        qe_status=str(qe.get("tcb_level", {}).get("tcbStatus", "")),
+        qe_isvsvn=qe.get("report", {}).get("isv_svn"),
     )
 
 
@@ -177,8 +225,9 @@ def td_claims(quote: TdxQuote) -> dict[str, Any]:
     return details
 
 
-def to_claims(verified: TdxVerified, platform: str = "tdx") -> Claims:
+def to_claims(verified: TdxVerified, platform: str | None = None) -> Claims:
     """Normalise a verified quote into Veil's Claims (MRTD is the measurement)."""
+    platform = platform or ("sim-tdx" if verified.simulated else "tdx")
     b = verified.quote.body
     tcb: dict[str, Any] = {
         "status": verified.tcb_status,
@@ -192,7 +241,9 @@ def to_claims(verified: TdxVerified, platform: str = "tdx") -> Claims:
     details = td_claims(verified.quote)
     if verified.collateral_expires is not None:
         details["collateral_expires"] = verified.collateral_expires.isoformat()
+    if verified.simulated:
+        details["notice"] = "SIMULATED TEE: no hardware protection; for development and tests only"
     return Claims(
         platform=platform, measurement=b.mr_td.hex(), report_data=b.report_data, debug=b.debug,
-        tcb=tcb, details=details,
+        simulated=verified.simulated, tcb=tcb, details=details,
     )
