@@ -27,6 +27,10 @@ class ClientPolicy(BaseModel):
 
     coordinator_url: str = "http://127.0.0.1:8470"
     gateway_url: str = "http://127.0.0.1:8471"
+    # An RFC 9458 relay (e.g. deploy/haproxy/relay.cfg): encrypted requests are POSTed there and the
+    # relay forwards them to the gateway, which then never sees this client's address. The relay
+    # sees only ciphertext; nothing about trust changes (the keys still come from the attestation).
+    relay_url: str | None = None
     coordinator: list[ReferenceValues] = Field(min_length=1)
     # Pin the manifest by digest, or trust manifests signed by these admin keys (or both).
     manifest_digests: list[str] = Field(default_factory=list)

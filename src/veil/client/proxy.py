@@ -46,7 +46,8 @@ def _proxy_error(status: int, code: str, message: str) -> JSONResponse:
 def create_proxy_app(attested: AttestedCoordinator, *, timeout: float = 300.0) -> Starlette:
     """The proxy for a deployment verified by ``verify_coordinator``."""
     return create_encrypting_proxy(
-        attested.key_configs[0], attested.gateway_url, attested.to_json(), timeout=timeout
+        attested.key_configs[0], attested.gateway_url, attested.to_json(), timeout=timeout,
+        relay_url=attested.relay_url,
     )
 
 
@@ -57,6 +58,7 @@ def create_encrypting_proxy(
     *,
     timeout: float = 300.0,
     transport: OhttpTransport | None = None,
+    relay_url: str | None = None,
 ) -> Starlette:
     """A plain OpenAI endpoint that OHTTP-encrypts every ``/v1/...`` request to ``key_config``.
 
@@ -64,7 +66,7 @@ def create_encrypting_proxy(
     checked; the caller is responsible for having verified ``key_config`` before calling this.
     """
     client = httpx.AsyncClient(
-        transport=transport or OhttpTransport(key_config, gateway_url),
+        transport=transport or OhttpTransport(key_config, relay_url or gateway_url),
         base_url=gateway_url,
         timeout=timeout,
     )

@@ -42,6 +42,8 @@ def render_verification(attested: AttestedCoordinator, console: Console) -> None
     table.add_row("OHTTP key ids", ", ".join(str(c.key_id) for c in attested.key_configs))
     table.add_row("coordinator", attested.coordinator_url)
     table.add_row("gateway", attested.gateway_url)
+    if attested.relay_url:
+        table.add_row("relay", f"{attested.relay_url} (the gateway does not see this client's address)")
     table.add_row("took", f"{attested.elapsed_ms:.1f} ms")
     console.print(table)
     for check, result in attested.checks:

@@ -34,7 +34,7 @@ class _Verified:
             policy, log = load_with_log(Path(policy) if policy else None)
         self.policy = policy
         self.attestation: AttestedCoordinator = verify_coordinator(policy, manifest_log=log)
-        transport = OhttpTransport(self.attestation.key_configs[0], policy.gateway_url)
+        transport = OhttpTransport(self.attestation.key_configs[0], self.attestation.send_url)
         self._openai = sdk(
             base_url=f"{policy.gateway_url}/v1",
             # the tenant key (if the deployment has tenants) travels only inside the encryption

@@ -42,6 +42,12 @@ class AttestedCoordinator:
     public_key: bytes
     elapsed_ms: float
     checks: list[tuple[str, str]] = field(default_factory=list)
+    relay_url: str | None = None  # where encrypted requests go when not straight to the gateway
+
+    @property
+    def send_url(self) -> str:
+        """Where the client POSTs its encapsulated requests: the relay if it has one, else the gateway."""
+        return self.relay_url or self.gateway_url
 
     @property
     def simulated(self) -> bool:
@@ -55,6 +61,7 @@ class AttestedCoordinator:
             "simulated": self.simulated,
             "coordinator_url": self.coordinator_url,
             "gateway_url": self.gateway_url,
+            "relay_url": self.relay_url,
             "claims": self.verdict.claims.to_json() if self.verdict.claims else None,
             "manifest_digest": self.manifest.digest.hex() if self.manifest else None,
             "sandbox": m.sandbox.model_dump() if m else None,
@@ -154,6 +161,7 @@ def check_attestation(
     return AttestedCoordinator(
         coordinator_url=policy.coordinator_url,
         gateway_url=policy.gateway_url,
+        relay_url=policy.relay_url,
         verdict=verdict,
         manifest=manifest,
         key_configs=key_configs,
