@@ -156,7 +156,7 @@ def test_verification_summary_and_create_proxy_app(proxy_url: str) -> None:
     assert httpx.get(f"{proxy_url}/veil/verification").json() == SUMMARY
     # `veil proxy` builds the same app from an AttestedCoordinator; it only reads these attributes.
     attested = SimpleNamespace(
-        key_configs=[KeyPair.generate(9).config], gateway_url="http://127.0.0.1:9", to_json=lambda: SUMMARY
+        key_configs=[KeyPair.generate(9).config], gateway_url="http://127.0.0.1:9", relay_url=None, to_json=lambda: SUMMARY
     )
     with ServerThread(create_proxy_app(attested)) as proxy:  # type: ignore[arg-type]
         assert httpx.get(f"{proxy.url}/veil/verification").json() == SUMMARY
