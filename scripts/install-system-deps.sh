@@ -1,10 +1,8 @@
 #!/bin/sh
-# Install the Debian packages Veil needs, only those missing (idempotent, quick when done).
+# Install the Debian packages a Veil worker needs, only those missing (idempotent, quick when done).
+# Test-only packages (tcpdump, postgresql) are in install-test-deps.sh.
 #   bubblewrap   the engine sandbox (namespaces)            -> veil.sandbox bubblewrap profile
 #   libseccomp2  the seccomp filter compiler (via pyseccomp) -> veil.sandbox.seccomp
-#   tcpdump      loopback capture for the whole-system canary test (tests/test_canary_system.py:
-#                it proves no prompt crosses the wire in the clear; without tcpdump it skips,
-#                or fails under VEIL_REQUIRE_CAPTURE=1)
 #   haproxy      the load balancer in front of `veil up --workers N` / `--coordinators N` and the
 #                shipped RFC 9458 relay (deploy/haproxy/; tests/test_haproxy_*.py)
 #   runsc        gVisor, the second sandbox profile (optional: not every distribution ships it;
@@ -12,7 +10,7 @@
 # Runs as root in CI (make); elsewhere it uses sudo when present.
 set -eu
 
-REQUIRED="bubblewrap libseccomp2 tcpdump haproxy"
+REQUIRED="bubblewrap libseccomp2 haproxy"
 OPTIONAL="runsc"
 
 installed() {

@@ -1,13 +1,17 @@
 #!/bin/sh
 # Install the Debian packages Veil's *tests* need, only those missing (idempotent, quick when done).
+#   tcpdump      loopback capture for the whole-system canary test (tests/test_canary_system.py:
+#                it proves no prompt crosses the wire in the clear; without tcpdump it skips,
+#                or fails under VEIL_REQUIRE_CAPTURE=1)
 #   postgresql   a private PostgreSQL server for tests/test_coordinator_postgres.py (coordinators
 #                sharing one database). The test starts its own server with initdb/pg_ctl as the
 #                `postgres` user in a temporary directory; the distribution's cluster is not used.
 #                Without the binaries that test is skipped (unless VEIL_REQUIRE_POSTGRES=1).
+# Without root or apt these are reported and the tests needing them skip (CI requires them).
 # Runs as root in CI (make); elsewhere it uses sudo when present.
 set -eu
 
-REQUIRED="postgresql"
+REQUIRED="tcpdump postgresql"
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"

@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,13 +32,11 @@ from veil.client.policy import ClientPolicy
 from veil.client.verify import verify_coordinator
 from veil.client.manifest_log import ManifestLog
 from veil.errors import ParseError, PolicyError, ProtocolError, VeilError
-from veil.httputil import error_of
 from veil.manifest import Manifest, SignedManifest, TenantEntry, public_key_hex, sign_manifest
 from veil.sealing.format import KEY_SIZE
 from veil.sealing.seal import generate_data_key
 
 TENANT_KEY_PREFIX = "veil-"
-_Key = TypeVar("_Key", Ed25519PrivateKey, X25519PrivateKey)
 
 
 class AdminError(VeilError):
@@ -56,7 +54,7 @@ def _create_owner_only(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _load_private_key(path: Path, kind: type[_Key]) -> _Key:
+def _load_private_key(path: Path, kind: type[Any]) -> Any:
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -66,7 +64,7 @@ def _load_private_key(path: Path, kind: type[_Key]) -> _Key:
     return key
 
 
-def _load_or_create_key(path: Path, kind: type[_Key]) -> _Key:
+def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
     if path.exists():
         return _load_private_key(path, kind)
     key = kind.generate()
@@ -179,7 +177,7 @@ def publish_tenant(
 def _check(resp: httpx.Response) -> dict[str, Any]:
     if resp.status_code == 200:
         return resp.json()
-    raise AdminError(*error_of(resp))
+    raise AdminError(*wire.error_of(resp))
 
 
 def publish_manifest(coordinator_url: str, signed: SignedManifest, http: httpx.Client | None = None) -> None:

@@ -1,14 +1,18 @@
-"""HTTP plumbing shared by Veil's servers: body size limits and errors as reason codes."""
+"""HTTP plumbing shared by Veil's servers: body size limits and errors as reason codes.
+
+Server side only (Starlette); the error body's shape and its client-side decoder are wire
+agreements and live in ``veil.wire``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from veil.errors import ParseError, PolicyError, ProtocolError, VeilError, VerificationError
+from veil.wire import error_body
 
 STATUS_BY_ERROR: dict[type[VeilError], int] = {
     ParseError: 400,
@@ -16,21 +20,6 @@ STATUS_BY_ERROR: dict[type[VeilError], int] = {
     VerificationError: 403,
     PolicyError: 403,
 }
-
-
-def error_body(reason: str, message: str) -> dict[str, Any]:
-    return {"error": {"reason": reason, "message": message}}
-
-
-def error_of(resp: Any) -> tuple[str, str]:
-    """(reason, message) of an error answer in Veil's shape; a fallback when it is not one."""
-    try:
-        err = resp.json().get("error", {})
-    except (ValueError, AttributeError):
-        err = {}
-    if not isinstance(err, dict):
-        err = {}
-    return str(err.get("reason", f"http.{resp.status_code}")), str(err.get("message", resp.text[:200]))
 
 
 def error_response(err: VeilError, status: int | None = None) -> JSONResponse:

@@ -67,7 +67,7 @@ def import_ohttp_keys(records: list[dict[str, object]]) -> "KeyStore":
     for rec in records:
         try:
             config = KeyConfig.decode(bytes.fromhex(str(rec["config"])))
-            pair = KeyPair.from_private_bytes(int(rec["key_id"]), bytes.fromhex(str(rec["private_key"])), config.suites)
+            pair = KeyPair.from_private_bytes(int(str(rec["key_id"])), bytes.fromhex(str(rec["private_key"])), config.suites)
         except (KeyError, ValueError, TypeError):
             raise ProtocolError("keyrelease.bad_ohttp_key", "released OHTTP key record is malformed") from None
         if pair.config != config:

@@ -66,7 +66,7 @@ class ReleasePolicy(_Strict):
     min_tcb: dict[TcbComponent, int] = Field(default_factory=dict)
     require_gpu: bool = False
     gpu_platforms: list[str] = Field(default_factory=list)
-    roles: list[Literal["worker"]] = Field(default_factory=lambda: ["worker"])
+    roles: list[Literal["worker"]] = ["worker"]  # pydantic copies mutable defaults
 
 
 class SandboxSettings(_Strict):

@@ -1,12 +1,14 @@
-"""What both ends of Veil's protocols agree on: URL paths, media types, HPKE labels, padding buckets.
+"""What both ends of Veil's protocols agree on: paths, media types, HPKE labels, padding, error bodies.
 
 One module, imported by the client, the admin library, the worker and the coordinator alike, so a
 path or a label can never drift between the side that sends and the side that checks. It imports
-nothing: every other layer may depend on it. Changing any value here is a wire-format change
+nothing of Veil's: every other layer may depend on it. Changing any value here is a wire-format change
 (old clients and workers stop understanding each other); the ``v1`` suffixes exist for that.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 # -- worker: the OHTTP gateway ---------------------------------------------------------------------
 
@@ -56,3 +58,21 @@ RECOVERY_UPLOAD_INFO = b"veil/state-key-restore/v1"  # recovery key holder -> a 
 WHOLE_CEILING = 1 << 20  # whole messages: powers of two up to 1 MiB, then multiples of 1 MiB
 CHUNK_CEILING = 1 << 16  # streamed chunks: at most 64 KiB of plaintext each
 DEFAULT_REQUEST_PADDING = 256  # inner requests padded to the next power of two >= 256 bytes
+
+# -- error bodies (outside the encryption, and the coordinator's answers) ------------------------------
+
+
+def error_body(reason: str, message: str) -> dict[str, Any]:
+    """Veil's error answer: ``{"error": {"reason": <dotted code>, "message": <text>}}``."""
+    return {"error": {"reason": reason, "message": message}}
+
+
+def error_of(resp: Any) -> tuple[str, str]:
+    """(reason, message) of an HTTP answer in that shape (an httpx response); a fallback when not."""
+    try:
+        err = resp.json().get("error", {})
+    except (ValueError, AttributeError):
+        err = {}
+    if not isinstance(err, dict):
+        err = {}
+    return str(err.get("reason", f"http.{resp.status_code}")), str(err.get("message", resp.text[:200]))

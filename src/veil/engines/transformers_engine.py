@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,18 +51,6 @@ OFFLINE_ENV = {
 }
 
 
-class ChatRequest(ChatCompletionRequest):
-    """OpenAI's chat body plus ``stream_options`` (``include_usage`` adds a final usage chunk)."""
-
-    stream_options: dict[str, Any] | None = None
-
-
-class TextRequest(CompletionRequest):
-    """OpenAI's completion body plus ``stream_options``."""
-
-    stream_options: dict[str, Any] | None = None
-
-
 @dataclass
 class Generation:
     """What one request asked for, already tokenised and checked against the context window."""
@@ -88,7 +76,11 @@ def _make_streamer(tokenizer: Any, put: Any) -> Any:
     """
     from transformers import TextIteratorStreamer
 
-    class _LoopStreamer(TextIteratorStreamer):
+    class _LoopStreamer(TextIteratorStreamer):  # type: ignore[misc]  # transformers is untyped here
+        token_cache: list[int]
+        print_len: int
+        next_tokens_are_prompt: bool
+
         def put(self, value: Any) -> None:
             if len(value.shape) > 1:
                 value = value[0]
@@ -157,7 +149,7 @@ class TransformersBackend:
     def encode_text(self, prompt: str) -> Any:
         return self.tokenizer(prompt, return_tensors="pt")["input_ids"]
 
-    def plan(self, input_ids: Any, req: ChatRequest | TextRequest, max_tokens: int | None,
+    def plan(self, input_ids: Any, req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None,
              param: str) -> Generation:
         """Check the request fits the context window (OpenAI's 400 if not) and fix max tokens."""
         prompt = int(input_ids.shape[1])
@@ -204,7 +196,7 @@ class TransformersBackend:
         n = len(new) - (1 if finish == "stop" else 0)
         put(("end", finish, n))
 
-    async def stream(self, gen: Generation) -> AsyncIterator[tuple[str, Any, Any]]:
+    async def stream(self, gen: Generation) -> AsyncGenerator[tuple[str, Any, Any], None]:
         """Yield ("text", str, None)... then ("end", finish_reason, completion_tokens).
 
         Stop sequences are cut here (OpenAI leaves them out of the text); text that might be the
@@ -350,7 +342,7 @@ def create_app(backend: TransformersBackend) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        req: ChatRequest = await parse_body(request, ChatRequest)
+        req = await parse_body(request, ChatCompletionRequest)
         check_model(req.model, backend.model_id)
         if not backend.has_chat_template:
             raise EngineAPIError(400, f"{backend.model_id} has no chat template; use "
@@ -362,19 +354,19 @@ def create_app(backend: TransformersBackend) -> FastAPI:
             raise EngineAPIError(400, "the model's chat template refused these messages",
                                  "invalid_messages", "messages") from None
         gen = backend.plan(ids, req, req.max_completion_tokens or req.max_tokens, "messages")
-        usage = bool((req.stream_options or {}).get("include_usage"))
+        usage = req.include_usage
         return await respond(gen, True, req.stream, usage)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req: TextRequest = await parse_body(request, TextRequest)
+        req = await parse_body(request, CompletionRequest)
         check_model(req.model, backend.model_id)
         if req.suffix is not None:
             raise EngineAPIError(400, "this engine has no fill-in-the-middle support; suffix is "
                                  "unsupported", "unsupported_suffix", "suffix")
         prompt = req.single_prompt()
         gen = backend.plan(backend.encode_text(prompt), req, req.max_tokens, "prompt")
-        usage = bool((req.stream_options or {}).get("include_usage"))
+        usage = req.include_usage
         return await respond(gen, False, req.stream, usage, prefix=prompt if req.echo else "")
 
     return app

@@ -2,8 +2,6 @@
 
 from veil.ohttp.bhttp import Request, Response, decode_request, decode_response, encode_request, encode_response
 from veil.ohttp.chunked import (
-    MEDIA_TYPE_CHUNKED_REQUEST,
-    MEDIA_TYPE_CHUNKED_RESPONSE,
     ChunkedRequestReceiver,
     ChunkedRequestSender,
     ChunkedResponseReceiver,
@@ -11,7 +9,6 @@ from veil.ohttp.chunked import (
 )
 from veil.ohttp.keyconfig import (
     DEFAULT_SUITE,
-    MEDIA_TYPE_KEYS,
     KeyConfig,
     KeyPair,
     KeyStore,
@@ -20,12 +17,17 @@ from veil.ohttp.keyconfig import (
     encode_key_config_list,
 )
 from veil.ohttp.ohttp import (
-    MEDIA_TYPE_REQUEST,
-    MEDIA_TYPE_RESPONSE,
     ClientResponseContext,
     ServerResponseContext,
     decapsulate_request,
     encapsulate_request,
+)
+from veil.wire import (
+    MEDIA_TYPE_CHUNKED_REQUEST,
+    MEDIA_TYPE_CHUNKED_RESPONSE,
+    MEDIA_TYPE_KEYS,
+    MEDIA_TYPE_REQUEST,
+    MEDIA_TYPE_RESPONSE,
 )
 
 __all__ = [

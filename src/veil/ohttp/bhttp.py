@@ -396,7 +396,7 @@ class ResponseStreamDecoder:
             step = self._step()
             if step is None:
                 break
-            if step is not True:
+            if not isinstance(step, bool):
                 events.append(step)
         return events
 

@@ -23,13 +23,7 @@ from veil.errors import ParseError, ProtocolError
 from veil.ohttp.bhttp import decode_varint, encode_varint
 from veil.ohttp.keyconfig import KeyConfig, KeyStore, SymmetricSuite
 from veil.ohttp.ohttp import HEADER_LEN, ResponseAead, response_nonce_len, setup_recipient, setup_sender
-from veil.wire import (
-    FINAL_AAD,
-    LABEL_CHUNKED_REQUEST,
-    LABEL_CHUNKED_RESPONSE,
-    MEDIA_TYPE_CHUNKED_REQUEST,
-    MEDIA_TYPE_CHUNKED_RESPONSE,
-)
+from veil.wire import FINAL_AAD, LABEL_CHUNKED_REQUEST, LABEL_CHUNKED_RESPONSE
 
 DEFAULT_MAX_CHUNK = 1 << 20
 _REORDER_WINDOW = 8

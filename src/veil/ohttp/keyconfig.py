@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from veil.errors import ParseError, ProtocolError
-from veil.wire import MEDIA_TYPE_KEYS
 
 KEM_X25519_SHA256 = 0x0020
 KDF_HKDF_SHA256 = 0x0001

@@ -21,11 +21,11 @@ from pyhpke.context_interface import ContextInterface
 from veil.errors import ParseError, ProtocolError
 from veil.ohttp.keyconfig import AEAD_AES_128_GCM, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, AEAD_PARAMS
 from veil.ohttp.keyconfig import KEM_ENC_LEN, KeyConfig, KeyStore, SymmetricSuite
-from veil.wire import LABEL_REQUEST, LABEL_RESPONSE, MEDIA_TYPE_REQUEST, MEDIA_TYPE_RESPONSE
+from veil.wire import LABEL_REQUEST, LABEL_RESPONSE
 
 HEADER_LEN = 7  # key id (1) + KEM, KDF, AEAD ids (2 each)
 
-_AEAD_CLASSES = {AEAD_AES_128_GCM: AESGCM, AEAD_AES_256_GCM: AESGCM, AEAD_CHACHA20_POLY1305: ChaCha20Poly1305}
+_AEAD_CLASSES: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {AEAD_AES_128_GCM: AESGCM, AEAD_AES_256_GCM: AESGCM, AEAD_CHACHA20_POLY1305: ChaCha20Poly1305}
 
 
 def _suite(kem_id: int, suite: SymmetricSuite) -> CipherSuite:

@@ -22,9 +22,12 @@ from typing import Protocol
 class ProfileLike(Protocol):
     """What the command builder reads from a ``SandboxProfile`` (kept pydantic-free for speed)."""
 
-    allow_gpu: bool
-    ro_paths: tuple[str, ...]
-    landlock: bool
+    @property
+    def allow_gpu(self) -> bool: ...
+    @property
+    def ro_paths(self) -> tuple[str, ...]: ...
+    @property
+    def landlock(self) -> bool: ...
 
 
 # System directories the dynamic loader and Python need; symlinks (merged /usr) are recreated.

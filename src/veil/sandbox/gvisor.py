@@ -97,7 +97,7 @@ def _make_rootfs(rootfs: str, config: dict[str, object]) -> None:
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
             os.symlink(os.readlink(path), rootfs + path)
-    for mount in config["mounts"]:  # type: ignore[union-attr]
+    for mount in config["mounts"]:  # type: ignore[attr-defined]
         dest = rootfs + mount["destination"]
         if os.path.isfile(mount["source"]):
             os.makedirs(os.path.dirname(dest), exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import os
 import secrets
 from dataclasses import replace
@@ -40,7 +41,7 @@ def generate_data_key() -> bytes:
     return secrets.token_bytes(KEY_SIZE)
 
 
-def read_exact(f: BinaryIO, view: memoryview) -> int:
+def read_exact(f: io.RawIOBase | io.BufferedIOBase, view: memoryview) -> int:
     """Fill ``view`` unless EOF comes first; returns the bytes read."""
     got = 0
     while got < len(view):
@@ -66,7 +67,7 @@ def _digest(src: Path, progress: Progress | None) -> tuple[int, bytes]:
     return done, h.digest()
 
 
-def encrypt_stream(fin: BinaryIO, fout: BinaryIO, key: bytes, header: SealedHeader,
+def encrypt_stream(fin: io.RawIOBase | io.BufferedIOBase, fout: BinaryIO, key: bytes, header: SealedHeader,
                    progress: Progress | None = None, *, salt: bytes | None = None,
                    nonce_prefix: bytes | None = None) -> tuple[bytes, str]:
     """Write ``header`` and the encrypted segments of ``fin`` (exactly header.plaintext_size bytes).

@@ -19,7 +19,6 @@ from veil import keyrelease, wire
 from veil.attest.attester import Attester
 from veil.attest.binding import worker_report_data
 from veil.errors import ProtocolError, VeilError
-from veil.httputil import error_of
 
 
 class RegistrationRefused(VeilError):
@@ -63,7 +62,7 @@ def register(
         json={"nonce": nonce.hex(), "public_key": public.hex(), "evidence": evidence, "worker_id": worker_id},
     )
     if resp.status_code != 200:
-        raise RegistrationRefused(*error_of(resp))
+        raise RegistrationRefused(*wire.error_of(resp))
     body = resp.json()
     try:
         blob = base64.b64decode(body["sealed_secrets"], validate=True)
