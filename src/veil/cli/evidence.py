@@ -214,7 +214,7 @@ def load_policy(model: type[BaseModel], inputs: EvidenceFiles) -> Any:
         except ValidationError as exc:
             raise ParseError("cli.malformed_policy", f"{inputs.policy} is not a valid policy: {exc}") from None
     if inputs.allow_debug:
-        updates = {name: sub.model_copy(update={"allow_debug": True})
+        updates: dict[str, Any] = {name: sub.model_copy(update={"allow_debug": True})
                    for name, sub in policy if isinstance(sub, BaseModel) and "allow_debug" in type(sub).model_fields}
         if "allow_debug" in model.model_fields:
             updates["allow_debug"] = True

@@ -23,7 +23,7 @@ from veil.attest.evidence import appraise_evidence, trust_for
 from veil.attest.registry import is_simulated
 from veil.client.manifest_log import ManifestLog
 from veil.client.policy import ClientPolicy
-from veil.errors import ParseError, PolicyError, VeilError, VerificationError
+from veil.errors import ParseError, PolicyError, VerificationError
 from veil.manifest import SignedManifest, valid_signers
 from veil.ohttp.keyconfig import KeyConfig, decode_key_config_list
 

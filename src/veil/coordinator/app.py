@@ -23,7 +23,7 @@ from veil.attest.evidence import appraise_worker_evidence, trust_for
 from veil.coordinator import release
 from veil.coordinator.nonces import NonceStore
 from veil.coordinator.state import CoordinatorState, WorkerRecord
-from veil.errors import ParseError, PolicyError, VeilError, VerificationError
+from veil.errors import ParseError, VeilError, VerificationError
 from veil.httputil import BodyLimitMiddleware, error_response, veil_error_handler
 from veil.manifest import SignedManifest
 

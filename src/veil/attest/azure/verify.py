@@ -127,7 +127,7 @@ def snp_hardware(chain_pem: bytes | None = None, crl: bytes | None = None) -> Ha
     ``chain_pem`` is ASK then ARK; when None, the SNP collateral cache's chain for the report's
     product is used (Azure evidence carries only the VCEK).
     """
-    from veil.attest.snp import kds
+    from veil.attest.collateral import CollateralCache
     from veil.attest.snp.abi import parse_report
     from veil.attest.snp.verify import load_certificate, vcek_extensions, verify_report
 
@@ -141,7 +141,7 @@ def snp_hardware(chain_pem: bytes | None = None, crl: bytes | None = None) -> Ha
             product = report.product or next((p for p in ("Milan", "Genoa", "Turin") if p in name), None)
             if product is None:
                 raise ParseError("cli.missing_input", "unknown SNP product: pass --chain")
-            chain = kds.CollateralCache().read_cert_chain(product)
+            chain = CollateralCache().read_cert_chain(product)
             if chain is None:
                 raise ParseError("cli.missing_input", f"no ASK/ARK chain for {product}: pass --chain")
         return verify_report(report, evidence.vcek, chain, as_of=as_of, crl=crl).claims()

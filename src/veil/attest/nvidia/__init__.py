@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from veil.attest.claims import Verdict
-from veil.attest.nvidia.abi import AttestationReport, load_report, parse_report
+from veil.attest.nvidia.abi import AttestationReport, parse_report
 from veil.attest.nvidia.rim import ReferenceMeasurement
 from veil.attest.nvidia.validate import (
     DEFAULT_POLICY,

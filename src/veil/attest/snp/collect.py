@@ -221,12 +221,13 @@ def get_report(
 def to_evidence(collected: CollectedReport, *, cache: Any = None, product: str | None = None) -> "SnpEvidence":
     """Pair a collected report with its collateral: the host's certificate table first, then the cache.
 
-    ``cache`` is a ``kds.CollateralCache``; ``product`` is needed for v2 reports (no CPUID fields).
+    ``cache`` is a ``veil.attest.collateral.CollateralCache``; ``product`` is needed for v2 reports (no CPUID fields).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from veil.attest.snp import SnpEvidence, kds
+    from veil.attest.collateral import CollateralCache
+    from veil.attest.snp import SnpEvidence
     from veil.attest.snp.abi import TcbVersion, parse_report
 
     report = parse_report(collected.report)
@@ -240,7 +241,7 @@ def to_evidence(collected: CollectedReport, *, cache: Any = None, product: str |
             x509.load_der_x509_certificate(certs[n]).public_bytes(Encoding.PEM) for n in ("ask", "ark")
         )
     crl = certs.get("crl")
-    cache = cache or kds.CollateralCache()
+    cache = cache or CollateralCache()
     if product is not None:
         if leaf is None:
             leaf = cache.read_vcek(product, report.chip_id, TcbVersion.decode(report.reported_tcb, product))

@@ -50,7 +50,7 @@ class SnpEvidence:
         return out
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any] | str | bytes) -> "SnpEvidence":
+    def from_json(cls, obj: object) -> "SnpEvidence":
         """Read ``to_json()`` output (a dict or its JSON text); ParseError when malformed."""
         if isinstance(obj, (str, bytes)):
             try:
