@@ -8,6 +8,7 @@ claims of genuine-but-refused evidence kept (as ``veil evidence verify`` shows t
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from veil.attest.api import Binding, VerifiedEvidence, VerifyOptions, summary
@@ -16,6 +17,32 @@ from veil.attest.snp import SnpEvidence, SnpPolicy
 from veil.attest.tdx import TdxEvidence, TdxPolicy
 from veil.attest.trust import TrustRoots
 from veil.errors import VeilError
+
+
+AMD_DATA = Path(__file__).parent / "data" / "amd"
+
+
+class StaticCollateral:
+    """A verifier's collateral cache holding fixed CRLs: AMD's real Milan and Genoa VCEK CRLs by
+    default (tests/data/amd, from openpcc/openpcc's testdata; Milan: issued 2025-05-06, next
+    update 2026-05-12; Genoa: 2024-10-23 .. 2025-11-03)."""
+
+    def __init__(self, crls: dict[tuple[str, str], bytes] | None = None) -> None:
+        if crls is None:
+            crls = {(p, "vcek"): (AMD_DATA / f"{p}-vcek-crl.der").read_bytes() for p in ("Milan", "Genoa")}
+        self.crls = crls
+
+    def read_crl(self, product: str, kind: str = "vcek") -> bytes | None:
+        return self.crls.get((product, kind))
+
+    def read_vcek(self, product: str, chip_id: bytes, tcb: Any) -> bytes | None:
+        return None
+
+    def read_tdx(self, fmspc: str) -> dict[str, Any] | None:
+        return None
+
+
+AMD_CRLS = StaticCollateral()
 
 
 def _options(trust: TrustRoots | None, as_of: datetime | None, expected: bytes | None, collateral: Any) -> VerifyOptions:
@@ -40,7 +67,7 @@ def snp_verdict(
     trust: TrustRoots | None = None,
     as_of: datetime | None = None,
     expected_report_data: bytes | None = None,
-    collateral: Any = None,
+    collateral: Any = AMD_CRLS,
 ) -> Verdict:
     from veil.attest.snp.platform import SEV_SNP, verify_evidence
 

@@ -24,7 +24,8 @@ from veil.cli import collateral
 from veil.cli.main import app as veil_app
 
 runner = CliRunner()
-AS_OF = "2025-01-01T00:00:00Z"
+AS_OF = "2025-06-01T00:00:00Z"
+MILAN_CRL = (Path(__file__).parent / "data" / "amd" / "Milan-vcek-crl.der").read_bytes()  # AMD's real one
 KDS = "https://kdsintf.amd.com"
 # From the vector's README: Milan, reported TCB bl 3 / tee 0 / snp 8 / ucode 115. The chip id is
 # the report's 64 bytes at 0x1A0, read here directly rather than through Veil's parser.
@@ -122,15 +123,15 @@ def test_urls_for_the_milan_report(milan, tmp_path, monkeypatch) -> None:
 
 
 def test_evidence_verify_works_offline_from_the_filled_cache(milan, tmp_path, monkeypatch) -> None:
-    fake = FakeKds((milan / "vcek.der").read_bytes(), (milan / "ask_ark.pem").read_bytes())
+    fake = FakeKds((milan / "vcek.der").read_bytes(), (milan / "ask_ark.pem").read_bytes(), MILAN_CRL)
     fake.install(monkeypatch)
     code, out = fetch("--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path),
-                      "--no-crl", "--as-of", AS_OF)
+                      "--as-of", AS_OF)
     assert code == 0, out
     monkeypatch.setenv("VEIL_COLLATERAL_DIR", str(tmp_path))
-    # the VCEK as the cache holds it, and no --chain: the chain is read from the cache
+    # the VCEK as the cache holds it, and no --chain or --crl: both are read from the cache
     shown = json.loads(runner.invoke(collateral.app, ["show", "--report", str(milan / "report.bin"), "--json"]).stdout)
-    assert shown["cached"] and shown["product"] == "Milan" and shown["crl"] is None
+    assert shown["cached"] and shown["product"] == "Milan" and shown["crl"] is not None
     code, out = verify("--report", str(milan / "report.bin"), "--vcek", shown["vcek"], "--as-of", AS_OF)
     assert code == 0, out
     assert out["verdict"] == "accept" and out["claims"]["measurement"].startswith("7a1e5c26")
@@ -141,6 +142,9 @@ def test_evidence_verify_with_the_report_alone(milan, tmp_path, monkeypatch) -> 
     assert fetch("--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path),
                  "--no-crl", "--as-of", AS_OF)[0] == 0
     monkeypatch.setenv("VEIL_COLLATERAL_DIR", str(tmp_path))
+    code, out = verify("--report", str(milan / "report.bin"), "--as-of", AS_OF)
+    assert code == 1 and out["reason"] == "snp.crl_missing", out  # --no-crl cached no revocation data
+    CollateralCache(tmp_path).write_crl("Milan", MILAN_CRL)
     code, out = verify("--report", str(milan / "report.bin"), "--as-of", AS_OF)
     assert code == 0, out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 from veil.cli.main import app
 
 runner = CliRunner()
+MILAN_CRL = str(Path(__file__).parent / "data" / "amd" / "Milan-vcek-crl.der")  # AMD's real CRL (openpcc testdata)
 
 
 def run(*args: str):
@@ -20,20 +22,36 @@ def run(*args: str):
 def test_snp_milan_accepted(vectors) -> None:
     d = vectors / "sev-snp" / "milan-vcek"
     code, out = run("--platform", "sev-snp", "--report", str(d / "report.bin"), "--vcek", str(d / "vcek.der"),
-                    "--chain", str(d / "ask_ark.pem"), "--as-of", "2025-01-01T00:00:00Z")
+                    "--chain", str(d / "ask_ark.pem"), "--crl", MILAN_CRL, "--as-of", "2025-06-01T00:00:00Z")
     assert code == 0, out
     assert out["verdict"] == "accept"
     assert out["claims"]["measurement"].startswith("7a1e5c26")
+    names = [c["check"] for c in out["checks"]]
+    assert names[:4] == ["report signature", "certificate chain", "certificate validity", "revocation (CRL)"]
+    assert "binding" in names and "minimum TCB" in names
+
+
+def test_snp_refusals_exit_by_error_type(vectors, tmp_path) -> None:
+    d = vectors / "sev-snp" / "milan-vcek"
+    base = ["--platform", "sev-snp", "--report", str(d / "report.bin"), "--vcek", str(d / "vcek.der"),
+            "--as-of", "2025-06-01T00:00:00Z", "--cache", str(tmp_path)]
+    code, out = run(*base)  # no CRL anywhere: a VerificationError, exit 1
+    assert code == 1 and out["reason"] == "snp.crl_missing" and out["error"] == "verification"
+    code, out = run(*base, "--crl", MILAN_CRL, "--report-data", "00" * 64)  # bound to something else
+    assert code == 1 and out["reason"] == "binding.report_data_mismatch"
+    (tmp_path / "p.json").write_text("{\"nope\": 1}")
+    code, out = run(*base, "--crl", MILAN_CRL, "--policy", str(tmp_path / "p.json"))  # a ParseError: exit 2
+    assert code == 2 and out["reason"] == "cli.malformed_policy" and out["error"] == "parse"
 
 
 def test_snp_debug_rejected_then_allowed(vectors) -> None:
     d = vectors / "sev-snp" / "milan-debug"
     args = ["--platform", "sev-snp", "--report", str(d / "report.bin"), "--vcek", str(d / "vcek.der"),
-            "--chain", str(d / "ask_ark.pem"), "--as-of", "2025-01-01T00:00:00Z"]
+            "--chain", str(d / "ask_ark.pem"), "--crl", MILAN_CRL, "--as-of", "2025-06-01T00:00:00Z"]
     code, out = run(*args)
     assert code == 1 and out["reason"] == "snp.debug_guest"
     code, out = run(*args, "--allow-debug")
-    assert code == 0, out
+    assert code == 1 and out["reason"] == "snp.tcb_too_old", out  # pre-production firmware 2/0/5/68
 
 
 def test_tdx_uptodate_and_expired(vectors) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from veil.attest.sim import SimPlatform, measure_code
 from attest_verdicts import snp_verdict
 from veil.attest.snp import SnpEvidence, SnpPolicy
+from veil.attest.snp.validate import MinimumTcb
 from veil.attest.trust import TrustRoots
 from veil.attest.snp.abi import REPORT_SIZE, TcbVersion, parse_report
 from veil.attest.snp.verify import vcek_extensions
@@ -99,7 +100,10 @@ def test_load_missing(tmp_path: Path) -> None:
 
 def test_custom_tcb(tmp_path: Path) -> None:
     p = SimPlatform.create(tmp_path, tcb=TcbVersion(1, 2, 3, 4))
-    v = snp_verdict(p.attest(b"", measurement=bytes(48)), trust=TrustRoots.production().with_simulation(p.root_fingerprint))
+    trust = TrustRoots.production().with_simulation(p.root_fingerprint)
+    ev = p.attest(b"", measurement=bytes(48))
+    assert snp_verdict(ev, trust=trust).reason == "snp.tcb_too_old"  # below Milan's production floor
+    v = snp_verdict(ev, SnpPolicy(minimum_tcb=MinimumTcb(bootloader=1, snp=3, microcode=4)), trust=trust)
     assert v.accepted and v.claims and v.claims.tcb == {"bootloader": 1, "tee": 2, "snp": 3, "microcode": 4}
 
 

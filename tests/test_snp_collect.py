@@ -5,6 +5,8 @@ The fake "kernel" answers with simulated reports; nothing here has touched real 
 
 from __future__ import annotations
 
+import dataclasses
+
 import ctypes
 import struct
 from pathlib import Path
@@ -89,10 +91,11 @@ def test_configfs_report_verifies(tmp_path: Path, sim: SimPlatform) -> None:
             "vcek": sim.vcek_der,
             "ask": sim.ask.public_bytes(serialization.Encoding.DER),
             "ark": sim.ark.public_bytes(serialization.Encoding.DER),
+            "crl": sim.current_crl(),
         }
     )
     got = collect.get_report(b"k" * 64, tsm=FakeKernel(tmp_path, sim, aux=aux), device=tmp_path / "none")
-    assert set(got.certificates) == {"vcek", "ask", "ark"}
+    assert set(got.certificates) == {"vcek", "ask", "ark", "crl"}
     ev = collect.to_evidence(got, cache=CollateralCache(tmp_path / "cache"))
     v = snp_verdict(ev, SnpPolicy(), trust=TrustRoots.production().with_simulation(sim.root_fingerprint), expected_report_data=b"k" * 64)
     assert v.accepted and v.claims and v.claims.simulated
@@ -107,9 +110,14 @@ def test_to_evidence_from_cache(tmp_path: Path, sim: SimPlatform) -> None:
     assert err.value.reason == "snp.collateral_missing"
     report = parse_report(got.report)
     cache.write_vcek("Milan", report.chip_id, TcbVersion.decode(report.reported_tcb, "Milan"), sim.vcek_der)
-    cache.write_cert_chain("Milan", sim.chain_pem)
+    with pytest.raises(ProtocolError) as err:  # a VCEK but no CRL: clients could not check revocation
+        collect.to_evidence(got, cache=cache)
+    assert err.value.reason == "snp.collateral_missing" and "CRL" in err.value.message
+    cache.write_crl("Milan", sim.current_crl())
     ev = collect.to_evidence(got, cache=cache)
-    assert snp_verdict(ev, trust=TrustRoots.production().with_simulation(sim.root_fingerprint)).accepted
+    assert ev.chain_pem == b""  # the host sent no chain: the verifier uses the (here: simulated) root's
+    assert snp_verdict(dataclasses.replace(ev, chain_pem=sim.chain_pem),
+                       trust=TrustRoots.production().with_simulation(sim.root_fingerprint)).accepted
 
 
 def test_configfs_race_and_provider(tmp_path: Path, sim: SimPlatform) -> None:

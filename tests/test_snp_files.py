@@ -15,6 +15,7 @@ from veil.attest.snp.verify import load_certificate
 from cryptography.hazmat.primitives import serialization
 
 AS_OF = dt.datetime(2025, 6, 1, tzinfo=dt.timezone.utc)
+CRL = Path(__file__).parent / "data" / "amd" / "Milan-vcek-crl.der"  # AMD's real one (openpcc testdata)
 
 
 def _inputs(d: Path, **kw: object) -> EvidenceFiles:
@@ -24,6 +25,7 @@ def _inputs(d: Path, **kw: object) -> EvidenceFiles:
         "report": d / "report.bin",
         "vcek": d / "vcek.der",
         "chain": d / "ask_ark.pem",
+        "crl": CRL,
     }
     base.update(kw)
     return EvidenceFiles(**base)  # type: ignore[arg-type]
@@ -34,10 +36,12 @@ def test_accept(vectors: Path) -> None:
     assert v.accepted and v.to_json()["verdict"] == "accept"
 
 
-def test_debug_flag(vectors: Path) -> None:
+def test_debug_flag(vectors: Path, tmp_path: Path) -> None:
     d = vectors / "sev-snp" / "milan-debug"
     assert verify_files(_inputs(d)).reason == "snp.debug_guest"
-    assert verify_files(_inputs(d, allow_debug=True)).accepted
+    assert verify_files(_inputs(d, allow_debug=True)).reason == "snp.tcb_too_old"  # pre-production firmware
+    (tmp_path / "p.json").write_text(json.dumps({"minimum_tcb": {"bootloader": 2, "snp": 5, "microcode": 68}}))
+    assert verify_files(_inputs(d, allow_debug=True, policy=tmp_path / "p.json")).accepted
 
 
 def test_pem_vcek(vectors: Path, tmp_path: Path) -> None:
@@ -55,12 +59,20 @@ def test_policy_file(vectors: Path, tmp_path: Path) -> None:
     assert verify_files(_inputs(d, policy=tmp_path / "bad.json")).reason == "cli.malformed_policy"
 
 
-def test_chain_from_cache(vectors: Path, tmp_path: Path) -> None:
+def test_vcek_alone_verifies_with_amds_chain(vectors: Path, tmp_path: Path) -> None:
     d = vectors / "sev-snp" / "milan-vcek"
-    v = verify_files(_inputs(d, chain=None, cache_dir=tmp_path))
-    assert not v.accepted and v.reason == "cli.missing_input"
-    CollateralCache(tmp_path).write_cert_chain("Milan", (d / "ask_ark.pem").read_bytes())
-    assert verify_files(_inputs(d, chain=None, cache_dir=tmp_path)).accepted
+    v = verify_files(_inputs(d, chain=None, cache_dir=tmp_path))  # empty cache: AMD's ASK/ARK shipped with Veil
+    assert v.accepted, v
+    assert any("AMD's, shipped with Veil" in c.result for c in v.checks)
+
+
+def test_crl_is_required_and_read_from_the_cache(vectors: Path, tmp_path: Path) -> None:
+    d = vectors / "sev-snp" / "milan-vcek"
+    v = verify_files(_inputs(d, crl=None, cache_dir=tmp_path))
+    assert v.reason == "snp.crl_missing" and v.error == "verification"
+    CollateralCache(tmp_path).write_crl("Milan", CRL.read_bytes())
+    v = verify_files(_inputs(d, crl=None, cache_dir=tmp_path))
+    assert v.accepted and any(c.name == "revocation (CRL)" and "#6 issued 2025-05-06" in c.result for c in v.checks)
 
 
 def test_missing_inputs(vectors: Path, tmp_path: Path) -> None:

@@ -66,8 +66,21 @@ def test_minimum_tcb(report: Report) -> None:
 
 def test_minimum_tcb_turin_fmc(report: Report) -> None:
     turin = dataclasses.replace(report, reported_tcb=TcbVersion(1, 2, 3, 4, fmc=1).encode())
-    validate_report(turin, SnpPolicy(minimum_tcb=MinimumTcb(fmc=1)), "Turin")
-    _refused(turin, SnpPolicy(minimum_tcb=MinimumTcb(fmc=2)), "snp.tcb_too_old", "Turin")
+    validate_report(turin, SnpPolicy(minimum_tcb=MinimumTcb(fmc=1, microcode=4)), "Turin")
+    _refused(turin, SnpPolicy(minimum_tcb=MinimumTcb(fmc=2, microcode=4)), "snp.tcb_too_old", "Turin")
+    _refused(turin, SnpPolicy(), "snp.tcb_too_old", "Turin")  # ucode 4 is below Turin's floor (9)
+
+
+def test_production_floors_per_product(report: Report) -> None:
+    """Unset components take the product's floor; set ones override it (either way)."""
+    from veil.attest.snp.validate import DEFAULT_MINIMUM_TCB
+
+    assert DEFAULT_MINIMUM_TCB["Milan"].to_json() == {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
+    validate_report(report, SnpPolicy(), "Milan")  # the real Milan report sits exactly at the floor
+    old = dataclasses.replace(report, reported_tcb=TcbVersion(3, 0, 7, 115).encode())
+    _refused(old, SnpPolicy(), "snp.tcb_too_old")
+    validate_report(old, SnpPolicy(minimum_tcb=MinimumTcb(snp=7)), "Milan")
+    _refused(report, SnpPolicy(), "snp.tcb_too_old", "Genoa")  # Genoa's floor is higher
 
 
 def test_svn_firmware_product(report: Report) -> None:

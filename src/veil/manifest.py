@@ -16,7 +16,16 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from veil.errors import ParseError, PolicyError, VerificationError
 
@@ -24,21 +33,106 @@ SIGNATURE_CONTEXT = b"veil/manifest-signature/v1"
 MAX_MANIFEST_BYTES = 1 << 20
 
 TcbComponent = Literal["bootloader", "tee", "snp", "microcode", "fmc"]
-Platform = Literal["sim-snp", "sev-snp", "tdx", "azure-snp-vtpm", "azure-tdx-vtpm"]
+Platform = Literal["sim-snp", "sev-snp", "sim-tdx", "tdx", "azure-snp-vtpm", "azure-tdx-vtpm"]
+SNP_PLATFORMS = ("sev-snp", "sim-snp")
+TDX_PLATFORMS = ("tdx", "sim-tdx")
+TcbStatus = Literal[
+    "UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate", "OutOfDateConfigurationNeeded",
+]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _hex_values(values: list[str] | None, size: int) -> list[str] | None:
+    """Lower-case hex of exactly ``size`` bytes each (ValueError otherwise)."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        h = v.lower().removeprefix("0x")
+        if len(h) != 2 * size or any(c not in "0123456789abcdef" for c in h):
+            raise ValueError(f"{v!r} is not {size} bytes of hex")
+        out.append(h)
+    return out
+
+
+class SnpReference(_Strict):
+    """SEV-SNP launch identity beyond the measurement; empty lists are not checked."""
+
+    max_vmpl: int = Field(default=0, ge=0, le=3)  # reports requested at a higher VMPL are refused
+    host_data: list[str] = Field(default_factory=list)  # HOST_DATA the host set at launch (32 bytes hex)
+    chip_ids: list[str] = Field(default_factory=list)  # allowed CHIP_IDs (64 bytes hex)
+    products: list[Literal["Milan", "Genoa", "Turin"]] = Field(default_factory=list)
+    minimum_guest_svn: int = Field(default=0, ge=0)
+    id_key_digests: list[str] = Field(default_factory=list)  # SHA-384 of the ID key (48 bytes hex)
+    author_key_digests: list[str] = Field(default_factory=list)
+
+    @field_validator("host_data", "chip_ids", "id_key_digests", "author_key_digests")
+    @classmethod
+    def _hex(cls, values: list[str], info: ValidationInfo) -> list[str] | None:
+        return _hex_values(values, {"host_data": 32, "chip_ids": 64}.get(str(info.field_name), 48))
+
+
+class TdxReference(_Strict):
+    """Intel TDX registers and TCB rules beyond MRTD (``measurements``); None is not checked."""
+
+    rtmr0: list[str] | None = None  # firmware configuration (TDVF)
+    rtmr1: list[str] | None = None  # OS loader, kernel
+    rtmr2: list[str] | None = None  # kernel command line, initrd
+    rtmr3: list[str] | None = None  # runtime (application) measurements
+    mr_config_id: list[str] | None = None  # set by the host at launch (48 bytes hex)
+    mr_owner: list[str] | None = None
+    mr_seam: list[str] | None = None  # the TDX module
+    td_attributes_mask: int = 0  # (TD attributes & mask) must equal (expected & mask); debug is always refused unless allow_debug
+    td_attributes_expected: int = 0
+    xfam_mask: int = 0
+    xfam_expected: int = 0
+    min_tcb_status: TcbStatus = "SWHardeningNeeded"  # Intel's TCB status, from UpToDate (best) down
+    allowed_advisory_ids: list[str] | None = None  # None: any; a list refuses every advisory not in it
+
+    @field_validator("rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_config_id", "mr_owner", "mr_seam")
+    @classmethod
+    def _registers(cls, values: list[str] | None) -> list[str] | None:
+        return _hex_values(values, 48)
+
+
 class ReferenceValues(_Strict):
-    """What a coordinator or worker must measure to be trusted on one platform."""
+    """What a coordinator or worker must measure to be trusted on one platform.
+
+    ``measurements`` is the launch measurement (SNP MEASUREMENT, TDX MRTD); ``min_tcb`` is SNP's
+    minimum TCB per component (unset components: the product's floor, docs/attestation-snp.md);
+    ``snp`` and ``tdx`` hold what else that platform can be pinned to.
+    """
 
     platform: Platform
     measurements: list[str] = Field(min_length=1)  # hex launch measurements (allowlist)
     allow_debug: bool = False
     min_tcb: dict[TcbComponent, int] = Field(default_factory=dict)
     require_gpu: bool = False  # a worker must present verified GPU evidence bound to its report
+    snp: SnpReference | None = None
+    tdx: TdxReference | None = None
+
+    @model_validator(mode="after")
+    def _per_platform(self) -> "ReferenceValues":
+        if self.snp is not None and self.platform not in SNP_PLATFORMS:
+            raise ValueError(f"snp reference values do not apply to {self.platform}")
+        if self.min_tcb and self.platform not in SNP_PLATFORMS:
+            raise ValueError(f"min_tcb (SEV-SNP TCB components) does not apply to {self.platform}")
+        if self.tdx is not None and self.platform not in TDX_PLATFORMS:
+            raise ValueError(f"tdx reference values do not apply to {self.platform}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: Any) -> dict[str, Any]:
+        # left out while None, so manifests written before these fields keep their digests
+        data = handler(self)
+        for name in ("snp", "tdx"):
+            if getattr(self, name) is None:
+                data.pop(name, None)
+        return data
 
 
 class ModelEntry(_Strict):
@@ -93,17 +187,6 @@ class PaddingSettings(_Strict):
     stream_chunks: int | None = Field(default=512, ge=64)  # each chunk of a streamed (SSE) answer
 
 
-class GatewaySettings(_Strict):
-    """What the workers' OHTTP gateways accept. Attested with the rest, so clients can see it."""
-
-    # Also serve ohttpy's older chunked variant (Azure confidential inferencing's client) on its own
-    # route, /score. Its answers are padded like the rest, but it carries the inner status code on
-    # the outer response, where relays see it (docs/protocol-ohttp.md). Off unless asked for.
-    ohttpy_compat: bool = False
-    # Replays are refused within this window; a client's Date must lie within it (RFC 9458 §6.5).
-    replay_window_seconds: int = Field(default=60, ge=5, le=3600)
-
-
 class Manifest(_Strict):
     version: Literal[1] = 1
     coordinator: list[ReferenceValues] = Field(min_length=1)
@@ -123,7 +206,6 @@ class Manifest(_Strict):
     # empty/None (like padding), so manifests written before these fields keep their digests.
     tenants: list[TenantEntry] = Field(default_factory=list)
     padding: PaddingSettings | None = None  # None: the defaults of PaddingSettings
-    gateway: GatewaySettings | None = None  # None: the defaults of GatewaySettings
 
     @field_validator("tenants")
     @classmethod
@@ -139,8 +221,6 @@ class Manifest(_Strict):
             data.pop("tenants", None)
         if self.padding is None:
             data.pop("padding", None)
-        if self.gateway is None:
-            data.pop("gateway", None)
         return data
 
     def canonical(self) -> bytes:

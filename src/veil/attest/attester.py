@@ -35,14 +35,17 @@ class SimSnpAttester:
 
     platform = "sim-snp"
 
-    def __init__(self, platform_dir: Path) -> None:
+    def __init__(self, platform_dir: Path, host_data: bytes = bytes(32)) -> None:
         from veil.attest.sim import SimPlatform, measure_code
 
+        if len(host_data) != 32:
+            raise ParseError("attest.bad_launch_data", "sim-snp HOST_DATA is 32 bytes")
         self._sim = SimPlatform.load(platform_dir)
         self.measurement = measure_code()
+        self.host_data = host_data  # what the simulated host set at launch, as SNP_LAUNCH_FINISH does
 
     def evidence(self, report_data: bytes) -> dict[str, Any]:
-        ev = self._sim.attest(report_data, measurement=self.measurement)
+        ev = self._sim.attest(report_data, measurement=self.measurement, host_data=self.host_data)
         return {"platform": self.platform, "snp": ev.to_json()}
 
     def sealing_key(self) -> bytes:
@@ -75,7 +78,7 @@ class SnpAttester:
 def sim_snp_attester(config: AttesterConfig) -> SimSnpAttester:
     if config.sim_dir is None:
         raise ParseError("attest.missing_sim_dir", "sim-snp needs the simulated platform's directory (--sim-dir)")
-    return SimSnpAttester(config.sim_dir)
+    return SimSnpAttester(config.sim_dir, config.launch_data if config.launch_data is not None else bytes(32))
 
 
 def snp_attester(config: AttesterConfig) -> SnpAttester:

@@ -136,18 +136,10 @@ def _snp(inputs: EvidenceFiles, cache: CollateralCache) -> Loaded:
             )
         vcek = found[1]
     product = _product(report) or product_of_certificate(vcek)
-    if inputs.chain is not None:
-        chain = read_bytes(inputs.chain)
-    else:
-        cached = cache.read_cert_chain(product) if product else None
-        if cached is None:
-            raise ParseError(
-                "cli.missing_input",
-                f"--chain not given and no cached ASK/ARK chain for {product or 'this product'} in {cache.root}",
-            )
-        chain = cached
-    crl = read_bytes(inputs.crl) if inputs.crl is not None else (cache.read_crl(product) if product else None)
-    ev = SnpEvidence(report=report, vcek=vcek, chain_pem=chain, crl=crl)
+    # --chain, else the cache's, else none: the verifier then uses AMD's, shipped with Veil
+    chain = read_bytes(inputs.chain) if inputs.chain is not None else (cache.read_cert_chain(product) if product else None)
+    crl = read_bytes(inputs.crl) if inputs.crl is not None else None  # None: the verifier asks the cache
+    ev = SnpEvidence(report=report, vcek=vcek, chain_pem=chain or b"", crl=crl)
     return Loaded({"platform": inputs.platform, "snp": ev.to_json()}, _bound(inputs.report_data))
 
 

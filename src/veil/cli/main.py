@@ -49,12 +49,21 @@ PlatformOpt = typer.Option(
     "sim-snp", "--platform",
     help="TEE this process runs in: sev-snp, tdx, or a SIMULATED twin (sim-snp, sim-tdx) for development.")
 SimDirOpt = typer.Option(None, "--sim-dir", help="Simulated platform directory (sim-* platforms).")
+LaunchDataOpt = typer.Option(
+    None, "--sim-launch-data",
+    help="Simulated platforms: what the host sets at launch, hex: HOST_DATA (sim-snp, 32 bytes) or "
+    "MRCONFIGID (sim-tdx, 48 bytes). On hardware the host sets these when it launches the VM.")
 
 
-def _attester(platform: str, sim_dir: Optional[Path]):  # type: ignore[no-untyped-def]
+def _attester(platform: str, sim_dir: Optional[Path], launch_data: Optional[str] = None):  # type: ignore[no-untyped-def]
     from veil.attest import registry
+    from veil.errors import ParseError
 
-    return registry.attester(platform, registry.AttesterConfig(sim_dir=sim_dir))
+    try:
+        data = bytes.fromhex(launch_data) if launch_data is not None else None
+    except ValueError:
+        raise ParseError("attest.bad_launch_data", "--sim-launch-data must be hex") from None
+    return registry.attester(platform, registry.AttesterConfig(sim_dir=sim_dir, launch_data=data))
 
 
 def _fail(err: VeilError, as_json: bool = False) -> None:
@@ -83,15 +92,8 @@ def up(
     model: Optional[Path] = typer.Option(None, help="GGUF model (default: the bundled SmolLM2-135M-Instruct)."),
     demo: bool = typer.Option(False, "--demo", help="After start-up, verify and run one streamed chat."),
     detach: bool = typer.Option(False, "--detach", help="Start, write the policy, and return (for scripts)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker replicas, each with its own sandboxed engine; more than one puts HAProxy on the gateway port (least connections, health checks)."),
-    coordinators: int = typer.Option(1, "--coordinators", min=1, help="Coordinator replicas sharing sealed state in PostgreSQL (--db), behind HAProxy on the coordinator port."),
-    db: Optional[str] = typer.Option(None, "--db", envvar="VEIL_DB", help="Coordinator database URL (default: SQLite in the state directory; required as postgresql+psycopg://... with --coordinators > 1)."),
-    reregister_seconds: float = typer.Option(60.0, help="How often workers re-attest; a newer manifest reaches them then."),
 ) -> None:
-    """Start a local deployment (coordinator, worker, engine) on the SIMULATED TEE.
-
-    With --workers/--coordinators above 1, the replicas sit behind Debian's HAProxy
-    (deploy/haproxy/balancer.cfg) and the client policy names the balancer (docs/scale-out.md)."""
+    """Start a local deployment (coordinator, worker, engine) on the SIMULATED TEE."""
     from veil.localdeploy import LocalDeployment
 
     # Ctrl-C and SIGTERM stop everything, even when we inherited SIGINT as ignored (a shell
@@ -99,14 +101,10 @@ def up(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
-    try:
-        deployment = LocalDeployment(
-            _state_dir(state_dir), host=host, coordinator_port=coordinator_port,
-            worker_port=worker_port, sandbox=sandbox, model_path=model,
-            workers=workers, coordinators=coordinators, db_url=db, reregister_seconds=reregister_seconds,
-        )
-    except VeilError as err:
-        _fail(err)
+    deployment = LocalDeployment(
+        _state_dir(state_dir), host=host, coordinator_port=coordinator_port,
+        worker_port=worker_port, sandbox=sandbox, model_path=model,
+    )
     try:
         with console.status("starting Veil") as status:
 
@@ -123,9 +121,7 @@ def up(
         raise typer.Exit(130)
     console.print(
         f"[bold green]Veil is up[/] (SIMULATED TEE). Coordinator {deployment.coordinator_url}, "
-        f"gateway {deployment.gateway_url}"
-        + (f" (HAProxy in front of {workers} worker(s) and {coordinators} coordinator(s))" if deployment.balancer else "")
-        + ".\n"
+        f"gateway {deployment.gateway_url}.\n"
         f"  veil verify              # check the attestation\n"
         f"  veil chat \"hello\"        # a verified, encrypted, streamed chat\n"
         f"  veil proxy               # plain OpenAI endpoint on 127.0.0.1:8472 for any OpenAI client"
@@ -138,12 +134,7 @@ def up(
         if demo:
             _demo(deployment.policy_path)
         console.print("[dim]Serving. Press Ctrl-C to stop.[/]")
-        reported: set[int] = set()
-        while deployment.serving():
-            for proc in deployment.processes:  # with replicas a dead one is routed around: say so
-                if proc.poll() is not None and proc.pid not in reported:
-                    reported.add(proc.pid)
-                    err_console.print(f"[yellow]a replica exited (pid {proc.pid}, status {proc.returncode}); serving on the others[/]")
+        while all(p.poll() is None for p in deployment.processes):
             time.sleep(0.5)
         console.print("[red]a Veil process exited; stopping[/]")
     except KeyboardInterrupt:
@@ -169,25 +160,27 @@ def coordinator(
     port: int = typer.Option(8470),
     platform: str = PlatformOpt,
     sim_dir: Optional[Path] = SimDirOpt,
+    sim_launch_data: Optional[str] = LaunchDataOpt,
     db: Optional[str] = typer.Option(
         None, envvar="VEIL_DB", help="State database URL (sqlite:///path or postgresql://...); state is sealed at rest. "
         "Without it, state lives in memory only. Read from $VEIL_DB when not given (keeps a password out of argv)."),
 ) -> None:
     """Run the coordinator: attestation service and key broker."""
-    from veil.httpserver import serve
+    import uvicorn
+
     from veil.coordinator.app import create_app
     from veil.coordinator.state import CoordinatorState
     from veil.coordinator.store import Store
 
     try:
-        attester = _attester(platform, sim_dir)
+        attester = _attester(platform, sim_dir, sim_launch_data)
         state = CoordinatorState.open(Store.from_url(db), attester.sealing_key()) if db else CoordinatorState.generate()
     except VeilError as err:
         _fail(err)
     if state.locked:
         err_console.print("[yellow]stored state is sealed to another platform: locked until `veil recover`[/]")
     app_ = create_app(state, attester)
-    serve(app_, host=host, port=port)  # slow clients timed out, connections capped (veil.httpserver)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
 
 @app.command()
@@ -197,6 +190,7 @@ def worker(
     port: int = typer.Option(8471),
     platform: str = PlatformOpt,
     sim_dir: Optional[Path] = SimDirOpt,
+    sim_launch_data: Optional[str] = LaunchDataOpt,
     model: Optional[Path] = typer.Option(None, help="Plaintext GGUF weights, when the manifest's model is not sealed."),
     model_name: Optional[str] = typer.Option(None, help="Which manifest model to serve (default: the first)."),
     run_dir: Path = typer.Option(Path("/run/veil-worker"), help="Directory for the engine's socket (tmpfs)."),
@@ -209,7 +203,7 @@ def worker(
 
     config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu, reregister_seconds)
     try:
-        run_worker(config, _attester(platform, sim_dir))
+        run_worker(config, _attester(platform, sim_dir, sim_launch_data))
     except VeilError as err:
         _fail(err)
 
@@ -301,7 +295,8 @@ def proxy(
     port: int = typer.Option(8472, help="Listen port."),
 ) -> None:
     """A local plain OpenAI endpoint: verifies once, then encrypts every request."""
-    from veil.httpserver import serve
+    import uvicorn
+
     from veil.client.policy import load_with_log
     from veil.client.proxy import create_proxy_app
     from veil.client.verify import verify_coordinator
@@ -313,7 +308,7 @@ def proxy(
         _fail(err)
     sim = " (SIMULATED TEE)" if attested.simulated else ""
     console.print(f"verified{sim}; OpenAI endpoint at http://{host}:{port}/v1 — every request is encrypted")
-    serve(create_proxy_app(attested), host=host, port=port)
+    uvicorn.run(create_proxy_app(attested), host=host, port=port, log_level="warning", access_log=False)
 
 
 def main() -> None:  # pragma: no cover

@@ -124,27 +124,16 @@ def tdx_hardware(collateral: dict[str, Any]) -> HardwareVerifier:
 def snp_hardware(chain_pem: bytes | None = None, crl: bytes | None = None) -> HardwareVerifier:
     """Hardware verifier for Azure SNP CVMs: report signature and VCEK chain via veil.attest.snp.
 
-    ``chain_pem`` is ASK then ARK; when None, the SNP collateral cache's chain for the report's
-    product is used (Azure evidence carries only the VCEK).
+    ``chain_pem`` is ASK then ARK; when None, AMD's own for the VCEK's product (shipped with Veil).
     """
-    from veil.attest.collateral import CollateralCache
     from veil.attest.snp.abi import parse_report
-    from veil.attest.snp.verify import load_certificate, vcek_extensions, verify_report
+    from veil.attest.snp.verify import verify_report
 
     def verify(evidence: VtpmEvidence, as_of: datetime | None) -> Claims:
         if evidence.vcek is None:
             raise ParseError("azure.vcek_missing", "SNP CVM evidence carries no VCEK")
         report = parse_report(evidence.hcl.hw_report)
-        chain = chain_pem
-        if chain is None:
-            name = str(vcek_extensions(load_certificate(evidence.vcek)).get("product_name") or "")
-            product = report.product or next((p for p in ("Milan", "Genoa", "Turin") if p in name), None)
-            if product is None:
-                raise ParseError("cli.missing_input", "unknown SNP product: pass --chain")
-            chain = CollateralCache().read_cert_chain(product)
-            if chain is None:
-                raise ParseError("cli.missing_input", f"no ASK/ARK chain for {product}: pass --chain")
-        return verify_report(report, evidence.vcek, chain, as_of=as_of, crl=crl).claims()
+        return verify_report(report, evidence.vcek, chain_pem, as_of=as_of, crl=crl).claims()
 
     return verify
 

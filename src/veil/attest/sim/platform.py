@@ -50,8 +50,13 @@ from veil.attest.snp.verify import (
 from veil.errors import ParseError
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
-DEFAULT_TCB = TcbVersion(bootloader=9, tee=0, snp=23, microcode=213)  # plausible Milan values
-DEFAULT_TURIN_TCB = TcbVersion(bootloader=1, tee=1, snp=3, microcode=80, fmc=0)
+# plausible current TCBs, above each product's production floor (veil.attest.snp.validate)
+DEFAULT_TCBS: dict[str, TcbVersion] = {
+    MILAN: TcbVersion(bootloader=9, tee=0, snp=23, microcode=213),
+    GENOA: TcbVersion(bootloader=10, tee=0, snp=23, microcode=84),
+    TURIN: TcbVersion(bootloader=1, tee=1, snp=3, microcode=80, fmc=0),
+}
+CRL_REFRESH = dt.timedelta(hours=12)  # the simulated KDS issues a new CRL this often
 FIRMWARE = (1, 55, 21)  # major, minor, build
 # product -> (VCEK productName, CPUID family, model, stepping) of the simulated chip
 PRODUCT_IDS: dict[str, tuple[str, int, int, int]] = {
@@ -155,7 +160,7 @@ class SimPlatform:
         if product not in PRODUCT_IDS:
             raise ParseError("sim.bad_input", f"unknown product {product!r}")
         if tcb is None:
-            tcb = DEFAULT_TURIN_TCB if product == TURIN else DEFAULT_TCB
+            tcb = DEFAULT_TCBS[product]
         if (tcb.fmc is not None) != (product == TURIN):
             raise ParseError("sim.bad_input", "a Turin TCB needs fmc, and only Turin has one")
         d = Path(directory)
@@ -258,9 +263,12 @@ class SimPlatform:
     def vcek_der(self) -> bytes:
         return self.vcek.public_bytes(serialization.Encoding.DER)
 
-    def issue_crl(self, revoked_serials: list[int] = (), *, days: int = 7) -> bytes:  # type: ignore[assignment]
-        """An ARK-signed CRL (DER) like AMD's KDS serves, listing ``revoked_serials``."""
-        now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    def issue_crl(
+        self, revoked_serials: list[int] = (), *, days: int = 7, issued: dt.datetime | None = None  # type: ignore[assignment]
+    ) -> bytes:
+        """An ARK-signed CRL (DER) like AMD's KDS serves, listing ``revoked_serials``, issued at
+        ``issued`` (default: just now) and valid ``days``."""
+        now = issued or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
         b = x509.CertificateRevocationListBuilder().issuer_name(self.ark.subject)
         b = b.last_update(now).next_update(now + dt.timedelta(days=days))
         for serial in revoked_serials:
@@ -268,6 +276,23 @@ class SimPlatform:
                 x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
             )
         return b.sign(self.ark_key, hashes.SHA384(), rsa_padding=PSS).public_bytes(serialization.Encoding.DER)
+
+    def current_crl(self) -> bytes:
+        """The ARK-signed CRL the simulated KDS serves now: kept in the platform directory and
+        issued again every ``CRL_REFRESH`` (so attestation does not pay an RSA-4096 signature)."""
+        path = self.directory / "crl.der"
+        try:
+            data = path.read_bytes()
+            crl = x509.load_der_x509_crl(data)
+            if dt.datetime.now(dt.timezone.utc) - crl.last_update_utc < CRL_REFRESH:
+                return data
+        except (OSError, ValueError):
+            pass
+        data = self.issue_crl()
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        _write_private(tmp, data)
+        os.replace(tmp, path)
+        return data
 
     # ---- reports ---------------------------------------------------------------------------------
     def sign_report(self, report: Report) -> bytes:
@@ -349,11 +374,13 @@ class SimPlatform:
         debug: bool = False,
         version: int = 3,
     ) -> SnpEvidence:
-        """A signed SIMULATED report plus its collateral, ready for ``verify_evidence``."""
+        """A signed SIMULATED report plus its collateral (chain and current CRL), ready to verify."""
         report = self.build_report(
             report_data, measurement=measurement, host_data=host_data, policy=policy, vmpl=vmpl, debug=debug, version=version
         )
-        return SnpEvidence(report=self.sign_report(report), vcek=self.vcek_der, chain_pem=self.chain_pem)
+        return SnpEvidence(
+            report=self.sign_report(report), vcek=self.vcek_der, chain_pem=self.chain_pem, crl=self.current_crl()
+        )
 
 
 def measure_code(package_dir: str | os.PathLike[str] | None = None) -> bytes:

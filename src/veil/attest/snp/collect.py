@@ -219,9 +219,10 @@ def get_report(
 
 
 def to_evidence(collected: CollectedReport, *, cache: Any = None, product: str | None = None) -> "SnpEvidence":
-    """Pair a collected report with its collateral: the host's certificate table first, then the cache.
-
-    ``cache`` is a ``veil.attest.collateral.CollateralCache``; ``product`` is needed for v2 reports (no CPUID fields).
+    """Pair a collected report with its collateral: the host's certificate table first, then the
+    collateral cache (``veil.attest.collateral.CollateralCache``). The ASK/ARK may be left out (the
+    verifier has AMD's); the VCEK (or VLEK) and the ARK-signed CRL may not, since clients verify
+    offline and require revocation data. ``product`` is needed for v2 reports (no CPUID fields).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -229,28 +230,29 @@ def to_evidence(collected: CollectedReport, *, cache: Any = None, product: str |
     from veil.attest.collateral import CollateralCache
     from veil.attest.snp import SnpEvidence
     from veil.attest.snp.abi import TcbVersion, parse_report
+    from veil.attest.snp.verify import product_of_certificate
 
     report = parse_report(collected.report)
-    product = product or report.product
     certs = collected.certificates
     leaf = certs.get("vcek") or certs.get("vlek")
     kind = "vlek" if "vlek" in certs and "vcek" not in certs else "vcek"
-    chain: bytes | None = None
+    chain = b""
     if "ask" in certs and "ark" in certs:
         chain = b"".join(
             x509.load_der_x509_certificate(certs[n]).public_bytes(Encoding.PEM) for n in ("ask", "ark")
         )
     crl = certs.get("crl")
     cache = cache or CollateralCache()
+    product = product or report.product or (product_of_certificate(leaf) if leaf else None)
     if product is not None:
         if leaf is None:
             leaf = cache.read_vcek(product, report.chip_id, TcbVersion.decode(report.reported_tcb, product))
-        chain = chain or cache.read_cert_chain(product, kind)
         crl = crl or cache.read_crl(product, kind)
-    if leaf is None or chain is None:
+    if leaf is None or crl is None:
         raise ProtocolError(
             "snp.collateral_missing",
-            "the host attached no VCEK/chain and the collateral cache has none (fetch them with kds.fetch_collateral)",
+            f"the host attached no {'VCEK' if leaf is None else 'CRL'} and the collateral cache has none "
+            "(run `veil collateral fetch --report ...` online first)",
         )
     return SnpEvidence(report=collected.report, vcek=leaf, chain_pem=chain, crl=crl)
 

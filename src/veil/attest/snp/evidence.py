@@ -35,16 +35,14 @@ class SnpEvidence:
 
     report: bytes  # 1184-byte ATTESTATION_REPORT
     vcek: bytes  # VCEK or VLEK certificate, DER
-    chain_pem: bytes  # ASK (or ASVK) then ARK, PEM
-    crl: bytes | None = None  # ARK-signed CRL from AMD KDS, DER
+    chain_pem: bytes = b""  # ASK (or ASVK) then ARK, PEM; empty: AMD's, shipped with Veil
+    crl: bytes | None = None  # ARK-signed CRL from AMD KDS, DER; None: the verifier's cache
 
     def to_json(self) -> dict[str, Any]:
         # no platform name here: whether it is sev-snp or sim-snp is decided by the root it chains to
-        out: dict[str, Any] = {
-            "report": _b64(self.report),
-            "vcek": _b64(self.vcek),
-            "chain": _b64(self.chain_pem),
-        }
+        out: dict[str, Any] = {"report": _b64(self.report), "vcek": _b64(self.vcek)}
+        if self.chain_pem:
+            out["chain"] = _b64(self.chain_pem)
         if self.crl is not None:
             out["crl"] = _b64(self.crl)
         return out
@@ -62,6 +60,6 @@ class SnpEvidence:
         return cls(
             report=_unb64(obj, "report") or b"",
             vcek=_unb64(obj, "vcek") or b"",
-            chain_pem=_unb64(obj, "chain") or b"",
+            chain_pem=_unb64(obj, "chain", required=False) or b"",
             crl=_unb64(obj, "crl", required=False),
         )

@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from veil.attest.api import Check, VerifiedEvidence, VerifyOptions
-from veil.attest.snp.abi import parse_report
+from veil.attest.snp.abi import Report, SigningKey, parse_report
 from veil.attest.snp.evidence import SnpEvidence
 from veil.attest.snp.validate import MinimumTcb, SnpPolicy, validate_report
-from veil.attest.snp.verify import VerifiedReport, verify_report
+from veil.attest.snp.verify import VerifiedReport, load_certificate, product_of_certificate, verify_report
+from veil.errors import VerificationError
+from veil.manifest import SnpReference
 
 if TYPE_CHECKING:
     from veil.manifest import ReferenceValues
@@ -25,11 +27,33 @@ def _short(fingerprint: str) -> str:
     return f"{fingerprint[:8]}…{fingerprint[-6:]}"
 
 
+def _required_crl(evidence: SnpEvidence, report: Report, options: VerifyOptions) -> bytes:
+    """The ARK-signed CRL: the one the evidence carries, else the verifier's collateral cache's.
+
+    Revocation is never optional: without a CRL the evidence is refused (``snp.crl_missing``).
+    """
+    if evidence.crl is not None:
+        return evidence.crl
+    product = report.product or product_of_certificate(evidence.vcek)
+    kind = "vlek" if report.signing_key == SigningKey.VLEK else "vcek"
+    crl = options.collateral.read_crl(product, kind) if (options.collateral is not None and product) else None
+    if crl is None:
+        raise VerificationError(
+            "snp.crl_missing",
+            f"no ARK-signed CRL for {product or 'this product'} ({kind}): the evidence carries none and the "
+            "collateral cache has none (run `veil collateral fetch --report ...` online)",
+        )
+    return crl
+
+
 def verify_evidence(evidence: SnpEvidence, options: VerifyOptions) -> VerifiedEvidence:
-    """Every cryptographic check of SNP evidence, then the binding; raises a typed VeilError."""
+    """Every cryptographic check of SNP evidence, revocation included, then the binding; raises a
+    typed VeilError."""
     report = parse_report(evidence.report)
+    load_certificate(evidence.vcek)  # a malformed VCEK says so before anything is looked up for it
+    crl = _required_crl(evidence, report, options)
     verified = verify_report(
-        report, evidence.vcek, evidence.chain_pem, trust=options.trust, as_of=options.now, crl=evidence.crl
+        report, evidence.vcek, evidence.chain_pem or None, trust=options.trust, as_of=options.now, crl=crl
     )
     chain = verified.chain
     key = chain.key_kind.upper()
@@ -39,12 +63,18 @@ def verify_evidence(evidence: SnpEvidence, options: VerifyOptions) -> VerifiedEv
         if chain.simulated
         else f"AMD ARK-{chain.product} {_short(chain.root_fingerprint)} (pinned)"
     )
+    source = "as sent" if evidence.chain_pem else "AMD's, shipped with Veil"
     tcb = verified.reported_tcb.to_json()
+    assert chain.crl is not None
+    crl_info = chain.crl
+    next_update = crl_info.next_update.date().isoformat() if crl_info.next_update else "?"
     checks = [
         Check("report signature", f"ECDSA P-384/SHA-384 by the {key}: valid"),
-        Check("certificate chain", f"{key} <- {inter} <- ARK, RSASSA-PSS signatures valid, root {root}"),
+        Check("certificate chain", f"{key} <- {inter} <- ARK ({source}), RSASSA-PSS signatures valid, root {root}"),
         Check("certificate validity", f"every certificate valid at {options.now.isoformat(timespec='seconds')}"),
-        _crl_check(evidence),
+        Check("revocation (CRL)", f"ARK-signed CRL #{crl_info.number} issued {crl_info.last_update.date().isoformat()}, "
+              f"next update {next_update} ({(options.now - crl_info.last_update).days} days old, "
+              f"{crl_info.revoked} revoked): no certificate of the chain revoked"),
         Check("chip and TCB", f"the {key} certifies this chip and reported TCB "
               + " ".join(f"{k}={v}" for k, v in tcb.items())),
         options.binding.check(report.report_data),
@@ -52,18 +82,20 @@ def verify_evidence(evidence: SnpEvidence, options: VerifyOptions) -> VerifiedEv
     return VerifiedEvidence(verified.claims(), tuple(checks), native=verified)
 
 
-def _crl_check(evidence: SnpEvidence) -> Check:
-    if evidence.crl is None:
-        return Check("revocation (CRL)", "NOT CHECKED: the evidence carries no CRL")
-    return Check("revocation (CRL)", "ARK-signed CRL current; no certificate of the chain revoked")
-
-
 def policy_from_reference(ref: ReferenceValues) -> SnpPolicy:
     """The manifest's reference values for one SNP platform entry, as an ``SnpPolicy``."""
+    snp = ref.snp or SnpReference()
     return SnpPolicy(
         measurements=list(ref.measurements),
         allow_debug=ref.allow_debug,
         minimum_tcb=MinimumTcb(**ref.min_tcb),
+        max_vmpl=snp.max_vmpl,
+        host_data=list(snp.host_data),
+        chip_ids=list(snp.chip_ids),
+        products=list(snp.products),
+        minimum_guest_svn=snp.minimum_guest_svn,
+        id_key_digests=list(snp.id_key_digests),
+        author_key_digests=list(snp.author_key_digests),
     )
 
 

@@ -12,7 +12,7 @@ import hmac
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from veil.attest.api import Check
-from veil.attest.snp.abi import Report, TcbVersion
+from veil.attest.snp.abi import GENOA, MILAN, TURIN, Report, TcbVersion
 from veil.errors import PolicyError
 
 
@@ -30,15 +30,40 @@ def _hex_list(values: list[str], size: int | None, name: str) -> list[str]:
     return out
 
 
+# Production floors per product, used for every component a policy leaves unset. They are the TCB
+# of the oldest production firmware Veil has real evidence from (docs/attestation-snp.md):
+# Milan: SEV firmware 1.52.4 (virtee/sev's Milan report, ../shared/vectors/sev-snp/milan-vcek);
+# Genoa: an Azure Genoa VCEK of 2025 (openpcc's testdata); Turin: virtee/sev's Turin VCEK.
+# Deployments should raise them per AMD's security bulletins (e.g. AMD-SB-3023 is fixed from
+# SNP SPL 0x1b on Milan and Genoa, 4 on Turin).
+DEFAULT_MINIMUM_TCB: dict[str, TcbVersion] = {
+    MILAN: TcbVersion(bootloader=3, tee=0, snp=8, microcode=115),
+    GENOA: TcbVersion(bootloader=10, tee=0, snp=23, microcode=84),
+    TURIN: TcbVersion(bootloader=0, tee=0, snp=0, microcode=9, fmc=0),
+}
+
+
 class MinimumTcb(BaseModel):
-    """Lowest acceptable SVN per TCB component (fmc only matters on Turin)."""
+    """Lowest acceptable SVN per TCB component; None: the product's floor (DEFAULT_MINIMUM_TCB).
+    fmc only matters on Turin."""
 
     model_config = ConfigDict(extra="forbid")
-    bootloader: int = Field(default=0, ge=0, le=255)
-    tee: int = Field(default=0, ge=0, le=255)
-    snp: int = Field(default=0, ge=0, le=255)
-    microcode: int = Field(default=0, ge=0, le=255)
-    fmc: int = Field(default=0, ge=0, le=255)
+    bootloader: int | None = Field(default=None, ge=0, le=255)
+    tee: int | None = Field(default=None, ge=0, le=255)
+    snp: int | None = Field(default=None, ge=0, le=255)
+    microcode: int | None = Field(default=None, ge=0, le=255)
+    fmc: int | None = Field(default=None, ge=0, le=255)
+
+    def resolve(self, product: str | None, turin_layout: bool) -> TcbVersion:
+        """The minimum for ``product``: what is set here, the product's floor for the rest."""
+        floor = DEFAULT_MINIMUM_TCB.get(product or "", TcbVersion(0, 0, 0, 0, 0))
+
+        def pick(name: str) -> int:
+            value = getattr(self, name)
+            return int(value if value is not None else (getattr(floor, name) or 0))
+
+        fmc = pick("fmc") if turin_layout else None
+        return TcbVersion(pick("bootloader"), pick("tee"), pick("snp"), pick("microcode"), fmc)
 
 
 class SnpPolicy(BaseModel):
@@ -110,8 +135,7 @@ def validate_report(report: Report, policy: SnpPolicy, product: str | None = Non
     if policy.measurements and not _in(report.measurement, policy.measurements):
         raise PolicyError("snp.measurement_mismatch", f"measurement {report.measurement.hex()} is not an allowed reference value")
     tcb = TcbVersion.decode(report.reported_tcb, product)
-    m = policy.minimum_tcb
-    minimum = TcbVersion(m.bootloader, m.tee, m.snp, m.microcode, m.fmc if tcb.fmc is not None else None)
+    minimum = policy.minimum_tcb.resolve(product, tcb.fmc is not None)
     if not tcb.at_least(minimum):
         raise PolicyError("snp.tcb_too_old", f"reported TCB {tcb.to_json()} is below the minimum {minimum.to_json()}")
     if report.guest_svn < policy.minimum_guest_svn:

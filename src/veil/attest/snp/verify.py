@@ -12,7 +12,7 @@ import functools
 import hashlib
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, TypeVar
 
 from cryptography import x509
@@ -76,6 +76,7 @@ class ChainResult:
     root: x509.Certificate
     tcb_extensions: dict[str, int]
     hwid: bytes | None
+    crl: CrlInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -281,13 +282,39 @@ def _check_time(cert: x509.Certificate, as_of: datetime, what: str) -> None:
         raise VerificationError("snp.certificate_expired", f"{what} expired on {cert.not_valid_after_utc.isoformat()}")
 
 
-def _check_crl(crl_der: bytes, ark: x509.Certificate, revocable: Iterable[x509.Certificate], as_of: datetime) -> None:
-    """AMD's KDS CRL is issued by the ARK and lists revoked ASKs/ASVKs (and VCEKs where issued)."""
+# AMD issues its ARK-signed CRLs about once a year, each valid a year and a week (Milan: issued
+# 2025-05-06, next update 2026-05-12). Besides its own nextUpdate, a CRL older than this is stale.
+MAX_CRL_AGE = timedelta(days=400)
+CRL_CLOCK_SKEW = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class CrlInfo:
+    """What the checked CRL said: for reports."""
+
+    number: int | None
+    last_update: datetime
+    next_update: datetime | None
+    revoked: int
+
+
+@functools.lru_cache(maxsize=32)
+def _load_crl(data: bytes) -> x509.CertificateRevocationList:
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
+
+
+def _check_crl(
+    crl_der: bytes, ark: x509.Certificate, revocable: Iterable[x509.Certificate], as_of: datetime
+) -> CrlInfo:
+    """AMD's KDS CRL is issued by the ARK and lists revoked ASKs/ASVKs (and VCEKs where issued).
+
+    It must verify with the ARK, be current at ``as_of`` (last update <= as_of <= next update) and
+    be at most ``MAX_CRL_AGE`` old; then no certificate of the chain it covers may be on it.
+    """
     try:
-        if crl_der.lstrip().startswith(b"-----BEGIN"):
-            crl = x509.load_pem_x509_crl(crl_der)
-        else:
-            crl = x509.load_der_x509_crl(crl_der)
+        crl = _load_crl(bytes(crl_der))
     except (ValueError, TypeError) as exc:
         raise ParseError("snp.malformed_crl", f"cannot read CRL: {exc}") from None
     if crl.issuer != ark.subject:
@@ -303,9 +330,21 @@ def _check_crl(crl_der: bytes, ark: x509.Certificate, revocable: Iterable[x509.C
         raise VerificationError("snp.crl_signature_invalid", "the CRL signature does not verify with the ARK")
     if crl.next_update_utc is not None and as_of > crl.next_update_utc:
         raise VerificationError("snp.crl_expired", f"the CRL expired on {crl.next_update_utc.isoformat()}")
+    if as_of + CRL_CLOCK_SKEW < crl.last_update_utc:
+        raise VerificationError("snp.crl_not_yet_valid", f"the CRL is issued only on {crl.last_update_utc.isoformat()}")
+    if as_of - crl.last_update_utc > MAX_CRL_AGE:
+        raise VerificationError(
+            "snp.crl_stale",
+            f"the CRL was issued on {crl.last_update_utc.isoformat()}, more than {MAX_CRL_AGE.days} days ago",
+        )
     for cert in revocable:
         if cert.issuer == crl.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
             raise VerificationError("snp.revoked", f"certificate {cert.subject.rfc4514_string()} serial {cert.serial_number} is revoked")
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = None
+    return CrlInfo(number, crl.last_update_utc, crl.next_update_utc, len(crl))
 
 
 def _product_from_name(name: str | None) -> str | None:
@@ -333,13 +372,17 @@ def _as_of(as_of: datetime | None) -> datetime:
 
 def verify_vcek_chain(
     vcek: bytes | x509.Certificate,
-    chain_pem: bytes,
+    chain_pem: bytes | None,
     *,
     trust: TrustRoots | None = None,
     as_of: datetime | None = None,
     crl: bytes | None = None,
 ) -> ChainResult:
-    """Verify VCEK/VLEK <- ASK/ASVK <- ARK (signatures, pins, validity windows, CRL)."""
+    """Verify VCEK/VLEK <- ASK/ASVK <- ARK (signatures, pins, validity windows, CRL).
+
+    Without ``chain_pem`` (or with an empty one), AMD's own ASK/ASVK and ARK for the product the
+    certificate names are used (``amd_certificates``), so a VCEK or VLEK alone verifies.
+    """
     try:
         return _verify_vcek_chain(vcek, chain_pem, trust=trust, as_of=as_of, crl=crl)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -349,7 +392,7 @@ def verify_vcek_chain(
 
 def _verify_vcek_chain(
     vcek: bytes | x509.Certificate,
-    chain_pem: bytes,
+    chain_pem: bytes | None,
     *,
     trust: TrustRoots | None,
     as_of: datetime | None,
@@ -358,7 +401,7 @@ def _verify_vcek_chain(
     trust = trust or TrustRoots.production()
     now = _as_of(as_of)
     leaf = vcek if isinstance(vcek, x509.Certificate) else load_certificate(vcek)
-    certs = load_chain(chain_pem)
+    certs = load_chain(chain_pem or _builtin_chain_for(leaf))
     roots = [c for c in certs if c.subject == c.issuer]
     inters = [c for c in certs if c.subject != c.issuer]
     if len(roots) != 1 or len(inters) != 1:
@@ -392,8 +435,7 @@ def _verify_vcek_chain(
     _check_pss(leaf, inter, "VCEK/VLEK")
     for cert, what in ((leaf, "the VCEK/VLEK"), (inter, "the ASK/ASVK"), (root, "the ARK")):
         _check_time(cert, now, what)
-    if crl is not None:
-        _check_crl(crl, root, (inter, leaf), now)
+    crl_info = _check_crl(crl, root, (inter, leaf), now) if crl is not None else None
 
     ext = vcek_extensions(leaf)
     name_product = _product_from_name(ext.get("product_name"))
@@ -413,7 +455,20 @@ def _verify_vcek_chain(
     if pinned and pinned[0] != product:
         raise VerificationError("snp.product_mismatch", f"the intermediate is {pinned[0]}'s, not {product}'s")
     tcb: dict[str, int] = {k: ext[k] for k in ("bootloader", "tee", "snp", "microcode", "fmc") if k in ext}
-    return ChainResult(product, simulated, key_kind, fp, leaf, inter, root, tcb, ext.get("hwid"))
+    return ChainResult(product, simulated, key_kind, fp, leaf, inter, root, tcb, ext.get("hwid"), crl_info)
+
+
+def _builtin_chain_for(leaf: x509.Certificate) -> bytes:
+    from veil.attest.snp.amd_certificates import builtin_chain
+
+    product = _product_from_name(vcek_extensions(leaf).get("product_name"))
+    kind = "vlek" if OID_CSP_ID in {e.oid.dotted_string for e in leaf.extensions} else "vcek"
+    chain = builtin_chain(product, kind) if product else None
+    if chain is None:
+        raise VerificationError(
+            "snp.chain_incomplete", "no ASK/ARK given and the certificate names no product Veil ships AMD's chain for"
+        )
+    return chain
 
 
 def check_report_against_vcek(report: Report, chain: ChainResult) -> None:
@@ -451,7 +506,7 @@ def check_report_against_vcek(report: Report, chain: ChainResult) -> None:
 def verify_report(
     report: Report,
     vcek: bytes,
-    chain_pem: bytes,
+    chain_pem: bytes | None,
     *,
     trust: TrustRoots | None = None,
     as_of: datetime | None = None,
