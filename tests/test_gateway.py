@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from veil.client.transport import OhttpTransport
 from veil.errors import ProtocolError
+from veil.manifest import GatewaySettings
 from veil.ohttp import bhttp
 from veil.ohttp.chunked import ChunkedRequestSender
 from veil.ohttp.keyconfig import KeyPair, KeyStore, SymmetricSuite, decode_key_config_list
@@ -66,10 +67,14 @@ def _run(coro: object) -> object:
 def test_key_discovery(pair: KeyPair) -> None:
     async def go() -> None:
         async with _client(_app(pair)) as c:
-            for path in ("/.well-known/ohttp-gateway", "/discover"):
-                r = await c.get(path)
-                assert r.status_code == 200 and r.headers["content-type"] == "application/ohttp-keys"
-                assert decode_key_config_list(r.content) == [pair.config]
+            r = await c.get("/.well-known/ohttp-gateway")
+            assert r.status_code == 200 and r.headers["content-type"] == "application/ohttp-keys"
+            assert decode_key_config_list(r.content) == [pair.config]
+            r = await c.get("/discover")  # ohttpy's route exists only when the manifest enables it
+            assert r.status_code == 404 and r.json()["error"]["reason"] == "gateway.compat_disabled"
+        async with _client(_app(pair, settings=GatewaySettings(ohttpy_compat=True))) as c:
+            r = await c.get("/discover")
+            assert r.status_code == 200 and decode_key_config_list(r.content) == [pair.config]
 
     _run(go())
 
@@ -81,7 +86,8 @@ def test_own_transport_plain_and_stream(pair: KeyPair, chunked: bool) -> None:
         async with httpx.AsyncClient(transport=t) as c:
             r = await c.post("http://api.local/v1/chat/completions?a=1", json={"q": 1}, headers={"authorization": "Bearer k"})
             assert r.status_code == 200
-            assert r.json() == {"echo": {"q": 1}, "path": "/v1/chat/completions", "query": "a=1", "auth": "Bearer k"}
+            # the engine never sees the caller's key (only allowlisted headers reach it)
+            assert r.json() == {"echo": {"q": 1}, "path": "/v1/chat/completions", "query": "a=1", "auth": None}
             r = await c.post("http://api.local/v1/chat/completions", json={"stream": True})
             assert r.headers["content-type"].startswith("text/event-stream")
             assert r.text.count("data:") == 4
@@ -103,9 +109,11 @@ def test_outer_errors_are_json_in_the_clear(pair: KeyPair) -> None:
 
             enc, _ = encapsulate_request(pair.config, b"x")
             bad = enc[:-1] + bytes([enc[-1] ^ 1])
-            for media in ("message/ohttp-req", "message/ohttp-chunked-req"):
-                r = await c.post("/.well-known/ohttp-gateway", content=bad, headers={"content-type": media})
-                assert r.status_code == 400 and r.json()["error"]["reason"] == "ohttp.decrypt_failed"
+            r = await c.post("/.well-known/ohttp-gateway", content=bad, headers={"content-type": "message/ohttp-req"})
+            assert r.status_code == 400 and r.json()["error"]["reason"] == "ohttp.decrypt_failed"
+            # the same bytes under the chunked media type are read as chunked OHTTP, and refused
+            r = await c.post("/.well-known/ohttp-gateway", content=bad, headers={"content-type": "message/ohttp-chunked-req"})
+            assert r.status_code == 400 and r.json()["error"]["reason"].startswith("chunked.")
 
             r = await c.post("/.well-known/ohttp-gateway", content=enc[:10], headers={"content-type": "message/ohttp-req"})
             assert r.status_code == 400 and r.json()["error"]["reason"] == "ohttp.truncated"
@@ -131,7 +139,7 @@ def test_client_transport_surfaces_outer_errors(pair: KeyPair) -> None:
         async with httpx.AsyncClient(transport=t) as c:
             with pytest.raises(ProtocolError) as e:
                 await c.get("http://api.local/v1/models")
-            assert e.value.reason == "ohttp.decrypt_failed"
+            assert e.value.reason in ("chunked.decrypt_failed", "chunked.final_mismatch")
 
     _run(go())
 
@@ -203,3 +211,100 @@ def test_plaintext_never_logged(pair: KeyPair, caplog: pytest.LogCaptureFixture)
     _run(go())
     assert any(r.name == "veil.worker.gateway" for r in caplog.records)
     assert CANARY not in caplog.text
+
+
+def _compat_request(config: object, inner: bytes) -> tuple[bytes, object]:
+    return encapsulate_request(config, inner)  # type: ignore[arg-type]  # ohttpy sends plain RFC 9458
+
+
+def test_framing_is_chosen_by_route_never_by_trial(pair: KeyPair) -> None:
+    """A message/ohttp-req re-posted as message/ohttp-chunked-req is not answered in ohttpy's
+    framing on the standard route, nor on /score unless the manifest enables it."""
+    from veil.ohttp.compat import CompatResponseReceiver
+
+    req = bhttp.encode_request(bhttp.Request("GET", "https", "x", "/v1/missing"))
+
+    async def go() -> None:
+        async with _client(_app(pair)) as c:
+            enc, _ = encapsulate_request(pair.config, req)
+            r = await c.post("/.well-known/ohttp-gateway", content=enc, headers={"content-type": "message/ohttp-chunked-req"})
+            assert r.status_code == 400 and r.json()["error"]["reason"].startswith("chunked.")
+            r = await c.post("/score", content=enc, headers={"content-type": "message/ohttp-chunked-req"})
+            assert r.status_code == 404 and r.json()["error"]["reason"] == "gateway.compat_disabled"
+        async with _client(_app(pair, settings=GatewaySettings(ohttpy_compat=True))) as c:
+            enc, ctx = encapsulate_request(pair.config, req)
+            r = await c.post("/score", content=enc, headers={"content-type": "message/ohttp-req"})
+            assert r.status_code == 415  # /score speaks only ohttpy's media type
+            r = await c.post("/score", content=enc, headers={"content-type": "message/ohttp-chunked-req"})
+            assert r.status_code == 404  # the engine's answer: ohttpy reads the inner status outside
+            rx = CompatResponseReceiver(ctx)  # type: ignore[arg-type]
+            body = b"".join(rx.feed(r.content))
+            rx.close()
+            assert len(body) == 256 and json.loads(body) == {"detail": "nope"}  # padded like the rest
+            # a draft chunked request is not accepted on /score either
+            tx = ChunkedRequestSender(pair.config)
+            wire = tx.header + tx.seal_final(bhttp.encode_request(bhttp.Request("GET", "https", "x", "/v1/models"), indeterminate=True))
+            r = await c.post("/score", content=wire, headers={"content-type": "message/ohttp-chunked-req"})
+            assert r.status_code == 400 and r.json()["error"]["reason"] == "ohttp.decrypt_failed"
+
+    _run(go())
+
+
+def test_engine_receives_only_allowlisted_headers(pair: KeyPair) -> None:
+    from veil.testing import FakeEngine
+
+    seen: list = []
+    upstream = httpx.AsyncClient(transport=httpx.ASGITransport(FakeEngine(record=seen)), base_url="http://engine")
+    app = create_gateway_app(KeyStore([pair]), upstream)
+    sent = {
+        "Cookie": "session=secret", "Referer": "https://intranet.example/page", "Origin": "https://evil.example",
+        "User-Agent": "Mozilla/5.0 (X11; Linux)", "X-Forwarded-For": "203.0.113.7", "X-Real-IP": "203.0.113.7",
+        "X-Stainless-OS": "Linux", "X-Stainless-Runtime-Version": "3.11.7", "OpenAI-Organization": "org-1",
+        "Authorization": "Bearer sk-user-secret",
+    }
+
+    async def go() -> None:
+        import openai
+
+        t = OhttpTransport(pair.config, "http://gw", async_outer_transport=httpx.ASGITransport(app))
+        client = openai.AsyncOpenAI(base_url="http://api.local/v1", api_key="sk-user-secret", max_retries=0,
+                                    http_client=httpx.AsyncClient(transport=t), default_headers=sent)
+        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        await client.close()
+
+    _run(go())
+    headers, body = seen[0]
+    assert body["messages"][0]["content"] == "hi"
+    assert set(headers) <= {"accept", "content-type", "content-length", "host", "accept-encoding", "connection", "user-agent"}
+    assert headers.get("user-agent", "").startswith("python-httpx")  # httpx's own, never the caller's
+    joined = json.dumps(headers)
+    for value in ("secret", "intranet", "evil", "Mozilla", "203.0.113.7", "Linux", "org-1", "Stainless"):
+        assert value not in joined, value
+
+
+def test_nothing_after_decryption_answers_in_the_clear(pair: KeyPair, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body nested deep enough to raise RecursionError, or any unexpected failure, gets an
+    encrypted answer and a log line naming only the exception type (issue 15.8)."""
+    caplog.set_level(logging.DEBUG)
+    deep = b'{"cache_salt":' + b"[" * 200_000 + b"]" * 200_000 + b"}"  # json.loads: RecursionError
+
+    async def go() -> None:
+        t = OhttpTransport(pair.config, "http://gw", async_outer_transport=httpx.ASGITransport(_app(pair)))
+        async with httpx.AsyncClient(transport=t) as c:
+            r = await c.post("http://api.local/v1/chat/completions", content=deep, headers={"content-type": "application/json"})
+            assert r.status_code == 400 and r.json()["error"]["reason"] == "gateway.invalid_body"
+
+        app = _app(pair)
+
+        def explode(req: object) -> None:
+            raise KeyError(CANARY)
+
+        monkeypatch.setattr(app.state.gateway.tenancy, "admit", explode)
+        for chunked in (False, True):
+            t = OhttpTransport(pair.config, "http://gw", chunked=chunked, async_outer_transport=httpx.ASGITransport(app))
+            async with httpx.AsyncClient(transport=t) as c:
+                r = await c.post("http://api.local/v1/chat/completions", json={"prompt": CANARY})
+                assert r.status_code == 500 and r.json()["error"]["reason"] == "gateway.internal_error"
+
+    _run(go())
+    assert "KeyError" in caplog.text and CANARY not in caplog.text and "Traceback" not in caplog.text

@@ -31,6 +31,7 @@ SERVER = textwrap.dedent(
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
+    from veil.manifest import GatewaySettings
     from veil.ohttp.keyconfig import KeyPair, KeyStore
     from veil.worker.gateway import create_gateway_app
 
@@ -63,7 +64,8 @@ SERVER = textwrap.dedent(
     async def main():
         port, key, uds = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3]
         upstream = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=uds), base_url="http://engine")
-        app = create_gateway_app(KeyStore([KeyPair.from_private_bytes(1, key)]), upstream)
+        app = create_gateway_app(KeyStore([KeyPair.from_private_bytes(1, key)]), upstream,
+                                 settings=GatewaySettings(ohttpy_compat=True))
         servers = [uvicorn.Server(uvicorn.Config(engine, uds=uds, log_level="warning")),
                    uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))]
         await asyncio.gather(*(s.serve() for s in servers))

@@ -187,6 +187,17 @@ class PaddingSettings(_Strict):
     stream_chunks: int | None = Field(default=512, ge=64)  # each chunk of a streamed (SSE) answer
 
 
+class GatewaySettings(_Strict):
+    """What the workers' OHTTP gateways accept. Attested with the rest, so clients can see it."""
+
+    # Also serve ohttpy's older chunked variant (Azure confidential inferencing's client) on its own
+    # route, /score. Its answers are padded like the rest, but it carries the inner status code on
+    # the outer response, where relays see it (docs/protocol-ohttp.md). Off unless asked for.
+    ohttpy_compat: bool = False
+    # Replays are refused within this window; a client's Date must lie within it (RFC 9458 §6.5).
+    replay_window_seconds: int = Field(default=60, ge=5, le=3600)
+
+
 class Manifest(_Strict):
     version: Literal[1] = 1
     coordinator: list[ReferenceValues] = Field(min_length=1)
@@ -206,6 +217,7 @@ class Manifest(_Strict):
     # empty/None (like padding), so manifests written before these fields keep their digests.
     tenants: list[TenantEntry] = Field(default_factory=list)
     padding: PaddingSettings | None = None  # None: the defaults of PaddingSettings
+    gateway: GatewaySettings | None = None  # None: the defaults of GatewaySettings
 
     @field_validator("tenants")
     @classmethod
@@ -221,6 +233,8 @@ class Manifest(_Strict):
             data.pop("tenants", None)
         if self.padding is None:
             data.pop("padding", None)
+        if self.gateway is None:
+            data.pop("gateway", None)
         return data
 
     def canonical(self) -> bytes:

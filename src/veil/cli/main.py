@@ -166,8 +166,7 @@ def coordinator(
         "Without it, state lives in memory only. Read from $VEIL_DB when not given (keeps a password out of argv)."),
 ) -> None:
     """Run the coordinator: attestation service and key broker."""
-    import uvicorn
-
+    from veil.httpserver import serve
     from veil.coordinator.app import create_app
     from veil.coordinator.state import CoordinatorState
     from veil.coordinator.store import Store
@@ -180,7 +179,7 @@ def coordinator(
     if state.locked:
         err_console.print("[yellow]stored state is sealed to another platform: locked until `veil recover`[/]")
     app_ = create_app(state, attester)
-    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+    serve(app_, host=host, port=port)  # slow clients timed out, connections capped (veil.httpserver)
 
 
 @app.command()
@@ -295,8 +294,7 @@ def proxy(
     port: int = typer.Option(8472, help="Listen port."),
 ) -> None:
     """A local plain OpenAI endpoint: verifies once, then encrypts every request."""
-    import uvicorn
-
+    from veil.httpserver import serve
     from veil.client.policy import load_with_log
     from veil.client.proxy import create_proxy_app
     from veil.client.verify import verify_coordinator
@@ -308,7 +306,7 @@ def proxy(
         _fail(err)
     sim = " (SIMULATED TEE)" if attested.simulated else ""
     console.print(f"verified{sim}; OpenAI endpoint at http://{host}:{port}/v1 — every request is encrypted")
-    uvicorn.run(create_proxy_app(attested), host=host, port=port, log_level="warning", access_log=False)
+    serve(create_proxy_app(attested), host=host, port=port)
 
 
 def main() -> None:  # pragma: no cover

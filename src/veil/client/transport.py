@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from email.utils import formatdate
 
 import httpx
 
@@ -56,7 +57,8 @@ def _inner_request(request: httpx.Request, body: bytes) -> bhttp.Request:
     url = request.url
     path = url.raw_path.decode("ascii") or "/"
     headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers.raw]
-    headers = [(k, v) for k, v in headers if k not in ("host", "connection", "transfer-encoding", "content-length")]
+    headers = [(k, v) for k, v in headers if k not in ("host", "connection", "transfer-encoding", "content-length", "date")]
+    headers.append(("date", formatdate(usegmt=True)))  # inside the encryption: replays expire (RFC 9458 §6.5)
     if body:
         headers.append(("content-length", str(len(body))))
     return bhttp.Request(request.method, url.scheme, url.netloc.decode("ascii"), path, headers, body)

@@ -27,6 +27,11 @@ from veil.wire import FINAL_AAD, LABEL_CHUNKED_REQUEST, LABEL_CHUNKED_RESPONSE
 
 DEFAULT_MAX_CHUNK = 1 << 20
 _REORDER_WINDOW = 8
+# Requests reach the gateway before anyone is authenticated, and every chunk costs an AEAD call
+# and a Python loop turn: past the first few, chunks must average MIN_AVERAGE_CHUNK bytes, so the
+# parse work per byte has a bound (8 MiB of one-byte chunks is refused after the 17th chunk).
+FREE_REQUEST_CHUNKS = 16
+MIN_AVERAGE_CHUNK = 256
 
 
 def _frame(ct: bytes) -> bytes:
@@ -36,9 +41,12 @@ def _frame(ct: bytes) -> bytes:
 class _ChunkReader:
     """Splits a byte stream into (ciphertext, is_final) records; the final one ends at EOF."""
 
-    def __init__(self, max_chunk: int) -> None:
+    def __init__(self, max_chunk: int, *, bounded: bool = False) -> None:
         self._buf = bytearray()
         self._max = max_chunk
+        self._bounded = bounded  # requests: chunk count bounded by the bytes they took
+        self._chunks = 0
+        self._bytes = 0
         self.in_final = False
         self.closed = False
 
@@ -60,6 +68,10 @@ class _ChunkReader:
                 raise ParseError("chunked.too_large", f"chunk of {length} bytes exceeds the limit")
             if len(self._buf) < pos + length:
                 break
+            self._chunks += 1
+            self._bytes += pos + length
+            if self._bounded and self._chunks > FREE_REQUEST_CHUNKS + self._bytes // MIN_AVERAGE_CHUNK:
+                raise ParseError("chunked.too_many_chunks", f"chunks must average {MIN_AVERAGE_CHUNK} bytes or more")
             out.append(bytes(self._buf[pos : pos + length]))
             del self._buf[: pos + length]
         if self.in_final and len(self._buf) > self._max + 16:
@@ -128,12 +140,17 @@ class ChunkedRequestReceiver:
     def __init__(self, keys: KeyStore, max_chunk: int = DEFAULT_MAX_CHUNK) -> None:
         self._keys = keys
         self._head = bytearray()
-        self._reader = _ChunkReader(max_chunk)
+        self._reader = _ChunkReader(max_chunk, bounded=True)
         self._ctx: object | None = None
         self._enc = b""
         self.suite: SymmetricSuite | None = None
         self.key_id: int | None = None
         self.finished = False
+
+    @property
+    def enc(self) -> bytes | None:
+        """The request's encapsulated key once the header has arrived (for replay detection)."""
+        return self._enc if self._ctx is not None else None
 
     def feed(self, data: bytes) -> list[bytes]:
         if self._ctx is None:

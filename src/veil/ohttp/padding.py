@@ -70,22 +70,37 @@ def _comment_filled(prefix: bytes, data: bytes, minimum: int, ceiling: int) -> b
 
 
 class SsePadder:
-    """Padded chunk plaintexts for an indeterminate-length BHTTP response carrying SSE.
+    """Padded chunk plaintexts for an SSE body, one bucket each.
 
     ``head()`` first (status and header section, filled with a comment), then ``feed()`` each engine
     body piece, then ``final()`` for the last chunk. Bytes after the last line break are held back
     until the line completes (SSE engines end every event with a blank line, so nothing waits in
     practice); a partial line longer than ``ceiling`` is sent on in exact ``ceiling``-sized chunks.
+
+    ``framed`` (the default): each chunk is a content chunk of an indeterminate-length BHTTP
+    response. ``framed=False``: each chunk is raw body bytes (ohttpy's variant, which carries no
+    inner message); there is no head, and the final chunk is the held-back tail, if any, unpadded
+    (an engine that ends its stream mid-line; an SSE parser discards such a line anyway).
     """
 
-    def __init__(self, minimum: int, ceiling: int = CHUNK_CEILING) -> None:
+    def __init__(self, minimum: int, ceiling: int = CHUNK_CEILING, *, framed: bool = True) -> None:
         self.minimum = minimum
         self.ceiling = max(ceiling, minimum)
+        self.framed = framed
         self._pending = bytearray()
-        self._raw_len = _exact_chunk_len(self.ceiling)
+        self._raw_len = _exact_chunk_len(self.ceiling) if framed else self.ceiling
 
     def head(self, head: bytes) -> bytes:
         return _comment_filled(head, b"", self.minimum, WHOLE_CEILING)
+
+    def _raw(self, data: bytes) -> bytes:
+        return encode_content_chunk(data) if self.framed else data
+
+    def _filled(self, data: bytes) -> bytes:
+        if self.framed:
+            return _comment_filled(b"", data, self.minimum, self.ceiling)
+        target = bucket(len(data) + 2, self.minimum, self.ceiling)
+        return data + b":" + b" " * (target - len(data) - 2) + b"\n"
 
     def feed(self, piece: bytes) -> list[bytes]:
         self._pending += piece
@@ -95,15 +110,26 @@ class SsePadder:
             data = bytes(self._pending[:cut])
             del self._pending[:cut]
             while len(data) + 16 > self.ceiling:  # too big to fill with a comment: exact raw chunks
-                out.append(encode_content_chunk(data[: self._raw_len]))
+                out.append(self._raw(data[: self._raw_len]))
                 data = data[self._raw_len :]
-            out.append(_comment_filled(b"", data, self.minimum, self.ceiling))
+            out.append(self._filled(data))
         while len(self._pending) >= self._raw_len:  # an endless partial line: pass it on, still padded
-            out.append(encode_content_chunk(bytes(self._pending[: self._raw_len])))
+            out.append(self._raw(bytes(self._pending[: self._raw_len])))
             del self._pending[: self._raw_len]
         return out
 
     def final(self) -> bytes:
-        end = encode_content_chunk(bytes(self._pending)) + encode_response_end()
+        tail = bytes(self._pending)
         self._pending.clear()
-        return pad_message(end, self.minimum, self.ceiling)
+        if not self.framed:
+            return tail
+        return pad_message(encode_content_chunk(tail) + encode_response_end(), self.minimum, self.ceiling)
+
+
+def pad_json(body: bytes, minimum: int | None, ceiling: int = WHOLE_CEILING) -> bytes:
+    """A JSON text followed by spaces up to its bucket: JSON allows whitespace after the value
+    (RFC 8259 §2), so every parser reads the same document. For bodies without a framing of
+    their own to pad in (ohttpy's variant)."""
+    if minimum is None:
+        return body
+    return body + b" " * (bucket(len(body), minimum, ceiling) - len(body))

@@ -15,6 +15,7 @@ import httpx
 import uvicorn
 
 from veil.attest.attester import Attester
+from veil.httpserver import GATEWAY_LIMITS, make_server
 from veil.errors import PolicyError, VeilError, VerificationError
 from veil.manifest import ModelEntry, SignedManifest
 from veil.sandbox.profile import SandboxProfile
@@ -168,9 +169,9 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
         )
         # tenants and padding from the attested manifest; the cache-salt secret is made fresh per worker
         app = create_gateway_app(keys, upstream, manifest=manifest.manifest, engine=entry.engine)
-        server = uvicorn.Server(uvicorn.Config(
-            app, host=config.host, port=config.port, log_level="warning", access_log=False,
-        ))
+        # Slow clients timed out, connections capped with descriptors kept for the engine and
+        # coordinator links (veil.httpserver).
+        server = make_server(app, host=config.host, port=config.port, limits=GATEWAY_LIMITS)
         keeper = Reregistration(config, attester, app, server, secrets, entry)
         keeper.start()
         try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from veil.manifest import TenantEntry
 from veil.ohttp import bhttp
+from veil.worker.refusals import Refusal
 
 SALT_CONTEXT = b"veil/cache-salt/v1\x00"
 SALTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -64,13 +65,14 @@ class TokenBucket:
 
 # -- admission --------------------------------------------------------------------------------
 
-InnerAnswer = tuple[int, bhttp.Fields, bytes]
 
+@dataclass
+class Usage:
+    """What an answer cost, as far as the gateway saw it: the engine's own ``usage.total_tokens``
+    when it reported one (a JSON answer, or a stream's final usage event), else the SSE events."""
 
-def openai_error(status: int, message: str, type_: str, code: str, reason: str, headers: bhttp.Fields = ()) -> InnerAnswer:  # type: ignore[assignment]
-    """An OpenAI-shaped error (``{"error": {message, type, param, code}}``) plus Veil's reason code."""
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code, "reason": reason}}
-    return status, [("content-type", "application/json"), *headers], json.dumps(body).encode()
+    total_tokens: int | None = None
+    stream_events: int | None = None
 
 
 @dataclass
@@ -84,17 +86,20 @@ class Admission:
     _prompt_estimate: int = 0
     _settled: bool = field(default=False, repr=False)
 
-    def settle(self, *, total_tokens: int | None = None, stream_events: int | None = None) -> None:
-        """Replace the admission estimate by the usage the engine reported (or that we counted)."""
+    def settle(self, usage: Usage) -> None:
+        """Replace the admission estimate by the usage the engine reported (or that we counted).
+
+        Called exactly once per admitted request, by the gateway, whatever became of the answer.
+        """
         if self._bucket is None or self._settled:
             return
         self._settled = True
-        if total_tokens is not None:
-            actual = total_tokens
-        elif stream_events is not None:
-            actual = self._prompt_estimate + stream_events  # one SSE event ~ one token
+        if usage.total_tokens is not None:
+            actual = usage.total_tokens
+        elif usage.stream_events is not None:
+            actual = self._prompt_estimate + max(0, usage.stream_events - 1)  # one event ~ one token, minus [DONE]
         else:
-            return
+            return  # nothing known about the answer: the estimate stands
         self._bucket.settle(actual - self._estimate)
 
     @property
@@ -164,19 +169,17 @@ class Tenancy:
             found = i if match else found
         return self.tenants[found] if found >= 0 else None
 
-    def admit(self, req: bhttp.Request) -> Admission | InnerAnswer:
-        """Authenticate, rate-limit and rewrite one decoded inner request."""
+    def admit(self, req: bhttp.Request) -> Admission:
+        """Authenticate, rate-limit and rewrite one decoded inner request; refusals raise."""
         tenant: TenantEntry | None = None
-        headers = req.headers
         if self.enabled:
             tenant = self.authenticate(req.headers)
             if tenant is None:
-                return openai_error(
-                    401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>' inside the encrypted request.",
-                    "invalid_request_error", "invalid_api_key", "tenant.unauthorized",
-                    [("www-authenticate", 'Bearer realm="veil"')],
+                raise Refusal(
+                    401, "tenant.unauthorized",
+                    "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>' inside the encrypted request.",
+                    code="invalid_api_key", headers=[("www-authenticate", 'Bearer realm="veil"')],
                 )
-            headers = [(n, v) for n, v in headers if n.lower() != "authorization"]  # the engine never sees keys
         tpm = self._tpm.get(tenant.id) if tenant else None
         salt = tenant is not None and self.salts_cache and _path(req.path) in SALTED_PATHS
         # A client-sent cache_salt must go, however it is spelt (a \u escape can hide the name).
@@ -186,8 +189,7 @@ class Tenancy:
         body, doc = _json_body(req) if (tpm or salt or maybe_salted) else (req.content, None)
         if doc is None and (salt or maybe_salted) and req.content.strip():
             # Never forward a body we could not read: the engine's parser might see a salt in it.
-            return openai_error(400, "The request body must be a JSON object.", "invalid_request_error",
-                                "invalid_body", "gateway.invalid_body")
+            raise Refusal(400, "gateway.invalid_body", "The request body must be a JSON object.", code="invalid_body")
         estimate = prompt_estimate = 0
         if tpm is not None:
             prompt_estimate = math.ceil(len(req.content) / 4)
@@ -196,12 +198,12 @@ class Tenancy:
         if tenant is not None:
             wait = self._rpm[tenant.id].take(1)
             if wait:
-                return _rate_limited(wait, "requests", tenant.requests_per_minute)
+                raise _rate_limited(wait, "requests", tenant.requests_per_minute)
             if tpm is not None:
                 wait = tpm.take(estimate)
                 if wait:
                     self._rpm[tenant.id].settle(-1)  # refused: give the request back
-                    return _rate_limited(wait, "tokens", tenant.tokens_per_minute or 0)
+                    raise _rate_limited(wait, "tokens", tenant.tokens_per_minute or 0)
         if doc is not None:
             changed = "cache_salt" in doc  # a client never picks its salt
             doc.pop("cache_salt", None)
@@ -210,7 +212,7 @@ class Tenancy:
                 changed = True
             if changed:
                 body = json.dumps(doc, separators=(",", ":")).encode()
-        out = bhttp.Request(req.method, req.scheme, req.authority, req.path, headers, body, req.trailers)
+        out = bhttp.Request(req.method, req.scheme, req.authority, req.path, req.headers, body, req.trailers)
         return Admission(out, tenant.id if tenant else None, tpm, estimate, prompt_estimate)
 
 
@@ -225,15 +227,15 @@ def _json_body(req: bhttp.Request) -> tuple[bytes, dict | None]:  # type: ignore
         return content, None
     try:
         doc = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return content, None  # the engine answers malformed JSON itself
     return content, doc if isinstance(doc, dict) else None
 
 
-def _rate_limited(wait: float, kind: str, limit: int) -> InnerAnswer:
+def _rate_limited(wait: float, kind: str, limit: int) -> Refusal:
     seconds = max(1, math.ceil(wait))
-    return openai_error(
-        429, f"Rate limit reached for {kind} per minute (limit {limit}); retry in {seconds} s.",
-        kind, "rate_limit_exceeded", "tenant.rate_limited",
-        [("retry-after", str(seconds)), ("retry-after-ms", str(math.ceil(wait * 1000)))],
+    return Refusal(
+        429, "tenant.rate_limited", f"Rate limit reached for {kind} per minute (limit {limit}); retry in {seconds} s.",
+        code="rate_limit_exceeded", type_=kind,
+        headers=[("retry-after", str(seconds)), ("retry-after-ms", str(math.ceil(wait * 1000)))],
     )
