@@ -25,6 +25,7 @@ from veil import keyrelease, wire
 from veil.client.policy import POLICY_FILE, ClientPolicy
 from veil.errors import VeilError
 from veil.manifest import (
+    GatewaySettings,
     Manifest,
     ModelEntry,
     ReferenceValues,
@@ -207,6 +208,9 @@ class LocalDeployment:
             admin_keys=[public_key_hex(admin)],
             trusted_simulation_roots=[SimPlatform.load(self.sim_dir).root_fingerprint],
             recovery_keys=[keyrelease.public_bytes(recovery).hex()],
+            # A local demo also serves ohttpy's variant (/score), so standard clients can try it;
+            # clients see it in the manifest (its answers show their status to relays).
+            gateway=GatewaySettings(ohttpy_compat=True),
         )
 
     def _spawn(self, name: str, args: list[str]) -> None:
