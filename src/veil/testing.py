@@ -134,7 +134,7 @@ class FakeEngine:
                                            "created": 0, "model": self.model, "choices": [choice], "usage": usage})
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         delay = 1.0 / self.rate if self.rate else 0.0
-        for i in range(n):
+        for _ in range(n):
             if delay:
                 await asyncio.sleep(delay)
             delta = {"content": self.text} if chat else None
@@ -324,7 +324,6 @@ def _run_engine(args: argparse.Namespace) -> None:
 
 
 def _run_gateway(args: argparse.Namespace) -> None:
-    from veil.httpserver import GATEWAY_LIMITS
     from veil.manifest import GatewaySettings, PaddingSettings
     from veil.ohttp.keyconfig import KeyPair, KeyStore
     from veil.worker.gateway import create_gateway_app
