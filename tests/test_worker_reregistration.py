@@ -1,92 +1,97 @@
-"""A running worker re-attests on an interval: a newer manifest (a tenant added) takes effect
-without a restart, and a manifest that no longer admits the worker makes it stop serving."""
+"""The worker's re-attestation loop, in-process: it survives anything, counts failures, stops after
+a bound (fail closed), stops at once on a verdict, and takes the keys each registration brings.
+
+The same behaviour against real coordinator and worker processes: tests/attacks/test_worker_*.py.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
+import errno
+from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from veil.attest.attester import SimSnpAttester
-from veil.attest.sim import SimPlatform
-from veil.client.transport import OhttpTransport
-from veil.coordinator.app import create_app
-from veil.coordinator.state import CoordinatorState
-from veil.engines.models import default_model_path, sha256_file
-from veil.manifest import Manifest, ModelEntry, ReferenceValues, SandboxSettings, public_key_hex, sign_manifest
-from veil.ohttp.keyconfig import decode_key_config_list
-from veil.testing import ServerThread, free_port
-from veil.admin import add_tenant
+from veil import keyrelease
+from veil.errors import VeilError
+from veil.manifest import Manifest, ModelEntry, ReferenceValues, TenantEntry
+from veil.ohttp.keyconfig import KeyPair, KeyStore
+from veil.worker import serve
+from veil.worker.gateway import create_gateway_app
+from veil.worker.registration import RegistrationRefused, ReleasedSecrets
 
-pytestmark = pytest.mark.slow
+ENTRY = ModelEntry(name="m", sha256="00" * 32)
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+def _keeper(monkeypatch: pytest.MonkeyPatch, answers: list[object]) -> tuple[serve.Reregistration, object, SimpleNamespace]:
+    """A Reregistration whose registrations return or raise ``answers`` in turn."""
+    app = create_gateway_app(KeyStore([KeyPair.generate(1)]), httpx.AsyncClient(base_url="http://engine"))
+    server = SimpleNamespace(should_exit=False)
+    config = serve.WorkerConfig("http://coordinator.invalid", "127.0.0.1", 0, None, Path("/nonexistent"))
+    first = ReleasedSecrets("w1", "d1", [], {})
+    keeper = serve.Reregistration(config, None, app, server, first, ENTRY)  # type: ignore[arg-type]
+
+    def register(*args: object, **kwargs: object) -> ReleasedSecrets:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    monkeypatch.setattr(serve, "register", register)
+    return keeper, app, server
 
 
-def test_manifest_changes_reach_a_running_worker(tmp_path) -> None:
-    sim = SimPlatform.create(tmp_path / "sim")
-    attester = SimSnpAttester(sim.directory)
-    admin = Ed25519PrivateKey.generate()
-    refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
-    model = default_model_path()
-    manifest = Manifest(
-        coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)],
-        models=[ModelEntry(name="smollm2-135m-instruct", sha256=sha256_file(model))],
-        sandbox=SandboxSettings(profile="bubblewrap"), trusted_simulation_roots=[sim.root_fingerprint],
-    )
-    first = sign_manifest(manifest, [admin], None)
-    with ServerThread(create_app(CoordinatorState.generate(), attester)) as coord:
-        httpx.post(f"{coord.url}/v1/manifest", content=first.model_dump_json()).raise_for_status()
-        port = free_port()
-        gateway = f"http://127.0.0.1:{port}"
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "veil", "worker", "--coordinator", coord.url, "--port", str(port),
-             "--sim-dir", str(sim.directory), "--run-dir", str(tmp_path / "run"), "--model", str(model),
-             "--reregister-seconds", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        try:
-            def up() -> bool:
-                assert worker.poll() is None, worker.stdout.read().decode(errors="replace")
-                try:
-                    return httpx.get(f"{gateway}/.well-known/ohttp-gateway", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    return False
+def _secrets(digest: str, *pairs: KeyPair) -> ReleasedSecrets:
+    return ReleasedSecrets("w1", digest, keyrelease.export_ohttp_keys(KeyStore(pairs)), {})
 
-            _wait(up, 120, "the worker")
-            config = decode_key_config_list(httpx.get(f"{gateway}/.well-known/ohttp-gateway").content)[0]
-            http = httpx.Client(transport=OhttpTransport(config, gateway), base_url=gateway)
-            assert http.get("/v1/models").status_code == 200  # no tenants: no key needed
-            assert len(httpx.get(f"{coord.url}/v1/workers").json()) == 1
 
-            api_key, _, with_tenant = add_tenant(manifest, "acme", 60)
-            second = sign_manifest(with_tenant, [admin], first.digest.hex())
-            httpx.post(f"{coord.url}/v1/manifest", content=second.model_dump_json()).raise_for_status()
-            _wait(lambda: http.get("/v1/models").status_code == 401, 20, "the tenant to be enforced")
-            ok = http.get("/v1/models", headers={"Authorization": f"Bearer {api_key}"})
-            assert ok.status_code == 200
-            workers = httpx.get(f"{coord.url}/v1/workers").json()
-            assert len(workers) == 1 and workers[0]["last_seen"] > workers[0]["registered_at"]  # same record
+def test_any_failure_counts_and_the_worker_stops_after_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    answers: list[object] = [emfile, _secrets("d1", KeyPair.generate(1)),  # a success resets the count
+                             KeyError("sealed_secrets"), ValueError("bad hex"), RegistrationRefused("state.locked")]
+    keeper, app, server = _keeper(monkeypatch, answers)
+    for _ in range(4):
+        keeper.tick()  # nothing escapes: the loop cannot die
+        assert keeper.refused is None and not server.should_exit
+    keeper.tick()  # the third failure in a row (a deferral counts: never deferred for ever)
+    assert keeper.refused is not None and keeper.refused.reason == "worker.reattestation_failed"
+    assert server.should_exit and len(app.state.gateway.keys) == 0  # keys forgotten at once
+    assert app.state.gateway.stopped == "worker.reattestation_failed"
 
-            # the admins stop admitting this code: the worker stops serving (fail closed)
-            other = [ReferenceValues(platform="sim-snp", measurements=["00" * 48])]
-            third = sign_manifest(with_tenant.model_copy(update={"workers": other}), [admin], second.digest.hex())
-            httpx.post(f"{coord.url}/v1/manifest", content=third.model_dump_json()).raise_for_status()
-            worker.wait(timeout=30)
-            out = worker.stdout.read().decode(errors="replace")
-            assert "snp.measurement_mismatch" in out
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+
+def test_a_verdict_stops_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    keeper, app, server = _keeper(monkeypatch, [RegistrationRefused("snp.measurement_mismatch", "no longer admitted")])
+    keeper.tick()
+    assert keeper.refused is not None and keeper.refused.reason == "snp.measurement_mismatch"
+    assert server.should_exit and len(app.state.gateway.keys) == 0
+
+
+def test_keys_from_each_registration_replace_the_old_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    rotated = KeyPair.generate(2)
+    keeper, app, _ = _keeper(monkeypatch, [_secrets("d1", rotated)])  # same manifest, rotated keys
+    keeper.tick()
+    assert [c.key_id for c in app.state.gateway.keys.configs()] == [2]
+
+
+def test_a_newer_manifest_applies_and_a_removed_tenant_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = [ReferenceValues(platform="sim-snp", measurements=["00" * 48])]
+    tenants = [TenantEntry(id=t, key_sha256=c * 64, requests_per_minute=10) for t, c in (("a", "a"), ("b", "b"))]
+    newer = Manifest(coordinator=ref, workers=ref, admin_keys=["00" * 32], models=[ENTRY], tenants=tenants[:1])
+    keeper, app, _ = _keeper(monkeypatch, [_secrets("d2", KeyPair.generate(3))])
+    app.state.gateway.tenancy = app.state.gateway.tenancy.updated(tenants)
+    monkeypatch.setattr(serve, "fetch_manifest", lambda http, url, digest: SimpleNamespace(manifest=newer))
+    keeper.tick()
+    assert keeper.refused is None and keeper.digest == "d2"
+    assert [t.id for t in app.state.gateway.tenancy.tenants] == ["a"]  # "b" is refused from now on
+    assert [c.key_id for c in app.state.gateway.keys.configs()] == [3]
+
+
+def test_the_loop_thread_survives_what_it_cannot_handle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even an exception type nobody expected leaves the thread running and counting."""
+    keeper, _, server = _keeper(monkeypatch, [RuntimeError("?"), MemoryError(), ZeroDivisionError()])
+    keeper.config = serve.WorkerConfig("http://coordinator.invalid", "127.0.0.1", 0, None, Path("/x"), reregister_seconds=0.01)
+    keeper.start()
+    keeper._thread.join(timeout=10)
+    assert keeper.refused is not None and keeper.refused.reason == "worker.reattestation_failed"
+    assert isinstance(keeper.refused, VeilError) and server.should_exit

@@ -183,17 +183,32 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
             raise keeper.refused
 
 
-# Refusals that say something about the coordinator, not about this worker: keep serving.
-NOT_A_VERDICT = frozenset({"state.locked", "nonce.unknown", "nonce.expired", "nonce.too_many_outstanding"})
+# Refusals that say something about the coordinator (busy, locked, rate-limited, a race), not about
+# this worker: they count as failed re-attestations, like an unreachable coordinator.
+NOT_A_VERDICT = frozenset({"state.locked", "nonce.unknown", "nonce.expired", "nonce.too_many_outstanding",
+                           "manifest.digest_mismatch", "registration.malformed"})
+MAX_REATTEST_FAILURES = 3  # consecutive; with the default 60 s interval, 3 minutes without fresh attestation
+
+
+def _is_verdict(err: BaseException) -> bool:
+    """A refusal of this worker itself (its evidence, the model it serves): stop at once."""
+    if not isinstance(err, (RegistrationRefused, PolicyError, VerificationError)):
+        return False
+    reason = err.reason
+    return not (reason in NOT_A_VERDICT or reason.startswith(("http.", "state.", "nonce.")) or "rate_limit" in reason)
 
 
 class Reregistration:
     """Re-attest on an interval, so the coordinator keeps seeing fresh evidence and a newer manifest
-    (tenants, padding, keys) reaches this worker without a restart.
+    (tenants, padding, gateway settings, keys) reaches this worker without a restart.
 
-    Fail closed: when the coordinator refuses us, or the manifest no longer lists the model we
-    serve, the gateway stops. When the coordinator is merely unreachable we keep serving with the
-    keys we hold (availability is not the coordinator's to take away mid-stream).
+    Fail closed, and never switched off: the loop survives any exception. A verdict on this worker
+    (its evidence refused — say the manifest no longer admits it — or the model it serves changed)
+    stops it at once; any other failure (the coordinator unreachable, locked or busy, a malformed
+    answer, an exhausted descriptor table) counts, and after ``MAX_REATTEST_FAILURES`` consecutive
+    ones the worker stops too. Stopping means the gateway forgets every key at once (requests get
+    ``gateway.stopped``) and the server exits with the reason. The keys each re-registration
+    brings replace the old set, so keys the coordinator rotated out stop working here.
     """
 
     def __init__(self, config: WorkerConfig, attester: Attester, app: Any, server: uvicorn.Server,
@@ -201,6 +216,7 @@ class Reregistration:
         self.config, self.attester, self.app, self.server = config, attester, app, server
         self.worker_id, self.digest, self.entry = secrets.worker_id, secrets.manifest_digest, entry
         self.refused: VeilError | None = None
+        self.failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="veil-reregister", daemon=True)
 
@@ -212,30 +228,47 @@ class Reregistration:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.config.reregister_seconds):
-            try:
-                self.once()
-            except (RegistrationRefused, PolicyError) as err:
-                if err.reason in NOT_A_VERDICT:
-                    log.warning("re-registration deferred: %s", err.reason)
-                else:
-                    self._refuse(err)
-            except (httpx.HTTPError, VeilError) as err:
-                log.warning("re-registration failed, serving on with the keys held: %s", getattr(err, "reason", type(err).__name__))
+        while self.refused is None and not self._stop.wait(self.config.reregister_seconds):
+            self.tick()
+
+    def tick(self) -> None:
+        """One re-attestation; whatever goes wrong is counted or stops the worker, never raised."""
+        try:
+            self.once()
+        except Exception as err:  # noqa: BLE001 - the loop must survive anything
+            if _is_verdict(err):
+                self._refuse(err)  # type: ignore[arg-type]
+                return
+            self.failures += 1
+            reason = getattr(err, "reason", type(err).__name__)
+            log.warning("re-attestation failed (%d of %d in a row): %s", self.failures, MAX_REATTEST_FAILURES, reason)
+            if self.failures >= MAX_REATTEST_FAILURES:
+                self._refuse(VeilError(
+                    "worker.reattestation_failed",
+                    f"{self.failures} re-attestations in a row failed (last: {reason}); this worker stops serving",
+                ))
+        else:
+            self.failures = 0
 
     def once(self) -> None:
         with httpx.Client(timeout=30) as http:
             secrets = register(self.config.coordinator_url, self.attester, http, gpu_collector(self.config.gpu), self.worker_id)
-            if secrets.manifest_digest == self.digest:
-                return
-            manifest = fetch_manifest(http, self.config.coordinator_url, secrets.manifest_digest)
+            manifest = None
+            if secrets.manifest_digest != self.digest:
+                manifest = fetch_manifest(http, self.config.coordinator_url, secrets.manifest_digest)
+        keys = keyrelease.import_ohttp_keys(secrets.ohttp_keys)
+        gateway = self.app.state.gateway
+        if manifest is None:
+            gateway.keys = keys  # the coordinator may rotate keys without a new manifest
+            return
         if select_model(manifest, self.entry.name) != self.entry:
             raise PolicyError("model.changed", "the manifest changed the model this worker serves; restart it")
-        self.app.state.gateway.apply_manifest(manifest.manifest, keyrelease.import_ohttp_keys(secrets.ohttp_keys))
+        gateway.apply_manifest(manifest.manifest, keys)
         self.digest = secrets.manifest_digest
         log.warning("worker %s now serves under manifest %s", self.worker_id, self.digest[:16])
 
     def _refuse(self, err: VeilError) -> None:
         log.error("stopping: %s (%s)", err.message, err.reason)
         self.refused = err
+        self.app.state.gateway.stop(err.reason)  # no key left: nothing more can be decrypted here
         self.server.should_exit = True
