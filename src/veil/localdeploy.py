@@ -35,6 +35,8 @@ from veil.manifest import (
     public_key_hex,
     sign_manifest,
 )
+from veil.balancer import HAProxy
+from veil.localscale import Topology
 from veil.process import die_with_parent
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
@@ -65,7 +67,21 @@ class LocalDeployment:
     worker_port: int = 8471
     sandbox: str = "bubblewrap"
     model_path: Path | None = None
+    # Replicas (veil.localscale): more than one of either puts HAProxy on the public ports.
+    workers: int = 1
+    coordinators: int = 1
+    db_url: str | None = None  # default: SQLite in the state directory; several coordinators need PostgreSQL
+    reregister_seconds: float = 60.0  # how often workers re-attest (and pick up a newer manifest)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    topology: Topology = field(init=False)
+    balancer: HAProxy | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.topology = Topology(self.host, self.coordinator_port, self.worker_port, self.workers, self.coordinators)
+        if self.coordinators > 1 and not (self.db_url or "").startswith("postgresql"):
+            raise DeploymentError(
+                "deploy.ha_needs_postgres", "several coordinators share their sealed state through PostgreSQL: pass --db postgresql+psycopg://..."
+            )
 
     @property
     def coordinator_url(self) -> str:
@@ -123,13 +139,10 @@ class LocalDeployment:
         step("preparing the simulated TEE and admin key")
         self.prepare()
         admin = admin_ops.load_or_create_admin_key(self.state_dir / "admin.key")
-        step("starting the coordinator")
-        self._spawn("coordinator", [
-            "coordinator", "--host", self.host, "--port", str(self.coordinator_port),
-            "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
-            "--db", f"sqlite:///{self.state_dir / 'coordinator.db'}",
-        ])
-        self._wait_http(f"{self.coordinator_url}{wire.HEALTH_PATH}", "coordinator", 30)
+        self._start_coordinators(step)
+        if self.topology.balanced:
+            step(f"starting HAProxy ({self.workers} worker(s), {self.coordinators} coordinator(s) behind it)")
+            self._start_balancer()
         step("sealing the model weights under a data key")
         sealed = self.seal_model()
         recovery = admin_ops.load_or_create_recovery_key(self.state_dir / "recovery.key")
@@ -138,15 +151,7 @@ class LocalDeployment:
         step("signing and setting the manifest")
         signed = self._set_manifest(admin, manifest)
         self._upload_data_key(admin, manifest, signed, sealed.key)
-        step("starting the worker (attest, register, start the sandboxed engine)")
-        assert self.model_path is not None
-        self._spawn("worker", [
-            "worker", "--coordinator", self.coordinator_url, "--host", self.host,
-            "--port", str(self.worker_port), "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
-            "--run-dir", str(self.state_dir / "run"),
-            *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
-        ])
-        self._wait_http(f"{self.gateway_url}{wire.GATEWAY_PATH}", "worker", 120)
+        self._start_workers(step)
         policy = self._policy(manifest, [signed.digest.hex()], [public_key_hex(admin)])
         policy.save(self.policy_path)
         step(f"client policy written to {self.policy_path}")
@@ -155,11 +160,10 @@ class LocalDeployment:
     def _unlock_if_needed(self, recovery: X25519PrivateKey, manifest: Manifest) -> None:
         """After a code change the coordinator's sealing key changes and it comes up locked:
         restore it with this deployment's recovery key, as an admin would with `veil recover`."""
-        body = httpx.get(f"{self.coordinator_url}{wire.ATTESTATION_PATH}", params={"nonce": "00" * 32}, timeout=10).json()
-        if not body.get("locked"):
-            return
-        target = self._policy(manifest, [], [])
-        admin_ops.recover(self.coordinator_url, recovery, target)
+        for url in self.topology.coordinator_urls:  # each replica holds its own unlocked copy
+            body = httpx.get(f"{url}{wire.ATTESTATION_PATH}", params={"nonce": "00" * 32}, timeout=10).json()
+            if body.get("locked"):
+                admin_ops.recover(url, recovery, self._policy(manifest, [], []).model_copy(update={"coordinator_url": url}))
 
     def _upload_data_key(self, admin: Ed25519PrivateKey, manifest: Manifest, signed: SignedManifest, key: bytes) -> None:
         """The data key goes to the coordinator only sealed to its freshly verified key."""
@@ -213,23 +217,76 @@ class LocalDeployment:
             gateway=GatewaySettings(ohttpy_compat=True),
         )
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    # replicas -----------------------------------------------------------------------------------
+    def _start_coordinators(self, step) -> None:  # type: ignore[no-untyped-def]
+        db = self.db_url or f"sqlite:///{self.state_dir / 'coordinator.db'}"
+        for i, port in enumerate(self.topology.coordinator_ports):
+            name = self._replica_name("coordinator", i, self.coordinators)
+            step(f"starting the {name}")
+            # the database URL goes through the environment: a password never shows in argv
+            self._spawn(name, [
+                "coordinator", "--host", self.host, "--port", str(port), "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
+            ], env={"VEIL_DB": db})
+        for i, url in enumerate(self.topology.coordinator_urls):
+            name = self._replica_name("coordinator", i, self.coordinators)
+            self._wait_http(f"{url}{wire.HEALTH_PATH}", name, 30, self.processes[i])
+
+    def _start_balancer(self) -> None:
+        self.balancer, binds = self.topology.balancer(self.state_dir / "haproxy")
+        self.balancer.start(binds)
+        assert self.balancer.proc is not None
+        self.processes.append(self.balancer.proc)  # stopped after the workers, before the coordinators
+
+    def _start_workers(self, step) -> None:  # type: ignore[no-untyped-def]
+        first = len(self.processes)
+        for i, port in enumerate(self.topology.worker_ports):
+            name = self._replica_name("worker", i, self.workers)
+            step(f"starting the {name} (attest, register, start the sandboxed engine)")
+            run_dir = self.state_dir / "run" if self.workers == 1 else self.state_dir / "run" / name
+            self._spawn(name, [
+                "worker", "--coordinator", self.coordinator_url, "--host", self.host,
+                "--port", str(port), "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
+                "--run-dir", str(run_dir), "--reregister-seconds", str(self.reregister_seconds),
+                *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
+            ])
+        for i, port in enumerate(self.topology.worker_ports):
+            name = self._replica_name("worker", i, self.workers)
+            self._wait_http(f"{self.topology.url(port)}{wire.GATEWAY_PATH}", name, 120 * self.workers, self.processes[first + i])
+        if self.workers > 1:  # the balancer's health checks have seen them
+            self._wait_http(f"{self.gateway_url}{wire.GATEWAY_PATH}", "haproxy", 30, self.balancer.proc if self.balancer else None)
+
+    @staticmethod
+    def _replica_name(role: str, index: int, count: int) -> str:
+        return role if count == 1 else f"{role}-{index + 1}"
+
+    def serving(self) -> bool:
+        """Whether the deployment still serves: every process, or with replicas at least one of each
+        role and the balancer (a killed worker is the balancer's to route around)."""
+        if not self.topology.balanced:
+            return all(p.poll() is None for p in self.processes)
+        alive = [p for p in self.processes if p.poll() is None]
+        balancer_up = self.balancer is not None and self.balancer.proc in alive
+        return balancer_up and len([p for p in alive if p is not (self.balancer.proc if self.balancer else None)]) >= 2
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.state_dir / "logs" / f"{name}.log", "ab")
         # Own session: a terminal's Ctrl-C reaches only `veil up`, which stops workers before the
         # coordinator. Parent-death signal: if `veil up` is killed outright, they go too.
         proc = subprocess.Popen(
             [sys.executable, "-m", "veil", *args], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_terminate_with_parent,
+            env={**os.environ, **(env or {})},
         )
         log.close()
         self.processes.append(proc)
 
-    def _wait_http(self, url: str, name: str, timeout: float) -> None:
+    def _wait_http(self, url: str, name: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + timeout
-        proc = self.processes[-1]
+        proc = proc or self.processes[-1]
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                tail = (self.state_dir / "logs" / f"{name}.log").read_text(errors="replace")[-2000:]
+                log = self.state_dir / "logs" / f"{name}.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise DeploymentError(f"deploy.{name}_exited", f"the {name} exited:\n{tail}")
             try:
                 if httpx.get(url, timeout=2).status_code == 200:

@@ -92,8 +92,15 @@ def up(
     model: Optional[Path] = typer.Option(None, help="GGUF model (default: the bundled SmolLM2-135M-Instruct)."),
     demo: bool = typer.Option(False, "--demo", help="After start-up, verify and run one streamed chat."),
     detach: bool = typer.Option(False, "--detach", help="Start, write the policy, and return (for scripts)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker replicas, each with its own sandboxed engine; more than one puts HAProxy on the gateway port (least connections, health checks)."),
+    coordinators: int = typer.Option(1, "--coordinators", min=1, help="Coordinator replicas sharing sealed state in PostgreSQL (--db), behind HAProxy on the coordinator port."),
+    db: Optional[str] = typer.Option(None, "--db", envvar="VEIL_DB", help="Coordinator database URL (default: SQLite in the state directory; required as postgresql+psycopg://... with --coordinators > 1)."),
+    reregister_seconds: float = typer.Option(60.0, help="How often workers re-attest; a newer manifest reaches them then."),
 ) -> None:
-    """Start a local deployment (coordinator, worker, engine) on the SIMULATED TEE."""
+    """Start a local deployment (coordinator, worker, engine) on the SIMULATED TEE.
+
+    With --workers/--coordinators above 1, the replicas sit behind Debian's HAProxy
+    (deploy/haproxy/balancer.cfg) and the client policy names the balancer (docs/scale-out.md)."""
     from veil.localdeploy import LocalDeployment
 
     # Ctrl-C and SIGTERM stop everything, even when we inherited SIGINT as ignored (a shell
@@ -101,10 +108,14 @@ def up(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
-    deployment = LocalDeployment(
-        _state_dir(state_dir), host=host, coordinator_port=coordinator_port,
-        worker_port=worker_port, sandbox=sandbox, model_path=model,
-    )
+    try:
+        deployment = LocalDeployment(
+            _state_dir(state_dir), host=host, coordinator_port=coordinator_port,
+            worker_port=worker_port, sandbox=sandbox, model_path=model,
+            workers=workers, coordinators=coordinators, db_url=db, reregister_seconds=reregister_seconds,
+        )
+    except VeilError as err:
+        _fail(err)
     try:
         with console.status("starting Veil") as status:
 
@@ -121,7 +132,9 @@ def up(
         raise typer.Exit(130)
     console.print(
         f"[bold green]Veil is up[/] (SIMULATED TEE). Coordinator {deployment.coordinator_url}, "
-        f"gateway {deployment.gateway_url}.\n"
+        f"gateway {deployment.gateway_url}"
+        + (f" (HAProxy in front of {workers} worker(s) and {coordinators} coordinator(s))" if deployment.balancer else "")
+        + ".\n"
         f"  veil verify              # check the attestation\n"
         f"  veil chat \"hello\"        # a verified, encrypted, streamed chat\n"
         f"  veil proxy               # plain OpenAI endpoint on 127.0.0.1:8472 for any OpenAI client"
@@ -134,7 +147,12 @@ def up(
         if demo:
             _demo(deployment.policy_path)
         console.print("[dim]Serving. Press Ctrl-C to stop.[/]")
-        while all(p.poll() is None for p in deployment.processes):
+        reported: set[int] = set()
+        while deployment.serving():
+            for proc in deployment.processes:  # with replicas a dead one is routed around: say so
+                if proc.poll() is not None and proc.pid not in reported:
+                    reported.add(proc.pid)
+                    err_console.print(f"[yellow]a replica exited (pid {proc.pid}, status {proc.returncode}); serving on the others[/]")
             time.sleep(0.5)
         console.print("[red]a Veil process exited; stopping[/]")
     except KeyboardInterrupt:

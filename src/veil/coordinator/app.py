@@ -95,6 +95,7 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
     def attestation(nonce: str = Query(max_length=128)) -> dict[str, Any]:
         """Fresh evidence whose report_data binds the client's nonce, our key, manifest and key config."""
         raw_nonce = _hex_nonce(nonce)
+        state.refresh()  # HA: a peer coordinator on the same database may have set a newer manifest
         current = state.manifest
         manifest_digest = current.digest if current else b""
         configs = key_configs()
@@ -133,6 +134,7 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
     @app.get(wire.SECRETS_PATH)
     def list_secrets() -> dict[str, Any]:
         state.require_unlocked()
+        state.refresh()
         return {"key_ids": sorted(state.secrets)}
 
     @app.get(wire.AUDIT_PATH)
@@ -153,10 +155,12 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
 
     @app.get(wire.MANIFEST_PATH)
     def get_manifest() -> dict[str, Any]:
+        state.refresh()
         return state.require_manifest().model_dump(mode="json")
 
     @app.get(wire.MANIFEST_HISTORY_PATH)
     def get_history() -> list[dict[str, Any]]:
+        state.refresh()
         return [entry.model_dump(mode="json") for entry in state.history]
 
     @app.post(wire.MANIFEST_PATH)

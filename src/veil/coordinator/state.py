@@ -77,7 +77,10 @@ class CoordinatorState:
         if sealed is None:
             state = cls.generate()
             state.store, state._platform_key = store, platform_key
-            state._initialise(os.urandom(32))
+            try:
+                state._initialise(os.urandom(32))
+            except IntegrityError:  # HA: a peer starting on the same empty database won the race
+                return cls.open(store, platform_key)
             return state
         try:
             state_key = StateCipher(platform_key).open(sealed, META_PLATFORM_SEALED)
@@ -117,9 +120,10 @@ class CoordinatorState:
         assert self.store is not None and self._platform_key is not None
         self.cipher = StateCipher(state_key)
         keys = {"hpke": _raw_private(self.hpke_key).hex(), "ohttp": keyrelease.export_ohttp_keys(self.ohttp_keys)}
+        # insert, never overwrite: of coordinators starting together on one database, one state wins
         with self.store.transaction() as conn:
-            self.store.put_meta(conn, META_KEYS, self.cipher.seal(json.dumps(keys).encode(), META_KEYS))
-            self.store.put_meta(
+            self.store.add_meta(conn, META_KEYS, self.cipher.seal(json.dumps(keys).encode(), META_KEYS))
+            self.store.add_meta(
                 conn, META_PLATFORM_SEALED, StateCipher(self._platform_key).seal(state_key, META_PLATFORM_SEALED)
             )
 

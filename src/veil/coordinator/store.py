@@ -33,6 +33,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -70,6 +71,7 @@ audit = Table(
 )
 
 NONCE_LEN = 12
+SCHEMA_LOCK_KEY = 0x7665696C  # "veil": the advisory lock that serialises schema creation
 
 
 class StateCipher:
@@ -115,7 +117,14 @@ def open_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.close()
-    metadata.create_all(engine)
+    if engine.dialect.name == "postgresql":
+        # coordinators starting together: concurrent CREATE TABLEs collide in PostgreSQL's catalog,
+        # so one at a time under a transaction-scoped advisory lock
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            metadata.create_all(conn)
+    else:
+        metadata.create_all(engine)
     return engine
 
 
@@ -138,6 +147,11 @@ class Store:
     def get_meta(self, name: str) -> bytes | None:
         with self.engine.connect() as conn:
             return conn.execute(select(meta.c.value).where(meta.c.name == name)).scalar_one_or_none()
+
+    @staticmethod
+    def add_meta(conn: Connection, name: str, value: bytes) -> None:
+        """Insert only: an IntegrityError if ``name`` exists (a concurrent first start)."""
+        conn.execute(insert(meta).values(name=name, value=value))
 
     @staticmethod
     def put_meta(conn: Connection, name: str, value: bytes) -> None:
