@@ -135,9 +135,9 @@ def up(
         f"gateway {deployment.gateway_url}"
         + (f" (HAProxy in front of {workers} worker(s) and {coordinators} coordinator(s))" if deployment.balancer else "")
         + ".\n"
-        f"  veil verify              # check the attestation\n"
-        f"  veil chat \"hello\"        # a verified, encrypted, streamed chat\n"
-        f"  veil proxy               # plain OpenAI endpoint on 127.0.0.1:8472 for any OpenAI client"
+        "  veil verify              # check the attestation\n"
+        "  veil chat \"hello\"        # a verified, encrypted, streamed chat\n"
+        "  veil proxy               # plain OpenAI endpoint on 127.0.0.1:8472 for any OpenAI client"
     )
     if detach:
         for proc in deployment.processes:
