@@ -22,6 +22,8 @@ BENCHES: list[tuple[str, list[str]]] = [
     ("sandbox start-up", ["sandbox_startup.py", "-n", "5"]),
     ("unseal throughput and peak RSS", ["unseal.py", "--size", "256M", "--repeat", "2"]),
     ("coordinator restart and recovery", ["restore.py", "50", "100", "3"]),
+    ("load through HAProxy: 1 and 3 workers, the balancer's cost", ["load.py", "--seconds", "6"]),
+    ("client set-ups at 1, 100, 1000 clients, batched attestation or not", ["attestation_scale.py"]),
 ]
 
 

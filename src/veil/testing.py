@@ -162,10 +162,11 @@ class GatewayProcess:
     both processes' logs. Options are those of the command (``compat=True``, ``padding="off"``,
     ``tokens=``, ``rate=``, ``max_connections=``, ``header_timeout=``, ``body_timeout=``)."""
 
-    def __init__(self, run_dir: Path, *, nofile: int | None = None, **options: Any) -> None:
+    def __init__(self, run_dir: Path, *, nofile: int | None = None, pair: Any = None, **options: Any) -> None:
+        """``pair``: the OHTTP key pair to serve (replicas behind a balancer share one)."""
         from veil.ohttp.keyconfig import KeyPair
 
-        self.pair = KeyPair.generate(options.pop("key_id", 1))
+        self.pair = pair or KeyPair.generate(options.pop("key_id", 1))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.stderr_path = run_dir / "gateway.stderr"
@@ -352,6 +353,30 @@ def _run_gateway(args: argparse.Namespace) -> None:
     finally:
         engine.terminate()
         engine.wait(timeout=10)
+
+
+class SerializedAttester:
+    """Test/bench only: an attester that costs what a security processor does, one report at a time.
+
+    Wraps a real attester (e.g. sim-snp); every report takes at least ``cost_s`` and reports never
+    overlap, as on SEV-SNP (firmware) or TDX (the quoting enclave). ``reports`` counts them.
+    """
+
+    def __init__(self, inner, cost_s: float) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.cost_s, self.platform = inner, cost_s, inner.platform
+        self.reports = 0
+        self._chip = threading.Lock()
+
+    def evidence(self, report_data: bytes):  # type: ignore[no-untyped-def]
+        with self._chip:
+            start = time.perf_counter()
+            out = self.inner.evidence(report_data)
+            self.reports += 1
+            time.sleep(max(0.0, self.cost_s - (time.perf_counter() - start)))
+            return out
+
+    def sealing_key(self) -> bytes:
+        return self.inner.sealing_key()
 
 
 def main(argv: list[str] | None = None) -> None:

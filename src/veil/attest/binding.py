@@ -13,6 +13,10 @@ import hmac
 from veil.errors import VerificationError
 
 COORDINATOR_CONTEXT = b"veil/coordinator-evidence/v1"
+# One report for a batch of clients: the root of the Merkle tree over their nonces
+# (veil.attest.nonce_tree) stands where a single nonce would; its own context keeps a root from
+# ever being taken for a nonce, or the other way round.
+COORDINATOR_BATCH_CONTEXT = b"veil/coordinator-evidence-batch/v1"
 WORKER_CONTEXT = b"veil/worker-evidence/v1"
 
 
@@ -30,6 +34,13 @@ def coordinator_report_data(
 ) -> bytes:
     """report_data of the coordinator's evidence for one client nonce."""
     return bind(COORDINATOR_CONTEXT, nonce, public_key, manifest_digest, key_config_digest)
+
+
+def coordinator_batch_report_data(
+    nonce_root: bytes, public_key: bytes, manifest_digest: bytes, key_config_digest: bytes
+) -> bytes:
+    """report_data of the coordinator's evidence for a batch of client nonces (their tree's root)."""
+    return bind(COORDINATOR_BATCH_CONTEXT, nonce_root, public_key, manifest_digest, key_config_digest)
 
 
 def worker_report_data(nonce: bytes, public_key: bytes, extra_evidence_digest: bytes = b"") -> bytes:

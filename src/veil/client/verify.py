@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 
 from veil import wire
-from veil.attest.binding import coordinator_report_data
+from veil.attest.binding import coordinator_batch_report_data, coordinator_report_data
+from veil.attest.nonce_tree import InclusionProof, root_from_proof
 from veil.attest.claims import Verdict
 from veil.attest.evidence import appraise_evidence, trust_for
 from veil.attest.registry import is_simulated
@@ -136,9 +137,9 @@ def check_attestation(
             "attestation.simulated_untrusted",
             "the coordinator runs on a SIMULATED TEE and this client does not trust simulation",
         )
-    expected = coordinator_report_data(
-        nonce, public_key, manifest_digest, hashlib.sha256(configs_raw).digest()
-    )
+    expected = expected_report_data(body, nonce, public_key, manifest_digest, hashlib.sha256(configs_raw).digest())
+    if "nonce_batch" in body:
+        checks.append(("this client's fresh nonce is a leaf of the attested nonce batch (Merkle path)", "ok"))
     # --- attestation (veil.attest): the checks shown are those the verifier performed ---
     verified = appraise_evidence(
         evidence,
@@ -169,6 +170,22 @@ def check_attestation(
         elapsed_ms=(time.perf_counter() - started) * 1000,
         checks=checks,
     )
+
+
+def expected_report_data(body: dict[str, Any], nonce: bytes, public_key: bytes, manifest_digest: bytes,
+                         key_config_digest: bytes) -> bytes:
+    """What the coordinator's report_data must be for *our* nonce.
+
+    A batched answer (``nonce_batch``: one report for many clients, coordinator/batching.py)
+    carries our inclusion path; the root is recomputed here from our own nonce, never taken from
+    the answer, so evidence made for other clients' nonces cannot match.
+    """
+    if "nonce_batch" not in body:
+        return coordinator_report_data(nonce, public_key, manifest_digest, key_config_digest)
+    root = root_from_proof(nonce, InclusionProof.from_json(body["nonce_batch"]))
+    if root is None:
+        raise VerificationError("binding.bad_nonce_proof", "the nonce batch path is not a valid path for its index and size")
+    return coordinator_batch_report_data(root, public_key, manifest_digest, key_config_digest)
 
 
 def _check_manifest(raw: Any, digest: bytes, policy: ClientPolicy) -> SignedManifest:

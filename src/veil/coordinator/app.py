@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import time
 import uuid
@@ -18,9 +17,9 @@ from pydantic import BaseModel, Field
 
 from veil import keyrelease, wire
 from veil.attest.attester import Attester
-from veil.attest.binding import coordinator_report_data
 from veil.attest.evidence import appraise_worker_evidence, trust_for
 from veil.coordinator import release
+from veil.coordinator.batching import AttestationBatcher, Bound
 from veil.coordinator.nonces import NonceStore
 from veil.coordinator.state import CoordinatorState, WorkerRecord
 from veil.errors import ParseError, VeilError, VerificationError
@@ -65,7 +64,10 @@ def _hex_nonce(nonce: str) -> bytes:
     return raw
 
 
-def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore | None = None) -> FastAPI:
+def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore | None = None,
+               *, attestation_batching: bool = True) -> FastAPI:
+    """``attestation_batching``: one report for all clients that ask while one is being made
+    (coordinator/batching.py); False makes one report per client (the bench's baseline)."""
     nonces = nonces or NonceStore()
     app = FastAPI(title="Veil coordinator", docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY)
@@ -91,28 +93,21 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
     def ohttp_keys() -> Response:
         return Response(key_configs(), media_type=wire.MEDIA_TYPE_KEYS)
 
-    @app.get(wire.ATTESTATION_PATH)
-    def attestation(nonce: str = Query(max_length=128)) -> dict[str, Any]:
-        """Fresh evidence whose report_data binds the client's nonce, our key, manifest and key config."""
-        raw_nonce = _hex_nonce(nonce)
+    def bound_now() -> Bound:
+        """What the next report binds; runs in the report's thread (refresh reads the database)."""
         state.refresh()  # HA: a peer coordinator on the same database may have set a newer manifest
-        current = state.manifest
-        manifest_digest = current.digest if current else b""
-        configs = key_configs()
-        public = keyrelease.public_bytes(state.hpke_key)
-        report_data = coordinator_report_data(
-            raw_nonce, public, manifest_digest, hashlib.sha256(configs).digest()
-        )
+        return Bound(keyrelease.public_bytes(state.hpke_key), state.manifest, key_configs())
+
+    batcher = AttestationBatcher(attester, bound_now, batching=attestation_batching)
+
+    @app.get(wire.ATTESTATION_PATH)
+    async def attestation(nonce: str = Query(max_length=128)) -> Response:
+        """Fresh evidence whose report_data binds the client's nonce (directly, or as a leaf of the
+        batch's nonce tree with the client's inclusion path), our key, manifest and key config."""
+        got = await batcher.attest(_hex_nonce(nonce))
         attestations.inc()
-        return {
-            "platform": attester.platform,
-            "evidence": attester.evidence(report_data),
-            "public_key": public.hex(),
-            "key_configs": base64.b64encode(configs).decode(),
-            "manifest": current.model_dump(mode="json") if current else None,
-            "manifest_digest": manifest_digest.hex(),
-            "locked": state.locked,
-        }
+        # the evidence, key and manifest were encoded once for the whole batch
+        return Response(got.body(locked=state.locked), media_type="application/json")
 
     @app.post(wire.SECRETS_PATH)
     def put_secret(body: SecretUpload) -> dict[str, Any]:
