@@ -14,6 +14,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "deploy" / "images"
 CONTAINERFILE = (IMAGES / "Containerfile").read_text()
+IMAGE_EXTRAS = ("server", "postgres", "llamacpp", "gpu")  # what coordinator and workers need
 
 
 def _stages() -> dict[str, str]:
@@ -62,10 +63,11 @@ def test_images_run_as_the_charts_uid() -> None:
 
 def test_the_lock_covers_pyproject_and_pins_every_file() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [Requirement(d) for d in project["dependencies"] + project["optional-dependencies"]["postgres"]]
+    extras = project["optional-dependencies"]
+    wanted = [Requirement(d) for d in project["dependencies"] + [d for e in IMAGE_EXTRAS for d in extras[e]]]
     listed = [Requirement(line) for line in (IMAGES / "requirements.in").read_text().splitlines()
               if line and not line.startswith("#")]
-    assert {str(r) for r in wanted} <= {str(r) for r in listed}, "requirements.in is pyproject's runtime dependencies"
+    assert {str(r) for r in wanted} <= {str(r) for r in listed}, "requirements.in is pyproject's core + image extras"
     locked = _locked()
     for req in wanted:
         name = req.name.lower().replace("_", "-")

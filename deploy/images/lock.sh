@@ -1,5 +1,6 @@
 #!/bin/sh
-# Lock the images' Python dependencies: every package pinned to one version and every file it may
+# Lock the images' Python dependencies (requirements.in: keep it in step with pyproject.toml's
+# core dependencies and its server, postgres, llamacpp and gpu extras; tests/test_images.py checks): every package pinned to one version and every file it may
 # install pinned by sha256, so `pip install --require-hashes` in the image build installs exactly
 # these bytes or fails. Resolved for CPython 3.11 on x86-64 Linux (the images' base), by pip's own
 # resolver (`pip lock`, PEP 751), written as a requirements file with hashes.
