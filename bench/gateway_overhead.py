@@ -11,7 +11,10 @@ work, and (in ``sockets`` mode) the gateway's extra HTTP hop to the engine over 
 
 Modes:
   inproc   everything in one event loop over ASGI/httpx transports (CPU cost only, no sockets);
-  sockets  engine (uvicorn, Unix socket) and gateway (uvicorn, TCP) in their own processes.
+  sockets  engine (uvicorn, Unix socket) and gateway (uvicorn, TCP, Veil's server limits) in their
+           own processes (veil.testing.GatewayProcess).
+
+The engine is veil.testing's FakeEngine: no model, it answers at once, one body message per event.
 
 Each run does ``--requests`` streamed chat completions (``--tokens`` SSE events each) at
 concurrency 1, 8 and 64 and prints, per path, mean latency and wall time per request, then the
@@ -26,13 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -45,71 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from veil.client.transport import OhttpTransport  # noqa: E402
 from veil.manifest import PaddingSettings  # noqa: E402
 from veil.ohttp.keyconfig import KeyPair, KeyStore  # noqa: E402
+from veil.testing import FakeEngine, GatewayProcess  # noqa: E402
 from veil.worker.gateway import create_gateway_app  # noqa: E402
 
 CONCURRENCY = (1, 8, 64)
 PADDING_OFF = PaddingSettings(requests=None, responses=None, stream_chunks=None)
-
-# A bare ASGI engine: OpenAI-shaped, answers at once, one body message per token event.
-ENGINE_SRC = textwrap.dedent(
-    '''
-    import json
-
-    def _event(i, text):
-        doc = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "m",
-               "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
-        return b"data: " + json.dumps(doc).encode() + b"\\n\\n"
-
-    async def engine(scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        req = json.loads(body or b"{}")
-        n = int(req.get("max_tokens", 16))
-        if req.get("stream"):
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream")]})
-            for i in range(n):
-                await send({"type": "http.response.body", "body": _event(i, " tok%d" % i), "more_body": True})
-            await send({"type": "http.response.body", "body": b"data: [DONE]\\n\\n", "more_body": False})
-            return
-        out = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                          "choices": [{"index": 0, "finish_reason": "stop",
-                                       "message": {"role": "assistant", "content": "x" * n}}]}).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
-        await send({"type": "http.response.body", "body": out})
-    '''
-)
-_ns: dict[str, Any] = {}
-exec(ENGINE_SRC, _ns)  # noqa: S102 - our own constant source, shared with the engine subprocess
-ENGINE = _ns["engine"]
-
-GATEWAY_SRC = textwrap.dedent(
-    '''
-    import sys, httpx, uvicorn
-    from veil.manifest import PaddingSettings
-    from veil.ohttp.keyconfig import KeyPair, KeyStore
-    from veil.worker.gateway import create_gateway_app
-    key, engine_sock, port, padding = bytes.fromhex(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    pad = None if padding == "on" else PaddingSettings(requests=None, responses=None, stream_chunks=None)
-    upstream = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=engine_sock), base_url="http://engine",
-                                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=256))
-    app = create_gateway_app(KeyStore([KeyPair.from_private_bytes(1, key)]), upstream, padding=pad)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    '''
-)
+# The FAKE engine of veil.testing (no model, answers at once): max_tokens decides the events.
+ENGINE = FakeEngine(tokens=1 << 20)
 
 
 class _PieceStream(httpx.AsyncByteStream):
@@ -122,7 +63,7 @@ class _PieceStream(httpx.AsyncByteStream):
 
 
 class InprocEngine(httpx.AsyncBaseTransport):
-    """Runs the ASGI engine in-process and keeps its body messages as separate pieces
+    """Runs the fake engine in-process and keeps its body messages as separate pieces
     (httpx's ASGITransport would join a streamed body into one piece)."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -205,24 +146,6 @@ async def run(direct: ClientMaker, gateway: ClientMaker, requests: int, tokens: 
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not start")
-
-
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     pair = KeyPair.generate(1)
     padding = None if args.padding == "on" else PADDING_OFF
@@ -240,34 +163,20 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         return await run(direct, gateway, args.requests, args.tokens, not args.no_stream)
 
-    tmp = Path(tempfile.mkdtemp(prefix="veil-bench-"))
-    sock = str(tmp / "engine.sock")
-    (tmp / "engine_app.py").write_text(ENGINE_SRC)
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp), str(Path(__file__).resolve().parents[1] / "src")])}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "uvicorn", "engine_app:engine", "--uds", sock, "--log-level", "warning",
-                          "--no-access-log"], env=env, cwd=tmp),
-        subprocess.Popen([sys.executable, "-c", GATEWAY_SRC, pair.private_bytes().hex(), sock, str(port), args.padding], env=env),
-    ]
-    try:
-        _wait(lambda: os.path.exists(sock), "engine")
-        _wait(lambda: httpx.get(f"http://127.0.0.1:{port}/.well-known/ohttp-gateway").status_code == 200, "gateway")
+    # sockets: the real gateway process (Veil's server limits) in front of the fake engine process
+    with tempfile.TemporaryDirectory(prefix="veil-bench-") as tmp:
+        with GatewayProcess(Path(tmp), tokens=1 << 20, padding=args.padding) as gw:
+            sock = str(Path(tmp) / "engine.sock")
 
-        async def direct() -> httpx.AsyncClient:
-            return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=sock, limits=limits))
+            async def direct() -> httpx.AsyncClient:
+                return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=sock, limits=limits))
 
-        async def gateway() -> httpx.AsyncClient:
-            outer = httpx.AsyncHTTPTransport(limits=limits)
-            t = OhttpTransport(pair.config, f"http://127.0.0.1:{port}", async_outer_transport=outer, pad_requests=pad_requests)
-            return httpx.AsyncClient(transport=t)
+            async def gateway() -> httpx.AsyncClient:
+                outer = httpx.AsyncHTTPTransport(limits=limits)
+                t = OhttpTransport(gw.pair.config, gw.url, async_outer_transport=outer, pad_requests=pad_requests)
+                return httpx.AsyncClient(transport=t)
 
-        return await run(direct, gateway, args.requests, args.tokens, not args.no_stream)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+            return await run(direct, gateway, args.requests, args.tokens, not args.no_stream)
 
 
 def breakdown(repeat: int = 300) -> dict[str, float]:
@@ -314,7 +223,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = asyncio.run(main_async(args))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"mode": args.mode, "padding": args.padding, "rows": rows, "crypto_us": breakdown()}))
         return
     kind = "non-streamed" if args.no_stream else f"streamed, {args.tokens} events"
     print(f"gateway overhead — mode={args.mode}, padding={args.padding}, {kind}, {args.requests} requests/level")

@@ -170,6 +170,14 @@ class SandboxSettings(_Strict):
     allow_gpu: bool = False
 
 
+def sandbox_binding(settings: SandboxSettings) -> bytes:
+    """What a worker's report_data binds about the sandbox it enforces (veil.attest.binding): empty
+    for the default settings, else their canonical JSON — one value per profile, never the same."""
+    if settings == SandboxSettings():
+        return b""
+    return rfc8785.dumps(settings.model_dump(mode="json"))
+
+
 class TenantEntry(_Strict):
     """One tenant: its API key is stored only as SHA-256 (see docs/tenants-and-padding.md)."""
 

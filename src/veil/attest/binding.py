@@ -43,9 +43,11 @@ def coordinator_batch_report_data(
     return bind(COORDINATOR_BATCH_CONTEXT, nonce_root, public_key, manifest_digest, key_config_digest)
 
 
-def worker_report_data(nonce: bytes, public_key: bytes, extra_evidence_digest: bytes = b"") -> bytes:
-    """report_data of a worker's evidence: the challenge, its key, and e.g. its GPU evidence hash."""
-    return bind(WORKER_CONTEXT, nonce, public_key, extra_evidence_digest)
+def worker_report_data(nonce: bytes, public_key: bytes, extra_evidence_digest: bytes = b"", sandbox: bytes = b"") -> bytes:
+    """report_data of a worker's evidence: the challenge, its key, e.g. its GPU evidence hash, and the
+    sandbox settings it enforces (``veil.manifest.sandbox_binding``: empty for the default profile,
+    so evidence made before this binding existed keeps its form)."""
+    return bind(WORKER_CONTEXT, nonce, public_key, extra_evidence_digest, *((sandbox,) if sandbox else ()))
 
 
 def check_report_data(actual: bytes, expected: bytes) -> None:

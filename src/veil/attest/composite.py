@@ -70,10 +70,11 @@ def worker_report_data(
     challenge_nonce: bytes,
     worker_public_key: bytes,
     evidence: NvidiaEvidence | Sequence[NvidiaEvidence],
+    sandbox: bytes = b"",
 ) -> bytes:
     """What the worker puts in its CPU report_data when it has GPUs."""
     return binding.worker_report_data(
-        challenge_nonce, worker_public_key, gpu_evidence_digest(evidence)
+        challenge_nonce, worker_public_key, gpu_evidence_digest(evidence), sandbox
     )
 
 
@@ -96,6 +97,7 @@ def verify_composite(
     options: VerifyOptions,
     policy: NvidiaPolicy = DEFAULT_POLICY,
     expected_gpu_nonce: bytes | None = None,
+    sandbox: bytes = b"",
 ) -> VerifiedEvidence:
     """Check the CPU report_data binding, then every GPU; raises a typed VeilError.
 
@@ -107,7 +109,7 @@ def verify_composite(
     if not items:
         raise PolicyError("composite.no_gpu_evidence", "no GPU evidence to bind")
     binding.check_report_data(
-        cpu.claims.report_data, worker_report_data(challenge_nonce, worker_public_key, items)
+        cpu.claims.report_data, worker_report_data(challenge_nonce, worker_public_key, items, sandbox)
     )
     nonce = expected_gpu_nonce if expected_gpu_nonce is not None else gpu_nonce(challenge_nonce, worker_public_key)
     gpu_options = dataclasses.replace(options, binding=Binding.to(nonce))

@@ -44,8 +44,12 @@ def appraise_worker_evidence(
     public_key: bytes,
     trust: TrustRoots,
     as_of: datetime | None = None,
+    sandbox: bytes = b"",
 ) -> VerifiedEvidence:
     """A worker's CPU evidence, and its GPUs' evidence when present, bound together.
+
+    ``sandbox`` is the sandbox binding the evidence must carry (``veil.manifest.sandbox_binding``
+    of the manifest's settings): a worker enforcing another profile fails the report_data check.
 
     With GPUs, the CPU report_data binds the digest of every GPU's SPDM report, and each GPU
     signed a nonce derived from the same challenge and worker key (veil.attest.composite), so the
@@ -62,14 +66,14 @@ def appraise_worker_evidence(
     if not gpus and any(r.require_gpu for r in references if r.platform == platform):
         raise PolicyError("evidence.gpu_required", "the manifest requires GPU evidence from workers")
     expected = (
-        composite.worker_report_data(challenge, public_key, gpus)
+        composite.worker_report_data(challenge, public_key, gpus, sandbox)
         if gpus
-        else binding.worker_report_data(challenge, public_key)
+        else binding.worker_report_data(challenge, public_key, sandbox=sandbox)
     )
     options = VerifyOptions(Binding.to(expected), trust, as_of)
     verified = api.appraise(evidence, references, options)
     if not gpus:
         return verified
     return composite.verify_composite(
-        verified, gpus, challenge_nonce=challenge, worker_public_key=public_key, options=options
+        verified, gpus, challenge_nonce=challenge, worker_public_key=public_key, options=options, sandbox=sandbox
     )

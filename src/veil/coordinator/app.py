@@ -24,7 +24,7 @@ from veil.coordinator.nonces import NonceStore
 from veil.coordinator.state import CoordinatorState, WorkerRecord
 from veil.errors import ParseError, VeilError, VerificationError
 from veil.httputil import BodyLimitMiddleware, error_response, veil_error_handler
-from veil.manifest import SignedManifest
+from veil.manifest import SignedManifest, sandbox_binding
 
 MAX_BODY = 1 << 20  # 1 MiB: manifests and evidence are small
 
@@ -183,6 +183,7 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
                 challenge=nonce,
                 public_key=public_key,
                 trust=trust_for(manifest.manifest.trusted_simulation_roots),
+                sandbox=sandbox_binding(manifest.manifest.sandbox),  # it enforces what the manifest says
             )
         except VeilError as err:
             registrations.labels("refused").inc()

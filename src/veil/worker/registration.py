@@ -42,8 +42,12 @@ def register(
     http: httpx.Client,
     gpu_collector: GpuCollector | None = None,
     worker_id: str | None = None,
+    sandbox: bytes = b"",
 ) -> ReleasedSecrets:
-    """Attest with a fresh key and receive the secrets; ``worker_id`` re-registers a known worker."""
+    """Attest with a fresh key and receive the secrets; ``worker_id`` re-registers a known worker.
+
+    ``sandbox`` (``veil.manifest.sandbox_binding``) names the sandbox settings this worker enforces
+    before it serves under the secrets released: bound into report_data, checked by the coordinator."""
     key = X25519PrivateKey.generate()
     public = keyrelease.public_bytes(key)
     resp = http.post(f"{coordinator_url}{wire.WORKERS_CHALLENGE_PATH}")
@@ -53,10 +57,10 @@ def register(
     if gpus:  # the CPU report binds every GPU's report, each signed over a nonce from this challenge
         from veil.attest import composite
 
-        evidence = attester.evidence(composite.worker_report_data(nonce, public, gpus))
+        evidence = attester.evidence(composite.worker_report_data(nonce, public, gpus, sandbox))
         evidence["gpus"] = [g.to_json() for g in gpus]
     else:
-        evidence = attester.evidence(worker_report_data(nonce, public))
+        evidence = attester.evidence(worker_report_data(nonce, public, sandbox=sandbox))
     resp = http.post(
         f"{coordinator_url}{wire.WORKERS_REGISTER_PATH}",
         json={"nonce": nonce.hex(), "public_key": public.hex(), "evidence": evidence, "worker_id": worker_id},

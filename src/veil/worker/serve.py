@@ -17,7 +17,7 @@ import uvicorn
 from veil.attest.attester import Attester
 from veil.httpserver import GATEWAY_LIMITS, make_server
 from veil.errors import PolicyError, VeilError, VerificationError
-from veil.manifest import ModelEntry, SignedManifest
+from veil.manifest import ModelEntry, SignedManifest, sandbox_binding
 from veil.sandbox.profile import SandboxProfile
 from veil import keyrelease, wire
 from veil.worker.registration import RegistrationRefused, ReleasedSecrets, register
@@ -65,14 +65,36 @@ def gpu_collector(mode: str):
     return collect
 
 
-def fetch_manifest(http: httpx.Client, coordinator_url: str, digest: str) -> SignedManifest:
-    """The manifest we were admitted under; its digest came sealed with our secrets."""
+def register_under_current(
+    config: WorkerConfig, attester: Attester, http: httpx.Client, worker_id: str | None = None,
+) -> tuple[ReleasedSecrets, SignedManifest]:
+    """Register under the coordinator's current manifest, committing to its sandbox settings.
+
+    The manifest comes first (it is public), so that the evidence can bind the sandbox settings
+    this worker will enforce before it serves under what the registration releases; the
+    coordinator refuses evidence that binds others. The digest sealed with the secrets then
+    proves the manifest is the one we were admitted under. A manifest that changes in between
+    (the binding no longer matches, or the digests differ) is read again, up to three times.
+    """
+    for _ in range(3):
+        manifest = _current_manifest(http, config.coordinator_url)
+        sandbox_profile(manifest, config)  # never commit to a profile this worker would refuse to run
+        try:
+            secrets = register(config.coordinator_url, attester, http, gpu_collector(config.gpu), worker_id,
+                               sandbox=sandbox_binding(manifest.manifest.sandbox))
+        except RegistrationRefused as err:
+            if err.reason != "binding.report_data_mismatch" or _current_manifest(http, config.coordinator_url).digest == manifest.digest:
+                raise  # the manifest did not move: a verdict on this worker's evidence
+            continue
+        if manifest.digest.hex() == secrets.manifest_digest:
+            return secrets, manifest
+    raise VerificationError("manifest.digest_mismatch", "the coordinator's manifest kept changing during registration")
+
+
+def _current_manifest(http: httpx.Client, coordinator_url: str) -> SignedManifest:
     resp = http.get(f"{coordinator_url}{wire.MANIFEST_PATH}")
     resp.raise_for_status()
-    manifest = SignedManifest.parse(resp.content)
-    if manifest.digest.hex() != digest:
-        raise VerificationError("manifest.digest_mismatch", "coordinator's manifest changed during registration")
-    return manifest
+    return SignedManifest.parse(resp.content)
 
 
 def select_model(manifest: SignedManifest, name: str | None) -> ModelEntry:
@@ -146,8 +168,7 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
     from veil.worker.gateway import create_gateway_app
 
     with httpx.Client(timeout=30) as http:
-        secrets = register(config.coordinator_url, attester, http, gpu_collector(config.gpu))
-        manifest = fetch_manifest(http, config.coordinator_url, secrets.manifest_digest)
+        secrets, manifest = register_under_current(config, attester, http)
     entry = select_model(manifest, config.model_name)
     keys = keyrelease.import_ohttp_keys(secrets.ohttp_keys)
     config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -172,7 +193,7 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
         # Slow clients timed out, connections capped with descriptors kept for the engine and
         # coordinator links (veil.httpserver).
         server = make_server(app, host=config.host, port=config.port, limits=GATEWAY_LIMITS)
-        keeper = Reregistration(config, attester, app, server, secrets, entry)
+        keeper = Reregistration(config, attester, app, server, secrets, entry, engine, weights)
         keeper.start()
         try:
             server.run()
@@ -191,7 +212,13 @@ MAX_REATTEST_FAILURES = 3  # consecutive; with the default 60 s interval, 3 minu
 
 
 def _is_verdict(err: BaseException) -> bool:
-    """A refusal of this worker itself (its evidence, the model it serves): stop at once."""
+    """A refusal of this worker itself (its evidence, the model it serves, a sandbox it cannot
+    enforce): stop at once."""
+    from veil.engines.launcher import EngineStartError
+    from veil.sandbox.profile import SandboxError
+
+    if isinstance(err, (SandboxError, EngineStartError)):
+        return True
     if not isinstance(err, (RegistrationRefused, PolicyError, VerificationError)):
         return False
     reason = err.reason
@@ -209,12 +236,19 @@ class Reregistration:
     ones the worker stops too. Stopping means the gateway forgets every key at once (requests get
     ``gateway.stopped``) and the server exits with the reason. The keys each re-registration
     brings replace the old set, so keys the coordinator rotated out stop working here.
+
+    A manifest that changes the sandbox is treated like one that changes the model would be if it
+    could be done live: this worker commits to the new settings in its evidence (see
+    :func:`register_under_current`), then restarts the engine under the new profile, and only then
+    applies the manifest (its tenants and keys); if the engine cannot start under it, the worker
+    stops. No engine ever runs under a profile the worker's latest evidence does not bind.
     """
 
     def __init__(self, config: WorkerConfig, attester: Attester, app: Any, server: uvicorn.Server,
-                 secrets: ReleasedSecrets, entry: ModelEntry) -> None:
+                 secrets: ReleasedSecrets, entry: ModelEntry, engine: Any = None, weights: Weights | None = None) -> None:
         self.config, self.attester, self.app, self.server = config, attester, app, server
         self.worker_id, self.digest, self.entry = secrets.worker_id, secrets.manifest_digest, entry
+        self.engine, self.weights = engine, weights
         self.refused: VeilError | None = None
         self.failures = 0
         self._stop = threading.Event()
@@ -252,20 +286,28 @@ class Reregistration:
 
     def once(self) -> None:
         with httpx.Client(timeout=30) as http:
-            secrets = register(self.config.coordinator_url, self.attester, http, gpu_collector(self.config.gpu), self.worker_id)
-            manifest = None
-            if secrets.manifest_digest != self.digest:
-                manifest = fetch_manifest(http, self.config.coordinator_url, secrets.manifest_digest)
+            secrets, manifest = register_under_current(self.config, self.attester, http, self.worker_id)
         keys = keyrelease.import_ohttp_keys(secrets.ohttp_keys)
         gateway = self.app.state.gateway
-        if manifest is None:
+        if secrets.manifest_digest == self.digest:
             gateway.keys = keys  # the coordinator may rotate keys without a new manifest
             return
         if select_model(manifest, self.entry.name) != self.entry:
             raise PolicyError("model.changed", "the manifest changed the model this worker serves; restart it")
+        profile = sandbox_profile(manifest, self.config)
+        if self.engine is not None and profile != self.engine.profile:
+            self._restart_engine(profile)
         gateway.apply_manifest(manifest.manifest, keys)
         self.digest = secrets.manifest_digest
         log.warning("worker %s now serves under manifest %s", self.worker_id, self.digest[:16])
+
+    def _restart_engine(self, profile: SandboxProfile) -> None:
+        """Stop the engine and start it confined by ``profile``; raises (a verdict) if it cannot."""
+        log.warning("the manifest changed the sandbox: restarting the engine under %s", profile.describe())
+        if self.weights is not None and self.weights.stdin_fd is not None:
+            os.lseek(self.weights.stdin_fd, 0, os.SEEK_SET)  # the engine reads its weights from the start again
+        self.engine.restart(profile)
+        log.warning("engine restarted under %s", profile.name)
 
     def _refuse(self, err: VeilError) -> None:
         log.error("stopping: %s (%s)", err.message, err.reason)
