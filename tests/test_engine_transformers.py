@@ -183,7 +183,7 @@ def test_stop_sequence_cuts_the_text(client: httpx.Client) -> None:
         ("/v1/completions", b'{"prompt": "x", "suffix": "y"}', 400, "unsupported_suffix"),
         ("/v1/completions", b'{"prompt": "x", "max_tokens": 500}', 400,
          "context_length_exceeded"),
-        ("/v1/embeddings", b'{"input": "x"}', 404, "not_found"),
+        ("/v1/embeddings", b'{"input": "x"}', 404, "unsupported_endpoint"),  # no embeddings here
     ],
 )
 def test_bad_requests_get_openai_errors(

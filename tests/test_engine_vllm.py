@@ -76,7 +76,7 @@ def test_socket_directory_must_be_private(tmp_path: Path) -> None:
 def test_cli_takes_the_engine_process_flags(tmp_path: Path) -> None:
     """The argv EngineProcess sends, plus pass-through flags, becomes the expected vllm argv."""
     eng = EngineProcess(tmp_path / "e.sock", tmp_path / "my-model",
-                        engine_module="veil.engines.vllm", n_ctx=1024, threads=4,
+                        engine_module="veil.engines.vllm", n_ctx=1024,
                         extra_args=["--gpu-memory-utilization", "0.4"])
     out = subprocess.run([*eng.command(), "--print-command"], capture_output=True, text=True,
                          timeout=60, check=True)
@@ -91,6 +91,8 @@ def test_cli_takes_the_engine_process_flags(tmp_path: Path) -> None:
     refused = subprocess.run([*eng.command(), "--enable-log-requests"], capture_output=True,
                              text=True, timeout=60)
     assert refused.returncode == 2 and "not allowed" in refused.stderr
+    ignored = subprocess.run([*eng.command(), "--threads", "4"], capture_output=True, text=True, timeout=60)
+    assert ignored.returncode == 2 and "--threads" in ignored.stderr  # a flag vLLM would ignore
 
 
 # --- a real vLLM server: needs vLLM and an NVIDIA GPU (none on the development machine) ---------

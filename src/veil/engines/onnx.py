@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,10 +24,11 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from veil.engines import cli
+from veil.engines.base import Backend
 from veil.engines.onnx_api import ORT_TYPES, Limits, TensorSpec, decode_inputs, encode_tensor
-from veil.engines.openai_api import EngineAPIError, check_model, install_error_handlers
-from veil.engines.serving import log as _log
-from veil.engines.serving import serve, start_up
+from veil.engines.openai_api import EngineAPIError, check_model
+from veil.engines.openai_app import engine_app
 
 _FD_PATH = re.compile(r"^/(proc/(self|\d+)|dev)/fd/\d+$")
 
@@ -54,11 +52,17 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, dtype, shape)
 
 
-class OnnxBackend:
-    """One ONNX Runtime CPU session; runs go through a small pool so they never block the loop."""
+class OnnxBackend(Backend):
+    """One ONNX Runtime CPU session; runs go through a small pool so they never block the loop.
+
+    A tensor model, not a language model: it serves ``/v1/run`` only (sessions are thread-safe, so
+    two runs may overlap) and no OpenAI chat, completion or embedding endpoint.
+    """
 
     def __init__(self, model: str | Path | bytes, model_id: str, threads: int) -> None:
         import onnxruntime as ort
+
+        super().__init__(model_id)
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only; ORT never logs tensor values at this level
@@ -70,15 +74,13 @@ class OnnxBackend:
         self.session = ort.InferenceSession(
             source, sess_options=opts, providers=["CPUExecutionProvider"]
         )
-        self.model_id = model_id
-        self.created = int(time.time())
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="onnx")
 
     def describe(self) -> dict[str, Any]:
         return {
-            "id": self.model_id, "object": "model", "created": self.created, "owned_by": "veil",
+            **super().describe(),
             "inputs": [s.describe() for s in self.inputs],
             "outputs": [s.describe() for s in self.outputs],
         }
@@ -123,17 +125,7 @@ def _output_names(body: dict[str, Any], backend: OnnxBackend) -> list[str]:
 
 def create_app(backend: OnnxBackend, limits: Limits = Limits()) -> FastAPI:
     """The tensor-serving ASGI app for one loaded model."""
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-
-    install_error_handlers(app)
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": backend.model_id}
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [backend.describe()]}
+    app = engine_app(backend)
 
     @app.post("/v1/run")
     async def run(request: Request) -> JSONResponse:
@@ -160,36 +152,19 @@ def create_app(backend: OnnxBackend, limits: Limits = Limits()) -> FastAPI:
     return app
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m veil.engines.onnx", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="ONNX file, or a memfd path /proc/self/fd/N")
-    p.add_argument("--socket", type=Path, required=True, help="Unix socket path to serve on")
-    p.add_argument("--model-id", help="name under /v1/models (default: the file name stem)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--n-ctx", type=int, help=argparse.SUPPRESS)  # sent by EngineProcess; unused
-    p.add_argument("--max-body-mb", type=int, default=64, help="largest request body (MiB)")
-    p.add_argument("--max-elements", type=int, default=16 << 20, help="largest tensor (elements)")
-    p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=0o600)
-    p.add_argument("--parent-pid", type=int, help="exit at once if our parent is not this pid")
-    return p.parse_args(argv)
+def _load(args: argparse.Namespace) -> tuple[Any, str]:
+    model_id = args.model_id or ("onnx-model" if is_fd_path(args.model) else Path(args.model).stem)
+    backend = OnnxBackend(args.model, model_id, args.threads)
+    limits = Limits(max_body_bytes=args.max_body_mb << 20, max_elements=args.max_elements)
+    return create_app(backend, limits), f"serving {model_id} (onnxruntime) on {args.socket}"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Load the model, then listen; the socket existing means the engine is ready."""
-    args = _parse_args(argv)
-    start_up(args.parent_pid)
-    model_id = args.model_id or (
-        "onnx-model" if is_fd_path(args.model) else Path(args.model).stem
-    )
-    try:
-        backend = OnnxBackend(args.model, model_id, args.threads)
-    except Exception as exc:  # no request yet: the text is about the operator's own file
-        _log(f"cannot load model {args.model}: {type(exc).__name__}: {str(exc)[:500]}")
-        sys.exit(1)
-    limits = Limits(max_body_bytes=args.max_body_mb << 20, max_elements=args.max_elements)
-    serve(create_app(backend, limits), args.socket, args.socket_mode,
-          f"serving {model_id} (onnxruntime) on {args.socket}")
+    p = cli.parser("veil.engines.onnx", __doc__, ["threads"], model_required=True)
+    p.add_argument("--max-body-mb", type=int, default=64, help="largest request body (MiB)")
+    p.add_argument("--max-elements", type=int, default=16 << 20, help="largest tensor (elements)")
+    cli.run(p.parse_args(argv), _load)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,9 @@ class _Request(BaseModel):
     # Token id (as a string, the JSON way) -> bias in [-100, 100]; ids are the served model's.
     logit_bias: dict[str, float] | None = None
     n: int = Field(default=1, ge=1, le=1)  # one choice per request; refuse rather than ignore
+    # The caller's prefix-cache scope (vLLM's field): set by the gateway per tenant, never by a
+    # client (the gateway drops any client-sent value). An engine keeps cached state for one scope.
+    cache_salt: str | None = Field(default=None, max_length=256)
 
     @property
     def include_usage(self) -> bool:

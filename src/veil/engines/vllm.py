@@ -1,7 +1,8 @@
 """vLLM engine (GPU): vLLM's own OpenAI server, started on a Unix socket with logging kept quiet.
 
 Run as ``python -m veil.engines.vllm --model DIR --socket PATH [--n-ctx N] [-- VLLM-ARGS...]``;
-the same flags as every Veil engine, so ``EngineProcess(engine_module="veil.engines.vllm")`` works.
+the command line every Veil engine shares (``veil.engines.cli``), so ``EngineProcess(engine_module="veil.engines.vllm")``
+works; flags after ``--`` (and unknown ones) go to vLLM, minus those that weaken privacy.
 
 vLLM already serves the OpenAI API (``vllm serve MODEL --uds PATH``), so Veil does not wrap it in a
 second HTTP server: this module only builds a safe command line and then *execs* vLLM, after
@@ -132,21 +133,17 @@ def check_socket_dir(socket_path: str | Path) -> None:
 
 
 def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python -m veil.engines.vllm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="local model directory (or memfd-backed path)")
-    p.add_argument("--socket", type=Path, required=True, help="Unix socket path to serve on")
-    p.add_argument("--model-id", help="name under /v1/models (default: the directory name)")
-    p.add_argument("--n-ctx", type=int, help="maximum model length (vLLM --max-model-len)")
-    p.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # sent by EngineProcess; unused
-    p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=0o600,
-                   help="only 0600/0700 make sense: vLLM binds the socket under umask 077")
-    p.add_argument("--parent-pid", type=int, help="exit at once if our parent is not this pid")
+    from veil.engines import cli
+
+    p = cli.parser("veil.engines.vllm", __doc__, ["n_ctx"], model_required=True)
     p.add_argument("--print-command", action="store_true",
                    help="print the vLLM argv and environment overrides as JSON, then exit")
     args, extra = p.parse_known_args(argv)
     if extra and extra[0] == "--":
         extra = extra[1:]
+    refused = [a for a in extra if a.split("=", 1)[0] in ("--threads", "--device")]
+    if refused:  # a Veil engine flag vLLM would not honour: say so rather than pass it on
+        p.error(f"unrecognized arguments: {' '.join(refused)} (vLLM does not take them)")
     return args, extra
 
 
