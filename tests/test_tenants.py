@@ -145,15 +145,18 @@ def test_no_tenants_no_key_and_client_salt_stripped(pair: KeyPair) -> None:
     assert "cache_salt" not in body and "authorization" not in headers  # the engine never sees a key
 
 
-def test_llama_cpp_gets_no_salt(pair: KeyPair) -> None:
+def test_every_chat_engine_gets_the_tenants_salt_and_onnx_none(pair: KeyPair) -> None:
+    """llama.cpp and transformers take the salt too (a per-caller cache scope); ONNX runs tensors."""
     key, entry = create_tenant("a", 100)
-    echo, app = _setup(pair, [entry], engine="llama.cpp")
+    for engine, salted in (("llama.cpp", True), ("transformers", True), ("onnxruntime", False)):
+        echo, app = _setup(pair, [entry], engine=engine)
 
-    async def go() -> None:
-        await _openai(pair, app, key).chat.completions.create(model="m", messages=MSG, extra_body={"cache_salt": "mine"})
+        async def go() -> None:
+            await _openai(pair, app, key).chat.completions.create(model="m", messages=MSG, extra_body={"cache_salt": "mine"})
 
-    asyncio.run(go())
-    assert "cache_salt" not in echo.seen[0][1]
+        asyncio.run(go())
+        expected = hmac.new(SECRET, b"veil/cache-salt/v1\x00a", hashlib.sha256).hexdigest()
+        assert echo.seen[0][1].get("cache_salt") == (expected if salted else None), engine
 
 
 def test_requests_per_minute_429_with_retry_after_inside(pair: KeyPair) -> None:

@@ -27,7 +27,10 @@ from veil.worker.refusals import Refusal
 
 SALT_CONTEXT = b"veil/cache-salt/v1\x00"
 SALTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-SALT_ENGINES = frozenset({"vllm"})  # engines whose OpenAI server takes a `cache_salt` request field
+# Engines whose OpenAI server takes a `cache_salt` request field: vLLM scopes its prefix cache by
+# it, Veil's llama.cpp engine forgets its cached prefix whenever the salt changes (docs/engines.md),
+# the transformers engine keeps no state between requests. One tenant cannot time another's prefix.
+SALT_ENGINES = frozenset({"vllm", "llama.cpp", "transformers"})
 
 
 # -- rate limits ------------------------------------------------------------------------------
