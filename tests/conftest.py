@@ -4,6 +4,10 @@ The vectors (real hardware evidence published by other projects, ``shared/vector
 checkout) are found at ``$VEIL_VECTORS`` if set, else beside this checkout, else beside the main
 checkout when this is a git worktree. Without them the tests that need them skip, except under
 ``VEIL_REQUIRE_VECTORS=1`` (set by .ci/run: CI always has them), where they fail.
+
+Marks: modules that need the model or a deployment mark themselves ``slow``; those that start
+other real processes (sandboxes, servers, killed coordinators) and every attack test are marked
+``system`` here. ``make test-fast`` runs neither: the inner loop, about a minute on an idle machine.
 """
 
 from __future__ import annotations
@@ -15,6 +19,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: Test modules that start real outside processes but need no model (else they would be slow).
+SYSTEM_MODULES = frozenset({
+    "test_coordinator_crash", "test_coordinator_postgres", "test_gateway_interop", "test_haproxy_relay",
+    "test_helm_chart", "test_sandbox_gvisor", "test_sandbox_hostile", "test_sandbox_profile",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.stem in SYSTEM_MODULES or path.parent.name == "attacks":
+            item.add_marker(pytest.mark.system)
 
 
 def _main_checkout() -> Path | None:
