@@ -156,18 +156,21 @@ class LlamaBackend(Backend):
 
     # -- the model thread -----------------------------------------------------------------------
 
-    async def _answer(self, scope: str | None, llm: Any, call: Callable[[], Any], stream: bool,
+    async def _answer(self, scope: str | None, scored: bool, call: Callable[[Any], Any], stream: bool,
                       pieces: Callable[[dict[str, Any]], Iterator[Chunk]]) -> AsyncIterator[Chunk]:
-        """Run ``call`` on the model thread in cache scope ``scope``; each llama-cpp-python choice
-        (whole, or one per streamed chunk) becomes chunks through ``pieces``, then the finish."""
+        """On the model thread, in cache scope ``scope``: ``call(llm)`` on the generation context
+        (or its scoring twin when ``scored``: logprobs need every position's logits). Each
+        llama-cpp-python choice (whole, or one per streamed chunk) becomes chunks through
+        ``pieces``, then the finish chunk with the counted usage."""
 
         def produce(emit: Callable[[Any], None], cancelled: threading.Event) -> None:
             self.enter_scope(scope)
+            llm = self.scorer() if scored else self.llm  # loaded here, never on the event loop
             with _Counter(llm) as counter:
                 if not stream:
-                    emit(call())
+                    emit(call(llm))
                 else:
-                    for item in call():
+                    for item in call(llm):
                         if cancelled.is_set():
                             break
                         emit(item)
@@ -191,7 +194,6 @@ class LlamaBackend(Backend):
     async def chat(self, req: ChatCompletionRequest) -> AsyncIterator[Chunk]:
         kwargs = self._chat_kwargs(req)
         top = kwargs.pop("_top", None)
-        llm = self.scorer() if kwargs.get("logprobs") else self.llm  # logprobs need all logits
 
         def pieces(choice: dict[str, Any]) -> Iterator[Chunk]:
             msg = (choice.get("delta") if req.stream else choice.get("message")) or {}
@@ -201,7 +203,8 @@ class LlamaBackend(Backend):
             if msg.get("tool_calls"):
                 yield ToolCallChunk(msg["tool_calls"], msg.get("function_call"))
 
-        async for chunk in self._answer(req.cache_salt, llm, lambda: llm.create_chat_completion(stream=req.stream, **kwargs),
+        async for chunk in self._answer(req.cache_salt, bool(kwargs.get("logprobs")),
+                                        lambda llm: llm.create_chat_completion(stream=req.stream, **kwargs),
                                         req.stream, pieces):
             yield chunk
 
@@ -236,24 +239,24 @@ class LlamaBackend(Backend):
                                  "unsupported_suffix", "suffix")
         if req.suffix is not None and req.echo:
             raise EngineAPIError(400, "echo cannot be combined with suffix", "invalid_request", "echo")
-        prompt: str | list[int] = req.single_prompt()
-        if req.suffix is not None:
-            prompt = self.fim_tokens(req.single_prompt(), req.suffix)
+        prompt, suffix = req.single_prompt(), req.suffix
         kwargs: dict[str, Any] = {
-            "prompt": prompt, "max_tokens": req.max_tokens, "echo": req.echo,
+            "max_tokens": req.max_tokens, "echo": req.echo,
             **_sampling(req), **_logit_bias(req, self.llm.n_vocab()),
         }
         if req.logprobs is not None:
             kwargs["logprobs"] = req.logprobs
-        llm = self.scorer() if req.logprobs is not None else self.llm  # logprobs need all logits
+
+        def run(llm: Any) -> Any:
+            text = prompt if suffix is None else self.fim_tokens(prompt, suffix)  # our FIM prompt
+            return llm.create_completion(prompt=text, stream=req.stream, **kwargs)
 
         def pieces(choice: dict[str, Any]) -> Iterator[Chunk]:
             logprobs = _tidy_completion_logprobs(choice.get("logprobs")) if req.logprobs is not None else None
             if choice.get("text") or logprobs:
                 yield TextChunk(choice.get("text") or "", logprobs)
 
-        async for chunk in self._answer(req.cache_salt, llm, lambda: llm.create_completion(stream=req.stream, **kwargs),
-                                        req.stream, pieces):
+        async for chunk in self._answer(req.cache_salt, req.logprobs is not None, run, req.stream, pieces):
             yield chunk
 
     async def embed(self, req: EmbeddingRequest) -> Embeddings:
