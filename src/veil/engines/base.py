@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -95,10 +95,10 @@ class Backend:
         """This model's ``/v1/models`` entry."""
         return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "veil"}
 
-    def chat(self, req: ChatCompletionRequest) -> AsyncIterator[Chunk]:
+    def chat(self, req: ChatCompletionRequest) -> AsyncGenerator[Chunk, None]:
         raise EngineAPIError(404, f"{self.model_id} does not serve chat completions", "unsupported_endpoint")
 
-    def complete(self, req: CompletionRequest) -> AsyncIterator[Chunk]:
+    def complete(self, req: CompletionRequest) -> AsyncGenerator[Chunk, None]:
         raise EngineAPIError(404, f"{self.model_id} does not serve text completions", "unsupported_endpoint")
 
     async def embed(self, req: EmbeddingRequest) -> Embeddings:

@@ -22,7 +22,8 @@ import json
 import math
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ class LlamaBackend(Backend):
     # -- the model thread -----------------------------------------------------------------------
 
     async def _answer(self, scope: str | None, scored: bool, call: Callable[[Any], Any], stream: bool,
-                      pieces: Callable[[dict[str, Any]], Iterator[Chunk]]) -> AsyncIterator[Chunk]:
+                      pieces: Callable[[dict[str, Any]], Iterator[Chunk]]) -> AsyncGenerator[Chunk, None]:
         """On the model thread, in cache scope ``scope``: ``call(llm)`` on the generation context
         (or its scoring twin when ``scored``: logprobs need every position's logits). Each
         llama-cpp-python choice (whole, or one per streamed chunk) becomes chunks through
@@ -178,20 +179,21 @@ class LlamaBackend(Backend):
 
         finish = "stop"
         try:
-            async for item in self.thread.stream(produce):
-                if isinstance(item, Usage):
-                    yield FinishChunk(finish, item)
-                    return
-                choice = item["choices"][0]
-                for chunk in pieces(choice):
-                    yield chunk
-                finish = choice.get("finish_reason") or finish
+            async with aclosing(self.thread.stream(produce)) as items:  # closing us stops the model
+                async for item in items:
+                    if isinstance(item, Usage):
+                        yield FinishChunk(finish, item)
+                        return
+                    choice = item["choices"][0]
+                    for chunk in pieces(choice):
+                        yield chunk
+                    finish = choice.get("finish_reason") or finish
         except ValueError as exc:
             raise _api_error(exc) from None
 
     # -- the OpenAI surface ---------------------------------------------------------------------
 
-    async def chat(self, req: ChatCompletionRequest) -> AsyncIterator[Chunk]:
+    async def chat(self, req: ChatCompletionRequest) -> AsyncGenerator[Chunk, None]:
         kwargs = self._chat_kwargs(req)
         top = kwargs.pop("_top", None)
 
@@ -203,10 +205,11 @@ class LlamaBackend(Backend):
             if msg.get("tool_calls"):
                 yield ToolCallChunk(msg["tool_calls"], msg.get("function_call"))
 
-        async for chunk in self._answer(req.cache_salt, bool(kwargs.get("logprobs")),
-                                        lambda llm: llm.create_chat_completion(stream=req.stream, **kwargs),
-                                        req.stream, pieces):
-            yield chunk
+        answer = self._answer(req.cache_salt, bool(kwargs.get("logprobs")),
+                              lambda llm: llm.create_chat_completion(stream=req.stream, **kwargs), req.stream, pieces)
+        async with aclosing(answer) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def _chat_kwargs(self, req: ChatCompletionRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -233,7 +236,7 @@ class LlamaBackend(Backend):
             kwargs["tool_choice"] = {"type": "function", "function": {"name": tool.name}}
         return kwargs
 
-    async def complete(self, req: CompletionRequest) -> AsyncIterator[Chunk]:
+    async def complete(self, req: CompletionRequest) -> AsyncGenerator[Chunk, None]:
         if req.suffix is not None and not self.supports_fim:
             raise EngineAPIError(400, f"{self.model_id} has no fill-in-the-middle tokens; suffix is unsupported",
                                  "unsupported_suffix", "suffix")
@@ -256,8 +259,9 @@ class LlamaBackend(Backend):
             if choice.get("text") or logprobs:
                 yield TextChunk(choice.get("text") or "", logprobs)
 
-        async for chunk in self._answer(req.cache_salt, req.logprobs is not None, run, req.stream, pieces):
-            yield chunk
+        async with aclosing(self._answer(req.cache_salt, req.logprobs is not None, run, req.stream, pieces)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def embed(self, req: EmbeddingRequest) -> Embeddings:
         def embed() -> Any:

@@ -14,7 +14,7 @@ import base64
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -118,7 +118,7 @@ class _Answer:
 
 
 async def respond(
-    chunks: AsyncIterator[Chunk], answer: _Answer, stream: bool, include_usage: bool
+    chunks: AsyncGenerator[Chunk, None], answer: _Answer, stream: bool, include_usage: bool
 ) -> JSONResponse | StreamingResponse:
     """The whole answer, or an SSE stream; an error before the first chunk is an HTTP error."""
     try:
@@ -149,7 +149,7 @@ async def respond(
         except Exception as exc:  # mid-stream: an error event, then the stream ends
             yield sse_event(api_error(exc).body())
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]  # an async generator
+            await chunks.aclose()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
 

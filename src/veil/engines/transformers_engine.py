@@ -14,7 +14,8 @@ import argparse
 import os
 import threading
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ class TransformersBackend(Backend):
         return Generation(input_ids, max_tokens or room, req.temperature, req.top_p, req.seed,
                           [s for s in stops if s])
 
-    async def chat(self, req: ChatCompletionRequest) -> AsyncIterator[Chunk]:
+    async def chat(self, req: ChatCompletionRequest) -> AsyncGenerator[Chunk, None]:
         if not getattr(self.tokenizer, "chat_template", None):
             raise EngineAPIError(400, f"{self.model_id} has no chat template; use /v1/completions",
                                  "unsupported_chat", "messages")
@@ -148,10 +149,12 @@ class TransformersBackend(Backend):
             raise EngineAPIError(400, "the model's chat template refused these messages",
                                  "invalid_messages", "messages") from None
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        async for chunk in self._generation(self.plan(ids, req, req.max_completion_tokens or req.max_tokens, "messages")):
-            yield chunk
+        gen = self.plan(ids, req, req.max_completion_tokens or req.max_tokens, "messages")
+        async with aclosing(self._generation(gen)) as chunks:  # closing us stops generating
+            async for chunk in chunks:
+                yield chunk
 
-    async def complete(self, req: CompletionRequest) -> AsyncIterator[Chunk]:
+    async def complete(self, req: CompletionRequest) -> AsyncGenerator[Chunk, None]:
         if req.suffix is not None:
             raise EngineAPIError(400, "this engine has no fill-in-the-middle support; suffix is unsupported",
                                  "unsupported_suffix", "suffix")
@@ -159,8 +162,9 @@ class TransformersBackend(Backend):
         gen = self.plan(self.tokenizer(prompt, return_tensors="pt")["input_ids"], req, req.max_tokens, "prompt")
         if req.echo:
             yield TextChunk(prompt)
-        async for chunk in self._generation(gen):
-            yield chunk
+        async with aclosing(self._generation(gen)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def _generate(self, gen: Generation, emit: Callable[[Any], None], cancelled: threading.Event) -> None:
         """Runs on the generation thread; emits ("text", str) items then ("end", finish, n)."""
@@ -191,7 +195,7 @@ class TransformersBackend(Backend):
         finish = "stop" if new and new[-1] in self.eos_ids else "length"
         emit(("end", finish, len(new) - (1 if finish == "stop" else 0)))
 
-    async def _generation(self, gen: Generation) -> AsyncIterator[Chunk]:
+    async def _generation(self, gen: Generation) -> AsyncGenerator[Chunk, None]:
         """Text chunks then the finish chunk, with stop sequences cut (OpenAI leaves them out).
 
         Text that might be the start of a stop sequence is held back until it is known not to be
@@ -204,25 +208,27 @@ class TransformersBackend(Backend):
         def produce(emit: Callable[[Any], None], cancelled: threading.Event) -> None:
             self._generate(gen, emit, cancelled)
 
-        async for item in self.thread.stream(produce, cancel):
-            if item[0] == "text":
-                if stopped:  # tokens produced before the thread saw the cancel flag
-                    continue
-                held += item[1]
-                hits = [i for s in gen.stops if (i := held.find(s)) >= 0]
-                if hits:
-                    stopped = True
-                    cancel.set()
-                    if held[: min(hits)]:
-                        yield TextChunk(held[: min(hits)])
-                    held = ""
-                elif len(held) > keep:
-                    yield TextChunk(held[: len(held) - keep])
-                    held = held[len(held) - keep:]
-            else:  # ("end", finish, completion_tokens)
-                if held:
-                    yield TextChunk(held)
-                yield FinishChunk("stop" if stopped else item[1], Usage(gen.prompt_tokens, item[2]))
+        async with aclosing(self.thread.stream(produce, cancel)) as items:
+            async for item in items:
+                if item[0] == "text":
+                    if stopped:  # tokens produced before the thread saw the cancel flag
+                        continue
+                    held += item[1]
+                    hits = [i for s in gen.stops if (i := held.find(s)) >= 0]
+                    if hits:
+                        stopped = True
+                        cancel.set()
+                        if held[: min(hits)]:
+                            yield TextChunk(held[: min(hits)])
+                        held = ""
+                    elif len(held) > keep:
+                        yield TextChunk(held[: len(held) - keep])
+                        held = held[len(held) - keep:]
+                else:  # ("end", finish, completion_tokens)
+                    if held:
+                        yield TextChunk(held)
+                    yield FinishChunk("stop" if stopped else item[1], Usage(gen.prompt_tokens, item[2]))
+
 
 def _silence_libraries() -> None:
     """transformers and torch warnings carry no prompts today; keep it that way by not printing."""
