@@ -78,8 +78,14 @@ def test_kill_9_during_writes_keeps_state_consistent(tmp_path) -> None:
                         return  # the coordinator died under us
 
         thread = threading.Thread(target=writer)
+        acked_before = len(acked_digests)
         thread.start()
-        time.sleep(rng.uniform(0.3, 1.5))
+        # Kill at a random point, but only once this round has had a write acknowledged: on a
+        # loaded machine a fixed window can pass before the first write lands, testing nothing.
+        deadline = time.monotonic() + 60
+        while len(acked_digests) == acked_before and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         stop.set()
