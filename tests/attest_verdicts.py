@@ -90,3 +90,22 @@ def tdx_verdict(
     options = _options(trust, as_of, expected_report_data, cache)
     return _two_stage(lambda: verify_evidence(TdxEvidence(quote, collateral), options),
                       lambda v: TDX.validate(v, policy or TdxPolicy()))
+
+
+def nvidia_verdict(
+    evidence: Any,
+    policy: Any = None,
+    *,
+    expected_nonce: bytes,
+    as_of: datetime | None = None,
+    trusted_roots: Any = None,
+    trust: TrustRoots | None = None,
+) -> Verdict:
+    """One GPU's evidence through verify + validate; ``trusted_roots`` adds simulation roots (fake
+    GPUs); ``policy`` defaults to the production GpuReference (RIMs and revocation required)."""
+    from veil.attest.nvidia.platform import NVIDIA, verify_evidence
+    from veil.attest.nvidia.validate import NvidiaPolicy
+
+    trust = trust or TrustRoots.production().with_simulation(*(trusted_roots or ()))
+    options = _options(trust, as_of, expected_nonce, None)
+    return _two_stage(lambda: verify_evidence(evidence, options), lambda v: NVIDIA.validate(v, policy or NvidiaPolicy()))

@@ -64,18 +64,22 @@ def test_tdx_uptodate_and_expired(vectors) -> None:
     assert code == 1 and out["reason"] == "tdx.collateral_expired"
 
 
-def test_nvidia_h100(vectors) -> None:
+def test_nvidia_h100(vectors, tmp_path) -> None:
     d = vectors / "nvidia" / "h100"
     nonce = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"
-    args = ["--platform", "nvidia", "--report", str(d / "report.hex"), "--cert-chain", str(d / "cert_chain.pem"),
+    base = ["--platform", "nvidia", "--report", str(d / "report.hex"), "--cert-chain", str(d / "cert_chain.pem"),
             "--as-of", "2025-06-01T00:00:00Z"]
+    code, out = run(*base, "--nonce", nonce)  # production policy: no RIMs to judge it by
+    assert code == 1 and out["reason"] == "nvidia.rim_missing"
+    (tmp_path / "p.json").write_text('{"require_rims": false, "require_revocation": false}')
+    args = [*base, "--policy", str(tmp_path / "p.json")]
     code, out = run(*args, "--nonce", nonce)
     assert code == 0, out
     code, out = run(*args, "--nonce", "00" * 32)
     assert code == 1 and out["reason"] == "nvidia.nonce_mismatch"
     root_only = vectors / "nvidia" / "chain-root-only" / "cert_chain.pem"
     code, out = run("--platform", "nvidia", "--report", str(d / "report.hex"), "--cert-chain", str(root_only),
-                    "--nonce", nonce, "--as-of", "2025-06-01T00:00:00Z")
+                    "--nonce", nonce, "--as-of", "2025-06-01T00:00:00Z", "--policy", str(tmp_path / "p.json"))
     assert code == 1 and out["reason"] == "nvidia.chain_too_short"
 
 

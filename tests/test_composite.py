@@ -12,13 +12,15 @@ from veil.attest import binding, composite
 from veil.attest.api import Binding, VerifiedEvidence, VerifyOptions, verdict_of
 from veil.attest.claims import Claims, Verdict
 from veil.attest.composite import gpu_evidence_digest, gpu_nonce, worker_report_data
-from veil.attest.nvidia import NvidiaEvidence, NvidiaPolicy
+from veil.attest.nvidia import NvidiaEvidence
+from veil.attest.nvidia.validate import NvidiaPolicy
 from veil.attest.trust import TrustRoots
 from veil.attest.nvidia.abi import load_report
 from veil.attest.nvidia.testing import FakeGpu
 
 H100_NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 AS_OF = datetime(2025, 6, 1, tzinfo=UTC)
+CRYPTO_ONLY = NvidiaPolicy(require_rims=False, require_revocation=False)  # the real sample has no RIMs
 CHALLENGE = b"c" * 32
 PUBKEY = b"k" * 32
 
@@ -38,12 +40,12 @@ def verify_composite(
     challenge_nonce: bytes,
     worker_public_key: bytes,
     as_of: datetime | None = None,
-    trusted_roots: set[str] | None = None,
-    policy: NvidiaPolicy = NvidiaPolicy(),
+    trusted_roots: list[str] | None = None,
+    policy: NvidiaPolicy = CRYPTO_ONLY,
     expected_gpu_nonce: bytes | None = None,
 ) -> Verdict:
     """composite.verify_composite on CPU claims accepted elsewhere, as a Verdict."""
-    trust = TrustRoots.production() if trusted_roots is None else TrustRoots(nvidia=frozenset(trusted_roots))
+    trust = TrustRoots.production().with_simulation(*(trusted_roots or ()))
     options = VerifyOptions(Binding.unbound(), trust, as_of)
     return verdict_of(lambda: composite.verify_composite(
         VerifiedEvidence(claims, ()), gpus, challenge_nonce=challenge_nonce,  # type: ignore[arg-type]
@@ -123,8 +125,8 @@ def test_worker_flow_with_fake_gpus() -> None:
     nonce = gpu_nonce(CHALLENGE, PUBKEY)
     evidence = [g.evidence(nonce) for g in gpus]
     claims = cpu_claims(worker_report_data(CHALLENGE, PUBKEY, evidence))
-    roots = {g.root_fingerprint for g in gpus}
-    as_of = datetime(2025, 1, 1, tzinfo=UTC)
+    roots = [r for g in gpus for r in g.simulation_roots]
+    as_of = None
     v = verify_composite(
         claims,
         evidence,
@@ -132,9 +134,11 @@ def test_worker_flow_with_fake_gpus() -> None:
         worker_public_key=PUBKEY,
         as_of=as_of,
         trusted_roots=roots,
+        policy=NvidiaPolicy(),
     )
     assert v.accepted, v
     assert v.claims is not None and len(v.claims.details["gpus"]) == 2
+    assert v.claims.simulated  # simulated GPUs make the worker simulated
     dropped = verify_composite(
         claims,
         evidence[:1],
@@ -185,21 +189,35 @@ def test_digest_and_nonce_encoding(h100: NvidiaEvidence) -> None:
     )
 
 
-def test_worker_collects_with_the_derived_nonce() -> None:
+def test_worker_collects_with_the_derived_nonce(tmp_path: Path) -> None:
+    """NVML's report and chain, plus the RIMs and OCSP statuses from the worker's collateral cache."""
+    from veil.attest.collateral import CollateralCache
     from veil.attest.composite import collect_gpu_evidence
     from veil.attest.nvidia.testing import FakeNvml
 
     gpu = FakeGpu()
-    evidence, report_data = collect_gpu_evidence(CHALLENGE, PUBKEY, nvml=FakeNvml([gpu]))
+    cache = CollateralCache(tmp_path)
+    for rim_id, xml in gpu.rims().items():
+        cache.write_rim(rim_id, xml)
+    for cert, der in gpu.ocsp_responses().items():
+        cache.write_ocsp(cert, der)
+    evidence, report_data = collect_gpu_evidence(CHALLENGE, PUBKEY, nvml=FakeNvml([gpu]), cache=cache)
+    assert len(evidence[0].rims) == 2 and len(evidence[0].ocsp) == 2
+    assert evidence[0].host_cc == {"cc_feature": 1, "dev_tools_mode": 0}
     v = verify_composite(
         cpu_claims(report_data),
         evidence,
         challenge_nonce=CHALLENGE,
         worker_public_key=PUBKEY,
-        as_of=datetime(2025, 1, 1, tzinfo=UTC),
-        trusted_roots={gpu.root_fingerprint},
+        trusted_roots=gpu.simulation_roots,
+        policy=NvidiaPolicy(),
     )
     assert v.accepted, v
+    empty, _ = collect_gpu_evidence(CHALLENGE, PUBKEY, nvml=FakeNvml([gpu]), cache=CollateralCache(tmp_path / "none"))
+    refused = verify_composite(cpu_claims(worker_report_data(CHALLENGE, PUBKEY, empty)), empty,
+                               challenge_nonce=CHALLENGE, worker_public_key=PUBKEY,
+                               trusted_roots=gpu.simulation_roots, policy=NvidiaPolicy())
+    assert refused.reason == "nvidia.rim_missing"
 
 
 def test_one_gpu_cannot_pose_as_two(h100: NvidiaEvidence) -> None:

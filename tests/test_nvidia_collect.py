@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from veil.attest.nvidia import NvidiaPolicy, verify_evidence
+from attest_verdicts import nvidia_verdict
+from veil.attest.nvidia.validate import NvidiaPolicy
 from veil.attest.nvidia.collect import collect_evidence
 from veil.attest.nvidia.testing import FakeGpu, FakeNvml
 from veil.errors import VeilError
@@ -21,12 +22,12 @@ def test_collects_every_gpu_and_it_verifies() -> None:
     evidence = collect_evidence(NONCE, nvml=nvml)
     assert len(evidence) == 2 and nvml.shut_down
     for gpu, ev in zip(gpus, evidence):
-        v = verify_evidence(
+        v = nvidia_verdict(
             ev,
-            NvidiaPolicy(),
+            NvidiaPolicy(require_rims=False, require_revocation=False),  # collateral: tests/test_composite.py
             expected_nonce=NONCE,
             as_of=datetime(2025, 1, 1, tzinfo=UTC),
-            trusted_roots={gpu.root_fingerprint},
+            trusted_roots=gpu.simulation_roots,
         )
         assert v.accepted, v
 

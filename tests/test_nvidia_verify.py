@@ -12,9 +12,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from attest_verdicts import nvidia_verdict
 from veil.attest.claims import Verdict
 from veil.cli.evidence import EvidenceFiles, verify_files
-from veil.attest.nvidia import NvidiaEvidence, NvidiaPolicy, verify_evidence
+from veil.attest.nvidia import NvidiaEvidence
+from veil.attest.nvidia.validate import NvidiaPolicy
 from veil.attest.nvidia.abi import REQUEST_LEN, load_report, parse_report
 from veil.attest.nvidia.testing import FakeGpu
 from veil.attest.nvidia.verify import NVIDIA_DEVICE_IDENTITY_CA_SHA256, fingerprint
@@ -33,8 +35,13 @@ def h100(vectors: Path) -> NvidiaEvidence:
     )
 
 
+# the published sample carries no RIMs and no OCSP statuses: its cryptography is judged here
+# (tests/test_nvidia_rim.py and tests/test_nvidia_revocation.py judge those)
+CRYPTO_ONLY = NvidiaPolicy(require_rims=False, require_revocation=False)
+
+
 def _verify(ev: NvidiaEvidence, nonce: bytes = NONCE, as_of: datetime = AS_OF, **kw):  # type: ignore[no-untyped-def]
-    return verify_evidence(ev, NvidiaPolicy(), expected_nonce=nonce, as_of=as_of, **kw)
+    return nvidia_verdict(ev, kw.pop("policy", CRYPTO_ONLY), expected_nonce=nonce, as_of=as_of, **kw)
 
 
 def test_h100_vector_accepted(h100: NvidiaEvidence) -> None:
@@ -150,17 +157,17 @@ FAKE_AS_OF = datetime(2025, 1, 1, tzinfo=UTC)
 
 def test_fake_gpu_needs_explicit_trust() -> None:
     gpu = FakeGpu()
-    ev = gpu.evidence(FAKE_NONCE)
+    ev = gpu.evidence(FAKE_NONCE, now=FAKE_AS_OF)
     assert _verify(ev, FAKE_NONCE, FAKE_AS_OF).reason == "nvidia.untrusted_root"
-    ok = _verify(ev, FAKE_NONCE, FAKE_AS_OF, trusted_roots={gpu.root_fingerprint})
+    ok = _verify(ev, FAKE_NONCE, FAKE_AS_OF, trusted_roots=gpu.simulation_roots, policy=NvidiaPolicy())
     assert ok.accepted, ok
-    assert ok.claims is not None and ok.claims.details["measurement_count"] == 4
+    assert ok.claims is not None and ok.claims.details["measurement_count"] == 16 and ok.claims.simulated
 
 
 def test_fwid_mismatch_rejected() -> None:
     gpu = FakeGpu(cert_fwid=bytes.fromhex("cd" * 48))
     v = _verify(
-        gpu.evidence(FAKE_NONCE), FAKE_NONCE, FAKE_AS_OF, trusted_roots={gpu.root_fingerprint}
+        gpu.evidence(FAKE_NONCE, now=FAKE_AS_OF), FAKE_NONCE, FAKE_AS_OF, trusted_roots=gpu.simulation_roots
     )
     assert v.reason == "nvidia.fwid_mismatch"
 
@@ -168,7 +175,7 @@ def test_fwid_mismatch_rejected() -> None:
 def test_expired_chain_rejected() -> None:
     gpu = FakeGpu(not_after=FAKE_AS_OF - timedelta(days=1))
     v = _verify(
-        gpu.evidence(FAKE_NONCE), FAKE_NONCE, FAKE_AS_OF, trusted_roots={gpu.root_fingerprint}
+        gpu.evidence(FAKE_NONCE, now=FAKE_AS_OF), FAKE_NONCE, FAKE_AS_OF, trusted_roots=gpu.simulation_roots
     )
     assert v.reason == "nvidia.cert_expired"
 
@@ -176,7 +183,7 @@ def test_expired_chain_rejected() -> None:
 def test_report_signed_by_other_gpu_rejected() -> None:
     a, b = FakeGpu(), FakeGpu()
     ev = NvidiaEvidence(b.report(FAKE_NONCE), a.chain_pem())
-    v = _verify(ev, FAKE_NONCE, FAKE_AS_OF, trusted_roots={a.root_fingerprint})
+    v = _verify(ev, FAKE_NONCE, FAKE_AS_OF, trusted_roots=a.simulation_roots)
     assert v.reason == "nvidia.signature_invalid"
 
 
@@ -185,14 +192,14 @@ def test_spdm_1_2_report_accepted() -> None:
 
     gpu = FakeGpu()
     report = build_report(
-        gpu.leaf_key, FAKE_NONCE, blocks={1: bytes(48)}, opaque={20: gpu.fwid}, version=0x12
+        gpu.keys["leaf"], FAKE_NONCE, blocks={1: bytes(48)}, opaque={20: gpu.fwid}, version=0x12
     )
     assert parse_report(report).request.version == 0x12
     v = _verify(
         NvidiaEvidence(report, gpu.chain_pem()),
         FAKE_NONCE,
         FAKE_AS_OF,
-        trusted_roots={gpu.root_fingerprint},
+        trusted_roots=gpu.simulation_roots,
     )
     assert v.accepted, v
 
@@ -204,7 +211,7 @@ def test_evidence_json_round_trip(h100: NvidiaEvidence) -> None:
     assert getattr(exc.value, "reason", "") == "nvidia.malformed_evidence"
 
 
-def test_verify_files(vectors: Path) -> None:
+def test_verify_files(vectors: Path, tmp_path: Path) -> None:
     d = vectors / "nvidia" / "h100"
     files = EvidenceFiles(
         platform="nvidia",
@@ -213,7 +220,14 @@ def test_verify_files(vectors: Path) -> None:
         nonce=NONCE,
         as_of=AS_OF,
     )
-    assert verify_files(files).accepted
+    refused = verify_files(files)  # production policy: a GPU without RIMs cannot be judged
+    assert not refused.accepted and refused.reason == "nvidia.rim_missing"
+    relaxed = tmp_path / "policy.json"
+    relaxed.write_text(CRYPTO_ONLY.model_dump_json())
+    ok = verify_files(EvidenceFiles(platform="nvidia", report=d / "report.hex", cert_chain=d / "cert_chain.pem",
+                                    nonce=NONCE, as_of=AS_OF, policy=relaxed))
+    assert ok.accepted, ok
+    assert any(c.result.startswith("NOT CHECKED") for c in ok.checks)  # says what it did not check
     missing = EvidenceFiles(platform="nvidia", report=d / "report.hex")
     assert verify_files(missing).reason == "cli.missing_input"
 

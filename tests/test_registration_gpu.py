@@ -14,7 +14,7 @@ from veil.attest.nvidia.testing import FakeGpu
 from veil.attest.sim import SimPlatform
 from veil.coordinator.app import create_app
 from veil.coordinator.state import CoordinatorState
-from veil.manifest import ModelEntry, ReferenceValues, ReleasePolicy, sign_manifest
+from veil.manifest import GpuReference, ModelEntry, ReferenceValues, ReleasePolicy, sign_manifest
 from veil.worker.registration import RegistrationRefused, register
 
 
@@ -30,17 +30,18 @@ def gpu():
     return FakeGpu()
 
 
-def coordinator(sim_dir, gpu, *, require_gpu: bool):
+def coordinator(sim_dir, gpu, *, require_gpu: bool, gpu_reference: GpuReference | None = GpuReference()):
     attester = SimSnpAttester(sim_dir)
     state = CoordinatorState.generate()
     http = TestClient(create_app(state, attester), base_url="http://coord")
     admin = Ed25519PrivateKey.generate()
     m = make_manifest(sim_dir, admin, attester.measurement.hex())
-    refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()], require_gpu=require_gpu)]
+    refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()], require_gpu=require_gpu,
+                            gpu=gpu_reference)]
     m = m.model_copy(update={
         "workers": refs,
         "models": [ModelEntry(name="m", sha256="11" * 32, key_id="k")],
-        "trusted_simulation_roots": [*m.trusted_simulation_roots, gpu.root_fingerprint],
+        "trusted_simulation_roots": [*m.trusted_simulation_roots, *gpu.simulation_roots],
         "release_policies": {"k": ReleasePolicy(allow_simulated=True, require_gpu=True)},
     })
     assert http.post("/v1/manifest", content=sign_manifest(m, [admin], None).model_dump_json()).status_code == 200
@@ -104,3 +105,21 @@ def test_release_policy_requiring_gpu(sim_dir, gpu) -> None:
     http, attester = coordinator(sim_dir, gpu, require_gpu=False)
     assert register("http://coord", attester, http, None).data_keys == {}  # no GPU: key withheld
     assert register("http://coord", attester, http, collector(gpu)).data_keys == {"k": "01" * 32}
+
+
+def test_gpu_evidence_without_gpu_reference_values_is_refused(sim_dir, gpu) -> None:
+    """Fail closed: GPU evidence the manifest gives no reference values for is not judged 'fine'."""
+    http, attester = coordinator(sim_dir, gpu, require_gpu=False, gpu_reference=None)
+    with pytest.raises(RegistrationRefused) as exc:
+        register("http://coord", attester, http, collector(gpu))
+    assert exc.value.reason == "evidence.gpu_reference_missing"
+
+
+def test_gpu_without_rims_is_refused(sim_dir, gpu) -> None:
+    http, attester = coordinator(sim_dir, gpu, require_gpu=True)
+
+    def bare(challenge: bytes, public_key: bytes):
+        return [gpu.evidence(composite.gpu_nonce(challenge, public_key), with_collateral=False)]
+    with pytest.raises(RegistrationRefused) as exc:
+        register("http://coord", attester, http, bare)
+    assert exc.value.reason == "nvidia.rim_missing"

@@ -99,6 +99,36 @@ class TdxReference(_Strict):
         return _hex_values(values, 48)
 
 
+class GpuReference(_Strict):
+    """What a worker's NVIDIA GPUs must show (docs/attestation-nvidia.md); also the NVIDIA policy.
+
+    Production defaults: a driver RIM and a VBIOS RIM signed by NVIDIA's RIM root must come with
+    the evidence and its measurements must equal their golden values; every NVIDIA-issued
+    certificate of the GPU's and the RIMs' chains needs a signed OCSP status at most
+    ``max_revocation_age_hours`` old. Empty allowlists allow any value.
+    """
+
+    allowed_platforms: list[str] = Field(default_factory=list)  # "nvidia-h100" (H100 and H200: GH100)
+    allowed_driver_versions: list[str] = Field(default_factory=list)  # "550.90.07"
+    allowed_vbios_versions: list[str] = Field(default_factory=list)  # "96.00.9F.00.01"
+    allowed_rim_digests: list[str] = Field(default_factory=list)  # SHA-256 (hex) of allowed RIM documents
+    # SPDM measurement block index -> allowed SHA-384 hex values, checked on top of the RIMs'
+    reference_measurements: dict[int, list[str]] = Field(default_factory=dict)
+    require_rims: bool = True
+    require_revocation: bool = True
+    max_revocation_age_hours: int = Field(default=168, ge=1, le=24 * 90)
+
+    @field_validator("allowed_rim_digests")
+    @classmethod
+    def _digests(cls, values: list[str]) -> list[str] | None:
+        return _hex_values(values, 32)
+
+    @field_validator("reference_measurements")
+    @classmethod
+    def _measurements(cls, value: dict[int, list[str]]) -> dict[int, list[str]]:
+        return {i: _hex_values(vs, 48) or [] for i, vs in value.items()}
+
+
 class ReferenceValues(_Strict):
     """What a coordinator or worker must measure to be trusted on one platform.
 
@@ -112,6 +142,7 @@ class ReferenceValues(_Strict):
     allow_debug: bool = False
     min_tcb: dict[TcbComponent, int] = Field(default_factory=dict)
     require_gpu: bool = False  # a worker must present verified GPU evidence bound to its report
+    gpu: GpuReference | None = None  # how GPU evidence is judged; without it GPU evidence is refused
     snp: SnpReference | None = None
     tdx: TdxReference | None = None
 
@@ -123,13 +154,15 @@ class ReferenceValues(_Strict):
             raise ValueError(f"min_tcb (SEV-SNP TCB components) does not apply to {self.platform}")
         if self.tdx is not None and self.platform not in TDX_PLATFORMS:
             raise ValueError(f"tdx reference values do not apply to {self.platform}")
+        if self.require_gpu and self.gpu is None:
+            raise ValueError("require_gpu needs GPU reference values (gpu): GPUs are judged against them")
         return self
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: Any) -> dict[str, Any]:
         # left out while None, so manifests written before these fields keep their digests
         data = handler(self)
-        for name in ("snp", "tdx"):
+        for name in ("snp", "tdx", "gpu"):
             if getattr(self, name) is None:
                 data.pop(name, None)
         return data

@@ -13,6 +13,8 @@ Layout (root: ``$VEIL_COLLATERAL_DIR`` or ``~/.cache/veil/collateral``)::
     amd/<Product>/vlek/crl.der
     amd/<Product>/vcek/<hwid hex>/<tcb>.der  one VCEK per chip and TCB, tcb = "bl3-tee0-snp8-ucode115[-fmc0]"
     intel/tdx/<fmspc>/collateral.json        Intel PCS collateral (the nine PCS fields) for one FMSPC
+    nvidia/rims/<RIM id>.swidtag             NVIDIA RIMs (NV_GPU_DRIVER_GH100_550.90.07, NV_GPU_VBIOS_...)
+    nvidia/ocsp/<SHA-256 of the cert>.der    a signed OCSP response for one NVIDIA-issued certificate
 
 Writes are atomic (temp file + rename). The host owns this disk: nothing read from it is trusted
 without the signatures and times the verifiers check.
@@ -116,6 +118,29 @@ class CollateralCache:
 
     def write_tdx(self, fmspc: str, collateral: dict[str, Any]) -> Path:
         return self._write(self.tdx_path(fmspc), json.dumps(collateral, indent=1).encode())
+
+    # ---- NVIDIA ------------------------------------------------------------------------------
+    def rim_path(self, rim_id: str) -> Path:
+        if not rim_id or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-" for c in rim_id):
+            raise ParseError("nvidia.rim_malformed", f"RIM id {rim_id!r} is not a plain name")
+        return self.root / "nvidia" / "rims" / f"{rim_id}.swidtag"
+
+    def read_rim(self, rim_id: str) -> bytes | None:
+        return self._read(self.rim_path(rim_id))
+
+    def write_rim(self, rim_id: str, xml: bytes) -> Path:
+        return self._write(self.rim_path(rim_id), xml)
+
+    def ocsp_path(self, cert_sha256: str) -> Path:
+        if len(cert_sha256) != 64 or any(c not in "0123456789abcdef" for c in cert_sha256):
+            raise ParseError("nvidia.ocsp_malformed", "a certificate fingerprint is 32 bytes of lower-case hex")
+        return self.root / "nvidia" / "ocsp" / f"{cert_sha256}.der"
+
+    def read_ocsp(self, cert_sha256: str) -> bytes | None:
+        return self._read(self.ocsp_path(cert_sha256))
+
+    def write_ocsp(self, cert_sha256: str, der: bytes) -> Path:
+        return self._write(self.ocsp_path(cert_sha256), der)
 
     # ---- files -------------------------------------------------------------------------------
     @staticmethod

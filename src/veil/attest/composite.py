@@ -23,10 +23,10 @@ from typing import Any
 
 from veil.attest import binding
 from veil.attest.api import Binding, Check, VerifiedEvidence, VerifyOptions
-from veil.attest.nvidia import NvidiaEvidence, NvidiaPolicy
+from veil.attest.nvidia import NvidiaEvidence
 from veil.attest.nvidia.platform import NVIDIA
 from veil.attest.nvidia.platform import verify_evidence as verify_gpu
-from veil.attest.nvidia.validate import DEFAULT_POLICY
+from veil.attest.nvidia.validate import NvidiaPolicy
 from veil.errors import PolicyError, VeilError
 
 GPU_NONCE_CONTEXT = b"veil/gpu-nonce/v1"
@@ -79,12 +79,13 @@ def worker_report_data(
 
 
 def collect_gpu_evidence(
-    challenge_nonce: bytes, worker_public_key: bytes, *, nvml: Any | None = None
+    challenge_nonce: bytes, worker_public_key: bytes, *, nvml: Any | None = None, cache: Any | None = None
 ) -> tuple[list[NvidiaEvidence], bytes]:
-    """Worker side: every GPU's evidence over the derived nonce, and the CPU report_data to use."""
+    """Worker side: every GPU's evidence over the derived nonce (with its cached RIMs and OCSP
+    statuses), and the CPU report_data to use."""
     from veil.attest.nvidia.collect import collect_evidence
 
-    evidence = collect_evidence(gpu_nonce(challenge_nonce, worker_public_key), nvml=nvml)
+    evidence = collect_evidence(gpu_nonce(challenge_nonce, worker_public_key), nvml=nvml, cache=cache)
     return evidence, worker_report_data(challenge_nonce, worker_public_key, evidence)
 
 
@@ -95,13 +96,14 @@ def verify_composite(
     challenge_nonce: bytes,
     worker_public_key: bytes,
     options: VerifyOptions,
-    policy: NvidiaPolicy = DEFAULT_POLICY,
+    policy: NvidiaPolicy,
     expected_gpu_nonce: bytes | None = None,
     sandbox: bytes = b"",
 ) -> VerifiedEvidence:
     """Check the CPU report_data binding, then every GPU; raises a typed VeilError.
 
-    ``cpu`` is already verified CPU evidence. ``expected_gpu_nonce`` overrides the derived
+    ``cpu`` is already verified CPU evidence; ``policy`` is the manifest's GPU reference values of
+    the reference set that accepted it. ``expected_gpu_nonce`` overrides the derived
     :func:`gpu_nonce` (only for evidence whose GPU nonce was fixed elsewhere, such as published
     test vectors). The CPU claims come back with ``details["gpus"]``.
     """
@@ -114,10 +116,11 @@ def verify_composite(
     nonce = expected_gpu_nonce if expected_gpu_nonce is not None else gpu_nonce(challenge_nonce, worker_public_key)
     gpu_options = dataclasses.replace(options, binding=Binding.to(nonce))
     gpus: list[dict[str, Any]] = []
+    gpu_checks: list[Check] = []
     for i, item in enumerate(items):
         try:
             verified = verify_gpu(item, gpu_options)
-            NVIDIA.validate(verified, policy)
+            gpu_checks += [Check(f"GPU {i}: {c.name}", c.result) for c in (*verified.checks, *NVIDIA.validate(verified, policy))]
         except VeilError as err:
             raise type(err)(err.reason, f"GPU {i}: {err.message}") from None
         device = verified.claims.details["leaf_fingerprint"]  # the GPU's own certificate
@@ -125,9 +128,12 @@ def verify_composite(
             raise PolicyError("composite.duplicate_gpu", f"GPU {i} repeats an earlier GPU's report")
         gpus.append(verified.claims.to_json())
     details = {**cpu.claims.details, "gpus": gpus}
+    # a simulated GPU makes the whole worker simulated, whatever its CPU
+    simulated = cpu.claims.simulated or any(g["simulated"] for g in gpus)
     return dataclasses.replace(
         cpu,
-        claims=dataclasses.replace(cpu.claims, details=details),
-        checks=cpu.checks + (Check("GPU evidence", f"{len(items)} GPU report(s) verified, bound into the CPU report_data "
-                                   "and signed over this challenge's GPU nonce"),),
+        claims=dataclasses.replace(cpu.claims, details=details, simulated=simulated),
+        checks=cpu.checks + tuple(gpu_checks) + (
+            Check("GPU evidence", f"{len(items)} GPU report(s) verified, bound into the CPU report_data "
+                  "and signed over this challenge's GPU nonce"),),
     )

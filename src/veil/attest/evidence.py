@@ -51,7 +51,9 @@ def appraise_worker_evidence(
     ``sandbox`` is the sandbox binding the evidence must carry (``veil.manifest.sandbox_binding``
     of the manifest's settings): a worker enforcing another profile fails the report_data check.
 
-    With GPUs, the CPU report_data binds the digest of every GPU's SPDM report, and each GPU
+    GPU evidence is judged against the GPU reference values of the reference set that accepted
+    the CPU evidence (``evidence.gpu_reference_missing`` when it has none: fail closed). With GPUs,
+    the CPU report_data binds the digest of every GPU's SPDM report, and each GPU
     signed a nonce derived from the same challenge and worker key (veil.attest.composite), so the
     GPUs cannot be swapped for others or replayed from another registration.
     """
@@ -74,6 +76,10 @@ def appraise_worker_evidence(
     verified = api.appraise(evidence, references, options)
     if not gpus:
         return verified
+    from veil.attest.nvidia.platform import NVIDIA
+
+    assert verified.reference is not None  # validate() names the reference set that accepted
     return composite.verify_composite(
-        verified, gpus, challenge_nonce=challenge, worker_public_key=public_key, options=options, sandbox=sandbox
+        verified, gpus, challenge_nonce=challenge, worker_public_key=public_key, options=options,
+        policy=NVIDIA.policy(verified.reference), sandbox=sandbox,
     )

@@ -10,11 +10,11 @@ vendor's. The same verifier code runs either way (go-sev-guest's ``verify/trust`
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
-Vendor = Literal["amd", "intel", "nvidia", "microsoft"]
+Vendor = Literal["amd", "intel", "nvidia", "nvidia-rim", "microsoft"]
 
 # AMD ARKs (SHA-256 of the DER), per product: AMD KDS /vcek/v1/{product}/cert_chain.
 AMD_ARK_FINGERPRINTS: Mapping[str, str] = MappingProxyType({
@@ -26,6 +26,9 @@ AMD_ARK_FINGERPRINTS: Mapping[str, str] = MappingProxyType({
 INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 # "CN=NVIDIA Device Identity CA, O=NVIDIA" (P-384, valid 2021-11-05 .. 9999).
 NVIDIA_DEVICE_IDENTITY_CA_SHA256 = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48"
+# "CN=NVIDIA CoRIM signing Root CA, O=NVIDIA" (P-384, 2023-03-16 .. 2053-03-08): signs NVIDIA's RIMs
+# (driver and VBIOS reference values); nvtrust ships it as verifier_RIM_root.pem.
+NVIDIA_RIM_ROOT_SHA256 = "12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1"
 
 
 def normalise(fingerprint: str) -> str:
@@ -45,6 +48,7 @@ class TrustRoots:
     amd: Mapping[str, str] = field(default_factory=lambda: dict(AMD_ARK_FINGERPRINTS))
     intel: frozenset[str] = frozenset({INTEL_SGX_ROOT_CA_SHA256})
     nvidia: frozenset[str] = frozenset({NVIDIA_DEVICE_IDENTITY_CA_SHA256})
+    nvidia_rim: frozenset[str] = frozenset({NVIDIA_RIM_ROOT_SHA256})  # RIM signing, never device identity
     microsoft: frozenset[str] = frozenset()  # pinned by the Azure verifier when it lands
     simulation: frozenset[str] = frozenset()
 
@@ -56,17 +60,18 @@ class TrustRoots:
     @classmethod
     def none(cls) -> TrustRoots:
         """Trust nothing (tests of the untrusted-root path)."""
-        return cls(amd={}, intel=frozenset(), nvidia=frozenset(), microsoft=frozenset())
+        return cls(amd={}, intel=frozenset(), nvidia=frozenset(), nvidia_rim=frozenset(), microsoft=frozenset())
 
     def with_simulation(self, *fingerprints: str) -> TrustRoots:
         """A copy that also trusts these simulation roots (their evidence is labelled simulated)."""
         added = frozenset(normalise(f) for f in fingerprints)
-        return TrustRoots(dict(self.amd), self.intel, self.nvidia, self.microsoft, self.simulation | added)
+        return replace(self, amd=dict(self.amd), simulation=self.simulation | added)
 
     def vendor_roots(self, vendor: Vendor) -> frozenset[str]:
         if vendor == "amd":
             return frozenset(self.amd)
-        return {"intel": self.intel, "nvidia": self.nvidia, "microsoft": self.microsoft}[vendor]
+        return {"intel": self.intel, "nvidia": self.nvidia, "nvidia-rim": self.nvidia_rim,
+                "microsoft": self.microsoft}[vendor]
 
     def classify(self, vendor: Vendor, fingerprint: str) -> Literal["vendor", "simulation"] | None:
         """Whether ``fingerprint`` is a trusted root of ``vendor``, a trusted simulation root, or neither."""
@@ -82,7 +87,7 @@ class TrustRoots:
 
     def describe(self) -> dict[str, list[str]]:
         """For reports: which roots are trusted, by vendor, and the simulation roots."""
-        out = {v: sorted(self.vendor_roots(v)) for v in ("amd", "intel", "nvidia", "microsoft")}
+        out = {v: sorted(self.vendor_roots(v)) for v in ("amd", "intel", "nvidia", "nvidia-rim", "microsoft")}
         out["simulation"] = sorted(self.simulation)
         return out
 

@@ -58,7 +58,8 @@ class EvidenceFiles:
     evidence: Path | None = None  # azure vTPM evidence JSON
     token: Path | None = None  # azure-maa JWT
     jwks: Path | None = None  # azure-maa signing keys
-    rim: Path | None = None  # nvidia reference integrity manifest (optional)
+    rims: tuple[Path, ...] = ()  # nvidia driver and VBIOS RIMs (signed SWID XML)
+    ocsp: tuple[Path, ...] = ()  # nvidia DER OCSP responses for the GPU's and the RIMs' chains
     simulation_roots: tuple[str, ...] = ()  # simulation roots to trust (sim-* platforms)
     cache_dir: Path | None = None  # collateral cache (None: $VEIL_COLLATERAL_DIR or ~/.cache/veil/collateral)
 
@@ -165,11 +166,9 @@ def _nvidia(inputs: EvidenceFiles, cache: CollateralCache) -> Loaded:
 
     if inputs.report is None or inputs.cert_chain is None or inputs.nonce is None:
         raise ParseError("cli.missing_input", "nvidia needs --report, --cert-chain and --nonce")
-    gpu = {"report": _b64(load_report(read_bytes(inputs.report))), "cert_chain_pem": _b64(read_bytes(inputs.cert_chain))}
-    evidence: dict[str, Any] = {"platform": "nvidia", "nvidia": gpu}
-    if inputs.rim is not None:
-        evidence["rims"] = [_b64(read_bytes(inputs.rim))]
-    return Loaded(evidence, Binding.to(inputs.nonce))
+    gpu = {"report": _b64(load_report(read_bytes(inputs.report))), "cert_chain_pem": _b64(read_bytes(inputs.cert_chain)),
+           "rims": [_b64(read_bytes(p)) for p in inputs.rims], "ocsp": [_b64(read_bytes(p)) for p in inputs.ocsp]}
+    return Loaded({"platform": "nvidia", "nvidia": gpu}, Binding.to(inputs.nonce))
 
 
 def _azure_vtpm(inputs: EvidenceFiles, cache: CollateralCache) -> Loaded:
@@ -271,7 +270,8 @@ def verify_cmd(
     evidence: Optional[Path] = typer.Option(None, help="Azure vTPM evidence JSON."),
     token: Optional[Path] = typer.Option(None, help="Microsoft Azure Attestation JWT."),
     jwks: Optional[Path] = typer.Option(None, help="MAA signing keys (JWKS JSON)."),
-    rim: Optional[Path] = typer.Option(None, help="NVIDIA reference integrity manifest (optional)."),
+    rim: list[Path] = typer.Option([], "--rim", help="NVIDIA driver or VBIOS RIM (signed SWID XML); repeat for both."),
+    ocsp: list[Path] = typer.Option([], "--ocsp", help="NVIDIA OCSP response (DER) for a certificate of the GPU's or a RIM's chain; repeat."),
     simulation_root: list[str] = typer.Option([], "--simulation-root", help="Trust this simulation root (SHA-256 hex), for sim-* evidence."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Collateral cache (default: $VEIL_COLLATERAL_DIR or ~/.cache/veil/collateral)."),
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Verify as of this ISO 8601 time (default: now)."),
@@ -284,7 +284,7 @@ def verify_cmd(
         platform=platform, as_of=parse_time(as_of), policy=policy, allow_debug=allow_debug,
         report=report, vcek=vcek, chain=chain, crl=crl, quote=quote, collateral=collateral,
         cert_chain=cert_chain, nonce=_hex(nonce, "--nonce"), report_data=_hex(report_data, "--report-data"),
-        evidence=evidence, token=token, jwks=jwks, rim=rim, simulation_roots=tuple(simulation_root),
+        evidence=evidence, token=token, jwks=jwks, rims=tuple(rim), ocsp=tuple(ocsp), simulation_roots=tuple(simulation_root),
         cache_dir=cache,
     )
     verdict = verify_files(inputs)

@@ -1,75 +1,46 @@
-"""Policy for verified NVIDIA GPU reports, and the normalised claims they produce.
+"""Policy for verified NVIDIA GPU evidence, and the normalised claims it produces.
 
-Genuine evidence can still be unacceptable: an old driver, a VBIOS not on the list, firmware whose
-measurements are not the published ones. Empty allowlists allow any value, so a fresh deployment
-works; production manifests should pin versions and give RIMs or reference measurements.
+Genuine evidence can still be unacceptable: a driver or VBIOS not on the list, firmware whose
+measurements are not NVIDIA's golden values (a GPU in CC dev-tools mode measures differently), a
+certificate whose revocation status is missing or too old. The policy is the manifest's
+``GpuReference`` (one definition for both); its defaults are production's: RIMs and revocation
+required, so a deployment that has not provisioned them fails closed instead of trusting any GPU.
 """
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
+from veil.attest.api import Check
 from veil.attest.claims import Claims
-from veil.attest.nvidia.rim import ReferenceMeasurement, compare, merge, parse_rim
+from veil.attest.nvidia.revocation import Revocation
+from veil.attest.nvidia.rim import ReferenceMeasurement, VerifiedRim, compare, merge
 from veil.attest.nvidia.verify import VerifiedReport, fingerprint
-from veil.errors import ParseError, PolicyError
+from veil.errors import PolicyError
+from veil.manifest import GpuReference
 
 ALL_MEASUREMENTS = 0xFF  # GET_MEASUREMENTS operation: every block
+NVML_CC_ON = 1
 
-
-class NvidiaPolicy(BaseModel):
-    """What a verified GPU must also satisfy. JSON-loadable (``--policy``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    allowed_driver_versions: list[str] = Field(default_factory=list)  # empty: any
-    allowed_vbios_versions: list[str] = Field(default_factory=list)  # empty: any; "96.00.9F.00.01"
-    allowed_platforms: list[str] = Field(default_factory=list)  # empty: any; "nvidia-h100"
-    # index -> allowed SHA-384 hex values; checked in addition to any RIMs given
-    reference_measurements: dict[int, list[str]] = Field(default_factory=dict)
-
-    @field_validator("reference_measurements")
-    @classmethod
-    def _hex(cls, value: dict[int, list[str]]) -> dict[int, list[str]]:
-        for index, values in value.items():
-            for v in values:
-                if len(bytes.fromhex(v)) != 48:
-                    raise ValueError(f"index {index}: {v!r} is not a SHA-384 hex value")
-        return {i: [v.lower() for v in vs] for i, vs in value.items()}
-
-    @classmethod
-    def load(cls, path: Path) -> NvidiaPolicy:
-        try:
-            return cls.model_validate_json(path.read_bytes())
-        except (OSError, ValidationError, ValueError) as exc:
-            raise ParseError(
-                "nvidia.policy_malformed", f"cannot read policy {path}: {exc}"
-            ) from exc
-
-    def references(self) -> list[ReferenceMeasurement]:
-        return [
-            ReferenceMeasurement(i, tuple(bytes.fromhex(v) for v in vs), True, "", "policy")
-            for i, vs in self.reference_measurements.items()
-        ]
-
-
+NvidiaPolicy = GpuReference  # the manifest's GPU reference values are the NVIDIA policy
 DEFAULT_POLICY = NvidiaPolicy()  # frozen: safe to share as a default argument
 
 
-def load_rims(paths: list[Path]) -> dict[int, ReferenceMeasurement]:
-    """Read local RIM files (driver, VBIOS) into one index -> reference map."""
-    rims = []
-    for path in paths:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ParseError("nvidia.rim_malformed", f"cannot read RIM {path}: {exc}") from exc
-        rims.append(parse_rim(data, source=path.name).measurements.values())
-    return merge(*rims)
+@dataclass(frozen=True)
+class GpuVerified:
+    """Everything ``verify`` established about one GPU, for the policy layer."""
+
+    report: VerifiedReport
+    now: datetime
+    rims: tuple[VerifiedRim, ...] = ()
+    driver_rim: VerifiedRim | None = None
+    vbios_rim: VerifiedRim | None = None
+    revocation: tuple[Revocation, ...] = ()
+    revocation_missing: tuple[str, ...] = ()
+    host_cc: dict[str, int] | None = field(default=None)  # NVML's CC state, as the host reported it
 
 
 def platform_of(verified: VerifiedReport) -> tuple[str, str]:
@@ -91,7 +62,8 @@ def measurement_digest(verified: VerifiedReport) -> str:
     return hashlib.sha384(verified.report.response.record).hexdigest()
 
 
-def claims_from(verified: VerifiedReport) -> Claims:
+def claims_from(gpu: GpuVerified, simulated: bool = False) -> Claims:
+    verified = gpu.report
     report = verified.report
     platform, chip = platform_of(verified)
     blocks = {
@@ -112,24 +84,33 @@ def claims_from(verified: VerifiedReport) -> Claims:
         "leaf_subject": verified.leaf.subject.rfc4514_string(),
         "leaf_fingerprint": fingerprint(verified.leaf),
         "trailing_bytes": len(report.trailing),
+        "rims": {kind: {"version": r.rim.version, "digest": r.rim.digest, "tag_id": r.rim.tag_id}
+                 for kind, r in (("driver", gpu.driver_rim), ("vbios", gpu.vbios_rim)) if r is not None},
+        "revocation": [s.to_json() for s in gpu.revocation],
+        "host_reported_cc": gpu.host_cc,
     }
     return Claims(
         platform=platform,
         measurement=measurement_digest(verified),
         report_data=report.nonce,
-        debug=False,  # SPDM reports carry no debug bit; dev-tools mode shows only in measurements
+        # an SPDM report carries no debug bit: dev-tools mode shows in the measurements, which
+        # must equal the RIMs' golden (CC production) values
+        debug=False,
+        simulated=simulated,
         tcb={"driver_version": report.driver_version, "vbios_version": report.vbios_version},
         details=details,
     )
 
 
-def validate(
-    verified: VerifiedReport,
-    claims: Claims,
-    policy: NvidiaPolicy,
-    rim_references: dict[int, ReferenceMeasurement] | None = None,
-) -> None:
-    """Apply the allowlists, then the reference measurements: the policy's and the RIMs' both."""
+def _references(policy: NvidiaPolicy) -> dict[int, ReferenceMeasurement]:
+    return {i: ReferenceMeasurement(i, tuple(bytes.fromhex(v) for v in vs), True, "", "manifest")
+            for i, vs in policy.reference_measurements.items()}
+
+
+def validate(gpu: GpuVerified, claims: Claims, policy: NvidiaPolicy) -> list[Check]:
+    """Allowlists, CC state, RIMs and golden measurements, revocation presence and age."""
+    verified = gpu.report
+    checks: list[Check] = []
     if verified.report.request.operation != ALL_MEASUREMENTS:
         raise PolicyError(
             "nvidia.partial_measurements",
@@ -144,6 +125,36 @@ def validate(
     allowed_vbios = {v.upper() for v in policy.allowed_vbios_versions}
     if allowed_vbios and (vbios or "").upper() not in allowed_vbios:
         raise PolicyError("nvidia.vbios_not_allowed", f"VBIOS {vbios} is not on the allowlist")
+    if gpu.host_cc is not None:  # the host's word only: the golden measurements are the proof
+        if gpu.host_cc.get("dev_tools_mode", 0) != 0:
+            raise PolicyError("nvidia.devtools_mode", "the GPU runs in CC dev-tools mode (debuggable)")
+        if gpu.host_cc.get("cc_feature", NVML_CC_ON) != NVML_CC_ON:
+            raise PolicyError("nvidia.cc_mode_off", "confidential computing is off on this GPU")
+    if policy.require_rims and (gpu.driver_rim is None or gpu.vbios_rim is None):
+        missing = " and ".join(k for k, r in (("driver", gpu.driver_rim), ("VBIOS", gpu.vbios_rim)) if r is None)
+        raise PolicyError("nvidia.rim_missing", f"no verified {missing} RIM for this GPU: its measurements cannot be judged")
+    if policy.allowed_rim_digests:
+        for rim in gpu.rims:
+            if rim.rim.digest not in policy.allowed_rim_digests:
+                raise PolicyError("nvidia.rim_not_allowed", f"RIM {rim.rim.version} ({rim.rim.digest[:16]}...) "
+                                  "is not one the manifest allows")
     blocks = verified.report.blocks_by_index()
-    compare(blocks, {m.index: m for m in policy.references()})  # both must hold
-    compare(blocks, rim_references or {})
+    golden = merge(*(r.rim.measurements.values() for r in gpu.rims))
+    compare(blocks, golden)
+    compare(blocks, _references(policy))
+    active = sum(1 for m in golden.values() if m.active)
+    checks.append(Check("golden measurements", f"{active} active RIM measurements and "
+                        f"{len(policy.reference_measurements)} manifest value(s) match the report"
+                        if gpu.rims else "NOT CHECKED: no RIM given (the policy allows it)"))
+    if policy.require_revocation and gpu.revocation_missing:
+        raise PolicyError("nvidia.revocation_missing", "no OCSP status for " + "; ".join(gpu.revocation_missing))
+    oldest = gpu.now - timedelta(hours=policy.max_revocation_age_hours)
+    for status in gpu.revocation:
+        if status.this_update < oldest:
+            raise PolicyError("nvidia.revocation_too_old", f"the OCSP status of {status.subject!r} is from "
+                              f"{status.this_update}, older than {policy.max_revocation_age_hours} h")
+    checks.append(Check("revocation age", f"{len(gpu.revocation)} OCSP status(es) at most "
+                        f"{policy.max_revocation_age_hours} h old" + (
+                            f"; NOT CHECKED for {len(gpu.revocation_missing)} certificate(s)" if gpu.revocation_missing else "")))
+    checks.append(Check("GPU policy", "platform, driver and VBIOS allowlists and CC state as required"))
+    return checks

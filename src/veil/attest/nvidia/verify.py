@@ -14,6 +14,7 @@ import hashlib
 import hmac
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -85,56 +86,69 @@ def verify_chain(
     *,
     as_of: datetime | None = None,
     trusted_roots: Collection[str] = TRUSTED_ROOTS,
+    prefix: str = "nvidia.",
+    what: str = "the pinned NVIDIA Device Identity CA",
 ) -> None:
-    """Leaf -> ... -> pinned root: links, CA constraints and validity at ``as_of``."""
+    """Leaf -> ... -> pinned root: links, CA constraints and validity at ``as_of``.
+
+    The same rules serve the GPU's chain and a RIM's signing chain; ``prefix`` keeps their reason
+    codes apart (``nvidia.untrusted_root`` vs ``nvidia.rim_untrusted_root``).
+    """
     if len(certs) < 2:
         raise VerificationError(
-            "nvidia.chain_too_short",
+            f"{prefix}chain_too_short",
             f"the chain holds {len(certs)} certificate(s); it needs at least the signing "
-            "certificate and the NVIDIA root",
+            f"certificate and {what}",
         )
     root = certs[-1]
     if fingerprint(root) not in trusted_roots:
         raise VerificationError(
-            "nvidia.untrusted_root",
-            f"the chain ends at {root.subject.rfc4514_string()!r}, not the pinned NVIDIA Device "
-            "Identity CA",
+            f"{prefix}untrusted_root",
+            f"the chain ends at {root.subject.rfc4514_string()!r}, not {what}",
         )
     for position, (cert, issuer) in enumerate(zip(certs, certs[1:] + [root])):
-        _check_link(cert, issuer, position)
+        _check_link(cert, issuer, position, prefix)
     now = _utc(as_of)
     for cert in certs:
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise VerificationError(
-                "nvidia.cert_expired",
+                f"{prefix}cert_expired",
                 f"{cert.subject.rfc4514_string()!r} is valid {cert.not_valid_before_utc} .. "
                 f"{cert.not_valid_after_utc}, not at {now.isoformat()}",
             )
 
 
-def _check_link(cert: x509.Certificate, issuer: x509.Certificate, position: int) -> None:
+@lru_cache(maxsize=1024)
+def _issued_by(cert_der: bytes, issuer_der: bytes) -> None:
+    """Memoised (successes only): a certificate's signature by its issuer is a pure function of the
+    two encodings, and a worker re-attests with the same chains; times are checked on every call."""
+    x509.load_der_x509_certificate(cert_der).verify_directly_issued_by(x509.load_der_x509_certificate(issuer_der))
+
+
+def _check_link(cert: x509.Certificate, issuer: x509.Certificate, position: int, prefix: str) -> None:
     name = cert.subject.rfc4514_string()
+    invalid = f"{prefix}chain_invalid"
     try:
-        cert.verify_directly_issued_by(issuer)
+        _issued_by(cert.public_bytes(Encoding.DER), issuer.public_bytes(Encoding.DER))
     except (*CERT_ERRORS, InvalidSignature) as exc:
         raise VerificationError(
-            "nvidia.chain_invalid", f"{name!r} is not issued by {issuer.subject.rfc4514_string()!r}"
+            invalid, f"{name!r} is not issued by {issuer.subject.rfc4514_string()!r}"
         ) from exc
     if position == 0:
         usage = _ext(cert, x509.KeyUsage)
         if usage is not None and not usage.digital_signature:
-            raise VerificationError("nvidia.chain_invalid", f"{name!r} may not sign reports")
+            raise VerificationError(invalid, f"{name!r} may not sign")
         return
     # every certificate above the leaf issues certificates: it must be a CA allowed to
     constraints = _ext(cert, x509.BasicConstraints)
     if constraints is None or not constraints.ca:
-        raise VerificationError("nvidia.chain_invalid", f"{name!r} is not a CA certificate")
+        raise VerificationError(invalid, f"{name!r} is not a CA certificate")
     below = position - 1  # CA certificates between this one and the leaf
     if constraints.path_length is not None and below > constraints.path_length:
-        raise VerificationError("nvidia.chain_invalid", f"{name!r} path length exceeded")
+        raise VerificationError(invalid, f"{name!r} path length exceeded")
     usage = _ext(cert, x509.KeyUsage)
     if usage is not None and not usage.key_cert_sign:
-        raise VerificationError("nvidia.chain_invalid", f"{name!r} may not sign certificates")
+        raise VerificationError(invalid, f"{name!r} may not sign certificates")
 
 
 def _ext(cert: x509.Certificate, kind: type[_E]) -> _E | None:
