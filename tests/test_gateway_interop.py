@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from veil.client.transport import OhttpTransport
+from veil.client.transport import AsyncOhttpTransport, OhttpTransport
 from veil.ohttp.keyconfig import KeyPair, SymmetricSuite, encode_key_config_list
 
 SERVER = textwrap.dedent(
@@ -165,7 +165,7 @@ def test_own_transport_async(gateway: tuple[str, KeyPair]) -> None:
     url, pair = gateway
 
     async def go() -> None:
-        transport = OhttpTransport(pair.config, url)
+        transport = AsyncOhttpTransport(pair.config, url)
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", http_client=httpx.AsyncClient(transport=transport))
         done = await client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
         assert done.choices[0].message.content == "echo: ping"
@@ -204,7 +204,7 @@ def test_relay_sees_only_ciphertext(gateway: tuple[str, KeyPair]) -> None:
             resp.stream = Recorded()
             return resp
 
-    transport = OhttpTransport(pair.config, url, outer_transport=Tap())
+    transport = OhttpTransport(pair.config, url, transport=Tap())
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", http_client=httpx.Client(transport=transport))
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "SECRET-PROMPT"}])
     assert len(seen) >= 2 and not any(b"SECRET-PROMPT" in s or b"echo" in s or b"chat/completions" in s for s in seen)

@@ -59,6 +59,7 @@ def test_sdk_through_the_relay(stack, relay) -> None:
 
 
 def test_veil_proxy_through_the_relay(stack, relay) -> None:
+    from veil.client.freshness import AsyncReverifier
     from veil.client.proxy import create_proxy_app
     from veil.client.verify import verify_coordinator
 
@@ -66,7 +67,7 @@ def test_veil_proxy_through_the_relay(stack, relay) -> None:
     assert attested.to_json()["relay_url"] == relay
     seen = stack.seen[0].requests
     before = len(seen)
-    with ServerThread(create_proxy_app(attested)) as proxy:
+    with ServerThread(create_proxy_app(AsyncReverifier(stack.policy(relay_url=relay)))) as proxy:
         client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
         got = client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "via proxy"}])
     assert got.choices[0].message.content == "echo: via proxy"

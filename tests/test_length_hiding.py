@@ -11,7 +11,7 @@ import openai
 import pytest
 from starlette.applications import Starlette
 
-from veil.client.transport import OhttpTransport
+from veil.client.transport import AsyncOhttpTransport
 from veil.manifest import PaddingSettings
 from veil.ohttp import bhttp
 from veil.ohttp.bhttp import decode_varint
@@ -119,7 +119,7 @@ def _stream_tokens(pair: KeyPair, padding: PaddingSettings | None, *, crlf: bool
     tap = _Tap(httpx.ASGITransport(_gateway(pair, padding)))
 
     async def go() -> list[str]:
-        t = OhttpTransport(pair.config, "http://gw", async_outer_transport=tap)
+        t = AsyncOhttpTransport(pair.config, "http://gw", transport=tap)
         client = openai.AsyncOpenAI(base_url="http://api.local/v1", api_key="x", http_client=httpx.AsyncClient(transport=t), max_retries=0)
         kw = {"extra_body": {"crlf": True}} if crlf else {}
         stream = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True, **kw)
@@ -176,7 +176,7 @@ def test_padded_stream_hides_token_lengths_and_sdk_still_parses(pair: KeyPair, c
 def test_whole_responses_and_requests_are_padded(pair: KeyPair) -> None:
     async def go(padding: PaddingSettings | None, pad_requests: int | None, chunked: bool) -> tuple[list[int], list[int], list[str]]:
         tap = _Tap(httpx.ASGITransport(_gateway(pair, padding)))
-        t = OhttpTransport(pair.config, "http://gw", chunked=chunked, async_outer_transport=tap, pad_requests=pad_requests)
+        t = AsyncOhttpTransport(pair.config, "http://gw", chunked=chunked, transport=tap, pad_requests=pad_requests)
         client = openai.AsyncOpenAI(base_url="http://api.local/v1", api_key="x", http_client=httpx.AsyncClient(transport=t), max_retries=0)
         texts = []
         for prompt in ("hi", "a much longer question about the weather in Lisbon tomorrow " * 2):
@@ -196,7 +196,7 @@ def test_whole_responses_and_requests_are_padded(pair: KeyPair) -> None:
 def test_whole_response_is_a_power_of_two_inside(pair: KeyPair) -> None:
     async def go() -> bytes:
         tap = _Tap(httpx.ASGITransport(_gateway(pair)))
-        t = OhttpTransport(pair.config, "http://gw", chunked=False, async_outer_transport=tap)
+        t = AsyncOhttpTransport(pair.config, "http://gw", chunked=False, transport=tap)
         async with httpx.AsyncClient(transport=t) as c:
             r = await c.post("http://api.local/v1/chat/completions", json={"messages": [{"role": "user", "content": "z" * 700}]})
             assert r.json()["choices"][0]["message"]["content"] == "z" * 700

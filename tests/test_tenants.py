@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from veil.admin import add_tenant, create_tenant, tenant_key_digest
-from veil.client.transport import OhttpTransport
+from veil.client.transport import AsyncOhttpTransport
 from veil.errors import ParseError, PolicyError
 from veil.manifest import Manifest, PaddingSettings, ReferenceValues, TenantEntry
 from veil.ohttp import bhttp
@@ -59,7 +59,7 @@ def _setup(pair: KeyPair, entries: list[TenantEntry], engine: str | None = "vllm
 
 
 def _openai(pair: KeyPair, app: object, key: str) -> openai.AsyncOpenAI:
-    t = OhttpTransport(pair.config, "http://gw", async_outer_transport=httpx.ASGITransport(app))  # type: ignore[arg-type]
+    t = AsyncOhttpTransport(pair.config, "http://gw", transport=httpx.ASGITransport(app))  # type: ignore[arg-type]
     return openai.AsyncOpenAI(base_url="http://api.local/v1", api_key=key, http_client=httpx.AsyncClient(transport=t), max_retries=0)
 
 
@@ -98,7 +98,7 @@ def test_keys_are_checked_inside_the_encryption(pair: KeyPair) -> None:
                 await client.chat.completions.create(model="m", messages=MSG)
             assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
             assert e.value.body["reason"] == "tenant.unauthorized"  # type: ignore[index]
-        async with httpx.AsyncClient(transport=OhttpTransport(pair.config, "http://gw", async_outer_transport=httpx.ASGITransport(app))) as c:  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=AsyncOhttpTransport(pair.config, "http://gw", transport=httpx.ASGITransport(app))) as c:  # type: ignore[arg-type]
             r = await c.post("http://api.local/v1/chat/completions", json={"messages": MSG})  # no key at all
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert echo.seen == []  # refused requests never reach the engine

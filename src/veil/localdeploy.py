@@ -182,14 +182,14 @@ class LocalDeployment:
             return signed
 
     def _policy(self, manifest: Manifest, digests: list[str], admin_keys: list[str]) -> ClientPolicy:
-        return ClientPolicy(
+        return ClientPolicy.local_development(
             coordinator_url=self.coordinator_url,
             gateway_url=self.gateway_url,
             coordinator=manifest.coordinator,
             manifest_digests=digests,
             admin_keys=admin_keys,
-            trust_simulated=True,
             simulation_roots=manifest.trusted_simulation_roots,
+            sandbox_profile=manifest.sandbox.profile,
         )
 
     def manifest(self, admin: Ed25519PrivateKey, recovery: X25519PrivateKey, sealed: SealedModel) -> Manifest:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -252,16 +254,35 @@ def _verify(policy: Optional[Path], as_json: bool) -> None:
 
 @app.command()
 def chat(
-    prompt: str = typer.Argument(..., help="What to ask."),
+    prompt: str = typer.Argument(..., help="What to ask; '-' reads it from stdin (keeps it out of the process list)."),
     policy: Optional[Path] = PolicyOpt,
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream tokens as they arrive."),
     max_tokens: int = typer.Option(256, help="Maximum tokens in the answer."),
     system: Optional[str] = typer.Option(None, help="System prompt."),
     quiet: bool = typer.Option(False, "--quiet", help="Do not print the verification summary."),
-    api_key: Optional[str] = typer.Option(None, envvar="VEIL_API_KEY", help="Tenant API key (sent only inside the encryption)."),
+    api_key_file: Optional[Path] = typer.Option(
+        None, "--api-key-file", help="File holding the tenant API key (default: $VEIL_API_KEY). Keys never go on "
+        "the command line, where every local user can read them."),
 ) -> None:
     """Verify, then send one encrypted chat message and print the answer."""
-    _chat(prompt, policy, stream=stream, max_tokens=max_tokens, system=system, quiet=quiet, api_key=api_key)
+    if prompt == "-":
+        prompt = sys.stdin.read().strip()
+    if not prompt:
+        err_console.print("[red]empty prompt[/]")
+        raise typer.Exit(2)
+    _chat(prompt, policy, stream=stream, max_tokens=max_tokens, system=system, quiet=quiet,
+          api_key=_secret(api_key_file, "VEIL_API_KEY"))
+
+
+def _secret(path: Optional[Path], envvar: str) -> Optional[str]:
+    """A key from a file (first line) or the environment: never from argv."""
+    if path is not None:
+        try:
+            return path.read_text().strip() or None
+        except OSError as exc:
+            err_console.print(f"[red]cannot read {path}: {exc.strerror}[/]")
+            raise typer.Exit(2)
+    return os.environ.get(envvar) or None
 
 
 def _chat(
@@ -276,12 +297,13 @@ def _chat(
         client = Client(policy, api_key=api_key)
     except VeilError as err:
         _fail(err)
-    label = "SIMULATED TEE" if client.simulated else client.attestation.verdict.claims.platform  # type: ignore[union-attr]
+    attestation = client.attestation
+    label = "SIMULATED TEE" if attestation.simulated else attestation.verdict.claims.platform  # type: ignore[union-attr]
     if not quiet:
-        err_console.print(f"[dim]verified ({label}) in {client.attestation.elapsed_ms:.1f} ms; encrypted with OHTTP[/]")
+        err_console.print(f"[dim]verified ({label}) in {attestation.elapsed_ms:.1f} ms; encrypted with OHTTP[/]")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    manifest = client.attestation.manifest
-    model = manifest.manifest.models[0].name if manifest is not None and manifest.manifest.models else "default"
+    models = attestation.manifest.manifest.models if attestation.manifest else []
+    model = models[0].name if models else "default"
     console.print("[bold]veil:[/] ", end="")
     try:
         _print_answer(client, model, messages, max_tokens, stream)
@@ -289,7 +311,10 @@ def _chat(
         console.print()
         err_console.print(f"[red]refused by the deployment[/] (HTTP {exc.status_code}): {exc.message}")
         raise typer.Exit(1)
-    if client.simulated:
+    except VeilError as err:
+        console.print()
+        _fail(err)
+    if attestation.simulated:
         err_console.print("[yellow]SIMULATED TEE: not protected by hardware.[/]")
     client.close()
 
@@ -310,8 +335,21 @@ def proxy(
     policy: Optional[Path] = PolicyOpt,
     host: str = typer.Option("127.0.0.1", help="Listen address (keep it local: traffic to the proxy is plain)."),
     port: int = typer.Option(8472, help="Listen port."),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="Another Host name to answer to (loopback names always are); others are refused."),
+    token_file: Optional[Path] = typer.Option(
+        None, "--token-file", help="Require 'Authorization: Bearer <token>' (an OpenAI client's api_key) with the "
+        "token in this file, created (mode 0600) if absent. Or set $VEIL_PROXY_TOKEN."),
+    api_key_file: Optional[Path] = typer.Option(
+        None, "--api-key-file", help="Tenant API key to send inside the encryption (default: $VEIL_API_KEY)."),
+    reverify_seconds: float = typer.Option(60.0, help="Re-verify the deployment this often (and on gateway refusals)."),
 ) -> None:
-    """A local plain OpenAI endpoint: verifies once, then encrypts every request."""
+    """A local plain OpenAI endpoint: encrypts every request to the deployment it keeps verifying.
+
+    It stops forwarding (HTTP 503 with the reason) as soon as the deployment no longer verifies;
+    GET /veil/verification shows the latest verification and its time, or the refusal.
+    """
+    from veil.client.freshness import AsyncReverifier
     from veil.httpserver import serve
     from veil.client.policy import load_with_log
     from veil.client.proxy import create_proxy_app
@@ -322,9 +360,29 @@ def proxy(
         attested = verify_coordinator(client_policy, manifest_log=log)
     except VeilError as err:
         _fail(err)
+    token = _proxy_token(token_file)
+    verifier = AsyncReverifier(client_policy, manifest_log=log, interval=reverify_seconds)
+    app_ = create_proxy_app(verifier, allowed_hosts=[host, *allowed_host], token=token,
+                            tenant_key=_secret(api_key_file, "VEIL_API_KEY"))
     sim = " (SIMULATED TEE)" if attested.simulated else ""
-    console.print(f"verified{sim}; OpenAI endpoint at http://{host}:{port}/v1 — every request is encrypted")
-    serve(create_proxy_app(attested), host=host, port=port)
+    console.print(f"verified{sim}; OpenAI endpoint at http://{host}:{port}/v1 — every request is encrypted; "
+                  f"re-verified every {reverify_seconds:g} s")
+    serve(app_, host=host, port=port)  # slow clients timed out, connections capped (veil.httpserver)
+
+
+def _proxy_token(path: Optional[Path]) -> Optional[str]:
+    """The per-proxy bearer token: from the file (made with a fresh token if absent) or $VEIL_PROXY_TOKEN."""
+    if path is None:
+        return os.environ.get("VEIL_PROXY_TOKEN") or None
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        console.print(f"proxy token written to {path} (use it as the OpenAI api_key)")
+    return _secret(path, "VEIL_PROXY_TOKEN")
 
 
 def main() -> None:  # pragma: no cover

@@ -10,22 +10,28 @@ from veil.client.verify import AttestedCoordinator
 from veil.errors import VeilError
 
 SIMULATED_BANNER = (
-    "SIMULATED TEE: this deployment runs on a simulated platform. The checks below ran for real, "
-    "but no hardware protects the data. Use it for development and tests only."
+    "SIMULATED TEE: this deployment runs on or admits a simulated platform. The checks below ran "
+    "for real, but no hardware protects the data. Use it for development and tests only."
 )
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def render_verification(attested: AttestedCoordinator, console: Console) -> None:
     claims = attested.verdict.claims
     if attested.simulated:
-        console.print(Panel(SIMULATED_BANNER, title="[bold yellow]SIMULATED[/]", border_style="yellow"))
+        parts = "\n".join(f"  - {p}" for p in attested.simulated_parts)
+        console.print(Panel(f"{SIMULATED_BANNER}\n\nSimulated:\n{parts}", title="[bold yellow]SIMULATED[/]",
+                            border_style="yellow"))
     table = Table(title="Veil attestation verified", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     if claims:
         table.add_row("platform", claims.platform + ("  (SIMULATED)" if claims.simulated else ""))
         table.add_row("measurement", claims.measurement)
-        table.add_row("debug", "yes" if claims.debug else "no")
+        table.add_row("debug", _yes_no(claims.debug))
         if claims.tcb:
             table.add_row("TCB", ", ".join(f"{k}={v}" for k, v in claims.tcb.items()))
     if attested.manifest is not None:
@@ -38,12 +44,22 @@ def render_verification(attested: AttestedCoordinator, console: Console) -> None
         table.add_row("sandbox", sandbox)
         for ref in m.workers:
             gpu = "GPU evidence required (bound into the CPU report)" if ref.require_gpu else "no GPU required"
-            table.add_row("workers", f"{ref.platform}, {len(ref.measurements)} measurement(s), {gpu}")
+            debug = ", DEBUG allowed" if ref.allow_debug else ""
+            table.add_row("admits workers", f"{ref.platform}, {len(ref.measurements)} measurement(s), {gpu}{debug}")
+    rules = attested.admission
+    if rules:
+        simulation = "trusted (named roots only)" if rules["trust_simulated"] else "refused"
+        table.add_row(
+            "client accepts",
+            f"worker platforms {', '.join(rules['worker_platforms']) or 'none'}; debug {_yes_no(rules['allow_debug'])}; "
+            f"sandbox {', '.join(rules['sandbox_profiles']) or 'none'}; simulation {simulation}",
+        )
     table.add_row("OHTTP key ids", ", ".join(str(c.key_id) for c in attested.key_configs))
     table.add_row("coordinator", attested.coordinator_url)
     table.add_row("gateway", attested.gateway_url)
     if attested.relay_url:
         table.add_row("relay", f"{attested.relay_url} (the gateway does not see this client's address)")
+    table.add_row("verified at", attested.verified_at.isoformat(timespec="seconds"))
     table.add_row("took", f"{attested.elapsed_ms:.1f} ms")
     console.print(table)
     for check, result in attested.checks:

@@ -2,16 +2,26 @@
 
 One attestation proves everything the client needs: the report_data binds the client's fresh
 nonce, the coordinator's public key, the manifest digest and the OHTTP key configuration digest.
+The client then judges what that manifest admits (``ClientPolicy.check``) and, with a manifest
+log, that it extends the history this client has seen.
+
+``check_attestation`` is the whole decision without I/O. ``verify_coordinator`` (sync) and
+``averify_coordinator`` (asyncio, the checks off the event loop) fetch the attestation and the
+manifest history with a size cap each, streamed, so a hostile coordinator cannot make the client
+buffer more than the cap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
 import os
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -23,12 +33,19 @@ from veil.attest.claims import Verdict
 from veil.attest.evidence import appraise_evidence, trust_for
 from veil.attest.registry import is_simulated
 from veil.client.manifest_log import ManifestLog
-from veil.client.policy import ClientPolicy
+from veil.client.policy import ClientPolicy, simulation_in
 from veil.errors import ParseError, PolicyError, VerificationError
 from veil.manifest import SignedManifest, valid_signers
 from veil.ohttp.keyconfig import KeyConfig, decode_key_config_list
 
-MAX_ATTESTATION_BYTES = 1 << 20
+MAX_ATTESTATION_BYTES = 2 << 20  # evidence and collateral (tens of KiB) plus one manifest (<= 1 MiB)
+MAX_HISTORY_BYTES = 32 << 20  # every manifest the deployment ever had
+TIMEOUT = 10.0
+
+
+def preferred_config(configs: list[KeyConfig]) -> KeyConfig:
+    """The one place a client picks which attested key configuration to encrypt to."""
+    return configs[0]
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,8 @@ class AttestedCoordinator:
     public_key: bytes
     elapsed_ms: float
     checks: list[tuple[str, str]] = field(default_factory=list)
+    admission: dict[str, Any] = field(default_factory=dict)  # the client policy's rules for the manifest
+    verified_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     relay_url: str | None = None  # where encrypted requests go when not straight to the gateway
 
     @property
@@ -51,28 +70,55 @@ class AttestedCoordinator:
         return self.relay_url or self.gateway_url
 
     @property
+    def simulated_parts(self) -> list[str]:
+        """Everything simulated in this deployment, coordinator and manifest alike (empty: nothing)."""
+        claims = self.verdict.claims
+        parts = [f"coordinator runs on {claims.platform}"] if claims and claims.simulated else []
+        return parts + (simulation_in(self.manifest.manifest) if self.manifest else [])
+
+    @property
     def simulated(self) -> bool:
-        return bool(self.verdict.claims and self.verdict.claims.simulated)
+        return bool(self.simulated_parts)
+
+    @property
+    def key_config(self) -> KeyConfig:
+        return preferred_config(self.key_configs)
 
     def to_json(self) -> dict[str, Any]:
         m = self.manifest.manifest if self.manifest else None
+        claims = self.verdict.claims
         return {
             "verdict": "accept",
             "reason": "ok",
             "simulated": self.simulated,
+            "simulated_parts": self.simulated_parts,
+            "verified_at": self.verified_at.isoformat(timespec="seconds"),
+            "elapsed_ms": round(self.elapsed_ms, 2),
             "coordinator_url": self.coordinator_url,
             "gateway_url": self.gateway_url,
             "relay_url": self.relay_url,
-            "claims": self.verdict.claims.to_json() if self.verdict.claims else None,
+            "platform": claims.platform if claims else None,
+            "claims": claims.to_json() if claims else None,
             "manifest_digest": self.manifest.digest.hex() if self.manifest else None,
+            "manifest": self.manifest.model_dump(mode="json") if self.manifest else None,
             "sandbox": m.sandbox.model_dump() if m else None,
             # what the attested coordinator demands of every worker before it releases keys
             "workers": [w.model_dump() for w in m.workers] if m else [],
             "models": [x.name for x in m.models] if m else [],
+            "admission": self.admission,
             "key_ids": [c.key_id for c in self.key_configs],
+            "key_configs": [_config_json(c) for c in self.key_configs],
             "checks": [{"check": c, "result": r} for c, r in self.checks],
-            "elapsed_ms": round(self.elapsed_ms, 2),
         }
+
+
+def _config_json(config: KeyConfig) -> dict[str, Any]:
+    return {
+        "key_id": config.key_id,
+        "kem_id": config.kem_id,
+        "public_key": config.public_key.hex(),
+        "suites": [{"kdf_id": s.kdf_id, "aead_id": s.aead_id} for s in config.suites],
+    }
 
 
 def verify_coordinator(
@@ -91,25 +137,103 @@ def verify_coordinator(
     """
     start = time.perf_counter()
     nonce = nonce or os.urandom(32)
-    own = http is None
-    http = http or httpx.Client(timeout=10)
+    client = http or httpx.Client(timeout=TIMEOUT)
     try:
-        try:
-            resp = http.get(f"{policy.coordinator_url}{wire.ATTESTATION_PATH}", params={"nonce": nonce.hex()})
-        except httpx.HTTPError as exc:
-            raise VerificationError("coordinator.unreachable", f"{policy.coordinator_url}: {exc}") from None
-        if resp.status_code != 200 or len(resp.content) > MAX_ATTESTATION_BYTES:
-            raise VerificationError("coordinator.bad_response", f"attestation answered HTTP {resp.status_code}")
+        body = _get(client, policy.coordinator_url + wire.ATTESTATION_PATH, {"nonce": nonce.hex()}, MAX_ATTESTATION_BYTES)
         attested = check_attestation(
-            resp.json(), policy, nonce=nonce, as_of=as_of, started=start, require_manifest=require_manifest
+            body, policy, nonce=nonce, as_of=as_of, started=start, require_manifest=require_manifest
         )
         if manifest_log is not None and attested.manifest is not None:
-            manifest_log.advance(policy.coordinator_url, attested.manifest, http)
+            if manifest_log.needs_history(policy.coordinator_url, attested.manifest):
+                served = _get(client, policy.coordinator_url + wire.MANIFEST_HISTORY_PATH, None, MAX_HISTORY_BYTES)
+                manifest_log.extend(policy.coordinator_url, attested.manifest, served)
             attested.checks.append(("manifest extends the history this client has seen", "ok"))
         return attested
     finally:
-        if own:
-            http.close()
+        if http is None:
+            client.close()
+
+
+async def averify_coordinator(
+    policy: ClientPolicy,
+    *,
+    http: httpx.AsyncClient | None = None,
+    nonce: bytes | None = None,
+    as_of: datetime | None = None,
+    manifest_log: ManifestLog | None = None,
+) -> AttestedCoordinator:
+    """:func:`verify_coordinator` for asyncio: network I/O awaited, the checks run in a thread."""
+    start = time.perf_counter()
+    nonce = nonce or os.urandom(32)
+    client = http or httpx.AsyncClient(timeout=TIMEOUT)
+    try:
+        url = policy.coordinator_url + wire.ATTESTATION_PATH
+        body = await _aget(client, url, {"nonce": nonce.hex()}, MAX_ATTESTATION_BYTES)
+        attested = await asyncio.to_thread(check_attestation, body, policy, nonce=nonce, as_of=as_of, started=start)
+        if manifest_log is not None and attested.manifest is not None:
+            if manifest_log.needs_history(policy.coordinator_url, attested.manifest):
+                served = await _aget(client, policy.coordinator_url + wire.MANIFEST_HISTORY_PATH, None, MAX_HISTORY_BYTES)
+                await asyncio.to_thread(manifest_log.extend, policy.coordinator_url, attested.manifest, served)
+            attested.checks.append(("manifest extends the history this client has seen", "ok"))
+        return attested
+    finally:
+        if http is None:
+            await client.aclose()
+
+
+def _get(client: httpx.Client, url: str, params: dict[str, str] | None, cap: int) -> Any:
+    try:
+        with client.stream("GET", url, params=params) as resp:
+            _check_head(resp, url, cap)
+            return _json(_take(resp.iter_bytes(), url, cap), url)
+    except httpx.HTTPError as exc:
+        raise VerificationError("coordinator.unreachable", f"{url}: {type(exc).__name__}: {exc}") from None
+
+
+async def _aget(client: httpx.AsyncClient, url: str, params: dict[str, str] | None, cap: int) -> Any:
+    try:
+        async with client.stream("GET", url, params=params) as resp:
+            _check_head(resp, url, cap)
+            return _json(await _atake(resp.aiter_bytes(), url, cap), url)
+    except httpx.HTTPError as exc:
+        raise VerificationError("coordinator.unreachable", f"{url}: {type(exc).__name__}: {exc}") from None
+
+
+def _check_head(resp: httpx.Response, url: str, cap: int) -> None:
+    if resp.status_code != 200:
+        raise VerificationError("coordinator.bad_response", f"{url} answered HTTP {resp.status_code}")
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise ParseError("coordinator.too_large", f"{url} announces {declared} bytes; the client reads at most {cap}")
+
+
+def _too_large(url: str, cap: int) -> ParseError:
+    return ParseError("coordinator.too_large", f"{url} sent more than the {cap} bytes the client reads")
+
+
+def _take(pieces: Iterator[bytes], url: str, cap: int) -> bytes:
+    buf = bytearray()
+    for piece in pieces:
+        buf += piece
+        if len(buf) > cap:
+            raise _too_large(url, cap)
+    return bytes(buf)
+
+
+async def _atake(pieces: AsyncIterator[bytes], url: str, cap: int) -> bytes:
+    buf = bytearray()
+    async for piece in pieces:
+        buf += piece
+        if len(buf) > cap:
+            raise _too_large(url, cap)
+    return bytes(buf)
+
+
+def _json(body: bytes, url: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise VerificationError("coordinator.bad_response", f"{url} did not answer JSON") from None
 
 
 def check_attestation(
@@ -132,6 +256,8 @@ def check_attestation(
         evidence = body["evidence"]
     except (KeyError, TypeError, ValueError):
         raise ParseError("attestation.malformed", "attestation answer is missing or has bad fields") from None
+    if not isinstance(platform, str):
+        raise ParseError("attestation.malformed", "attestation answer names no platform")
     if is_simulated(platform) and not policy.trust_simulated:
         raise VerificationError(
             "attestation.simulated_untrusted",
@@ -155,6 +281,8 @@ def check_attestation(
     if require_manifest or body.get("manifest") is not None:
         manifest = _check_manifest(body.get("manifest"), manifest_digest, policy)
         checks.append(("manifest digest pinned or signed by a trusted admin", "ok"))
+        policy.check(manifest.manifest)
+        checks.append(("manifest admits only workers, debug settings and sandboxes this client accepts", "ok"))
     key_configs = decode_key_config_list(configs_raw)
     if not key_configs:
         raise ParseError("attestation.no_key_config", "the coordinator offers no OHTTP key configuration")
@@ -169,6 +297,7 @@ def check_attestation(
         public_key=public_key,
         elapsed_ms=(time.perf_counter() - started) * 1000,
         checks=checks,
+        admission=policy.admission_rules(),
     )
 
 
