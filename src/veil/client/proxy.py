@@ -59,6 +59,8 @@ class _Deployment(Protocol):
 
     async def ready(self) -> None: ...
 
+    def refusal(self) -> VeilError | None: ...
+
     def status(self) -> dict[str, Any]: ...
 
 
@@ -70,6 +72,9 @@ class _Fresh:
     async def ready(self) -> None:
         await self.verifier.current()
 
+    def refusal(self) -> VeilError | None:
+        return self.verifier.refusal
+
     def status(self) -> dict[str, Any]:
         return self.verifier.status()
 
@@ -80,6 +85,9 @@ class _Fixed:
         self.verification = verification
 
     async def ready(self) -> None:
+        return None
+
+    def refusal(self) -> VeilError | None:
         return None
 
     def status(self) -> dict[str, Any]:
@@ -126,7 +134,7 @@ def _app(
         try:
             await deployment.ready()
         except VeilError as err:
-            return proxy_error(503, err.reason, f"the Veil deployment does not verify; nothing is forwarded: {err.message}")
+            return _not_verified(err)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_REQUEST}
         headers["accept-encoding"] = "identity"  # we relay raw bytes and drop content-encoding
         if tenant_key:
@@ -142,6 +150,9 @@ def _app(
         except httpx.HTTPError as exc:
             return proxy_error(502, "proxy.gateway_unreachable", f"Veil gateway unreachable: {type(exc).__name__}")
         except VeilError as err:  # the gateway refused the encrypted request, or re-verification failed
+            refusal = deployment.refusal()
+            if refusal is not None:
+                return _not_verified(refusal)
             return proxy_error(502, err.reason, f"Veil gateway refused the request: {err.reason}")
         out_headers = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in HOP_BY_HOP]
         if _is_sse(resp):
@@ -173,6 +184,10 @@ def _app(
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY)
     app.add_middleware(ProxyGuard, allowed_hosts=list(allowed_hosts), token=token)
     return app
+
+
+def _not_verified(err: VeilError) -> JSONResponse:
+    return proxy_error(503, err.reason, f"the Veil deployment does not verify; nothing is forwarded: {err.message}")
 
 
 def _is_sse(resp: httpx.Response) -> bool:
