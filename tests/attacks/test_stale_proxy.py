@@ -1,4 +1,4 @@
-"""Attack: change the deployment under a running `veil proxy` and keep it forwarding on a stale verdict.
+"""Attack: change the deployment under a running `veil proxy` (or SDK client) and keep it forwarding on a stale verdict.
 
 The attacker holds the operator's powers: it sets a new manifest on the coordinator (signed with
 the admin key) while a proxy that verified the old one keeps running — a manifest the proxy's own
@@ -73,3 +73,43 @@ def test_proxy_stops_forwarding_when_the_manifest_changes_beyond_its_policy(
         shown = httpx.get(f"{proxy.url}/veil/verification").json()
         assert shown["status"] == "refused" and shown["verification"] is None
         assert shown["refusal"]["reason"] == reason and shown["checked_at"]
+
+
+def test_sdk_clients_stop_too(stack: Stack) -> None:
+    """``veil.Client`` and ``veil.AsyncClient`` hold the same kind of verifier as the proxy."""
+    import asyncio
+
+    from veil.client.sdk import AsyncClient, Client
+    from veil.errors import VeilError
+
+    stack.update()  # a deployment the policy accepts, whatever the tests before left
+    policy = stack.policy(pinned=True)
+    with Client(policy, reverify_seconds=INTERVAL) as client:
+        aclient = AsyncClient(policy, reverify_seconds=INTERVAL)
+        asyncio.run(aclient.verify())
+        assert client.chat.completions.create(model=MODEL, messages=MESSAGES).choices  # type: ignore[arg-type]
+        stack.update(settings={"changed": "again"})
+        reached = stack.engine.requests
+        deadline = time.monotonic() + INTERVAL + 15
+        while True:
+            try:
+                client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+            except VeilError as err:
+                assert err.reason == "manifest.not_trusted"
+                break
+            assert time.monotonic() < deadline, "the SDK kept sending after the manifest changed"
+            reached = stack.engine.requests
+            time.sleep(0.05)
+
+        async def refused() -> str:
+            await asyncio.sleep(INTERVAL)
+            try:
+                await aclient.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+            except VeilError as err:
+                return err.reason
+            finally:
+                await aclient.close()
+            return "sent"
+
+        assert asyncio.run(refused()) == "manifest.not_trusted"
+        assert stack.engine.requests == reached
