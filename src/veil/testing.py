@@ -201,7 +201,7 @@ class GatewayProcess:
         from veil.client.transport import OhttpTransport
 
         start = time.perf_counter()
-        with httpx.Client(transport=OhttpTransport(self.pair.config, self.url, timeout=timeout), timeout=timeout) as http:
+        with httpx.Client(transport=OhttpTransport(self.pair.config, self.url), timeout=timeout) as http:
             r = http.post("http://api/v1/chat/completions", json={"model": "m", "stream": True, "max_tokens": 8,
                                                                    "messages": [{"role": "user", "content": "hi"}]})
             if r.status_code != 200 or "[DONE]" not in r.text:

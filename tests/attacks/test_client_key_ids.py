@@ -28,6 +28,8 @@ from veil.client.transport import GatewayRefused
 from veil.ohttp.keyconfig import MEDIA_TYPE_KEYS, KeyPair, KeyStore
 from veil.testing import ServerThread
 
+pytestmark = pytest.mark.slow  # live servers and processes on loopback
+
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 

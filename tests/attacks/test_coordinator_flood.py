@@ -28,6 +28,8 @@ from veil.client.verify import MAX_ATTESTATION_BYTES, MAX_HISTORY_BYTES, verify_
 from veil.errors import VeilError
 from veil.testing import free_port
 
+pytestmark = pytest.mark.slow  # live servers and processes on loopback
+
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory) -> Iterator[tuple[str, ClientPolicy]]:

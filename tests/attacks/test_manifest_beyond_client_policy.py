@@ -27,6 +27,8 @@ from veil.client.verify import verify_coordinator
 from veil.errors import VeilError
 from veil.manifest import ReferenceValues, SandboxSettings
 
+pytestmark = pytest.mark.slow  # live servers and processes on loopback
+
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:

@@ -28,6 +28,8 @@ from veil.client.freshness import AsyncReverifier
 from veil.client.proxy import create_proxy_app
 from veil.testing import ServerThread, free_port
 
+pytestmark = pytest.mark.slow  # live servers and processes on loopback
+
 TOKEN = "proxy-token-for-this-test"
 BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "was my last prompt about X?"}]})
 BROWSER = {"sec-fetch-mode": "no-cors", "sec-fetch-dest": "empty"}

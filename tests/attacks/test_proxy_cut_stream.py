@@ -34,6 +34,8 @@ from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.testing import ServerThread, free_port
 from veil.worker.gateway import create_gateway_app
 
+pytestmark = pytest.mark.slow  # live servers and processes on loopback
+
 TOKENS = [f"tok{i} " for i in range(8)]
 LONG = "x" * 150_000  # a non-streamed answer longer than one 64 KiB chunk
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -24,6 +24,8 @@ from veil.client.freshness import AsyncReverifier
 from veil.client.proxy import create_proxy_app
 from veil.testing import ServerThread
 
+pytestmark = pytest.mark.slow  # live servers and processes on loopback
+
 BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
 
 

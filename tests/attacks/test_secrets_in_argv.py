@@ -32,6 +32,8 @@ from attacks.client_stack import MODEL, client_stack
 from veil.manifest import TenantEntry
 from veil.testing import free_port
 
+pytestmark = pytest.mark.slow  # live servers and processes on loopback
+
 KEY = f"veil-{secrets.token_urlsafe(32)}"
 TOKEN = secrets.token_urlsafe(16)
 CANARY = f"CANARY-{uuid.uuid4().hex}"

@@ -25,6 +25,8 @@ from veil.client.proxy import create_proxy_app
 from veil.manifest import SandboxSettings
 from veil.testing import ServerThread
 
+pytestmark = pytest.mark.slow  # live servers and processes on loopback
+
 INTERVAL = 1.0
 MESSAGES = [{"role": "user", "content": "hello"}]
 

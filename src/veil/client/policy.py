@@ -35,7 +35,11 @@ POLICY_FILE = "client-policy.json"
 
 HARDWARE_PLATFORMS = tuple(p.name for p in registry.PLATFORMS.values() if p.kind == "cpu" and not p.simulated)
 SandboxProfile = Literal["bubblewrap", "gvisor", "none"]
-SANDBOXED: tuple[SandboxProfile, ...] = ("bubblewrap", "gvisor")
+SANDBOXED: tuple[Literal["bubblewrap", "gvisor"], ...] = ("bubblewrap", "gvisor")
+
+
+def _sandboxed() -> list[SandboxProfile]:
+    return list(SANDBOXED)
 
 
 def simulation_in(manifest: Manifest) -> list[str]:
@@ -63,7 +67,7 @@ class ClientPolicy(BaseModel):
     # What the manifest may admit, for workers (and for coordinators it lets share the state).
     worker_platforms: list[str] = Field(default_factory=lambda: list(HARDWARE_PLATFORMS))
     allow_debug: bool = False
-    sandbox_profiles: list[SandboxProfile] = Field(default_factory=lambda: list(SANDBOXED))
+    sandbox_profiles: list[SandboxProfile] = Field(default_factory=lambda: _sandboxed())
     # Anything simulated is refused unless the client opts in AND names the simulation root.
     trust_simulated: bool = False
     simulation_roots: list[str] = Field(default_factory=list)

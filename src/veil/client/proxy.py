@@ -130,7 +130,7 @@ def _app(
         transport=AsyncOhttpTransport(deployment.keys, relay_url or gateway_url), base_url=gateway_url, timeout=timeout
     )
 
-    async def forward(request: Request) -> Response:
+    async def forward(request: Request) -> Response | _RelayedStream:
         try:
             await deployment.ready()
         except VeilError as err:
@@ -156,7 +156,7 @@ def _app(
             return proxy_error(502, err.reason, f"Veil gateway refused the request: {err.reason}")
         out_headers = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in HOP_BY_HOP]
         if _is_sse(resp):
-            return _RelayedStream(resp, out_headers)  # type: ignore[return-value]
+            return _RelayedStream(resp, out_headers)
         return await _whole(resp, out_headers)
 
     async def verification_info(_: Request) -> JSONResponse:

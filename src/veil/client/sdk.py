@@ -67,7 +67,8 @@ class Client(_Resources):
         transport = OhttpTransport(self.verifier, policy.relay_url or policy.gateway_url)
         self._expose(openai.OpenAI(
             base_url=f"{policy.gateway_url}/v1", api_key=_tenant_key(api_key), max_retries=0,
-            http_client=httpx.Client(transport=transport, timeout=timeout), **openai_kwargs,
+            http_client=httpx.Client(transport=transport, timeout=timeout),  # type: ignore[arg-type]
+            **openai_kwargs,
         ))
 
     @property
@@ -104,7 +105,8 @@ class AsyncClient(_Resources):
         transport = AsyncOhttpTransport(self.verifier, policy.relay_url or policy.gateway_url)
         self._expose(openai.AsyncOpenAI(
             base_url=f"{policy.gateway_url}/v1", api_key=_tenant_key(api_key), max_retries=0,
-            http_client=httpx.AsyncClient(transport=transport, timeout=timeout), **openai_kwargs,
+            http_client=httpx.AsyncClient(transport=transport, timeout=timeout),  # type: ignore[arg-type]
+            **openai_kwargs,
         ))
 
     async def verify(self) -> AttestedCoordinator:

@@ -87,11 +87,14 @@ class _FixedKey:
         return None
 
 
-class _AsyncFixedKey(_FixedKey):
-    async def config(self) -> KeyConfig:  # type: ignore[override]
+class _AsyncFixedKey:
+    def __init__(self, config: KeyConfig) -> None:
+        self._config = config
+
+    async def config(self) -> KeyConfig:
         return self._config
 
-    async def refused(self, config: KeyConfig, err: GatewayRefused) -> KeyConfig | None:  # type: ignore[override]
+    async def refused(self, config: KeyConfig, err: GatewayRefused) -> KeyConfig | None:
         return None
 
 
@@ -146,9 +149,12 @@ class _Core:
         self.suite = suite
         self.pad_requests = pad_requests
 
-    def seal(self, config: KeyConfig, request: httpx.Request, body: bytes) -> tuple[httpx.Request, object]:
+    def seal(
+        self, config: KeyConfig, request: httpx.Request, body: bytes
+    ) -> tuple[httpx.Request, ClientResponseContext | ChunkedRequestSender]:
         """The outer POST carrying ``request`` encrypted to ``config``, and its response context."""
         inner = _inner_request(request, body)
+        ctx: ClientResponseContext | ChunkedRequestSender
         if not self.chunked:
             plain = pad_message(bhttp.encode_request(inner), self.pad_requests)  # RFC 9292 §3.8 zeros
             wire, ctx = encapsulate_request(config, plain, suite=self.suite)
