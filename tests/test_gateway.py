@@ -266,7 +266,7 @@ def test_engine_receives_only_allowlisted_headers(pair: KeyPair) -> None:
     async def go() -> None:
         import openai
 
-        t = OhttpTransport(pair.config, "http://gw", async_outer_transport=httpx.ASGITransport(app))
+        t = AsyncOhttpTransport(pair.config, "http://gw", transport=httpx.ASGITransport(app))
         client = openai.AsyncOpenAI(base_url="http://api.local/v1", api_key="sk-user-secret", max_retries=0,
                                     http_client=httpx.AsyncClient(transport=t), default_headers=sent)
         await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
@@ -289,7 +289,7 @@ def test_nothing_after_decryption_answers_in_the_clear(pair: KeyPair, caplog: py
     deep = b'{"cache_salt":' + b"[" * 200_000 + b"]" * 200_000 + b"}"  # json.loads: RecursionError
 
     async def go() -> None:
-        t = OhttpTransport(pair.config, "http://gw", async_outer_transport=httpx.ASGITransport(_app(pair)))
+        t = AsyncOhttpTransport(pair.config, "http://gw", transport=httpx.ASGITransport(_app(pair)))
         async with httpx.AsyncClient(transport=t) as c:
             r = await c.post("http://api.local/v1/chat/completions", content=deep, headers={"content-type": "application/json"})
             assert r.status_code == 400 and r.json()["error"]["reason"] == "gateway.invalid_body"
@@ -301,7 +301,7 @@ def test_nothing_after_decryption_answers_in_the_clear(pair: KeyPair, caplog: py
 
         monkeypatch.setattr(app.state.gateway.tenancy, "admit", explode)
         for chunked in (False, True):
-            t = OhttpTransport(pair.config, "http://gw", chunked=chunked, async_outer_transport=httpx.ASGITransport(app))
+            t = AsyncOhttpTransport(pair.config, "http://gw", chunked=chunked, transport=httpx.ASGITransport(app))
             async with httpx.AsyncClient(transport=t) as c:
                 r = await c.post("http://api.local/v1/chat/completions", json={"prompt": CANARY})
                 assert r.status_code == 500 and r.json()["error"]["reason"] == "gateway.internal_error"

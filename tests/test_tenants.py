@@ -315,7 +315,7 @@ def test_usage_is_settled_on_every_path(pair: KeyPair, framing: str, stream: boo
         assert status == 200 and (b"data: [DONE]" in body if stream else json.loads(body)["usage"]["total_tokens"] == 4)
     else:
         async def go() -> None:
-            t = OhttpTransport(pair.config, "http://gw", chunked=framing == "chunked", async_outer_transport=httpx.ASGITransport(app))
+            t = AsyncOhttpTransport(pair.config, "http://gw", chunked=framing == "chunked", transport=httpx.ASGITransport(app))
             async with httpx.AsyncClient(transport=t) as c:
                 r = await c.post("http://api.local/v1/chat/completions", json=doc, headers={"authorization": f"Bearer {key}"})
                 assert r.status_code == 200 and (r.text.count("data:") == 4 if stream else r.json()["usage"]["total_tokens"] == 4)

@@ -25,8 +25,9 @@ from starlette.routing import Route
 from attacks.client_stack import MODEL, Stack, client_stack
 from veil.client.sdk import Client
 from veil.client.transport import GatewayRefused
-from veil.ohttp.keyconfig import MEDIA_TYPE_KEYS, KeyPair, KeyStore
+from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.testing import ServerThread
+from veil.wire import MEDIA_TYPE_KEYS
 
 pytestmark = pytest.mark.slow  # live servers and processes on loopback
 
