@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from veil.balancer import Backend, HAProxy, render  # noqa: E402
-from veil.client.transport import OhttpTransport  # noqa: E402
+from veil.client.transport import AsyncOhttpTransport  # noqa: E402
 from veil.ohttp.keyconfig import KeyPair  # noqa: E402
 from veil.testing import GatewayProcess, free_port  # noqa: E402
 
@@ -97,8 +97,8 @@ def _percentile(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace, targets: dict[str, str], config: Any) -> dict[str, dict[str, Any]]:
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     clients = {
-        name: httpx.AsyncClient(transport=OhttpTransport(
-            config, url, async_outer_transport=httpx.AsyncHTTPTransport(limits=limits), timeout=30))
+        name: httpx.AsyncClient(transport=AsyncOhttpTransport(
+            config, url, transport=httpx.AsyncHTTPTransport(limits=limits)), timeout=30)
         for name, url in targets.items()
     }
     lat: dict[str, list[float]] = {n: [] for n in targets}
