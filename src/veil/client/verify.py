@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +43,13 @@ from veil.ohttp.keyconfig import KeyConfig, decode_key_config_list
 MAX_ATTESTATION_BYTES = 2 << 20  # evidence and collateral (tens of KiB) plus one manifest (<= 1 MiB)
 MAX_HISTORY_BYTES = 32 << 20  # every manifest the deployment ever had
 TIMEOUT = 10.0
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every verification: building one (loading the CA bundle) costs far
+    more than a whole verification, and re-verifying clients make a fresh HTTP client each time."""
+    return httpx.create_ssl_context()
 
 
 def preferred_config(configs: list[KeyConfig]) -> KeyConfig:
@@ -137,7 +146,7 @@ def verify_coordinator(
     """
     start = time.perf_counter()
     nonce = nonce or os.urandom(32)
-    client = http or httpx.Client(timeout=TIMEOUT)
+    client = http or httpx.Client(timeout=TIMEOUT, verify=_tls())
     try:
         body = _get(client, policy.coordinator_url + wire.ATTESTATION_PATH, {"nonce": nonce.hex()}, MAX_ATTESTATION_BYTES)
         attested = check_attestation(
@@ -165,7 +174,7 @@ async def averify_coordinator(
     """:func:`verify_coordinator` for asyncio: network I/O awaited, the checks run in a thread."""
     start = time.perf_counter()
     nonce = nonce or os.urandom(32)
-    client = http or httpx.AsyncClient(timeout=TIMEOUT)
+    client = http or httpx.AsyncClient(timeout=TIMEOUT, verify=_tls())
     try:
         url = policy.coordinator_url + wire.ATTESTATION_PATH
         body = await _aget(client, url, {"nonce": nonce.hex()}, MAX_ATTESTATION_BYTES)
