@@ -72,6 +72,7 @@ class LocalDeployment:
     coordinators: int = 1
     db_url: str | None = None  # default: SQLite in the state directory; several coordinators need PostgreSQL
     reregister_seconds: float = 60.0  # how often workers re-attest (and pick up a newer manifest)
+    sim_gpu: bool = False  # every worker has a SIMULATED H100 whose evidence the manifest requires
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     topology: Topology = field(init=False)
     balancer: HAProxy | None = field(default=None, init=False)
@@ -108,6 +109,35 @@ class LocalDeployment:
         if not (self.sim_dir / "ark.pem").exists():
             SimPlatform.create(self.sim_dir)
         self.model_path = self.model_path or default_model_path()
+        if self.sim_gpu:
+            from veil.attest.sim.gpu import SimGpu
+
+            SimGpu.load_or_create(self.sim_gpu_dir)
+
+    @property
+    def sim_gpu_dir(self) -> Path:
+        return self.state_dir / "sim-gpu"
+
+    def _with_gpu(self, manifest: Manifest) -> Manifest:
+        """With --sim-gpu: workers must present the simulated H100, judged by its pinned RIMs, and
+        the model key goes only to a worker whose GPU verified."""
+        if not self.sim_gpu:
+            return manifest
+        from veil.attest.sim.gpu import SimGpu
+        from veil.manifest import GpuReference
+
+        gpu = SimGpu.load(self.sim_gpu_dir)
+        reference = GpuReference(allowed_platforms=["nvidia-h100"], allowed_rim_digests=gpu.rim_digests())
+        policies = {k: p.model_copy(update={"require_gpu": True, "gpu_platforms": ["nvidia-h100"]})
+                    for k, p in manifest.release_policies.items()}
+        return manifest.model_copy(update={
+            "workers": [r.model_copy(update={"require_gpu": True, "gpu": reference}) for r in manifest.workers],
+            "release_policies": policies,
+            "trusted_simulation_roots": [*manifest.trusted_simulation_roots, *gpu.simulation_roots],
+        })
+
+    def _gpu_args(self) -> list[str]:
+        return ["--gpu", "sim", "--sim-gpu-dir", str(self.sim_gpu_dir)] if self.sim_gpu else []
 
     @property
     def sealed_path(self) -> Path:
@@ -197,7 +227,7 @@ class LocalDeployment:
 
         measurement = measure_code().hex()
         refs = [ReferenceValues(platform="sim-snp", measurements=[measurement])]
-        return Manifest(
+        return self._with_gpu(Manifest(
             coordinator=refs,
             workers=refs,
             models=[ModelEntry(
@@ -215,7 +245,7 @@ class LocalDeployment:
             # A local demo also serves ohttpy's variant (/score), so standard clients can try it;
             # clients see it in the manifest (its answers show their status to relays).
             gateway=GatewaySettings(ohttpy_compat=True),
-        )
+        ))
 
     # replicas -----------------------------------------------------------------------------------
     def _start_coordinators(self, step) -> None:  # type: ignore[no-untyped-def]
@@ -248,6 +278,7 @@ class LocalDeployment:
                 "--port", str(port), "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
                 "--run-dir", str(run_dir), "--reregister-seconds", str(self.reregister_seconds),
                 *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
+                *self._gpu_args(),
             ])
         for i, port in enumerate(self.topology.worker_ports):
             name = self._replica_name("worker", i, self.workers)

@@ -98,6 +98,8 @@ def up(
     coordinators: int = typer.Option(1, "--coordinators", min=1, help="Coordinator replicas sharing sealed state in PostgreSQL (--db), behind HAProxy on the coordinator port."),
     db: Optional[str] = typer.Option(None, "--db", envvar="VEIL_DB", help="Coordinator database URL (default: SQLite in the state directory; required as postgresql+psycopg://... with --coordinators > 1)."),
     reregister_seconds: float = typer.Option(60.0, help="How often workers re-attest; a newer manifest reaches them then."),
+    sim_gpu: bool = typer.Option(False, "--sim-gpu", help="Give every worker a SIMULATED H100 (SPDM report, chain, "
+                                 "signed RIMs, OCSP) that the manifest requires and the coordinator verifies."),
 ) -> None:
     """Start a local deployment (coordinator, worker, engine) on the SIMULATED TEE.
 
@@ -115,6 +117,7 @@ def up(
             _state_dir(state_dir), host=host, coordinator_port=coordinator_port,
             worker_port=worker_port, sandbox=sandbox, model_path=model,
             workers=workers, coordinators=coordinators, db_url=db, reregister_seconds=reregister_seconds,
+            sim_gpu=sim_gpu,
         )
     except VeilError as err:
         _fail(err)
@@ -214,13 +217,16 @@ def worker(
     model_name: Optional[str] = typer.Option(None, help="Which manifest model to serve (default: the first)."),
     run_dir: Path = typer.Option(Path("/run/veil-worker"), help="Directory for the engine's socket (tmpfs)."),
     allow_unsandboxed: bool = typer.Option(False, help="Dev only: accept a manifest sandbox profile 'none'."),
-    gpu: str = typer.Option("auto", help="GPU evidence: auto (NVML, when a CC-mode GPU is present), none, required."),
+    gpu: str = typer.Option("auto", help="GPU evidence: auto (NVML, when a CC-mode GPU is present), none, required, "
+                            "or sim (the SIMULATED H100 in --sim-gpu-dir)."),
+    sim_gpu_dir: Optional[Path] = typer.Option(None, "--sim-gpu-dir", help="The SIMULATED H100 of `veil up --sim-gpu`."),
     reregister_seconds: float = typer.Option(60.0, help="Re-attest this often; a newer manifest takes effect then."),
 ) -> None:
     """Run a worker: attest, receive keys, unseal weights, start the sandboxed engine, serve OHTTP."""
     from veil.worker.serve import WorkerConfig, run_worker
 
-    config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu, reregister_seconds)
+    config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu, reregister_seconds,
+                          sim_gpu_dir)
     try:
         run_worker(config, _attester(platform, sim_dir, sim_launch_data))
     except VeilError as err:

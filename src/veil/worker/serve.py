@@ -42,17 +42,25 @@ class WorkerConfig:
     run_dir: Path  # holds the engine's Unix socket
     allow_unsandboxed: bool = False  # dev only: permits a manifest whose sandbox profile is "none"
     model_name: str | None = None  # which manifest model to serve (default: the first)
-    gpu: str = "auto"  # auto: attest CC-mode GPUs through NVML when present; none; required
+    gpu: str = "auto"  # auto: attest CC-mode GPUs through NVML when present; none; required; sim
     reregister_seconds: float = 60.0  # re-attest this often; manifest changes take effect then
+    sim_gpu_dir: Path | None = None  # gpu=sim: the SIMULATED H100 of `veil up --sim-gpu`
 
 
-def gpu_collector(mode: str):
-    """Collect GPU evidence for registration: NVML on a confidential-computing GPU."""
+def gpu_collector(mode: str, sim_gpu_dir: Path | None = None):
+    """Collect GPU evidence for registration: NVML on a confidential-computing GPU, or the
+    SIMULATED H100 of a local deployment (mode "sim")."""
     from veil.attest import composite
-    from veil.errors import VeilError
+    from veil.errors import ParseError, VeilError
 
     if mode == "none":
         return None
+    if mode == "sim":
+        from veil.attest.sim.gpu import SimGpu
+
+        if sim_gpu_dir is None:
+            raise ParseError("attest.missing_sim_dir", "--gpu sim needs the simulated GPU's directory (--sim-gpu-dir)")
+        return SimGpu.load(sim_gpu_dir).collect
 
     def collect(challenge: bytes, public_key: bytes) -> list:
         try:
@@ -80,7 +88,7 @@ def register_under_current(
         manifest = _current_manifest(http, config.coordinator_url)
         sandbox_profile(manifest, config)  # never commit to a profile this worker would refuse to run
         try:
-            secrets = register(config.coordinator_url, attester, http, gpu_collector(config.gpu), worker_id,
+            secrets = register(config.coordinator_url, attester, http, gpu_collector(config.gpu, config.sim_gpu_dir), worker_id,
                                sandbox=sandbox_binding(manifest.manifest.sandbox))
         except RegistrationRefused as err:
             if err.reason != "binding.report_data_mismatch" or _current_manifest(http, config.coordinator_url).digest == manifest.digest:
