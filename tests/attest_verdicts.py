@@ -109,3 +109,38 @@ def nvidia_verdict(
     trust = trust or TrustRoots.production().with_simulation(*(trusted_roots or ()))
     options = _options(trust, as_of, expected_nonce, None)
     return _two_stage(lambda: verify_evidence(evidence, options), lambda v: NVIDIA.validate(v, policy or NvidiaPolicy()))
+
+
+AZURE_AS_OF = datetime(2025, 6, 1, tzinfo=__import__("datetime").timezone.utc)  # inside AMD's real Milan/Genoa CRLs
+
+
+def azure_verdict(
+    platform: str,
+    vtpm: dict[str, Any],
+    nonce: bytes,
+    policy: Any = None,
+    *,
+    chain: bytes | None = None,
+    collateral: dict[str, Any] | None = None,
+    maa: dict[str, Any] | None = None,
+    trust: TrustRoots | None = None,
+    as_of: datetime | None = AZURE_AS_OF,
+    cache: Any = AMD_CRLS,
+) -> Verdict:
+    """Azure vTPM evidence in Veil's wire form through the registry's verifier, then the policy
+    (default: production's AzureVtpmPolicy)."""
+    import base64
+
+    from veil.attest import registry
+    from veil.attest.azure import AzureVtpmPolicy
+
+    evidence: dict[str, Any] = {"platform": platform, "vtpm": vtpm}
+    if chain is not None:
+        evidence["chain"] = base64.b64encode(chain).decode()
+    if collateral is not None:
+        evidence["collateral"] = collateral
+    if maa is not None:
+        evidence["maa"] = maa
+    verifier = registry.verifier(platform)
+    options = _options(trust, as_of, nonce, cache)
+    return _two_stage(lambda: verifier.verify(evidence, options), lambda v: verifier.validate(v, policy or AzureVtpmPolicy()))

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from veil.attest.azure import parse_evidence, verify_snp_vtpm
+from attest_verdicts import azure_verdict
+from veil.attest.azure import AzureVtpmPolicy, parse_evidence
 from veil.attest.azure.collect import HCL_REPORT_INDEX, USER_DATA_INDEX, collect_evidence
 from veil.errors import VeilError
 
@@ -46,7 +47,8 @@ def test_collected_evidence_verifies(sample: dict[str, Any], vectors: Path) -> N
     assert parse_evidence(doc).tpm_quote.attest.extra_data == b"challenge"
     roots = vectors / "roots"
     chain = (roots / "canonical_SEV-Milan.pem").read_bytes() + (roots / "canonical_ARK-Milan.pem").read_bytes()
-    assert verify_snp_vtpm(json.loads(json.dumps(doc)), b"challenge", chain_pem=chain).accepted
+    legacy = AzureVtpmPolicy(require_user_data_binding=False)  # the replayed sample's user-data is zeros
+    assert azure_verdict("azure-snp-vtpm", json.loads(json.dumps(doc)), b"challenge", legacy, chain=chain).accepted
 
 
 def test_user_data_size(sample: dict[str, Any]) -> None:
@@ -57,3 +59,31 @@ def test_user_data_size(sample: dict[str, Any]) -> None:
 def test_td_quote_included(sample: dict[str, Any]) -> None:
     doc = collect_evidence(b"n", tpm=FakeTpm(sample), td_quote=b"\x04\x00quote")
     assert parse_evidence(doc).td_quote == b"\x04\x00quote"
+
+
+def test_attester_writes_v2_evidence_with_the_hosts_vcek(sample: dict[str, Any]) -> None:
+    """The registry's azure-snp-vtpm attester: the report_data goes to the user-data NV index (so
+    the runtime claims carry it) and is the quote's nonce; the VCEK comes from the metadata service."""
+    import httpx
+
+    from veil.attest import registry
+    from veil.attest.azure.collect import AzureVtpmAttester
+
+    seen: list[str] = []
+
+    def imds(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        assert request.headers["Metadata"] == "true"
+        return httpx.Response(200, json={"vcekCert": sample["vcek"], "certificateChain": ""})
+    tpm = FakeTpm(sample)
+    attester = AzureVtpmAttester("azure-snp-vtpm", tpm, httpx.Client(transport=httpx.MockTransport(imds)))
+    ev = attester.evidence(b"\x07" * 64)
+    assert ev["platform"] == "azure-snp-vtpm" and ev["vtpm"]["version"] == 2
+    assert tpm.writes == [(USER_DATA_INDEX, b"\x07" * 64)]
+    assert seen == ["/metadata/THIM/amd/certification"] and parse_evidence(ev["vtpm"]).vcek
+    attester.evidence(b"\x07" * 64)
+    assert len(seen) == 1  # fetched once
+    assert registry.platform("azure-snp-vtpm").attester and registry.platform("azure-tdx-vtpm").attester
+    with pytest.raises(VeilError) as exc:
+        attester.sealing_key()
+    assert exc.value.reason == "sealing.unavailable"

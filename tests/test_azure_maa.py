@@ -18,7 +18,10 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veil.attest.azure import MaaPolicy, verify_maa
+from attest_verdicts import _options, _two_stage
+from veil.attest.azure import MaaPolicy
+from veil.attest.claims import Verdict
+from veil.attest.trust import TrustRoots
 from veil.cli.evidence import EvidenceFiles, verify_files
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
@@ -33,6 +36,31 @@ def make_key(not_after: datetime = datetime(2027, 1, 1, tzinfo=timezone.utc)) ->
             .serial_number(1).not_valid_before(datetime(2025, 1, 1, tzinfo=timezone.utc)).not_valid_after(not_after)
             .sign(key, hashes.SHA256()))
     return key, cert
+
+
+def _pins(certs: Any) -> list[str]:
+    """The test's self-signed signing certificates, pinned (as a manifest pins MAA's roots)."""
+    out = []
+    for k in (certs.get("keys") if isinstance(certs, dict) else None) or []:
+        try:
+            der = base64.b64decode(k["x5c"][-1])
+            out.append(hashlib.sha256(der).hexdigest())
+        except Exception:  # noqa: BLE001 - garbage JWKS: nothing to pin
+            pass
+    return out
+
+
+def verify_maa(tok: str, certs: Any, policy: MaaPolicy | None = None, *, as_of: datetime, expected_nonce: bytes | None = None,
+               pin: bool = True) -> Verdict:
+    """The registry's azure-maa verifier, then the policy (with the test's certificates pinned)."""
+    from veil.attest.azure.platform import AZURE_MAA
+
+    policy = policy or MaaPolicy()
+    if pin:
+        policy = policy.model_copy(update={"signing_roots": [*policy.signing_roots, *_pins(certs)]})
+    options = _options(TrustRoots.production(), as_of, expected_nonce, None)
+    evidence = {"platform": "azure-maa", "maa": {"token": tok, "certs": certs}}
+    return _two_stage(lambda: AZURE_MAA.verify(evidence, options), lambda v: AZURE_MAA.validate(v, policy))
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +129,12 @@ def test_signing_keys(signer: Any) -> None:
     key, cert = signer
     ks = jwks(("k1", cert))
     assert verify_maa(token(key, snp_payload(), kid="k2"), ks, as_of=NOW).reason == "azure.maa_unknown_key"
-    assert verify_maa(token(key, snp_payload()), ks, MaaPolicy(signing_keys=["other"]), as_of=NOW).reason == "azure.maa_key_not_allowed"
+    # the JWKS is not a trust anchor: an unpinned signer is refused
+    assert verify_maa(token(key, snp_payload()), ks, as_of=NOW, pin=False).reason == "azure.maa_untrusted_root"
     fp = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
-    assert verify_maa(token(key, snp_payload()), ks, MaaPolicy(signing_keys=[fp]), as_of=NOW).accepted
-    assert verify_maa(token(key, snp_payload()), ks, MaaPolicy(signing_keys=["k1"]), as_of=NOW).accepted
+    assert verify_maa(token(key, snp_payload()), ks, MaaPolicy(signing_roots=[fp]), as_of=NOW, pin=False).accepted
+    no_x5c = {"keys": [{"kid": "k1", "kty": "RSA", "n": "AQAB", "e": "AQAB"}]}
+    assert verify_maa(token(key, snp_payload()), no_x5c, as_of=NOW).reason == "azure.maa_untrusted_root"
 
 
 def test_forged_signature(signer: Any) -> None:
@@ -127,7 +157,7 @@ def test_algorithms_refused(signer: Any) -> None:
 
 def test_expired_signing_cert() -> None:
     key, cert = make_key(not_after=datetime(2026, 1, 1, tzinfo=timezone.utc))
-    assert verify_maa(token(key, snp_payload()), jwks(("k1", cert)), as_of=NOW).reason == "azure.maa_signing_cert_expired"
+    assert verify_maa(token(key, snp_payload()), jwks(("k1", cert)), as_of=NOW).reason == "azure.maa_cert_expired"
 
 
 def test_policy(signer: Any) -> None:
@@ -154,7 +184,8 @@ def test_nonce(signer: Any) -> None:
 
 def test_tdx_token(signer: Any) -> None:
     key, cert = signer
-    tee = {"x-ms-attestation-type": "tdxvm", "tdx_mrtd": "91" * 48, "tdx_td_attributes_debug": False,
+    tee = {"x-ms-attestation-type": "tdxvm", "x-ms-compliance-status": "azure-compliant-cvm", "tdx_mrtd": "91" * 48,
+           "tdx_td_attributes_debug": False,
            "tdx_report_data": "00" * 64, "tdx_rtmr0": "01" * 48}
     v = verify_maa(token(key, snp_payload(**{"x-ms-isolation-tee": tee})), jwks(("k1", cert)), as_of=NOW)
     assert v.accepted and v.claims is not None
@@ -167,8 +198,11 @@ def test_verify_files(signer: Any, tmp_path: Path) -> None:
     key, cert = signer
     (tmp_path / "t.jwt").write_text(token(key, snp_payload()) + "\n")
     (tmp_path / "jwks.json").write_text(json.dumps(jwks(("k1", cert))))
-    base = dict(platform="azure-maa", token=tmp_path / "t.jwt", jwks=tmp_path / "jwks.json", as_of=NOW)
+    (tmp_path / "p.json").write_text(json.dumps({"signing_roots": [hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()]}))
+    base = dict(platform="azure-maa", token=tmp_path / "t.jwt", jwks=tmp_path / "jwks.json", as_of=NOW,
+                policy=tmp_path / "p.json")
     assert verify_files(EvidenceFiles(**base)).accepted  # type: ignore[arg-type]
+    assert verify_files(EvidenceFiles(**{**base, "policy": None})).reason == "azure.maa_untrusted_root"  # type: ignore[arg-type]
     assert verify_files(EvidenceFiles(**{**base, "jwks": None})).reason == "cli.missing_input"  # type: ignore[arg-type]
     assert verify_files(EvidenceFiles(**{**base, "nonce": b"zz"})).reason == "azure.maa_nonce_mismatch"  # type: ignore[arg-type]
 

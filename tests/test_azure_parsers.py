@@ -90,7 +90,7 @@ def test_hcl_refusals(sample: dict[str, Any]) -> None:
 
 
 def test_evidence_refusals(sample: dict[str, Any]) -> None:
-    for mutate in [lambda d: d.pop("hcl_report"), lambda d: d.update(version=2),
+    for mutate in [lambda d: d.pop("hcl_report"), lambda d: d.update(version=3),
                    lambda d: d["tpm_quote"].update(pcrs="x"), lambda d: d.update(tpm_quote=[]),
                    lambda d: d["tpm_quote"].update(message="zz"), lambda d: d.update(hcl_report="!")]:
         doc = copy.deepcopy(sample)
@@ -170,7 +170,8 @@ def test_evidence_json_fuzz(sample: dict[str, Any], data: st.DataObject) -> None
 @given(st.data())
 def test_full_verifier_only_returns_verdicts(sample: dict[str, Any], vectors: Path, data: st.DataObject) -> None:
     """Mutated evidence through the whole SNP vTPM path: a Verdict always, never an exception."""
-    from veil.attest.azure import verify_snp_vtpm
+    from attest_verdicts import azure_verdict
+    from veil.attest.azure import AzureVtpmPolicy
 
     raw = bytearray(unb64u(sample["hcl_report"]))
     for _ in range(data.draw(st.integers(1, 4))):
@@ -178,7 +179,7 @@ def test_full_verifier_only_returns_verdicts(sample: dict[str, Any], vectors: Pa
     doc = {**sample, "hcl_report": base64.urlsafe_b64encode(bytes(raw)).decode()}
     roots = vectors / "roots"
     chain = (roots / "canonical_SEV-Milan.pem").read_bytes() + (roots / "canonical_ARK-Milan.pem").read_bytes()
-    v = verify_snp_vtpm(doc, b"challenge", chain_pem=chain)
+    v = azure_verdict("azure-snp-vtpm", doc, b"challenge", AzureVtpmPolicy(require_user_data_binding=False), chain=chain)
     orig = unb64u(sample["hcl_report"])
     covered = [(32, 1216), (1236, 1236 + 1110)]  # hardware report, runtime claims
     if any(bytes(raw[a:b]) != orig[a:b] for a, b in covered):

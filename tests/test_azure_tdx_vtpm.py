@@ -14,11 +14,33 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from veil.attest.azure import AzureVtpmPolicy, verify_tdx_vtpm, verify_vtpm_evidence
+from attest_verdicts import _two_stage, azure_verdict
+from veil.attest.api import Binding, VerifiedEvidence, VerifyOptions
+from veil.attest.azure import AzureVtpmPolicy
 from veil.attest.azure.evidence import VtpmEvidence, parse_evidence
 from veil.attest.azure.hcl import REPORT_TYPE_TDX, parse_hcl_report
-from veil.attest.azure.verify import tdx_hardware
-from veil.attest.claims import Claims
+from veil.attest.azure.validate import validate_vtpm
+from veil.attest.azure.verify import hcl_report_data, tdx_hardware, verify_vtpm
+from veil.attest.claims import Claims, Verdict
+from veil.attest.trust import TrustRoots
+from veil.errors import VerificationError
+
+LEGACY = AzureVtpmPolicy(require_user_data_binding=False)  # these fakes put "ab"*64 in user-data
+
+
+def verify_tdx_vtpm(doc: dict[str, Any], nonce: bytes, collateral: dict[str, Any], as_of: datetime | None = None) -> Verdict:
+    return azure_verdict("azure-tdx-vtpm", doc, nonce, LEGACY, collateral=collateral, as_of=as_of)
+
+
+def verify_vtpm_evidence(doc: dict[str, Any], nonce: bytes, hardware: Any, policy: AzureVtpmPolicy | None = None, *,
+                         platform: str) -> Verdict:
+    ev = parse_evidence(doc)
+    options = VerifyOptions(Binding.to(nonce), TrustRoots.production(), None)
+
+    def verify() -> VerifiedEvidence:
+        claims, hw = verify_vtpm(ev, nonce, hardware, platform=platform, options=options)
+        return VerifiedEvidence(claims, hw.checks)
+    return _two_stage(verify, lambda v: validate_vtpm(v.claims, ev, policy or LEGACY))
 from veil.attest.tdx.abi import parse_quote, parse_td_report
 from veil.attest.tdx.validate import TdxPolicy
 
@@ -89,13 +111,16 @@ def evidence(ak: rsa.RSAPrivateKey, make_hw: Any, nonce: bytes = NONCE, td_quote
     return doc
 
 
-def fake_tdx_hardware(ev: VtpmEvidence, as_of: datetime | None) -> Claims:
-    """Stands in for the TD quote check (no Azure TDX sample); reads the TDREPORT like tdx_hardware."""
+def fake_tdx_hardware(ev: VtpmEvidence, options: VerifyOptions) -> VerifiedEvidence:
+    """Stands in for the TD quote check (no collateral for the Azure TDX samples); reads the
+    TDREPORT and checks its binding to the runtime claims like tdx_hardware."""
     r = parse_td_report(ev.hcl.td_report)
-    return Claims(platform="tdx", measurement=r.mr_td.hex(), report_data=r.report_data,
+    if r.report_data != hcl_report_data(ev.hcl):
+        raise VerificationError("azure.hcl_binding_mismatch", "hardware report_data does not hash the runtime claims")
+    return VerifiedEvidence(Claims(platform="tdx", measurement=r.mr_td.hex(), report_data=r.report_data,
                   debug=bool(r.td_attributes[0] & 1), tcb={"status": "UpToDate", "advisory_ids": []},
                   details={"td_attributes": r.td_attributes.hex(), "xfam": r.xfam.hex(), "mr_seam": r.mr_seam.hex(),
-                           "mr_config_id": r.mr_config_id.hex(), **{f"rtmr{i}": m.hex() for i, m in enumerate(r.rtmrs)}})
+                           "mr_config_id": r.mr_config_id.hex(), **{f"rtmr{i}": m.hex() for i, m in enumerate(r.rtmrs)}}), ())
 
 
 def test_tdx_hcl_parses(ak: rsa.RSAPrivateKey) -> None:
@@ -118,13 +143,13 @@ def test_full_chain_with_fake_td_quote_check(ak: rsa.RSAPrivateKey) -> None:
 
 
 def test_tdx_policy_applies(ak: rsa.RSAPrivateKey) -> None:
-    pol = AzureVtpmPolicy(tdx=TdxPolicy(mrtd=["ff" * 48]))
+    pol = LEGACY.model_copy(update={"tdx": TdxPolicy(mrtd=["ff" * 48])})
     v = verify_vtpm_evidence(evidence(ak, td_report), NONCE, fake_tdx_hardware, pol, platform="azure-tdx-vtpm")
     assert v.reason == "tdx.mrtd_not_allowed"
     debug = evidence(ak, lambda rd: td_report(rd, attributes=bytes.fromhex("0100001000000000")))
     v = verify_vtpm_evidence(debug, NONCE, fake_tdx_hardware, platform="azure-tdx-vtpm")
     assert v.reason == "tdx.debug_forbidden"
-    assert verify_vtpm_evidence(debug, NONCE, fake_tdx_hardware, AzureVtpmPolicy().with_debug(),
+    assert verify_vtpm_evidence(debug, NONCE, fake_tdx_hardware, LEGACY.model_copy(update={"tdx": LEGACY.tdx.model_copy(update={"allow_debug": True})}),
                                 platform="azure-tdx-vtpm").accepted
 
 
@@ -157,7 +182,7 @@ def test_real_td_quote_checked_against_tdreport(ak: rsa.RSAPrivateKey, vectors: 
     col = json.loads((d / "collateral.json").read_text())
     ev = evidence(ak, _quote_body_report(quote), td_quote=quote)
     assert verify_tdx_vtpm(ev, NONCE, col, as_of=IN_WINDOW).reason == "azure.hcl_binding_mismatch"
-    assert verify_tdx_vtpm(ev, NONCE, col).reason == "tdx.collateral_expired"
+    assert verify_tdx_vtpm(ev, NONCE, col, as_of=datetime(2026, 11, 21, tzinfo=timezone.utc)).reason == "tdx.collateral_expired"
 
 
 def test_td_quote_of_another_td(ak: rsa.RSAPrivateKey, vectors: Path) -> None:
@@ -165,6 +190,7 @@ def test_td_quote_of_another_td(ak: rsa.RSAPrivateKey, vectors: Path) -> None:
     quote = (d / "quote.dat").read_bytes()
     col = json.loads((d / "collateral.json").read_text())
     ev = evidence(ak, td_report, td_quote=quote)
-    assert verify_tdx_vtpm(ev, NONCE, col, as_of=IN_WINDOW).reason == "azure.td_quote_mismatch"
+    # a quote of another TD does not bind these runtime claims: refused before the TDREPORT comparison
+    assert verify_tdx_vtpm(ev, NONCE, col, as_of=IN_WINDOW).reason == "azure.hcl_binding_mismatch"
     v = verify_vtpm_evidence(evidence(ak, td_report), NONCE, tdx_hardware(col), platform="azure-tdx-vtpm")
     assert v.reason == "azure.td_quote_missing"

@@ -11,11 +11,27 @@ from typing import Any
 
 import pytest
 
-from veil.attest.azure import AzureVtpmPolicy, parse_evidence, verify_snp_vtpm, verify_tdx_vtpm
+from attest_verdicts import AMD_CRLS, AZURE_AS_OF, azure_verdict
+from veil.attest.api import Binding, VerifyOptions
+from veil.attest.azure import AzureVtpmPolicy, parse_evidence
 from veil.attest.azure.validate import validate_vtpm
 from veil.attest.azure.verify import snp_hardware, verify_vtpm
+from veil.attest.trust import TrustRoots
 from veil.cli.evidence import EvidenceFiles, verify_files
 from veil.errors import PolicyError
+
+# the published sample comes from a v1 attester: its runtime claims' user-data is zeros, the
+# report_data ("challenge") is bound by the TPM quote only
+LEGACY = AzureVtpmPolicy(require_user_data_binding=False)
+
+
+def verify_snp_vtpm(evidence, nonce, policy=None, *, chain_pem=None):  # type: ignore[no-untyped-def]
+    policy = policy if policy is not None else LEGACY
+    return azure_verdict("azure-snp-vtpm", evidence, nonce, policy, chain=chain_pem)
+
+
+def verify_tdx_vtpm(evidence, nonce, collateral):  # type: ignore[no-untyped-def]
+    return azure_verdict("azure-tdx-vtpm", evidence, nonce, LEGACY, collateral=collateral)
 
 NONCE = bytes.fromhex("6368616c6c656e6765")
 MEASUREMENT = (
@@ -69,6 +85,10 @@ def test_sample_accepted(evidence: dict[str, Any], chain: bytes) -> None:
     assert len(c.details["pcrs"]) == 24
     assert c.report_data == bytes(64)  # runtime claims user-data
     assert c.details["hw_report_data"].endswith("00" * 32)
+    assert c.details["user_data_bound"] is False and c.details["evidence_version"] == 1
+    assert any(ch.name == "hardware: revocation (CRL)" for ch in v.checks)
+    # production policy: the report_data must be in the hardware-signed runtime claims too
+    assert azure_verdict("azure-snp-vtpm", evidence, NONCE, chain=chain).reason == "azure.user_data_unbound"
 
 
 def test_wrong_nonce(evidence: dict[str, Any], chain: bytes) -> None:
@@ -116,45 +136,45 @@ def test_platform_mismatch(evidence: dict[str, Any]) -> None:
     assert verify_tdx_vtpm(evidence, NONCE, {}).reason == "azure.platform_mismatch"
 
 
-def test_expected_report_data(evidence: dict[str, Any], chain: bytes) -> None:
-    assert verify_snp_vtpm(evidence, NONCE, chain_pem=chain, expected_report_data=bytes(64)).accepted
-    v = verify_snp_vtpm(evidence, NONCE, chain_pem=chain, expected_report_data=b"\1" * 64)
-    assert v.reason == "binding.report_data_mismatch"
-
-
 def test_policies(evidence: dict[str, Any], chain: bytes) -> None:
     pcr7 = evidence["tpm_quote"]["pcrs"][7]
-    assert verify_snp_vtpm(evidence, NONCE, AzureVtpmPolicy(pcrs={7: [pcr7]}), chain_pem=chain).accepted
-    v = verify_snp_vtpm(evidence, NONCE, AzureVtpmPolicy(pcrs={7: ["00" * 32]}), chain_pem=chain)
+    assert verify_snp_vtpm(evidence, NONCE, LEGACY.model_copy(update={"pcrs": {7: [pcr7]}}), chain_pem=chain).accepted
+    v = verify_snp_vtpm(evidence, NONCE, LEGACY.model_copy(update={"pcrs": {7: ["00" * 32]}}), chain_pem=chain)
     assert v.reason == "azure.pcr_not_allowed"
-    pol = AzureVtpmPolicy.model_validate({"snp": {"measurements": ["00" * 48]}})
+    pol = AzureVtpmPolicy.model_validate({"snp": {"measurements": ["00" * 48]}, "require_user_data_binding": False})
     v = verify_snp_vtpm(evidence, NONCE, pol, chain_pem=chain)
     assert not v.accepted and v.reason.startswith("snp.")
-    pol = AzureVtpmPolicy.model_validate({"snp": {"measurements": [MEASUREMENT]}})
+    pol = AzureVtpmPolicy.model_validate({"snp": {"measurements": [MEASUREMENT]}, "require_user_data_binding": False})
     assert verify_snp_vtpm(evidence, NONCE, pol, chain_pem=chain).accepted
 
 
 def test_secure_boot_required(evidence: dict[str, Any], chain: bytes) -> None:
     ev = parse_evidence(evidence)
-    claims = verify_vtpm(ev, NONCE, snp_hardware(chain), platform="azure-snp-vtpm")
+    options = VerifyOptions(Binding.to(NONCE), TrustRoots.production(), AZURE_AS_OF, AMD_CRLS)
+    claims, _ = verify_vtpm(ev, NONCE, snp_hardware(chain), platform="azure-snp-vtpm", options=options)
     off = dataclasses.replace(claims, details={**claims.details, "vm_configuration": {"secure-boot": False}})
     with pytest.raises(PolicyError) as e:
-        validate_vtpm(off, ev, AzureVtpmPolicy())
+        validate_vtpm(off, ev, LEGACY)
     assert e.value.reason == "azure.secure_boot_off"
-    validate_vtpm(off, ev, AzureVtpmPolicy(require_secure_boot=False))
+    validate_vtpm(off, ev, LEGACY.model_copy(update={"require_secure_boot": False}))
 
 
 def test_verify_files(vectors: Path, tmp_path: Path, chain: bytes) -> None:
     chain_file = tmp_path / "ask_ark.pem"
     chain_file.write_bytes(chain)
+    (tmp_path / "crl.der").write_bytes(AMD_CRLS.read_crl("Milan") or b"")
     ev = vectors / "azure/snp-vtpm-milan/evidence.json"
-    base = EvidenceFiles(platform="azure-snp-vtpm", evidence=ev, nonce=NONCE, chain=chain_file)
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text('{"require_user_data_binding": false}')
+    base = EvidenceFiles(platform="azure-snp-vtpm", evidence=ev, nonce=NONCE, chain=chain_file, crl=tmp_path / "crl.der",
+                         as_of=AZURE_AS_OF, policy=legacy)
     assert verify_files(base).accepted
+    assert verify_files(dataclasses.replace(base, policy=None)).reason == "azure.user_data_unbound"
     assert verify_files(dataclasses.replace(base, nonce=None)).reason == "cli.missing_input"
     assert verify_files(dataclasses.replace(base, evidence=None)).reason == "cli.missing_input"
-    assert verify_files(dataclasses.replace(base, platform="azure-tdx-vtpm")).reason == "cli.missing_input"
+    assert verify_files(dataclasses.replace(base, platform="azure-tdx-vtpm")).reason == "azure.platform_mismatch"
     pol = tmp_path / "p.json"
-    pol.write_text(json.dumps({"pcrs": {"0": ["11" * 32]}}))
+    pol.write_text(json.dumps({"pcrs": {"0": ["11" * 32]}, "require_user_data_binding": False}))
     assert verify_files(dataclasses.replace(base, policy=pol)).reason == "azure.pcr_not_allowed"
     pol.write_text(json.dumps({"pcrz": {}}))
     assert verify_files(dataclasses.replace(base, policy=pol)).reason == "cli.malformed_policy"

@@ -89,8 +89,14 @@ def test_azure_snp_vtpm(vectors, tmp_path) -> None:
     # the Milan ASK+ARK travel as the chain, like AMD KDS's cert_chain
     chain_file = tmp_path / "ask_ark.pem"
     chain_file.write_bytes((roots / "canonical_SEV-Milan.pem").read_bytes() + (roots / "canonical_ARK-Milan.pem").read_bytes())
-    args = ["--platform", "azure-snp-vtpm", "--evidence", str(ev), "--chain", str(chain_file),
+    # AMD's real Milan CRL (tests/data/amd): the SNP report inside the HCL report needs one too
+    crl = Path(__file__).parent / "data" / "amd" / "Milan-vcek-crl.der"
+    args = ["--platform", "azure-snp-vtpm", "--evidence", str(ev), "--chain", str(chain_file), "--crl", str(crl),
             "--as-of", "2025-06-01T00:00:00Z"]
+    code, out = run(*args, "--nonce", "6368616c6c656e6765")  # a v1 sample: the report_data is not in its user-data
+    assert code == 1 and out["reason"] == "azure.user_data_unbound"
+    (tmp_path / "legacy.json").write_text('{"require_user_data_binding": false}')
+    args += ["--policy", str(tmp_path / "legacy.json")]
     code, out = run(*args, "--nonce", "6368616c6c656e6765")
     assert code == 0, out
     assert out["claims"]["measurement"].startswith("6a063be9")

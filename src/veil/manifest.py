@@ -33,9 +33,12 @@ SIGNATURE_CONTEXT = b"veil/manifest-signature/v1"
 MAX_MANIFEST_BYTES = 1 << 20
 
 TcbComponent = Literal["bootloader", "tee", "snp", "microcode", "fmc"]
-Platform = Literal["sim-snp", "sev-snp", "sim-tdx", "tdx", "azure-snp-vtpm", "azure-tdx-vtpm"]
-SNP_PLATFORMS = ("sev-snp", "sim-snp")
-TDX_PLATFORMS = ("tdx", "sim-tdx")
+Platform = Literal["sim-snp", "sev-snp", "sim-tdx", "tdx", "azure-snp-vtpm", "azure-tdx-vtpm", "sim-azure-snp",
+                   "sim-azure-tdx"]
+# the hardware report inside an Azure CVM's HCL report is SEV-SNP's or TDX's, judged by their rules
+SNP_PLATFORMS = ("sev-snp", "sim-snp", "azure-snp-vtpm", "sim-azure-snp")
+TDX_PLATFORMS = ("tdx", "sim-tdx", "azure-tdx-vtpm", "sim-azure-tdx")
+AZURE_PLATFORMS = ("azure-snp-vtpm", "azure-tdx-vtpm", "sim-azure-snp", "sim-azure-tdx")
 TcbStatus = Literal[
     "UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
     "OutOfDate", "OutOfDateConfigurationNeeded",
@@ -99,6 +102,44 @@ class TdxReference(_Strict):
         return _hex_values(values, 48)
 
 
+class MaaReference(_Strict):
+    """Microsoft Azure Attestation tokens a CVM must present (docs/attestation-tdx-azure.md).
+
+    The token's signing certificate (from the MAA instance's ``/certs``, carried with the evidence)
+    must chain to a root pinned here by SHA-256 fingerprint (or a trusted simulation root): the
+    certificates are never accepted as given. ``issuers`` empty: any ``https://*.attest.azure.net``.
+    """
+
+    issuers: list[str] = Field(default_factory=list)
+    signing_roots: list[str] = Field(default_factory=list)
+    attestation_types: list[str] = Field(default_factory=lambda: ["sevsnpvm", "tdxvm"])
+    require_azure_compliant: bool = True
+    leeway_seconds: int = Field(default=60, ge=0, le=600)
+
+    @field_validator("signing_roots")
+    @classmethod
+    def _roots(cls, values: list[str]) -> list[str] | None:
+        return _hex_values([v.replace(":", "") for v in values], 32)
+
+
+class AzureReference(_Strict):
+    """What an Azure confidential VM must show beyond its hardware report (``snp``/``tdx``)."""
+
+    pcrs: dict[int, list[str]] = Field(default_factory=dict)  # PCR index -> allowed SHA-256 values
+    require_secure_boot: bool = True
+    # the HCL runtime claims' user-data carries the report_data (hardware-signed); legacy (v0/v1)
+    # attesters bind it through the TPM quote's nonce only
+    require_user_data_binding: bool = True
+    maa: MaaReference | None = None  # None: no MAA token required
+
+    @field_validator("pcrs")
+    @classmethod
+    def _pcrs(cls, value: dict[int, list[str]]) -> dict[int, list[str]]:
+        if any(not 0 <= i < 24 for i in value):
+            raise ValueError("PCR indices are 0..23")
+        return {i: _hex_values(vs, 32) or [] for i, vs in value.items()}
+
+
 class GpuReference(_Strict):
     """What a worker's NVIDIA GPUs must show (docs/attestation-nvidia.md); also the NVIDIA policy.
 
@@ -143,6 +184,7 @@ class ReferenceValues(_Strict):
     min_tcb: dict[TcbComponent, int] = Field(default_factory=dict)
     require_gpu: bool = False  # a worker must present verified GPU evidence bound to its report
     gpu: GpuReference | None = None  # how GPU evidence is judged; without it GPU evidence is refused
+    azure: AzureReference | None = None  # Azure CVMs: PCRs, secure boot, MAA
     snp: SnpReference | None = None
     tdx: TdxReference | None = None
 
@@ -154,6 +196,8 @@ class ReferenceValues(_Strict):
             raise ValueError(f"min_tcb (SEV-SNP TCB components) does not apply to {self.platform}")
         if self.tdx is not None and self.platform not in TDX_PLATFORMS:
             raise ValueError(f"tdx reference values do not apply to {self.platform}")
+        if self.azure is not None and self.platform not in AZURE_PLATFORMS:
+            raise ValueError(f"azure reference values do not apply to {self.platform}")
         if self.require_gpu and self.gpu is None:
             raise ValueError("require_gpu needs GPU reference values (gpu): GPUs are judged against them")
         return self
@@ -162,7 +206,7 @@ class ReferenceValues(_Strict):
     def _omit_unset(self, handler: Any) -> dict[str, Any]:
         # left out while None, so manifests written before these fields keep their digests
         data = handler(self)
-        for name in ("snp", "tdx", "gpu"):
+        for name in ("snp", "tdx", "gpu", "azure"):
             if getattr(self, name) is None:
                 data.pop(name, None)
         return data
@@ -194,6 +238,36 @@ class ReleasePolicy(_Strict):
     require_gpu: bool = False
     gpu_platforms: list[str] = Field(default_factory=list)
     roles: list[Literal["worker"]] = ["worker"]  # pydantic copies mutable defaults
+    # Azure Key Vault Secure Key Release grammar ({"version", "anyOf": [{"authority", "allOf"...}]}),
+    # evaluated over the worker's verified MAA claims (veil.attest.azure.skr); a bare SKR document
+    # given as a release policy means {"skr": document}
+    skr: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_skr(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "anyOf" in data and "skr" not in data:
+            return {"skr": data}
+        return data
+
+    @field_validator("skr")
+    @classmethod
+    def _skr(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from veil.attest.azure.skr import parse_policy
+
+            try:
+                parse_policy(value)  # a policy that cannot be read is refused with the manifest
+            except ParseError as err:
+                raise ValueError(f"{err.reason}: {err.message}") from None
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_skr(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if self.skr is None:
+            data.pop("skr", None)
+        return data
 
 
 class SandboxSettings(_Strict):

@@ -175,22 +175,25 @@ def _azure_vtpm(inputs: EvidenceFiles, cache: CollateralCache) -> Loaded:
     evidence: dict[str, Any] = {"platform": inputs.platform, "vtpm": read_json(need(inputs.evidence, "--evidence"))}
     if inputs.nonce is None:
         raise ParseError("cli.missing_input", "--nonce is required for vTPM evidence")
-    if inputs.platform == "azure-tdx-vtpm":
-        evidence["collateral"] = read_json(need(inputs.collateral, "--collateral"))
-    elif inputs.chain is not None:
+    if inputs.collateral is not None:  # TDX: else the collateral cache's for the quote's FMSPC
+        evidence["collateral"] = read_json(inputs.collateral)
+    if inputs.chain is not None:
         evidence["chain"] = _b64(read_bytes(inputs.chain))
+    if inputs.crl is not None:  # SNP: else the collateral cache's
+        evidence["crl"] = _b64(read_bytes(inputs.crl))
     return Loaded(evidence, Binding.to(inputs.nonce))
 
 
 def _azure_maa(inputs: EvidenceFiles, cache: CollateralCache) -> Loaded:
     token = read_bytes(need(inputs.token, "--token")).decode("ascii", "replace").strip()
-    maa = {"token": token, "jwks": read_json(need(inputs.jwks, "--jwks"))}
+    maa = {"token": token, "certs": read_json(need(inputs.jwks, "--jwks"))}
     return Loaded({"platform": "azure-maa", "maa": maa}, _bound(inputs.nonce))
 
 
 LOADERS: dict[str, Callable[[EvidenceFiles, CollateralCache], Loaded]] = {
     "sev-snp": _snp, "sim-snp": _snp, "tdx": _tdx, "sim-tdx": _tdx, "nvidia": _nvidia,
-    "azure-snp-vtpm": _azure_vtpm, "azure-tdx-vtpm": _azure_vtpm, "azure-maa": _azure_maa,
+    "azure-snp-vtpm": _azure_vtpm, "azure-tdx-vtpm": _azure_vtpm, "sim-azure-snp": _azure_vtpm,
+    "sim-azure-tdx": _azure_vtpm, "azure-maa": _azure_maa,
 }
 
 
@@ -269,7 +272,7 @@ def verify_cmd(
     report_data: Optional[str] = typer.Option(None, "--report-data", help="Expected report_data, hex (SEV-SNP, TDX); without it freshness is NOT checked."),
     evidence: Optional[Path] = typer.Option(None, help="Azure vTPM evidence JSON."),
     token: Optional[Path] = typer.Option(None, help="Microsoft Azure Attestation JWT."),
-    jwks: Optional[Path] = typer.Option(None, help="MAA signing keys (JWKS JSON)."),
+    jwks: Optional[Path] = typer.Option(None, help="The MAA instance's signing certificates (its /certs JWKS, with x5c chains to a pinned root)."),
     rim: list[Path] = typer.Option([], "--rim", help="NVIDIA driver or VBIOS RIM (signed SWID XML); repeat for both."),
     ocsp: list[Path] = typer.Option([], "--ocsp", help="NVIDIA OCSP response (DER) for a certificate of the GPU's or a RIM's chain; repeat."),
     simulation_root: list[str] = typer.Option([], "--simulation-root", help="Trust this simulation root (SHA-256 hex), for sim-* evidence."),

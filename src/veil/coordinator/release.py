@@ -31,4 +31,15 @@ def evaluate(policy: ReleasePolicy | None, claims: Claims, role: str = "worker")
         return False, "release.gpu_required"
     if policy.gpu_platforms and any(g.get("platform") not in policy.gpu_platforms for g in gpus):
         return False, "release.gpu_platform_not_allowed"
+    if policy.skr is not None and not _skr_holds(policy.skr, claims):
+        return False, "release.skr_not_satisfied"
     return True, "ok"
+
+
+def _skr_holds(skr: dict[str, object], claims: Claims) -> bool:
+    """An Azure Key Vault SKR policy over the worker's verified MAA token (its issuer the authority)."""
+    from veil.attest.azure.skr import evaluate
+
+    maa = claims.details.get("maa")
+    tokens = {maa["issuer"]: maa["claims"]} if isinstance(maa, dict) else {}
+    return evaluate(skr, tokens)

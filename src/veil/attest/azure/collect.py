@@ -3,8 +3,10 @@
 The paravisor exposes the HCL report at TPM NV index 0x01400001 and regenerates it after the guest
 writes 64 bytes of user data to 0x01400002; the attestation key is persisted at 0x81000003.
 TPM access goes through the ``TpmTools`` protocol so tests use a fake; ``Tpm2Cli`` shells out to
-tpm2-tools. Not yet run on a real Azure CVM. The VCEK (SNP) or TD quote (TDX) come from Azure's
-instance metadata service and are passed in by the caller.
+tpm2-tools. Not yet run on a real Azure CVM. The VCEK (SNP) and the TD quote of the HCL's TDREPORT
+(TDX) come from Azure's instance metadata service (``imds_vcek``, ``imds_td_quote``), as
+az-cvm-vtpm fetches them. Evidence is written in the v2 layout: the report_data is both the TPM
+quote's nonce and the runtime claims' user-data.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def collect_evidence(
     hcl = tools.nv_read(HCL_REPORT_INDEX)
     message, signature, pcrs = tools.quote(nonce)
     doc: dict[str, Any] = {
-        "version": 1,
+        "version": 2 if user_data is not None else 1,
         "hcl_report": _b64url(hcl),
         "tpm_quote": {"message": message.hex(), "signature": signature.hex(),
                       "pcrs": [p.hex() for p in pcrs]},
@@ -93,3 +95,70 @@ def collect_evidence(
     if td_quote is not None:
         doc["td_quote"] = _b64url(td_quote)
     return doc
+
+
+IMDS = "http://169.254.169.254"
+
+
+def imds_vcek(http: Any = None) -> str:
+    """The VCEK (PEM) Azure's host provides for this CVM's chip and TCB (THIM endpoint)."""
+    import httpx
+
+    try:
+        resp = (http or httpx).get(f"{IMDS}/metadata/THIM/amd/certification", headers={"Metadata": "true"}, timeout=10)
+        resp.raise_for_status()
+        return str(resp.json()["vcekCert"])
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        raise VeilError("azure.collect_failed", f"the instance metadata service gave no VCEK: {exc}") from None
+
+
+def imds_td_quote(td_report: bytes, http: Any = None) -> bytes:
+    """The TD quote Azure's quoting service makes of the HCL's TDREPORT."""
+    import httpx
+
+    try:
+        resp = (http or httpx).post(f"{IMDS}/acc/tdquote", json={"report": _b64url(td_report)},
+                                    headers={"Metadata": "true"}, timeout=30)
+        resp.raise_for_status()
+        quote = resp.json()["quote"]
+        return base64.urlsafe_b64decode(quote + "=" * (-len(quote) % 4))
+    except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+        raise VeilError("azure.collect_failed", f"the instance metadata service gave no TD quote: {exc}") from None
+
+
+class AzureVtpmAttester:
+    """A real Azure confidential VM (behind the paravisor): v2 vTPM evidence, the VCEK or TD quote
+    from the instance metadata service (the VCEK fetched once). Not run on an Azure CVM yet."""
+
+    def __init__(self, platform: str, tpm: TpmTools | None = None, http: Any = None) -> None:
+        self.platform = platform
+        self._tpm = tpm or Tpm2Cli()
+        self._http = http  # None: a plain request to the metadata service
+        self._vcek: str | None = None
+
+    def evidence(self, report_data: bytes) -> dict[str, Any]:
+        from veil.attest.azure.hcl import parse_hcl_report
+
+        if self.platform == "azure-snp-vtpm":
+            self._vcek = self._vcek or imds_vcek(self._http)
+            doc = collect_evidence(report_data, tpm=self._tpm, user_data=report_data, vcek_pem=self._vcek)
+        else:
+            doc = collect_evidence(report_data, tpm=self._tpm, user_data=report_data)
+            hcl = parse_hcl_report(base64.urlsafe_b64decode(doc["hcl_report"] + "=" * (-len(doc["hcl_report"]) % 4)))
+            doc["td_quote"] = _b64url(imds_td_quote(hcl.td_report, self._http))
+        return {"platform": self.platform, "vtpm": doc}
+
+    def sealing_key(self) -> bytes:
+        from veil.errors import ProtocolError
+
+        raise ProtocolError("sealing.unavailable", "an Azure CVM guest has no hardware sealing key (the paravisor "
+                            "holds the VMPL0 keys): run the coordinator without --db, or restore it with `veil recover`")
+
+
+def vtpm_attester(platform: str) -> Any:
+    """Registry factories: ``azure-snp-vtpm`` and ``azure-tdx-vtpm``."""
+    return lambda config: AzureVtpmAttester(platform)
+
+
+snp_vtpm_attester = vtpm_attester("azure-snp-vtpm")
+tdx_vtpm_attester = vtpm_attester("azure-tdx-vtpm")

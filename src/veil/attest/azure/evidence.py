@@ -1,11 +1,18 @@
-"""Azure vTPM evidence JSON (the layout Trustee's az-snp-vtpm / az-tdx-vtpm attesters send): parsing.
+"""Azure vTPM evidence JSON, in every layout the open-source attesters emit: parsing.
 
-    {"version": 1,
-     "hcl_report": base64url,                     # HCL envelope, see hcl.py
-     "tpm_quote": {"message": hex TPMS_ATTEST, "signature": hex RSASSA-PKCS1-v1_5,
-                   "pcrs": [hex, ...]},           # PCR i at index i (SHA-256 bank)
-     "vcek": base64url DER or PEM,                # SNP CVMs
-     "td_quote": base64url}                       # TDX CVMs: the TD quote of the HCL's TDREPORT
+Trustee's attestation agent (az-snp-vtpm / az-tdx-vtpm, on kinvolk's az-cvm-vtpm) has sent three:
+
+    v2 {"version": 2, "hcl_report": base64url, "tpm_quote": {"message": hex TPMS_ATTEST,
+        "signature": hex RSASSA-PKCS1-v1_5, "pcrs": [hex, ...]}, "vcek": base64url DER}
+        -- as v1, and the HCL runtime claims' user-data carries the report_data (Veil's layout)
+    v1 {"version": 1, ...same fields...}
+    v0 {"quote": {"message": [bytes], "signature": [bytes], "pcrs": [[bytes], ...]},
+        "report": [bytes] (the HCL report), "vcek": PEM}                        (SNP, no version)
+       {"tpm_quote": {... as byte arrays}, "hcl_report": [bytes], "td_quote": [bytes]}  (TDX)
+
+TDX CVMs add ``td_quote`` (base64url in v1/v2). PCR *i* is at index *i* (SHA-256 bank). Byte
+fields are accepted in the encoding their layout uses (base64url, hex, or JSON byte arrays); the
+layout is reported as ``version`` so policy can refuse legacy ones.
 """
 
 from __future__ import annotations
@@ -29,8 +36,20 @@ def _fail(msg: str) -> ParseError:
     return ParseError("azure.evidence_malformed", msg)
 
 
+MAX_FIELD = 64 * 1024
+
+
+def _byte_array(value: list[Any], what: str) -> bytes:
+    if len(value) > MAX_FIELD or not all(type(b) is int and 0 <= b < 256 for b in value):
+        raise _fail(f"{what} must be a list of bytes")
+    return bytes(value)
+
+
 def b64url(value: Any, what: str) -> bytes:
-    """Decode base64url with or without padding (standard base64 alphabet accepted too)."""
+    """Decode base64url with or without padding (standard base64 alphabet accepted too); a JSON
+    byte array (v0 layouts) is taken as is."""
+    if isinstance(value, list):
+        return _byte_array(value, what)
     if not isinstance(value, str):
         raise _fail(f"{what} must be a base64url string")
     text = value.strip().replace("+", "-").replace("/", "_").rstrip("=")
@@ -41,6 +60,8 @@ def b64url(value: Any, what: str) -> bytes:
 
 
 def _hex(value: Any, what: str) -> bytes:
+    if isinstance(value, list):
+        return _byte_array(value, what)
     if not isinstance(value, str):
         raise _fail(f"{what} must be a hex string")
     try:
@@ -78,15 +99,16 @@ class VtpmEvidence:
 
 
 def parse_evidence(doc: Any) -> VtpmEvidence:
-    """Parse the evidence JSON object (already decoded from text)."""
+    """Parse the evidence JSON object (already decoded from text), in any of the layouts above."""
     if not isinstance(doc, dict):
         raise _fail("evidence must be a JSON object")
-    version = doc.get("version", 1)
-    if version != 1:
+    version = doc.get("version", 0)
+    if version not in (0, 1, 2) or type(version) is not int:
         raise ParseError("azure.evidence_unsupported", f"evidence version {version!r}")
-    hcl_bytes = b64url(doc.get("hcl_report"), "hcl_report")
+    legacy_snp = version == 0 and "quote" in doc
+    hcl_bytes = b64url(doc.get("report" if legacy_snp else "hcl_report"), "hcl_report")
     hcl = parse_hcl_report(hcl_bytes)
-    tq = doc.get("tpm_quote")
+    tq = doc.get("quote" if legacy_snp else "tpm_quote")
     if not isinstance(tq, dict):
         raise _fail("tpm_quote must be an object")
     pcrs_raw = tq.get("pcrs")

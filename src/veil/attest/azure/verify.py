@@ -10,10 +10,11 @@ Each link below fails with its own reason code. Policy lives in validate.py.
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
 import binascii
 import hashlib
 import hmac
-from datetime import datetime
 from typing import Any, Callable
 
 from cryptography.exceptions import InvalidSignature
@@ -23,13 +24,14 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from veil.attest.azure.evidence import TpmQuote, VtpmEvidence
 from veil.attest.azure.hcl import HclReport
 from veil.attest.azure.tpm import TPM_ALG_SHA256, TpmsAttest
+from veil.attest.api import VerifiedEvidence, VerifyOptions
 from veil.attest.claims import Claims
-from veil.attest.tdx.abi import parse_quote, parse_td_report
-from veil.attest.tdx.verify import to_claims, verify_quote
+from veil.attest.tdx.abi import parse_td_report
 from veil.errors import ParseError, VerificationError
 
-# Verifies the hardware report inside the HCL report and returns its claims (report_data included).
-HardwareVerifier = Callable[[VtpmEvidence, "datetime | None"], Claims]
+# Verifies the hardware report inside the HCL report (bound to the runtime claims) with its
+# platform's verifier.
+HardwareVerifier = Callable[[VtpmEvidence, "VerifyOptions"], "VerifiedEvidence"]
 
 
 def _b64url_int(value: Any, what: str) -> int:
@@ -100,15 +102,24 @@ def check_hcl_binding(hcl: HclReport, hw_report_data: bytes) -> None:
         raise VerificationError("azure.hcl_binding_mismatch", "report_data tail is not zero")
 
 
-def tdx_hardware(collateral: dict[str, Any]) -> HardwareVerifier:
-    """Hardware verifier for Azure TDX CVMs: the TD quote (dcap-qvl) must quote the HCL's TDREPORT."""
+def hcl_report_data(hcl: HclReport) -> bytes:
+    """What the hardware report's report_data must be: the runtime claims' hash, zero-padded."""
+    return hcl.var_data_digest().ljust(64, b"\0")
 
-    def verify(evidence: VtpmEvidence, as_of: datetime | None) -> Claims:
+
+def tdx_hardware(collateral: dict[str, Any] | None) -> HardwareVerifier:
+    """Hardware verifier for Azure TDX CVMs: the TD quote (dcap-qvl, veil.attest.tdx) must verify,
+    bind the HCL runtime claims and quote the HCL's TDREPORT."""
+    from veil.attest.tdx.evidence import TdxEvidence
+    from veil.attest.tdx.platform import verify_evidence
+
+    def verify(evidence: VtpmEvidence, options: VerifyOptions) -> VerifiedEvidence:
         if evidence.td_quote is None:
             raise ParseError("azure.td_quote_missing", "TDX CVM evidence carries no td_quote")
-        verified = verify_quote(parse_quote(evidence.td_quote), collateral, as_of=as_of)
+        with _hcl_binding():
+            verified = verify_evidence(TdxEvidence(evidence.td_quote, collateral), _bound_to_hcl(options, evidence))
         report = parse_td_report(evidence.hcl.td_report)
-        body = verified.quote.body
+        body = verified.native.quote.body
         pairs = [
             (report.report_data, body.report_data), (report.mr_td, body.mr_td),
             (report.rtmrs, body.rtmrs), (report.td_attributes, body.td_attributes),
@@ -116,26 +127,50 @@ def tdx_hardware(collateral: dict[str, Any]) -> HardwareVerifier:
         ]
         if any(a != b for a, b in pairs):
             raise VerificationError("azure.td_quote_mismatch", "TD quote is not of the HCL TDREPORT")
-        return to_claims(verified)
+        return verified
 
     return verify
 
 
 def snp_hardware(chain_pem: bytes | None = None, crl: bytes | None = None) -> HardwareVerifier:
-    """Hardware verifier for Azure SNP CVMs: report signature and VCEK chain via veil.attest.snp.
+    """Hardware verifier for Azure SNP CVMs: the SEV-SNP report inside the HCL report through
+    veil.attest.snp (signature, VCEK chain to the pinned ARK or a trusted simulation root, the
+    required CRL from the evidence or the collateral cache), bound to the HCL runtime claims.
 
     ``chain_pem`` is ASK then ARK; when None, AMD's own for the VCEK's product (shipped with Veil).
     """
-    from veil.attest.snp.abi import parse_report
-    from veil.attest.snp.verify import verify_report
+    from veil.attest.snp.evidence import SnpEvidence
+    from veil.attest.snp.platform import verify_evidence
 
-    def verify(evidence: VtpmEvidence, as_of: datetime | None) -> Claims:
+    def verify(evidence: VtpmEvidence, options: VerifyOptions) -> VerifiedEvidence:
         if evidence.vcek is None:
             raise ParseError("azure.vcek_missing", "SNP CVM evidence carries no VCEK")
-        report = parse_report(evidence.hcl.hw_report)
-        return verify_report(report, evidence.vcek, chain_pem, as_of=as_of, crl=crl).claims()
+        snp = SnpEvidence(evidence.hcl.hw_report, evidence.vcek, chain_pem or b"", crl)
+        with _hcl_binding():
+            return verify_evidence(snp, _bound_to_hcl(options, evidence))
 
     return verify
+
+
+@contextmanager
+def _hcl_binding() -> Iterator[None]:
+    """The hardware verifier's binding refusal, said in Azure's terms."""
+    try:
+        yield
+    except VerificationError as err:
+        if err.reason != "binding.report_data_mismatch":
+            raise
+        raise VerificationError("azure.hcl_binding_mismatch", "hardware report_data does not hash the runtime claims") from None
+
+
+def _bound_to_hcl(options: VerifyOptions, evidence: VtpmEvidence) -> VerifyOptions:
+    """The hardware report must bind the HCL runtime claims (their hash in report_data[0:32],
+    zeros after): the hardware vouches for HCLAkPub and the user-data."""
+    import dataclasses
+
+    from veil.attest.api import Binding
+
+    return dataclasses.replace(options, binding=Binding.to(hcl_report_data(evidence.hcl)))
 
 
 def verify_vtpm(
@@ -144,16 +179,21 @@ def verify_vtpm(
     hardware: HardwareVerifier,
     *,
     platform: str,
-    as_of: datetime | None = None,
-) -> Claims:
-    """Verify every link from hardware report to TPM quote; return the CVM's claims."""
-    hw = hardware(evidence, as_of)
+    options: VerifyOptions,
+) -> tuple[Claims, VerifiedEvidence]:
+    """Verify every link from hardware report to TPM quote; return the CVM's claims and the
+    hardware's own verified evidence (its checks, for reports)."""
+    hw_verified = hardware(evidence, options)
+    hw = hw_verified.claims
     check_hcl_binding(evidence.hcl, hw.report_data)
     ak_jwk = evidence.hcl.ak_jwk()
     verify_tpm_signature(evidence.tpm_quote, ak_public_key(ak_jwk))
     pcrs = check_pcr_digest(evidence.tpm_quote)
     check_nonce(evidence.tpm_quote.attest, nonce)
     attest = evidence.tpm_quote.attest
+    # v2 layouts (Veil's, Trustee's) also put the report_data in the runtime claims' user-data,
+    # zero-padded to 64 bytes: then the hardware report itself binds it (through the HCL hash)
+    user_data_bound = len(nonce) <= 64 and hmac.compare_digest(evidence.hcl.user_data, nonce.ljust(64, b"\0"))
     vm_config = evidence.hcl.runtime.get("vm-configuration", {})
     details = {
         **hw.details,
@@ -167,8 +207,11 @@ def verify_vtpm(
         "tpm_reset_count": attest.reset_count,
         "tpm_firmware_version": attest.firmware_version,
         "pcrs": {str(i): v.hex() for i, v in pcrs.items()},
+        "user_data_bound": user_data_bound,
+        "evidence_version": evidence.version,
     }
-    return Claims(
+    claims = Claims(
         platform=platform, measurement=hw.measurement, report_data=evidence.hcl.user_data,
         debug=hw.debug, simulated=hw.simulated, tcb=dict(hw.tcb), details=details,
     )
+    return claims, hw_verified

@@ -14,20 +14,20 @@ import hashlib
 import hmac
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
-from datetime import UTC, datetime
-from typing import TypeVar
+from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding
 
+from veil.attest.chain import CERT_ERRORS, fingerprint, verify_chain
 from veil.attest.nvidia.abi import SIGNATURE_LEN, AttestationReport
 from veil.attest.trust import NVIDIA_DEVICE_IDENTITY_CA_SHA256
 from veil.errors import ParseError, VerificationError
+
+__all__ = ["CERT_ERRORS", "TRUSTED_ROOTS", "VerifiedReport", "fingerprint", "load_chain", "verify_report"]
 
 TRUSTED_ROOTS: frozenset[str] = frozenset({NVIDIA_DEVICE_IDENTITY_CA_SHA256})
 
@@ -42,9 +42,6 @@ _HASH_OIDS = {  # DER-encoded OID bodies of the digests an FWID may use
 
 MAX_CHAIN_LEN = 8
 
-_E = TypeVar("_E", bound=x509.ExtensionType)
-# what `cryptography` raises for a certificate it cannot use (odd key type, bad encoding)
-CERT_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm)
 
 
 @dataclass(frozen=True)
@@ -60,10 +57,6 @@ class VerifiedReport:
         return self.chain[0]
 
 
-def fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
-
-
 def load_chain(pem: bytes) -> list[x509.Certificate]:
     """PEM certificates, leaf first; unreadable input is ``nvidia.malformed_chain``."""
     try:
@@ -73,91 +66,6 @@ def load_chain(pem: bytes) -> list[x509.Certificate]:
     if len(certs) > MAX_CHAIN_LEN:
         raise ParseError("nvidia.malformed_chain", f"{len(certs)} certificates is too long a chain")
     return certs
-
-
-def _utc(as_of: datetime | None) -> datetime:
-    if as_of is None:
-        return datetime.now(UTC)
-    return as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
-
-
-def verify_chain(
-    certs: list[x509.Certificate],
-    *,
-    as_of: datetime | None = None,
-    trusted_roots: Collection[str] = TRUSTED_ROOTS,
-    prefix: str = "nvidia.",
-    what: str = "the pinned NVIDIA Device Identity CA",
-) -> None:
-    """Leaf -> ... -> pinned root: links, CA constraints and validity at ``as_of``.
-
-    The same rules serve the GPU's chain and a RIM's signing chain; ``prefix`` keeps their reason
-    codes apart (``nvidia.untrusted_root`` vs ``nvidia.rim_untrusted_root``).
-    """
-    if len(certs) < 2:
-        raise VerificationError(
-            f"{prefix}chain_too_short",
-            f"the chain holds {len(certs)} certificate(s); it needs at least the signing "
-            f"certificate and {what}",
-        )
-    root = certs[-1]
-    if fingerprint(root) not in trusted_roots:
-        raise VerificationError(
-            f"{prefix}untrusted_root",
-            f"the chain ends at {root.subject.rfc4514_string()!r}, not {what}",
-        )
-    for position, (cert, issuer) in enumerate(zip(certs, certs[1:] + [root])):
-        _check_link(cert, issuer, position, prefix)
-    now = _utc(as_of)
-    for cert in certs:
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise VerificationError(
-                f"{prefix}cert_expired",
-                f"{cert.subject.rfc4514_string()!r} is valid {cert.not_valid_before_utc} .. "
-                f"{cert.not_valid_after_utc}, not at {now.isoformat()}",
-            )
-
-
-@lru_cache(maxsize=1024)
-def _issued_by(cert_der: bytes, issuer_der: bytes) -> None:
-    """Memoised (successes only): a certificate's signature by its issuer is a pure function of the
-    two encodings, and a worker re-attests with the same chains; times are checked on every call."""
-    x509.load_der_x509_certificate(cert_der).verify_directly_issued_by(x509.load_der_x509_certificate(issuer_der))
-
-
-def _check_link(cert: x509.Certificate, issuer: x509.Certificate, position: int, prefix: str) -> None:
-    name = cert.subject.rfc4514_string()
-    invalid = f"{prefix}chain_invalid"
-    try:
-        _issued_by(cert.public_bytes(Encoding.DER), issuer.public_bytes(Encoding.DER))
-    except (*CERT_ERRORS, InvalidSignature) as exc:
-        raise VerificationError(
-            invalid, f"{name!r} is not issued by {issuer.subject.rfc4514_string()!r}"
-        ) from exc
-    if position == 0:
-        usage = _ext(cert, x509.KeyUsage)
-        if usage is not None and not usage.digital_signature:
-            raise VerificationError(invalid, f"{name!r} may not sign")
-        return
-    # every certificate above the leaf issues certificates: it must be a CA allowed to
-    constraints = _ext(cert, x509.BasicConstraints)
-    if constraints is None or not constraints.ca:
-        raise VerificationError(invalid, f"{name!r} is not a CA certificate")
-    below = position - 1  # CA certificates between this one and the leaf
-    if constraints.path_length is not None and below > constraints.path_length:
-        raise VerificationError(invalid, f"{name!r} path length exceeded")
-    usage = _ext(cert, x509.KeyUsage)
-    if usage is not None and not usage.key_cert_sign:
-        raise VerificationError(invalid, f"{name!r} may not sign certificates")
-
-
-def _ext(cert: x509.Certificate, kind: type[_E]) -> _E | None:
-    try:
-        return cert.extensions.get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
-    except CERT_ERRORS as exc:  # duplicate or undecodable extension
-        raise VerificationError("nvidia.chain_invalid", f"bad extension: {exc}") from exc
 
 
 def verify_signature(report: AttestationReport, leaf: x509.Certificate) -> None:
@@ -239,7 +147,8 @@ def verify_report(
 ) -> VerifiedReport:
     """Chain, then signature, then nonce, then FWID; raises the first failure."""
     certs = load_chain(chain_pem)
-    verify_chain(certs, as_of=as_of, trusted_roots=trusted_roots)
+    verify_chain(certs, as_of=as_of, trusted_roots=trusted_roots, prefix="nvidia.",
+                 what="the pinned NVIDIA Device Identity CA")
     verify_signature(report, certs[0])
     check_nonce(report, expected_nonce)
     fwid = check_fwid(report, certs[0])
