@@ -18,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from veil.sandbox import SandboxError, SandboxProfile, check_enforceable, sandbox_prefix
+from veil.sandbox import SandboxError, SandboxProfile, check_enforceable, sandbox_prefix, socketdir
+from veil.sandbox.hardening import engine_identity
 
 SERVER = (
     "import socket, sys, time\n"
@@ -66,19 +68,28 @@ def measure(n: int) -> dict[str, dict[str, float | str]]:
     """Round-robin over the profiles (so load changes hit all alike); medians and ratios."""
     results: dict[str, dict[str, float | str]] = {}
     base = "/run" if os.access("/run", os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix="veil-bench-", dir=base) as socket_dir:
-        prefixes: dict[str, list[str]] = {"none": []}
+    with tempfile.TemporaryDirectory(prefix="veil-bench-", dir=base) as parent:
+        prefixes: dict[str, tuple[list[str], str]] = {"none": ([], parent)}
         for name, profile in PROFILES.items():
             try:
                 check_enforceable(profile)
             except SandboxError as exc:
                 results[name] = {"skipped": exc.message}
                 continue
-            prefixes[name] = sandbox_prefix(profile, socket_dir=socket_dir)
+            # The engine's own socket directory, as EngineProcess makes it (gVisor's gofer: root)
+            socket_dir = Path(parent, name)
+            socketdir.prepare(socket_dir, "bench.sock",
+                              None if profile.name == "gvisor" else engine_identity())
+            prefixes[name] = (sandbox_prefix(profile, socket_dir=str(socket_dir)), str(socket_dir))
         runs: dict[str, list[float]] = {name: [] for name in prefixes}
-        for _ in range(n):
-            for name, prefix in prefixes.items():
-                runs[name].append(time_start(prefix, socket_dir))
+        try:
+            for _ in range(n):
+                for name, (prefix, socket_dir) in prefixes.items():
+                    runs[name].append(time_start(prefix, socket_dir))
+        finally:
+            for name, (_, socket_dir) in prefixes.items():
+                if name != "none":
+                    socketdir.clear(Path(socket_dir))
         bare = statistics.median(runs["none"])
         for name, times in runs.items():
             med = statistics.median(times)

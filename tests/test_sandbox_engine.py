@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from veil.sealing.memfd import MemFile
+
 from veil.sandbox import (
     SandboxError,
     SandboxProfile,
@@ -37,8 +39,10 @@ def test_engine_reads_bound_model_file_and_inherited_memfd(tmp_path: Path) -> No
     _require(profile)
     model = tmp_path / "model.gguf"
     model.write_bytes(b"file weights")
-    fd = os.memfd_create("veil-weights-test")
-    os.write(fd, b"memfd weights")
+    weights = MemFile.create()
+    weights.write_all(memoryview(b"memfd weights"))
+    weights.seal()  # the launcher refuses a memfd the engine could write or grow
+    fd = weights.fd
     sock_dir = tmp_path / "sock"
     sock_dir.mkdir()
     try:
@@ -48,7 +52,7 @@ def test_engine_reads_bound_model_file_and_inherited_memfd(tmp_path: Path) -> No
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = proc.communicate(timeout=60)
     finally:
-        os.close(fd)
+        weights.close()
     assert proc.returncode == 0, err.decode()
     import hashlib
 

@@ -38,13 +38,15 @@ def test_default_profile_is_bubblewrap_without_gpu() -> None:
         "bubblewrap", False, True, True)
 
 
-def test_none_requires_explicit_dev_flag_and_says_so() -> None:
+def test_none_requires_explicit_dev_flag_and_says_so(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="dev_unsandboxed"):
         SandboxProfile(name="none")
     profile = SandboxProfile(name="none", dev_unsandboxed=True)
     assert not profile.enforced
     assert "NOT SANDBOXED" in profile.describe()
-    assert sandbox_prefix(profile) == []
+    # Unconfined, but through the same trampoline: not root, no core dumps, no host variables.
+    prefix = sandbox_prefix(profile, socket_dir=str(tmp_path))
+    assert prefix[1:3] == ["-m", "veil.sandbox.launch"] and _pairs(prefix, "--sandbox") == ["none"]
 
 
 def test_profile_is_strict_and_frozen() -> None:
@@ -153,18 +155,20 @@ def test_wrap_command_exposes_no_host_secrets() -> None:
 
 
 def test_engine_environment_is_an_allowlist() -> None:
-    env = bwrap.engine_environ({"PATH": "/usr/bin", "SECRET_TOKEN": "x", "VEIL_X": "1",
-                                "AWS_SECRET_ACCESS_KEY": "y", "CUDA_VISIBLE_DEVICES": "0"},
+    env = bwrap.engine_environ({"PATH": "/home/me/bin", "SECRET_TOKEN": "x", "VEIL_API_KEY": "1",
+                                "AWS_SECRET_ACCESS_KEY": "y", "CUDA_VISIBLE_DEVICES": "0",
+                                "PYTHONPATH": "/home/me", "LANG": "C.UTF-8"},
                                "/run/veil/engine")
-    assert env == {"PATH": "/usr/bin", "VEIL_X": "1", "CUDA_VISIBLE_DEVICES": "0",
-                   "HOME": "/tmp", "TMPDIR": "/tmp"}
+    assert env == {"PATH": "/usr/local/bin:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "0",
+                   "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", "TMPDIR": "/tmp"}
 
 
 def test_gpu_nodes_bound_only_when_allowed(monkeypatch) -> None:
-    monkeypatch.setattr(bwrap, "gpu_device_nodes", lambda: ["/dev/nvidia0", "/dev/nvidiactl"])
-    assert "--dev-bind" not in _command(SandboxProfile())
+    monkeypatch.setattr(bwrap, "gpu_device_nodes", lambda: ["/dev/null", "/dev/zero"])
+    monkeypatch.setattr(bwrap, "DEVICES", ("/dev/full",))  # stand-ins that exist everywhere
+    assert _pairs(_command(SandboxProfile()), "--dev-bind") == ["/dev/full"]
     cmd = _command(SandboxProfile(allow_gpu=True))
-    assert _pairs(cmd, "--dev-bind") == ["/dev/nvidia0", "/dev/nvidiactl"]
+    assert _pairs(cmd, "--dev-bind") == ["/dev/full", "/dev/null", "/dev/zero"]
 
 
 def test_landlock_step_runs_inside_before_the_engine() -> None:
@@ -264,5 +268,7 @@ def test_other_syscall_abi_is_killed(tmp_path: Path) -> None:
     from veil.sandbox import run_sandboxed
 
     code = "import ctypes; ctypes.CDLL(None).syscall(0x40000000 | 39)"  # x32 getpid
-    proc = run_sandboxed(profile, [sys.executable, "-c", code], socket_dir=str(tmp_path))
-    assert proc.wait(60) == 128 + 31  # SIGSYS, reported by bwrap as 128 + signal
+    proc = run_sandboxed(profile, [sys.executable, "-c", code], socket_dir=str(tmp_path),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + 31  # SIGSYS, reported by bwrap as 128 + signal

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -29,12 +30,17 @@ from typing import TYPE_CHECKING
 import httpx
 
 from veil.errors import VeilError
+from veil.sandbox import cgroup, socketdir
+from veil.sandbox.hardening import engine_identity
 from veil.sandbox.output import EngineOutput
 
 if TYPE_CHECKING:
     from veil.sandbox.profile import SandboxProfile
 
+log = logging.getLogger(__name__)
 ENGINE_BASE_URL = "http://engine"
+GVISOR_TASKS = 512  # host threads of runsc, its gofer and the Sentry, on top of the engine's
+GVISOR_STUBS = 4  # host tasks per engine process under gVisor's ptrace platform (stubs)
 _TAIL = 4000  # characters of an unconfined engine's output shown when it fails to start
 
 
@@ -69,6 +75,10 @@ class EngineProcess:
     is bound into the sandbox read-only. ``engine_module`` is a module run with ``python -m`` or a
     path to a script. Spawn it from a long-lived thread (normally the event loop's): Linux
     delivers the engine's parent-death signal when the *thread* that forked it exits.
+
+    Confined, the socket's directory belongs to the engine: it must hold nothing else, is made
+    fresh (a small tmpfs when root) at every start and wiped at stop (``veil.sandbox.socketdir``),
+    and each start gets a cgroup where the host offers one (``veil.sandbox.cgroup``).
     """
 
     def __init__(
@@ -106,6 +116,10 @@ class EngineProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._output: EngineOutput | None = None
         self._running_profile: SandboxProfile | None = None
+        self.cgroup: cgroup.EngineCgroup | None = None  # the running engine's, where offered
+        self.cgroup_unavailable: str | None = None  # why there is none (said plainly)
+        self.socket_dir_kind: str | None = None  # "tmpfs" or "directory" (see socketdir)
+        self._prepared = False
 
     @property
     def socket_path(self) -> Path:
@@ -165,9 +179,10 @@ class EngineProcess:
             from veil.sandbox import sandbox_prefix
 
             prefix = sandbox_prefix(self.sandbox, socket_dir=str(self._socket_path.parent),
-                                    ro_binds=self._binds())
+                                    ro_binds=self._binds(),
+                                    cgroups=self.cgroup.directories if self.cgroup else ())
         argv = self._engine_argv()
-        if not prefix:  # inside a PID namespace our pid means nothing to the engine
+        if not self.confined:  # inside a PID namespace our pid means nothing to the engine
             argv += ["--parent-pid", str(os.getpid())]
         return [*prefix, *argv, *self.extra_args]
 
@@ -175,10 +190,49 @@ class EngineProcess:
         """What is kept of the engine's output: fixed messages, or (unconfined) the raw tail."""
         return self._output.text() if self._output is not None else ""
 
+    def _prepare(self, profile: SandboxProfile) -> None:
+        """A fresh private socket directory and, where the host offers one, a cgroup."""
+        from veil.sandbox.profile import SandboxError
+
+        try:
+            owner = None if profile.name == "gvisor" else engine_identity()  # gVisor's gofer: root
+        except OSError as exc:
+            raise SandboxError("sandbox.engine_uid", str(exc)) from None
+        self.socket_dir_kind = socketdir.prepare(self._socket_path.parent, self._socket_path.name,
+                                                 owner)
+        self._prepared = True
+        # Under gVisor the cgroup also holds runsc, its gofer, the Sentry (many threads) and, on
+        # the ptrace platform, stub processes for the engine's; the engine's own process count
+        # is then its RLIMIT_NPROC inside gVisor, and the host ceiling a backstop above it.
+        pids = profile.pids_max
+        if profile.name == "gvisor":
+            pids = GVISOR_STUBS * profile.pids_max + GVISOR_TASKS
+        limits = cgroup.default_limits(profile.memory_max, pids, profile.cpus)
+        try:
+            self.cgroup, self.cgroup_unavailable = cgroup.create(limits), None
+        except cgroup.CgroupUnavailable as exc:
+            self.cgroup, self.cgroup_unavailable = None, str(exc)
+            log.warning("engine runs without a cgroup (no memory, pids or CPU ceiling): %s", exc)
+
+    def _release(self) -> None:
+        """Kill what is left in the cgroup, remove it, and wipe the socket directory."""
+        group, self.cgroup = self.cgroup, None
+        if group is not None:
+            group.remove()
+        if self._prepared:
+            self._prepared = False
+            socketdir.clear(self._socket_path.parent)
+
     def _spawn(self) -> None:
         if self._proc is not None:
             raise RuntimeError("engine already started")
-        command = self.command()
+        if self.sandbox is not None:
+            self._prepare(self.sandbox)
+        try:
+            command = self.command()
+        except BaseException:
+            self._release()
+            raise
         read_end, write_end = os.pipe()
         try:
             self._proc = subprocess.Popen(
@@ -187,11 +241,12 @@ class EngineProcess:
                 stdout=write_end,
                 stderr=write_end,
                 env=self.env,
-                pass_fds=self.pass_fds,  # e.g. a memfd holding unsealed weights
+                pass_fds=self.pass_fds,  # a sealed memfd, say: the trampoline refuses writable ones
                 start_new_session=True,  # so stop() can signal the wrapper and engine together
             )
         except BaseException:
             os.close(read_end)
+            self._release()
             raise
         finally:
             os.close(write_end)
@@ -281,6 +336,7 @@ class EngineProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 rc = proc.wait()
+        self._release()
         with contextlib.suppress(FileNotFoundError):
             if self._socket_path.is_socket():
                 self._socket_path.unlink()

@@ -22,6 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from veil.process import die_with_parent, parent_already_gone
+from veil.sandbox.hardening import forbid_core_dumps
 
 def bind_unix_socket(path: str | Path, mode: int = 0o600) -> socket.socket:
     """Bind and return a listening-ready AF_UNIX socket that is never wider than ``mode``.
@@ -88,8 +89,10 @@ def log(msg: str) -> None:
 
 
 def start_up(parent_pid: int | None) -> None:
-    """Die with the gateway; exit at once if it is already gone."""
+    """Die with the gateway; exit at once if it is already gone; never dump core (prompts and
+    weights are in this memory; exec made the process dumpable again)."""
     die_with_parent()
+    forbid_core_dumps()
     if parent_already_gone(parent_pid):
         log("parent exited before start-up; exiting")
         sys.exit(1)

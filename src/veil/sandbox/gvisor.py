@@ -23,8 +23,11 @@ from collections.abc import Sequence
 
 from veil.process import die_with_parent
 from veil.sandbox.bwrap import (
+    DEV_SIZE,
     ETC_FILES,
+    SHM_SIZE,
     SYSTEM_DIRS,
+    TMP_SIZE,
     beneath,
     engine_environ,
     outermost,
@@ -32,6 +35,7 @@ from veil.sandbox.bwrap import (
     scratch_dir,
 )
 from veil.sandbox.launch import LaunchSpec
+from veil.sandbox.masks import MASKED_DIRS, MASKED_FILES, READONLY
 from veil.sandbox.seccomp import oci_seccomp
 
 
@@ -55,15 +59,25 @@ def _bind(path: str, *, writable: bool = False) -> dict[str, object]:
 
 
 def oci_config(
-    command: Sequence[str], *, socket_dir: str, ro_paths: Sequence[str], environ: dict[str, str]
+    command: Sequence[str], *, socket_dir: str, ro_paths: Sequence[str], environ: dict[str, str],
+    pids_max: int = 1024,
 ) -> dict[str, object]:
-    """The OCI runtime spec for the engine: read-only binds, tmpfs scratch, socket dir writable."""
+    """The OCI runtime spec for the engine: read-only binds, capped tmpfs, socket dir writable.
+
+    Inside gVisor the engine's processes are not host tasks the host cgroup can count, so
+    ``pids_max`` becomes the engine's RLIMIT_NPROC, which gVisor's kernel enforces.
+    """
     scratch = scratch_dir(socket_dir)
     mounts: list[dict[str, object]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]},
+        # This runsc ignores the size of /dev (not of the others), and read-only it would refuse
+        # to open /dev/null for writing: /dev is bounded by the engine's memory cgroup instead.
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", f"size={DEV_SIZE}"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", f"size={SHM_SIZE}"]},
         {"destination": scratch, "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "nodev", "size=1g"]},
+         "options": ["nosuid", "nodev", f"size={TMP_SIZE}"]},
     ]
     binds = [p for p in SYSTEM_DIRS if os.path.isdir(p) and not os.path.islink(p)]
     binds += [p for p in ETC_FILES if os.path.exists(p)]
@@ -81,13 +95,17 @@ def oci_config(
             "capabilities": {k: [] for k in
                              ("bounding", "effective", "inheritable", "permitted", "ambient")},
             "noNewPrivileges": True,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096},
+                        {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+                        {"type": "RLIMIT_NPROC", "hard": pids_max, "soft": pids_max}],
         },
         "root": {"path": "rootfs", "readonly": True},
         "hostname": "veil-engine",
         "mounts": mounts,
         "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-                  "seccomp": oci_seccomp()},
+                  "seccomp": oci_seccomp(),
+                  "maskedPaths": [*MASKED_FILES, *MASKED_DIRS],
+                  "readonlyPaths": list(READONLY)},
     }
 
 
@@ -121,7 +139,7 @@ def run_in_gvisor(spec: LaunchSpec, command: Sequence[str]) -> int:
     os.makedirs(state)
     os.makedirs(bundle)
     config = oci_config(command, socket_dir=spec.socket_dir, ro_paths=spec.ro_paths,
-                        environ=dict(os.environ))
+                        environ=dict(os.environ), pids_max=spec.pids_max)
     _make_rootfs(os.path.join(bundle, "rootfs"), config)
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(config, f)

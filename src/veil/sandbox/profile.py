@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from veil.errors import VeilError
 
@@ -37,6 +37,11 @@ class SandboxProfile(BaseModel):
     landlock: bool = True
     # "none" is refused unless this is set: running AI code unconfined is a development shortcut.
     dev_unsandboxed: bool = False
+    # Ceilings of the engine's cgroup (where the host offers one): memory in bytes (default 80%
+    # of RAM; never swap), processes and threads, CPU time in CPUs (default: all usable CPUs).
+    memory_max: int | None = Field(default=None, ge=64 << 20)
+    pids_max: int = Field(default=1024, ge=16)
+    cpus: float | None = Field(default=None, gt=0)
 
     @field_validator("ro_paths")
     @classmethod

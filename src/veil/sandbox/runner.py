@@ -16,17 +16,22 @@ log = logging.getLogger(__name__)
 
 
 def sandbox_prefix(
-    profile: SandboxProfile, *, socket_dir: str | None = None, ro_binds: Sequence[str] = ()
+    profile: SandboxProfile,
+    *,
+    socket_dir: str | None = None,
+    ro_binds: Sequence[str] = (),
+    cgroups: Sequence[str] = (),
 ) -> list[str]:
     """The argv to put before the engine command, e.g. ``[*prefix, sys.executable, "-m", ...]``.
 
-    Refuses (``sandbox.unavailable``) when this machine cannot enforce the profile. For the
-    development profile "none" it returns ``[]`` and logs a loud warning.
+    Refuses (``sandbox.unavailable``) when this machine cannot enforce the profile. The
+    development profile "none" goes through the same trampoline (no root, no core dumps, no host
+    variables, stdio checked) but runs the engine unconfined, with a loud warning. ``cgroups``
+    are directories the trampoline joins first (``veil.sandbox.cgroup``).
     """
     check_enforceable(profile)
     if profile.name == "none":
         log.warning("engine runs %s", profile.describe())
-        return []
     directory = socket_dir or profile.socket_dir
     if directory is None:
         raise SandboxError("sandbox.invalid_profile", "no socket directory to bind for the engine")
@@ -37,7 +42,8 @@ def sandbox_prefix(
         if not os.path.exists(path):
             raise SandboxError("sandbox.invalid_profile", f"read-only path {path} does not exist")
     spec = LaunchSpec(profile.name, profile.allow_gpu, (*profile.ro_paths, *ro_binds),
-                      os.path.abspath(directory), profile.landlock)
+                      os.path.abspath(directory), profile.landlock, tuple(cgroups),
+                      profile.pids_max)
     return [sys.executable, "-m", "veil.sandbox.launch", *spec_args(spec), "--"]
 
 

@@ -25,6 +25,8 @@ DENIED_SYSCALLS: tuple[str, ...] = (
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "open_by_handle_at", "name_to_handle_at",
     "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog",
+    # watching the read-only trees shared with other sandboxes would show their file opens
+    "inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init",
 )
 
 # Namespace flags refused in clone(): no nested namespaces from inside the sandbox.

@@ -173,6 +173,10 @@ def sandbox_profile(manifest: SignedManifest, config: WorkerConfig) -> SandboxPr
 
 def run_worker(config: WorkerConfig, attester: Attester) -> None:
     from veil.engines.launcher import EngineProcess, engine_transport
+    from veil.sandbox.hardening import harden_worker
+
+    if problem := harden_worker():  # no core dumps; the engine's mounts die with this process
+        log.warning("worker keeps the host's mount namespace: %s", problem)
     from veil.worker.gateway import create_gateway_app
 
     with httpx.Client(timeout=30) as http:
