@@ -52,7 +52,7 @@ async def measure(max_tokens: int, repeat: int, sandbox: str) -> dict[str, Any]:
         try:
             attested = verify_coordinator(ClientPolicy.load(dep.policy_path))
             veil = httpx.AsyncClient(
-                transport=OhttpTransport(attested.key_configs[0], dep.gateway_url),
+                transport=OhttpTransport(attested.key_config, dep.gateway_url),
                 base_url=dep.gateway_url, timeout=300,
             )
             direct = await engine_client(dep.state_dir / "run" / "engine.sock")

@@ -21,7 +21,7 @@ from veil.ohttp.padding import SsePadder, bucket, pad_message
 
 # Tokens of very different lengths (and UTF-8 widths): unpadded, each shows in its chunk's size.
 TOKENS = ["a", " hello", ",", " extraordinarily", " 🙂", "\n", " ünïcödé", " x" * 40, "", " the", "!" * 120, "."]
-NONCE_LEN = 32  # AES-256-GCM: max(Nk, Nn)
+NONCE_LEN = 16  # AES-128-GCM, the X25519 configuration's first suite: max(Nk, Nn)
 TAG = 16
 
 

@@ -1,4 +1,5 @@
-"""Key configurations: RFC 9458 §3 encoding, the application/ohttp-keys list, key pairs and store."""
+"""Key configurations: RFC 9458 §3 encoding, the application/ohttp-keys list, key pairs and store,
+the two configurations of each key generation, and which one Veil's clients choose."""
 
 from __future__ import annotations
 
@@ -8,14 +9,21 @@ from veil.errors import ParseError, ProtocolError
 from veil.ohttp.keyconfig import (
     AEAD_AES_128_GCM,
     AEAD_AES_256_GCM,
-    DEFAULT_SUITE,
+    AES_128_GCM,
+    AES_256_GCM,
+    CHACHA20_POLY1305,
+    KEM_X25519_SHA256,
+    KEM_XWING,
     KeyConfig,
     KeyPair,
     KeyStore,
     SymmetricSuite,
     decode_key_config_list,
     encode_key_config_list,
+    key_generation_of,
+    new_key_generation,
 )
+from veil.ohttp.preference import choose_suite
 
 # RFC 9458 Appendix A.
 RFC_CONFIG = bytes.fromhex(
@@ -75,14 +83,44 @@ def test_strict_list_decoding(data: str) -> None:
         decode_key_config_list(bytes.fromhex(data))
 
 
-def test_default_suite_and_selection() -> None:
-    kp = KeyPair.generate(7)
-    assert kp.config.suites[0] == DEFAULT_SUITE == SymmetricSuite(1, AEAD_AES_256_GCM)
-    assert kp.config.select_suite() == DEFAULT_SUITE
-    cfg = kp.config.preferring(SymmetricSuite(1, AEAD_AES_128_GCM))
-    assert cfg.suites[0].aead_id == AEAD_AES_128_GCM and set(cfg.suites) == set(kp.config.suites)
+def test_default_suites_per_kem() -> None:
+    # RFC 9458's example suite first: standard clients (ohttpy) take the first entry.
+    classical = KeyPair.generate(7)
+    assert classical.config.suites == (AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305)
+    assert classical.config.select_suite() == SymmetricSuite(1, AEAD_AES_128_GCM)
+    pq = KeyPair.generate(8, kem_id=KEM_XWING)
+    assert pq.config.suites == (AES_256_GCM, CHACHA20_POLY1305)
+    assert len(pq.config.public_key) == 1216 and len(pq.private_bytes()) == 32
     with pytest.raises(ProtocolError):
-        KeyConfig.decode(RFC_CONFIG).select_suite(DEFAULT_SUITE)
+        KeyConfig.decode(RFC_CONFIG).select_suite(AES_256_GCM)
+    with pytest.raises(ParseError) as e:
+        KeyPair.generate(1, kem_id=0x0010)
+    assert e.value.reason == "ohttp.unsupported_kem"
+
+
+def test_each_generation_has_both_configurations_x25519_first() -> None:
+    store = KeyStore(new_key_generation(0) + new_key_generation(3))
+    configs = decode_key_config_list(store.encode_configs())
+    assert [(c.key_id, c.kem_id) for c in configs] == [(0, KEM_X25519_SHA256), (1, KEM_XWING), (6, KEM_X25519_SHA256), (7, KEM_XWING)]
+    assert [key_generation_of(c.key_id) for c in configs] == [0, 0, 3, 3]
+    assert [(p.key_id, p.kem_id) for p in new_key_generation(128)] == [(0, KEM_X25519_SHA256), (1, KEM_XWING)]
+    # The first entry is what a standard client uses: X25519 with AES-128-GCM.
+    assert configs[0].suites[0] == AES_128_GCM
+
+
+def test_veil_prefers_xwing_wherever_it_is_listed() -> None:
+    x25519, pq = new_key_generation(2)
+    for order in ([x25519.config, pq.config], [pq.config, x25519.config]):
+        chosen = choose_suite(order)
+        assert chosen.config == pq.config and chosen.suite == AES_256_GCM and chosen.post_quantum
+        assert chosen.name == "X-Wing (MLKEM768-X25519) / HKDF-SHA256 / AES-256-GCM"
+    classical = choose_suite([x25519.config])
+    assert classical.config == x25519.config and not classical.post_quantum
+    # A suite only the X25519 configuration lists selects that one.
+    assert choose_suite([x25519.config, pq.config], AES_128_GCM).config == x25519.config
+    with pytest.raises(ProtocolError) as e:
+        choose_suite([KeyConfig(1, 0x20, b"\x01" * 32, (SymmetricSuite(3, 1),))])
+    assert e.value.reason == "ohttp.unsupported_suite"
 
 
 def test_unsupported_suites_are_skipped() -> None:
@@ -93,9 +131,11 @@ def test_unsupported_suites_are_skipped() -> None:
 
 
 def test_private_bytes_round_trip_and_store() -> None:
-    a, b = KeyPair.generate(1), KeyPair.generate(2)
+    a, b = KeyPair.generate(1), KeyPair.generate(2, kem_id=KEM_XWING)
     again = KeyPair.from_private_bytes(1, a.private_bytes())
     assert again.config == a.config
+    assert KeyPair.from_private_bytes(2, b.private_bytes(), kem_id=KEM_XWING).config == b.config
+    assert b.private_bytes().hex() not in repr(b)
     store = KeyStore([a, b])
     assert store.get(2) is b and len(store) == 2 and 1 in store
     assert decode_key_config_list(store.encode_configs()) == [a.config, b.config]
@@ -106,3 +146,5 @@ def test_private_bytes_round_trip_and_store() -> None:
         store.add(again)
     with pytest.raises(ParseError):
         KeyPair.from_private_bytes(1, b"short")
+    with pytest.raises(ParseError):
+        KeyPair.from_private_bytes(1, b"\x00" * 31, kem_id=KEM_XWING)

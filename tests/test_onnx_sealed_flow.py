@@ -104,7 +104,7 @@ def test_sealed_onnx_model_runs_only_on_the_attested_worker(tmp_path) -> None:
                 assert time.monotonic() < deadline, "worker did not come up"
                 time.sleep(0.2)
             attested = verify_coordinator(policy)
-            with httpx.Client(transport=OhttpTransport(attested.key_configs[0], policy.gateway_url),
+            with httpx.Client(transport=OhttpTransport(attested.key_config, policy.gateway_url),
                               base_url=policy.gateway_url) as client:
                 x = np.array([[1, 2, 3, 4], [-4, -3, -2, -1]], dtype=np.float32)
                 resp = client.post("/v1/run", json={"inputs": {"x": array_to_tensor(x)}})

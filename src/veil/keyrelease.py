@@ -14,7 +14,7 @@ from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey
 
 from typing import TYPE_CHECKING
 
-from veil.errors import ProtocolError
+from veil.errors import ProtocolError, VeilError
 from veil.wire import SECRET_UPLOAD_CONTEXT
 
 if TYPE_CHECKING:
@@ -67,8 +67,10 @@ def import_ohttp_keys(records: list[dict[str, object]]) -> "KeyStore":
     for rec in records:
         try:
             config = KeyConfig.decode(bytes.fromhex(str(rec["config"])))
-            pair = KeyPair.from_private_bytes(int(str(rec["key_id"])), bytes.fromhex(str(rec["private_key"])), config.suites)
-        except (KeyError, ValueError, TypeError):
+            pair = KeyPair.from_private_bytes(
+                int(str(rec["key_id"])), bytes.fromhex(str(rec["private_key"])), config.suites, kem_id=config.kem_id
+            )
+        except (KeyError, ValueError, TypeError, VeilError):
             raise ProtocolError("keyrelease.bad_ohttp_key", "released OHTTP key record is malformed") from None
         if pair.config != config:
             raise ProtocolError("keyrelease.bad_ohttp_key", "released OHTTP key does not match its configuration")

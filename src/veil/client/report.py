@@ -55,6 +55,9 @@ def render_verification(attested: AttestedCoordinator, console: Console) -> None
             f"sandbox {', '.join(rules['sandbox_profiles']) or 'none'}; simulation {simulation}",
         )
     table.add_row("OHTTP key ids", ", ".join(str(c.key_id) for c in attested.key_configs))
+    chosen = attested.suite
+    table.add_row("OHTTP suite", f"{chosen.name}, key id {chosen.config.key_id}"
+                  + ("  (post-quantum hybrid)" if chosen.post_quantum else "  (classical: NOT post-quantum)"))
     table.add_row("coordinator", attested.coordinator_url)
     table.add_row("gateway", attested.gateway_url)
     if attested.relay_url:

@@ -35,6 +35,7 @@ from veil.ohttp.chunked import ChunkedRequestSender, ChunkedResponseReceiver
 from veil.ohttp.keyconfig import KeyConfig, SymmetricSuite, decode_key_config_list
 from veil.ohttp.ohttp import ClientResponseContext, encapsulate_request
 from veil.ohttp.padding import pad_message
+from veil.ohttp.preference import choose_suite
 from veil.wire import (
     DEFAULT_REQUEST_PADDING,
     GATEWAY_PATH,
@@ -99,13 +100,13 @@ class _AsyncFixedKey:
 
 
 def as_key_config(key_config: KeyConfig | bytes) -> KeyConfig:
-    """One configuration, or the first of an ``application/ohttp-keys`` body."""
+    """One configuration, or Veil's choice from an ``application/ohttp-keys`` body (X-Wing first)."""
     if isinstance(key_config, KeyConfig):
         return key_config
     try:
         return KeyConfig.decode(key_config)
     except ParseError:
-        return decode_key_config_list(key_config)[0]
+        return choose_suite(decode_key_config_list(key_config)).config
 
 
 def _gateway_url(url: str) -> httpx.URL:

@@ -39,6 +39,7 @@ from veil.client.policy import ClientPolicy, simulation_in
 from veil.errors import ParseError, PolicyError, VerificationError
 from veil.manifest import SignedManifest, valid_signers
 from veil.ohttp.keyconfig import KeyConfig, decode_key_config_list
+from veil.ohttp.preference import ChosenSuite, choose_suite
 
 MAX_ATTESTATION_BYTES = 2 << 20  # evidence and collateral (tens of KiB) plus one manifest (<= 1 MiB)
 MAX_HISTORY_BYTES = 32 << 20  # every manifest the deployment ever had
@@ -53,8 +54,9 @@ def _tls() -> ssl.SSLContext:
 
 
 def preferred_config(configs: list[KeyConfig]) -> KeyConfig:
-    """The one place a client picks which attested key configuration to encrypt to."""
-    return configs[0]
+    """Which attested key configuration the client encrypts to: ``veil.ohttp.preference``'s choice,
+    X-Wing when offered (its transport then uses the first suite the configuration lists)."""
+    return choose_suite(configs).config
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,11 @@ class AttestedCoordinator:
     def key_config(self) -> KeyConfig:
         return preferred_config(self.key_configs)
 
+    @property
+    def suite(self) -> ChosenSuite:
+        """The configuration and (KDF, AEAD) pair Veil's transport encrypts with (``veil verify`` shows it)."""
+        return choose_suite(self.key_configs)
+
     def to_json(self) -> dict[str, Any]:
         m = self.manifest.manifest if self.manifest else None
         claims = self.verdict.claims
@@ -117,6 +124,7 @@ class AttestedCoordinator:
             "admission": self.admission,
             "key_ids": [c.key_id for c in self.key_configs],
             "key_configs": [_config_json(c) for c in self.key_configs],
+            "ohttp_suite": self.suite.to_json(),
             "checks": [{"check": c, "result": r} for c, r in self.checks],
         }
 
@@ -296,6 +304,8 @@ def check_attestation(
     if not key_configs:
         raise ParseError("attestation.no_key_config", "the coordinator offers no OHTTP key configuration")
     checks.append(("OHTTP key configuration bound to the evidence", "ok"))
+    chosen = choose_suite(key_configs)  # refuses a list with nothing this client implements
+    checks.append(("OHTTP suite", chosen.name + (" (post-quantum)" if chosen.post_quantum else "")))
     return AttestedCoordinator(
         coordinator_url=policy.coordinator_url,
         gateway_url=policy.gateway_url,

@@ -1,4 +1,4 @@
-"""Oblivious HTTP for Veil: key configurations, Binary HTTP, RFC 9458 and chunked OHTTP."""
+"""Oblivious HTTP for Veil: key configurations (X25519 and X-Wing), Binary HTTP, RFC 9458 and chunked OHTTP."""
 
 from veil.ohttp.bhttp import Request, Response, decode_request, decode_response, encode_request, encode_response
 from veil.ohttp.chunked import (
@@ -8,13 +8,15 @@ from veil.ohttp.chunked import (
     ChunkedResponseSender,
 )
 from veil.ohttp.keyconfig import (
-    DEFAULT_SUITE,
+    KEM_X25519_SHA256,
+    KEM_XWING,
     KeyConfig,
     KeyPair,
     KeyStore,
     SymmetricSuite,
     decode_key_config_list,
     encode_key_config_list,
+    new_key_generation,
 )
 from veil.ohttp.ohttp import (
     ClientResponseContext,
@@ -22,6 +24,7 @@ from veil.ohttp.ohttp import (
     decapsulate_request,
     encapsulate_request,
 )
+from veil.ohttp.preference import ChosenSuite, choose_suite
 from veil.wire import (
     MEDIA_TYPE_CHUNKED_REQUEST,
     MEDIA_TYPE_CHUNKED_RESPONSE,
@@ -31,7 +34,8 @@ from veil.wire import (
 )
 
 __all__ = [
-    "DEFAULT_SUITE",
+    "KEM_X25519_SHA256",
+    "KEM_XWING",
     "MEDIA_TYPE_CHUNKED_REQUEST",
     "MEDIA_TYPE_CHUNKED_RESPONSE",
     "MEDIA_TYPE_KEYS",
@@ -41,6 +45,7 @@ __all__ = [
     "ChunkedRequestSender",
     "ChunkedResponseReceiver",
     "ChunkedResponseSender",
+    "ChosenSuite",
     "ClientResponseContext",
     "KeyConfig",
     "KeyPair",
@@ -49,6 +54,7 @@ __all__ = [
     "Response",
     "ServerResponseContext",
     "SymmetricSuite",
+    "choose_suite",
     "decapsulate_request",
     "decode_key_config_list",
     "decode_request",
@@ -57,4 +63,5 @@ __all__ = [
     "encode_key_config_list",
     "encode_request",
     "encode_response",
+    "new_key_generation",
 ]

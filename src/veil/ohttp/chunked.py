@@ -1,4 +1,4 @@
-"""Chunked Oblivious HTTP (draft-ietf-ohai-chunked-ohttp): encrypt and decrypt as bytes flow.
+"""Chunked Oblivious HTTP (draft-ietf-ohai-chunked-ohttp-08): encrypt and decrypt as bytes flow.
 
 Wire format, both directions::
 
@@ -9,7 +9,10 @@ Wire format, both directions::
 The final ciphertext runs to the end of the stream and is sealed with AAD ``"final"`` (others with
 empty AAD), so cutting the stream before it (truncation) is detected. Request chunks use the HPKE
 context's own sequence; response chunk *i* uses ``aead_nonce XOR i``, so reordering or splicing
-chunks from another response fails authentication. Each failure has its own reason code.
+chunks from another response fails authentication. Each failure has its own reason code. A
+non-final chunk never carries an empty plaintext: senders skip it, and a receiver treats one as a
+decryption error (``chunked.empty_chunk``, a MUST since draft -07). The draft's worked example
+(its Appendix A) is reproduced byte for byte in tests/test_ohttp_chunked.py.
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ MIN_AVERAGE_CHUNK = 256
 
 def _frame(ct: bytes) -> bytes:
     return encode_varint(len(ct)) + ct
+
+
+def _non_empty(plaintext: bytes) -> bytes:
+    """Draft -08 §6: a non-final chunk that decrypts to nothing is a decryption error."""
+    if not plaintext:
+        raise ProtocolError("chunked.empty_chunk", "a non-final chunk decrypted to an empty plaintext")
+    return plaintext
 
 
 class _ChunkReader:
@@ -175,7 +185,7 @@ class ChunkedRequestReceiver:
         return head[rec.body_offset :]
 
     def _open_all(self, cts: list[bytes]) -> list[bytes]:
-        return [self._open(ct, b"") for ct in cts]
+        return [_non_empty(self._open(ct, b"")) for ct in cts]
 
     def _open(self, ct: bytes, aad: bytes) -> bytes:
         try:
@@ -262,7 +272,7 @@ class ChunkedResponseReceiver:
             self._aead = self._keys.aead(bytes(self._head[: self._nonce_len]))
             data = bytes(self._head[self._nonce_len :])
             self._head.clear()
-        return [self._open(ct, b"") for ct in self._reader.feed(data)]
+        return [_non_empty(self._open(ct, b"")) for ct in self._reader.feed(data)]
 
     def _open(self, ct: bytes, aad: bytes) -> bytes:
         assert self._aead is not None

@@ -2,6 +2,11 @@
 
 A client encrypts to exactly the key configuration it verified in the attestation, so decoding is
 strict: any stray byte, odd length or unknown algorithm is refused rather than guessed around.
+
+Each key generation has two configurations (:func:`new_key_generation`): X25519 for every standard
+RFC 9458 client, listed first and with AES-128-GCM first (RFC 9458's own example suite, the one
+every implementation has), and X-Wing (MLKEM768-X25519, draft-ietf-hpke-pq), post-quantum, which
+Veil's own clients prefer (:mod:`veil.ohttp.preference`).
 """
 
 from __future__ import annotations
@@ -12,23 +17,32 @@ from typing import Iterable
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from pyhpke import KEMKey, KEMKeyInterface
 
 from veil.errors import ParseError, ProtocolError
+from veil.ohttp import xwing
+from veil.ohttp.xwing import XWingKey, XWingPrivateKey
 
 KEM_X25519_SHA256 = 0x0020
+KEM_XWING = xwing.KEM_ID  # 0x647a, MLKEM768-X25519
 KDF_HKDF_SHA256 = 0x0001
 AEAD_AES_128_GCM = 0x0001
 AEAD_AES_256_GCM = 0x0002
 AEAD_CHACHA20_POLY1305 = 0x0003
 
-#: Public key length per KEM (Npk); only X25519 is implemented today.
-KEM_PUBLIC_KEY_LEN = {KEM_X25519_SHA256: 32}
+#: Public key length per KEM (Npk).
+KEM_PUBLIC_KEY_LEN = {KEM_X25519_SHA256: 32, KEM_XWING: xwing.PUBLIC_KEY_LEN}
 #: Encapsulated key length per KEM (Nenc).
-KEM_ENC_LEN = {KEM_X25519_SHA256: 32}
+KEM_ENC_LEN = {KEM_X25519_SHA256: 32, KEM_XWING: xwing.ENC_LEN}
+#: Serialised private key length per KEM (Nsk): the X25519 scalar, the X-Wing seed.
+KEM_PRIVATE_KEY_LEN = {KEM_X25519_SHA256: 32, KEM_XWING: xwing.SEED_LEN}
+KEM_NAMES = {KEM_X25519_SHA256: "X25519 (DHKEM-X25519-HKDF-SHA256)", KEM_XWING: "X-Wing (MLKEM768-X25519)"}
+#: Only HKDF-SHA256: RFC 9458 derives the response keys with the suite's KDF (two-stage HKDF).
 SUPPORTED_KDFS = frozenset({KDF_HKDF_SHA256})
+KDF_NAMES = {KDF_HKDF_SHA256: "HKDF-SHA256"}
 #: AEAD id -> (key length Nk, nonce length Nn).
 AEAD_PARAMS = {AEAD_AES_128_GCM: (16, 12), AEAD_AES_256_GCM: (32, 12), AEAD_CHACHA20_POLY1305: (32, 12)}
-
+AEAD_NAMES = {AEAD_AES_128_GCM: "AES-128-GCM", AEAD_AES_256_GCM: "AES-256-GCM", AEAD_CHACHA20_POLY1305: "ChaCha20-Poly1305"}
 
 @dataclass(frozen=True)
 class SymmetricSuite:
@@ -42,12 +56,16 @@ class SymmetricSuite:
         return self.kdf_id in SUPPORTED_KDFS and self.aead_id in AEAD_PARAMS
 
 
-DEFAULT_SUITE = SymmetricSuite(KDF_HKDF_SHA256, AEAD_AES_256_GCM)
-DEFAULT_SUITES: tuple[SymmetricSuite, ...] = (
-    DEFAULT_SUITE,
-    SymmetricSuite(KDF_HKDF_SHA256, AEAD_AES_128_GCM),
-    SymmetricSuite(KDF_HKDF_SHA256, AEAD_CHACHA20_POLY1305),
-)
+AES_128_GCM = SymmetricSuite(KDF_HKDF_SHA256, AEAD_AES_128_GCM)
+AES_256_GCM = SymmetricSuite(KDF_HKDF_SHA256, AEAD_AES_256_GCM)
+CHACHA20_POLY1305 = SymmetricSuite(KDF_HKDF_SHA256, AEAD_CHACHA20_POLY1305)
+#: What each configuration lists, in order. Standard clients (ohttpy among them) take the first
+#: entry, so X25519 leads with AES-128-GCM; X-Wing lists only 256-bit keys, as draft-ietf-hpke-pq
+#: suggests for post-quantum use.
+DEFAULT_SUITES: dict[int, tuple[SymmetricSuite, ...]] = {
+    KEM_X25519_SHA256: (AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305),
+    KEM_XWING: (AES_256_GCM, CHACHA20_POLY1305),
+}
 
 
 @dataclass(frozen=True)
@@ -92,13 +110,6 @@ class KeyConfig:
             if suite.supported:
                 return suite
         raise ProtocolError("ohttp.unsupported_suite", "no listed suite is implemented")
-
-    def preferring(self, suite: SymmetricSuite) -> KeyConfig:
-        """The same key with ``suite`` listed first, for clients that always take the first entry
-        (ohttpy does, and lacks AES-256-GCM). The gateway accepts every suite its key pair lists."""
-        if suite not in self.suites:
-            raise ProtocolError("ohttp.unsupported_suite", "the key configuration does not list that suite")
-        return KeyConfig(self.key_id, self.kem_id, self.public_key, (suite, *(s for s in self.suites if s != suite)))
 
     def accepts(self, suite: SymmetricSuite) -> bool:
         return suite in self.suites and suite.supported
@@ -156,39 +167,86 @@ def decode_key_config_list(data: bytes) -> list[KeyConfig]:
     return configs
 
 
+PrivateKey = X25519PrivateKey | XWingPrivateKey
+
+
 @dataclass
 class KeyPair:
-    """A gateway key: the X25519 private key behind one key configuration."""
+    """A gateway key: the private key behind one key configuration (X25519 or X-Wing)."""
 
     key_id: int
-    private_key: X25519PrivateKey
-    suites: tuple[SymmetricSuite, ...] = DEFAULT_SUITES
+    private_key: PrivateKey
+    suites: tuple[SymmetricSuite, ...] | None = None  # None: DEFAULT_SUITES for the KEM
     config: KeyConfig = field(init=False)
+    _hpke_key: KEMKeyInterface = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.config = KeyConfig(self.key_id, KEM_X25519_SHA256, self.public_bytes(), tuple(self.suites))
+        suites = DEFAULT_SUITES[self.kem_id] if self.suites is None else tuple(self.suites)
+        self.suites = suites
+        self.config = KeyConfig(self.key_id, self.kem_id, self.public_bytes(), suites)
+        key = self.private_key
+        self._hpke_key = XWingKey(key) if isinstance(key, XWingPrivateKey) else KEMKey.from_pyca_cryptography_key(key)
+
+    @property
+    def kem_id(self) -> int:
+        return KEM_XWING if isinstance(self.private_key, XWingPrivateKey) else KEM_X25519_SHA256
 
     @classmethod
-    def generate(cls, key_id: int, suites: Iterable[SymmetricSuite] = DEFAULT_SUITES) -> KeyPair:
-        return cls(key_id, X25519PrivateKey.generate(), tuple(suites))
+    def generate(
+        cls, key_id: int, suites: Iterable[SymmetricSuite] | None = None, *, kem_id: int = KEM_X25519_SHA256
+    ) -> KeyPair:
+        if kem_id not in KEM_PRIVATE_KEY_LEN:
+            raise ParseError("ohttp.unsupported_kem", f"KEM 0x{kem_id:04x} is not supported")
+        key: PrivateKey = XWingPrivateKey.generate() if kem_id == KEM_XWING else X25519PrivateKey.generate()
+        return cls(key_id, key, None if suites is None else tuple(suites))
 
     @classmethod
     def from_private_bytes(
-        cls, key_id: int, raw: bytes, suites: Iterable[SymmetricSuite] = DEFAULT_SUITES
+        cls, key_id: int, raw: bytes, suites: Iterable[SymmetricSuite] | None = None, *, kem_id: int = KEM_X25519_SHA256
     ) -> KeyPair:
         """Rebuild a key shipped (sealed) from the coordinator to a worker."""
-        if len(raw) != 32:
-            raise ParseError("ohttp.bad_private_key", "an X25519 private key is 32 bytes")
-        return cls(key_id, X25519PrivateKey.from_private_bytes(raw), tuple(suites))
+        if kem_id not in KEM_PRIVATE_KEY_LEN:
+            raise ParseError("ohttp.unsupported_kem", f"KEM 0x{kem_id:04x} is not supported")
+        if len(raw) != KEM_PRIVATE_KEY_LEN[kem_id]:
+            raise ParseError("ohttp.bad_private_key", f"a {KEM_NAMES[kem_id]} private key is {KEM_PRIVATE_KEY_LEN[kem_id]} bytes")
+        key: PrivateKey = XWingPrivateKey(raw) if kem_id == KEM_XWING else X25519PrivateKey.from_private_bytes(raw)
+        return cls(key_id, key, None if suites is None else tuple(suites))
+
+    def hpke_key(self) -> KEMKeyInterface:
+        """The private key in pyhpke's key interface (built once: X-Wing expands its seed)."""
+        return self._hpke_key
 
     def private_bytes(self) -> bytes:
-        return self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        key = self.private_key
+        if isinstance(key, XWingPrivateKey):
+            return key.seed_bytes()
+        return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
     def public_bytes(self) -> bytes:
-        return self.private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        key = self.private_key
+        if isinstance(key, XWingPrivateKey):
+            return key.public_key().public_bytes()
+        return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     def __repr__(self) -> str:  # never print the private key
-        return f"KeyPair(key_id={self.key_id}, public={self.public_bytes().hex()})"
+        return f"KeyPair(key_id={self.key_id}, kem=0x{self.kem_id:04x}, public={self.public_bytes()[:32].hex()}...)"
+
+
+#: Key ids one generation takes: ``2g`` for X25519 and ``2g + 1`` for X-Wing (modulo 256).
+KEY_IDS_PER_GENERATION = 2
+
+
+def new_key_generation(generation: int) -> list[KeyPair]:
+    """Fresh key pairs for key generation ``generation``: X25519 (key id ``2g mod 256``), then
+    X-Wing (``2g + 1``). Every coordinator key, first or rotated, comes from here, so each
+    generation offers both configurations; the list order is the order they are served in."""
+    first = (KEY_IDS_PER_GENERATION * generation) % 256
+    return [KeyPair.generate(first), KeyPair.generate(first + 1, kem_id=KEM_XWING)]
+
+
+def key_generation_of(key_id: int) -> int:
+    """The generation a key id belongs to (modulo 128), the inverse of :func:`new_key_generation`."""
+    return key_id // KEY_IDS_PER_GENERATION
 
 
 class KeyStore:

@@ -1,7 +1,8 @@
 """Oblivious HTTP request/response encapsulation (RFC 9458 §4), on pyhpke and ``cryptography``.
 
-The ephemeral key and response nonce can be injected so the RFC's Appendix A vectors reproduce
-byte for byte; production code leaves them to the CSPRNG.
+Two KEMs: X25519 (pyhpke's own) and X-Wing (``veil.ohttp.xwing``, plugged into pyhpke). The
+X25519 ephemeral key and the response nonce can be injected so the RFC's Appendix A vectors
+reproduce byte for byte; production code leaves them to the CSPRNG.
 """
 
 from __future__ import annotations
@@ -9,18 +10,20 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.exceptions import InvalidTag
-from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, KEMKeyPair, OpenError
+from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, KEMKeyInterface, KEMKeyPair, OpenError
 from pyhpke.context_interface import ContextInterface
 
 from veil.errors import ParseError, ProtocolError
-from veil.ohttp.keyconfig import AEAD_AES_128_GCM, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, AEAD_PARAMS
-from veil.ohttp.keyconfig import KEM_ENC_LEN, KeyConfig, KeyStore, SymmetricSuite
+from veil.ohttp import xwing
+from veil.ohttp.keyconfig import AEAD_AES_128_GCM, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, AEAD_PARAMS, KDF_HKDF_SHA256
+from veil.ohttp.keyconfig import KEM_ENC_LEN, KEM_XWING, KeyConfig, KeyStore, SymmetricSuite
 from veil.wire import LABEL_REQUEST, LABEL_RESPONSE
 
 HEADER_LEN = 7  # key id (1) + KEM, KDF, AEAD ids (2 each)
@@ -28,8 +31,24 @@ HEADER_LEN = 7  # key id (1) + KEM, KDF, AEAD ids (2 each)
 _AEAD_CLASSES: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {AEAD_AES_128_GCM: AESGCM, AEAD_AES_256_GCM: AESGCM, AEAD_CHACHA20_POLY1305: ChaCha20Poly1305}
 
 
+@lru_cache(maxsize=None)
+def _cipher_suite(kem_id: int, kdf_id: int, aead_id: int) -> CipherSuite:
+    if kem_id == KEM_XWING:
+        return xwing.cipher_suite(kdf_id, aead_id)
+    return CipherSuite.new(KEMId(kem_id), KDFId(kdf_id), AEADId(aead_id))
+
+
 def _suite(kem_id: int, suite: SymmetricSuite) -> CipherSuite:
-    return CipherSuite.new(KEMId(kem_id), KDFId(suite.kdf_id), AEADId(suite.aead_id))
+    return _cipher_suite(kem_id, suite.kdf_id, suite.aead_id)
+
+
+@lru_cache(maxsize=64)
+def _public_key(kem_id: int, raw: bytes) -> KEMKeyInterface:
+    """Parsed once per configuration: checking an ML-KEM key costs more than using it."""
+    try:
+        return _cipher_suite(kem_id, KDF_HKDF_SHA256, AEAD_AES_256_GCM).kem.deserialize_public_key(raw)
+    except ValueError:  # e.g. an ML-KEM key that fails the FIPS 203 modulus check
+        raise ProtocolError("ohttp.bad_key_config", "the public key is not a valid key for its KEM") from None
 
 
 def request_header(key_id: int, kem_id: int, suite: SymmetricSuite) -> bytes:
@@ -56,13 +75,15 @@ def setup_sender(
     suite: SymmetricSuite | None = None,
     ephemeral_private_key: bytes | None = None,
 ) -> _Sender:
-    """HPKE SetupBaseS towards ``config``; ``ephemeral_private_key`` is for test vectors only."""
+    """HPKE SetupBaseS towards ``config``; ``ephemeral_private_key`` is for X25519 test vectors only."""
     chosen = config.select_suite(suite)
     header = request_header(config.key_id, config.kem_id, chosen)
     cs = _suite(config.kem_id, chosen)
-    pkr = cs.kem.deserialize_public_key(config.public_key)
+    pkr = _public_key(config.kem_id, config.public_key)
     eks = None
     if ephemeral_private_key is not None:
+        if config.kem_id == KEM_XWING:
+            raise ValueError("X-Wing encapsulation randomness cannot be injected")
         sk = X25519PrivateKey.from_private_bytes(ephemeral_private_key)
         eks = KEMKeyPair(KEMKey.from_pyca_cryptography_key(sk), KEMKey.from_pyca_cryptography_key(sk.public_key()))
     enc, ctx = cs.create_sender_context(pkr, request_info(label, header), eks=eks)
@@ -96,9 +117,8 @@ def setup_recipient(keys: KeyStore, data: bytes, label: bytes) -> _Recipient:
         raise ParseError("ohttp.truncated", "encapsulated key is truncated")
     enc = bytes(data[HEADER_LEN : HEADER_LEN + nenc])
     cs = _suite(kem_id, suite)
-    skr = KEMKey.from_pyca_cryptography_key(pair.private_key)
     try:
-        ctx = cs.create_recipient_context(enc, skr, request_info(label, bytes(data[:HEADER_LEN])))
+        ctx = cs.create_recipient_context(enc, pair.hpke_key(), request_info(label, bytes(data[:HEADER_LEN])))
     except Exception as exc:  # a low-order point and the like
         raise ProtocolError("ohttp.decrypt_failed", "HPKE setup failed") from exc
     return _Recipient(key_id, enc, ctx, suite, HEADER_LEN + nenc)
