@@ -5,7 +5,8 @@ X-Wing requests whose 1120-byte encapsulated key carries a low-order X25519 shar
 which X25519 yields no shared secret), an all-zero ML-KEM ciphertext (ML-KEM's implicit rejection),
 an encapsulated key cut short, or an X-Wing header aimed at the X25519 key id; plain and chunked
 requests.
-Each is refused in the clear with its reason (``ohttp.decrypt_failed``, ``ohttp.truncated``,
+Each is refused in the clear with its reason (``ohttp.decrypt_failed``, or ``chunked.*`` where a
+chunked request's first chunk does not authenticate, ``ohttp.truncated``,
 ``ohttp.unsupported_suite``), never an internal error, and the gateway goes on serving genuine
 requests. The gateway is the real one under uvicorn on loopback, in front of a small engine.
 """
@@ -65,18 +66,19 @@ def test_crafted_encapsulated_keys_are_refused_and_the_gateway_keeps_serving(gat
     media = MEDIA_TYPE_CHUNKED_REQUEST if chunked else MEDIA_TYPE_REQUEST
     genuine = _xwing_request(keys, chunked)
     x25519_key_id = next(c.key_id for c in keys.configs() if c.kem_id != KEM_XWING)
+    # With a wrong shared secret a plain request fails as one AEAD; a chunked one at its first chunk.
+    unauthenticated = {"chunked.final_mismatch", "chunked.decrypt_failed"} if chunked else {"ohttp.decrypt_failed"}
     attacks = {
-        "low-order X25519 share": (_with_enc(genuine, MLKEM_CT_LEN, bytes(32)), "ohttp.decrypt_failed"),
-        "all-zero ML-KEM ciphertext": (_with_enc(genuine, 0, bytes(MLKEM_CT_LEN)), "ohttp.decrypt_failed"),
+        "low-order X25519 share": (_with_enc(genuine, MLKEM_CT_LEN, bytes(32)), {"ohttp.decrypt_failed"}),
+        "all-zero ML-KEM ciphertext": (_with_enc(genuine, 0, bytes(MLKEM_CT_LEN)), unauthenticated),
+        "encapsulated key cut short": (genuine[: HEADER_LEN + ENC_LEN - 100], {"ohttp.truncated"}),
+        "X-Wing header, X25519 key id": (bytes([x25519_key_id]) + genuine[1:], {"ohttp.unsupported_suite"}),
     }
-    if not chunked:  # (chunked: the gateway's own tests cover its header errors)
-        attacks["encapsulated key cut short"] = (genuine[: HEADER_LEN + ENC_LEN - 100], "ohttp.truncated")
-        attacks["X-Wing header, X25519 key id"] = (bytes([x25519_key_id]) + genuine[1:], "ohttp.unsupported_suite")
     with httpx.Client(base_url=url, timeout=30) as http:
         for name, (body, reason) in attacks.items():
             resp = http.post(GATEWAY_PATH, content=body, headers={"content-type": media})
             assert resp.status_code == 400, (name, resp.status_code, resp.text)
-            assert resp.json()["error"]["reason"] == reason, name
+            assert resp.json()["error"]["reason"] in reason, (name, resp.json())
     # Still serving: a genuine X-Wing request right after gets its (encrypted) answer.
     transport = OhttpTransport(keys.configs(), url, chunked=chunked)
     with httpx.Client(transport=transport, base_url=url) as client:
