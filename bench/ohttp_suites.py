@@ -41,7 +41,7 @@ from veil.coordinator.state import CoordinatorState
 from veil.manifest import Manifest, ReferenceValues, public_key_hex, sign_manifest
 from veil.ohttp import ohttp
 from veil.ohttp.keyconfig import KEM_X25519_SHA256, KEM_XWING, KeyPair, KeyStore, decode_key_config_list, encode_key_config_list
-from veil.ohttp.keyconfig import new_key_generation
+from veil.ohttp.keyconfig import new_generation
 from veil.ohttp.ohttp import decapsulate_request, encapsulate_request
 from veil.ohttp.preference import choose_suite
 from veil.testing import ServerThread
@@ -52,9 +52,9 @@ REQUEST = os.urandom(1024)
 RESPONSE = os.urandom(1024)
 
 
-def _ms(fn: Callable[[], object]) -> float:
+def _ms(fn: Callable[[str], object], arg: str) -> float:
     start = time.perf_counter()
-    fn()
+    fn(arg)
     return (time.perf_counter() - start) * 1000
 
 
@@ -68,7 +68,7 @@ def session_setup(rounds: int) -> dict[str, float]:
         signed = sign_manifest(Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)],
                                         trusted_simulation_roots=[sim.root_fingerprint]), [admin], None)
         states = {"x25519": CoordinatorState.generate(), "xwing": CoordinatorState.generate()}
-        states["x25519"].ohttp_keys = KeyStore(new_key_generation(0)[:1])  # as before X-Wing: one configuration
+        states["x25519"].ohttp_keys = KeyStore(new_generation(0)[:1])  # as before X-Wing: one configuration
         servers = {name: ServerThread(create_app(state, attester)) for name, state in states.items()}
         try:
             policies = {}
@@ -118,8 +118,8 @@ def main(requests: int = 2000, as_json: bool = False) -> dict[str, object]:
         random.shuffle(order)  # interleaved, in random order: drift and noise hit both alike
         for name in order:
             cfg = chosen[name]
-            times[name]["setup_client"].append(_ms(lambda: client_setup(name)))
-            times[name]["setup_gateway"].append(_ms(lambda: gateway_setup(name)))
+            times[name]["setup_client"].append(_ms(client_setup, name))
+            times[name]["setup_gateway"].append(_ms(gateway_setup, name))
             t0 = time.perf_counter()
             enc, cctx = encapsulate_request(cfg.config, REQUEST, suite=cfg.suite)
             t1 = time.perf_counter()

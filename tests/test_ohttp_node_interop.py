@@ -16,7 +16,7 @@ import pytest
 
 from tests.node_peer import require_node, run_peer
 from veil.client.transport import OhttpTransport
-from veil.ohttp.keyconfig import KEM_XWING, new_key_generation
+from veil.ohttp.keyconfig import KEM_XWING, new_generation
 
 
 class NodeGateway(httpx.BaseTransport):
@@ -43,7 +43,7 @@ class NodeGateway(httpx.BaseTransport):
 @pytest.mark.parametrize("chunked", [False, True], ids=["rfc9458", "chunked-08"])
 def test_node_gateway_opens_what_veil_sends_and_veil_opens_its_answer(chunked: bool) -> None:
     require_node()
-    classical, pq = new_key_generation(4)
+    classical, pq = new_generation(4)
     # Veil's client is given both configurations, as a deployment serves them, and picks X-Wing.
     gateway = NodeGateway(pq.private_bytes(), pq.key_id)
     transport = OhttpTransport([classical.config, pq.config], "http://node-gateway", chunked=chunked, outer_transport=gateway)

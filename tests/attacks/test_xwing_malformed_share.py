@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from veil.client.transport import OhttpTransport
 from veil.ohttp.chunked import ChunkedRequestSender
-from veil.ohttp.keyconfig import KEM_XWING, KeyStore, new_key_generation
+from veil.ohttp.keyconfig import KEM_XWING, KeyStore, new_generation
 from veil.ohttp.ohttp import HEADER_LEN, encapsulate_request
 from veil.ohttp.xwing import ENC_LEN
 from veil.testing import ServerThread
@@ -40,7 +40,7 @@ async def _engine(request: Request) -> JSONResponse:
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[tuple[str, KeyStore]]:
-    keys = KeyStore(new_key_generation(0))
+    keys = KeyStore(new_generation(0))
     engine = Starlette(routes=[Route("/v1/models", _engine)])
     upstream = httpx.AsyncClient(transport=httpx.ASGITransport(app=engine), base_url="http://engine")
     with ServerThread(create_gateway_app(keys, upstream)) as server:

@@ -26,7 +26,7 @@ from veil import keyrelease
 from veil.coordinator.store import StateCipher, Store
 from veil.errors import PolicyError, ProtocolError, VeilError
 from veil.manifest import SignedManifest, check_successor
-from veil.ohttp.keyconfig import KeyStore, new_key_generation
+from veil.ohttp.keyconfig import KeyStore, new_generation
 from veil.wire import RECOVERY_INFO, RECOVERY_UPLOAD_INFO
 
 META_PLATFORM_SEALED = "state_key.platform"
@@ -68,7 +68,7 @@ class CoordinatorState:
     @classmethod
     def generate(cls) -> "CoordinatorState":
         """Fresh keys, nothing persisted (tests, and deployments that accept losing state)."""
-        return cls(hpke_key=X25519PrivateKey.generate(), ohttp_keys=KeyStore(new_key_generation(0)))
+        return cls(hpke_key=X25519PrivateKey.generate(), ohttp_keys=KeyStore(new_generation(0)))
 
     @classmethod
     def open(cls, store: Store, platform_key: bytes) -> "CoordinatorState":

@@ -16,7 +16,7 @@ from veil.ohttp.keyconfig import (
     SymmetricSuite,
     decode_key_config_list,
     encode_key_config_list,
-    new_key_generation,
+    new_generation,
 )
 from veil.ohttp.ohttp import (
     ClientResponseContext,
@@ -63,5 +63,5 @@ __all__ = [
     "encode_key_config_list",
     "encode_request",
     "encode_response",
-    "new_key_generation",
+    "new_generation",
 ]

@@ -3,7 +3,7 @@
 A client encrypts to exactly the key configuration it verified in the attestation, so decoding is
 strict: any stray byte, odd length or unknown algorithm is refused rather than guessed around.
 
-Each key generation has two configurations (:func:`new_key_generation`): X25519 for every standard
+Each key generation has two configurations (:func:`new_generation`): X25519 for every standard
 RFC 9458 client, listed first and with AES-128-GCM first (RFC 9458's own example suite, the one
 every implementation has), and X-Wing (MLKEM768-X25519, draft-ietf-hpke-pq), post-quantum, which
 Veil's own clients prefer (:mod:`veil.ohttp.preference`).
@@ -236,17 +236,21 @@ class KeyPair:
 KEY_IDS_PER_GENERATION = 2
 
 
-def new_key_generation(generation: int) -> list[KeyPair]:
-    """Fresh key pairs for key generation ``generation``: X25519 (key id ``2g mod 256``), then
-    X-Wing (``2g + 1``). Every coordinator key, first or rotated, comes from here, so each
-    generation offers both configurations; the list order is the order they are served in."""
+def key_ids_for(generation: int) -> tuple[int, int]:
+    """The one-byte key ids (RFC 9458) of rotation generation ``generation``: X25519, X-Wing.
+    They wrap around after 128 generations; a coordinator keeps only a few alive at once."""
+    if generation < 0:
+        raise ValueError("generation numbers start at 0")
     first = (KEY_IDS_PER_GENERATION * generation) % 256
-    return [KeyPair.generate(first), KeyPair.generate(first + 1, kem_id=KEM_XWING)]
+    return first, first + 1
 
 
-def key_generation_of(key_id: int) -> int:
-    """The generation a key id belongs to (modulo 128), the inverse of :func:`new_key_generation`."""
-    return key_id // KEY_IDS_PER_GENERATION
+def new_generation(generation: int) -> list[KeyPair]:
+    """Every key pair of one rotation generation, the single place OHTTP keys are generated:
+    X25519 then X-Wing (the order they are served in), under :func:`key_ids_for`. The coordinator's
+    first keys and every rotation come from here, so each generation offers both configurations."""
+    classical, post_quantum = key_ids_for(generation)
+    return [KeyPair.generate(classical), KeyPair.generate(post_quantum, kem_id=KEM_XWING)]
 
 
 class KeyStore:
