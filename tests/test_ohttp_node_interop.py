@@ -16,7 +16,7 @@ import pytest
 
 from tests.node_peer import require_node, run_peer
 from veil.client.transport import OhttpTransport
-from veil.ohttp.keyconfig import KEM_XWING, new_generation
+from veil.ohttp.keyconfig import encode_key_config_list, new_generation
 
 
 class NodeGateway(httpx.BaseTransport):
@@ -44,10 +44,11 @@ class NodeGateway(httpx.BaseTransport):
 def test_node_gateway_opens_what_veil_sends_and_veil_opens_its_answer(chunked: bool) -> None:
     require_node()
     classical, pq = new_generation(4)
-    # Veil's client is given both configurations, as a deployment serves them, and picks X-Wing.
+    # Veil's client is given both configurations as a deployment serves them (X25519 first) and
+    # picks X-Wing; the Node gateway refuses anything but its X-Wing key.
     gateway = NodeGateway(pq.private_bytes(), pq.key_id)
-    transport = OhttpTransport([classical.config, pq.config], "http://node-gateway", chunked=chunked, outer_transport=gateway)
-    assert transport.suite.config.kem_id == KEM_XWING
+    served = encode_key_config_list([classical.config, pq.config])
+    transport = OhttpTransport(served, "http://node-gateway", chunked=chunked, transport=gateway)
     client = openai.OpenAI(base_url="http://node-gateway/v1", api_key="tenant-secret", http_client=httpx.Client(transport=transport), max_retries=0)
     done = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "PQ-PROMPT"}])
     assert done.choices[0].message.content == "node read the prompt" and done.model == "node-peer"

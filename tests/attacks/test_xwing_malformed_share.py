@@ -80,6 +80,6 @@ def test_crafted_encapsulated_keys_are_refused_and_the_gateway_keeps_serving(gat
             assert resp.status_code == 400, (name, resp.status_code, resp.text)
             assert resp.json()["error"]["reason"] in reason, (name, resp.json())
     # Still serving: a genuine X-Wing request right after gets its (encrypted) answer.
-    transport = OhttpTransport(keys.configs(), url, chunked=chunked)
+    transport = OhttpTransport(keys.encode_configs(), url, chunked=chunked)  # Veil's choice: X-Wing
     with httpx.Client(transport=transport, base_url=url) as client:
         assert client.get("/v1/models").json()["data"][0]["id"] == "m"
