@@ -7,7 +7,7 @@ Imports are lazy so that the launch trampoline stays fast (no pydantic on that p
 
 from __future__ import annotations
 
-from typing import Any
+from veil._lazy import exports
 
 __all__ = [
     "SandboxError",
@@ -27,10 +27,4 @@ _HOMES = {
     "wrap_command": "veil.sandbox.bwrap",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        import importlib
-
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(name)
+__getattr__ = exports(__name__, _HOMES)
