@@ -1,8 +1,11 @@
-"""Verification time per platform with collateral cached, on the real vectors in ../shared/vectors.
+"""Verification time per platform with collateral cached, on the real vectors in ../shared/vectors
+and on the simulated twins.
 
-Veil's verifiers (parse + signatures + chains to pinned roots + collateral + policy) on:
-  SEV-SNP milan-vcek (as of 2025-01-01), TDX uptodate (as of 2025-07-01), NVIDIA h100 (as of
-  2025-06-01), Azure snp-vtpm (now);
+Veil's verifiers (parse + signatures + chains to pinned roots + revocation + collateral + policy,
+through the platform verifier the registry hands out) on:
+  SEV-SNP milan-vcek (as of 2025-06-01, with AMD's real Milan CRL from tests/data/amd; with the
+  chain sent, and the VCEK alone with AMD's chain shipped in Veil), sim-snp (now), TDX uptodate
+  (as of 2025-07-01), sim-tdx (now), NVIDIA h100 (as of 2025-06-01), Azure snp-vtpm (now);
 against, on the same inputs:
   * dcap-qvl alone (its Python API, collateral already parsed) on the TDX quote: what Veil's TDX
     verifier wraps, so the ratio is Veil's own overhead (collateral JSON checks, root pin, claims);
@@ -22,7 +25,10 @@ against, on the same inputs:
         collateral: TCB info, QE identity, CRLs).
       - NVIDIA, Azure vTPM: tinfoil has no verifier for them.
 
-Run: .venv/bin/python bench/verify_platforms.py [iterations]
+The goal (issue 17): TDX within 1.5x dcap-qvl alone; the ratio is printed for the real quote and
+for sim-tdx (dcap-qvl against the simulated root, ``QuoteVerifier(root_ca_der)``).
+
+Run: .venv/bin/python bench/verify_platforms.py [iterations] [--json]
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT.parent / "shared" / "vectors"
 
-SNP_AS_OF = datetime(2025, 1, 1, tzinfo=timezone.utc)
+SNP_AS_OF = datetime(2025, 6, 1, tzinfo=timezone.utc)  # inside AMD's Milan CRL #6 (2025-05-06 .. 2026-05-12)
+MILAN_CRL = ROOT / "tests" / "data" / "amd" / "Milan-vcek-crl.der"
 TDX_AS_OF = datetime(2025, 7, 1, tzinfo=timezone.utc)
 NVIDIA_AS_OF = datetime(2025, 6, 1, tzinfo=timezone.utc)
 NVIDIA_NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
@@ -92,8 +99,13 @@ def main(n: int = 50) -> dict[str, float]:
     from veil.cli.evidence import EvidenceFiles, verify_files
     from veil.attest.snp.abi import TcbVersion, parse_report
     from veil.attest.snp.verify import load_certificate, vcek_extensions, verify_report_signature
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from veil.attest.sim import SimPlatform
+    from veil.attest.sim.tdx import SimTdxPlatform
     from veil.attest.tdx.abi import parse_quote as veil_parse_quote
     from veil.attest.tdx.verify import COLLATERAL_FIELDS
+    from veil.attest.trust import TrustRoots
 
     bench = Bench()
     notes: list[str] = []
@@ -102,20 +114,25 @@ def main(n: int = 50) -> dict[str, float]:
     # ---- SEV-SNP, Milan VCEK -------------------------------------------------------------------
     d = VECTORS / "sev-snp" / "milan-vcek"
     report, vcek, chain = (d / "report.bin").read_bytes(), (d / "vcek.der").read_bytes(), (d / "ask_ark.pem").read_bytes()
-    ev = snp.SnpEvidence(report=report, vcek=vcek, chain_pem=chain)
+    crl = MILAN_CRL.read_bytes()
+    ev = snp.SnpEvidence(report=report, vcek=vcek, chain_pem=chain, crl=crl)
+    alone = snp.SnpEvidence(report=report, vcek=vcek, crl=crl)
     snp_options = VerifyOptions(Binding.unbound(), as_of=SNP_AS_OF)
     snp_policy = snp.SnpPolicy()
+    bench.add("snp_veil", lambda: SEV_SNP.validate(verify_snp(ev, snp_options), snp_policy), bool)
+    bench.add("snp_veil_alone", lambda: SEV_SNP.validate(verify_snp(alone, snp_options), snp_policy), bool)
 
-    def snp_full() -> bool:
-        return bool(SEV_SNP.validate(verify_snp(ev, snp_options), snp_policy))
-
-    bench.add("snp_veil", snp_full, bool)
+    sim_snp = SimPlatform.create(Path(cache_dir.name) / "sim-snp")
+    sim_ev = sim_snp.attest(b"bench", measurement=bytes(48))
+    sim_options = VerifyOptions(Binding.unbound(), TrustRoots.production().with_simulation(sim_snp.root_fingerprint))
+    bench.add("sim_snp_veil", lambda: SEV_SNP.validate(verify_snp(sim_ev, sim_options), snp_policy), bool)
 
     # the same read from the offline collateral cache on disk, as `veil evidence verify` does
     cache = CollateralCache(cache_dir.name)
     parsed = parse_report(report)
     vcek_path = cache.write_vcek("Milan", parsed.chip_id, TcbVersion.decode(parsed.reported_tcb, "Milan"), vcek)
     cache.write_cert_chain("Milan", chain)
+    cache.write_crl("Milan", crl)
     inputs = EvidenceFiles(platform="sev-snp", report=d / "report.bin", vcek=vcek_path, as_of=SNP_AS_OF,
                            cache_dir=Path(cache_dir.name))
     bench.add("snp_veil_files", lambda: verify_files(inputs), lambda v: v.accepted)
@@ -174,6 +191,20 @@ def main(n: int = 50) -> dict[str, float]:
     now = int(TDX_AS_OF.timestamp())
     verifier, qpolicy = dcap_qvl.QuoteVerifier(), dcap_qvl.QuotePolicy.claims_only(now)
     bench.add("tdx_dcap", lambda: verifier.verify_with_policy(raw_quote, col, now, qpolicy), lambda r: r is not None)
+
+    sim_tdx = SimTdxPlatform.create(Path(cache_dir.name) / "sim-tdx")
+    sim_tdx_ev = sim_tdx.evidence(b"bench", mr_td=bytes(48))
+    sim_tdx_options = VerifyOptions(Binding.unbound(), TrustRoots.production().with_simulation(sim_tdx.root_fingerprint))
+    bench.add("sim_tdx_veil", lambda: TDX.validate(verify_tdx(sim_tdx_ev, sim_tdx_options), tdx_policy), bool)
+    sim_raw = veil_parse_quote(sim_tdx_ev.quote).raw
+    assert sim_tdx_ev.collateral is not None
+    sim_col = dcap_qvl.QuoteCollateralV3.from_json(json.dumps({f: sim_tdx_ev.collateral[f] for f in COLLATERAL_FIELDS}))
+    sim_verifier = dcap_qvl.QuoteVerifier(x509.load_pem_x509_certificate(
+        (sim_tdx.directory / "root.pem").read_bytes()).public_bytes(Encoding.DER))
+    sim_now = int(time.time())
+    sim_policy = dcap_qvl.QuotePolicy.claims_only(sim_now)
+    bench.add("sim_tdx_dcap", lambda: sim_verifier.verify_with_policy(sim_raw, sim_col, sim_now, sim_policy),
+              lambda r: r is not None)
     if abi_sev is not None:
         from tinfoil.attestation import abi_tdx, verify_tdx
 
@@ -209,13 +240,17 @@ def main(n: int = 50) -> dict[str, float]:
         return f"{label} = {r[a] / r[b]:.2f} (on minima {fastest[a] / fastest[b]:.2f})"
 
     rows = [
-        ("SEV-SNP milan-vcek", "Veil verify_evidence (full)", "snp_veil", ""),
+        ("SEV-SNP milan-vcek", "Veil verify + validate (full, CRL)", "snp_veil", ""),
+        ("SEV-SNP milan-vcek", "Veil, the VCEK alone (AMD's chain shipped)", "snp_veil_alone", ""),
+        ("sim-snp", "Veil verify + validate (full, CRL)", "sim_snp_veil", ""),
         ("SEV-SNP milan-vcek", "Veil verify_files from the disk cache", "snp_veil_files", ""),
         ("SEV-SNP milan-vcek", "Veil parse + report sig + VCEK tcb/hwID", "snp_veil_subset", ""),
         ("SEV-SNP milan-vcek", "tinfoil parse + report sig + VCEK tcb/hwID", "snp_tinfoil_subset",
          ratio("snp_veil_subset", "snp_tinfoil_subset", "Veil subset / tinfoil")),
-        ("TDX uptodate", "Veil verify_evidence (full)", "tdx_veil", ""),
+        ("TDX uptodate", "Veil verify + validate (full)", "tdx_veil", ""),
         ("TDX uptodate", "dcap-qvl alone (collateral pre-parsed)", "tdx_dcap", ratio("tdx_veil", "tdx_dcap", "Veil / dcap-qvl")),
+        ("sim-tdx", "Veil verify + validate (full)", "sim_tdx_veil", ""),
+        ("sim-tdx", "dcap-qvl alone, simulated root", "sim_tdx_dcap", ratio("sim_tdx_veil", "sim_tdx_dcap", "Veil / dcap-qvl")),
         ("TDX uptodate", "tinfoil parse + PCK chain + quote/QE sigs", "tdx_tinfoil_sigs",
          ratio("tdx_veil", "tdx_tinfoil_sigs", "Veil full / tinfoil (no collateral)")),
         ("NVIDIA h100", "Veil verify_evidence (full)", "nvidia_veil", "no comparator (tinfoil has none)"),
@@ -228,8 +263,16 @@ def main(n: int = 50) -> dict[str, float]:
             print(f"  {platform:20} {what:{width}} {r[key]:8.3f} ({fastest[key]:6.3f})  {note}")
     for note in notes:
         print(f"  note: {note}")
-    return {**r, **{f"{k}_min": v for k, v in fastest.items()}}
+    out: dict[str, float] = {**{f"{k}_ms": v for k, v in r.items()}, **{f"{k}_min_ms": v for k, v in fastest.items()}}
+    for a, b in (("tdx_veil", "tdx_dcap"), ("sim_tdx_veil", "sim_tdx_dcap")):
+        if a in r and b in r:
+            out[f"{a}_over_dcap"] = r[a] / r[b]
+            out[f"{a}_over_dcap_on_minima"] = fastest[a] / fastest[b]
+    return out
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 50)
+    args = [a for a in sys.argv[1:] if a != "--json"]
+    result = main(int(args[0]) if args else 50)
+    if "--json" in sys.argv:
+        print(json.dumps({k: round(v, 4) for k, v in result.items()}))

@@ -29,10 +29,15 @@ CANARY = f"CANARY-{uuid.uuid4().hex}"
 SANDBOX = os.environ.get("VEIL_TEST_SANDBOX", "bubblewrap")
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
+# every simulated twin runs the whole flow (`veil up --platform ...`): the same tests on each
+REFUSED_MEASUREMENT = {"sim-snp": "snp.measurement_mismatch", "sim-tdx": "tdx.mrtd_not_allowed"}
+
+
+@pytest.fixture(scope="module", params=sorted(REFUSED_MEASUREMENT))
+def deployment(request, tmp_path_factory):
     state = tmp_path_factory.mktemp("veil-state")
-    dep = LocalDeployment(state, coordinator_port=free_port(), worker_port=free_port(), sandbox=SANDBOX)
+    dep = LocalDeployment(state, coordinator_port=free_port(), worker_port=free_port(), sandbox=SANDBOX,
+                          platform=request.param)
     dep.start()
     yield dep
     dep.stop()
@@ -50,6 +55,10 @@ def _messages(text: str) -> list[dict[str, str]]:
 
 def test_client_verifies_simulated_deployment(client, deployment) -> None:
     assert client.simulated
+    claims = client.attestation.verdict.claims
+    assert claims.platform == deployment.platform and claims.simulated
+    checks = [name for name, _ in client.attestation.checks]  # what the verifier ran, not fixed text
+    assert "revocation (CRL)" in checks and "binding" in checks
     manifest = client.attestation.manifest.manifest
     assert manifest.sandbox.profile == SANDBOX
     assert [m.name for m in manifest.models] == ["smollm2-135m-instruct"]
@@ -88,13 +97,14 @@ def test_async_client_streams(deployment) -> None:
     assert len(asyncio.run(run())) > 1
 
 
-def test_verify_json_shows_worker_requirements(client) -> None:
+def test_verify_json_shows_worker_requirements(client, deployment) -> None:
     report = client.attestation.to_json()
     workers = report["workers"]
-    assert workers and workers[0]["platform"] == "sim-snp" and workers[0]["require_gpu"] is False
+    assert workers and workers[0]["platform"] == deployment.platform and workers[0]["require_gpu"] is False
     # what this client lets the manifest admit: `veil up` writes a development policy for its own sandbox
     assert report["admission"]["sandbox_profiles"] == [SANDBOX] and report["admission"]["trust_simulated"] is True
-    assert "coordinator runs on sim-snp" in report["simulated_parts"] and "workers on sim-snp" in report["simulated_parts"]
+    assert f"coordinator runs on {deployment.platform}" in report["simulated_parts"]
+    assert f"workers on {deployment.platform}" in report["simulated_parts"]
 
 
 def test_models_endpoint(client) -> None:
@@ -125,6 +135,7 @@ def test_cli_verify_and_chat_use_the_local_policy(deployment) -> None:
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["verdict"] == "accept" and report["simulated"] is True
+    assert report["claims"]["platform"] == deployment.platform
     readable = subprocess.run(
         [sys.executable, "-m", "veil", "verify"], env=env, capture_output=True, text=True, timeout=120
     )
@@ -147,7 +158,7 @@ def test_cli_refuses_a_policy_pinning_another_measurement(deployment, tmp_path) 
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 1
-    assert json.loads(out.stdout)["reason"] == "snp.measurement_mismatch"
+    assert json.loads(out.stdout)["reason"] == REFUSED_MEASUREMENT[deployment.platform]
 
 
 def _files_containing(root: Path, needle: bytes) -> list[Path]:

@@ -1,7 +1,7 @@
 """`veil up`: a whole deployment on one machine, on the simulated TEE.
 
 Coordinator and worker run as separate processes, exactly as they would in two confidential VMs;
-the only difference from production is the attester (``sim-snp``, labelled everywhere). This
+the only difference from production is the attester (``sim-snp`` or ``sim-tdx``, labelled everywhere). This
 module prepares the state directory (simulated chip, admin key), starts the processes, sets a
 manifest made for this deployment and writes the client policy that trusts it.
 """
@@ -73,6 +73,7 @@ class LocalDeployment:
     db_url: str | None = None  # default: SQLite in the state directory; several coordinators need PostgreSQL
     reregister_seconds: float = 60.0  # how often workers re-attest (and pick up a newer manifest)
     sim_gpu: bool = False  # every worker has a SIMULATED H100 whose evidence the manifest requires
+    platform: str = "sim-snp"  # the simulated TEE both processes run on: sim-snp or sim-tdx
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     topology: Topology = field(init=False)
     balancer: HAProxy | None = field(default=None, init=False)
@@ -94,20 +95,19 @@ class LocalDeployment:
 
     @property
     def sim_dir(self) -> Path:
-        return self.state_dir / "sim-platform"
+        return self.state_dir / ("sim-platform" if self.platform == "sim-snp" else f"{self.platform}-platform")
 
     @property
     def policy_path(self) -> Path:
         return self.state_dir / POLICY_FILE
 
     def prepare(self) -> None:
-        from veil.attest.sim import SimPlatform
+        from veil.attest import sim
         from veil.engines.models import default_model_path
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
-        if not (self.sim_dir / "ark.pem").exists():
-            SimPlatform.create(self.sim_dir)
+        sim.load_or_create(self.platform, self.sim_dir)
         self.model_path = self.model_path or default_model_path()
         if self.sim_gpu:
             from veil.attest.sim.gpu import SimGpu
@@ -223,10 +223,10 @@ class LocalDeployment:
         )
 
     def manifest(self, admin: Ed25519PrivateKey, recovery: X25519PrivateKey, sealed: SealedModel) -> Manifest:
-        from veil.attest.sim import SimPlatform, measure_code
+        from veil.attest import sim
 
-        measurement = measure_code().hex()
-        refs = [ReferenceValues(platform="sim-snp", measurements=[measurement])]
+        measurement = sim.measure_code().hex()
+        refs = [ReferenceValues(platform=self.platform, measurements=[measurement])]  # type: ignore[arg-type]
         return self._with_gpu(Manifest(
             coordinator=refs,
             workers=refs,
@@ -236,11 +236,11 @@ class LocalDeployment:
             )],
             # A local demo: the simulated worker running exactly this code may receive the key.
             release_policies={DATA_KEY_ID: ReleasePolicy(
-                platforms=["sim-snp"], measurements=[measurement], allow_simulated=True,
+                platforms=[self.platform], measurements=[measurement], allow_simulated=True,  # type: ignore[list-item]
             )},
             sandbox=SandboxSettings(profile=self.sandbox),  # type: ignore[arg-type]
             admin_keys=[public_key_hex(admin)],
-            trusted_simulation_roots=[SimPlatform.load(self.sim_dir).root_fingerprint],
+            trusted_simulation_roots=[sim.load_or_create(self.platform, self.sim_dir).root_fingerprint],
             recovery_keys=[keyrelease.public_bytes(recovery).hex()],
             # A local demo also serves ohttpy's variant (/score), so standard clients can try it;
             # clients see it in the manifest (its answers show their status to relays).
@@ -255,7 +255,8 @@ class LocalDeployment:
             step(f"starting the {name}")
             # the database URL goes through the environment: a password never shows in argv
             self._spawn(name, [
-                "coordinator", "--host", self.host, "--port", str(port), "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
+                "coordinator", "--host", self.host, "--port", str(port), "--platform", self.platform,
+                "--sim-dir", str(self.sim_dir),
             ], env={"VEIL_DB": db})
         for i, url in enumerate(self.topology.coordinator_urls):
             name = self._replica_name("coordinator", i, self.coordinators)
@@ -275,7 +276,7 @@ class LocalDeployment:
             run_dir = self.state_dir / "run" if self.workers == 1 else self.state_dir / "run" / name
             self._spawn(name, [
                 "worker", "--coordinator", self.coordinator_url, "--host", self.host,
-                "--port", str(port), "--platform", "sim-snp", "--sim-dir", str(self.sim_dir),
+                "--port", str(port), "--platform", self.platform, "--sim-dir", str(self.sim_dir),
                 "--run-dir", str(run_dir), "--reregister-seconds", str(self.reregister_seconds),
                 *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
                 *self._gpu_args(),

@@ -46,7 +46,7 @@ class AttesterConfig:
 
     sim_dir: Path | None = None  # simulated platforms: the per-deployment platform directory
     collateral_dir: Path | None = None  # the collateral cache (None: the default directory)
-    source: str = "auto"  # where evidence comes from: auto, configfs-tsm, sev-guest, coco-aa
+    source: str = "auto"  # where evidence comes from: auto (the TEE's devices) or coco-aa
     aa_url: str = "http://127.0.0.1:8006"  # the CoCo Attestation Agent, for source=coco-aa
     launch_data: bytes | None = None  # simulated platforms: HOST_DATA / MRCONFIGID set at launch
 
@@ -58,7 +58,10 @@ PLATFORMS: dict[str, Platform] = {
                  "veil.attest.attester:snp_attester"),
         Platform("sim-snp", "cpu", "SIMULATED SEV-SNP (per-deployment root, no hardware protection)",
                  "veil.attest.snp.platform:SEV_SNP", "veil.attest.attester:sim_snp_attester", simulated=True),
-        Platform("tdx", "cpu", "Intel TDX trust domain", "veil.attest.tdx.platform:TDX"),
+        Platform("tdx", "cpu", "Intel TDX trust domain", "veil.attest.tdx.platform:TDX",
+                 "veil.attest.attester:tdx_attester"),
+        Platform("sim-tdx", "cpu", "SIMULATED Intel TDX (per-deployment root, no hardware protection)",
+                 "veil.attest.tdx.platform:TDX", "veil.attest.attester:sim_tdx_attester", simulated=True),
         Platform("azure-snp-vtpm", "cpu", "Azure confidential VM, SEV-SNP behind the paravisor (vTPM + HCL)",
                  "veil.attest.azure.platform:AZURE_SNP_VTPM", "veil.attest.azure.collect:snp_vtpm_attester"),
         Platform("azure-tdx-vtpm", "cpu", "Azure confidential VM, TDX behind the paravisor (vTPM + HCL)",

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import httpx
 import typer
@@ -27,9 +27,13 @@ from rich.table import Table
 from veil.attest.collateral import CollateralCache, find_cached_vcek
 from veil.attest.snp import kds
 from veil.attest.snp.abi import PRODUCTS, Report, SigningKey, TcbVersion, parse_report
-from veil.attest.snp.verify import TrustRoots, load_certificate, load_chain, vcek_extensions, verify_report
+from veil.attest.snp.verify import load_certificate, load_chain, vcek_extensions, verify_report
+from veil.attest.trust import TrustRoots
 from veil.cli.evidence import parse_time
 from veil.errors import ParseError, VeilError, VerificationError
+
+if TYPE_CHECKING:
+    from veil.attest.tdx.verify import TdxVerified
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -237,9 +241,36 @@ def _fail(err: VeilError, as_json: bool, code: int) -> None:
     raise typer.Exit(code)
 
 
+def fetch_for_quote(
+    quote: bytes,
+    cache: CollateralCache,
+    *,
+    pccs_url: str,
+    trust: TrustRoots | None = None,
+    as_of: datetime | None = None,
+) -> tuple[str, Path, TdxVerified]:
+    """Fetch the PCS collateral for a TDX ``quote``, verify the quote with it, then cache it.
+
+    Returns (FMSPC, cache path, the verification). Nothing that fails to verify is cached.
+    """
+    from veil.attest.tdx.collect import fmspc_of
+    from veil.attest.tdx.pcs import fetch_collateral
+    from veil.attest.tdx.verify import verify_quote
+
+    fmspc = fmspc_of(quote)
+    collateral = fetch_collateral(quote, pccs_url)
+    verified = verify_quote(quote, collateral, trust=trust, as_of=as_of)
+    return fmspc, cache.write_tdx(fmspc, collateral), verified
+
+
 @app.command("fetch")
 def fetch_cmd(
-    report: Path = typer.Option(..., "--report", help="SEV-SNP report.bin (1184 bytes)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="SEV-SNP report.bin (1184 bytes)."),
+    platform: str = typer.Option("sev-snp", "--platform", help="sev-snp (AMD KDS) or tdx (Intel PCS/PCCS)."),
+    quote: Optional[Path] = typer.Option(None, "--quote", help="TDX: a quote of this machine (binary or hex)."),
+    pccs_url: str = typer.Option("https://api.trustedservices.intel.com", "--pccs-url",
+                                 help="TDX: Intel PCS, or a PCCS (a cloud's, or a local cache service)."),
+    simulation_root: list[str] = typer.Option([], "--simulation-root", help="TDX: also accept this simulation root (sim-tdx)."),
     product: Optional[str] = typer.Option(None, "--product", help="Milan, Genoa or Turin (needed for v2 reports, which carry no CPUID)."),
     cache: Optional[Path] = CacheOpt,
     kds_url: str = typer.Option(kds.KDS_BASE, "--kds-url", help="KDS base URL (a mirror or proxy)."),
@@ -249,8 +280,15 @@ def fetch_cmd(
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Check validity windows as of this ISO 8601 time (default: now)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Download the VCEK, chain and CRL for a report from AMD KDS, verify them, cache them."""
+    """Download collateral once (AMD KDS: VCEK, chain, CRL; Intel PCS: TCB info, QE identity, CRLs),
+    verify it with the report or quote, and cache it for offline verification."""
     the_cache = CollateralCache(cache)
+    if platform == "tdx":
+        _fetch_tdx(quote, the_cache, pccs_url, simulation_root, as_of, as_json)
+        return
+    if platform != "sev-snp" or report is None:
+        _fail(ParseError("cli.missing_input", "give --report (sev-snp) or --platform tdx --quote"), as_json, EXIT_USAGE)
+    assert report is not None
     try:
         data = report.read_bytes()
         vlek_bytes = vlek.read_bytes() if vlek is not None else None
@@ -274,6 +312,29 @@ def fetch_cmd(
         console.print(f"  {item:10} {path}")
     if not result.crl:
         console.print("[yellow]no CRL cached (--no-crl): offline verification has no revocation data[/]")
+
+
+def _fetch_tdx(quote: Optional[Path], cache: CollateralCache, pccs_url: str, roots: list[str],
+               as_of: Optional[str], as_json: bool) -> None:
+    from veil.cli.evidence import read_binary_or_hex
+
+    try:
+        raw = read_binary_or_hex(quote) if quote is not None else None
+        if raw is None:
+            raise ParseError("cli.missing_input", "--platform tdx needs --quote")
+        fmspc, path, verified = fetch_for_quote(
+            raw, cache, pccs_url=pccs_url, trust=TrustRoots.production().with_simulation(*roots), as_of=parse_time(as_of))
+    except ParseError as err:
+        _fail(err, as_json, EXIT_USAGE)
+    except VeilError as err:
+        _fail(err, as_json, EXIT_REFUSED)
+    expires = verified.collateral_expires.isoformat() if verified.collateral_expires else None
+    if as_json:
+        print(json.dumps({"result": "ok", "platform": "tdx", "fmspc": fmspc, "written": str(path),
+                          "tcb_status": verified.tcb_status, "expires": expires, "simulated": verified.simulated}, indent=2))
+        return
+    console.print(f"[bold green]cached[/] Intel PCS collateral for FMSPC {fmspc} (TCB {verified.tcb_status}, "
+                  f"valid until {expires}) in {path}")
 
 
 @app.command("show")

@@ -57,15 +57,26 @@ LaunchDataOpt = typer.Option(
     "MRCONFIGID (sim-tdx, 48 bytes). On hardware the host sets these when it launches the VM.")
 
 
-def _attester(platform: str, sim_dir: Optional[Path], launch_data: Optional[str] = None):  # type: ignore[no-untyped-def]
+SourceOpt = typer.Option(
+    "auto", "--evidence-source",
+    help="Where hardware evidence comes from: auto (configfs-tsm, /dev/sev-guest) or coco-aa (the Confidential "
+    "Containers Attestation Agent of a Kata pod, see --aa-url).")
+AgentOpt = typer.Option("http://127.0.0.1:8006", "--aa-url", help="The Attestation Agent's REST server (coco-aa).")
+
+
+def _attester(platform: str, sim_dir: Optional[Path], launch_data: Optional[str] = None,  # type: ignore[no-untyped-def]
+              source: str = "auto", aa_url: str = "http://127.0.0.1:8006"):
     from veil.attest import registry
     from veil.errors import ParseError
 
+    if source not in ("auto", "coco-aa"):
+        raise ParseError("cli.bad_option", "--evidence-source is auto or coco-aa")
     try:
         data = bytes.fromhex(launch_data) if launch_data is not None else None
     except ValueError:
         raise ParseError("attest.bad_launch_data", "--sim-launch-data must be hex") from None
-    return registry.attester(platform, registry.AttesterConfig(sim_dir=sim_dir, launch_data=data))
+    config = registry.AttesterConfig(sim_dir=sim_dir, launch_data=data, source=source, aa_url=aa_url)
+    return registry.attester(platform, config)
 
 
 def _fail(err: VeilError, as_json: bool = False) -> None:
@@ -100,8 +111,10 @@ def up(
     reregister_seconds: float = typer.Option(60.0, help="How often workers re-attest; a newer manifest reaches them then."),
     sim_gpu: bool = typer.Option(False, "--sim-gpu", help="Give every worker a SIMULATED H100 (SPDM report, chain, "
                                  "signed RIMs, OCSP) that the manifest requires and the coordinator verifies."),
+    platform: str = typer.Option(
+        "sim-snp", "--platform", help="The SIMULATED TEE to run on: sim-snp (SEV-SNP reports) or sim-tdx (TDX quotes)."),
 ) -> None:
-    """Start a local deployment (coordinator, worker, engine) on the SIMULATED TEE.
+    """Start a local deployment (coordinator, worker, engine) on a SIMULATED TEE (--platform).
 
     With --workers/--coordinators above 1, the replicas sit behind Debian's HAProxy
     (deploy/haproxy/balancer.cfg) and the client policy names the balancer (docs/scale-out.md)."""
@@ -118,6 +131,7 @@ def up(
             worker_port=worker_port, sandbox=sandbox, model_path=model,
             workers=workers, coordinators=coordinators, db_url=db, reregister_seconds=reregister_seconds,
             sim_gpu=sim_gpu,
+            platform=platform,
         )
     except VeilError as err:
         _fail(err)
@@ -136,7 +150,7 @@ def up(
         deployment.stop()
         raise typer.Exit(130)
     console.print(
-        f"[bold green]Veil is up[/] (SIMULATED TEE). Coordinator {deployment.coordinator_url}, "
+        f"[bold green]Veil is up[/] (SIMULATED TEE, {deployment.platform}). Coordinator {deployment.coordinator_url}, "
         f"gateway {deployment.gateway_url}"
         + (f" (HAProxy in front of {workers} worker(s) and {coordinators} coordinator(s))" if deployment.balancer else "")
         + ".\n"
@@ -184,6 +198,8 @@ def coordinator(
     platform: str = PlatformOpt,
     sim_dir: Optional[Path] = SimDirOpt,
     sim_launch_data: Optional[str] = LaunchDataOpt,
+    evidence_source: str = SourceOpt,
+    aa_url: str = AgentOpt,
     db: Optional[str] = typer.Option(
         None, envvar="VEIL_DB", help="State database URL (sqlite:///path or postgresql://...); state is sealed at rest. "
         "Without it, state lives in memory only. Read from $VEIL_DB when not given (keeps a password out of argv)."),
@@ -195,7 +211,7 @@ def coordinator(
     from veil.coordinator.store import Store
 
     try:
-        attester = _attester(platform, sim_dir, sim_launch_data)
+        attester = _attester(platform, sim_dir, sim_launch_data, evidence_source, aa_url)
         state = CoordinatorState.open(Store.from_url(db), attester.sealing_key()) if db else CoordinatorState.generate()
     except VeilError as err:
         _fail(err)
@@ -213,6 +229,8 @@ def worker(
     platform: str = PlatformOpt,
     sim_dir: Optional[Path] = SimDirOpt,
     sim_launch_data: Optional[str] = LaunchDataOpt,
+    evidence_source: str = SourceOpt,
+    aa_url: str = AgentOpt,
     model: Optional[Path] = typer.Option(None, help="Plaintext GGUF weights, when the manifest's model is not sealed."),
     model_name: Optional[str] = typer.Option(None, help="Which manifest model to serve (default: the first)."),
     run_dir: Path = typer.Option(Path("/run/veil-worker"), help="Directory for the engine's socket (tmpfs)."),
@@ -228,7 +246,7 @@ def worker(
     config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu, reregister_seconds,
                           sim_gpu_dir)
     try:
-        run_worker(config, _attester(platform, sim_dir, sim_launch_data))
+        run_worker(config, _attester(platform, sim_dir, sim_launch_data, evidence_source, aa_url))
     except VeilError as err:
         _fail(err)
 

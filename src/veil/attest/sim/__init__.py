@@ -1,12 +1,37 @@
-"""``sim-snp``: a SIMULATED SEV-SNP TEE for development, tests and the demo (no hardware protection).
+"""Simulated TEEs for development, tests and the demo: NO hardware protection.
 
-Evidence from it verifies through the same code as real AMD hardware, but only when the caller
-explicitly trusts its root (``TrustRoots.default().with_simulation(platform.root_fingerprint)``);
-claims then say ``platform="sim-snp"`` and ``simulated=True``.
+``sim-snp`` (:mod:`veil.attest.sim.platform`) and ``sim-tdx`` (:mod:`veil.attest.sim.tdx`) produce
+the real evidence formats signed by a root generated per deployment. Their evidence verifies
+through the same code as real hardware, but only when the caller explicitly trusts that root
+(``TrustRoots.production().with_simulation(root_fingerprint)``); claims then name the simulated
+platform and say ``simulated=True``.
 """
 
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
 from veil.attest.sim.platform import SimPlatform, measure_code
+from veil.errors import ParseError
 
 PLATFORM = "sim-snp"
 
-__all__ = ["PLATFORM", "SimPlatform", "measure_code"]
+
+class SimulatedPlatform(Protocol):
+    @property
+    def root_fingerprint(self) -> str: ...
+
+
+def load_or_create(platform: str, directory: str | os.PathLike[str]) -> SimulatedPlatform:
+    """The simulated machine for ``platform`` (``sim-snp`` or ``sim-tdx``) kept in ``directory``."""
+    if platform == "sim-snp":
+        return SimPlatform.load_or_create(directory)
+    if platform == "sim-tdx":
+        from veil.attest.sim.tdx import SimTdxPlatform
+
+        return SimTdxPlatform.load_or_create(directory)
+    raise ParseError("sim.unknown_platform", f"{platform!r} is not a simulated platform (sim-snp, sim-tdx)")
+
+
+__all__ = ["PLATFORM", "SimPlatform", "SimulatedPlatform", "load_or_create", "measure_code"]

@@ -4,11 +4,8 @@ NOT YET RUN ON REAL HARDWARE. The protocol follows the kernel's ABI documents
 (Documentation/ABI/testing/configfs-tsm-report, include/uapi/linux/sev-guest.h) and is tested
 only against fake trees and a fake ioctl (tests/test_snp_collect.py). Both roots are injectable.
 
-configfs-tsm: ``mkdir $root/<entry>``; read ``generation``; optionally write ``privlevel``
-(the VMPL); write ``inblob`` (exactly 64 bytes of report_data); read ``outblob`` (the report),
-``auxblob`` (the host's certificate table, may be empty) and ``provider`` (``sev_guest``); read
-``generation`` again, which must have advanced by exactly our writes (else another process wrote
-to the entry and the report may not be ours); ``rmdir`` the entry.
+configfs-tsm (:mod:`veil.attest.tsm`): provider ``sev_guest``, ``privlevel`` the VMPL, ``auxblob``
+the host's certificate table (may be empty).
 """
 
 from __future__ import annotations
@@ -16,19 +13,19 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import secrets
 import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from veil.attest import tsm
+from veil.attest.tsm import TSM_REPORT_ROOT
 from veil.errors import ParseError, ProtocolError, VerificationError
 
 if TYPE_CHECKING:
     from veil.attest.snp import SnpEvidence
 
-TSM_REPORT_ROOT = Path("/sys/kernel/config/tsm/report")
 SEV_GUEST_DEVICE = Path("/dev/sev-guest")
 SNP_PROVIDER = "sev_guest"
 
@@ -96,71 +93,13 @@ def _report_data(report_data: bytes) -> bytes:
     return report_data.ljust(64, b"\0")
 
 
-class ConfigfsTsm:
-    """The configfs-tsm report interface rooted at ``root`` (a fake tree in tests)."""
-
-    def __init__(self, root: str | os.PathLike[str] = TSM_REPORT_ROOT) -> None:
-        self.root = Path(root)
-
-    def available(self) -> bool:
-        return self.root.is_dir()
-
-    # attribute I/O: one method each so a fake kernel in tests can react to writes
-    def read_attr(self, entry: Path, name: str) -> bytes:
-        return (entry / name).read_bytes()
-
-    def write_attr(self, entry: Path, name: str, data: bytes) -> None:
-        with open(entry / name, "wb", buffering=0) as fh:
-            fh.write(data)
-
-    def make_entry(self) -> Path:
-        entry = self.root / f"veil-{os.getpid()}-{secrets.token_hex(4)}"
-        entry.mkdir()
-        return entry
-
-    def remove_entry(self, entry: Path) -> None:
-        try:
-            entry.rmdir()
-        except OSError:
-            pass  # configfs removes attributes with the entry; a fake tree may refuse: harmless
-
-    def _generation(self, entry: Path) -> int:
-        try:
-            return int(self.read_attr(entry, "generation").decode().strip() or "0")
-        except (OSError, ValueError):
-            raise ProtocolError("snp.collect_failed", "configfs-tsm entry has no readable generation") from None
+class ConfigfsTsm(tsm.ConfigfsTsm):
+    """configfs-tsm for SEV-SNP: the report, and the host's certificate table from ``auxblob``."""
 
     def get_report(self, report_data: bytes, *, vmpl: int | None = None) -> CollectedReport:
-        data = _report_data(report_data)
-        try:
-            entry = self.make_entry()
-        except OSError as exc:
-            raise ProtocolError("snp.collect_failed", f"cannot create configfs-tsm entry: {exc.strerror}") from None
-        try:
-            before = self._generation(entry)
-            writes = 0
-            if vmpl is not None:
-                self.write_attr(entry, "privlevel", f"{vmpl}\n".encode())
-                writes += 1
-            self.write_attr(entry, "inblob", data)
-            writes += 1
-            outblob = self.read_attr(entry, "outblob")
-            provider = self.read_attr(entry, "provider").decode().strip()
-            try:
-                aux = self.read_attr(entry, "auxblob")
-            except OSError:
-                aux = b""
-            after = self._generation(entry)
-        except OSError as exc:
-            raise ProtocolError("snp.collect_failed", f"configfs-tsm: {exc.strerror or exc}") from None
-        finally:
-            self.remove_entry(entry)
-        if after != before + writes:
-            raise ProtocolError("snp.collect_race", "another writer changed the configfs-tsm entry; retry")
-        if provider != SNP_PROVIDER:
-            raise ProtocolError("snp.collect_wrong_provider", f"configfs-tsm provider is {provider!r}, not {SNP_PROVIDER}")
-        certs = parse_cert_table(aux) if aux else {}
-        return CollectedReport(outblob, "configfs-tsm", provider, aux, certs)
+        got = self.report(_report_data(report_data), provider=SNP_PROVIDER, prefix="snp", privlevel=vmpl)
+        certs = parse_cert_table(got.auxblob) if got.auxblob else {}
+        return CollectedReport(got.outblob, "configfs-tsm", got.provider, got.auxblob, certs)
 
 
 IoctlFn = Callable[[int, int, Any], Any]

@@ -33,12 +33,14 @@ def _hex_list(values: list[str], size: int | None, name: str) -> list[str]:
 # Production floors per product, used for every component a policy leaves unset. They are the TCB
 # of the oldest production firmware Veil has real evidence from (docs/attestation-snp.md):
 # Milan: SEV firmware 1.52.4 (virtee/sev's Milan report, ../shared/vectors/sev-snp/milan-vcek);
-# Genoa: an Azure Genoa VCEK of 2025 (openpcc's testdata); Turin: virtee/sev's Turin VCEK.
+# Genoa: the lower of an Azure Genoa VCEK of 2025 (openpcc's testdata, bl 10 tee 0 snp 23 ucode 84)
+# and a Genoa-class (model 0xA0) CoCo pod's report (Trustee's e2e evidence, ucode 25); Turin:
+# virtee/sev's Turin VCEK.
 # Deployments should raise them per AMD's security bulletins (e.g. AMD-SB-3023 is fixed from
 # SNP SPL 0x1b on Milan and Genoa, 4 on Turin).
 DEFAULT_MINIMUM_TCB: dict[str, TcbVersion] = {
     MILAN: TcbVersion(bootloader=3, tee=0, snp=8, microcode=115),
-    GENOA: TcbVersion(bootloader=10, tee=0, snp=23, microcode=84),
+    GENOA: TcbVersion(bootloader=10, tee=0, snp=23, microcode=25),
     TURIN: TcbVersion(bootloader=0, tee=0, snp=0, microcode=9, fmc=0),
 }
 

@@ -1,66 +1,57 @@
-"""Get a TDX quote on a live TD through the kernel's configfs-tsm interface.
+"""Get a TDX quote on a live TD through the kernel's configfs-tsm interface, with its collateral.
 
-Protocol (Documentation/ABI/testing/configfs-tsm): make a directory under ``<root>/report``, write
-64 bytes of report data to ``inblob``, read the quote from ``outblob``; ``provider`` names the
-backend (``tdx_guest``) and ``generation`` counts writes, so a changed generation between our write
-and our read means another process raced us. The root is injectable so tests run on a fake tree.
+configfs-tsm (:mod:`veil.attest.tsm`) with provider ``tdx_guest``: the TDX module's TDREPORT over
+our 64 bytes of report data, turned into a quote by the host's quoting service. The PCS collateral
+for the quote's FMSPC comes from the collateral cache (``veil collateral fetch --platform tdx``),
+so the evidence verifies offline. The root is injectable so tests run on a fake tree.
 Not yet run on real TDX hardware.
 """
 
 from __future__ import annotations
 
-import secrets
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-from veil.errors import VeilError
+from veil.attest.tdx.evidence import TdxEvidence
+from veil.attest.tsm import ConfigfsTsm
+from veil.errors import ProtocolError
 
-TSM_ROOT = Path("/sys/kernel/config/tsm")
 TDX_PROVIDER = "tdx_guest"
 
 
-@dataclass(frozen=True)
-class CollectedQuote:
-    quote: bytes
-    provider: str
-    generation: int
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise VeilError("tdx.collect_failed", f"cannot read {path}: {exc}") from exc
-
-
-def collect_quote(
-    report_data: bytes, *, root: Path = TSM_ROOT, name: str | None = None
-) -> CollectedQuote:
-    """Ask the TDX module (through configfs-tsm) for a quote binding ``report_data``."""
+def collect_quote(report_data: bytes, *, tsm: ConfigfsTsm | None = None) -> bytes:
+    """Ask the TDX module (through configfs-tsm) for a quote binding ``report_data`` (64 bytes)."""
     if len(report_data) != 64:
-        raise VeilError("tdx.collect_failed", "report_data must be exactly 64 bytes")
-    reports = root / "report"
-    if not reports.is_dir():
-        raise VeilError("tdx.collect_unavailable", f"{reports} missing: no configfs-tsm here")
-    entry = reports / (name or f"veil-{secrets.token_hex(8)}")
+        raise ProtocolError("tdx.collect_failed", "report_data must be exactly 64 bytes")
+    return (tsm or ConfigfsTsm()).report(report_data, provider=TDX_PROVIDER, prefix="tdx").outblob
+
+
+def fmspc_of(quote: bytes) -> str:
+    """The FMSPC (lower-case hex) in the quote's PCK certificate: which collateral it needs."""
+    import dcap_qvl
+
+    from veil.attest.tdx.abi import parse_quote
+
     try:
-        entry.mkdir(exist_ok=name is not None)
-        provider = _read_text(entry / "provider")
-        if provider != TDX_PROVIDER:
-            raise VeilError("tdx.collect_wrong_provider", f"provider is {provider!r}, not TDX")
-        (entry / "inblob").write_bytes(report_data)
-        before = _read_text(entry / "generation")
-        quote = (entry / "outblob").read_bytes()
-        after = _read_text(entry / "generation")
-    except OSError as exc:
-        raise VeilError("tdx.collect_failed", f"configfs-tsm: {exc}") from exc
-    finally:
-        try:
-            entry.rmdir()
-        except OSError:
-            pass  # a fake tree keeps its files; configfs removes the entry
-    if before != after:
-        raise VeilError("tdx.collect_race", "another writer changed the report while we read it")
-    if not quote:
-        raise VeilError("tdx.collect_failed", "empty outblob")
-    return CollectedQuote(quote, provider, int(after) if after.isdigit() else -1)
+        return dcap_qvl.parse_quote(parse_quote(quote).raw).fmspc().lower()
+    except ValueError as exc:
+        raise ProtocolError("tdx.collect_failed", f"the quote names no FMSPC: {exc}") from None
+
+
+def collect_evidence(report_data: bytes, cache: Any, *, tsm: ConfigfsTsm | None = None) -> TdxEvidence:
+    """A quote for ``report_data`` plus the cached PCS collateral for its FMSPC (what a TD serves).
+
+    The collateral must be in the cache: clients verify offline, so evidence never leaves without it.
+    """
+    quote = collect_quote(report_data, tsm=tsm)
+    return with_cached_collateral(quote, cache)
+
+
+def with_cached_collateral(quote: bytes, cache: Any) -> TdxEvidence:
+    fmspc = fmspc_of(quote)
+    collateral = cache.read_tdx(fmspc)
+    if collateral is None:
+        raise ProtocolError(
+            "tdx.collateral_missing",
+            f"no PCS collateral cached for FMSPC {fmspc} (run `veil collateral fetch --platform tdx` online)",
+        )
+    return TdxEvidence(quote, collateral)

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from veil.attest.api import Check, VerifiedEvidence, VerifyOptions
 from veil.attest.tdx.abi import parse_quote
 from veil.attest.tdx.evidence import TdxEvidence
-from veil.attest.tdx.validate import DEFAULT_TCB_STATUSES, TdxPolicy, validate_claims
+from veil.attest.tdx.validate import TdxPolicy, statuses_at_least, validate_claims
 from veil.attest.tdx.verify import to_claims, verify_quote
 from veil.errors import ParseError
+from veil.manifest import TdxReference
 
 if TYPE_CHECKING:
     from veil.manifest import ReferenceValues
@@ -59,7 +60,7 @@ def verify_evidence(evidence: TdxEvidence, options: VerifyOptions) -> VerifiedEv
         Check("quote signature", f"ECDSA P-256 by the quote's attestation key: valid (quote v{verified.quote.header.version})"),
         Check("QE report", "signed by the PCK certificate, binds the attestation key; QE identity "
               f"{verified.qe_status or 'matched'} (ISVSVN {verified.qe_isvsvn})"),
-        Check("certificate chain", f"PCK <- PCK CA <- root {root}; TCB info and QE identity signed by Intel's TCB signing key"),
+        Check("certificate chain", f"PCK <- PCK CA <- {root}; TCB info and QE identity signed by the TCB signing certificate"),
         Check("revocation (CRL)", f"root CA CRL #{verified.crl_numbers[0]} and PCK CRL #{verified.crl_numbers[1]}: "
               "no certificate of the chains revoked"),
         Check("collateral times", f"PCS collateral for FMSPC {verified.fmspc} issued up to {issued}, "
@@ -71,8 +72,19 @@ def verify_evidence(evidence: TdxEvidence, options: VerifyOptions) -> VerifiedEv
 
 
 def policy_from_reference(ref: ReferenceValues) -> TdxPolicy:
-    """The manifest's reference values for one TDX platform entry, as a ``TdxPolicy``."""
-    return TdxPolicy(mrtd=list(ref.measurements), allow_debug=ref.allow_debug, allowed_tcb_statuses=DEFAULT_TCB_STATUSES)
+    """The manifest's reference values for one TDX platform entry, as a ``TdxPolicy``: MRTD from
+    ``measurements``, the rest from ``ref.tdx`` (debug is refused unless ``allow_debug``)."""
+    tdx = ref.tdx or TdxReference()
+    return TdxPolicy(
+        mrtd=list(ref.measurements),
+        rtmr0=tdx.rtmr0, rtmr1=tdx.rtmr1, rtmr2=tdx.rtmr2, rtmr3=tdx.rtmr3,
+        mr_config_id=tdx.mr_config_id, mr_owner=tdx.mr_owner, mr_seam=tdx.mr_seam,
+        allow_debug=ref.allow_debug,
+        allowed_tcb_statuses=statuses_at_least(tdx.min_tcb_status),
+        allowed_advisories=frozenset(tdx.allowed_advisory_ids) if tdx.allowed_advisory_ids is not None else None,
+        td_attributes_mask=tdx.td_attributes_mask, td_attributes_expected=tdx.td_attributes_expected,
+        xfam_mask=tdx.xfam_mask, xfam_expected=tdx.xfam_expected,
+    )
 
 
 class TdxVerifier:

@@ -9,6 +9,7 @@ statuses are fine, debug, reference values) is not decided here: see validate.py
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -118,18 +119,9 @@ def load_collateral(collateral: dict[str, Any], trust: TrustRoots | None = None)
     missing = [f for f in COLLATERAL_FIELDS if not isinstance(collateral.get(f), str)]
     if missing:
         raise ParseError("tdx.collateral_malformed", f"collateral lacks {', '.join(missing)}")
-    roots: set[bytes] = set()
-    for field in _CHAIN_FIELDS:
-        try:
-            certs = x509.load_pem_x509_certificates(collateral[field].encode())
-        except ValueError as exc:
-            raise ParseError("tdx.collateral_malformed", f"{field}: {exc}") from exc
-        roots.add(certs[-1].public_bytes(Encoding.DER))
-    if len(roots) != 1:
-        raise VerificationError("tdx.collateral_root_untrusted", "the collateral's chains end in different roots")
-    root_der = roots.pop()
-    fingerprint = hashlib.sha256(root_der).hexdigest()
-    kind = trust.classify("intel", fingerprint)
+    parsed = _parse_collateral(tuple(collateral[f] for f in COLLATERAL_FIELDS))
+    kind = trust.classify("intel", parsed.root_fingerprint)
+    root_der, fingerprint = parsed.root_der, parsed.root_fingerprint
     if kind is None:
         subject = x509.load_der_x509_certificate(root_der).subject.rfc4514_string()
         if SIMULATED_MARKER in subject:
@@ -141,12 +133,36 @@ def load_collateral(collateral: dict[str, Any], trust: TrustRoots | None = None)
         raise VerificationError(
             "tdx.collateral_root_untrusted", f"the collateral does not end in the Intel SGX Root CA ({subject})"
         )
-    subset = {f: collateral[f] for f in COLLATERAL_FIELDS}
+    return LoadedCollateral(parsed.collateral, root_der, fingerprint, kind == "simulation")
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    collateral: "dcap_qvl.QuoteCollateralV3"
+    root_der: bytes
+    root_fingerprint: str
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_collateral(fields: tuple[str, ...]) -> _Parsed:
+    """Parse once per distinct collateral (the same PCS collateral arrives with every quote of a
+    platform): the chains' common root, and dcap-qvl's form. Trust is decided by the caller."""
+    values = dict(zip(COLLATERAL_FIELDS, fields))
+    roots: set[bytes] = set()
+    for field in _CHAIN_FIELDS:
+        try:
+            certs = x509.load_pem_x509_certificates(values[field].encode())
+        except ValueError as exc:
+            raise ParseError("tdx.collateral_malformed", f"{field}: {exc}") from exc
+        roots.add(certs[-1].public_bytes(Encoding.DER))
+    if len(roots) != 1:
+        raise VerificationError("tdx.collateral_root_untrusted", "the collateral's chains end in different roots")
+    root_der = roots.pop()
     try:
-        loaded = dcap_qvl.QuoteCollateralV3.from_json(json.dumps(subset))
+        loaded = dcap_qvl.QuoteCollateralV3.from_json(json.dumps(values))
     except (ValueError, TypeError) as exc:
         raise ParseError("tdx.collateral_malformed", str(exc)) from exc
-    return LoadedCollateral(loaded, root_der, fingerprint, kind == "simulation")
+    return _Parsed(loaded, root_der, hashlib.sha256(root_der).hexdigest())
 
 
 def _utc(seconds: Any) -> datetime | None:
@@ -178,6 +194,7 @@ def verify_quote(
         msg = str(exc).replace("\n", " ")
         raise VerificationError(_reason(msg), msg) from exc
     report: dict[str, Any] = next(iter(out.get("report", {}).values()), {})
+    report = {**report.get("base", {}), **report}  # a TD 1.5 body nests the TD 1.0 fields under "base"
     # Belt and braces: the fields Veil exposes must be those dcap-qvl verified.
     if report.get("mr_td") != parsed.body.mr_td.hex() or report.get(
         "report_data"
