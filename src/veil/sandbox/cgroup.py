@@ -80,6 +80,9 @@ class EngineCgroup:
                 pass  # still busy (a process in uninterruptible sleep): the kernel frees it later
 
 
+_PREFIX = "veil-engine-"
+
+
 def _mounts() -> list[tuple[str, str, str, set[str]]]:
     """(mount point, mount root, fstype, super options) of every cgroup mount."""
     found = []
@@ -109,17 +112,26 @@ def _below(point: str, root: str, path: str) -> str:
 
 
 def _remove_stale(parent: str) -> None:
-    """Empty engine cgroups a worker left when it died without stopping its engine."""
+    """Empty engine cgroups a worker left when it died without stopping its engine.
+
+    Only those of dead workers: the name carries the creating worker's pid, and a live worker's
+    cgroup is empty between its creation and the engine joining it (another worker on the same
+    host removing it then would make that engine's start fail).
+    """
     try:
         names = os.listdir(parent)
     except OSError:
         return
     for name in names:
-        if name.startswith("veil-engine-"):
-            try:
-                os.rmdir(os.path.join(parent, name))  # only succeeds when nothing is inside
-            except OSError:
-                pass
+        if not name.startswith(_PREFIX):
+            continue
+        owner = name[len(_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and os.path.exists(f"/proc/{owner}"):
+            continue  # a live worker's (possibly not yet joined) cgroup
+        try:
+            os.rmdir(os.path.join(parent, name))  # only succeeds when nothing is inside
+        except OSError:
+            pass
 
 
 def _write(path: str, value: str) -> None:
@@ -206,7 +218,7 @@ def create(limits: Limits) -> EngineCgroup:
 
     Raises ``CgroupUnavailable`` saying why neither works here (both reasons).
     """
-    name = f"veil-engine-{secrets.token_hex(6)}"
+    name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
     try:
         return _v2(limits, name)
     except OSError as v2_error:
