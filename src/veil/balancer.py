@@ -129,6 +129,20 @@ class HAProxy:
                         raise BalancerError("balancer.timeout", f"haproxy did not listen on {bind} within {timeout:.0f} s") from None
                     time.sleep(0.05)
 
+    def wait_servers_up(self, backend: str, timeout: float) -> None:
+        """Block until the health checks mark every server of ``backend`` UP: a deployment is
+        announced ready only when the balancer routes to all of its replicas."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BalancerError("balancer.exited", f"haproxy exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            states = {k: v["status"] for k, v in self.server_states().items() if k.startswith(backend + "/")}
+            if states and all(s == "UP" for s in states.values()):
+                return
+            if time.monotonic() > deadline:
+                raise BalancerError("balancer.timeout", f"haproxy did not mark every {backend} server UP within {timeout:.0f} s: {states}")
+            time.sleep(0.1)
+
     def server_states(self) -> dict[str, dict[str, str]]:
         """``backend/server`` -> the runtime API's fields (``status`` UP/DOWN, ``stot`` sessions...)."""
         if self.stats_socket is None:

@@ -265,6 +265,8 @@ class LocalDeployment:
     def _start_balancer(self) -> None:
         self.balancer, binds = self.topology.balancer(self.state_dir / "haproxy")
         self.balancer.start(binds)
+        if self.coordinators > 1:
+            self.balancer.wait_servers_up("coordinators", 60)
         assert self.balancer.proc is not None
         self.processes.append(self.balancer.proc)  # stopped after the workers, before the coordinators
 
@@ -284,8 +286,8 @@ class LocalDeployment:
         for i, port in enumerate(self.topology.worker_ports):
             name = self._replica_name("worker", i, self.workers)
             self._wait_http(f"{self.topology.url(port)}{wire.GATEWAY_PATH}", name, 120 * self.workers, self.processes[first + i])
-        if self.workers > 1:  # the balancer's health checks have seen them
-            self._wait_http(f"{self.gateway_url}{wire.GATEWAY_PATH}", "haproxy", 30, self.balancer.proc if self.balancer else None)
+        if self.balancer is not None and self.workers > 1:  # ready once the health checks route to every worker
+            self.balancer.wait_servers_up("gateways", 60)
 
     @staticmethod
     def _replica_name(role: str, index: int, count: int) -> str:
