@@ -101,37 +101,3 @@ def test_command_puts_the_sandbox_launcher_first(tmp_path: Path) -> None:
     assert "--parent-pid" not in argv  # meaningless inside the wrapper's PID namespace
     assert argv[argv.index("--socket") + 1] == str(tmp_path / "s")
     assert "--parent-pid" in EngineProcess(tmp_path / "s").command()
-
-
-class _FakeModel:
-    def token_prefix(self) -> int:
-        return 900
-
-    def token_suffix(self) -> int:
-        return 901
-
-    def token_middle(self) -> int:
-        return 902
-
-    def add_bos_token(self) -> bool:
-        return True
-
-
-class _FakeLlama:
-    _model = _FakeModel()
-
-    def token_bos(self) -> int:
-        return 1
-
-    def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
-        assert not add_bos and not special  # user text must never smuggle in control tokens
-        return [ord(c) for c in text.decode()]
-
-
-def test_fill_in_the_middle_prompt_is_prefix_suffix_middle() -> None:
-    from veil.engines.llamacpp import LlamaBackend
-
-    backend = object.__new__(LlamaBackend)
-    backend.llm = _FakeLlama()
-    assert backend.supports_fim
-    assert backend.fim_tokens("ab", "c") == [1, 900, ord("a"), ord("b"), 901, ord("c"), 902]

@@ -2,9 +2,11 @@
 
 Every OpenAI-speaking engine (llama.cpp, transformers) is a :class:`Backend`: ``chat`` and
 ``complete`` yield typed chunks (:class:`TextChunk`, :class:`ToolCallChunk`, then one
-:class:`FinishChunk`), ``embed`` returns vectors, ``describe`` the ``/v1/models`` entry. One app
-factory (``openai_app.create_openai_app``) turns those into OpenAI's JSON and SSE for all of them,
-so an engine module holds only its model code. Model libraries are not re-entrant, so each
+:class:`FinishChunk`), ``count_tokens`` says how long a chat prompt is, ``embed`` returns vectors,
+``describe`` the ``/v1/models`` entry. One app factory (``openai_app.create_openai_app``) turns
+those into OpenAI's JSON and SSE, and the same chunks into Anthropic's Messages API, OpenAI's
+Responses API and llama.cpp's ``/infill``, for all of them, so an engine module holds only its
+model code. Model libraries are not re-entrant, so each
 backend runs every model call on one :class:`ModelThread`, which bridges it to asyncio.
 """
 
@@ -18,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from veil.engines.fim import FimRequest
 from veil.engines.openai_api import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, EngineAPIError
 
 T = TypeVar("T")
@@ -61,10 +64,15 @@ class ToolCallChunk:
 
 @dataclass(frozen=True)
 class FinishChunk:
-    """The last chunk of every answer: why generation stopped, and what it cost."""
+    """The last chunk of every answer: why generation stopped, and what it cost.
+
+    ``stop_sequence``: the request's stop sequence that ended it (None for the model's own end,
+    a length limit or tool calls), which Anthropic's Messages API reports back.
+    """
 
     reason: str  # "stop", "length" or "tool_calls"
     usage: Usage
+    stop_sequence: str | None = None
 
 
 Chunk = TextChunk | ToolCallChunk | FinishChunk
@@ -98,8 +106,14 @@ class Backend:
     def chat(self, req: ChatCompletionRequest) -> AsyncGenerator[Chunk, None]:
         raise EngineAPIError(404, f"{self.model_id} does not serve chat completions", "unsupported_endpoint")
 
-    def complete(self, req: CompletionRequest) -> AsyncGenerator[Chunk, None]:
+    def complete(self, req: CompletionRequest, fim: FimRequest | None = None) -> AsyncGenerator[Chunk, None]:
+        """A text completion of ``req.prompt``, or with ``fim`` the middle between its prefix and suffix
+        (``req`` then carries only the sampling settings)."""
         raise EngineAPIError(404, f"{self.model_id} does not serve text completions", "unsupported_endpoint")
+
+    async def count_tokens(self, req: ChatCompletionRequest) -> int:
+        """The number of prompt tokens ``chat(req)`` would give the model."""
+        raise EngineAPIError(404, f"{self.model_id} does not serve chat completions", "unsupported_endpoint")
 
     async def embed(self, req: EmbeddingRequest) -> Embeddings:
         raise EngineAPIError(404, f"{self.model_id} does not serve embeddings", "unsupported_endpoint")

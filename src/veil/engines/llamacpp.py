@@ -27,7 +27,8 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from veil.engines import cli
+from veil.engines import cli, tool_calls
+from veil.engines import fim as fim_tokens
 from veil.engines.base import (
     Backend,
     Chunk,
@@ -35,10 +36,16 @@ from veil.engines.base import (
     FinishChunk,
     ModelThread,
     TextChunk,
-    ToolCallChunk,
     Usage,
 )
-from veil.engines.openai_api import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, EngineAPIError
+from veil.engines.fim import FimRequest
+from veil.engines.openai_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    EngineAPIError,
+    ToolPlan,
+)
 from veil.engines.openai_app import create_openai_app
 
 _CONTEXT_RE = re.compile(r"Requested tokens \(\d+\) exceed context window of \d+")
@@ -50,12 +57,16 @@ class _Counter:
     llama-cpp-python reports usage only for whole answers and never says how much of the prompt
     came from its prefix cache, so we count what it feeds to and gets from ``generate`` (prompt
     tokens as evaluated; sampled tokens except end-of-generation), and the prefix it will reuse.
-    The instance attribute shadows the method only inside the ``with``, on the model thread.
+    The sampled tokens are kept to tell which stop sequence ended the answer (llama-cpp-python
+    cuts it out of the text and says only ``stop``). The instance attribute shadows the method
+    only inside the ``with``, on the model thread.
     """
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, ends: frozenset[int] = frozenset()) -> None:
         self.llm = llm
-        self.prompt = self.completion = self.cached = 0
+        self.ends = ends  # more tokens that end an answer without being part of it (a FIM end of middle)
+        self.prompt = self.cached = 0
+        self.sampled: list[int] = []
 
     def __enter__(self) -> _Counter:
         from llama_cpp import Llama, llama_vocab_is_eog
@@ -68,8 +79,8 @@ class _Counter:
             prefix = Llama.longest_token_prefix(llm._input_ids.tolist(), tokens) if llm.n_tokens else 0
             self.cached = prefix if prefix < len(tokens) else max(len(tokens) - 1, 0)
             for token in generate(tokens, *args, **kwargs):
-                if not llama_vocab_is_eog(vocab, token):
-                    self.completion += 1
+                if not llama_vocab_is_eog(vocab, token) and token not in self.ends:
+                    self.sampled.append(token)
                 yield token
 
         llm.generate = counting
@@ -79,14 +90,39 @@ class _Counter:
         del self.llm.generate  # the class's method again
 
     def usage(self) -> Usage:
-        return Usage(self.prompt, self.completion, self.cached)
+        return Usage(self.prompt, len(self.sampled), self.cached)
+
+    def stop_sequence(self, stops: list[str]) -> str | None:
+        """The stop sequence in the sampled text, the first in ``stops`` that llama-cpp-python
+        would have cut at; None when none is there (the model's own end or a length limit)."""
+        if not stops:
+            return None
+        text = self.llm.detokenize(self.sampled).decode("utf-8", errors="ignore")
+        return next((s for s in stops if s in text), None)
+
+
+class _StopAt:
+    """A stopping criterion: the last token is one of ``ids`` (a FIM family's end of middle)."""
+
+    def __init__(self, ids: frozenset[int]) -> None:
+        self.ids = ids
+
+    def __call__(self, input_ids: Any, logits: Any) -> bool:
+        return len(input_ids) > 0 and int(input_ids[-1]) in self.ids
 
 
 class LlamaBackend(Backend):
-    """One generation model, and lazily loaded scoring and embedding twins of the same file."""
+    """One generation model, and lazily loaded scoring and embedding twins of the same file.
+
+    What the model can do is read from the file once, at load: its chat template (and whether
+    that template defines tool calling, and in which syntax), and its fill-in-the-middle tokens.
+    Every chat prompt is rendered from that template here, the same way for answers and for
+    token counts, with llama-cpp-python's Jinja formatter (a sandboxed Jinja environment).
+    """
 
     def __init__(self, model_path: Path, model_id: str, n_ctx: int, threads: int) -> None:
         from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         super().__init__(model_id)
         self.model_path = model_path
@@ -97,29 +133,67 @@ class LlamaBackend(Backend):
         self._scorer: Any = None
         self.thread = ModelThread("llama")
         self.scope: str | None = None  # the cache scope (a tenant's salt) the contexts hold state for
+        self.template: str | None = self.llm.metadata.get("tokenizer.chat_template")
+        self.formatter: Any = None
+        self.eos_text = ""
+        if self.template:
+            m = self.llm._model
+            eos, bos = self.llm.token_eos(), self.llm.token_bos()
+            self.eos_text = m.token_get_text(eos) if eos >= 0 else ""
+            self.formatter = Jinja2ChatFormatter(template=self.template, eos_token=self.eos_text,
+                                                 bos_token=m.token_get_text(bos) if bos >= 0 else "",
+                                                 stop_token_ids=[eos] if eos >= 0 else None)
+        self.tool_syntax = tool_calls.syntax_of(self.template)
+        self.fim = fim_tokens.detect(self.vocabulary(fim_tokens.CANDIDATE_TEXTS))
 
     # -- model capabilities ----------------------------------------------------------------------
 
+    def vocabulary(self, texts: frozenset[str]) -> dict[str, int]:
+        """Text -> id of the tokens of the model's vocabulary whose text is one of ``texts``."""
+        from llama_cpp import llama_vocab_get_text
+
+        vocab, found = self.llm._model.vocab, dict[str, int]()
+        for i in range(self.llm.n_vocab()):
+            text = llama_vocab_get_text(vocab, i).decode("utf-8", errors="replace")
+            if text in texts:
+                found.setdefault(text, i)
+        return found
+
     @property
     def supports_fim(self) -> bool:
-        """Whether the vocabulary has fill-in-the-middle tokens, which ``suffix`` requires."""
-        m = self.llm._model  # llama-cpp-python exposes the FIM ids only on the internal model
-        return bool(min(m.token_prefix(), m.token_middle(), m.token_suffix()) >= 0)
+        """Whether the vocabulary has a family's fill-in-the-middle tokens (``suffix``, ``/infill``)."""
+        return self.fim is not None
 
-    def fim_tokens(self, prefix: str, suffix: str) -> list[int]:
-        """Prefix-suffix-middle prompt tokens for fill-in-the-middle.
+    def _text_tokens(self, text: str) -> list[int]:
+        """Request text as tokens, special tokens *not* parsed: a prompt cannot smuggle them in."""
+        return self.llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
+
+    def fim_prompt(self, request: FimRequest) -> list[int]:
+        """The tokens the model receives for a fill-in-the-middle request (see ``fim.FimTokens``).
 
         Built here because llama-cpp-python 0.3.x hard-codes the FIM token ids to 0 when given
         ``suffix`` (a TODO in its source), which would silently produce garbage.
         """
-        m = self.llm._model
-        bos = [self.llm.token_bos()] if m.add_bos_token() and self.llm.token_bos() >= 0 else []
+        assert self.fim is not None
+        bos = self.llm.token_bos()
+        add_bos = self.llm._model.add_bos_token() and bos >= 0
+        return self.fim.prompt(self._text_tokens, request, [bos] if add_bos else [])
 
-        def tok(text: str) -> list[int]:
-            return self.llm.tokenize(text.encode(), add_bos=False, special=False) if text else []
+    def chat_prompt(self, req: ChatCompletionRequest, plan: ToolPlan) -> tuple[list[int], list[str]]:
+        """The prompt tokens of a chat request (model thread), and the template's stop texts.
 
-        pre, suf, mid = m.token_prefix(), m.token_suffix(), m.token_middle()
-        return [*bos, pre, *tok(prefix), suf, *tok(suffix), mid]
+        The template gets the tools unless the plan is ``none``; a template that defines tool
+        calling also gets past calls and tool results in their structured form.
+        """
+        messages = [m.for_tools() if self.tool_syntax else m.plain() for m in req.messages]
+        tools = plan.openai_tools() if plan.mode != "none" else None
+        try:
+            result = self.formatter(messages=messages, tools=tools)
+        except Exception:  # template errors (e.g. roles it refuses) may quote the messages
+            raise EngineAPIError(400, "the model's chat template refused these messages",
+                                 "invalid_messages", "messages") from None
+        tokens = self.llm.tokenize(result.prompt.encode(), add_bos=not result.added_special, special=True)
+        return tokens, [s for s in (result.stop if isinstance(result.stop, list) else [result.stop]) if s]
 
     def scorer(self) -> Any:
         """A twin context with ``logits_all=True``, which llama-cpp-python needs for logprobs.
@@ -158,16 +232,17 @@ class LlamaBackend(Backend):
     # -- the model thread -----------------------------------------------------------------------
 
     async def _answer(self, scope: str | None, scored: bool, call: Callable[[Any], Any], stream: bool,
-                      pieces: Callable[[dict[str, Any]], Iterator[Chunk]]) -> AsyncGenerator[Chunk, None]:
+                      pieces: Callable[[dict[str, Any]], Iterator[Chunk]], stops: list[str],
+                      ends: frozenset[int] = frozenset()) -> AsyncGenerator[Chunk, None]:
         """On the model thread, in cache scope ``scope``: ``call(llm)`` on the generation context
         (or its scoring twin when ``scored``: logprobs need every position's logits). Each
         llama-cpp-python choice (whole, or one per streamed chunk) becomes chunks through
-        ``pieces``, then the finish chunk with the counted usage."""
+        ``pieces``, then the finish chunk with the counted usage and the stop sequence hit."""
 
         def produce(emit: Callable[[Any], None], cancelled: threading.Event) -> None:
             self.enter_scope(scope)
             llm = self.scorer() if scored else self.llm  # loaded here, never on the event loop
-            with _Counter(llm) as counter:
+            with _Counter(llm, ends) as counter:
                 if not stream:
                     emit(call(llm))
                 else:
@@ -175,14 +250,15 @@ class LlamaBackend(Backend):
                         if cancelled.is_set():
                             break
                         emit(item)
-            emit(counter.usage())
+            emit((counter.usage(), counter.stop_sequence(stops)))
 
         finish = "stop"
         try:
             async with aclosing(self.thread.stream(produce)) as items:  # closing us stops the model
                 async for item in items:
-                    if isinstance(item, Usage):
-                        yield FinishChunk(finish, item)
+                    if isinstance(item, tuple):
+                        usage, hit = item
+                        yield FinishChunk(finish, usage, hit if finish == "stop" else None)
                         return
                     choice = item["choices"][0]
                     for chunk in pieces(choice):
@@ -193,56 +269,82 @@ class LlamaBackend(Backend):
 
     # -- the OpenAI surface ---------------------------------------------------------------------
 
+    def _plan(self, req: ChatCompletionRequest) -> tuple[ToolPlan, dict[str, Any] | None, str]:
+        """The request's tool plan and the JSON schema (or JSON mode) its answer must follow."""
+        if self.formatter is None:
+            raise EngineAPIError(400, f"{self.model_id} has no chat template; use /v1/completions",
+                                 "unsupported_chat", "messages")
+        plan = req.tool_plan()
+        if plan.mode == "required" and len(plan.tools) == 1:
+            plan = ToolPlan("named", plan.tools, False, plan.legacy)
+        if plan.mode == "auto" and self.tool_syntax is None:
+            raise EngineAPIError(
+                400, f"{self.model_id}'s chat template defines no tool calling, so the model cannot decide "
+                'whether to call a tool: set tool_choice to "required", a named function, or "none"',
+                "unsupported_tools", "tool_choice",
+            )
+        if plan.mode == "named":
+            schema = plan.tools[0].parameters or {"type": "object", "properties": {}}
+            _check_schema(schema, "tools")
+            return plan, schema, "tools"
+        if plan.mode == "required":
+            schema = tool_calls.required_schema(plan.tools, plan.parallel)
+            _check_schema(schema, "tools")
+            return plan, schema, "tools"
+        response_format = req.llama_response_format()
+        if response_format is None:
+            return plan, None, ""
+        json_schema: dict[str, Any] | None = response_format.get("schema")
+        if json_schema is not None:
+            _check_schema(json_schema, "response_format")
+        return plan, json_schema, "json"
+
     async def chat(self, req: ChatCompletionRequest) -> AsyncGenerator[Chunk, None]:
-        kwargs = self._chat_kwargs(req)
-        top = kwargs.pop("_top", None)
+        plan, schema, constraint = self._plan(req)
+        top = req.top_logprobs or 0 if req.want_logprobs() else None
+        stops = req.stops
+        kwargs: dict[str, Any] = {
+            "max_tokens": req.max_completion_tokens or req.max_tokens,
+            **_sampling(req), **_logit_bias(req, self.llm.n_vocab()),
+            "logprobs": max(top, 1) if top is not None else None,
+        }
+
+        def run(llm: Any) -> Any:
+            tokens, template_stops = self.chat_prompt(req, plan)
+            grammar = _grammar(schema) if constraint else None  # the end-of-turn token is end-of-generation
+            return llm.create_completion(prompt=tokens, stream=req.stream, grammar=grammar,
+                                         **{**kwargs, "stop": [*stops, *template_stops]})
 
         def pieces(choice: dict[str, Any]) -> Iterator[Chunk]:
-            msg = (choice.get("delta") if req.stream else choice.get("message")) or {}
-            logprobs = _tidy_chat_logprobs(choice.get("logprobs"), top) if top is not None else None
-            if msg.get("content") or logprobs:
-                yield TextChunk(msg.get("content") or "", logprobs)
-            if msg.get("tool_calls"):
-                yield ToolCallChunk(msg["tool_calls"], msg.get("function_call"))
+            logprobs = _chat_logprobs(choice.get("logprobs"), top) if top is not None else None
+            if choice.get("text") or logprobs:
+                yield TextChunk(choice.get("text") or "", logprobs)
 
-        answer = self._answer(req.cache_salt, bool(kwargs.get("logprobs")),
-                              lambda llm: llm.create_chat_completion(stream=req.stream, **kwargs), req.stream, pieces)
+        answer = self._answer(req.cache_salt, top is not None, run, req.stream, pieces, stops)
+        if plan.mode == "named":
+            answer = tool_calls.as_named_call(answer, plan.tools[0].name, plan.legacy)
+        elif plan.mode == "required":
+            answer = tool_calls.as_required_calls(answer, plan.names)
+        elif plan.mode == "auto":
+            assert self.tool_syntax is not None
+            answer = tool_calls.with_tool_calls(answer, tool_calls.ToolCallStream(self.tool_syntax, plan.names, plan.parallel))
         async with aclosing(answer) as chunks:
             async for chunk in chunks:
                 yield chunk
 
-    def _chat_kwargs(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "messages": [m.plain() for m in req.messages],
-            "max_tokens": req.max_completion_tokens or req.max_tokens,
-            **_sampling(req),
-            **_logit_bias(req, self.llm.n_vocab()),
-        }
-        if req.want_logprobs():
-            top = req.top_logprobs or 0
-            kwargs.update(logprobs=True, top_logprobs=max(top, 1), _top=top)
-        if (response_format := req.llama_response_format()) is not None:
-            if "schema" in response_format:
-                _check_schema(response_format["schema"], "response_format")
-            kwargs["response_format"] = response_format  # a JSON grammar constrains sampling
-        if (tool := req.forced_tool()) is not None:
-            # llama-cpp-python turns the function's JSON schema into a grammar and answers
-            # with one tool call whose arguments match it.
-            params = tool.parameters or {"type": "object", "properties": {}}
-            _check_schema(params, "tools")
-            kwargs["tools"] = [{"type": "function", "function": {
-                "name": tool.name, "description": tool.description or "", "parameters": params,
-            }}]
-            kwargs["tool_choice"] = {"type": "function", "function": {"name": tool.name}}
-        return kwargs
+    async def count_tokens(self, req: ChatCompletionRequest) -> int:
+        plan, _, _ = self._plan(req)
+        tokens, _ = await self.thread.call(lambda: self.chat_prompt(req, plan))
+        return len(tokens)
 
-    async def complete(self, req: CompletionRequest) -> AsyncGenerator[Chunk, None]:
-        if req.suffix is not None and not self.supports_fim:
-            raise EngineAPIError(400, f"{self.model_id} has no fill-in-the-middle tokens; suffix is unsupported",
-                                 "unsupported_suffix", "suffix")
-        if req.suffix is not None and req.echo:
+    async def complete(self, req: CompletionRequest, fim: FimRequest | None = None) -> AsyncGenerator[Chunk, None]:
+        if fim is None and req.suffix is not None:
+            fim = FimRequest(req.single_prompt(), req.suffix)
+        if fim is not None and self.fim is None:
+            raise fim_tokens.unsupported(self.model_id)
+        if fim is not None and req.echo:
             raise EngineAPIError(400, "echo cannot be combined with suffix", "invalid_request", "echo")
-        prompt, suffix = req.single_prompt(), req.suffix
+        prompt = req.single_prompt() if fim is None else ""
         kwargs: dict[str, Any] = {
             "max_tokens": req.max_tokens, "echo": req.echo,
             **_sampling(req), **_logit_bias(req, self.llm.n_vocab()),
@@ -251,15 +353,22 @@ class LlamaBackend(Backend):
             kwargs["logprobs"] = req.logprobs
 
         def run(llm: Any) -> Any:
-            text = prompt if suffix is None else self.fim_tokens(prompt, suffix)  # our FIM prompt
-            return llm.create_completion(prompt=text, stream=req.stream, **kwargs)
+            if fim is None:
+                return llm.create_completion(prompt=prompt, stream=req.stream, **kwargs)
+            assert self.fim is not None  # our FIM prompt, stopped at the family's end of middle
+            from llama_cpp import StoppingCriteriaList
+
+            return llm.create_completion(prompt=self.fim_prompt(fim), stream=req.stream,
+                                         stopping_criteria=StoppingCriteriaList([_StopAt(self.fim.ends)]), **kwargs)
 
         def pieces(choice: dict[str, Any]) -> Iterator[Chunk]:
             logprobs = _tidy_completion_logprobs(choice.get("logprobs")) if req.logprobs is not None else None
             if choice.get("text") or logprobs:
                 yield TextChunk(choice.get("text") or "", logprobs)
 
-        async with aclosing(self._answer(req.cache_salt, req.logprobs is not None, run, req.stream, pieces)) as chunks:
+        ends = self.fim.ends if fim is not None and self.fim is not None else frozenset()
+        answer = self._answer(req.cache_salt, req.logprobs is not None, run, req.stream, pieces, req.stops, ends)
+        async with aclosing(answer) as chunks:
             async for chunk in chunks:
                 yield chunk
 
@@ -269,6 +378,26 @@ class LlamaBackend(Backend):
 
         result = await self.thread.call(embed)
         return Embeddings([d["embedding"] for d in result["data"]], int(result["usage"]["prompt_tokens"]))
+
+
+def _grammar(schema: dict[str, Any] | None) -> Any:
+    """A sampling grammar for ``schema`` (None: any JSON object). Never verbose: it would print
+    the schema, which can be as private as the prompt."""
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if schema is None:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+
+
+def _chat_logprobs(lp: Any, top: int) -> Any:
+    """A completion's logprobs (parallel lists) in the chat form, tidied (see _tidy_chat_logprobs)."""
+    if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list):
+        return None
+    content = [{"token": token, "logprob": logprob, "bytes": None,
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": None} for t, v in (tops or {}).items()]}
+               for token, logprob, tops in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"])]
+    return _tidy_chat_logprobs({"content": content, "refusal": None}, top)
 
 
 def _api_error(exc: Exception) -> EngineAPIError:
@@ -337,6 +466,7 @@ def _sampling(req: Any) -> dict[str, Any]:
     return {
         "temperature": req.temperature,
         "top_p": req.top_p,
+        "top_k": 40 if req.top_k is None else req.top_k,  # llama-cpp-python's default
         "stop": req.stop,
         "seed": req.seed,
         "presence_penalty": req.presence_penalty,

@@ -8,6 +8,7 @@ plaintext side of a misconfigured deployment, and the engine itself must not log
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -54,9 +55,13 @@ class EngineAPIError(Exception):
         return JSONResponse(self.body(), status_code=self.status)
 
 
-def sse_event(payload: dict[str, Any]) -> bytes:
-    """One server-sent event carrying a JSON object, framed the way OpenAI streams are."""
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+def sse_event(payload: dict[str, Any], event: str | None = None) -> bytes:
+    """One server-sent event carrying a JSON object, framed the way OpenAI streams are.
+
+    ``event`` names it (``event: NAME``), as Anthropic's and OpenAI's Responses streams do.
+    """
+    data = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"event: " + event.encode() + b"\n" + data if event else data
 
 
 def validation_error(exc: ValidationError) -> EngineAPIError:
@@ -81,6 +86,7 @@ class _Request(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)  # vLLM's extension (and Anthropic's); 0: off
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -99,6 +105,12 @@ class _Request(BaseModel):
         """``stream_options.include_usage``: a last chunk with ``choices: []`` and ``usage``."""
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def stops(self) -> list[str]:
+        """The stop sequences, as a list without empty ones."""
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -106,9 +118,24 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None  # role "tool": which call this is the result of
+    name: str | None = None
+
+    def text(self) -> str:
+        """The content as text: OpenAI text parts are joined, any other part is refused."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        texts = []
+        for part in self.content:
+            if part.get("type") not in ("text", "input_text", "output_text") or not isinstance(part.get("text"), str):
+                raise EngineAPIError(
+                    400, "only text content parts are supported", "unsupported_content", "messages"
+                )
+            texts.append(part["text"])
+        return "".join(texts)
 
     def plain(self) -> dict[str, Any]:
-        """llama.cpp chat templates want text; join OpenAI text parts, refuse other parts.
+        """The message for a chat template that knows nothing of tools: text only.
 
         An assistant turn that only called tools becomes the calls as JSON text, so a client
         replaying a tool conversation keeps its history instead of sending empty turns.
@@ -117,16 +144,38 @@ class ChatMessage(BaseModel):
         if not self.content and self.tool_calls:
             calls = [c.get("function", {}) for c in self.tool_calls if isinstance(c, dict)]
             return {"role": role, "content": json.dumps(calls, ensure_ascii=False)}
-        if self.content is None or isinstance(self.content, str):
-            return {"role": role, "content": self.content or ""}
-        texts = []
-        for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise EngineAPIError(
-                    400, "only text content parts are supported", "unsupported_content", "messages"
-                )
-            texts.append(part["text"])
-        return {"role": role, "content": "".join(texts)}
+        return {"role": role, "content": self.text()}
+
+    def for_tools(self) -> dict[str, Any]:
+        """The message for a chat template that defines tool calling (Hugging Face's convention).
+
+        Past calls keep their structure, with ``arguments`` as an object (templates write it
+        with ``tojson``), and a tool result keeps its ``tool_call_id``, so the template replays
+        the conversation in the model's own call syntax.
+        """
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
+                                   "content": self.text()}
+        if self.tool_calls:
+            calls = []
+            for call in self.tool_calls:
+                function = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                    raise EngineAPIError(400, "a tool call in the history has no function name",
+                                         "invalid_request", "messages")
+                args: Any = function.get("arguments") or "{}"
+                if isinstance(args, str):
+                    try:
+                        args = json.loads(args)
+                    except ValueError:
+                        pass  # not JSON: the template gets the string as the model once wrote it
+                calls.append({"id": call.get("id"), "type": "function",
+                              "function": {"name": function["name"], "arguments": args}})
+            message["tool_calls"] = calls
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            message["name"] = self.name
+        return message
 
 
 class JsonSchemaFormat(BaseModel):
@@ -186,6 +235,7 @@ class ChatCompletionRequest(_Request):
     # The legacy spelling of tools, still sent by older clients.
     functions: list[FunctionDefinition] | None = None
     function_call: Literal["none", "auto"] | NamedFunction | None = None
+    parallel_tool_calls: bool | None = None
 
     def want_logprobs(self) -> bool:
         if self.top_logprobs is not None and not self.logprobs:
@@ -209,16 +259,13 @@ class ChatCompletionRequest(_Request):
             )
         return {"type": "json_object", "schema": rf.json_schema.schema_}
 
-    def forced_tool(self) -> FunctionDefinition | None:
-        """The one function the model must call, or None for a plain answer.
+    def tool_plan(self) -> ToolPlan:
+        """What the request asks of tools: none, a named call, the model's choice, or any call.
 
-        The grammar-constrained path in llama-cpp-python can force a call to a *named*
-        function (its arguments then always match the function's JSON schema), but it cannot
-        let the model decide whether to call one: ``auto`` (the default once tools are given)
-        and ``required`` with several tools are refused as ``unsupported_tools`` rather than
-        silently answered without tools.
+        ``tools`` and the legacy ``functions`` are one list; the default once tools are given is
+        ``auto``, as in OpenAI's API. Which plans an engine can honour is the engine's call.
         """
-        tools = [t.function for t in self.tools or []] + list(self.functions or [])
+        tools = tuple(t.function for t in self.tools or []) + tuple(self.functions or [])
         choice: Any = self.tool_choice
         if choice is None and self.function_call is not None:
             fc = self.function_call
@@ -229,26 +276,49 @@ class ChatCompletionRequest(_Request):
                     400, "tool_choice names a tool but no tools were given", "invalid_request",
                     "tool_choice",
                 )
-            return None
+            return ToolPlan("none", (), False, bool(self.functions))
+        if len({t.name for t in tools}) != len(tools):
+            raise EngineAPIError(400, "two tools have the same name", "invalid_request", "tools")
+        legacy = bool(self.functions)
         if choice == "none":
-            return None
+            return ToolPlan("none", tools, False, legacy)
         if isinstance(choice, NamedToolChoice):
             for tool in tools:
                 if tool.name == choice.function.name:
-                    return tool
+                    return ToolPlan("named", (tool,), False, legacy)
             raise EngineAPIError(
                 400, "tool_choice names a function that is not in tools", "invalid_request",
                 "tool_choice",
             )
-        if choice == "required" and len(tools) == 1:
-            return tools[0]
-        raise EngineAPIError(
-            400,
-            "this engine can only force a call to one named function: set tool_choice to "
-            '{"type": "function", "function": {"name": ...}} (or "none"); '
-            f'tool_choice "{choice or "auto"}" is unsupported',
-            "unsupported_tools", "tool_choice",
-        )
+        parallel = self.parallel_tool_calls is not False
+        return ToolPlan("required" if choice == "required" else "auto", tools, parallel, legacy)
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """The tools of one chat request and what the model must do with them.
+
+    ``mode``: ``none`` (answer in text), ``named`` (call ``tools[0]``), ``auto`` (the model
+    decides), ``required`` (at least one call to any of ``tools``); ``parallel``: several calls in
+    one turn are allowed; ``legacy``: the request used ``functions``, so answers also carry the
+    legacy ``function_call`` field.
+    """
+
+    mode: Literal["none", "named", "auto", "required"]
+    tools: tuple[FunctionDefinition, ...]
+    parallel: bool
+    legacy: bool = False
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.tools)
+
+    def openai_tools(self) -> list[dict[str, Any]]:
+        """The tools in OpenAI's request shape, which chat templates take as ``tools``."""
+        return [{"type": "function", "function": {
+            "name": t.name, "description": t.description or "",
+            "parameters": t.parameters or {"type": "object", "properties": {}},
+        }} for t in self.tools]
 
 
 class CompletionRequest(_Request):

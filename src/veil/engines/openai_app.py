@@ -1,10 +1,14 @@
 """One OpenAI app for every model backend: routes, JSON and SSE rendering of typed chunks, errors.
 
 A backend (``veil.engines.base.Backend``) yields text, tool-call and finish chunks; this module
-alone knows how OpenAI shapes them: ids, object names, the role delta that opens a chat stream,
-the finish chunk, the optional usage chunk (``stream_options.include_usage``) and ``[DONE]``, the
-whole-answer form of the same chunks, and the embeddings' float/base64 encodings. So the gateway
-sees exactly one dialect whichever engine runs, and no engine repeats it.
+alone knows how OpenAI's chat and text completions shape them: ids, object names, the role delta
+that opens a chat stream, the finish chunk, the optional usage chunk
+(``stream_options.include_usage``) and ``[DONE]``, the whole-answer form of the same chunks, and
+the embeddings' float/base64 encodings. The other APIs served over the same chunks have a module
+each (``messages_api``: Anthropic's Messages; ``responses_api``: OpenAI's Responses;
+``infill_api``: llama.cpp's ``/infill``) and share the first-chunk rule here: an error before the
+first chunk is an HTTP error, after it an error event. So the gateway sees the same dialects
+whichever engine runs, and no engine repeats them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from veil.engines import infill_api, messages_api, responses_api, tool_calls
+from veil.engines.answering import all_chunks, api_error, event_stream, first_chunk
 from veil.engines.base import Backend, Chunk, FinishChunk, TextChunk, ToolCallChunk, Usage
+from veil.engines.fim import FimRequest
 from veil.engines.openai_api import (
     SSE_DONE,
     ChatCompletionRequest,
@@ -32,16 +39,6 @@ from veil.engines.openai_api import (
     parse_body,
     sse_event,
 )
-
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def api_error(exc: BaseException) -> EngineAPIError:
-    """An engine failure as an OpenAI error that names only the exception's type."""
-    if isinstance(exc, EngineAPIError):
-        return exc
-    return EngineAPIError(500, f"generation failed ({type(exc).__name__})", "engine_error")
-
 
 def _merge_logprobs(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Concatenate per-chunk logprobs (chat ``content`` lists, or the legacy parallel lists)."""
@@ -101,8 +98,10 @@ class _Answer:
     def whole(self, chunks: list[Chunk]) -> dict[str, Any]:
         texts = [c.text for c in chunks if isinstance(c, TextChunk)]
         logprobs = _merge_logprobs([c.logprobs for c in chunks if isinstance(c, TextChunk) and c.logprobs])
-        calls = [t for c in chunks if isinstance(c, ToolCallChunk) for t in c.tool_calls]
-        legacy = next((c.function_call for c in chunks if isinstance(c, ToolCallChunk) and c.function_call), None)
+        calls = tool_calls.merge_deltas(t for c in chunks if isinstance(c, ToolCallChunk) for t in c.tool_calls)
+        legacy_parts = [c.function_call for c in chunks if isinstance(c, ToolCallChunk) and c.function_call]
+        legacy = {"name": next((p["name"] for p in legacy_parts if p.get("name")), ""),
+                  "arguments": "".join(p.get("arguments") or "" for p in legacy_parts)} if legacy_parts else None
         finish = next(c for c in chunks if isinstance(c, FinishChunk))
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
@@ -121,19 +120,9 @@ async def respond(
     chunks: AsyncGenerator[Chunk, None], answer: _Answer, stream: bool, include_usage: bool
 ) -> JSONResponse | StreamingResponse:
     """The whole answer, or an SSE stream; an error before the first chunk is an HTTP error."""
-    try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        raise EngineAPIError(500, "the engine produced no answer", "engine_error") from None
-    except Exception as exc:
-        raise api_error(exc) from None
     if not stream:
-        got = [first]
-        try:
-            got += [c async for c in chunks]
-        except Exception as exc:
-            raise api_error(exc) from None
-        return JSONResponse(answer.whole(got))
+        return JSONResponse(answer.whole(await all_chunks(chunks)))
+    first = await first_chunk(chunks)
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -151,7 +140,7 @@ async def respond(
         finally:
             await chunks.aclose()
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return event_stream(body())
 
 
 def _encode_embeddings(req: EmbeddingRequest, vectors: list[list[float]]) -> list[Any]:
@@ -197,8 +186,9 @@ def create_openai_app(backend: Backend) -> FastAPI:
     async def completions(request: Request) -> Any:
         req = await parse_body(request, CompletionRequest)
         check_model(req.model, backend.model_id)
+        fim = FimRequest(req.single_prompt(), req.suffix) if req.suffix is not None else None
         answer = _Answer(backend.model_id, chat=False, legacy_functions=False)
-        return await respond(backend.complete(req), answer, req.stream, req.include_usage)
+        return await respond(backend.complete(req, fim), answer, req.stream, req.include_usage)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
@@ -219,4 +209,8 @@ def create_openai_app(backend: Backend) -> FastAPI:
         return JSONResponse({"object": "list", "data": data, "model": backend.model_id,
                              "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}})
 
+    # The other APIs people's tools speak, over the same backend chunks.
+    messages_api.add_routes(app, backend)
+    responses_api.add_routes(app, backend)
+    infill_api.add_routes(app, backend)
     return app

@@ -3,6 +3,8 @@
 Run as ``python -m veil.engines.transformers_engine --model DIR --socket PATH [--n-ctx N]``.
 
 Serves ``/v1/chat/completions`` and ``/v1/completions`` (stream or not, SSE framed like OpenAI),
+fill-in-the-middle for code models (``suffix``, ``/infill``), tool calls for models whose chat
+template defines them, and through the shared app Anthropic's Messages and OpenAI's Responses APIs,
 ``/v1/models`` and ``/health``, with the same request models, error shape and log hygiene as the
 llama.cpp engine. The model directory is loaded offline only (no hub access, no remote code: the
 model's own Python would be untrusted code), and nothing a request carries is ever logged.
@@ -20,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from veil.engines import cli
+from veil.engines import cli, tool_calls
+from veil.engines import fim as fim_tokens
 from veil.engines.base import Backend, Chunk, FinishChunk, ModelThread, TextChunk, Usage
-from veil.engines.openai_api import ChatCompletionRequest, CompletionRequest, EngineAPIError
+from veil.engines.fim import FimRequest
+from veil.engines.openai_api import ChatCompletionRequest, CompletionRequest, EngineAPIError, ToolPlan
 from veil.engines.openai_app import create_openai_app
 
 #: Set before transformers is imported: never reach the network, never phone home.
@@ -44,8 +48,10 @@ class Generation:
     max_new_tokens: int
     temperature: float
     top_p: float
+    top_k: int | None
     seed: int | None
     stops: list[str]
+    ends: frozenset[int]  # token ids that end the answer: the model's end of sequence, a FIM end
 
     @property
     def prompt_tokens(self) -> int:
@@ -116,6 +122,10 @@ class TransformersBackend(Backend):
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=None)
         self.thread = ModelThread("generate")
+        self.template: str | None = getattr(self.tokenizer, "chat_template", None) or None
+        self.tool_syntax = tool_calls.syntax_of(self.template)
+        vocab = self.tokenizer.get_vocab()
+        self.fim = fim_tokens.detect({t: vocab[t] for t in fim_tokens.CANDIDATE_TEXTS if t in vocab})
 
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id
@@ -124,7 +134,7 @@ class TransformersBackend(Backend):
         return set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
 
     def plan(self, input_ids: Any, req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None,
-             param: str) -> Generation:
+             param: str, ends: frozenset[int] = frozenset()) -> Generation:
         """Check the request fits the context window (OpenAI's 400 if not) and fix max tokens."""
         prompt = int(input_ids.shape[1])
         room = self.n_ctx - prompt
@@ -134,34 +144,83 @@ class TransformersBackend(Backend):
                 f"{prompt} for the prompt plus {max_tokens or 1} to generate",
                 "context_length_exceeded", param,
             )
-        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        return Generation(input_ids, max_tokens or room, req.temperature, req.top_p, req.seed,
-                          [s for s in stops if s])
+        return Generation(input_ids, max_tokens or room, req.temperature, req.top_p, req.top_k, req.seed,
+                          req.stops, frozenset(self.eos_ids) | ends)
 
-    async def chat(self, req: ChatCompletionRequest) -> AsyncGenerator[Chunk, None]:
-        if not getattr(self.tokenizer, "chat_template", None):
+    def _tool_plan(self, req: ChatCompletionRequest) -> ToolPlan:
+        """The tools this engine can honour: the model's own choice (``auto``) or none.
+
+        transformers has no sampling grammar, so nothing can force a call: a named function or
+        ``required`` is refused rather than answered with whatever the model writes.
+        """
+        if not self.template:
             raise EngineAPIError(400, f"{self.model_id} has no chat template; use /v1/completions",
                                  "unsupported_chat", "messages")
-        messages = [m.plain() for m in req.messages]
+        plan = req.tool_plan()
+        if plan.mode in ("named", "required"):
+            raise EngineAPIError(
+                400, "the transformers engine cannot constrain sampling, so it cannot force a tool call: "
+                'use tool_choice "auto" (a model whose chat template defines tools) or "none"',
+                "unsupported_tools", "tool_choice",
+            )
+        if plan.mode == "auto" and self.tool_syntax is None:
+            raise EngineAPIError(
+                400, f"{self.model_id}'s chat template defines no tool calling, so the model cannot call tools: "
+                'set tool_choice to "none"', "unsupported_tools", "tool_choice",
+            )
+        return plan
+
+    def chat_ids(self, req: ChatCompletionRequest, plan: ToolPlan) -> Any:
+        """The prompt token ids of a chat request, rendered by the model's own template."""
+        messages = [m.for_tools() if self.tool_syntax else m.plain() for m in req.messages]
+        tools = plan.openai_tools() if plan.mode == "auto" else None
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
         except Exception:  # template errors (e.g. roles it refuses) may quote the messages
             raise EngineAPIError(400, "the model's chat template refused these messages",
                                  "invalid_messages", "messages") from None
-        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        gen = self.plan(ids, req, req.max_completion_tokens or req.max_tokens, "messages")
-        async with aclosing(self._generation(gen)) as chunks:  # closing us stops generating
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+    async def chat(self, req: ChatCompletionRequest) -> AsyncGenerator[Chunk, None]:
+        plan = self._tool_plan(req)
+        gen = self.plan(self.chat_ids(req, plan), req, req.max_completion_tokens or req.max_tokens, "messages")
+        answer = self._generation(gen)
+        if plan.mode == "auto":
+            assert self.tool_syntax is not None
+            answer = tool_calls.with_tool_calls(answer, tool_calls.ToolCallStream(self.tool_syntax, plan.names, plan.parallel))
+        async with aclosing(answer) as chunks:  # closing us stops generating
             async for chunk in chunks:
                 yield chunk
 
-    async def complete(self, req: CompletionRequest) -> AsyncGenerator[Chunk, None]:
-        if req.suffix is not None:
-            raise EngineAPIError(400, "this engine has no fill-in-the-middle support; suffix is unsupported",
-                                 "unsupported_suffix", "suffix")
-        prompt = req.single_prompt()
-        gen = self.plan(self.tokenizer(prompt, return_tensors="pt")["input_ids"], req, req.max_tokens, "prompt")
-        if req.echo:
-            yield TextChunk(prompt)
+    async def count_tokens(self, req: ChatCompletionRequest) -> int:
+        return int(self.chat_ids(req, self._tool_plan(req)).shape[1])
+
+    def _text_ids(self, text: str) -> list[int]:
+        """Request text as token ids, special tokens *not* parsed: a prompt cannot smuggle them in."""
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+    def fim_prompt(self, request: FimRequest) -> list[int]:
+        """The token ids the model receives for a fill-in-the-middle request (``fim.FimTokens``)."""
+        assert self.fim is not None
+        bos = self.tokenizer.bos_token_id
+        add_bos = bool(getattr(self.tokenizer, "add_bos_token", False)) and bos is not None
+        return self.fim.prompt(self._text_ids, request, [bos] if add_bos else [])
+
+    async def complete(self, req: CompletionRequest, fim: FimRequest | None = None) -> AsyncGenerator[Chunk, None]:
+        if fim is None and req.suffix is not None:
+            fim = FimRequest(req.single_prompt(), req.suffix)
+        if fim is not None:
+            if self.fim is None:
+                raise fim_tokens.unsupported(self.model_id)
+            if req.echo:
+                raise EngineAPIError(400, "echo cannot be combined with suffix", "invalid_request", "echo")
+            ids = self.torch.tensor([self.fim_prompt(fim)], dtype=self.torch.long)
+            gen = self.plan(ids, req, req.max_tokens, "prompt", self.fim.ends)
+        else:
+            prompt = req.single_prompt()
+            gen = self.plan(self.tokenizer(prompt, return_tensors="pt")["input_ids"], req, req.max_tokens, "prompt")
+            if req.echo:
+                yield TextChunk(prompt)
         async with aclosing(self._generation(gen)) as chunks:
             async for chunk in chunks:
                 yield chunk
@@ -186,13 +245,14 @@ class TransformersBackend(Backend):
                 do_sample=sample,
                 temperature=gen.temperature if sample else None,
                 top_p=gen.top_p if sample else None,
-                top_k=None,
+                top_k=gen.top_k or None if sample else None,
+                eos_token_id=sorted(gen.ends) or None,
                 pad_token_id=self.pad_id,
                 streamer=_make_streamer(self.tokenizer, emit),
                 stopping_criteria=StoppingCriteriaList([_Cancelled()]),
             )
         new = out[0, gen.prompt_tokens:].tolist()
-        finish = "stop" if new and new[-1] in self.eos_ids else "length"
+        finish = "stop" if new and new[-1] in gen.ends else "length"
         emit(("end", finish, len(new) - (1 if finish == "stop" else 0)))
 
     async def _generation(self, gen: Generation) -> AsyncGenerator[Chunk, None]:
@@ -202,7 +262,7 @@ class TransformersBackend(Backend):
         one; once a stop sequence appears, generation is cancelled and its token count kept.
         """
         cancel = threading.Event()
-        held, stopped = "", False
+        held, stopped = "", None
         keep = max((len(s) for s in gen.stops), default=1) - 1
 
         def produce(emit: Callable[[Any], None], cancelled: threading.Event) -> None:
@@ -214,12 +274,12 @@ class TransformersBackend(Backend):
                     if stopped:  # tokens produced before the thread saw the cancel flag
                         continue
                     held += item[1]
-                    hits = [i for s in gen.stops if (i := held.find(s)) >= 0]
+                    hits = [(i, s) for s in gen.stops if (i := held.find(s)) >= 0]
                     if hits:
-                        stopped = True
+                        at, stopped = min(hits)
                         cancel.set()
-                        if held[: min(hits)]:
-                            yield TextChunk(held[: min(hits)])
+                        if held[:at]:
+                            yield TextChunk(held[:at])
                         held = ""
                     elif len(held) > keep:
                         yield TextChunk(held[: len(held) - keep])
@@ -227,7 +287,7 @@ class TransformersBackend(Backend):
                 else:  # ("end", finish, completion_tokens)
                     if held:
                         yield TextChunk(held)
-                    yield FinishChunk("stop" if stopped else item[1], Usage(gen.prompt_tokens, item[2]))
+                    yield FinishChunk("stop" if stopped else item[1], Usage(gen.prompt_tokens, item[2]), stopped)
 
 
 def _silence_libraries() -> None:
