@@ -178,6 +178,7 @@ def _app(
         routes=[
             Route("/veil/verification", verification_info),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "DELETE"]),
+            Route("/infill", forward, methods=["POST"]),  # llama.cpp's code-completion path (llama.vscode)
         ],
         lifespan=lifespan,
     )

@@ -10,7 +10,7 @@ its requests same-origin. This ASGI middleware refuses, before anything is forwa
   ``none`` (``proxy.cross_site``: every browser sends one of them on cross-site requests);
 * a POST whose body is not ``application/json`` (``proxy.bad_content_type``): a JSON body from
   another origin needs a CORS preflight, which the proxy never grants;
-* with a per-proxy token, a ``/v1/`` request without ``Authorization: Bearer <token>``
+* with a per-proxy token, a request outside ``/veil/`` (every forwarded path) without ``Authorization: Bearer <token>``
   (``proxy.unauthorized``). OpenAI clients send their ``api_key`` that way.
 
 Programs (SDKs, curl) send neither Origin nor Sec-Fetch-Site and pass unchanged.
@@ -78,7 +78,8 @@ class ProxyGuard:
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json":
                 return proxy_error(415, "proxy.bad_content_type", "POST bodies must be application/json")
-        if self.token is not None and scope["path"].startswith("/v1/"):
+        # Every forwarded path (/v1/..., /infill) needs it; only the proxy's own /veil/ pages do not.
+        if self.token is not None and not scope["path"].startswith("/veil/"):
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
                 return proxy_error(401, "proxy.unauthorized", "send this proxy's token as 'Authorization: Bearer <token>'")

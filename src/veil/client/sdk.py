@@ -49,6 +49,7 @@ class _Resources:
         self.completions = sdk.completions
         self.embeddings = sdk.embeddings
         self.models = sdk.models
+        self.responses = sdk.responses
 
 
 class Client(_Resources):
