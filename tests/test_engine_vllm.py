@@ -55,6 +55,37 @@ def test_extra_args_pass_through_but_privacy_flags_are_refused() -> None:
             vllm.build_command("m", "s", executable=EXE, extra_args=bad)
 
 
+def test_tool_parser_follows_the_models_chat_template(tmp_path: Path) -> None:
+    """vLLM's auto tool choice is switched on with the parser the template's syntax needs, read
+    from the model directory (never the model's name); a template without tools gets none."""
+    from tiny_models import HERMES_TEMPLATE
+
+    def model_dir(name: str, config: object = None, jinja: str | None = None) -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        if config is not None:
+            (root / "tokenizer_config.json").write_text(json.dumps({"chat_template": config}))
+        if jinja is not None:
+            (root / "chat_template.jinja").write_text(jinja)
+        return root
+
+    def parser(cmd: list[str]) -> str | None:
+        return cmd[cmd.index("--tool-call-parser") + 1] if "--tool-call-parser" in cmd else None
+
+    hermes = vllm.build_command(model_dir("qwen-like", HERMES_TEMPLATE), "s", version="0.11.0", executable=EXE)
+    assert "--enable-auto-tool-choice" in hermes and parser(hermes) == "hermes"
+    mistral = "{%- if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]"
+    named = [{"name": "default", "template": "{{ messages }}"}, {"name": "tool_use", "template": mistral}]
+    assert parser(vllm.build_command(model_dir("mistral-like", named), "s", executable=EXE)) == "mistral"
+    assert parser(vllm.build_command(model_dir("jinja", jinja=HERMES_TEMPLATE), "s", executable=EXE)) == "hermes"
+    plain = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{% endfor %}"
+    for bare in (model_dir("chatml", plain), model_dir("no-template", None), tmp_path / "missing"):
+        assert "--enable-auto-tool-choice" not in vllm.build_command(bare, "s", executable=EXE)
+    chosen = vllm.build_command(tmp_path / "qwen-like", "s", executable=EXE,
+                                extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "pythonic"])
+    assert parser(chosen) == "pythonic" and chosen.count("--tool-call-parser") == 1
+
+
 def test_environment_switches_telemetry_off() -> None:
     env = vllm.build_env({"PATH": "/bin", "VLLM_NO_USAGE_STATS": "0"})
     assert env["PATH"] == "/bin"

@@ -9,6 +9,12 @@ second HTTP server: this module only builds a safe command line and then *execs*
 (1) asking Linux to kill it with the gateway (PR_SET_PDEATHSIG survives exec), (2) setting a umask
 so the socket vLLM binds is owner-only, and refusing a socket directory others can enter, (3)
 switching off request logging and usage telemetry, and refusing extra flags that undo that.
+
+Tool calling with ``tool_choice: "auto"`` is vLLM's own, which needs its parser named on the
+command line: ``build_command`` reads the model directory's chat template and, when it defines
+tool calling in a syntax Veil knows (``veil.engines.tool_calls``: ``hermes``, ``mistral``,
+``llama3_json``, the names vLLM's parsers share), adds ``--enable-auto-tool-choice
+--tool-call-parser NAME``. A model without one gets no parser, and vLLM refuses ``auto`` itself.
 """
 
 from __future__ import annotations
@@ -92,6 +98,31 @@ def vllm_executable() -> list[str]:
     return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
 
 
+def chat_template_of(model: str | Path) -> str | None:
+    """The chat template a Hugging Face model directory ships (``chat_template.jinja``, else
+    ``tokenizer_config.json``'s ``chat_template``, the named ``tool_use`` one first), or None."""
+    root = Path(model)
+    jinja = root / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = root / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("tool_use") or named.get("default")
+    return template if isinstance(template, str) else None
+
+
+def tool_parser_args(model: str | Path) -> list[str]:
+    """vLLM's auto tool choice flags for the syntax the model's chat template defines, if any."""
+    from veil.engines.tool_calls import syntax_of
+
+    syntax = syntax_of(chat_template_of(model))
+    return ["--enable-auto-tool-choice", "--tool-call-parser", syntax.name] if syntax else []
+
+
 def build_command(
     model: str | Path,
     socket_path: str | Path,
@@ -110,7 +141,10 @@ def build_command(
         argv += ["--max-model-len", str(max_model_len)]
     argv += request_logging_off(version)
     argv += ["--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
-    return argv + check_extra_args(extra_args)
+    extra = check_extra_args(extra_args)
+    if "--tool-call-parser" not in {a.split("=", 1)[0] for a in extra}:  # an operator's choice wins
+        argv += tool_parser_args(model)
+    return argv + extra
 
 
 def build_env(base: dict[str, str] | None = None) -> dict[str, str]:
