@@ -239,9 +239,10 @@ class SimTdxPlatform:
         return hashlib.sha256(self.root.public_bytes(serialization.Encoding.DER)).hexdigest()
 
     # ---- collateral (Intel PCS layout) ----------------------------------------------------------
-    def issue_collateral(self, *, issued: dt.datetime | None = None,
-                         validity: dt.timedelta = COLLATERAL_VALIDITY) -> dict[str, Any]:
-        """TCB info, QE identity and both CRLs as Intel's PCS serves them, signed now (or ``issued``)."""
+    def issue_collateral(self, *, issued: dt.datetime | None = None, validity: dt.timedelta = COLLATERAL_VALIDITY,
+                         revoke_pck: bool = False) -> dict[str, Any]:
+        """TCB info, QE identity and both CRLs as Intel's PCS serves them, signed now (or ``issued``);
+        ``revoke_pck``: the PCK CRL lists this platform's PCK certificate (Intel revoked it)."""
         now = issued or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
         nxt = now + validity
         root_key, tcb_key = self.keys["root"], self.keys["tcb"]
@@ -254,15 +255,18 @@ class SimTdxPlatform:
             "tcbLevels": [{"tcb": {"isvsvn": QE_ISVSVN}, "tcbDate": TCB_DATE, "tcbStatus": "UpToDate"}],
         }, separators=(",", ":"))
 
-        def crl(issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> str:
+        def crl(issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey, revoked: x509.Certificate | None = None) -> str:
             builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
                        .last_update(now).next_update(nxt).add_extension(x509.CRLNumber(1), critical=False))
+            if revoked is not None:
+                builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(
+                    revoked.serial_number).revocation_date(now).build())
             return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER).hex()
 
         return {
             "pck_crl_issuer_chain": _pem(self.pck_ca) + _pem(self.root),
             "root_ca_crl": crl(self.root, root_key),
-            "pck_crl": crl(self.pck_ca, self.keys["pck_ca"]),
+            "pck_crl": crl(self.pck_ca, self.keys["pck_ca"], self.pck if revoke_pck else None),
             "tcb_info_issuer_chain": _pem(self.tcb_signer) + _pem(self.root),
             "tcb_info": tcb_info,
             "tcb_info_signature": _raw_signature(tcb_key, tcb_info.encode()).hex(),

@@ -165,6 +165,22 @@ def _parse_collateral(fields: tuple[str, ...]) -> _Parsed:
     return _Parsed(loaded, root_der, hashlib.sha256(root_der).hexdigest())
 
 
+def _pck_listed_in_crl(quote: TdxQuote, collateral: dict[str, Any]) -> bool:
+    """Why dcap-qvl refused the PCK chain, when the reason is revocation: it reports any chain
+    failure as one message. Only names the reason of a refusal dcap-qvl already made; the CRL
+    counts only when signed by the PCK CA of the collateral's (already trusted) chain."""
+    try:
+        pck = x509.load_pem_x509_certificates(quote.qe_cert.pck_chain)[0] if quote.qe_cert else None
+        issuer = x509.load_pem_x509_certificates(collateral["pck_crl_issuer_chain"].encode())[0]
+        raw = collateral["pck_crl"]
+        crl = x509.load_der_x509_crl(bytes.fromhex(raw)) if not raw.startswith("-----") else x509.load_pem_x509_crl(raw.encode())
+        if pck is None or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            return False
+    except (ValueError, TypeError, KeyError):
+        return False
+    return crl.get_revoked_certificate_by_serial_number(pck.serial_number) is not None
+
+
 def _utc(seconds: Any) -> datetime | None:
     return datetime.fromtimestamp(seconds, timezone.utc) if isinstance(seconds, int) else None
 
@@ -192,7 +208,10 @@ def verify_quote(
         out = json.loads(raw.to_json())
     except ValueError as exc:
         msg = str(exc).replace("\n", " ")
-        raise VerificationError(_reason(msg), msg) from exc
+        code = _reason(msg)
+        if code == "tdx.pck_chain_invalid" and _pck_listed_in_crl(parsed, collateral):
+            raise VerificationError("tdx.pck_revoked", f"the PCK CRL revokes this quote's PCK certificate ({msg})") from exc
+        raise VerificationError(code, msg) from exc
     report: dict[str, Any] = next(iter(out.get("report", {}).values()), {})
     report = {**report.get("base", {}), **report}  # a TD 1.5 body nests the TD 1.0 fields under "base"
     # Belt and braces: the fields Veil exposes must be those dcap-qvl verified.
