@@ -131,7 +131,7 @@ def start_stack(tmp: Path, gateways: int = 1) -> Stack:
     seen, urls = [], []
     for _ in range(gateways):
         rec = SeenByGateway()
-        upstream = httpx.AsyncClient(transport=httpx.ASGITransport(ECHO_ENGINE), base_url="http://engine")
+        upstream = httpx.ASGITransport(ECHO_ENGINE)
         server = ServerThread(rec.middleware(create_gateway_app(state.ohttp_keys, upstream)))
         servers.append(server)
         seen.append(rec)

@@ -21,9 +21,10 @@ import openai
 import pytest
 
 from veil.client.proxy import create_encrypting_proxy
-from veil.engines.launcher import ENGINE_BASE_URL, EngineProcess
+from veil.engines.launcher import EngineProcess
 from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.testing import ServerThread, free_port
+from veil.worker.engine_link import EngineLink
 from veil.worker.gateway import create_gateway_app
 
 pytestmark = pytest.mark.slow
@@ -39,9 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
     sock = tmp_path_factory.mktemp("compat") / "engine.sock"
     pair = KeyPair.generate(3)
     with EngineProcess(sock, threads=2, n_ctx=1024, startup_timeout=120):
-        upstream = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(sock)), base_url=ENGINE_BASE_URL, timeout=120
-        )
+        upstream = EngineLink(str(sock))
         with ServerThread(create_gateway_app(KeyStore([pair]), upstream)) as gateway:
             with ServerThread(create_encrypting_proxy(pair.config, gateway.url, SUMMARY)) as proxy:
                 yield SimpleNamespace(proxy_url=proxy.url, gateway_url=gateway.url)

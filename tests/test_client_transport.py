@@ -31,7 +31,7 @@ ENGINE = Starlette(routes=[Route("/v1/echo", _echo, methods=["POST"])])
 
 
 def _gateway(keys: KeyStore) -> Starlette:
-    upstream = httpx.AsyncClient(transport=httpx.ASGITransport(ENGINE), base_url="http://engine")
+    upstream = httpx.ASGITransport(ENGINE)
     return create_gateway_app(keys, upstream)
 
 

@@ -76,7 +76,7 @@ def pair() -> KeyPair:
 
 
 def _gateway(pair: KeyPair, padding: PaddingSettings | None = None) -> Starlette:
-    upstream = httpx.AsyncClient(transport=_Engine(), base_url="http://engine")
+    upstream = _Engine()
     return create_gateway_app(KeyStore([pair]), upstream, padding=padding)
 
 

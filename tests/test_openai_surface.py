@@ -18,9 +18,10 @@ import openai
 import pytest
 
 from veil.client.transport import OhttpTransport
-from veil.engines.launcher import ENGINE_BASE_URL, EngineProcess
+from veil.engines.launcher import EngineProcess
 from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.testing import ServerThread
+from veil.worker.engine_link import EngineLink
 from veil.worker.gateway import create_gateway_app
 
 pytestmark = pytest.mark.slow
@@ -47,9 +48,7 @@ def veil_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Key
     sock = tmp_path_factory.mktemp("surface") / "engine.sock"
     pair = KeyPair.generate(7)
     with EngineProcess(sock, threads=2, n_ctx=1024, startup_timeout=120) as engine:
-        upstream = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(sock)), base_url=ENGINE_BASE_URL, timeout=120
-        )
+        upstream = EngineLink(str(sock))
         with ServerThread(create_gateway_app(KeyStore([pair]), upstream)) as gateway:
             yield pair, gateway.url, engine
 

@@ -53,7 +53,7 @@ def pair() -> KeyPair:
 
 def _setup(pair: KeyPair, entries: list[TenantEntry], engine: str | None = "vllm") -> tuple[_Echo, object]:
     echo = _Echo()
-    upstream = httpx.AsyncClient(transport=echo, base_url="http://engine")
+    upstream = echo
     app = create_gateway_app(KeyStore([pair]), upstream, manifest=_manifest(entries), engine=engine, tenant_salt_secret=SECRET)
     return echo, app
 
@@ -219,7 +219,7 @@ def test_padding_settings_come_from_the_manifest(pair: KeyPair) -> None:
     ref = [ReferenceValues(platform="sim-snp", measurements=["00" * 48])]
     m = Manifest(coordinator=ref, workers=ref, admin_keys=["00" * 32], padding=PaddingSettings(responses=4096))
     assert json.loads(m.canonical())["padding"]["responses"] == 4096
-    upstream = httpx.AsyncClient(transport=_Echo(), base_url="http://engine")
+    upstream = _Echo()
     app = create_gateway_app(KeyStore([pair]), upstream, manifest=m)
 
     async def go() -> int:
@@ -245,7 +245,7 @@ class _Streamer(httpx.AsyncBaseTransport):
 
 def test_streams_are_settled_by_their_events(pair: KeyPair) -> None:
     key, entry = create_tenant("s", 1000, tokens_per_minute=1000)
-    upstream = httpx.AsyncClient(transport=_Streamer(), base_url="http://engine")
+    upstream = _Streamer()
     app = create_gateway_app(KeyStore([pair]), upstream, tenants=[entry], engine="vllm")
 
     async def go() -> None:
@@ -306,7 +306,7 @@ def test_usage_is_settled_on_every_path(pair: KeyPair, framing: str, stream: boo
 
     key, entry = create_tenant("t", 1000, tokens_per_minute=1000)
     padding = None if padded else PaddingSettings(requests=None, responses=None, stream_chunks=None)
-    upstream = httpx.AsyncClient(transport=httpx.ASGITransport(FakeEngine(tokens=3)), base_url="http://engine")
+    upstream = httpx.ASGITransport(FakeEngine(tokens=3))
     app = create_gateway_app(KeyStore([pair]), upstream, tenants=[entry], padding=padding,
                              settings=GatewaySettings(ohttpy_compat=True))
     doc = {"model": "m", "messages": MSG, "max_tokens": 500, "stream": stream}

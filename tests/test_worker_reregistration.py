@@ -10,7 +10,6 @@ import errno
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import pytest
 
 from veil import keyrelease
@@ -19,6 +18,7 @@ from veil.manifest import Manifest, ModelEntry, ReferenceValues, SandboxSettings
 from veil.sandbox.profile import SandboxError, SandboxProfile
 from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.worker import serve
+from veil.worker.engine_link import EngineLink
 from veil.worker.gateway import create_gateway_app
 from veil.worker.registration import RegistrationRefused, ReleasedSecrets
 
@@ -31,7 +31,7 @@ CURRENT = SimpleNamespace(manifest=Manifest(coordinator=REF, workers=REF, admin_
 
 def _keeper(monkeypatch: pytest.MonkeyPatch, answers: list[object], engine: object = None) -> tuple[serve.Reregistration, object, SimpleNamespace]:
     """A Reregistration whose registrations return or raise ``answers`` in turn."""
-    app = create_gateway_app(KeyStore([KeyPair.generate(1)]), httpx.AsyncClient(base_url="http://engine"))
+    app = create_gateway_app(KeyStore([KeyPair.generate(1)]), EngineLink("/nonexistent/engine.sock"))
     server = SimpleNamespace(should_exit=False)
     config = serve.WorkerConfig("http://coordinator.invalid", "127.0.0.1", 0, None, Path("/nonexistent"))
     first = ReleasedSecrets("w1", "d1", [], {})

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import httpx
 import uvicorn
 
 from veil.httpserver import ServerLimits, server_config
+from veil.process import die_with_parent
 
 
 def free_port() -> int:
@@ -134,14 +136,15 @@ class FakeEngine:
                                            "created": 0, "model": self.model, "choices": [choice], "usage": usage})
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         delay = 1.0 / self.rate if self.rate else 0.0
+        delta = {"content": self.text} if chat else None
+        choice = {"index": 0, "delta": delta, "finish_reason": None} if chat else {"index": 0, "text": self.text, "finish_reason": None}
+        event = {"id": "fake-1", "object": "chat.completion.chunk" if chat else "text_completion",
+                 "created": 0, "model": self.model, "choices": [choice]}
+        wire = b"data: " + json.dumps(event).encode() + b"\n\n"  # built once: the engine's cost stays small
         for _ in range(n):
             if delay:
                 await asyncio.sleep(delay)
-            delta = {"content": self.text} if chat else None
-            choice = {"index": 0, "delta": delta, "finish_reason": None} if chat else {"index": 0, "text": self.text, "finish_reason": None}
-            event = {"id": "fake-1", "object": "chat.completion.chunk" if chat else "text_completion",
-                     "created": 0, "model": self.model, "choices": [choice]}
-            await send({"type": "http.response.body", "body": b"data: " + json.dumps(event).encode() + b"\n\n", "more_body": True})
+            await send({"type": "http.response.body", "body": wire, "more_body": True})
         tail = b""
         if (doc.get("stream_options") or {}).get("include_usage"):
             final = {"id": "fake-1", "object": "chat.completion.chunk", "created": 0, "model": self.model, "choices": [], "usage": usage}
@@ -169,9 +172,11 @@ class GatewayProcess:
         self.pair = pair or KeyPair.generate(options.pop("key_id", 1))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        run_dir.mkdir(parents=True, exist_ok=True)
         self.stderr_path = run_dir / "gateway.stderr"
+        self.engine_socket = str(run_dir / "engine.sock")
         argv = [sys.executable, "-m", "veil.testing", "gateway", "--port", str(self.port),
-                "--engine-uds", str(run_dir / "engine.sock"), "--key-id", str(self.pair.key_id)]
+                "--engine-uds", self.engine_socket, "--key-id", str(self.pair.key_id)]
         for name, value in options.items():
             flag = "--" + name.replace("_", "-")
             argv += [flag] if value is True else [] if value is False else [flag, str(value)]
@@ -194,6 +199,10 @@ class GatewayProcess:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
+
+    def gateway_pids(self) -> list[int]:
+        """The gateway's own processes (not the fake engine's): what benchmarks charge to it."""
+        return [self.proc.pid]
 
     def victim(self, timeout: float = 30.0) -> float:
         """One legitimate streamed chat on a fresh connection, through Veil's own transport; its
@@ -327,21 +336,21 @@ def _run_engine(args: argparse.Namespace) -> None:
 def _run_gateway(args: argparse.Namespace) -> None:
     from veil.manifest import GatewaySettings, PaddingSettings
     from veil.ohttp.keyconfig import KeyPair, KeyStore
+    from veil.worker.engine_link import EngineLink
     from veil.worker.gateway import create_gateway_app
 
     key = bytes.fromhex(sys.stdin.readline().strip())
     sock = Path(args.engine_uds)
     engine = subprocess.Popen([sys.executable, "-m", "veil.testing", "engine", "--uds", str(sock),
-                               "--tokens", str(args.tokens), *(["--rate", str(args.rate)] if args.rate else [])])
+                               "--tokens", str(args.tokens), *(["--rate", str(args.rate)] if args.rate else [])],
+                              preexec_fn=lambda: die_with_parent(signal.SIGKILL))  # never outlives the gateway
     try:
         deadline = time.monotonic() + 30
         while not sock.exists():
             if time.monotonic() > deadline or engine.poll() is not None:
                 raise SystemExit("the fake engine did not start")
             time.sleep(0.02)
-        upstream = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock)), base_url="http://engine",
-                                     timeout=httpx.Timeout(300.0, connect=5.0),
-                                     limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
+        upstream = EngineLink(str(sock))
         padding = PaddingSettings(requests=None, responses=None, stream_chunks=None) if args.padding == "off" else None
         app = create_gateway_app(KeyStore([KeyPair.from_private_bytes(args.key_id, key)]), upstream, padding=padding,
                                  settings=GatewaySettings(ohttpy_compat=args.compat))

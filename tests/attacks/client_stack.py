@@ -41,6 +41,7 @@ from veil.manifest import (
     sign_manifest,
 )
 from veil.testing import ServerThread
+from veil.worker.engine_link import EngineLink
 from veil.worker.gateway import create_gateway_app
 
 MODEL = "test-model"
@@ -134,8 +135,9 @@ def client_stack(sim_dir: Path | None = None, *, tenants: list[TenantEntry] | No
     state = CoordinatorState.generate()
     engine = Engine()
     admin = Ed25519PrivateKey.generate()
-    with ServerThread(create_app(state, attester)) as coordinator, ServerThread(engine.app()) as engine_server:
-        upstream = httpx.AsyncClient(base_url=engine_server.url, timeout=60)
+    sock = Path(tempfile.mkdtemp(prefix="veil-engine-")) / "engine.sock"
+    with ServerThread(create_app(state, attester)) as coordinator, ServerThread(engine.app(), uds=str(sock)):
+        upstream = EngineLink(str(sock))
         with ServerThread(create_gateway_app(state.ohttp_keys, upstream, tenants=tenants or [])) as gateway:
             stack = Stack(coordinator.url, gateway.url, state, attester, sim, admin, engine, head=None)  # type: ignore[arg-type]
             first = sign_manifest(stack.manifest(), [admin], None)

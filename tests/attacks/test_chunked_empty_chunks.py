@@ -48,7 +48,7 @@ def gateway() -> Iterator[tuple[str, KeyStore, Engine]]:
     keys = KeyStore(new_generation(0))
     engine = Engine()
     app = Starlette(routes=[Route("/v1/models", engine.models)])
-    upstream = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://engine")
+    upstream = httpx.ASGITransport(app=app)
     with ServerThread(create_gateway_app(keys, upstream)) as server:
         yield server.url, keys, engine
 

@@ -23,10 +23,11 @@ import pytest
 
 from veil.admin import create_tenant
 from veil.client.transport import OhttpTransport
-from veil.engines.launcher import ENGINE_BASE_URL, EngineProcess
+from veil.engines.launcher import EngineProcess
 from veil.manifest import Manifest, ReferenceValues
 from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.testing import ServerThread
+from veil.worker.engine_link import EngineLink
 from veil.worker.gateway import create_gateway_app
 
 pytestmark = pytest.mark.slow
@@ -43,8 +44,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, open
     ref = [ReferenceValues(platform="sim-snp", measurements=["00" * 48])]
     manifest = Manifest(coordinator=ref, workers=ref, admin_keys=["00" * 32], tenants=[victim, attacker])
     with EngineProcess(sock, threads=2, n_ctx=512, startup_timeout=180):
-        upstream = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(sock)), base_url=ENGINE_BASE_URL,
-                                     timeout=180)
+        upstream = EngineLink(str(sock))
         app = create_gateway_app(KeyStore([pair]), upstream, manifest=manifest, engine="llama.cpp")
         with ServerThread(app) as gateway:
             clients = {

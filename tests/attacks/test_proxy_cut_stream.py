@@ -32,6 +32,7 @@ from starlette.routing import Route
 from veil.client.proxy import create_encrypting_proxy
 from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.testing import ServerThread, free_port
+from veil.worker.engine_link import EngineLink
 from veil.worker.gateway import create_gateway_app
 
 pytestmark = pytest.mark.slow  # live servers and processes on loopback
@@ -68,11 +69,10 @@ ENGINE = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"]
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[SimpleNamespace]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     pair = KeyPair.generate(1)
-    with ServerThread(ENGINE) as engine, ServerThread(
-        create_gateway_app(KeyStore([pair]), httpx.AsyncClient(base_url=engine.url))
-    ) as gateway:
+    sock = str(tmp_path_factory.mktemp("cut") / "engine.sock")
+    with ServerThread(ENGINE, uds=sock), ServerThread(create_gateway_app(KeyStore([pair]), EngineLink(sock))) as gateway:
         port = free_port()
         relay = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("cutting_relay.py")), "--upstream", gateway.url, "--port", str(port)]

@@ -42,7 +42,7 @@ async def _engine(request: Request) -> JSONResponse:
 def gateway() -> Iterator[tuple[str, KeyStore]]:
     keys = KeyStore(new_generation(0))
     engine = Starlette(routes=[Route("/v1/models", _engine)])
-    upstream = httpx.AsyncClient(transport=httpx.ASGITransport(app=engine), base_url="http://engine")
+    upstream = httpx.ASGITransport(app=engine)
     with ServerThread(create_gateway_app(keys, upstream)) as server:
         yield server.url, keys
 

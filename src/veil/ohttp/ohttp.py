@@ -141,10 +141,11 @@ class ResponseAead:
         self.key = HKDFExpand(hashes.SHA256(), nk, b"key").derive(prk)
         self.nonce = HKDFExpand(hashes.SHA256(), nn, b"nonce").derive(prk)
         self._aead = _AEAD_CLASSES[suite.aead_id](self.key)
+        self._base = int.from_bytes(self.nonce, "big")  # nonce XOR seq as one integer operation
+        self._nn = len(self.nonce)
 
     def _nonce(self, seq: int) -> bytes:
-        n = len(self.nonce)
-        return bytes(a ^ b for a, b in zip(self.nonce, seq.to_bytes(n, "big")))
+        return (self._base ^ seq).to_bytes(self._nn, "big")  # OverflowError past the nonce's width
 
     def seal(self, plaintext: bytes, seq: int = 0, aad: bytes = b"") -> bytes:
         return self._aead.encrypt(self._nonce(seq), plaintext, aad)

@@ -56,16 +56,22 @@ def _exact_chunk_len(total: int) -> int:
     raise ValueError(f"no content chunk is exactly {total} bytes")
 
 
+# (width, smallest, largest + 1) of each QUIC varint length (RFC 9000 §16)
+_VARINT_WIDTHS = ((1, 0, 1 << 6), (2, 1 << 6, 1 << 14), (4, 1 << 14, 1 << 30), (8, 1 << 30, 1 << 62))
+
+
 def _comment_filled(prefix: bytes, data: bytes, minimum: int, ceiling: int) -> bytes:
-    """``prefix`` + one content chunk (``data`` + an SSE comment line), exactly one bucket long."""
-    target = bucket(len(prefix) + len(data) + 3, minimum, ceiling)
+    """``prefix`` + one content chunk (``data`` + an SSE comment line), exactly one bucket long.
+
+    Runs once per streamed event: kept to a few integer comparisons and one join."""
+    need = len(data) + 2  # the data, then at least ":" and "\n"
+    target = bucket(len(prefix) + need + 1, minimum, ceiling)
     while True:
         room = target - len(prefix)
-        for width in (1, 2, 4, 8):
+        for width, low, high in _VARINT_WIDTHS:
             n = room - width
-            if n >= len(data) + 2 and len(encode_varint(n)) == width:
-                filler = b":" + b" " * (n - len(data) - 2) + b"\n"
-                return prefix + encode_varint(n) + data + filler
+            if n >= need and low <= n < high:
+                return b"".join((prefix, encode_varint(n), data, b":", b" " * (n - need), b"\n"))
         target = bucket(target + 1, minimum, ceiling)  # a varint width boundary: next bucket
 
 
@@ -103,6 +109,8 @@ class SsePadder:
         return data + b":" + b" " * (target - len(data) - 2) + b"\n"
 
     def feed(self, piece: bytes) -> list[bytes]:
+        if not self._pending and piece.endswith(b"\n") and len(piece) + 16 <= self.ceiling:
+            return [self._filled(piece)]  # the usual case: whole events, one bucket
         self._pending += piece
         out: list[bytes] = []
         cut = self._pending.rfind(b"\n") + 1

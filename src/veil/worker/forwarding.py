@@ -5,6 +5,11 @@ tracks the caller: the method, the path and query, the body, and only the reques
 :data:`FORWARDED_HEADERS`. Cookies, ``Referer``, ``Origin``, ``User-Agent``, ``X-Forwarded-For``,
 the OpenAI SDK's ``x-stainless-*`` telemetry, API keys and the client's ``Date`` all stay in the
 gateway. Engine failures become encrypted refusals (``gateway.upstream_*``).
+
+``upstream`` is an httpx *transport* (``EngineLink`` in a worker, ``httpx.ASGITransport`` around an
+in-process engine in tests), called directly: no client-side defaults, cookies or redirects, and
+the answer's body is read as the transport delivers it (no decoding: we ask for none, and refuse
+an answer that arrives encoded anyway).
 """
 
 from __future__ import annotations
@@ -23,18 +28,25 @@ _STRIP_RESPONSE = frozenset(
 )
 
 
-def upstream_request(client: httpx.AsyncClient, req: bhttp.Request) -> httpx.Request:
+def upstream_request(req: bhttp.Request) -> httpx.Request:
     headers = [(n, v) for n, v in req.headers if n.lower() in FORWARDED_HEADERS]
     path = req.path if req.path.startswith("/") else "/" + req.path
-    return client.build_request(req.method, path, headers=headers, content=req.content)
+    return httpx.Request(req.method, "http://engine" + path, headers=headers, content=req.content)
 
 
-async def open_upstream(client: httpx.AsyncClient, req: bhttp.Request) -> httpx.Response:
+async def open_upstream(upstream: httpx.AsyncBaseTransport, req: bhttp.Request) -> httpx.Response:
     """Send the request and return once the engine's answer head has arrived (body still streaming)."""
     try:
-        return await client.send(upstream_request(client, req), stream=True)
+        return await upstream.handle_async_request(upstream_request(req))
     except httpx.HTTPError:
         raise unavailable() from None
+
+
+def answer_body(resp: httpx.Response) -> httpx.AsyncByteStream:
+    """The answer's body as the transport delivers it (pieces as they arrived); ``aclose`` it."""
+    stream = resp.stream
+    assert isinstance(stream, httpx.AsyncByteStream), "the engine hop is an async transport"
+    return stream
 
 
 def answer_headers(resp: httpx.Response) -> bhttp.Fields:
@@ -42,6 +54,8 @@ def answer_headers(resp: httpx.Response) -> bhttp.Fields:
     out: bhttp.Fields = []
     for raw_name, raw_value in resp.headers.raw:
         name = raw_name.decode("latin-1").lower()
+        if name == "content-encoding" and raw_value.strip().lower() not in (b"", b"identity"):
+            raise failed()  # we asked for none: an encoded body would reach the client undecodable
         if name not in _STRIP_RESPONSE:
             out.append((name, raw_value.decode("latin-1")))
     return out
@@ -51,7 +65,7 @@ async def read_whole(resp: httpx.Response, limit: int) -> bytes:
     """A whole (non-streamed) answer, at most ``limit`` bytes: the engine cannot exhaust our memory."""
     buf = bytearray()
     try:
-        async for piece in resp.aiter_bytes():
+        async for piece in answer_body(resp):
             buf += piece
             if len(buf) > limit:
                 raise Refusal(502, "gateway.answer_too_large", "The engine's answer exceeds the gateway's limit.",

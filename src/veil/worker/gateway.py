@@ -39,7 +39,7 @@ from veil.ohttp import bhttp
 from veil.ohttp.keyconfig import KeyStore
 from veil.wire import COMPAT_KEYS_PATH, COMPAT_PATH, GATEWAY_PATH, MEDIA_TYPE_CHUNKED_REQUEST, MEDIA_TYPE_KEYS, MEDIA_TYPE_REQUEST
 from veil.worker.encoding import Encoder, Sealer, choose_encoder, is_event_stream
-from veil.worker.forwarding import answer_headers, open_upstream, read_whole
+from veil.worker.forwarding import answer_body, answer_headers, open_upstream, read_whole
 from veil.worker.opening import Framing, Opened, open_request
 from veil.worker.refusals import Refusal, internal_error
 from veil.worker.replay import ReplayGuard
@@ -114,14 +114,14 @@ class _Exchange:
             self.admission = None
         if self.upstream is not None:
             upstream, self.upstream = self.upstream, None
-            await upstream.aclose()
+            await answer_body(upstream).aclose()
 
 
 class Gateway:
     """The gateway of one worker process. A newer manifest applies through :meth:`apply_manifest`."""
 
     def __init__(
-        self, keys: KeyStore, upstream: httpx.AsyncClient, *, tenancy: Tenancy, padding: PaddingSettings,
+        self, keys: KeyStore, upstream: httpx.AsyncBaseTransport, *, tenancy: Tenancy, padding: PaddingSettings,
         settings: GatewaySettings, limits: bhttp.Limits, max_request_bytes: int,
     ) -> None:
         self.keys = keys
@@ -213,10 +213,11 @@ class Gateway:
             yield out
         assert ex.upstream is not None
         try:
-            async for piece in ex.upstream.aiter_bytes():
+            async for piece in answer_body(ex.upstream):
                 ex.meter.stream(piece)
-                for out in encoder.body(piece):
-                    yield out
+                sealed = encoder.body(piece)
+                if sealed:
+                    yield sealed[0] if len(sealed) == 1 else b"".join(sealed)  # one write per read
         except httpx.HTTPError:
             # No final chunk: the client reports chunked.truncated, never a silently short answer.
             log.warning("ohttp stream: the engine failed mid-answer; closing without a final chunk")
@@ -261,7 +262,7 @@ class _PostEndpoint:
 
 def create_gateway_app(
     keys: KeyStore,
-    upstream: httpx.AsyncClient,
+    upstream: httpx.AsyncBaseTransport,
     *,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     limits: bhttp.Limits = bhttp.DEFAULT_LIMITS,
@@ -272,7 +273,9 @@ def create_gateway_app(
     settings: GatewaySettings | None = None,
     tenant_salt_secret: bytes | None = None,
 ) -> Starlette:
-    """Build the gateway ASGI app. ``upstream`` needs a ``base_url`` (e.g. ``http://engine`` over a UDS).
+    """Build the gateway ASGI app. ``upstream`` is the transport to the engine: an
+    :class:`~veil.worker.engine_link.EngineLink` on its Unix socket (or, in tests, an
+    ``httpx.ASGITransport`` around an in-process engine).
 
     ``manifest`` supplies ``tenants``, ``padding`` and the gateway ``settings`` (explicit arguments
     win); ``engine`` names the engine behind ``upstream`` (per-tenant ``cache_salt`` goes only to

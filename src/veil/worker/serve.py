@@ -172,8 +172,9 @@ def sandbox_profile(manifest: SignedManifest, config: WorkerConfig) -> SandboxPr
 
 
 def run_worker(config: WorkerConfig, attester: Attester) -> None:
-    from veil.engines.launcher import EngineProcess, engine_transport
+    from veil.engines.launcher import EngineProcess
     from veil.sandbox.hardening import harden_worker
+    from veil.worker.engine_link import EngineLink
 
     if problem := harden_worker():  # no core dumps; the engine's mounts die with this process
         log.warning("worker keeps the host's mount namespace: %s", problem)
@@ -196,10 +197,7 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
         engine_module=ENGINE_MODULES[entry.engine], stdin_fd=weights.stdin_fd,
     )
     with engine:
-        upstream = httpx.AsyncClient(
-            transport=engine_transport(engine.socket_path), base_url="http://engine",
-            timeout=httpx.Timeout(300.0, connect=5.0),
-        )
+        upstream = EngineLink(str(engine.socket_path))
         # tenants and padding from the attested manifest; the cache-salt secret is made fresh per worker
         app = create_gateway_app(keys, upstream, manifest=manifest.manifest, engine=entry.engine)
         # Slow clients timed out, connections capped with descriptors kept for the engine and
