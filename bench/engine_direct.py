@@ -17,7 +17,6 @@ import asyncio
 import inspect
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -173,9 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="engine threads when we start one")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line (always JSON; indented without)")
     args = p.parse_args(argv)
-    json.dump(asyncio.run(_main(args)), sys.stdout, indent=2)
-    print()
+    result = asyncio.run(_main(args))
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

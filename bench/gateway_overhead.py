@@ -1,27 +1,30 @@
-"""The OHTTP gateway's own cost per request, against an engine that answers instantly.
+"""The OHTTP gateway's own cost: CPU per streamed event and per request, and latency it adds.
 
-Same requests, same instant engine, two paths:
+The real gateway process (veil.testing's GatewayProcess: uvicorn with Veil's server limits, the
+pipeline, EngineLink to the engine) in front of veil.testing's FAKE engine (no model, canned
+tokens, optionally paced at ``--rate`` events per second per stream). Two paths, same engine:
 
-* direct:  client ──HTTP──▶ engine
-* gateway: client ──OHTTP (chunked, encrypt)──▶ gateway (decrypt, BHTTP, tenants, padding)
-           ──HTTP──▶ engine ──▶ gateway (encrypt every chunk) ──▶ client (decrypt)
+* direct:  load ──HTTP/1.1 over the engine's Unix socket──▶ engine
+* gateway: load ──chunked OHTTP over TCP──▶ gateway (open, admit, forward, pad, seal) ──▶ engine
 
-so the difference is everything Veil adds: client-side encryption and decryption, the gateway's
-work, and (in ``sockets`` mode) the gateway's extra HTTP hop to the engine over a Unix socket.
+Gateway CPU is read from the kernel (``/proc/<pid>/task/*/schedstat``: on-CPU nanoseconds of every
+gateway process, not of the engine or of this script), so it is the gateway's own work however
+loaded the machine is. The load generator is lean (EngineLink: llhttp parsing, pre-encrypted
+requests, answers counted but not decrypted) so it does not hide the gateway; one request per run
+goes through Veil's real client transport and is checked in full.
 
-Modes:
-  inproc   everything in one event loop over ASGI/httpx transports (CPU cost only, no sockets);
-  sockets  engine (uvicorn, Unix socket) and gateway (uvicorn, TCP, Veil's server limits) in their
-           own processes (veil.testing.GatewayProcess).
+* **CPU per event and per request**: streams of 1 and of ``1 + --tokens`` events from a paced
+  engine (events arrive one by one: the gateway's worst case, no coalescing), 16 at a time; the
+  difference per added event is ``us_per_event``, the 1-event cost ``ms_per_request`` (HPKE open,
+  admission, the engine hop, head and final chunk).
+* **Latency added**: the same paced streams at concurrency 1, 8, 64 and 256, direct and through the
+  gateway interleaved in rounds; ``p99_added_ms_64`` = p99(gateway) - p99(direct) at 64.
+* **Throughput**: unpaced engine at 64 and 256 streams: events per second through all gateway
+  processes, and the gateway CPU per event at that load (events that arrive together are sealed
+  together, so it is lower than the paced figure).
 
-The engine is veil.testing's FakeEngine: no model, it answers at once, one body message per event.
-
-Each run does ``--requests`` streamed chat completions (``--tokens`` SSE events each) at
-concurrency 1, 8 and 64 and prints, per path, mean latency and wall time per request, then the
-per-request overhead in ms and the ratio gateway/direct. ``--padding off`` turns length hiding off.
-
-    python bench/gateway_overhead.py                       # inproc, padding on
-    python bench/gateway_overhead.py --mode sockets --requests 256
+    python bench/gateway_overhead.py               # text
+    python bench/gateway_overhead.py --json        # ... and one JSON object on the last line
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,199 +44,234 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from veil.client.transport import AsyncOhttpTransport  # noqa: E402
-from veil.manifest import PaddingSettings  # noqa: E402
-from veil.ohttp.keyconfig import KeyPair, KeyStore  # noqa: E402
-from veil.testing import FakeEngine, GatewayProcess  # noqa: E402
-from veil.worker.gateway import create_gateway_app  # noqa: E402
+from veil.ohttp import bhttp  # noqa: E402
+from veil.ohttp.chunked import ChunkedRequestSender  # noqa: E402
+from veil.ohttp.keyconfig import KeyConfig  # noqa: E402
+from veil.ohttp.padding import pad_message  # noqa: E402
+from veil.testing import GatewayProcess  # noqa: E402
+from veil.wire import GATEWAY_PATH, MEDIA_TYPE_CHUNKED_REQUEST  # noqa: E402
+from veil.worker.engine_link import EngineLink  # noqa: E402
 
-CONCURRENCY = (1, 8, 64)
-PADDING_OFF = PaddingSettings(requests=None, responses=None, stream_chunks=None)
-# The FAKE engine of veil.testing (no model, answers at once): max_tokens decides the events.
-ENGINE = FakeEngine(tokens=1 << 20)
-
-
-class _PieceStream(httpx.AsyncByteStream):
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-
-    async def __aiter__(self):  # type: ignore[no-untyped-def]
-        for p in self.pieces:
-            yield p
+CONCURRENCY = (1, 8, 64, 256)
+CHAT_PATH = "/v1/chat/completions"
 
 
-class InprocEngine(httpx.AsyncBaseTransport):
-    """Runs the fake engine in-process and keeps its body messages as separate pieces
-    (httpx's ASGITransport would join a streamed body into one piece)."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        sent = False
-        start: dict[str, Any] = {}
-        pieces: list[bytes] = []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                await asyncio.sleep(3600)
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(msg: dict[str, Any]) -> None:
-            if msg["type"] == "http.response.start":
-                start.update(msg)
-            elif msg.get("body"):
-                pieces.append(msg["body"])
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
-                 "scheme": "http", "path": request.url.path, "raw_path": request.url.raw_path, "query_string": b"",
-                 "headers": request.headers.raw, "server": ("engine", 80), "client": ("gw", 1)}
-        await ENGINE(scope, receive, send)
-        return httpx.Response(start["status"], headers=start["headers"], stream=_PieceStream(pieces))
+def _chat(tokens: int) -> bytes:
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": "Say something."}],
+                       "max_tokens": tokens, "stream": True}).encode()
 
 
-def _request(tokens: int, stream: bool) -> dict[str, Any]:
-    return {"model": "m", "messages": [{"role": "user", "content": "Say something."}], "max_tokens": tokens, "stream": stream}
+def _sealed(config: KeyConfig, tokens: int) -> bytes:
+    """One chunked-OHTTP request as Veil's client sends it (padded to 256 bytes, fresh HPKE key)."""
+    inner = bhttp.encode_request(bhttp.Request("POST", "https", "api", CHAT_PATH,
+                                               [("content-type", "application/json")], _chat(tokens)))
+    tx = ChunkedRequestSender(config)
+    return tx.header + tx.seal_final(pad_message(inner, 256))
 
 
-async def _one(client: httpx.AsyncClient, tokens: int, stream: bool) -> float:
-    t0 = time.perf_counter()
-    if stream:
-        async with client.stream("POST", "http://api.local/v1/chat/completions", json=_request(tokens, True)) as r:
-            n = 0
-            async for line in r.aiter_lines():
-                if line.startswith("data: {"):
-                    n += 1
-            assert r.status_code == 200 and n == tokens, (r.status_code, n)
-    else:
-        r = await client.post("http://api.local/v1/chat/completions", json=_request(tokens, False))
-        assert r.status_code == 200
-    return time.perf_counter() - t0
+def cpu_seconds(pids: list[int]) -> float:
+    """On-CPU time of every thread of ``pids`` (ns precision, from the scheduler's accounting)."""
+    total = 0
+    for pid in pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total / 1e9
 
 
-async def measure(client: httpx.AsyncClient, concurrency: int, requests: int, tokens: int, stream: bool) -> tuple[float, float]:
-    """(mean latency ms, wall ms per request) for ``requests`` requests at ``concurrency``."""
-    for _ in range(min(concurrency, 8)):  # warm-up: connections, imports, key schedule caches
-        await _one(client, tokens, stream)
-    lat: list[float] = []
-    per_task = max(1, requests // concurrency)
+class Load:
+    """Streams at a fixed concurrency through one target; latencies of whole answers."""
 
-    async def task() -> None:
-        for _ in range(per_task):
-            lat.append(await _one(client, tokens, stream))
+    def __init__(self, link: EngineLink, gateway: KeyConfig | None) -> None:
+        self.link = link
+        self.config = gateway  # None: the direct path (plain JSON to the engine)
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(task() for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    return statistics.fmean(lat) * 1e3, wall / len(lat) * 1e3
+    async def _one(self, body: bytes) -> tuple[float, int]:
+        headers = {"content-type": MEDIA_TYPE_CHUNKED_REQUEST if self.config else "application/json"}
+        req = httpx.Request("POST", "http://bench" + (GATEWAY_PATH if self.config else CHAT_PATH), headers=headers, content=body)
+        t0 = time.perf_counter()
+        resp = await self.link.handle_async_request(req)
+        size = 0
+        stream = resp.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        async for piece in stream:
+            size += len(piece)
+        await stream.aclose()
+        if resp.status_code != 200:
+            raise RuntimeError(f"HTTP {resp.status_code}")
+        return time.perf_counter() - t0, size
+
+    async def run(self, concurrency: int, requests: int, tokens: int) -> tuple[list[float], float]:
+        bodies = [_sealed(self.config, tokens) if self.config else _chat(tokens) for _ in range(requests)]
+        lat: list[float] = []
+
+        async def task(mine: list[bytes]) -> None:
+            for b in mine:
+                lat.append((await self._one(b))[0])
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(task(bodies[i::concurrency]) for i in range(concurrency)))
+        return lat, time.perf_counter() - t0
 
 
-ClientMaker = Callable[[], Awaitable[httpx.AsyncClient]]
+def p99(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[98] if len(xs) > 1 else xs[0]
 
 
-async def run(direct: ClientMaker, gateway: ClientMaker, requests: int, tokens: int, stream: bool) -> list[dict[str, Any]]:
+async def _cpu_per_request(gw: GatewayProcess, load: Load, tokens: int, requests: int) -> float:
+    pids = gw.gateway_pids()
+    c0 = cpu_seconds(pids)
+    await load.run(16, requests, tokens)
+    return (cpu_seconds(pids) - c0) / requests
+
+
+def _through(gw: GatewayProcess) -> Load:
+    return Load(EngineLink(("127.0.0.1", gw.port)), gw.pair.config)
+
+
+async def cpu_costs(gateways: list[GatewayProcess], args: argparse.Namespace) -> list[dict[str, float]]:
+    """Gateway CPU per event and per request for each gateway, measured in interleaved rounds."""
+    loads = [_through(gw) for gw in gateways]
+    for load in loads:
+        await load.run(8, 16, 4)  # warm-up: connections, imports, key schedules
+    short: list[list[float]] = [[] for _ in gateways]
+    long_: list[list[float]] = [[] for _ in gateways]
+    for _ in range(args.rounds):  # interleaved, so every gateway sees the same machine
+        for i, (gw, load) in enumerate(zip(gateways, loads)):
+            short[i].append(await _cpu_per_request(gw, load, 1, args.requests))
+            long_[i].append(await _cpu_per_request(gw, load, 1 + args.tokens, args.requests))
+    out = []
+    for s_, l_ in zip(short, long_):
+        per_request, per_long = statistics.median(s_), statistics.median(l_)
+        out.append({"us_per_event": (per_long - per_request) / args.tokens * 1e6, "ms_per_request": per_request * 1e3})
+    for load in loads:
+        await load.link.aclose()
+    return out
+
+
+async def latency(gw: GatewayProcess, args: argparse.Namespace) -> dict[str, Any]:
+    direct, through = Load(EngineLink(gw.engine_socket), None), _through(gw)
+    await through.run(8, 16, 4)
+    await direct.run(8, 16, 4)
+    out: dict[str, Any] = {}
     rows = []
     for c in CONCURRENCY:
-        d_client, g_client = await direct(), await gateway()
-        d_lat, d_wall = await measure(d_client, c, requests, tokens, stream)
-        g_lat, g_wall = await measure(g_client, c, requests, tokens, stream)
-        await d_client.aclose()
-        await g_client.aclose()
-        rows.append({"concurrency": c, "direct_latency_ms": d_lat, "gateway_latency_ms": g_lat,
-                     "direct_wall_ms_per_req": d_wall, "gateway_wall_ms_per_req": g_wall,
-                     "overhead_latency_ms": g_lat - d_lat, "overhead_wall_ms_per_req": g_wall - d_wall,
-                     "ratio_latency": g_lat / d_lat, "ratio_wall": g_wall / d_wall})
+        n = max(c, min(args.requests, 4 * c))
+        d_lat: list[float] = []
+        g_lat: list[float] = []
+        for _ in range(args.rounds):
+            d_lat += (await direct.run(c, n, args.tokens))[0]
+            g_lat += (await through.run(c, n, args.tokens))[0]
+        rows.append({"concurrency": c, "direct_p50_ms": statistics.median(d_lat) * 1e3, "gateway_p50_ms": statistics.median(g_lat) * 1e3,
+                     "direct_p99_ms": p99(d_lat) * 1e3, "gateway_p99_ms": p99(g_lat) * 1e3,
+                     "added_p50_ms": (statistics.median(g_lat) - statistics.median(d_lat)) * 1e3,
+                     "added_p99_ms": (p99(g_lat) - p99(d_lat)) * 1e3})
+    out["latency"] = rows
+    out["p99_added_ms_64"] = next(r["added_p99_ms"] for r in rows if r["concurrency"] == 64)
+    await direct.link.aclose()
+    await through.link.aclose()
+    return out
+
+
+async def unpaced(gw: GatewayProcess, args: argparse.Namespace) -> list[dict[str, Any]]:
+    direct, through = Load(EngineLink(gw.engine_socket), None), _through(gw)
+    await through.run(8, 16, 4)
+    rows = []
+    for c in (64, 256):
+        n = max(c, args.requests * 2)
+        _, d_wall = await direct.run(c, n, args.tokens)
+        pids = gw.gateway_pids()
+        c0 = cpu_seconds(pids)
+        _, g_wall = await through.run(c, n, args.tokens)
+        cpu = cpu_seconds(pids) - c0
+        events = n * args.tokens
+        rows.append({"concurrency": c, "direct_events_per_s": events / d_wall, "events_per_s": events / g_wall,
+                     "gateway_cpu_us_per_event": cpu / events * 1e6, "gateway_cpu_share": cpu / g_wall})
+    await direct.link.aclose()
+    await through.link.aclose()
     return rows
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    pair = KeyPair.generate(1)
-    padding = None if args.padding == "on" else PADDING_OFF
-    pad_requests = 256 if args.padding == "on" else None
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    if args.mode == "inproc":
-        async def direct() -> httpx.AsyncClient:
-            return httpx.AsyncClient(transport=InprocEngine())
-
-        async def gateway() -> httpx.AsyncClient:
-            up = httpx.AsyncClient(transport=InprocEngine(), base_url="http://engine")
-            app = create_gateway_app(KeyStore([pair]), up, padding=padding)
-            t = AsyncOhttpTransport(pair.config, "http://gw", transport=httpx.ASGITransport(app), pad_requests=pad_requests)
-            return httpx.AsyncClient(transport=t)
-
-        return await run(direct, gateway, args.requests, args.tokens, not args.no_stream)
-
-    # sockets: the real gateway process (Veil's server limits) in front of the fake engine process
-    with tempfile.TemporaryDirectory(prefix="veil-bench-") as tmp:
-        with GatewayProcess(Path(tmp), tokens=1 << 20, padding=args.padding) as gw:
-            sock = str(Path(tmp) / "engine.sock")
-
-            async def direct() -> httpx.AsyncClient:
-                return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=sock, limits=limits))
-
-            async def gateway() -> httpx.AsyncClient:
-                outer = httpx.AsyncHTTPTransport(limits=limits)
-                t = AsyncOhttpTransport(gw.pair.config, gw.url, transport=outer, pad_requests=pad_requests)
-                return httpx.AsyncClient(transport=t)
-
-            return await run(direct, gateway, args.requests, args.tokens, not args.no_stream)
-
-
-def breakdown(repeat: int = 300) -> dict[str, float]:
-    """Microseconds for the cryptographic steps one streamed request pays (same process, no I/O)."""
+def reference(repeat: int = 20000) -> dict[str, float]:
+    """The machine's speed now (it is shared): the AEAD seal every streamed chunk pays, best of 5."""
     import timeit
 
-    from veil.ohttp.chunked import ChunkedRequestReceiver, ChunkedRequestSender
-    from veil.ohttp.padding import SsePadder
+    from veil.ohttp.chunked import ChunkedRequestReceiver
+    from veil.ohttp.keyconfig import KeyPair, KeyStore
 
     pair = KeyPair.generate(1)
-    keys = KeyStore([pair])
-    tx = ChunkedRequestSender(pair.config)
-    wire = tx.header + tx.seal_final(bytes(256))
-
-    def open_request() -> ChunkedRequestReceiver:
-        rx = ChunkedRequestReceiver(keys)
-        rx.feed(wire)
-        rx.close()
-        return rx
-
-    sender = open_request().response_sender()
-    event = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","choices":[{"delta":{"content":" tok"}}]}\n\n'
-    pad = SsePadder(512)
-
-    def us(fn: Callable[[], object], n: int = repeat) -> float:
-        return timeit.timeit(fn, number=n) / n * 1e6
-
-    return {
-        "client_hpke_setup_us": us(lambda: ChunkedRequestSender(pair.config)),
-        "gateway_hpke_open_us": us(open_request),
-        "seal_512B_chunk_us": us(lambda: sender.seal_chunk(bytes(512)), repeat * 10),
-        "pad_one_event_us": us(lambda: pad.feed(event), repeat * 10),
-    }
+    rx = ChunkedRequestReceiver(KeyStore([pair]))
+    rx.feed(_sealed(pair.config, 1))
+    rx.close()
+    sender, chunk = rx.response_sender(), bytes(512)
+    best = min(timeit.repeat(lambda: sender.seal_chunk(chunk), number=repeat // 5, repeat=5))
+    return {"seal_512B_us": best / (repeat // 5) * 1e6}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("inproc", "sockets"), default="inproc")
-    ap.add_argument("--requests", type=int, default=128, help="measured requests per concurrency level")
-    ap.add_argument("--tokens", type=int, default=16, help="SSE events per streamed answer")
-    ap.add_argument("--no-stream", action="store_true", help="non-streamed (JSON) answers instead")
+    ap.add_argument("--requests", type=int, default=128, help="requests per measurement")
+    ap.add_argument("--tokens", type=int, default=32, help="events per streamed answer")
+    ap.add_argument("--rate", type=float, default=500.0, help="engine for the CPU figures: events per second per stream")
+    ap.add_argument("--latency-rate", type=float, default=50.0,
+                    help="engine for the latency figures: events per second per stream (a GPU serving many streams)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement")
+    ap.add_argument("--processes", type=int, default=1, help="gateway processes sharing the port")
     ap.add_argument("--padding", choices=("on", "off"), default="on")
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--baseline", metavar="SRC", help="also measure the gateway of another checkout's src/ "
+                    "(e.g. an older commit's), interleaved: CPU ratios in one run")
+    ap.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
     args = ap.parse_args()
-    rows = asyncio.run(main_async(args))
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="veil-bench-") as tmp:
+        opts: dict[str, Any] = {"tokens": 1 << 20, "padding": args.padding, "rate": args.rate}
+        with GatewayProcess(Path(tmp) / "paced", **opts) as gw:
+            gw.victim()  # one answer through Veil's own client transport, decrypted and checked
+            gateways = [gw]
+            if args.baseline:
+                os.environ["PYTHONPATH"] = str(Path(args.baseline).resolve())  # the baseline's child imports its veil
+                try:
+                    gateways.append(GatewayProcess(Path(tmp) / "baseline", **opts))
+                finally:
+                    del os.environ["PYTHONPATH"]
+            try:
+                costs = asyncio.run(cpu_costs(gateways, args))
+            finally:
+                for g in gateways[1:]:
+                    g.stop()
+            result: dict[str, Any] = dict(costs[0])
+            if args.baseline:
+                result["baseline"] = {**costs[1], "src": args.baseline}
+        with GatewayProcess(Path(tmp) / "latency", **{**opts, "rate": args.latency_rate}) as gw:
+            result.update(asyncio.run(latency(gw, args)))
+        del opts["rate"]
+        with GatewayProcess(Path(tmp) / "unpaced", **opts) as gw:
+            result["throughput"] = asyncio.run(unpaced(gw, args))
+    result["events_per_s"] = max(r["events_per_s"] for r in result["throughput"])
+    result.update(processes=args.processes, padding=args.padding, tokens=args.tokens, rate=args.rate,
+                  latency_rate=args.latency_rate, reference=reference(), cpus=os.cpu_count(),
+                  load_average=[round(load0, 2), round(os.getloadavg()[0], 2)])
+    print(f"gateway overhead — {args.processes} gateway process(es), padding {args.padding}, load average "
+          f"{load0:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; this machine now: sealing a 512-byte chunk "
+          f"{result['reference']['seal_512B_us']:.1f} µs (idle: about 2.4)")
+    print(f"gateway CPU: {result['us_per_event']:.1f} µs per streamed event (events one by one), "
+          f"{result['ms_per_request']:.3f} ms per request (HPKE, admission, engine hop, head, end)")
+    if args.baseline:
+        b = result["baseline"]
+        print(f"baseline ({args.baseline}), same rounds: {b['us_per_event']:.1f} µs per event, {b['ms_per_request']:.3f} ms per request"
+              f" — ratio now/baseline {result['us_per_event'] / b['us_per_event']:.2f} per event, "
+              f"{result['ms_per_request'] / b['ms_per_request']:.2f} per request")
+    print(f"latency of whole {args.tokens}-event answers, engine at {args.latency_rate:g} events/s per stream:")
+    print(f"{'conc':>5} {'direct p50':>11} {'gw p50':>9} {'direct p99':>11} {'gw p99':>9} {'added p50':>10} {'added p99':>10}")
+    for r in result["latency"]:
+        print(f"{r['concurrency']:>5} {r['direct_p50_ms']:>9.2f}ms {r['gateway_p50_ms']:>7.2f}ms {r['direct_p99_ms']:>9.2f}ms "
+              f"{r['gateway_p99_ms']:>7.2f}ms {r['added_p50_ms']:>8.2f}ms {r['added_p99_ms']:>8.2f}ms")
+    for r in result["throughput"]:
+        print(f"unpaced, {r['concurrency']} streams: {r['events_per_s']:,.0f} events/s through the gateway "
+              f"(direct {r['direct_events_per_s']:,.0f}), gateway CPU {r['gateway_cpu_us_per_event']:.1f} µs/event, "
+              f"{r['gateway_cpu_share']:.2f} cores busy")
     if args.json:
-        print(json.dumps({"mode": args.mode, "padding": args.padding, "rows": rows, "crypto_us": breakdown()}))
-        return
-    kind = "non-streamed" if args.no_stream else f"streamed, {args.tokens} events"
-    print(f"gateway overhead — mode={args.mode}, padding={args.padding}, {kind}, {args.requests} requests/level")
-    print(f"{'conc':>4} {'direct lat':>11} {'gw lat':>9} {'+ms/req lat':>12} {'direct wall':>12} {'gw wall':>9} {'+ms/req wall':>13} {'ratio':>6}")
-    for r in rows:
-        print(f"{r['concurrency']:>4} {r['direct_latency_ms']:>9.2f}ms {r['gateway_latency_ms']:>7.2f}ms "
-              f"{r['overhead_latency_ms']:>10.2f}ms {r['direct_wall_ms_per_req']:>10.3f}ms {r['gateway_wall_ms_per_req']:>7.3f}ms "
-              f"{r['overhead_wall_ms_per_req']:>11.3f}ms {r['ratio_wall']:>5.2f}x")
-    print("lat = mean request latency; wall = elapsed time / requests (CPU cost per request when saturated)")
-    print("crypto per request (us): " + ", ".join(f"{k}={v:.1f}" for k, v in breakdown().items()))
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Run: .venv/bin/python bench/restore.py [N manifests] [M secrets] [R repetitions]
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -130,5 +131,8 @@ def main(n: int = 50, m: int = 100, reps: int = 5) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:4]]
-    main(*args)
+    as_json = "--json" in sys.argv  # also print one JSON object on the last line
+    args = [int(a) for a in sys.argv[1:] if a != "--json"][:3]
+    result = main(*args)
+    if as_json:
+        print(json.dumps(result))

@@ -7,6 +7,7 @@ Goal: under 10 ms.   Run: .venv/bin/python bench/session_setup.py [N]
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import tempfile
@@ -65,4 +66,8 @@ def main(n: int = 200) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    as_json = "--json" in sys.argv  # also print one JSON object on the last line
+    argv = [a for a in sys.argv[1:] if a != "--json"]
+    result = main(int(argv[0]) if argv else 200)
+    if as_json:
+        print(json.dumps(result))
