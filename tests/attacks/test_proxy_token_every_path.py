@@ -20,9 +20,10 @@ import pytest
 
 from tiny_models import MIDDLE, write_gguf
 from veil.client.proxy import create_encrypting_proxy
-from veil.engines.launcher import ENGINE_BASE_URL, EngineProcess
+from veil.engines.launcher import EngineProcess
 from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.testing import ServerThread
+from veil.worker.engine_link import EngineLink
 from veil.worker.gateway import create_gateway_app
 
 pytestmark = pytest.mark.slow  # live servers and an engine process on loopback
@@ -38,8 +39,7 @@ def proxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pair = KeyPair.generate(5)
     with EngineProcess(root / "engine.sock", model.path, model_id="tiny-coder", threads=1, n_ctx=512,
                        startup_timeout=120):
-        upstream = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(root / "engine.sock")),
-                                     base_url=ENGINE_BASE_URL, timeout=120)
+        upstream = EngineLink(str(root / "engine.sock"))
         with ServerThread(create_gateway_app(KeyStore([pair]), upstream)) as gateway:
             summary = {"verdict": "accept", "simulated": True, "note": "test stand-in for an attestation"}
             with ServerThread(create_encrypting_proxy(pair.config, gateway.url, summary, token=TOKEN)) as proxy:
