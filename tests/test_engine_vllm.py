@@ -175,6 +175,9 @@ def test_vllm_serves_openai_on_the_socket(vllm_engine: EngineProcess) -> None:
             "messages": [{"role": "user", "content": CANARY}]})
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["prompt_tokens"] > 0
+        # Veil's FIM middleware runs inside vLLM: this tiny Llama has no FIM tokens, so a refusal.
+        fim = c.post("/v1/completions", json={"model": "tiny-llama", "prompt": "a", "suffix": "b", "max_tokens": 2})
+        assert fim.status_code == 400 and fim.json()["error"]["code"] == "unsupported_suffix"
         body = {"model": "tiny-llama", "prompt": CANARY, "max_tokens": 4, "stream": True}
         with c.stream("POST", "/v1/completions", json=body) as s:
             lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]

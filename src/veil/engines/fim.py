@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from veil.engines.openai_api import EngineAPIError
 
@@ -155,6 +156,25 @@ def without_space_prefix(tokenize: Callable[[str], list[int]], text: str) -> lis
 CANDIDATE_TEXTS: frozenset[str] = frozenset(
     t for fam in FAMILIES for t in (*fam.prefix, *fam.suffix, *fam.middle, *fam.ends, *fam.file_sep, *fam.repo_name)
 )
+
+
+def hf_text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Request text as a Hugging Face tokenizer's ids, special tokens *not* parsed: a prompt cannot
+    smuggle them in."""
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def hf_tokens(tokenizer: Any) -> FimTokens | None:
+    """The FIM family of a Hugging Face tokenizer's vocabulary (transformers and vLLM engines)."""
+    vocab = tokenizer.get_vocab()
+    return detect({t: vocab[t] for t in CANDIDATE_TEXTS if t in vocab})
+
+
+def hf_prompt(tokenizer: Any, tokens: FimTokens, request: FimRequest) -> list[int]:
+    """The token ids a Hugging Face tokenizer's model receives for ``request`` (BOS if it adds one)."""
+    bos = tokenizer.bos_token_id
+    add_bos = bool(getattr(tokenizer, "add_bos_token", False)) and bos is not None
+    return tokens.prompt(lambda text: hf_text_ids(tokenizer, text), request, [bos] if add_bos else [])
 
 
 def unsupported(model_id: str, param: str = "suffix") -> EngineAPIError:

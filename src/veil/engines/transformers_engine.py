@@ -124,8 +124,7 @@ class TransformersBackend(Backend):
         self.thread = ModelThread("generate")
         self.template: str | None = getattr(self.tokenizer, "chat_template", None) or None
         self.tool_syntax = tool_calls.syntax_of(self.template)
-        vocab = self.tokenizer.get_vocab()
-        self.fim = fim_tokens.detect({t: vocab[t] for t in fim_tokens.CANDIDATE_TEXTS if t in vocab})
+        self.fim = fim_tokens.hf_tokens(self.tokenizer)
 
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id
@@ -195,16 +194,10 @@ class TransformersBackend(Backend):
     async def count_tokens(self, req: ChatCompletionRequest) -> int:
         return int(self.chat_ids(req, self._tool_plan(req)).shape[1])
 
-    def _text_ids(self, text: str) -> list[int]:
-        """Request text as token ids, special tokens *not* parsed: a prompt cannot smuggle them in."""
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-
     def fim_prompt(self, request: FimRequest) -> list[int]:
         """The token ids the model receives for a fill-in-the-middle request (``fim.FimTokens``)."""
         assert self.fim is not None
-        bos = self.tokenizer.bos_token_id
-        add_bos = bool(getattr(self.tokenizer, "add_bos_token", False)) and bos is not None
-        return self.fim.prompt(self._text_ids, request, [bos] if add_bos else [])
+        return fim_tokens.hf_prompt(self.tokenizer, self.fim, request)
 
     async def complete(self, req: CompletionRequest, fim: FimRequest | None = None) -> AsyncGenerator[Chunk, None]:
         if fim is None and req.suffix is not None:

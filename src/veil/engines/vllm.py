@@ -15,6 +15,10 @@ command line: ``build_command`` reads the model directory's chat template and, w
 tool calling in a syntax Veil knows (``veil.engines.tool_calls``: ``hermes``, ``mistral``,
 ``llama3_json``, the names vLLM's parsers share), adds ``--enable-auto-tool-choice
 --tool-call-parser NAME``. A model without one gets no parser, and vLLM refuses ``auto`` itself.
+
+Code completion: vLLM refuses ``suffix`` and has no ``/infill``, so the command also loads Veil's
+ASGI middleware into vLLM's server (``--middleware``, ``veil.engines.vllm_fim``), which builds the
+fill-in-the-middle prompt from the model's own vocabulary and has vLLM complete it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from veil.engines import vllm_fim
 
 #: Environment for vLLM: no usage stats, no Hugging Face hub traffic or telemetry.
 VLLM_ENV = {
@@ -141,15 +147,23 @@ def build_command(
         argv += ["--max-model-len", str(max_model_len)]
     argv += request_logging_off(version)
     argv += ["--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
+    argv += ["--middleware", vllm_fim.MIDDLEWARE]
     extra = check_extra_args(extra_args)
     if "--tool-call-parser" not in {a.split("=", 1)[0] for a in extra}:  # an operator's choice wins
         argv += tool_parser_args(model)
     return argv + extra
 
 
-def build_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment vLLM runs with: the caller's, plus telemetry and hub access switched off."""
-    return {**(os.environ if base is None else base), **VLLM_ENV}
+def build_env(base: dict[str, str] | None = None, settings: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment vLLM runs with: the caller's, plus telemetry and hub access switched off,
+    plus ``settings`` (what the FIM middleware reads: :func:`middleware_settings`)."""
+    return {**(os.environ if base is None else base), **VLLM_ENV, **(settings or {})}
+
+
+def middleware_settings(model: str | Path, model_id: str, socket_path: str | Path) -> dict[str, str]:
+    """The FIM middleware's settings: vLLM constructs middleware with the app alone."""
+    return {vllm_fim.ENV_MODEL: str(model), vllm_fim.ENV_MODEL_ID: model_id,
+            vllm_fim.ENV_SOCKET: str(Path(socket_path).resolve())}
 
 
 def check_socket_dir(socket_path: str | Path) -> None:
@@ -192,8 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     except VllmConfigError as exc:
         print(f"veil-engine: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
+    settings = middleware_settings(args.model, model_id, args.socket)
     if args.print_command:
-        print(json.dumps({"argv": cmd, "env": VLLM_ENV}))
+        print(json.dumps({"argv": cmd, "env": {**VLLM_ENV, **settings}}))
         return
 
     from veil.engines.serving import start_up
@@ -209,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     os.umask(0o077)
     print(f"veil-engine: serving {model_id} (vllm {installed_version() or '?'}) on {args.socket}",
           file=sys.stderr, flush=True)
-    os.execvpe(cmd[0], cmd, build_env())
+    os.execvpe(cmd[0], cmd, build_env(settings=settings))
 
 
 if __name__ == "__main__":
