@@ -136,3 +136,20 @@ def test_an_engine_that_is_not_there_is_a_connect_error(tmp_path: Path) -> None:
             await EngineLink(str(tmp_path / "none.sock")).handle_async_request(httpx.Request("GET", "http://engine/health"))
 
     asyncio.run(main())
+
+
+def test_a_head_answer_ends_at_its_head(tmp_path: Path) -> None:
+    async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")  # no body follows a HEAD answer
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def body(link: EngineLink) -> None:
+        resp = await link.handle_async_request(httpx.Request("HEAD", "http://engine/v1/models"))
+        stream = resp.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        assert resp.status_code == 200 and [p async for p in stream] == []
+        await stream.aclose()
+
+    _run(tmp_path, engine, body)

@@ -47,6 +47,7 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.body = bytearray()
         self.done = False
+        self.head_only = False  # a HEAD request: the answer has no body, whatever its headers say
         self.keep_alive = False
         self.error: httpx.HTTPError | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -87,6 +88,8 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        if self.head_only:
+            self.done = True  # keep_alive stays False: the parser would read a body that never comes
         if not self.head.done():
             self.head.set_result(None)
 
@@ -230,6 +233,7 @@ class EngineLink(httpx.AsyncBaseTransport):
             conn = reused or await self._connect()
             assert conn.transport is not None
             conn.last_read = conn.loop.time()
+            conn.head_only = request.method == "HEAD"
             conn.transport.write(wire)
             conn.watch(self.read_timeout)
             try:
