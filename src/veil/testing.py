@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from veil.attest.attester import Attester
 from veil.httpserver import ServerLimits, server_config
 from veil.process import die_with_parent
 
@@ -36,7 +37,8 @@ from veil.process import die_with_parent
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class ServerThread:
@@ -246,7 +248,8 @@ class Attacker:
         out, err = self.proc.communicate(timeout=timeout)
         if self.proc.returncode != 0:
             raise RuntimeError("attacker failed: " + err.decode(errors="replace")[-2000:])
-        return json.loads(out.decode().strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
 
     def __enter__(self) -> "Attacker":
         return self
@@ -371,12 +374,12 @@ class SerializedAttester:
     overlap, as on SEV-SNP (firmware) or TDX (the quoting enclave). ``reports`` counts them.
     """
 
-    def __init__(self, inner, cost_s: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, inner: Attester, cost_s: float) -> None:
         self.inner, self.cost_s, self.platform = inner, cost_s, inner.platform
         self.reports = 0
         self._chip = threading.Lock()
 
-    def evidence(self, report_data: bytes):  # type: ignore[no-untyped-def]
+    def evidence(self, report_data: bytes) -> dict[str, Any]:
         with self._chip:
             start = time.perf_counter()
             out = self.inner.evidence(report_data)

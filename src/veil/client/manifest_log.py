@@ -27,7 +27,8 @@ class ManifestLog:
 
     def _read(self) -> dict[str, list[str]]:
         try:
-            return json.loads(self.path.read_text())
+            seen: dict[str, list[str]] = json.loads(self.path.read_text())
+            return seen
         except FileNotFoundError:
             return {}
 

@@ -192,7 +192,8 @@ def _not_verified(err: VeilError) -> JSONResponse:
 
 
 def _is_sse(resp: httpx.Response) -> bool:
-    return resp.headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream"
+    media: str = resp.headers.get("content-type", "")
+    return media.split(";")[0].strip().lower() == "text/event-stream"
 
 
 def _broken(exc: Exception) -> str:

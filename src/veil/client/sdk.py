@@ -82,7 +82,7 @@ class Client(_Resources):
         return self.attestation.simulated
 
     def close(self) -> None:
-        self._openai.close()  # type: ignore[unused-coroutine]
+        self._openai.close()
 
     def __enter__(self) -> Client:
         return self

@@ -194,7 +194,7 @@ def header_length(prefix: bytes) -> int:
         raise ParseError("seal.unsupported_version", f"sealed format version {version} is not supported")
     if hlen < _FIXED.size + 1 + KCV_SIZE + MAC_SIZE:
         raise ParseError("seal.malformed", "header length is too small")
-    return hlen
+    return int(hlen)
 
 
 def parse_header(raw: bytes) -> SealedHeader:

@@ -123,7 +123,7 @@ def _signed_by(signer_der: bytes, response_der: bytes) -> None:
 def _key_hash(cert_der: bytes) -> bytes:
     """SHA-1 of the certificate's subjectPublicKey (RFC 6960 ResponderID byKey)."""
     key = x509.load_der_x509_certificate(cert_der).public_key()
-    return x509.SubjectKeyIdentifier.from_public_key(key).digest  # type: ignore[arg-type]
+    return x509.SubjectKeyIdentifier.from_public_key(key).digest
 
 
 def _names_signer(response: ocsp.OCSPResponse, signer: x509.Certificate) -> bool:

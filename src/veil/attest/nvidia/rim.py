@@ -113,7 +113,7 @@ def verify_rim(
     """Signature (signxml) by the leaf of a chain to the pinned RIM root (or a trusted simulation
     root), valid at ``now``; the OCSP statuses of that chain; then the signed content parsed."""
 
-    from veil.attest.nvidia.verify import fingerprint, verify_chain
+    from veil.attest.chain import fingerprint, verify_chain
 
     chain = list(_rim_chain(xml))
     roots = trust.nvidia_rim | trust.simulation
@@ -135,7 +135,7 @@ def _rim_chain(xml: bytes) -> tuple[x509.Certificate, ...]:
 def _signed_rim(xml: bytes, signer_der: bytes, source: str) -> Rim:
     """The XML signature by ``signer`` (memoised, successes only: a pure function of the bytes; the
     chain and its times are checked on every call) and the content it covers."""
-    from signxml import SignatureConfiguration, XMLVerifier
+    from signxml.verifier import SignatureConfiguration, XMLVerifier
     from signxml.exceptions import SignXMLException
 
     from veil.attest.nvidia.verify import CERT_ERRORS

@@ -205,7 +205,7 @@ class SimGpu:
     # ---- RIMs -----------------------------------------------------------------------------------
     def _rim(self, version: str, indices: frozenset[int], tag: str) -> bytes:
         from lxml import etree  # type: ignore[import-untyped]
-        from signxml import XMLSigner
+        from signxml.signer import XMLSigner
         from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 
         golden = golden_blocks()
@@ -226,7 +226,8 @@ class SimGpu:
         ).sign(root, key=self.keys["rim_signer"],
                cert=[self.certs[n].public_bytes(Encoding.PEM).decode() for n in ("rim_signer", "rim_root")])
         assert signed.find(f"{{{DSIG_NS}}}Signature") is not None
-        return etree.tostring(signed)
+        signed_xml: bytes = etree.tostring(signed)
+        return signed_xml
 
     def rims(self) -> dict[str, bytes]:
         """RIM id -> document: this GPU's driver RIM and VBIOS RIM, as NVIDIA's RIM service files them."""

@@ -30,8 +30,10 @@ SIM_ISSUER = "https://sim-maa.attest.veil.invalid"
 
 def _cert(cn: str, key: rsa.RSAPrivateKey, issuer: str, issuer_key: rsa.RSAPrivateKey, *, ca: bool,
           not_before: dt.datetime, not_after: dt.datetime) -> x509.Certificate:
-    name = lambda n: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n),  # noqa: E731
-                                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Veil SIMULATED MAA (not Microsoft)")])
+    def name(n: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Veil SIMULATED MAA (not Microsoft)")])
+
     usage = dict.fromkeys(["content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
                            "crl_sign", "encipher_only", "decipher_only"], False)
     return (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(issuer)).public_key(key.public_key())
