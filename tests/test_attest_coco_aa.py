@@ -155,3 +155,12 @@ def test_agent_refusals(tmp_path: Path) -> None:
     with pytest.raises(VeilError) as err:
         AttestationAgent("http://127.0.0.1:9").evidence(b"x")
     assert err.value.reason == "coco.unavailable"
+
+
+@pytest.mark.parametrize("platform", ["sim-snp", "sim-tdx", "azure-snp-vtpm", "azure-tdx-vtpm"])
+def test_a_platform_that_cannot_read_the_agent_refuses_it(platform: str, tmp_path: Path) -> None:
+    """Asked for the Agent, an attester that cannot read it must not quietly use its devices."""
+    config = registry.AttesterConfig(sim_dir=tmp_path, source="coco-aa", aa_url="http://127.0.0.1:9")
+    with pytest.raises(VeilError) as err:
+        registry.attester(platform, config)
+    assert err.value.reason == "attest.source_unsupported"

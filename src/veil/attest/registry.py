@@ -38,6 +38,7 @@ class Platform:
     verifier: str  # "module:attribute" of a PlatformVerifier
     attester: str | None = None  # "module:attribute" of a factory(AttesterConfig) -> Attester
     simulated: bool = False
+    sources: tuple[str, ...] = ("auto",)  # where its attester can take evidence from (AttesterConfig.source)
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,11 @@ PLATFORMS: dict[str, Platform] = {
     p.name: p
     for p in (
         Platform("sev-snp", "cpu", "AMD SEV-SNP guest", "veil.attest.snp.platform:SEV_SNP",
-                 "veil.attest.attester:snp_attester"),
+                 "veil.attest.attester:snp_attester", sources=("auto", "coco-aa")),
         Platform("sim-snp", "cpu", "SIMULATED SEV-SNP (per-deployment root, no hardware protection)",
                  "veil.attest.snp.platform:SEV_SNP", "veil.attest.attester:sim_snp_attester", simulated=True),
         Platform("tdx", "cpu", "Intel TDX trust domain", "veil.attest.tdx.platform:TDX",
-                 "veil.attest.attester:tdx_attester"),
+                 "veil.attest.attester:tdx_attester", sources=("auto", "coco-aa")),
         Platform("sim-tdx", "cpu", "SIMULATED Intel TDX (per-deployment root, no hardware protection)",
                  "veil.attest.tdx.platform:TDX", "veil.attest.attester:sim_tdx_attester", simulated=True),
         Platform("azure-snp-vtpm", "cpu", "Azure confidential VM, SEV-SNP behind the paravisor (vTPM + HCL)",
@@ -111,5 +112,9 @@ def attester(name: str, config: AttesterConfig | None = None) -> Attester:
     entry = platform(name)
     if entry.attester is None:
         raise PolicyError("attest.no_attester", f"Veil cannot yet run on {name}: it has no attester")
-    built: Attester = _load(entry.attester)(config or AttesterConfig())
+    config = config or AttesterConfig()
+    if config.source not in entry.sources:  # never fall back silently to another evidence source
+        raise PolicyError("attest.source_unsupported",
+                          f"{name}'s attester takes evidence from {', '.join(entry.sources)}, not {config.source}")
+    built: Attester = _load(entry.attester)(config)
     return built
