@@ -19,7 +19,7 @@ from veil.client.sdk import AsyncClient
 from veil.client.transport import GatewayRefused
 from veil.errors import VeilError
 from veil.manifest import sign_manifest
-from veil.ohttp.keyconfig import KeyPair
+from veil.ohttp.keyconfig import KEM_XWING, key_ids_for, new_generation
 from veil.testing import free_port
 
 URL = "http://testserver"
@@ -109,10 +109,12 @@ def test_a_gateway_refusal_reverifies_at_once_and_retries_only_a_new_key(own_coo
     unknown = GatewayRefused("ohttp.unknown_key_id", "")
     assert v.refused(old, unknown) is None  # same key attested again: nothing to retry with
     assert v.verifications == 2
-    coord.state.ohttp_keys.add(KeyPair.generate(9))
-    coord.state.ohttp_keys.remove(old.key_id)  # the coordinator rotated its key
+    for config in coord.state.ohttp_keys.configs():  # the coordinator rotated to a new generation
+        coord.state.ohttp_keys.remove(config.key_id)
+    for pair in new_generation(1):
+        coord.state.ohttp_keys.add(pair)
     new = v.refused(old, unknown)
-    assert new is not None and new.key_id == 9
+    assert new is not None and new.key_id == key_ids_for(1)[1] and new.kem_id == KEM_XWING  # still X-Wing
     assert v.refused(new, GatewayRefused("ohttp.decrypt_failed", "")) is None
 
 

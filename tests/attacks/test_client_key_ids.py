@@ -25,7 +25,7 @@ from starlette.routing import Route
 from attacks.client_stack import MODEL, Stack, client_stack
 from veil.client.sdk import Client
 from veil.client.transport import GatewayRefused
-from veil.ohttp.keyconfig import KeyPair, KeyStore
+from veil.ohttp.keyconfig import KeyPair, KeyStore, key_ids_for, new_generation
 from veil.testing import ServerThread
 from veil.wire import MEDIA_TYPE_KEYS
 
@@ -42,14 +42,16 @@ def stack() -> Iterator[Stack]:
 
 def test_a_rotated_key_is_fetched_from_a_fresh_attestation(stack: Stack) -> None:
     with Client(stack.policy(pinned=False)) as client:
-        (old,) = client.attestation.key_configs
+        old = client.attestation.key_configs
         assert client.chat.completions.create(model=MODEL, messages=MESSAGES).choices  # type: ignore[arg-type]
-        stack.state.ohttp_keys.add(KeyPair.generate(old.key_id + 1))
-        stack.state.ohttp_keys.remove(old.key_id)  # the coordinator rotated: the gateway no longer knows `old`
+        for config in old:  # the coordinator rotated: the gateway no longer knows the old generation
+            stack.state.ohttp_keys.remove(config.key_id)
+        for pair in new_generation(1):
+            stack.state.ohttp_keys.add(pair)
         before = client.verifier.verifications
         assert client.chat.completions.create(model=MODEL, messages=MESSAGES).choices  # type: ignore[arg-type]
         assert client.verifier.verifications == before + 1
-        assert [c.key_id for c in client.attestation.key_configs] == [old.key_id + 1]
+        assert [c.key_id for c in client.attestation.key_configs] == list(key_ids_for(1))
 
 
 def test_a_hostile_gateway_cannot_offer_its_own_key(stack: Stack) -> None:
