@@ -10,10 +10,13 @@ a test tool.
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.util
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -100,3 +103,59 @@ def test_the_sdk_imports_no_server_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+#: A bare install: every module of the server, proxy and engine extras is missing (a meta-path
+#: finder refuses them in the child, as an environment without them would).
+BARE_INSTALL = (
+    "import importlib.abc, sys\n"
+    "from veil.cli.entry import EXTRA_OF_MODULE, main\n"
+    "class Bare(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path, target=None):\n"
+    "        if name.split('.')[0] in EXTRA_OF_MODULE:\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, Bare())\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+@pytest.mark.parametrize(("command", "extra"), [
+    ("coordinator", "server"), ("worker", "server"), ("proxy", "proxy"), ("up", "local"),
+])
+def test_a_server_command_without_its_extra_says_what_to_install(command: str, extra: str) -> None:
+    """No traceback, nothing started: one line naming the extra, exit status 1."""
+    out = subprocess.run([sys.executable, "-c", BARE_INSTALL, command], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 1
+    assert f"veil {command} needs the '{extra}' extra" in out.stderr
+    assert f"pip install 'veil[{extra}]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_sdk_commands_run_without_the_extras() -> None:
+    for args in (["--help"], ["verify", "--help"], ["up", "--help"]):
+        out = subprocess.run([sys.executable, "-c", BARE_INSTALL, *args], capture_output=True, text=True,
+                             timeout=120, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+
+
+def test_the_cli_knows_which_extra_holds_each_module() -> None:
+    """veil.cli.entry's module -> extra map agrees with pyproject's extras."""
+    from veil.cli.entry import COMMAND_NEEDS, EXTRA_OF_MODULE
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["veil"] == "veil.cli.entry:main"  # the executable goes through the check
+    extras = project["optional-dependencies"]
+    names = {e: {canonicalize_name(Requirement(r).name) for r in reqs} for e, reqs in extras.items()}
+    for module, extra in EXTRA_OF_MODULE.items():
+        assert canonicalize_name(DISTRIBUTION_OF_MODULE[module]) in names[extra], (module, extra)
+        if extra in {"server", "proxy", "llamacpp"}:  # installed here: the module name is the real one
+            assert importlib.util.find_spec(module) is not None, module
+    for extra, modules in COMMAND_NEEDS.values():
+        assert {canonicalize_name(DISTRIBUTION_OF_MODULE[m]) for m in modules} <= closure({extra})
+
+
+DISTRIBUTION_OF_MODULE = {
+    "fastapi": "fastapi", "uvicorn": "uvicorn", "sqlalchemy": "sqlalchemy", "prometheus_client": "prometheus-client",
+    "pyseccomp": "pyseccomp", "starlette": "starlette", "llama_cpp": "llama-cpp-python", "onnxruntime": "onnxruntime",
+    "numpy": "numpy", "torch": "torch", "transformers": "transformers", "psycopg": "psycopg", "pynvml": "nvidia-ml-py",
+}

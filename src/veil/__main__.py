@@ -1,3 +1,3 @@
-from veil.cli.main import app
+from veil.cli.entry import main
 
-app(prog_name="veil")
+main()
