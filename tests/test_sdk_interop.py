@@ -217,6 +217,30 @@ def test_veil_client_carries_fim_tools_and_responses(stack: SimpleNamespace) -> 
             assert stream.get_final_response().output_text == RAW_CALLS
 
 
+def test_veil_client_carries_anthropics_sdk(stack: SimpleNamespace) -> None:
+    """Anthropic's own SDK (on httpx2) through veil.Client's verified OHTTP transport, no proxy."""
+    import veil
+
+    with Client(stack.deployment.policy_path) as client:
+        claude = client.anthropic()
+        msg = claude.messages.create(model=stack.model_id, max_tokens=32, messages=_user("Hi"),
+                                     stop_sequences=["Paris"])
+        assert msg.stop_reason == "stop_sequence" and msg.content[0].text == RAW_CALLS.split("Paris")[0]  # type: ignore[union-attr]
+        with claude.messages.stream(model=stack.model_id, max_tokens=32, messages=_user("Hi")) as stream:
+            assert "".join(stream.text_stream) == RAW_CALLS
+
+    async def run() -> Any:
+        async with veil.AsyncClient(stack.deployment.policy_path) as aclient:
+            async with aclient.anthropic().messages.stream(model=stack.model_id, max_tokens=32,
+                                                           messages=_user("Weather?"), tools=[{
+                                                               "name": "get_time", "description": "a tool",
+                                                               "input_schema": {"type": "object"}}]) as stream:
+                return await stream.get_final_message()
+
+    final = asyncio.run(run())
+    assert final.stop_reason == "tool_use" and [b.name for b in final.content if b.type == "tool_use"] == ["get_time"]
+
+
 def test_zz_canary_never_reaches_disk_or_logs(stack: SimpleNamespace) -> None:
     """Runs last: every request above carried the canary (prompts, suffixes, system prompts, files)."""
     dep = stack.deployment

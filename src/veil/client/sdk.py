@@ -66,11 +66,20 @@ class Client(_Resources):
         self.verifier = Reverifier(policy, manifest_log=log, interval=reverify_seconds)
         self.verifier.verify()
         transport = OhttpTransport(self.verifier, policy.relay_url or policy.gateway_url)
+        self._bridge = (transport, _tenant_key(api_key), timeout)
         self._expose(openai.OpenAI(
             base_url=f"{policy.gateway_url}/v1", api_key=_tenant_key(api_key), max_retries=0,
             http_client=httpx.Client(transport=transport, timeout=timeout),  # type: ignore[arg-type]
             **openai_kwargs,
         ))
+
+    def anthropic(self, **anthropic_kwargs: Any) -> Any:
+        """Anthropic's own SDK (``anthropic.Anthropic``, needs the ``anthropic`` package) over this
+        client's verified, encrypted transport: ``client.anthropic().messages.create(...)``."""
+        from veil.client.anthropic_bridge import sync_client
+
+        transport, tenant, timeout = self._bridge
+        return sync_client(transport, self.policy.gateway_url, tenant, timeout, **anthropic_kwargs)
 
     @property
     def attestation(self) -> AttestedCoordinator:
@@ -104,6 +113,7 @@ class AsyncClient(_Resources):
         self.policy = policy
         self.verifier = AsyncReverifier(policy, manifest_log=log, interval=reverify_seconds)
         transport = AsyncOhttpTransport(self.verifier, policy.relay_url or policy.gateway_url)
+        self._bridge = (transport, _tenant_key(api_key), timeout)
         self._expose(openai.AsyncOpenAI(
             base_url=f"{policy.gateway_url}/v1", api_key=_tenant_key(api_key), max_retries=0,
             http_client=httpx.AsyncClient(transport=transport, timeout=timeout),  # type: ignore[arg-type]
@@ -113,6 +123,13 @@ class AsyncClient(_Resources):
     async def verify(self) -> AttestedCoordinator:
         """Verify now (raises a ``VeilError`` when the deployment does not verify)."""
         return await self.verifier.verify()
+
+    def anthropic(self, **anthropic_kwargs: Any) -> Any:
+        """``anthropic.AsyncAnthropic`` over this client's verified, encrypted transport."""
+        from veil.client.anthropic_bridge import async_client
+
+        transport, tenant, timeout = self._bridge
+        return async_client(transport, self.policy.gateway_url, tenant, timeout, **anthropic_kwargs)
 
     @property
     def attestation(self) -> AttestedCoordinator:
