@@ -11,11 +11,14 @@
 #                and @hpke/hybridkem-x-wing at the versions pinned in its package-lock.json,
 #                installed with `npm ci` below). Without Node those tests skip (unless
 #                VEIL_REQUIRE_NODE=1).
+#   chromium     the real browser tests/test_webpage_browser.py drives through Playwright
+#                (executable_path: Playwright's own browser download is not reachable). Without it
+#                that test skips (unless VEIL_REQUIRE_BROWSER=1).
 # Without root or apt these are reported and the tests needing them skip (CI requires them).
 # Runs as root in CI (make); elsewhere it uses sudo when present.
 set -eu
 
-REQUIRED="tcpdump postgresql nodejs"
+REQUIRED="tcpdump postgresql nodejs chromium"
 NODE_PEER="$(dirname "$0")/../tests/interop/node"
 
 node_packages() {

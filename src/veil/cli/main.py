@@ -371,7 +371,8 @@ def proxy(
     """A local plain OpenAI endpoint: encrypts every request to the deployment it keeps verifying.
 
     It stops forwarding (HTTP 503 with the reason) as soon as the deployment no longer verifies;
-    GET /veil/verification shows the latest verification and its time, or the refusal.
+    its root (http://127.0.0.1:8472/) is a page showing what it verified, with a chat through it;
+    GET /veil/verification is the same as JSON: the latest verification and its time, or the refusal.
     """
     from veil.client.freshness import AsyncReverifier
     from veil.httpserver import serve
@@ -390,7 +391,7 @@ def proxy(
                             tenant_key=_secret(api_key_file, "VEIL_API_KEY"))
     sim = " (SIMULATED TEE)" if attested.simulated else ""
     console.print(f"verified{sim}; OpenAI endpoint at http://{host}:{port}/v1 — every request is encrypted; "
-                  f"re-verified every {reverify_seconds:g} s")
+                  f"re-verified every {reverify_seconds:g} s; what was verified: http://{host}:{port}/")
     serve(app_, host=host, port=port)  # slow clients timed out, connections capped (veil.httpserver)
 
 

@@ -103,6 +103,10 @@ class _Freshness:
             "verification": self.latest.to_json() if self.latest is not None else None,
             "refusal": self.refusal.to_json() if self.refusal is not None else None,
             "admission": self.policy.admission_rules(),
+            # what the coordinator's evidence is judged against: this client's pinned reference values
+            "pinned_coordinator": [r.model_dump(mode="json", exclude_none=True) for r in self.policy.coordinator],
+            # the manifest digests this client has accepted, oldest first (each extends the one before)
+            "manifest_history": self.manifest_log.seen(self.policy.coordinator_url) if self.manifest_log else None,
         }
 
 

@@ -7,7 +7,9 @@ decrypted response back, chunk by chunk as it is decrypted.
 * Freshness: ``create_proxy_app(verifier)`` re-verifies in the background every interval and when
   the gateway refuses a request; once verification fails it answers 503 with the refusal's reason
   code and forwards nothing. ``GET /veil/verification`` is the latest verification with its time,
-  or the refusal (``AsyncReverifier.status``).
+  or the refusal (``AsyncReverifier.status``); ``POST /veil/verify`` verifies again now.
+* Its root is the verification page (``veil.client.webpage``): that data for people, and a chat
+  through the proxy.
 * Integrity: a streamed answer whose encrypted stream is cut, tampered with or fails a chunk ends
   with an explicit error event (SSE) and *without* a clean end of the HTTP body, so no client
   mistakes it for a complete answer; a non-streamed answer is decrypted and checked in full before
@@ -38,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 from veil.client.freshness import AsyncReverifier
 from veil.client.proxy_guard import ProxyGuard, proxy_error
 from veil.client.transport import AsyncKeySource, AsyncOhttpTransport, as_key_config
+from veil.client.webpage import page_routes
 from veil.errors import VeilError
 from veil.httputil import BodyLimitMiddleware
 from veil.ohttp.keyconfig import KeyConfig
@@ -63,6 +66,8 @@ class _Deployment(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    async def verify_now(self) -> dict[str, Any]: ...
+
 
 class _Fresh:
     def __init__(self, verifier: AsyncReverifier) -> None:
@@ -78,6 +83,11 @@ class _Fresh:
     def status(self) -> dict[str, Any]:
         return self.verifier.status()
 
+    async def verify_now(self) -> dict[str, Any]:
+        with contextlib.suppress(VeilError):  # a refusal is remembered and shown by status()
+            await self.verifier.verify()
+        return self.status()
+
 
 class _Fixed:
     def __init__(self, config: KeyConfig, verification: dict[str, Any]) -> None:
@@ -92,6 +102,9 @@ class _Fixed:
 
     def status(self) -> dict[str, Any]:
         return self.verification
+
+    async def verify_now(self) -> dict[str, Any]:
+        return self.verification  # verified by the caller: nothing to redo here
 
 
 def create_proxy_app(
@@ -159,9 +172,6 @@ def _app(
             return _RelayedStream(resp, out_headers)
         return await _whole(resp, out_headers)
 
-    async def verification_info(_: Request) -> JSONResponse:
-        return JSONResponse(deployment.status())
-
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(background()) if background else None
@@ -176,7 +186,7 @@ def _app(
 
     app = Starlette(
         routes=[
-            Route("/veil/verification", verification_info),
+            *page_routes(deployment.status, deployment.verify_now),
             Route("/v1/{path:path}", forward, methods=["GET", "POST", "DELETE"]),
             Route("/infill", forward, methods=["POST"]),  # llama.cpp's code-completion path (llama.vscode)
         ],

@@ -38,7 +38,7 @@ from veil.client.manifest_log import ManifestLog
 from veil.client.policy import ClientPolicy, simulation_in
 from veil.errors import ParseError, PolicyError, VerificationError
 from veil.manifest import SignedManifest, valid_signers
-from veil.ohttp.keyconfig import KeyConfig, decode_key_config_list
+from veil.ohttp.keyconfig import AEAD_NAMES, KDF_NAMES, KEM_NAMES, KeyConfig, SymmetricSuite, decode_key_config_list
 from veil.ohttp.preference import ChosenSuite, choose_suite
 
 MAX_ATTESTATION_BYTES = 2 << 20  # evidence and collateral (tens of KiB) plus one manifest (<= 1 MiB)
@@ -133,9 +133,15 @@ def _config_json(config: KeyConfig) -> dict[str, Any]:
     return {
         "key_id": config.key_id,
         "kem_id": config.kem_id,
+        "kem": KEM_NAMES.get(config.kem_id, f"unknown KEM 0x{config.kem_id:04x}"),
         "public_key": config.public_key.hex(),
-        "suites": [{"kdf_id": s.kdf_id, "aead_id": s.aead_id} for s in config.suites],
+        "suites": [{"kdf_id": s.kdf_id, "aead_id": s.aead_id, "name": _suite_name(s)} for s in config.suites],
     }
+
+
+def _suite_name(suite: SymmetricSuite) -> str:
+    kdf = KDF_NAMES.get(suite.kdf_id, f"unknown KDF 0x{suite.kdf_id:04x}")
+    return f"{kdf} / {AEAD_NAMES.get(suite.aead_id, f'unknown AEAD 0x{suite.aead_id:04x}')}"
 
 
 def verify_coordinator(
