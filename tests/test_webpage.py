@@ -102,3 +102,13 @@ def test_the_proxy_guard_covers_the_page(http: TestClient, path: str) -> None:
 def test_a_cross_site_form_cannot_ask_for_a_verification(http: TestClient) -> None:
     resp = http.post("/veil/verify", content="x=1", headers={"content-type": "application/x-www-form-urlencoded"})
     assert resp.status_code == 415 and resp.json()["error"]["code"] == "proxy.bad_content_type"
+
+
+def test_with_a_token_the_page_stays_open_and_the_chat_needs_it() -> None:
+    app = create_encrypting_proxy(KeyPair.generate(1).config, "http://127.0.0.1:9", STATUS, token="t0ken")
+    http = TestClient(app, base_url="http://127.0.0.1:8472")
+    for path in [*ASSETS, "/veil/verification"]:
+        assert http.get(path).status_code == 200, path
+    refused = http.post("/v1/chat/completions", json={"model": "m", "messages": []})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "proxy.unauthorized"
+    assert http.get("/anything-else").status_code == 401  # only the page itself is open

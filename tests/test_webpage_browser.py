@@ -77,6 +77,12 @@ def attested(deployment: LocalDeployment) -> AttestedCoordinator:
     return verify_coordinator(policy, manifest_log=log)
 
 
+def _chat(page, prompt: str) -> None:
+    page.fill("#max-tokens", "12")  # the machine may be busy: a short answer streams all the same
+    page.fill("#prompt", prompt)
+    page.click("#send")
+
+
 def test_page_shows_what_was_verified(browser, proxy_url: str, attested: AttestedCoordinator) -> None:  # noqa: F811
     page = browser.new_page()
     seen = watch(page, proxy_url)
@@ -124,9 +130,7 @@ def test_chat_streams_an_answer(browser, proxy_url: str) -> None:  # noqa: F811
             if (m && m.textContent) window.__states.push(m.textContent.length);
         }).observe(document.getElementById('transcript'), {subtree: true, childList: true, characterData: true});
     }""")
-    page.fill("#max-tokens", "12")  # the machine may be busy: a short answer streams all the same
-    page.fill("#prompt", "Count from one to ten.")
-    page.click("#send")
+    _chat(page, "Count from one to ten.")
     page.wait_for_function("() => document.getElementById('chat-state').textContent === 'done'", timeout=TIMEOUT_MS)
     answer = page.locator(".msg.assistant .text").last.inner_text()
     assert answer.strip()
@@ -135,6 +139,26 @@ def test_chat_streams_an_answer(browser, proxy_url: str) -> None:  # noqa: F811
     assert page.locator(".msg.error").count() == 0
     seen.clean()
     page.close()
+
+
+def test_a_token_protected_proxy_asks_for_its_token(browser, deployment: LocalDeployment) -> None:  # noqa: F811
+    token = "the-proxy-token-for-this-test"
+    with ServerThread(create_proxy_app(AsyncReverifier(ClientPolicy.load(deployment.policy_path)), token=token)) as proxy:
+        page = browser.new_page()
+        seen = watch(page, proxy.url)
+        page.goto(proxy.url + "/")  # the page itself needs no token
+        page.wait_for_selector("#status[data-status=verified]", timeout=TIMEOUT_MS)
+        assert page.locator("#token-label").is_hidden()
+        _chat(page, "Hello")
+        page.wait_for_selector(".msg.error", timeout=TIMEOUT_MS)
+        assert "proxy.unauthorized" in page.locator(".msg.error").inner_text()
+        assert page.locator("#token-label").is_visible()
+        page.fill("#token", token)
+        _chat(page, "Hello")
+        page.wait_for_function("() => document.getElementById('chat-state').textContent === 'done'", timeout=TIMEOUT_MS)
+        assert page.locator(".msg.assistant .text").last.inner_text().strip()
+        assert not seen.foreign_requests and not seen.page_errors
+        page.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ its requests same-origin. This ASGI middleware refuses, before anything is forwa
   ``none`` (``proxy.cross_site``: every browser sends one of them on cross-site requests);
 * a POST whose body is not ``application/json`` (``proxy.bad_content_type``): a JSON body from
   another origin needs a CORS preflight, which the proxy never grants;
-* with a per-proxy token, a request outside ``/veil/`` (every forwarded path) without ``Authorization: Bearer <token>``
+* with a per-proxy token, a request outside the page (``/``, ``/veil/``: every forwarded path) without ``Authorization: Bearer <token>``
   (``proxy.unauthorized``). OpenAI clients send their ``api_key`` that way.
 
 Programs (SDKs, curl) send neither Origin nor Sec-Fetch-Site and pass unchanged.
@@ -43,6 +43,10 @@ def _hostname(host: str) -> str:
     if host.startswith("["):
         return host[1:].split("]", 1)[0]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _own_page(path: str) -> bool:
+    return path == "/" or path.startswith("/veil/")
 
 
 class ProxyGuard:
@@ -78,8 +82,9 @@ class ProxyGuard:
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json":
                 return proxy_error(415, "proxy.bad_content_type", "POST bodies must be application/json")
-        # Every forwarded path (/v1/..., /infill) needs it; only the proxy's own /veil/ pages do not.
-        if self.token is not None and not scope["path"].startswith("/veil/"):
+        # Every forwarded path (/v1/..., /infill) needs it; only the proxy's own page (/ and /veil/...)
+        # does not: it shows the verification, and its chat sends the token the user types.
+        if self.token is not None and not _own_page(scope["path"]):
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
                 return proxy_error(401, "proxy.unauthorized", "send this proxy's token as 'Authorization: Bearer <token>'")
