@@ -25,7 +25,7 @@ from veil.attest.azure.evidence import VtpmEvidence, parse_evidence
 from veil.attest.azure.maa import MaaToken, bound_user_data, check_nonce, token_claims, verify_token
 from veil.attest.azure.validate import AzureVtpmPolicy, MaaPolicy, validate_maa, validate_vtpm
 from veil.attest.azure.verify import snp_hardware, tdx_hardware, verify_vtpm
-from veil.errors import ParseError, VerificationError
+from veil.errors import ParseError, PolicyError, VerificationError
 
 if TYPE_CHECKING:
     from veil.manifest import ReferenceValues
@@ -91,6 +91,9 @@ class VtpmVerifier:
             hardware = tdx_hardware(collateral)  # None: the verifier's collateral cache
         nonce = _nonce(options)
         claims, hw = verify_vtpm(ev, nonce, hardware, platform=self.platform, options=options)
+        if str(claims.details.get("hardware_platform", "")).startswith("sim-") != self.platform.startswith("sim-"):
+            raise PolicyError("evidence.platform_mismatch", f"{self.platform} evidence holds a "
+                              f"{claims.details.get('hardware_platform')} report")
         token = _token(evidence, options)
         checks = [
             *(Check(f"hardware: {c.name}", c.result) for c in hw.checks if c.name != "binding"),

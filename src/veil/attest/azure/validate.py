@@ -97,10 +97,10 @@ class AzureVtpmPolicy(BaseModel):
 def validate_vtpm(claims: Claims, evidence: VtpmEvidence, policy: AzureVtpmPolicy, maa: MaaToken | None = None) -> list[Check]:
     """Raise PolicyError unless verified vTPM claims satisfy ``policy``; returns the checks made."""
     hardware = claims.details.get("hardware_platform")
-    if hardware == "sev-snp":
+    if hardware in ("sev-snp", "sim-snp"):
         report = parse_report(evidence.hcl.hw_report)
         validate_report(report, policy.snp, claims.details.get("product"))
-    elif hardware == "tdx":
+    elif hardware in ("tdx", "sim-tdx"):
         validate_claims(claims, policy.tdx)
     else:
         raise PolicyError("azure.platform_mismatch", f"unexpected hardware {hardware!r}")

@@ -20,7 +20,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, load_pem_private_key
 from cryptography.x509.oid import NameOID
 
 from veil.attest.chain import fingerprint
@@ -54,10 +54,32 @@ class SimMaa:
     def __post_init__(self) -> None:
         self.root_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        span = {"not_before": self.not_before, "not_after": self.not_after}
-        self.root = _cert("SIMULATED MAA Root", self.root_key, "SIMULATED MAA Root", self.root_key, ca=True, **span)
-        self.cert = _cert(f"{self.issuer} SIMULATED", self.key, "SIMULATED MAA Root", self.root_key, ca=False, **span)
+        nb, na = self.not_before, self.not_after
+        self.root = _cert("SIMULATED MAA Root", self.root_key, "SIMULATED MAA Root", self.root_key, ca=True,
+                          not_before=nb, not_after=na)
+        self.cert = _cert(f"{self.issuer} SIMULATED", self.key, "SIMULATED MAA Root", self.root_key, ca=False,
+                          not_before=nb, not_after=na)
         self.kid = hashlib.sha256(self.cert.public_bytes(Encoding.DER)).hexdigest()[:32]
+
+    def to_json(self) -> dict[str, str]:
+        """The instance's keys and certificates (kept in a simulated platform's directory, 0600)."""
+        def pem(key: rsa.RSAPrivateKey) -> str:
+            return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+
+        return {"issuer": self.issuer, "root_key": pem(self.root_key), "key": pem(self.key),
+                "root": self.root.public_bytes(Encoding.PEM).decode(), "cert": self.cert.public_bytes(Encoding.PEM).decode()}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, str]) -> SimMaa:
+        maa = cls.__new__(cls)
+        maa.issuer = doc["issuer"]
+        keys = [load_pem_private_key(doc[k].encode(), None) for k in ("root_key", "key")]
+        assert all(isinstance(k, rsa.RSAPrivateKey) for k in keys)
+        maa.root_key, maa.key = keys  # type: ignore[assignment]
+        maa.root, maa.cert = (x509.load_pem_x509_certificate(doc[k].encode()) for k in ("root", "cert"))
+        maa.not_before, maa.not_after = maa.cert.not_valid_before_utc, maa.cert.not_valid_after_utc
+        maa.kid = hashlib.sha256(maa.cert.public_bytes(Encoding.DER)).hexdigest()[:32]
+        return maa
 
     @property
     def root_fingerprint(self) -> str:
