@@ -1,9 +1,10 @@
 """`veil up`: a whole deployment on one machine, on the simulated TEE.
 
 Coordinator and worker run as separate processes, exactly as they would in two confidential VMs;
-the only difference from production is the attester (``sim-snp`` or ``sim-tdx``, labelled everywhere). This
-module prepares the state directory (simulated chip, admin key), starts the processes, sets a
-manifest made for this deployment and writes the client policy that trusts it.
+the only difference from production is the attester (``sim-snp``, ``sim-tdx``, ``sim-azure-snp`` or
+``sim-azure-tdx``, labelled everywhere). This module prepares the state directory (simulated chip,
+admin key), starts the processes, sets a manifest made for this deployment and writes the client
+policy that trusts it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from veil import keyrelease, wire
 from veil.client.policy import POLICY_FILE, ClientPolicy
 from veil.errors import VeilError
 from veil.manifest import (
+    AZURE_PLATFORMS,
     GatewaySettings,
     Manifest,
     ModelEntry,
@@ -73,7 +75,7 @@ class LocalDeployment:
     db_url: str | None = None  # default: SQLite in the state directory; several coordinators need PostgreSQL
     reregister_seconds: float = 60.0  # how often workers re-attest (and pick up a newer manifest)
     sim_gpu: bool = False  # every worker has a SIMULATED H100 whose evidence the manifest requires
-    platform: str = "sim-snp"  # the simulated TEE both processes run on: sim-snp or sim-tdx
+    platform: str = "sim-snp"  # the simulated TEE both processes run on: sim-snp, sim-tdx, sim-azure-snp|tdx
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     topology: Topology = field(init=False)
     balancer: HAProxy | None = field(default=None, init=False)
@@ -227,6 +229,12 @@ class LocalDeployment:
 
         measurement = sim.measure_code().hex()
         refs = [ReferenceValues(platform=self.platform, measurements=[measurement])]  # type: ignore[arg-type]
+        # A local demo: the simulated worker running exactly this code may receive the key.
+        release = ReleasePolicy(platforms=[self.platform], measurements=[measurement], allow_simulated=True)  # type: ignore[list-item]
+        if self.platform in AZURE_PLATFORMS:  # an MAA token is required, and the key goes by an SKR policy
+            from veil.attest.sim.azure import sim_reference, sim_release_policy
+
+            refs, release = [sim_reference(self.platform, measurement)], sim_release_policy(self.platform, measurement)
         return self._with_gpu(Manifest(
             coordinator=refs,
             workers=refs,
@@ -234,13 +242,10 @@ class LocalDeployment:
                 name=DEFAULT_MODEL_NAME, sha256=sealed.plaintext_sha256, source=str(self.sealed_path),
                 sealed_sha256=sealed.sealed_sha256, key_id=DATA_KEY_ID,
             )],
-            # A local demo: the simulated worker running exactly this code may receive the key.
-            release_policies={DATA_KEY_ID: ReleasePolicy(
-                platforms=[self.platform], measurements=[measurement], allow_simulated=True,  # type: ignore[list-item]
-            )},
+            release_policies={DATA_KEY_ID: release},
             sandbox=SandboxSettings(profile=self.sandbox),  # type: ignore[arg-type]
             admin_keys=[public_key_hex(admin)],
-            trusted_simulation_roots=[sim.load_or_create(self.platform, self.sim_dir).root_fingerprint],
+            trusted_simulation_roots=sim.load_or_create(self.platform, self.sim_dir).simulation_roots,
             recovery_keys=[keyrelease.public_bytes(recovery).hex()],
             # A local demo also serves ohttpy's variant (/score), so standard clients can try it;
             # clients see it in the manifest (its answers show their status to relays).

@@ -49,7 +49,8 @@ StateDirOpt = typer.Option(None, "--state-dir", help="State directory (default: 
 
 PlatformOpt = typer.Option(
     "sim-snp", "--platform",
-    help="TEE this process runs in: sev-snp, tdx, or a SIMULATED twin (sim-snp, sim-tdx) for development.")
+    help="TEE this process runs in: sev-snp, tdx, azure-snp-vtpm, azure-tdx-vtpm, or a SIMULATED twin "
+    "(sim-snp, sim-tdx, sim-azure-snp, sim-azure-tdx) for development.")
 SimDirOpt = typer.Option(None, "--sim-dir", help="Simulated platform directory (sim-* platforms).")
 LaunchDataOpt = typer.Option(
     None, "--sim-launch-data",
@@ -112,7 +113,9 @@ def up(
     sim_gpu: bool = typer.Option(False, "--sim-gpu", help="Give every worker a SIMULATED H100 (SPDM report, chain, "
                                  "signed RIMs, OCSP) that the manifest requires and the coordinator verifies."),
     platform: str = typer.Option(
-        "sim-snp", "--platform", help="The SIMULATED TEE to run on: sim-snp (SEV-SNP reports) or sim-tdx (TDX quotes)."),
+        "sim-snp", "--platform", help="The SIMULATED TEE to run on: sim-snp (SEV-SNP reports), sim-tdx (TDX quotes), "
+        "sim-azure-snp or sim-azure-tdx (Azure confidential VMs: vTPM, HCL report, a simulated MAA token; "
+        "the model key goes by an Azure Key Vault SKR policy)."),
 ) -> None:
     """Start a local deployment (coordinator, worker, engine) on a SIMULATED TEE (--platform).
 

@@ -1,24 +1,26 @@
-"""``sim-azure-snp``: a SIMULATED Azure SEV-SNP confidential VM. It gives NO hardware protection.
+"""``sim-azure-snp``, ``sim-azure-tdx``: SIMULATED Azure confidential VMs. NO hardware protection.
 
-It produces exactly what an Azure CVM behind the paravisor gives its guest, in the v2 layout, so
-the verifier that judges real Azure CVMs runs unchanged: an HCL report (``HCLA`` header, a
-SEV-SNP report signed by the simulated chip of :mod:`veil.attest.sim.platform`, the IGVM header
-and the runtime claims JSON with ``HCLAkPub``, ``vm-configuration`` and the report_data as
-``user-data``), whose report_data is SHA-256(runtime claims); a TPM 2.0 quote (TPMS_ATTEST of
-type ATTEST_QUOTE over 24 SHA-256 PCRs, the report_data as extraData) signed RSASSA-PKCS1-v1_5
-by the simulated vTPM's attestation key; the VCEK, ASK/ARK and CRL of the simulated chip; and a
-token from a simulated Microsoft Azure Attestation instance (:mod:`veil.attest.sim.maa`) that
-*verified* that evidence first, as MAA does, then signed Azure's claims about it.
+They produce exactly what an Azure CVM behind the paravisor gives its guest, in the v2 layout, so
+the verifier that judges real Azure CVMs runs unchanged: an HCL report (``HCLA`` header, the
+hardware report, the IGVM request header and the runtime claims JSON with ``HCLAkPub``,
+``vm-configuration`` and the report_data as ``user-data``), whose hardware report_data is
+SHA-256(runtime claims) ‖ zeros; a TPM 2.0 quote (TPMS_ATTEST of type ATTEST_QUOTE over 24 SHA-256
+PCRs, the report_data as extraData) signed RSASSA-PKCS1-v1_5 by the simulated vTPM's attestation
+key; and a token from a simulated Microsoft Azure Attestation instance (:mod:`veil.attest.sim.maa`)
+that *verified* that evidence first, as MAA does, then signed Azure's claims about it.
 
-Roots (the simulated ARK and the simulated MAA root) are made per deployment and kept in the
-platform directory; verifiers refuse them unless they are trusted as simulation roots, and every
-claim is then labelled simulated. The measurement is the digest of the installed Veil code, as on
-``sim-snp``.
+The hardware under the simulated paravisor is ``sim-snp`` (a SEV-SNP report with its VCEK, ASK/ARK
+and CRL) or ``sim-tdx`` (a TDREPORT in the HCL report, the TD quote of the same TD with its PCS
+collateral), made by those twins' own attesters. Their roots and the simulated MAA root are made
+per deployment and kept in the platform directory; verifiers refuse them unless they are trusted
+as simulation roots, and every claim is then labelled simulated. The measurement (SNP launch
+measurement, TDX MRTD) is the digest of the installed Veil code, as on the bare twins.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -30,14 +32,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from veil.attest.sim.maa import SimMaa
-from veil.attest.sim.platform import SimPlatform
+from veil.errors import ParseError
 
 if TYPE_CHECKING:
+    from veil.attest.attester import Attester
+    from veil.attest.registry import AttesterConfig
+    from veil.attest.sim import SimulatedPlatform
     from veil.manifest import ReferenceValues, ReleasePolicy
 
-PLATFORM: Final = "sim-azure-snp"
 SIM_MAA_ISSUER = "https://sim-azure.attest.veil.invalid"
+PLATFORMS: Final = {"sim-azure-snp": "snp", "sim-azure-tdx": "tdx"}  # twin -> hardware under the paravisor
+MAA_TYPES: Final = {"snp": "sevsnpvm", "tdx": "tdxvm"}
 PCR_COUNT = 24
+HCL_REPORT_TYPES: Final = {"snp": 2, "tdx": 4}
 _KEYS = "azure.json"
 
 
@@ -49,7 +56,7 @@ def _b64url_int(n: int) -> str:
     return _b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
 
-def hcl_report(hw_report: bytes, runtime_claims: bytes, report_type: int = 2) -> bytes:
+def hcl_report(hw_report: bytes, runtime_claims: bytes, report_type: int) -> bytes:
     """HCLA header ‖ hardware report (1184 bytes) ‖ IGVM request header ‖ runtime claims ‖ padding."""
     igvm = struct.pack("<5I", 20 + len(runtime_claims), 1, report_type, 1, len(runtime_claims))  # hash type 1: SHA-256
     header = struct.pack("<4s4I", b"HCLA", 1, 32 + 1184 + 20 + len(runtime_claims), 2, 0).ljust(32, b"\0")
@@ -64,22 +71,52 @@ def tpms_attest(nonce: bytes, pcr_digest: bytes, clock: int = 1) -> bytes:
             + struct.pack(">H", 32) + pcr_digest)
 
 
-class SimAzureSnp:
-    """One simulated Azure SEV-SNP CVM: the simulated chip, its vTPM's attestation key and PCRs,
-    and the simulated MAA instance, persisted in ``directory``."""
+def td_report(quote: bytes) -> bytes:
+    """The 1024-byte TDREPORT (Intel TDX module ABI: REPORTMACSTRUCT, TEE_TCB_INFO, TDINFO) of the
+    TD whose quote this is: what the paravisor puts in the HCL report. Its MAC is local to the
+    (simulated) CPU and checked by nobody outside it."""
+    from veil.attest.tdx.abi import parse_quote
 
-    def __init__(self, directory: Path, chip: SimPlatform, ak: rsa.RSAPrivateKey, maa: SimMaa) -> None:
-        self.directory, self.chip, self.ak, self.maa = directory, chip, ak, maa
+    body = parse_quote(quote).body
+    out = bytearray(1024)
+    out[0:4] = bytes([0x81, 0, 1, 0])  # REPORTTYPE: TDX, subtype 0, version 1
+    out[128:192] = body.report_data
+    out[256:264] = (0x1FF).to_bytes(8, "little")  # TEE_TCB_INFO.valid
+    out[264:280], out[280:328], out[328:376] = body.tee_tcb_svn, body.mr_seam, body.mr_signer_seam
+    out[376:384] = body.seam_attributes
+    tdinfo = (body.td_attributes + body.xfam + body.mr_td + body.mr_config_id + body.mr_owner
+              + body.mr_owner_config + b"".join(body.rtmrs))
+    out[512:512 + len(tdinfo)] = tdinfo
+    out[224:256] = hashlib.sha256(b"veil/sim-azure-tdx/mac" + bytes(out[:224])).digest()
+    return bytes(out)
+
+
+class SimAzureCvm:
+    """One simulated Azure CVM: the simulated hardware under the paravisor (a ``sim-snp`` or
+    ``sim-tdx`` machine, and its attester), its vTPM's attestation key and PCRs, and the simulated
+    MAA instance, persisted in ``directory`` (``snp/`` or ``tdx/``, and ``azure.json``, 0600)."""
+
+    def __init__(self, platform: str, directory: Path, machine: SimulatedPlatform, ak: rsa.RSAPrivateKey,
+                 maa: SimMaa) -> None:
+        self.platform, self.directory, self.machine, self.ak, self.maa = platform, directory, machine, ak, maa
+        self.kind = PLATFORMS[platform]
         self.pcrs = [hashlib.sha256(b"veil/sim-azure/pcr/%d" % i).digest() for i in range(PCR_COUNT)]
+
+    @functools.cached_property
+    def hardware(self) -> Attester:
+        """The simulated hardware's own attester (its report, measurement and sealing key)."""
+        from veil.attest import registry
+
+        return registry.attester(f"sim-{self.kind}", registry.AttesterConfig(sim_dir=self.directory / self.kind))
 
     @property
     def simulation_roots(self) -> list[str]:
-        """What a manifest's ``trusted_simulation_roots`` must name: the chip's ARK and the MAA root."""
-        return [self.chip.root_fingerprint, self.maa.root_fingerprint]
+        """What a manifest's ``trusted_simulation_roots`` must name: the hardware's and the MAA's root."""
+        return [self.machine.root_fingerprint, self.maa.root_fingerprint]
 
     @property
     def root_fingerprint(self) -> str:
-        return self.chip.root_fingerprint
+        return self.machine.root_fingerprint
 
     def runtime_claims(self, report_data: bytes) -> bytes:
         pub = self.ak.public_key().public_numbers()
@@ -90,42 +127,71 @@ class SimAzureSnp:
             "user-data": report_data.ljust(64, b"\0").hex().upper(),
         }, separators=(",", ":")).encode()
 
-    def evidence(self, report_data: bytes, measurement: bytes) -> dict[str, Any]:
+    def evidence(self, report_data: bytes) -> dict[str, Any]:
         """The CVM's evidence in Veil's wire form, with the MAA token for it."""
-        from veil.attest.azure.evidence import parse_evidence
-
         runtime = self.runtime_claims(report_data)
-        snp = self.chip.attest(hashlib.sha256(runtime).digest() + bytes(32), measurement=measurement)
+        hw = self.hardware.evidence(hashlib.sha256(runtime).digest() + bytes(32))
         message = tpms_attest(report_data, hashlib.sha256(b"".join(self.pcrs)).digest())
-        signature = self.ak.sign(message, padding.PKCS1v15(), hashes.SHA256())
-        vtpm = {"version": 2, "hcl_report": _b64url(hcl_report(snp.report, runtime)),
-                "tpm_quote": {"message": message.hex(), "signature": signature.hex(), "pcrs": [p.hex() for p in self.pcrs]},
-                "vcek": _b64url(snp.vcek)}
-        wire = {"platform": PLATFORM, "vtpm": vtpm, "chain": base64.b64encode(snp.chain_pem).decode(),
-                "crl": base64.b64encode(snp.crl or b"").decode()}
+        vtpm: dict[str, Any] = {
+            "version": 2,
+            "tpm_quote": {"message": message.hex(), "signature": self.ak.sign(message, padding.PKCS1v15(), hashes.SHA256()).hex(),
+                          "pcrs": [p.hex() for p in self.pcrs]}}
+        wire: dict[str, Any] = {"platform": self.platform, "vtpm": vtpm}
+        if self.kind == "snp":
+            snp = hw["snp"]  # report, vcek, chain, crl: base64
+            hw_report = base64.b64decode(snp["report"])
+            vtpm.update(hcl_report=_b64url(hcl_report(hw_report, runtime, HCL_REPORT_TYPES["snp"])),
+                        vcek=_b64url(base64.b64decode(snp["vcek"])))
+            wire.update(chain=snp["chain"], crl=snp["crl"])
+            from veil.attest.snp.abi import parse_report
+
+            parsed = parse_report(hw_report)
+            report = {"x-ms-sevsnpvm-launchmeasurement": parsed.measurement.hex(),
+                      "x-ms-sevsnpvm-reportdata": parsed.report_data.hex(),
+                      "x-ms-sevsnpvm-is-debuggable": parsed.debug, "x-ms-sevsnpvm-vmpl": parsed.vmpl}
+        else:
+            from veil.attest.tdx.abi import parse_quote
+
+            quote = base64.b64decode(hw["tdx"]["quote"])
+            vtpm.update(hcl_report=_b64url(hcl_report(td_report(quote), runtime, HCL_REPORT_TYPES["tdx"])),
+                        td_quote=_b64url(quote))
+            wire["collateral"] = hw["tdx"]["collateral"]
+            body = parse_quote(quote).body
+            report = {"tdx_mrtd": body.mr_td.hex(), "tdx_report_data": body.report_data.hex(),
+                      "tdx_mrseam": body.mr_seam.hex(), "tdx_td_attributes_debug": bool(body.td_attributes_int & 1),
+                      **{f"tdx_rtmr{i}": r.hex() for i, r in enumerate(body.rtmrs)}}
         self._appraise_as_maa(wire, report_data)
-        ev = parse_evidence(vtpm)
-        report = ev.hcl.hw_report
-        maa_claims = self.maa.cvm_claims(runtime=ev.hcl.runtime, report={
-            "x-ms-sevsnpvm-launchmeasurement": report[0x90:0xC0].hex(), "x-ms-sevsnpvm-reportdata": report[0x50:0x90].hex(),
-            "x-ms-sevsnpvm-is-debuggable": False, "x-ms-sevsnpvm-vmpl": 0})
-        return {**wire, "maa": {"token": self.maa.issue(maa_claims), "certs": self.maa.certs()}}
+        runtime_json = json.loads(runtime)
+        claims = self.maa.cvm_claims(runtime=runtime_json, report=report, kind=MAA_TYPES[self.kind])
+        return {**wire, "maa": {"token": self.maa.issue(claims), "certs": self.maa.certs()}}
 
     def _appraise_as_maa(self, wire: dict[str, Any], report_data: bytes) -> None:
         """What MAA does before it signs anything: verify the evidence (here with Veil's verifier,
-        trusting this simulated chip). A token is never issued for evidence that does not verify."""
+        trusting this simulated hardware). A token is never issued for evidence that does not verify."""
+        from veil.attest import registry
         from veil.attest.api import Binding, VerifyOptions
-        from veil.attest.azure.platform import SIM_AZURE_SNP
         from veil.attest.trust import TrustRoots
 
-        trust = TrustRoots.production().with_simulation(self.chip.root_fingerprint)
-        SIM_AZURE_SNP.verify(wire, VerifyOptions(Binding.to(report_data), trust))
+        trust = TrustRoots.production().with_simulation(self.machine.root_fingerprint)
+        registry.verifier(self.platform).verify(wire, VerifyOptions(Binding.to(report_data), trust))
+
+    def sealing_key(self) -> bytes:
+        return self.hardware.sealing_key()
+
+    @property
+    def measurement(self) -> bytes:
+        return bytes(self.hardware.measurement)  # type: ignore[attr-defined]
 
     # ---- persistence ------------------------------------------------------------------------------
     @classmethod
-    def load_or_create(cls, directory: str | os.PathLike[str]) -> SimAzureSnp:
+    def load_or_create(cls, platform: str, directory: str | os.PathLike[str]) -> SimAzureCvm:
+        from veil.attest import sim
+
+        if platform not in PLATFORMS:
+            raise ParseError("sim.unknown_platform", f"{platform!r} is not a simulated Azure CVM")
         path = Path(directory)
-        chip = SimPlatform.load_or_create(path / "snp")
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        machine = sim.load_or_create(f"sim-{PLATFORMS[platform]}", path / PLATFORMS[platform])
         keys = path / _KEYS
         if keys.exists():
             doc = json.loads(keys.read_text())
@@ -139,53 +205,46 @@ class SimAzureSnp:
             fd = os.open(keys, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 json.dump({"ak": pem.decode(), "maa": maa.to_json()}, fh)
-        return cls(path, chip, ak, maa)
+        return cls(platform, path, machine, ak, maa)
 
 
-class SimAzureSnpAttester:
-    """The attester of ``veil coordinator|worker --platform sim-azure-snp --sim-dir D``."""
-
-    platform = PLATFORM
-
-    def __init__(self, platform_dir: Path) -> None:
-        from veil.attest.attester import SimSnpAttester
-        from veil.attest.sim import measure_code
-
-        self._cvm = SimAzureSnp.load_or_create(platform_dir)
-        self._sealing = SimSnpAttester(platform_dir / "snp")  # the simulated chip's sealing key
-        self.measurement = measure_code()
-
-    def evidence(self, report_data: bytes) -> dict[str, Any]:
-        return self._cvm.evidence(report_data, self.measurement)
-
-    def sealing_key(self) -> bytes:
-        return self._sealing.sealing_key()
-
-
-def sim_worker_reference(measurement: str) -> ReferenceValues:
-    """A manifest's reference values for this twin: the code's measurement, and an MAA token from
-    the simulated instance (its root is one of :attr:`SimAzureSnp.simulation_roots`)."""
+def sim_reference(platform: str, measurement: str) -> ReferenceValues:
+    """A manifest's reference values for this twin (coordinators and workers): the code's
+    measurement, and an MAA token from the simulated instance (its root is one of
+    :attr:`SimAzureCvm.simulation_roots`)."""
     from veil.manifest import AzureReference, MaaReference, ReferenceValues
 
-    return ReferenceValues(platform=PLATFORM, measurements=[measurement],
-                           azure=AzureReference(maa=MaaReference(issuers=[SIM_MAA_ISSUER], attestation_types=["sevsnpvm"])))
+    kind = PLATFORMS[platform]
+    maa = MaaReference(issuers=[SIM_MAA_ISSUER], attestation_types=[MAA_TYPES[kind]])
+    # the measurement is the SNP launch measurement or the TDX MRTD
+    return ReferenceValues.model_validate({"platform": platform, "measurements": [measurement],
+                                           "azure": AzureReference(maa=maa)})
 
 
-def sim_release_policy(measurement: str) -> ReleasePolicy:
+def sim_release_policy(platform: str, measurement: str) -> ReleasePolicy:
     """The model key's release policy on this twin: the code's measurement, and Azure Key Vault's
     Secure Key Release grammar exactly as Azure's CVM tutorial writes it, over the simulated MAA's
-    verified claims (the key goes only to a CVM that MAA attested as compliant SEV-SNP)."""
+    verified claims (the key goes only to a CVM that MAA attested as a compliant CVM of its kind)."""
     from veil.manifest import ReleasePolicy
 
     skr = {"version": "1.0.0", "anyOf": [{"authority": SIM_MAA_ISSUER, "allOf": [
-        {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"},
+        {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": MAA_TYPES[PLATFORMS[platform]]},
         {"claim": "x-ms-isolation-tee.x-ms-compliance-status", "equals": "azure-compliant-cvm"}]}]}
-    return ReleasePolicy(platforms=[PLATFORM], measurements=[measurement], allow_simulated=True, skr=skr)
+    return ReleasePolicy.model_validate({"platforms": [platform], "measurements": [measurement],
+                                         "allow_simulated": True, "skr": skr})
 
 
-def sim_azure_snp_attester(config: Any) -> SimAzureSnpAttester:
-    from veil.errors import ParseError
-
+def _attester(platform: str, config: AttesterConfig) -> SimAzureCvm:
     if config.sim_dir is None:
-        raise ParseError("attest.missing_sim_dir", "sim-azure-snp needs the simulated platform's directory (--sim-dir)")
-    return SimAzureSnpAttester(Path(config.sim_dir))
+        raise ParseError("attest.missing_sim_dir", f"{platform} needs the simulated platform's directory (--sim-dir)")
+    return SimAzureCvm.load_or_create(platform, config.sim_dir)
+
+
+def sim_azure_snp_attester(config: AttesterConfig) -> SimAzureCvm:
+    """The attester of ``veil coordinator|worker --platform sim-azure-snp --sim-dir D``."""
+    return _attester("sim-azure-snp", config)
+
+
+def sim_azure_tdx_attester(config: AttesterConfig) -> SimAzureCvm:
+    """The attester of ``veil coordinator|worker --platform sim-azure-tdx --sim-dir D``."""
+    return _attester("sim-azure-tdx", config)

@@ -255,6 +255,10 @@ class SimPlatform:
         return fingerprint(self.ark)
 
     @property
+    def simulation_roots(self) -> list[str]:
+        return [self.root_fingerprint]
+
+    @property
     def chain_pem(self) -> bytes:
         """ASK then ARK, as AMD's KDS serves ``cert_chain``."""
         return self.ask.public_bytes(serialization.Encoding.PEM) + self.ark.public_bytes(serialization.Encoding.PEM)

@@ -238,6 +238,10 @@ class SimTdxPlatform:
         """SHA-256 (hex) of the simulated root CA's DER: what a client must trust explicitly."""
         return hashlib.sha256(self.root.public_bytes(serialization.Encoding.DER)).hexdigest()
 
+    @property
+    def simulation_roots(self) -> list[str]:
+        return [self.root_fingerprint]
+
     # ---- collateral (Intel PCS layout) ----------------------------------------------------------
     def issue_collateral(self, *, issued: dt.datetime | None = None, validity: dt.timedelta = COLLATERAL_VALIDITY,
                          revoke_pck: bool = False) -> dict[str, Any]:
