@@ -99,3 +99,24 @@ def test_the_machine_persists(attester, cvm, tmp_path) -> None:  # type: ignore[
     assert (cvm.directory / "azure.json").stat().st_mode & 0o077 == 0
     fresh = SimAzureCvm.load_or_create(cvm.platform, tmp_path / "other")
     assert set(fresh.simulation_roots).isdisjoint(cvm.simulation_roots)  # roots are per deployment
+
+
+def test_a_worker_cvm_with_a_simulated_h100_binds_it(attester, cvm) -> None:  # type: ignore[no-untyped-def]
+    """``veil up --platform sim-azure-* --sim-gpu``'s worker: the GPU evidence is bound through the
+    HCL runtime claims' user-data and the TPM quote, as the CPU report_data on bare SEV-SNP."""
+    from veil.attest import composite
+    from veil.attest.evidence import appraise_worker_evidence
+    from veil.attest.sim.gpu import SimGpu
+    from veil.manifest import GpuReference
+
+    gpu = SimGpu()
+    challenge, key = b"c" * 32, b"k" * 32
+    gpus = [gpu.evidence(composite.gpu_nonce(challenge, key))]
+    evidence = {**attester.evidence(composite.worker_report_data(challenge, key, gpus)), "gpus": [g.to_json() for g in gpus]}
+    ref = _ref(cvm).model_copy(update={"require_gpu": True, "gpu": GpuReference(allowed_rim_digests=gpu.rim_digests())})
+    trust = TrustRoots.production().with_simulation(*cvm.simulation_roots, *gpu.simulation_roots)
+    verified = appraise_worker_evidence(evidence, [ref], challenge=challenge, public_key=key, trust=trust)
+    assert verified.claims.platform == cvm.platform and len(verified.claims.details["gpus"]) == 1
+    swapped = {**evidence, "gpus": [gpu.evidence(composite.gpu_nonce(b"d" * 32, key)).to_json()]}
+    assert _reason(lambda: appraise_worker_evidence(swapped, [ref], challenge=challenge, public_key=key,
+                                                    trust=trust)) == "azure.nonce_mismatch"  # another GPU report

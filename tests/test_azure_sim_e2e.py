@@ -2,18 +2,26 @@
 SIMULATED Azure confidential VMs (vTPM, HCL report, the SEV-SNP report or TD quote under the
 paravisor, a token from a simulated MAA); the client verifies the coordinator's through the
 verifier of real Azure CVMs, and the coordinator releases the model key to the worker only
-after its evidence and MAA token verified and the key's Azure Key Vault SKR policy held."""
+after its evidence and MAA token verified and the key's Azure Key Vault SKR policy held. The last
+test changes that policy so the worker's CVM no longer meets it: the coordinator process refuses
+the key on the worker's next re-attestation (``release.skr_not_satisfied``, audited)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 
-from veil.localdeploy import LocalDeployment
+from veil import admin, wire
+from veil.attest.sim.azure import MAA_TYPES, PLATFORMS
+from veil.localdeploy import DATA_KEY_ID, LocalDeployment
+from veil.manifest import SignedManifest, sign_manifest
 from veil.testing import free_port
 
 pytestmark = pytest.mark.slow
@@ -24,7 +32,7 @@ HARDWARE = {"sim-azure-snp": "sim-snp", "sim-azure-tdx": "sim-tdx"}
 @pytest.fixture(scope="module", params=sorted(HARDWARE))
 def deployment(request, tmp_path_factory):  # type: ignore[no-untyped-def]
     dep = LocalDeployment(tmp_path_factory.mktemp(request.param), coordinator_port=free_port(),
-                          worker_port=free_port(), sandbox=SANDBOX, platform=request.param)
+                          worker_port=free_port(), sandbox=SANDBOX, platform=request.param, reregister_seconds=2)
     dep.start()
     yield dep
     dep.stop()
@@ -59,3 +67,27 @@ def test_chat_answers_after_the_skr_policy_released_the_key(deployment) -> None:
     chat = _veil(deployment, "chat", "--max-tokens", "8", "hello")
     assert chat.returncode == 0, chat.stderr  # the worker got the model key: its MAA claims met the SKR policy
     assert "SIMULATED" in chat.stdout + chat.stderr
+    released = [r for r in admin.audit(deployment.coordinator_url) if r["event"] == "secret.release"]
+    assert released and all(r["decision"] == "released" and r["reason"] == "ok" for r in released)
+
+
+def test_zz_a_worker_whose_cvm_no_longer_meets_the_skr_policy_gets_no_key(deployment) -> None:  # type: ignore[no-untyped-def]
+    """Real processes: the admins require the other TEE kind; the worker keeps re-attesting."""
+    url = deployment.coordinator_url
+    head = SignedManifest.parse(httpx.get(f"{url}{wire.MANIFEST_PATH}", timeout=30).content)
+    policies = copy.deepcopy(head.manifest.release_policies)
+    other = next(t for t in MAA_TYPES.values() if t != MAA_TYPES[PLATFORMS[deployment.platform]])
+    skr = copy.deepcopy(policies[DATA_KEY_ID].skr)
+    skr["anyOf"][0]["allOf"][0]["equals"] = other
+    policies[DATA_KEY_ID] = policies[DATA_KEY_ID].model_copy(update={"skr": skr})
+    key = admin.load_or_create_admin_key(deployment.state_dir / "admin.key")
+    manifest = head.manifest.model_copy(update={"release_policies": policies})
+    after = max(r["id"] for r in admin.audit(url))
+    admin.publish_manifest(url, sign_manifest(manifest, [key], head.digest.hex()))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        refused = [r for r in admin.audit(url, after) if r["event"] == "secret.release" and r["decision"] == "refused"]
+        if refused:
+            break
+        time.sleep(0.5)
+    assert refused and refused[0]["reason"] == "release.skr_not_satisfied", admin.audit(url, after)
