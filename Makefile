@@ -2,7 +2,8 @@
 #
 #   make run        a local deployment (veil up --demo): installs only what it needs (.[local])
 #   make install    the development venv: everything the tests need (.[test]) and the system packages
-#   make check      the static gate: ruff (lint) and mypy on src/
+#   make check      the static gate: ruff (lint) and mypy (strict) on src/
+#   make dead       dead-code candidates (vulture): advisory, read before you delete
 #   make test       check, then the whole suite (what CI runs through .ci/run)
 #   make test-fast  the inner loop: no model, no deployment (tests marked neither slow nor system)
 #   make bench      every benchmark once
@@ -20,7 +21,7 @@ RUN_STAMP  := $(VENV)/.installed-run
 STAMP      := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-deps
 
-.PHONY: run test test-fast check install clean bench
+.PHONY: run test test-fast check dead install clean bench
 
 define make_venv
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +64,12 @@ $(TEST_STAMP): scripts/install-test-deps.sh tests/interop/node/package-lock.json
 check: install
 	$(BIN)/ruff check src
 	$(BIN)/mypy src
+
+# Advisory, not part of the gate: FastAPI routes, typer commands and pydantic validators register
+# through decorators, and the parsers name every field of a hardware structure, so vulture's 60%
+# findings include false positives. Everything it lists was reviewed on 2026-12-01.
+dead: install
+	$(BIN)/vulture src tests bench --min-confidence 60
 
 test: check $(TEST_STAMP)
 	$(BIN)/python -m pytest

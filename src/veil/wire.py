@@ -33,7 +33,6 @@ RECOVER_PATH = "/v1/recover"  # restore a locked coordinator
 # -- media types -------------------------------------------------------------------------------------
 
 MEDIA_TYPE_KEYS = "application/ohttp-keys"  # RFC 9458 §3.2
-MEDIA_TYPE_BHTTP = "message/bhttp"  # RFC 9292
 MEDIA_TYPE_REQUEST = "message/ohttp-req"  # RFC 9458 §4
 MEDIA_TYPE_RESPONSE = "message/ohttp-res"
 MEDIA_TYPE_CHUNKED_REQUEST = "message/ohttp-chunked-req"  # draft-ietf-ohai-chunked-ohttp

@@ -76,11 +76,6 @@ class AttestedCoordinator:
     relay_url: str | None = None  # where encrypted requests go when not straight to the gateway
 
     @property
-    def send_url(self) -> str:
-        """Where the client POSTs its encapsulated requests: the relay if it has one, else the gateway."""
-        return self.relay_url or self.gateway_url
-
-    @property
     def simulated_parts(self) -> list[str]:
         """Everything simulated in this deployment, coordinator and manifest alike (empty: nothing)."""
         claims = self.verdict.claims

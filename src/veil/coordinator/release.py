@@ -5,8 +5,6 @@ from __future__ import annotations
 from veil.attest.claims import Claims
 from veil.manifest import ReleasePolicy
 
-TCB_KEYS = ("bootloader", "tee", "snp", "microcode", "fmc")
-
 
 def evaluate(policy: ReleasePolicy | None, claims: Claims, role: str = "worker") -> tuple[bool, str]:
     """(released?, reason code). Fails closed: no policy means no release."""

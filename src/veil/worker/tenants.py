@@ -105,10 +105,6 @@ class Admission:
             return  # nothing known about the answer: the estimate stands
         self._bucket.settle(actual - self._estimate)
 
-    @property
-    def counts_tokens(self) -> bool:
-        return self._bucket is not None
-
 
 class Tenancy:
     """The gateway's view of the manifest's tenants (one instance per worker process)."""

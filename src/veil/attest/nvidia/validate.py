@@ -26,7 +26,6 @@ ALL_MEASUREMENTS = 0xFF  # GET_MEASUREMENTS operation: every block
 NVML_CC_ON = 1
 
 NvidiaPolicy = GpuReference  # the manifest's GPU reference values are the NVIDIA policy
-DEFAULT_POLICY = NvidiaPolicy()  # frozen: safe to share as a default argument
 
 
 @dataclass(frozen=True)

@@ -143,10 +143,6 @@ class SimPlatform:
     tcb: TcbVersion
     product: str = MILAN
 
-    @property
-    def product_name(self) -> str:
-        return PRODUCT_IDS[self.product][0]
-
     # ---- creation and persistence ---------------------------------------------------------
     @classmethod
     def create(
