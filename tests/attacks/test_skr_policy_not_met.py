@@ -7,8 +7,9 @@ tutorial's shape: SEV-SNP and "azure-compliant-cvm" attested by one MAA authorit
 coordinator evaluates the policy over the claims of the *verified* token only, with its issuer as
 the authority (``release.skr_not_satisfied``); a token edited to say otherwise fails its signature
 (``azure.maa_signature_invalid``). Targets are the coordinator's real objects (the registry's Azure
-verifier with the manifest's reference values, then its release code); the control run presents
-a compliant CVM's token.
+verifier with the manifest's reference values, then its release code) on Azure's real v2 sample;
+the control run presents a compliant CVM's token. The same refusal by a real coordinator process,
+to a worker process on the simulated Azure twin, is the last test of tests/test_azure_sim_e2e.py.
 """
 
 from __future__ import annotations
