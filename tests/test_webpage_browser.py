@@ -5,7 +5,9 @@ A real local deployment (coordinator, worker, sandboxed engine with the bundled 
 violation, shows the platform, SIMULATED banner, measurement (the one the verifier saw, and that
 it matches the pinned value), every check the verifier ran, the manifest and the OHTTP keys; the
 chat streams an answer piece by piece. A proxy whose policy pins another measurement shows the
-refusal with the verifier's own reason code and message, and offers no chat.
+refusal with the verifier's own reason code and message, and offers no chat; an open page turns
+REFUSED by itself when the deployment stops verifying under it; a token-protected proxy's page asks
+for the token.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from attacks.client_stack import client_stack
 from browser_fixtures import browser, watch  # noqa: F401  (a fixture)
 from veil.client.freshness import AsyncReverifier
 from veil.client.policy import ClientPolicy, load_with_log
@@ -26,7 +29,7 @@ from veil.client.proxy import create_proxy_app
 from veil.client.verify import AttestedCoordinator, verify_coordinator
 from veil.errors import VeilError
 from veil.localdeploy import LocalDeployment
-from veil.manifest import ReferenceValues
+from veil.manifest import ReferenceValues, SandboxSettings
 from veil.testing import ServerThread, free_port
 
 pytestmark = pytest.mark.slow
@@ -186,3 +189,20 @@ def test_refused_deployment_shows_the_reason(browser, refused_url: tuple[str, Ve
     assert "not verified" in page.locator("#ohttp").inner_text()
     seen.clean()
     page.close()
+
+
+def test_the_open_page_shows_a_deployment_that_stops_verifying(browser) -> None:  # noqa: F811
+    """No stale VERIFIED: the operator unsandboxes the engine under an open page; it turns REFUSED by itself."""
+    with client_stack() as stack:
+        verifier = AsyncReverifier(stack.policy(pinned=False), interval=1.0)
+        with ServerThread(create_proxy_app(verifier)) as proxy:
+            page = browser.new_page()
+            seen = watch(page, proxy.url)
+            page.goto(proxy.url + "/")
+            page.wait_for_selector("#status[data-status=verified]", timeout=TIMEOUT_MS)
+            stack.update(sandbox=SandboxSettings(profile="none"))
+            page.wait_for_selector("#status[data-status=refused]", timeout=TIMEOUT_MS)  # nobody clicked
+            assert page.locator("#refusal-reason").inner_text() == "policy.sandbox_refused"
+            assert page.locator("#send").is_disabled()
+            seen.clean()
+            page.close()

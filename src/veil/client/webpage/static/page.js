@@ -4,6 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const STATUS_POLL_MS = 10000;
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -157,7 +158,7 @@ function show(data) {
 }
 
 async function load(method) {
-  $("reverify").disabled = true;
+  if (method === "POST") $("reverify").disabled = true;
   try {
     const init = method === "POST"
       ? { method: "POST", headers: { "content-type": "application/json" }, body: "{}" } : {};
@@ -166,7 +167,7 @@ async function load(method) {
   } catch (err) {
     showRefusal({ reason: "page.proxy_unreachable", message: `the proxy did not answer: ${err}` });
   } finally {
-    $("reverify").disabled = false;
+    if (method === "POST") $("reverify").disabled = false;
   }
 }
 
@@ -257,6 +258,7 @@ async function send() {
     busy = false; abort = null;
     $("stop").disabled = true;
     $("send").disabled = $("status").dataset.status !== "verified";
+    if (error) load("GET");  // a refusal (503 with its reason) shows up top at once
   }
 }
 
@@ -269,4 +271,6 @@ document.addEventListener("DOMContentLoaded", () => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); }
   });
   load("GET");
+  // The proxy re-verifies on its own schedule; show its latest outcome (reading it costs nothing).
+  setInterval(() => { if (!document.hidden) load("GET"); }, STATUS_POLL_MS);
 });
