@@ -17,11 +17,12 @@ goes through Veil's real client transport and is checked in full.
   engine (events arrive one by one: the gateway's worst case, no coalescing), 16 at a time; the
   difference per added event is ``us_per_event``, the 1-event cost ``ms_per_request`` (HPKE open,
   admission, the engine hop, head and final chunk).
-* **Latency added**: the same paced streams at concurrency 1, 8, 64 and 256, direct and through the
-  gateway interleaved in rounds; ``p99_added_ms_64`` = p99(gateway) - p99(direct) at 64.
-* **Throughput**: unpaced engine at 64 and 256 streams: events per second through all gateway
-  processes, and the gateway CPU per event at that load (events that arrive together are sealed
-  together, so it is lower than the paced figure).
+* **Latency added**: whole answers from an engine paced at ``--latency-rate`` (as a GPU serving
+  many streams gives each) at concurrency 1, 8, 64 and 256, direct and through the gateway
+  interleaved in rounds; ``p99_added_ms_64`` = p99(gateway) - p99(direct) at 64.
+* **Throughput**: unpaced engine at 64 and 256 streams: events per second through the gateway (one
+  process) and straight to the engine, and the gateway CPU per event at that load (events that
+  arrive in one read are sealed together).
 
     python bench/gateway_overhead.py               # text
     python bench/gateway_overhead.py --json        # ... and one JSON object on the last line
@@ -216,7 +217,6 @@ def main() -> None:
     ap.add_argument("--latency-rate", type=float, default=50.0,
                     help="engine for the latency figures: events per second per stream (a GPU serving many streams)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement")
-    ap.add_argument("--processes", type=int, default=1, help="gateway processes sharing the port")
     ap.add_argument("--padding", choices=("on", "off"), default="on")
     ap.add_argument("--baseline", metavar="SRC", help="also measure the gateway of another checkout's src/ "
                     "(e.g. an older commit's), interleaved: CPU ratios in one run")
@@ -248,10 +248,10 @@ def main() -> None:
         with GatewayProcess(Path(tmp) / "unpaced", **opts) as gw:
             result["throughput"] = asyncio.run(unpaced(gw, args))
     result["events_per_s"] = max(r["events_per_s"] for r in result["throughput"])
-    result.update(processes=args.processes, padding=args.padding, tokens=args.tokens, rate=args.rate,
+    result.update(processes=1, padding=args.padding, tokens=args.tokens, rate=args.rate,
                   latency_rate=args.latency_rate, reference=reference(), cpus=os.cpu_count(),
                   load_average=[round(load0, 2), round(os.getloadavg()[0], 2)])
-    print(f"gateway overhead — {args.processes} gateway process(es), padding {args.padding}, load average "
+    print(f"gateway overhead — one gateway process, padding {args.padding}, load average "
           f"{load0:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; this machine now: sealing a 512-byte chunk "
           f"{result['reference']['seal_512B_us']:.1f} µs (idle: about 2.4)")
     print(f"gateway CPU: {result['us_per_event']:.1f} µs per streamed event (events one by one), "
