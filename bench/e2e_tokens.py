@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_direct import DEFAULT_PROMPTS, measure_one, sse_chunks  # noqa: E402
 
 from veil.client.policy import ClientPolicy  # noqa: E402
-from veil.client.transport import OhttpTransport  # noqa: E402
+from veil.client.transport import AsyncOhttpTransport  # noqa: E402
 from veil.client.verify import verify_coordinator  # noqa: E402
 from veil.engines.launcher import EngineProcess, engine_client  # noqa: E402
 from veil.localdeploy import LocalDeployment  # noqa: E402
@@ -52,10 +52,13 @@ async def measure(max_tokens: int, repeat: int, sandbox: str) -> dict[str, Any]:
         try:
             attested = verify_coordinator(ClientPolicy.load(dep.policy_path))
             veil = httpx.AsyncClient(
-                transport=OhttpTransport(attested.key_config, dep.gateway_url),
+                transport=AsyncOhttpTransport(attested.key_config, dep.gateway_url),
                 base_url=dep.gateway_url, timeout=300,
             )
-            direct = await engine_client(dep.state_dir / "run" / "engine.sock")
+            # The worker keeps the engine's socket on a tmpfs in its own mount namespace: reach it
+            # through the worker's root (/proc/PID/root resolves paths in that namespace).
+            worker = dep.processes[-1]
+            direct = await engine_client(f"/proc/{worker.pid}/root{dep.state_dir / 'run' / 'engine.sock'}")
             plain_engine = EngineProcess(Path(tmp) / "plain.sock", dep.model_path, model_id="smollm2-135m-instruct")
             async with plain_engine, veil, direct:
                 unsandboxed = await engine_client(plain_engine.socket_path)
