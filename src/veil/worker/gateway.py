@@ -91,12 +91,26 @@ class _Meter:
 
 
 def _total_tokens(content: bytes) -> int | None:
-    """``usage.total_tokens`` of an engine's JSON (None if absent; the engine is untrusted)."""
+    """The tokens an engine's JSON answer reports (None if absent; the engine is untrusted), in each
+    API's own fields: OpenAI's ``usage.total_tokens`` (chat, completions, Responses), Anthropic's
+    ``usage.input_tokens + output_tokens`` (+ cache reads), llama.cpp ``/infill``'s
+    ``tokens_evaluated + tokens_predicted``."""
     try:
-        total = json.loads(content).get("usage", {}).get("total_tokens")
+        doc = json.loads(content)
+        usage = doc.get("usage") or {}
+        if "total_tokens" in usage:
+            parts = [usage["total_tokens"]]
+        elif "output_tokens" in usage:
+            parts = [usage.get("input_tokens"), usage["output_tokens"], usage.get("cache_read_input_tokens") or 0]
+        elif "tokens_predicted" in doc:
+            parts = [doc.get("tokens_evaluated"), doc["tokens_predicted"]]
+        else:
+            return None
     except (ValueError, AttributeError, RecursionError, TypeError):
         return None
-    return total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+    if not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in parts):
+        return None
+    return int(sum(parts))
 
 
 @dataclass

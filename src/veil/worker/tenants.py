@@ -20,13 +20,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from veil.manifest import TenantEntry
 from veil.ohttp import bhttp
 from veil.worker.refusals import Refusal
 
 SALT_CONTEXT = b"veil/cache-salt/v1\x00"
-SALTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+#: Every path that reaches a model's prompt cache: OpenAI's chat and text completions and Responses
+#: API, Anthropic's Messages API, llama.cpp's code-completion /infill.
+SALTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/infill"})
 # Engines whose OpenAI server takes a `cache_salt` request field: vLLM scopes its prefix cache by
 # it, Veil's llama.cpp engine forgets its cached prefix whenever the salt changes (docs/engines.md),
 # the transformers engine keeps no state between requests. One tenant cannot time another's prefix.
@@ -104,6 +107,20 @@ class Admission:
         else:
             return  # nothing known about the answer: the estimate stands
         self._bucket.settle(actual - self._estimate)
+
+
+#: Where each API the engines serve puts its output limit: OpenAI chat/completions,
+#: Anthropic's Messages (``max_tokens``), OpenAI's Responses, llama.cpp's ``/infill``.
+_OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens", "n_predict")
+
+
+def _output_limit(doc: dict[str, Any]) -> int:
+    """The most output tokens the request allows, in whichever API's field it gave (0: unknown)."""
+    for name in _OUTPUT_LIMITS:
+        limit = doc.get(name)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            return limit
+    return 0
 
 
 class Tenancy:
@@ -192,8 +209,7 @@ class Tenancy:
         estimate = prompt_estimate = 0
         if tpm is not None:
             prompt_estimate = math.ceil(len(req.content) / 4)
-            limit = doc.get("max_completion_tokens", doc.get("max_tokens")) if doc is not None else None
-            estimate = prompt_estimate + (limit if isinstance(limit, int) and limit > 0 else 0)
+            estimate = prompt_estimate + (_output_limit(doc) if doc is not None else 0)
         if tenant is not None:
             wait = self._rpm[tenant.id].take(1)
             if wait:
