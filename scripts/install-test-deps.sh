@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install the Debian packages Veil's *tests* need, only those missing (idempotent, quick when done).
-#   tcpdump      loopback capture for the whole-system canary test (tests/test_canary_system.py:
+#   tcpdump      loopback capture for the whole-system canary test (tests/system/test_canary_system.py:
 #                it proves no prompt crosses the wire in the clear; without tcpdump it skips,
 #                or fails under VEIL_REQUIRE_CAPTURE=1)
 #   postgresql   a private PostgreSQL server for tests/test_coordinator_postgres.py (coordinators

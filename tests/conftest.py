@@ -5,9 +5,12 @@ checkout) are found at ``$VEIL_VECTORS`` if set, else beside this checkout, else
 checkout when this is a git worktree. Without them the tests that need them skip, except under
 ``VEIL_REQUIRE_VECTORS=1`` (set by .ci/run: CI always has them), where they fail.
 
-Marks: modules that need the model or a deployment mark themselves ``slow``; those that start
-other real processes (sandboxes, servers, killed coordinators) and every attack test are marked
-``system`` here. ``make test-fast`` runs neither: the inner loop, about a minute on an idle machine.
+Layout, by what a test proves: ``tests/system/`` starts real outside processes (deployments,
+sandboxes, HAProxy, helm, interop peers); ``tests/attacks/`` performs one attack each against
+real processes; the modules at the top test one package each (``test_<package>_*``; the engines'
+run a tiny or the bundled model). Both directories, and the few system tests not moved yet
+(``SYSTEM_MODULES``), are marked ``system`` here; modules that need the model also mark themselves
+``slow``. ``make test-fast`` runs neither: the inner loop, about a minute on an idle machine.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Test modules that start real outside processes but need no model (else they would be slow).
+SYSTEM_DIRS = frozenset({"system", "attacks"})
+#: System tests still at the top (their owners were editing them when tests/system/ was made):
+#: move them into tests/system/ and drop them here.
 SYSTEM_MODULES = frozenset({
-    "test_coordinator_crash", "test_coordinator_postgres", "test_gateway_interop", "test_haproxy_relay",
-    "test_helm_chart", "test_sandbox_gvisor", "test_sandbox_hostile", "test_sandbox_profile",
+    "test_coordinator_crash", "test_coordinator_postgres", "test_onnx_sealed_flow", "test_scale_out",
+    "test_webpage_browser",
 })
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath))
-        if path.stem in SYSTEM_MODULES or path.parent.name == "attacks":
+        if path.stem in SYSTEM_MODULES or path.parent.name in SYSTEM_DIRS:
             item.add_marker(pytest.mark.system)
 
 

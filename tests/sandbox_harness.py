@@ -8,7 +8,7 @@ own, and small cgroup ceilings. ``hostile_report(None)`` is the control: the sam
 plain process with none of the protections (stdout to a log file in the state directory, as the
 launcher once did; an inherited directory descriptor; the same environment), so every probe is
 seen to detect its leak when there is one. Each run is made once per test session and shared by
-the modules that read it (tests/test_sandbox_hostile.py and the tests/attacks/test_engine_*.py).
+the modules that read it (tests/system/test_sandbox_hostile.py and the tests/attacks/test_engine_*.py).
 
 The host judges what the engine cannot: files and socket names left behind, a daemon outliving
 the sandbox, what the worker kept of the engine's output, and its listeners (anything reaching

@@ -3,7 +3,7 @@
 draft -08, and its encrypted answers come back through the official ``openai`` SDK.
 
 The other direction (the Node peer as a client of a real ``veil up`` gateway) is in
-tests/test_gateway_interop.py, beside ohttpy.
+tests/system/test_gateway_interop.py, beside ohttpy.
 """
 
 from __future__ import annotations

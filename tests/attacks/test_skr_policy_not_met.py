@@ -9,7 +9,7 @@ the authority (``release.skr_not_satisfied``); a token edited to say otherwise f
 (``azure.maa_signature_invalid``). Targets are the coordinator's real objects (the registry's Azure
 verifier with the manifest's reference values, then its release code) on Azure's real v2 sample;
 the control run presents a compliant CVM's token. The same refusal by a real coordinator process,
-to a worker process on the simulated Azure twin, is the last test of tests/test_azure_sim_e2e.py.
+to a worker process on the simulated Azure twin, is the last test of tests/system/test_azure_sim_e2e.py.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def bind_unix_socket(path: str | Path, mode: int = 0o600) -> socket.socket:
     and runsc then refuses ``stat``, ``chmod`` and ``unlink`` on it with EPERM. Those refusals are
     tolerated: the guards that matter do not depend on them. (1) The umask set around ``bind()``
     is what gives the socket its mode at creation: the gofer honours it, and the host sees
-    ``srw-------`` for the default mode (asserted by tests/test_sandbox_gvisor_engine.py); the
+    ``srw-------`` for the default mode (asserted by tests/system/test_sandbox_gvisor_engine.py); the
     ``chmod`` after it is only belt and braces (e.g. where a default ACL overrides the umask).
     (2) The socket directory is private: the worker creates its run directory with mode 0700
     (``veil.worker.serve``; tests use ``mkdtemp``, also 0700), so no other user can even reach
