@@ -7,8 +7,9 @@ checkout when this is a git worktree. Without them the tests that need them skip
 
 Layout, by what a test proves: ``tests/system/`` starts real outside processes (deployments,
 sandboxes, HAProxy, helm, interop peers); ``tests/attacks/`` performs one attack each against
-real processes; the modules at the top test one package each (``test_<package>_*``; the engines'
-run a tiny or the bundled model). Both directories, and the few system tests not moved yet
+real processes; ``tests/attest/``, ``tests/ohttp/``, ``tests/sealing/`` are the unit tests of one
+package each, and so are the modules still at the top (``test_<package>_*``; the engines' run a
+tiny or the bundled model). Both directories, and the few system tests not moved yet
 (``SYSTEM_MODULES``), are marked ``system`` here; modules that need the model also mark themselves
 ``slow``. ``make test-fast`` runs neither: the inner loop, about a minute on an idle machine.
 """

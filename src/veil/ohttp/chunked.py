@@ -12,7 +12,7 @@ context's own sequence; response chunk *i* uses ``aead_nonce XOR i``, so reorder
 chunks from another response fails authentication. Each failure has its own reason code. A
 non-final chunk never carries an empty plaintext: senders skip it, and a receiver treats one as a
 decryption error (``chunked.empty_chunk``, a MUST since draft -07). The draft's worked example
-(its Appendix A) is reproduced byte for byte in tests/test_ohttp_chunked.py.
+(its Appendix A) is reproduced byte for byte in tests/ohttp/test_ohttp_chunked.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ glue is ours (key expansion, the combiner, the HPKE wrapping), about forty lines
 
 Encapsulation randomness comes from ``cryptography`` and cannot be injected, so the published
 vectors are checked on the recipient side (decapsulation, key schedule, every encryption and
-export) and for DeriveKeyPair; see tests/test_ohttp_xwing.py.
+export) and for DeriveKeyPair; see tests/ohttp/test_ohttp_xwing.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Why this shape: the segment layer is Google Tink's documented ``AesGcmHkdfStreaming`` wire format
 (template AES256_GCM_HKDF_1MB), so the body is a maintained, interoperable format that Tink itself
-decrypts (tests/test_sealing_tink.py proves it), and the Veil header is Tink's associated data, so
+decrypts (tests/sealing/test_sealing_tink.py proves it), and the Veil header is Tink's associated data, so
 every segment key depends on every header byte. We do not call the Tink library at run time.
 Measured (bench/unseal.py --tink, one core, 256 MiB into a memfd, same runs): Tink 0.80-1.21 GB/s
 vs ours 1.99-2.06 GB/s (0.39-0.59x); it hands out fresh bytes per read, cannot decrypt into preallocated memory,

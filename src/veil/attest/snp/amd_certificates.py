@@ -3,7 +3,7 @@
 They let a VCEK or VLEK alone verify (as AMD KDS serves them at /vcek/v1/{product}/cert_chain and
 /vlek/v1/{product}/cert_chain). Public data, copied from google/go-sev-guest
 (verify/trust/ask_ark_{milan,genoa,turin_vcek}.pem and ask_ark_*_vlek.pem, commit af1c107a648f), and
-pinned: tests/test_snp_builtin_chain.py checks each against the SHA-256 fingerprints in
+pinned: tests/attest/test_snp_builtin_chain.py checks each against the SHA-256 fingerprints in
 veil.attest.trust and veil.attest.snp.verify, and against ../shared/vectors/roots.
 """
 

@@ -2,7 +2,7 @@
 
 NOT YET RUN ON REAL HARDWARE. The protocol follows the kernel's ABI documents
 (Documentation/ABI/testing/configfs-tsm-report, include/uapi/linux/sev-guest.h) and is tested
-only against fake trees and a fake ioctl (tests/test_snp_collect.py). Both roots are injectable.
+only against fake trees and a fake ioctl (tests/attest/test_snp_collect.py). Both roots are injectable.
 
 configfs-tsm (:mod:`veil.attest.tsm`): provider ``sev_guest``, ``privlevel`` the VMPL, ``auxblob``
 the host's certificate table (may be empty).

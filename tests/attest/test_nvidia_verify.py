@@ -36,7 +36,7 @@ def h100(vectors: Path) -> NvidiaEvidence:
 
 
 # the published sample carries no RIMs and no OCSP statuses: its cryptography is judged here
-# (tests/test_nvidia_rim.py and tests/test_nvidia_revocation.py judge those)
+# (tests/attest/test_nvidia_rim.py and tests/attest/test_nvidia_revocation.py judge those)
 CRYPTO_ONLY = NvidiaPolicy(require_rims=False, require_revocation=False)
 
 

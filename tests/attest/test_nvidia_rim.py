@@ -21,7 +21,7 @@ from veil.attest.nvidia.verify import fingerprint
 from veil.attest.trust import NVIDIA_RIM_ROOT_SHA256, TrustRoots
 from veil.errors import ParseError, PolicyError, VerificationError
 
-DATA = Path(__file__).parent / "data" / "nvidia"
+DATA = Path(__file__).parents[1] / "data" / "nvidia"
 VBIOS_RIM = (DATA / "1010_0200_882_96005E0001_PROD.swidtag").read_bytes()
 DRIVER_RIM = (DATA / "Driver_RIM_test_no_gpu.swidtag").read_bytes()
 IN_WINDOW = datetime(2024, 6, 1, tzinfo=UTC)  # both signers: 2023-06 .. 2025-06

@@ -14,7 +14,7 @@ from veil.attest.azure import AzureVtpmPolicy, parse_evidence
 from veil.attest.azure.verify import ak_public_key, check_nonce, check_pcr_digest, hcl_report_data, verify_tpm_signature
 from veil.attest.tdx.abi import parse_quote, parse_td_report
 
-DATA = Path(__file__).parent / "data" / "azure"
+DATA = Path(__file__).parents[1] / "data" / "azure"
 CHALLENGE = b"challenge"
 V2_REPORT_DATA = bytes.fromhex(
     "982f5c6e45df0ed3f10b6f60b02f0c8390e281300f3805e2279c16168cd6ae9aa398f647caa2338748cd0fd9f5f819ef")

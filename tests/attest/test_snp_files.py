@@ -15,7 +15,7 @@ from veil.attest.snp.verify import load_certificate
 from cryptography.hazmat.primitives import serialization
 
 AS_OF = dt.datetime(2025, 6, 1, tzinfo=dt.timezone.utc)
-CRL = Path(__file__).parent / "data" / "amd" / "Milan-vcek-crl.der"  # AMD's real one (openpcc testdata)
+CRL = Path(__file__).parents[1] / "data" / "amd" / "Milan-vcek-crl.der"  # AMD's real one (openpcc testdata)
 
 
 def _inputs(d: Path, **kw: object) -> EvidenceFiles:

@@ -16,7 +16,7 @@ import pytest
 from veil.attest.sim.tdx import SimTdxPlatform
 from veil.attest.tdx.abi import BODY_TYPE_TD10, BODY_TYPE_TD15, TdxQuote, parse_quote
 
-DATA = Path(__file__).parent / "data" / "tdx"
+DATA = Path(__file__).parents[1] / "data" / "tdx"
 PUBLISHED = sorted(DATA.glob("*"))
 BODY_FIELDS = {  # Veil's name -> dcap-qvl's
     "tee_tcb_svn": "tee_tcb_svn", "mr_seam": "mr_seam", "mr_signer_seam": "mr_signer_seam",

@@ -24,7 +24,7 @@ def test_collects_every_gpu_and_it_verifies() -> None:
     for gpu, ev in zip(gpus, evidence):
         v = nvidia_verdict(
             ev,
-            NvidiaPolicy(require_rims=False, require_revocation=False),  # collateral: tests/test_composite.py
+            NvidiaPolicy(require_rims=False, require_revocation=False),  # collateral: tests/attest/test_composite.py
             expected_nonce=NONCE,
             as_of=datetime(2025, 1, 1, tzinfo=UTC),
             trusted_roots=gpu.simulation_roots,
