@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,7 +166,7 @@ class LocalDeployment:
             seal_file(self.model_path, self.sealed_path, key, DATA_KEY_ID)
         return SealedModel(plain, sha256_file(self.sealed_path), key)
 
-    def start(self, progress=None) -> ClientPolicy:
+    def start(self, progress: Callable[[str], None] | None = None) -> ClientPolicy:
         """Start everything; returns the client policy written for this deployment."""
         step = progress or (lambda msg: None)
         step("preparing the simulated TEE and admin key")

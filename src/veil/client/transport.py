@@ -128,7 +128,7 @@ def _inner_request(request: httpx.Request, body: bytes) -> bhttp.Request:
 
 
 def _is_media(resp: httpx.Response, expected: str) -> bool:
-    return resp.headers.get("content-type", "").split(";")[0].strip().lower() == expected
+    return str(resp.headers.get("content-type", "")).split(";")[0].strip().lower() == expected
 
 
 def _refusal(status: int, body: bytes) -> GatewayRefused:

@@ -189,7 +189,7 @@ class ChunkedRequestReceiver:
 
     def _open(self, ct: bytes, aad: bytes) -> bytes:
         try:
-            return self._ctx.open(ct, aad)  # type: ignore[union-attr]
+            return bytes(self._ctx.open(ct, aad))  # type: ignore[union-attr]
         except (OpenError, InvalidTag, ValueError):
             reason = "chunked.final_mismatch" if aad == FINAL_AAD else "chunked.decrypt_failed"
             raise ProtocolError(reason, "request chunk failed authentication") from None

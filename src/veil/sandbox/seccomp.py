@@ -12,6 +12,7 @@ import errno
 import os
 import socket
 import tempfile
+from typing import Any
 
 # Syscalls the engine never needs and that widen the kernel's attack surface or escape confinement.
 DENIED_SYSCALLS: tuple[str, ...] = (
@@ -54,7 +55,7 @@ def seccomp_unavailable() -> str | None:
     return None
 
 
-def build_filter():  # -> pyseccomp.SyscallFilter (untyped module)
+def build_filter() -> Any:  # pyseccomp.SyscallFilter (an untyped module)
     """The filter: allow by default, EPERM for the calls and socket families listed here."""
     import pyseccomp as sc
 

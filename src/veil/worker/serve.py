@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ class WorkerConfig:
     sim_gpu_dir: Path | None = None  # gpu=sim: the SIMULATED H100 of `veil up --sim-gpu`
 
 
-def gpu_collector(mode: str, sim_gpu_dir: Path | None = None):
+def gpu_collector(mode: str, sim_gpu_dir: Path | None = None) -> Callable[[bytes, bytes], list[Any]] | None:
     """Collect GPU evidence for registration: NVML on a confidential-computing GPU, or the
     SIMULATED H100 of a local deployment (mode "sim")."""
     from veil.attest import composite
@@ -62,7 +63,7 @@ def gpu_collector(mode: str, sim_gpu_dir: Path | None = None):
             raise ParseError("attest.missing_sim_dir", "--gpu sim needs the simulated GPU's directory (--sim-gpu-dir)")
         return SimGpu.load(sim_gpu_dir).collect
 
-    def collect(challenge: bytes, public_key: bytes) -> list:
+    def collect(challenge: bytes, public_key: bytes) -> list[Any]:
         try:
             return composite.collect_gpu_evidence(challenge, public_key)[0]
         except VeilError as err:

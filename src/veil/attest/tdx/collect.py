@@ -32,7 +32,7 @@ def fmspc_of(quote: bytes) -> str:
     from veil.attest.tdx.abi import parse_quote
 
     try:
-        return dcap_qvl.parse_quote(parse_quote(quote).raw).fmspc().lower()
+        return str(dcap_qvl.parse_quote(parse_quote(quote).raw).fmspc()).lower()
     except ValueError as exc:
         raise ProtocolError("tdx.collect_failed", f"the quote names no FMSPC: {exc}") from None
 
