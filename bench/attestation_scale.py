@@ -146,7 +146,7 @@ def batcher_alone(sim_dir: Path, report_ms: float, clients: int = 1000) -> dict[
     out = {}
     for mode in ("unbatched", "batched"):
         chip = SerializedAttester(inner, report_ms / 1000)
-        batcher = AttestationBatcher(chip, lambda: Bound(b"k" * 32, None, b"c"), batching=mode == "batched")
+        batcher = AttestationBatcher(chip, lambda: Bound(b"k" * 32, b"i" * 32, None, b"c"), batching=mode == "batched")
 
         async def crowd() -> list[float]:
             t0 = time.perf_counter()

@@ -7,9 +7,11 @@ sealed at rest in SQLite (sim-snp platform). Then, R times each, on a fresh copy
   everything (``Store.from_url`` + ``CoordinatorState.open`` + ``create_app``);
 * recovery: a "new machine" (another platform key) opens the store and comes up locked, then
   ``veil.admin.recover`` runs against it in process (fastapi TestClient as the httpx client):
-  GET the sealed recovery records, open ours with the admin's recovery key, fetch and verify the
-  new coordinator's attestation, seal the state key to its attested key, POST /v1/recover, where
-  the coordinator opens and checks every row and re-seals the state key to its own platform.
+  GET the sealed recovery records and the public history, verify the history, open our record with
+  the admin's recovery key and check the key derives the identity the head names, fetch and verify
+  the new coordinator's attestation, seal the state key to its attested key and sign the restore
+  authorisation, POST /v1/recover, where the coordinator opens and checks every row, the
+  authorisation and the identity, and re-seals the state key to its own platform.
 
 Prints the medians in ms and the ratio recovery / restart.
 Run: .venv/bin/python bench/restore.py [N manifests] [M secrets] [R repetitions]
@@ -42,17 +44,18 @@ from veil.manifest import Manifest, ReferenceValues, public_key_hex, sign_manife
 BASE = "http://coord"
 
 
-def _populate(db: Path, attester: SimSnpAttester, sim: SimPlatform, n: int, m: int) -> X25519PrivateKey:
-    admin_key = Ed25519PrivateKey.generate()
+def _populate(db: Path, attester: SimSnpAttester, sim: SimPlatform, admin_key: Ed25519PrivateKey,
+              n: int, m: int) -> X25519PrivateKey:
     recovery = X25519PrivateKey.generate()
     refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
     store = Store.from_url(f"sqlite:///{db}")
-    state = CoordinatorState.open(store, attester.sealing_key())
+    state = CoordinatorState.open(store, attester.sealing_key(), public_key_hex(admin_key))
     previous = None
     for i in range(n):
         manifest = Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin_key)],
                             trusted_simulation_roots=[sim.root_fingerprint], settings={"revision": i},
-                            recovery_keys=[keyrelease.public_bytes(recovery).hex()])
+                            recovery_keys=[keyrelease.public_bytes(recovery).hex()],
+                            coordinator_identity=state.identity)
         entry = sign_manifest(manifest, [admin_key], previous)
         state.append_manifest(entry)
         previous = entry.digest.hex()
@@ -72,15 +75,17 @@ def main(n: int = 50, m: int = 100, reps: int = 5) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         tmpd = Path(tmp)
         sim = SimPlatform.create(tmpd / "sim")
-        attester = SimSnpAttester(sim.directory)  # built once: measure_code() is not what we time
+        admin_key = Ed25519PrivateKey.generate()
+        bootstrap = public_key_hex(admin_key)
+        attester = SimSnpAttester(sim.directory, host_data=bytes.fromhex(bootstrap))  # measure_code() once
         source = tmpd / "source.db"
         t = time.perf_counter()
-        recovery = _populate(source, attester, sim, n, m)
+        recovery = _populate(source, attester, sim, admin_key, n, m)
         populate_s = time.perf_counter() - t
         policy = ClientPolicy(
             coordinator_url=BASE,
             coordinator=[ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])],
-            trust_simulated=True, simulation_roots=[sim.root_fingerprint],
+            admin_keys=[bootstrap], trust_simulated=True, simulation_roots=[sim.root_fingerprint],
         )
 
         restart, locked_open, recover_call = [], [], []
@@ -89,7 +94,7 @@ def main(n: int = 50, m: int = 100, reps: int = 5) -> dict[str, float]:
             _copy(source, db)
             t = time.perf_counter()
             store = Store.from_url(f"sqlite:///{db}")
-            state = CoordinatorState.open(store, attester.sealing_key())
+            state = CoordinatorState.open(store, attester.sealing_key(), bootstrap)
             create_app(state, attester)
             elapsed = (time.perf_counter() - t) * 1000
             assert not state.locked and len(state.history) == n and len(state.secrets) == m
@@ -102,10 +107,10 @@ def main(n: int = 50, m: int = 100, reps: int = 5) -> dict[str, float]:
             new_platform_key = os.urandom(32)  # the new machine's sealing key
             t0 = time.perf_counter()
             store = Store.from_url(f"sqlite:///{db}")
-            state = CoordinatorState.open(store, new_platform_key)
+            state = CoordinatorState.open(store, new_platform_key, bootstrap)
             http = TestClient(create_app(state, attester), base_url=BASE)
             t1 = time.perf_counter()
-            result = admin.recover(BASE, recovery, policy, http=http)
+            result = admin.recover(BASE, recovery, admin_key, policy, http=http)
             t2 = time.perf_counter()
             assert result == {"restored": True, "manifests": n, "secrets": m}, result
             assert not state.locked

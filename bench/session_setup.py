@@ -21,7 +21,7 @@ from veil.attest.attester import SimSnpAttester
 from veil.attest.sim import SimPlatform
 from veil.client.policy import ClientPolicy
 from veil.client.verify import verify_coordinator
-from veil.coordinator.app import create_app
+from veil.coordinator.app import Limits, create_app
 from veil.coordinator.state import CoordinatorState
 from veil.manifest import Manifest, ReferenceValues, public_key_hex, sign_manifest
 from veil.testing import ServerThread
@@ -32,13 +32,16 @@ SEED_LOW_MS, SEED_HIGH_MS = 200.0, 500.0
 def main(n: int = 200) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         sim = SimPlatform.create(Path(tmp) / "sim")
-        attester = SimSnpAttester(sim.directory)
         admin = Ed25519PrivateKey.generate()
+        attester = SimSnpAttester(sim.directory, host_data=bytes.fromhex(public_key_hex(admin)))  # bootstrap key
+        state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
         refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
         manifest = Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)],
-                            trusted_simulation_roots=[sim.root_fingerprint])
+                            trusted_simulation_roots=[sim.root_fingerprint], coordinator_identity=state.identity)
         signed = sign_manifest(manifest, [admin], None)
-        with ServerThread(create_app(CoordinatorState.generate(), attester)) as server:
+        # one client verifying hundreds of times a second: lift the per-source attestation limit
+        unlimited = Limits(attestations_per_second=1e9, attestation_burst=1e9)
+        with ServerThread(create_app(state, attester, limits=unlimited)) as server:
             httpx.post(f"{server.url}/v1/manifest", content=signed.model_dump_json()).raise_for_status()
             policy = ClientPolicy(coordinator_url=server.url, coordinator=refs,
                                   manifest_digests=[signed.digest.hex()], trust_simulated=True,

@@ -110,22 +110,22 @@ class Stack:
 def start_stack(tmp: Path, gateways: int = 1) -> Stack:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from deployment_fixtures import make_manifest
-    from veil.attest.attester import SimSnpAttester
+    from deployment_fixtures import launched_attester, make_manifest
     from veil.attest.sim import SimPlatform
     from veil.client.policy import ClientPolicy
     from veil.coordinator.app import create_app
     from veil.coordinator.state import CoordinatorState
-    from veil.manifest import sign_manifest
+    from veil.manifest import public_key_hex, sign_manifest
     from veil.testing import ServerThread
     from veil.worker.gateway import create_gateway_app
 
     sim_dir = tmp / "sim"
     SimPlatform.create(sim_dir)
-    attester = SimSnpAttester(sim_dir)
-    state = CoordinatorState.generate()
     admin = Ed25519PrivateKey.generate()
-    signed = sign_manifest(make_manifest(sim_dir, admin, attester.measurement.hex()), [admin], None)
+    attester = launched_attester(sim_dir, admin)
+    state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
+    manifest = make_manifest(sim_dir, admin, attester.measurement.hex(), coordinator_identity=state.identity)
+    signed = sign_manifest(manifest, [admin], None)
     state.append_manifest(signed)
     servers: list[Any] = [ServerThread(create_app(state, attester))]
     seen, urls = [], []

@@ -36,9 +36,11 @@ class CoordinatorProcess:
     workers: list[ReferenceValues] = field(default_factory=list)
 
     def set_manifest(self, workers: list[ReferenceValues], coordinator: list[ReferenceValues], roots: Iterable[str]) -> None:
+        identity = httpx.get(f"{self.url}/v1/attestation", params={"nonce": "00" * 32}, timeout=30).json()["identity"]
         manifest = Manifest(
             coordinator=coordinator, workers=workers, models=[ModelEntry(name="m", sha256="00" * 32)],
             admin_keys=[public_key_hex(self.admin)], trusted_simulation_roots=list(roots),
+            coordinator_identity=identity,
         )
         current = httpx.get(f"{self.url}/v1/manifest", timeout=30)
         previous = current.json() if current.status_code == 200 else None
@@ -72,8 +74,12 @@ class CoordinatorProcess:
 
 
 def start_coordinator(platform: str, sim_dir: Path, work: Path, *extra: str) -> CoordinatorProcess:
-    """``veil coordinator --platform <platform> --sim-dir <sim_dir>`` on a free loopback port."""
+    """``veil coordinator --platform <platform> --sim-dir <sim_dir>`` on a free loopback port, launched
+    with a fresh admin key as its bootstrap key (HOST_DATA) unless ``extra`` sets the launch data."""
     port = free_port()
+    admin = Ed25519PrivateKey.generate()
+    if "--sim-launch-data" not in extra:
+        extra = (*extra, "--sim-launch-data", public_key_hex(admin))
     log = work / f"coordinator-{port}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -88,7 +94,7 @@ def start_coordinator(platform: str, sim_dir: Path, work: Path, *extra: str) -> 
             raise RuntimeError(f"coordinator exited: {log.read_text(errors='replace')[-2000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return CoordinatorProcess(url, process, sim_dir, Ed25519PrivateKey.generate(), log)
+                return CoordinatorProcess(url, process, sim_dir, admin, log)
         except httpx.HTTPError:
             pass
         time.sleep(0.2)

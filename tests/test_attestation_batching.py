@@ -12,14 +12,13 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deployment_fixtures import make_manifest
-from veil.attest.attester import SimSnpAttester
+from deployment_fixtures import launched_attester, make_manifest
 from veil.attest.sim import SimPlatform
 from veil.client.policy import ClientPolicy
 from veil.client.verify import verify_coordinator
 from veil.coordinator.app import create_app
 from veil.coordinator.state import CoordinatorState
-from veil.manifest import sign_manifest
+from veil.manifest import public_key_hex, sign_manifest
 from veil.testing import SerializedAttester, ServerThread
 
 CLIENTS = 32
@@ -27,11 +26,12 @@ REPORT_COST = 0.020
 
 
 def start(sim_dir, *, batching: bool):  # type: ignore[no-untyped-def]
-    inner = SimSnpAttester(sim_dir)
-    attester = SerializedAttester(inner, REPORT_COST)
-    state = CoordinatorState.generate()
     admin = Ed25519PrivateKey.generate()
-    signed = sign_manifest(make_manifest(sim_dir, admin, inner.measurement.hex()), [admin], None)
+    inner = launched_attester(sim_dir, admin)
+    attester = SerializedAttester(inner, REPORT_COST)
+    state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
+    signed = sign_manifest(make_manifest(sim_dir, admin, inner.measurement.hex(), coordinator_identity=state.identity),
+                           [admin], None)
     state.append_manifest(signed)
     server = ServerThread(create_app(state, attester, attestation_batching=batching))
     policy = ClientPolicy(coordinator_url=server.url, coordinator=signed.manifest.coordinator,

@@ -11,15 +11,16 @@ import socket
 import httpx
 import pytest
 
-from deployment_fixtures import make_manifest, start_coordinator
+from deployment_fixtures import start_coordinator
 from veil.attest.sim import SimPlatform
 from veil.client.freshness import RETRY_SECONDS, AsyncReverifier, Reverifier
 from veil.client.policy import ClientPolicy
 from veil.client.sdk import AsyncClient
 from veil.client.transport import GatewayRefused
+from veil.coordinator.keys import Rotation
 from veil.errors import VeilError
 from veil.manifest import sign_manifest
-from veil.ohttp.keyconfig import KEM_XWING, key_ids_for, new_generation
+from veil.ohttp.keyconfig import KEM_XWING
 from veil.testing import free_port
 
 URL = "http://testserver"
@@ -48,8 +49,8 @@ def coord(sim_dir):
 
 @pytest.fixture()
 def own_coord(sim_dir):
-    """For a test that changes the manifest or the keys."""
-    return start_coordinator(sim_dir)
+    """For a test that changes the manifest or the keys (new keys are attested at once)."""
+    return start_coordinator(sim_dir, rotation=Rotation(promotion=0.0))
 
 
 def pinned(coord) -> ClientPolicy:
@@ -61,7 +62,7 @@ def pinned(coord) -> ClientPolicy:
 
 
 def change_manifest(coord, sim_dir, **kw) -> None:
-    nxt = make_manifest(sim_dir, coord.admin, coord.attester.measurement.hex(), **kw)
+    nxt = coord.manifest(sim_dir, **kw)
     entry = sign_manifest(nxt, [coord.admin], coord.signed.digest.hex())
     assert coord.http.post("/v1/manifest", content=entry.model_dump_json()).status_code == 200
 
@@ -109,12 +110,10 @@ def test_a_gateway_refusal_reverifies_at_once_and_retries_only_a_new_key(own_coo
     unknown = GatewayRefused("ohttp.unknown_key_id", "")
     assert v.refused(old, unknown) is None  # same key attested again: nothing to retry with
     assert v.verifications == 2
-    for config in coord.state.ohttp_keys.configs():  # the coordinator rotated to a new generation
-        coord.state.ohttp_keys.remove(config.key_id)
-    for pair in new_generation(1):
-        coord.state.ohttp_keys.add(pair)
+    coord.state.rotate("test")  # the coordinator rotated its keys
     new = v.refused(old, unknown)
-    assert new is not None and new.key_id == key_ids_for(1)[1] and new.kem_id == KEM_XWING  # still X-Wing
+    assert new is not None and new.key_id in {p.key_id for p in coord.state.keys.newest.pairs}
+    assert new.kem_id == KEM_XWING  # still X-Wing
     assert v.refused(new, GatewayRefused("ohttp.decrypt_failed", "")) is None
 
 

@@ -15,6 +15,7 @@ from veil import keyrelease, wire
 from veil.attest.binding import worker_report_data
 from veil.attest.sim import SimPlatform
 from veil.manifest import sign_manifest
+from veil.ohttp.keyconfig import decode_key_config_list
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +68,10 @@ def test_worker_registration_releases_keys(coord) -> None:
     secrets = json.loads(keyrelease.open_sealed(key, blob, wire.WORKER_SECRETS_INFO, aad=nonce))
     assert secrets["manifest_digest"] == coord.signed.digest.hex()
     store = keyrelease.import_ohttp_keys(secrets["ohttp_keys"])
-    assert store.encode_configs() == coord.http.get("/.well-known/ohttp-gateway").content
-    assert len(coord.http.get("/v1/workers").json()) == 1
+    attested = [c.key_id for c in decode_key_config_list(coord.http.get("/.well-known/ohttp-gateway").content)]
+    released = [c.key_id for c in store.configs()]
+    assert released[0] == attested[0] and set(attested) <= set(released)  # plus the pending generation
+    assert len(coord.read("/v1/workers")["workers"]) == 1
 
 
 def _assert_refused(resp, reason_prefix: str) -> None:
@@ -87,7 +90,7 @@ def test_wrong_measurement_refused(coord, sim_dir) -> None:
     )
     resp, _, _ = _register(coord, evidence={"platform": "sim-snp", "snp": ev.to_json()}, nonce=nonce, key=key)
     _assert_refused(resp, "snp.measurement")
-    assert coord.http.get("/v1/workers").json() == []
+    assert coord.read("/v1/workers")["workers"] == []
 
 
 def test_replayed_nonce_refused(coord) -> None:
@@ -143,16 +146,13 @@ def test_registration_without_manifest_refused(sim_dir) -> None:
 def test_manifest_update_must_be_signed_by_previous_admin(coord, sim_dir) -> None:
     mallory = Ed25519PrivateKey.generate()
     evil = sign_manifest(
-        make_manifest(sim_dir, mallory, coord.attester.measurement.hex()), [mallory], coord.signed.digest.hex()
+        make_manifest(sim_dir, mallory, coord.attester.measurement.hex(), coordinator_identity=coord.state.identity),
+        [mallory], coord.signed.digest.hex(),
     )
     resp = coord.http.post("/v1/manifest", content=evil.model_dump_json())
     assert resp.status_code == 403
     assert resp.json()["error"]["reason"] == "manifest.unsigned"
-    good = sign_manifest(
-        make_manifest(sim_dir, coord.admin, coord.attester.measurement.hex(), settings={"v": 2}),
-        [coord.admin],
-        coord.signed.digest.hex(),
-    )
+    good = sign_manifest(coord.manifest(sim_dir, settings={"v": 2}), [coord.admin], coord.signed.digest.hex())
     assert coord.http.post("/v1/manifest", content=good.model_dump_json()).status_code == 200
     assert len(coord.http.get("/v1/manifest/history").json()) == 2
 
@@ -161,3 +161,71 @@ def test_oversized_body_refused(coord) -> None:
     resp = coord.http.post("/v1/manifest", content=b"x" * (2 << 20))
     assert resp.status_code == 413
     assert resp.json()["error"]["reason"] == "http.body_too_large"
+
+
+def test_returning_to_an_earlier_manifest_is_a_new_entry(coord, sim_dir, tmp_path) -> None:
+    """15.8: the entry digest covers the position, so manifest A can follow B again; re-posting the
+    old entry itself is refused as not naming the head."""
+    from veil.client.manifest_log import ManifestLog
+    from veil.client.verify import verify_coordinator
+
+    log = ManifestLog(tmp_path / "log.json")
+    policy = coord.policy()
+    verify_coordinator(policy, http=coord.http, manifest_log=log)
+    b = sign_manifest(coord.manifest(sim_dir, settings={"v": "b"}), [coord.admin], coord.signed.digest.hex())
+    assert coord.http.post("/v1/manifest", content=b.model_dump_json()).status_code == 200
+    again = coord.http.post("/v1/manifest", content=coord.signed.model_dump_json())
+    assert again.status_code == 403 and again.json()["error"]["reason"] == "manifest.bad_chain"
+    back = sign_manifest(coord.signed.manifest, [coord.admin], b.digest.hex())  # A again, after B
+    assert back.manifest.digest() == coord.signed.manifest.digest() and back.digest != coord.signed.digest
+    assert coord.http.post("/v1/manifest", content=back.model_dump_json()).status_code == 200
+    attested = verify_coordinator(policy, http=coord.http, manifest_log=log)  # the log follows: no "rollback"
+    assert attested.manifest.digest == back.digest
+    assert log.seen(policy.coordinator_url) == [coord.signed.digest.hex(), b.digest.hex(), back.digest.hex()]
+
+
+def test_first_manifest_needs_a_bootstrap_key_and_this_state(sim_dir) -> None:
+    from veil.coordinator.app import create_app
+    from veil.coordinator.state import CoordinatorState
+    from fastapi.testclient import TestClient
+
+    fresh = start_coordinator(sim_dir, set_manifest=False)
+    unlaunched = TestClient(create_app(CoordinatorState.generate(), fresh.attester))  # no key in its launch data
+    resp = unlaunched.post("/v1/manifest", content=fresh.signed.model_dump_json())
+    assert resp.status_code == 403 and resp.json()["error"]["reason"] == "manifest.no_bootstrap_key"
+    other_state = sign_manifest(fresh.manifest(sim_dir).model_copy(update={"coordinator_identity": "ab" * 32}),
+                                [fresh.admin], None)
+    resp = fresh.http.post("/v1/manifest", content=other_state.model_dump_json())
+    assert resp.status_code == 403 and resp.json()["error"]["reason"] == "manifest.wrong_coordinator"
+
+
+def test_registration_answer_is_signed_and_keys_rotate_with_the_manifest(coord, sim_dir) -> None:
+    from veil.attestation import REGISTRATION_CONTEXT, registration_statement, verify_statement
+
+    resp, key, nonce = _register(coord)
+    body = resp.json()
+    verify_statement(coord.state.identity, body["signature"], REGISTRATION_CONTEXT,
+                     *registration_statement(nonce, keyrelease.public_bytes(key), body["worker_id"],
+                                             bytes.fromhex(body["manifest_digest"]),
+                                             base64.b64decode(body["sealed_secrets"])),
+                     reason="registration.bad_signature")
+    before = [c.key_id for c in coord.state.ohttp_keys.configs()]
+    update = sign_manifest(coord.manifest(sim_dir, settings={"v": 2}), [coord.admin], coord.signed.digest.hex())
+    assert coord.http.post("/v1/manifest", content=update.model_dump_json()).status_code == 200
+    assert [c.key_id for c in coord.state.ohttp_keys.configs()] == before  # clients: unchanged for now
+    released = [c.key_id for c in coord.state.released_keys.configs()]
+    assert released[0] == before[0] and len(released) > len(before)  # workers: the pending generation too
+    newest = coord.state.keys.newest
+    after = [c.key_id for g in coord.state.keys.attested(newest.current_from) for c in g.pairs]
+    new = [p.key_id for p in newest.pairs]
+    assert after == new + before and not set(new) & set(before)  # then new current keys; the old in their grace
+
+
+def test_simulated_worker_gets_nothing_unless_the_manifest_names_its_root(sim_dir) -> None:
+    """9.2 (coordinator side): keys go to simulated claims only when the manifest lists the root in
+    ``trusted_simulation_roots``, the field clients check."""
+    fresh = start_coordinator(sim_dir, set_manifest=False)
+    no_roots = sign_manifest(fresh.manifest(sim_dir, trusted_simulation_roots=[]), [fresh.admin], None)
+    assert fresh.http.post("/v1/manifest", content=no_roots.model_dump_json()).status_code == 200
+    resp, _, _ = _register(fresh)
+    _assert_refused(resp, "snp.untrusted_root")

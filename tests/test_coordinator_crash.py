@@ -18,15 +18,16 @@ from deployment_fixtures import make_manifest
 from veil import admin
 from veil.attest.sim import SimPlatform, measure_code
 from veil.client.policy import ClientPolicy
-from veil.manifest import ReleasePolicy, SignedManifest, sign_manifest, verify_history
+from veil.manifest import ReleasePolicy, SignedManifest, public_key_hex, sign_manifest, verify_history
 from veil.testing import free_port
 
 ROUNDS = 4
 
 
-def _start(sim_dir, db, port) -> subprocess.Popen:
+def _start(sim_dir, db, port, admin_key) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "veil", "coordinator", "--port", str(port), "--sim-dir", str(sim_dir), "--db", f"sqlite:///{db}"],
+        [sys.executable, "-m", "veil", "coordinator", "--port", str(port), "--sim-dir", str(sim_dir), "--db", f"sqlite:///{db}",
+         "--sim-launch-data", public_key_hex(admin_key)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
@@ -53,7 +54,7 @@ def test_kill_9_during_writes_keeps_state_consistent(tmp_path) -> None:
     counter = [0]
 
     for round_ in range(ROUNDS):
-        proc = _start(sim_dir, db, port)
+        proc = _start(sim_dir, db, port, a)
         stop = threading.Event()
 
         def writer() -> None:
@@ -63,7 +64,8 @@ def test_kill_9_during_writes_keeps_state_consistent(tmp_path) -> None:
                         head = http.get(f"{url}/v1/manifest/history").json()
                         prev = SignedManifest.parse(head[-1]).digest.hex() if head else None
                         counter[0] += 1
-                        m = make_manifest(sim_dir, a, measurement, settings={"n": counter[0]})
+                        identity = http.get(f"{url}/v1/attestation", params={"nonce": "00" * 32}).json()["identity"]
+                        m = make_manifest(sim_dir, a, measurement, settings={"n": counter[0]}, coordinator_identity=identity)
                         m = m.model_copy(update={"release_policies": {"k": ReleasePolicy(allow_simulated=True)}})
                         entry = sign_manifest(m, [a], prev)
                         if http.post(f"{url}/v1/manifest", content=entry.model_dump_json()).status_code == 200:
@@ -91,14 +93,16 @@ def test_kill_9_during_writes_keeps_state_consistent(tmp_path) -> None:
         stop.set()
         thread.join(timeout=10)
 
-    proc = _start(sim_dir, db, port)
+    proc = _start(sim_dir, db, port, a)
     try:
         history = [SignedManifest.parse(e) for e in httpx.get(f"{url}/v1/manifest/history").json()]
         verify_history(history)  # the chain and every signature still verify
         stored = {e.digest.hex() for e in history}
         assert acked_digests, "no write was acknowledged: the test did not exercise anything"
         assert set(acked_digests) <= stored, "an acknowledged manifest was lost"
-        key_ids = set(httpx.get(f"{url}/v1/secrets").json()["key_ids"])
+        policy = ClientPolicy(coordinator_url=url, coordinator=history[-1].manifest.coordinator, admin_keys=[public_key_hex(a)],
+                              trust_simulated=True, simulation_roots=history[-1].manifest.trusted_simulation_roots)
+        key_ids = set(admin.list_secrets(policy, a))
         assert set(acked_secrets) <= key_ids, "an acknowledged secret was lost"
     finally:
         proc.kill()

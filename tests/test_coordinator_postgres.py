@@ -22,16 +22,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
-from deployment_fixtures import make_manifest
+from deployment_fixtures import launched_attester, make_manifest
 from veil import admin
-from veil.attest.attester import SimSnpAttester
 from veil.attest.sim import SimPlatform
 from veil.client.policy import ClientPolicy
 from veil.coordinator.app import create_app
 from veil.coordinator.state import CoordinatorState
 from veil.coordinator.store import Store
 from veil.errors import PolicyError, VeilError
-from veil.manifest import ModelEntry, ReleasePolicy, sign_manifest
+from veil.manifest import ModelEntry, ReleasePolicy, public_key_hex, sign_manifest
 
 REQUIRE = os.environ.get("VEIL_REQUIRE_POSTGRES") == "1"
 DATA_KEY = os.urandom(32)
@@ -142,11 +141,14 @@ def sim_dir(tmp_path_factory):
     return d
 
 
+ADMIN = Ed25519PrivateKey.generate()  # the bootstrap admin every coordinator here is launched with
+
+
 @pytest.fixture(scope="module")
 def attester(sim_dir):
     """One simulated chip for the module: its measurement (a hash of the installed veil code) and
     so its sealing key are computed once, even if the source tree changes while the tests run."""
-    return SimSnpAttester(sim_dir)
+    return launched_attester(sim_dir, ADMIN)
 
 
 @pytest.fixture
@@ -161,8 +163,11 @@ class Coordinator:
     def __init__(self, attester, db_url, platform_key=None) -> None:
         self.attester = attester
         self.store = Store.from_url(db_url)
-        self.state = CoordinatorState.open(self.store, platform_key or self.attester.sealing_key())
+        self.state = CoordinatorState.open(self.store, platform_key or self.attester.sealing_key(), public_key_hex(ADMIN))
         self.http = TestClient(create_app(self.state, self.attester), base_url="http://coord")
+
+    def read(self, path: str, signed) -> dict:
+        return admin.signed_read(self.policy(signed), ADMIN, path, http=self.http)
 
     def close(self) -> None:
         self.http.close()
@@ -178,8 +183,9 @@ class Coordinator:
         )
 
 
-def _manifest(sim_dir, admin_key, attester, previous=None, n=0):
-    m = make_manifest(sim_dir, admin_key, attester.measurement.hex(), settings={"n": n})
+def _manifest(sim_dir, admin_key, coord, previous=None, n=0):
+    m = make_manifest(sim_dir, admin_key, coord.attester.measurement.hex(), settings={"n": n},
+                      coordinator_identity=coord.state.identity)
     m = m.model_copy(update={
         "models": [ModelEntry(name="sealed-model", sha256="11" * 32, key_id="model-key")],
         "release_policies": {"model-key": ReleasePolicy(allow_simulated=True)},
@@ -197,12 +203,12 @@ def test_store_is_postgresql(db_url) -> None:
 
 
 def test_restart_restores_keys_manifests_and_secrets(sim_dir, attester, db_url) -> None:
-    a = Ed25519PrivateKey.generate()
+    a = ADMIN
     first = Coordinator(attester, db_url)
     assert not first.state.locked
-    signed = _manifest(sim_dir, a, first.attester)
+    signed = _manifest(sim_dir, a, first)
     assert first.http.post("/v1/manifest", content=signed.model_dump_json()).status_code == 200
-    second = _manifest(sim_dir, a, first.attester, previous=signed.digest.hex(), n=1)
+    second = _manifest(sim_dir, a, first, previous=signed.digest.hex(), n=1)
     assert first.http.post("/v1/manifest", content=second.model_dump_json()).status_code == 200
     admin.put_secret(first.policy(second), a, "model-key", DATA_KEY, http=first.http)
     keys_before = first.http.get("/.well-known/ohttp-gateway").content
@@ -214,25 +220,26 @@ def test_restart_restores_keys_manifests_and_secrets(sim_dir, attester, db_url) 
         assert again.http.get("/.well-known/ohttp-gateway").content == keys_before
         assert [e.digest for e in again.state.history] == [signed.digest, second.digest]
         assert again.state.secrets == {"model-key": DATA_KEY}
-        assert again.http.get("/v1/secrets").json() == {"key_ids": ["model-key"]}
-        events = [r["event"] for r in again.http.get("/v1/audit").json()]
+        assert again.read("/v1/secrets", second) == {"key_ids": ["model-key"]}
+        events = [r["event"] for r in again.read("/v1/audit", second)["records"]]
         assert events.count("manifest.set") == 2 and "secret.put" in events
     finally:
         again.close()
 
 
 def test_nothing_secret_is_stored_in_the_clear(sim_dir, attester, db_url, pg) -> None:
-    a = Ed25519PrivateKey.generate()
+    a = ADMIN
     dep = Coordinator(attester, db_url)
     try:
-        signed = _manifest(sim_dir, a, dep.attester)
+        signed = _manifest(sim_dir, a, dep)
         dep.http.post("/v1/manifest", content=signed.model_dump_json())
         admin.put_secret(dep.policy(signed), a, "model-key", DATA_KEY, http=dep.http)
         ohttp_private = dep.state.ohttp_keys.get(1).private_bytes()
     finally:
         dep.close()
     dumped = b""
-    for table, col in (("veil_meta", "value"), ("veil_manifests", "sealed_entry"), ("veil_secrets", "sealed_value")):
+    for table, col in (("veil_meta", "value"), ("veil_secrets", "sealed_value"), ("veil_key_generations", "sealed"),
+                       ("veil_audit_log", "sealed")):
         for (blob,) in pg.execute(db_url, f"select {col} from {table}"):
             dumped += bytes(blob)
     assert dumped
@@ -241,9 +248,9 @@ def test_nothing_secret_is_stored_in_the_clear(sim_dir, attester, db_url, pg) ->
 
 
 def test_tampered_row_is_refused_on_restart(sim_dir, attester, db_url, pg) -> None:
-    a = Ed25519PrivateKey.generate()
+    a = ADMIN
     dep = Coordinator(attester, db_url)
-    signed = _manifest(sim_dir, a, dep.attester)
+    signed = _manifest(sim_dir, a, dep)
     dep.http.post("/v1/manifest", content=signed.model_dump_json())
     admin.put_secret(dep.policy(signed), a, "model-key", DATA_KEY, http=dep.http)
     dep.close()
@@ -257,9 +264,9 @@ def test_tampered_row_is_refused_on_restart(sim_dir, attester, db_url, pg) -> No
 
 def test_moved_row_is_refused(sim_dir, attester, db_url, pg) -> None:
     """A sealed secret copied under another key id does not open: the row's name is bound in."""
-    a = Ed25519PrivateKey.generate()
+    a = ADMIN
     dep = Coordinator(attester, db_url)
-    signed = _manifest(sim_dir, a, dep.attester)
+    signed = _manifest(sim_dir, a, dep)
     dep.http.post("/v1/manifest", content=signed.model_dump_json())
     admin.put_secret(dep.policy(signed), a, "model-key", DATA_KEY, http=dep.http)
     dep.close()
@@ -273,11 +280,11 @@ def test_moved_row_is_refused(sim_dir, attester, db_url, pg) -> None:
 def test_two_coordinators_share_the_database(sim_dir, attester, db_url) -> None:
     """HA: a second coordinator (same measured code and platform key) on the same database opens
     the same sealed state, and sees what the first wrote once it reopens."""
-    a = Ed25519PrivateKey.generate()
+    a = ADMIN
     one = Coordinator(attester, db_url)
     two = None
     try:
-        signed = _manifest(sim_dir, a, one.attester)
+        signed = _manifest(sim_dir, a, one)
         assert one.http.post("/v1/manifest", content=signed.model_dump_json()).status_code == 200
 
         two = Coordinator(attester, db_url)
@@ -287,12 +294,12 @@ def test_two_coordinators_share_the_database(sim_dir, attester, db_url) -> None:
         assert two.http.get("/.well-known/ohttp-gateway").content == one.http.get("/.well-known/ohttp-gateway").content
         assert two.state.hpke_key.private_bytes_raw() == one.state.hpke_key.private_bytes_raw()
 
-        second = _manifest(sim_dir, a, one.attester, previous=signed.digest.hex(), n=1)
+        second = _manifest(sim_dir, a, one, previous=signed.digest.hex(), n=1)
         assert one.http.post("/v1/manifest", content=second.model_dump_json()).status_code == 200
         admin.put_secret(one.policy(second), a, "model-key", DATA_KEY, http=one.http)
 
         # a stale coordinator catches up from the database before writing, so a fork is refused
-        fork = _manifest(sim_dir, a, one.attester, previous=signed.digest.hex(), n=2)
+        fork = _manifest(sim_dir, a, one, previous=signed.digest.hex(), n=2)
         with pytest.raises(PolicyError) as exc:
             two.state.append_manifest(fork)
         assert exc.value.reason == "manifest.bad_chain"
@@ -312,14 +319,15 @@ def test_two_coordinators_share_the_database(sim_dir, attester, db_url) -> None:
 
 def test_other_platform_key_is_locked(sim_dir, attester, db_url) -> None:
     """A coordinator on another machine (another platform key) sharing the DB stays locked."""
-    a = Ed25519PrivateKey.generate()
+    a = ADMIN
     one = Coordinator(attester, db_url)
-    signed = _manifest(sim_dir, a, one.attester)
+    signed = _manifest(sim_dir, a, one)
     one.http.post("/v1/manifest", content=signed.model_dump_json())
     one.close()
     other = Coordinator(attester, db_url, platform_key=os.urandom(32))
     try:
         assert other.state.locked and other.state.history == []
         assert other.http.get("/v1/secrets").status_code == 403
+        assert other.http.get("/v1/manifest/history").json() == [signed.model_dump(mode="json")]  # public, even locked
     finally:
         other.close()

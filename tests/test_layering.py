@@ -39,6 +39,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "veil.attest": ROLES,
     "veil.sealing": ROLES,
     "veil.manifest": ROLES,
+    "veil.attestation": ROLES,
     "veil.keyrelease": ROLES,
     "veil.httputil": ROLES,
 }

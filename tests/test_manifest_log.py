@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployment_fixtures import make_manifest, start_coordinator
+from deployment_fixtures import start_coordinator
 from veil.attest.sim import SimPlatform
 from veil.client.manifest_log import ManifestLog
 from veil.client.policy import ClientPolicy
@@ -29,9 +29,7 @@ def _policy(coord) -> ClientPolicy:
 
 
 def _update(coord, sim_dir, n: int, previous: str):
-    entry = sign_manifest(
-        make_manifest(sim_dir, coord.admin, coord.attester.measurement.hex(), settings={"n": n}), [coord.admin], previous
-    )
+    entry = sign_manifest(coord.manifest(sim_dir, settings={"n": n}), [coord.admin], previous)
     assert coord.http.post("/v1/manifest", content=entry.model_dump_json()).status_code == 200
     return entry
 

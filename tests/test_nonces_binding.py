@@ -28,16 +28,27 @@ def test_nonce_expires() -> None:
     assert exc.value.reason == "nonce.expired"
 
 
-def test_nonce_store_bounded() -> None:
-    store = NonceStore(max_outstanding=2)
-    store.issue(), store.issue()
-    with pytest.raises(ProtocolError):
-        store.issue()
+def test_nonce_store_bounded_and_fair() -> None:
+    """The pool never grows past its bound and never refuses: a source over its quota loses its own
+    oldest challenge; a full pool loses the oldest challenge of its heaviest source."""
+    store = NonceStore(max_outstanding=4, per_source=3)
+    flood = [store.issue("10.0.0.1") for _ in range(10)]
+    assert len(store) == 3
+    for old in flood[:7]:
+        with pytest.raises(ProtocolError):
+            store.consume(old)
+    others = [store.issue(f"10.0.1.{i}") for i in range(3)]  # the pool is full: the flooder pays
+    assert len(store) == 4
+    worker = store.issue("10.0.2.1")
+    store.consume(worker)
+    for n in others[1:]:
+        store.consume(n)
 
 
 def test_binding_is_length_prefixed_and_domain_separated() -> None:
     assert bind(b"c", b"ab", b"c") != bind(b"c", b"a", b"bc")
-    assert coordinator_report_data(b"n", b"k", b"m", b"c") != worker_report_data(b"n", b"k", b"")
+    assert coordinator_report_data(b"n", b"k", b"i", b"m", b"c") != worker_report_data(b"n", b"k", b"")
+    assert coordinator_report_data(b"n", b"k", b"", b"m", b"c") != coordinator_report_data(b"n", b"k", b"m", b"", b"c")
     assert len(worker_report_data(b"n", b"k")) == 64
     check_report_data(worker_report_data(b"n", b"k"), worker_report_data(b"n", b"k"))
     with pytest.raises(VerificationError) as exc:

@@ -60,7 +60,9 @@ def test_sealed_onnx_model_runs_only_on_the_attested_worker(tmp_path) -> None:
     import hashlib
 
     sim = SimPlatform.create(tmp_path / "sim")
-    attester = SimSnpAttester(sim.directory)
+    owner = Ed25519PrivateKey.generate()
+    attester = SimSnpAttester(sim.directory, host_data=bytes.fromhex(public_key_hex(owner)))  # bootstrap key
+    state = CoordinatorState.generate(bootstrap_key=public_key_hex(owner))
     model = tmp_path / "model.onnx"
     model.write_bytes(_model())
     key = generate_data_key()
@@ -69,9 +71,8 @@ def test_sealed_onnx_model_runs_only_on_the_attested_worker(tmp_path) -> None:
     model.unlink()  # from here on, only the sealed file exists on disk
 
     refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
-    owner = Ed25519PrivateKey.generate()
     manifest = Manifest(
-        coordinator=refs, workers=refs, admin_keys=[public_key_hex(owner)],
+        coordinator=refs, workers=refs, admin_keys=[public_key_hex(owner)], coordinator_identity=state.identity,
         models=[ModelEntry(name="tiny-onnx", engine="onnxruntime", sha256=header.plaintext_sha256,
                            source=str(tmp_path / "model.sealed"), sealed_sha256=sealed_sha, key_id="onnx-key")],
         release_policies={"onnx-key": ReleasePolicy(platforms=["sim-snp"], allow_simulated=True,
@@ -80,7 +81,7 @@ def test_sealed_onnx_model_runs_only_on_the_attested_worker(tmp_path) -> None:
         trusted_simulation_roots=[sim.root_fingerprint],
     )
     signed = sign_manifest(manifest, [owner], None)
-    with ServerThread(create_app(CoordinatorState.generate(), attester)) as coord:
+    with ServerThread(create_app(state, attester)) as coord:
         httpx.post(f"{coord.url}/v1/manifest", content=signed.model_dump_json()).raise_for_status()
         port = free_port()
         policy = ClientPolicy(coordinator_url=coord.url, gateway_url=f"http://127.0.0.1:{port}", coordinator=refs,
@@ -89,7 +90,8 @@ def test_sealed_onnx_model_runs_only_on_the_attested_worker(tmp_path) -> None:
         admin.put_secret(policy, owner, "onnx-key", key)  # the owner's key goes only to the attested coordinator
         worker = subprocess.Popen(
             [sys.executable, "-m", "veil", "worker", "--coordinator", coord.url, "--port", str(port),
-             "--sim-dir", str(sim.directory), "--run-dir", str(tmp_path / "run")],
+             "--sim-dir", str(sim.directory), "--run-dir", str(tmp_path / "run"),
+             "--sim-launch-data", public_key_hex(owner)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         try:

@@ -7,14 +7,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
-from deployment_fixtures import make_manifest
+from deployment_fixtures import launched_attester, make_manifest
+from veil import admin
 from veil.attest import composite
-from veil.attest.attester import SimSnpAttester
+from veil.client.policy import ClientPolicy
 from veil.attest.nvidia.testing import FakeGpu
 from veil.attest.sim import SimPlatform
 from veil.coordinator.app import create_app
 from veil.coordinator.state import CoordinatorState
-from veil.manifest import GpuReference, ModelEntry, ReferenceValues, ReleasePolicy, sign_manifest
+from veil.manifest import GpuReference, ModelEntry, ReferenceValues, ReleasePolicy, public_key_hex, sign_manifest
 from veil.worker.registration import RegistrationRefused, register
 
 
@@ -31,11 +32,11 @@ def gpu():
 
 
 def coordinator(sim_dir, gpu, *, require_gpu: bool, gpu_reference: GpuReference | None = GpuReference()):
-    attester = SimSnpAttester(sim_dir)
-    state = CoordinatorState.generate()
-    http = TestClient(create_app(state, attester), base_url="http://coord")
     admin = Ed25519PrivateKey.generate()
-    m = make_manifest(sim_dir, admin, attester.measurement.hex())
+    attester = launched_attester(sim_dir, admin)  # worker and coordinator: the same bootstrap key
+    state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
+    http = TestClient(create_app(state, attester), base_url="http://coord")
+    m = make_manifest(sim_dir, admin, attester.measurement.hex(), coordinator_identity=state.identity)
     refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()], require_gpu=require_gpu,
                             gpu=gpu_reference)]
     m = m.model_copy(update={
@@ -46,6 +47,7 @@ def coordinator(sim_dir, gpu, *, require_gpu: bool, gpu_reference: GpuReference 
     })
     assert http.post("/v1/manifest", content=sign_manifest(m, [admin], None).model_dump_json()).status_code == 200
     state.put_secret("k", b"\x01" * 32, admin_key="test")
+    http.admin = admin  # type: ignore[attr-defined]
     return http, attester
 
 
@@ -60,7 +62,10 @@ def test_worker_with_gpu_is_admitted_and_claims_show_it(sim_dir, gpu) -> None:
     http, attester = coordinator(sim_dir, gpu, require_gpu=True)
     released = register("http://coord", attester, http, collector(gpu))
     assert released.ohttp_keys and released.data_keys == {"k": "01" * 32}
-    assert len(http.get("/v1/workers").json()) == 1
+    policy = ClientPolicy(coordinator_url="http://coord", coordinator=released.manifest.manifest.coordinator,
+                          admin_keys=[public_key_hex(http.admin)], trust_simulated=True,
+                          simulation_roots=released.manifest.manifest.trusted_simulation_roots)
+    assert len(admin.list_workers(policy, http.admin, http=http)) == 1
 
 
 def test_gpu_required_but_absent_is_refused(sim_dir, gpu) -> None:

@@ -34,7 +34,7 @@ def _keeper(monkeypatch: pytest.MonkeyPatch, answers: list[object], engine: obje
     app = create_gateway_app(KeyStore([KeyPair.generate(1)]), EngineLink("/nonexistent/engine.sock"))
     server = SimpleNamespace(should_exit=False)
     config = serve.WorkerConfig("http://coordinator.invalid", "127.0.0.1", 0, None, Path("/nonexistent"))
-    first = ReleasedSecrets("w1", "d1", [], {})
+    first = ReleasedSecrets("w1", "d1", [], {}, None, None)  # type: ignore[arg-type]
     keeper = serve.Reregistration(config, None, app, server, first, ENTRY, engine)  # type: ignore[arg-type]
 
     def register(*args: object, **kwargs: object) -> tuple[ReleasedSecrets, object]:
@@ -48,7 +48,7 @@ def _keeper(monkeypatch: pytest.MonkeyPatch, answers: list[object], engine: obje
 
 
 def _secrets(digest: str, *pairs: KeyPair) -> ReleasedSecrets:
-    return ReleasedSecrets("w1", digest, keyrelease.export_ohttp_keys(KeyStore(pairs)), {})
+    return ReleasedSecrets("w1", digest, keyrelease.export_ohttp_keys(KeyStore(pairs)), {}, None, None)  # type: ignore[arg-type]
 
 
 def test_any_failure_counts_and_the_worker_stops_after_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,8 +148,8 @@ def test_the_loop_thread_survives_what_it_cannot_handle(monkeypatch: pytest.Monk
 
 
 def test_a_manifest_changing_during_registration_is_a_race_not_a_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worker binds the sandbox of the manifest it read; if the admins publish another one
-    before the coordinator checks, the binding no longer matches: read again, register again."""
+    """The worker binds the sandbox of the (verified) manifest it read; if the admins publish another
+    one before the coordinator checks, the binding no longer matches: verify again, register again."""
     first = SimpleNamespace(manifest=CURRENT.manifest, digest=b"\x01" * 32)
     second = SimpleNamespace(manifest=CURRENT.manifest.model_copy(update={"sandbox": SandboxSettings(profile="gvisor")}),
                              digest=b"\x02" * 32)
@@ -160,9 +160,11 @@ def test_a_manifest_changing_during_registration_is_a_race_not_a_verdict(monkeyp
         bound.append(sandbox)
         if len(bound) == 1:
             raise RegistrationRefused("binding.report_data_mismatch", "the manifest moved on")
-        return ReleasedSecrets("w1", second.digest.hex(), [], {})
+        return ReleasedSecrets("w1", second.digest.hex(), [], {}, second, None)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(serve, "_current_manifest", lambda http, url: reads.pop(0))
+    monkeypatch.setattr(serve, "trust_anchor", lambda attester: "00" * 32)
+    monkeypatch.setattr(serve, "authenticate_coordinator",
+                        lambda url, http, root, pinned=None: SimpleNamespace(manifest=reads.pop(0)))
     monkeypatch.setattr(serve, "register", register)
     config = serve.WorkerConfig("http://coordinator.invalid", "127.0.0.1", 0, None, Path("/x"))
     secrets, manifest = serve.register_under_current(config, None, None)  # type: ignore[arg-type]

@@ -69,17 +69,18 @@ class WorkerStack:
 
     def __init__(self, tmp: Path, *, interval: float = 1.0, **manifest_fields: Any) -> None:
         self.sim = SimPlatform.create(tmp / "sim")
-        self.attester = SimSnpAttester(self.sim.directory)
-        self.admin = Ed25519PrivateKey.generate()
+        self.admin = Ed25519PrivateKey.generate()  # also the bootstrap key both VMs are launched with
+        self.attester = SimSnpAttester(self.sim.directory, host_data=bytes.fromhex(public_key_hex(self.admin)))
+        state = CoordinatorState.generate(bootstrap_key=public_key_hex(self.admin))
         refs = [ReferenceValues(platform="sim-snp", measurements=[self.attester.measurement.hex()])]
         model = default_model_path()
         self.manifest = Manifest(
-            coordinator=refs, workers=refs, admin_keys=[public_key_hex(self.admin)],
+            coordinator=refs, workers=refs, admin_keys=[public_key_hex(self.admin)], coordinator_identity=state.identity,
             models=[ModelEntry(name=MODEL_NAME, sha256=sha256_file(model))],
             sandbox=SandboxSettings(profile="bubblewrap"), trusted_simulation_roots=[self.sim.root_fingerprint],
             **manifest_fields,
         )
-        self.coordinator = ServerThread(create_app(CoordinatorState.generate(), self.attester))
+        self.coordinator = ServerThread(create_app(state, self.attester))
         self.signed: SignedManifest | None = None
         self.publish(self.manifest)
         self.relay = HostileRelay(self.coordinator.url)
@@ -92,7 +93,7 @@ class WorkerStack:
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "veil", "worker", "--coordinator", self.relay_server.url, "--port", str(self.port),
              "--sim-dir", str(self.sim.directory), "--run-dir", str(tmp / "run"), "--model", str(model),
-             "--reregister-seconds", str(interval)],
+             "--reregister-seconds", str(interval), "--sim-launch-data", public_key_hex(self.admin)],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         wait_for(self._up, 180, "the worker to serve")

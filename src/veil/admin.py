@@ -4,6 +4,13 @@ Operations that send secrets always go to a coordinator verified a moment before
 recovered state key leaves the admin's machine only HPKE-sealed to the public key that the
 coordinator's fresh attestation bound, so a substituted or unverified coordinator can never read
 it. Key files are created owner-only (0600) and never overwritten.
+
+Reads of the audit log, the workers and the secret ids are signed by an admin over a fresh
+challenge; the answer comes back sealed to a key of this read and signed by the attested state
+identity, and the audit log's hash chain is checked here again against the last head seen. A
+restore opens the recovery record, checks that the state key in it derives the identity the trusted
+manifest names (so a host-made record is refused before anything is sent), and signs an
+authorisation for exactly that coordinator, state and history head.
 """
 
 from __future__ import annotations
@@ -28,15 +35,43 @@ from cryptography.hazmat.primitives.serialization import (
 from pydantic import ValidationError
 
 from veil import keyrelease, wire
-from veil.client.policy import ClientPolicy
-from veil.client.verify import verify_coordinator
+from veil.attestation import (
+    ADMIN_ANSWER_CONTEXT,
+    ADMIN_ANSWER_INFO,
+    ADMIN_KEY_HEADER,
+    ADMIN_NONCE_HEADER,
+    ADMIN_READ_CONTEXT,
+    ADMIN_RESPONSE_KEY_HEADER,
+    ADMIN_SIGNATURE_HEADER,
+    AUDIT_GENESIS,
+    RESTORE_CONTEXT,
+    admin_answer_statement,
+    admin_read_statement,
+    check_audit_chain,
+    identity_of,
+    restore_statement,
+    sign_statement,
+    verify_statement,
+)
 from veil.client.manifest_log import ManifestLog
-from veil.errors import ParseError, PolicyError, ProtocolError, VeilError
-from veil.manifest import Manifest, SignedManifest, TenantEntry, public_key_hex, sign_manifest
+from veil.client.policy import ClientPolicy
+from veil.client.verify import AttestedCoordinator, verify_coordinator
+from veil.errors import ParseError, PolicyError, ProtocolError, VeilError, VerificationError
+from veil.manifest import (
+    Manifest,
+    SignedManifest,
+    TenantEntry,
+    public_key_hex,
+    sign_manifest,
+    valid_signers,
+    verify_history,
+)
 from veil.sealing.format import KEY_SIZE
 from veil.sealing.seal import generate_data_key
 
 TENANT_KEY_PREFIX = "veil-"
+AUDIT_LOG_FILE = "audit-log.json"  # beside the client policy: the last audit head this admin saw
+AUDIT_PAGE = 1000
 
 
 class AdminError(VeilError):
@@ -174,7 +209,7 @@ def publish_tenant(
 # -- coordinator calls -------------------------------------------------------------------------------
 
 
-def _check(resp: httpx.Response) -> dict[str, Any]:
+def _check(resp: httpx.Response) -> Any:
     if resp.status_code == 200:
         return resp.json()
     raise AdminError(*wire.error_of(resp))
@@ -213,44 +248,173 @@ def put_secret(policy: ClientPolicy, admin: Ed25519PrivateKey, key_id: str, valu
             client.close()
 
 
-def recover(source_url: str, recovery: X25519PrivateKey, target: ClientPolicy,
-            http: httpx.Client | None = None) -> dict[str, Any]:
-    """Open the state key sealed to our recovery key and restore it into a verified coordinator.
+class _Session:
+    """An httpx client owned or borrowed; transport errors become ``coordinator.unreachable``."""
 
-    ``source_url`` serves the sealed recovery records (the old coordinator, or the new one reading
-    the same database); ``target`` is the policy the new coordinator must satisfy. The new one is
-    locked, so it has no manifest yet: only its evidence and measurement are checked.
-    """
-    client = http or httpx.Client(timeout=30)
+    def __init__(self, url: str, http: httpx.Client | None) -> None:
+        self.url, self.own = url, http is None
+        self.http = http or httpx.Client(timeout=30)
+
+    def __enter__(self) -> httpx.Client:
+        return self.http
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.own:
+            self.http.close()
+        if isinstance(exc, httpx.HTTPError):
+            raise AdminError("coordinator.unreachable", f"{self.url}: {exc}") from None
+
+
+def set_manifest(policy: ClientPolicy, admin: Ed25519PrivateKey, manifest: Manifest,
+                 manifest_log: ManifestLog | None = None, http: httpx.Client | None = None) -> SignedManifest:
+    """Sign ``manifest`` as the successor of the verified head and set it; a manifest equal to an
+    earlier one is a new entry (that is how an admin returns to an earlier manifest)."""
+    with _Session(policy.coordinator_url, http) as client:
+        attested = verify_coordinator(policy, http=client, manifest_log=manifest_log)
+        assert attested.manifest is not None
+        signed = sign_manifest(manifest, [admin], attested.manifest.digest.hex())
+        publish_manifest(policy.coordinator_url, signed, http=client)
+        return signed
+
+
+def history(policy: ClientPolicy, http: httpx.Client | None = None) -> list[SignedManifest]:
+    """The coordinator's manifest history, chain and signatures verified."""
+    with _Session(policy.coordinator_url, http) as client:
+        entries = [SignedManifest.parse(e) for e in _check(client.get(f"{policy.coordinator_url}{wire.MANIFEST_HISTORY_PATH}"))]
+    verify_history(entries)
+    return entries
+
+
+# signed reads --------------------------------------------------------------------------------------
+def signed_read(policy: ClientPolicy, admin: Ed25519PrivateKey, path: str, params: dict[str, Any] | None = None,
+                http: httpx.Client | None = None, attested: AttestedCoordinator | None = None) -> Any:
+    """GET ``path`` with a fresh admin signature; return the answer after checking that the attested
+    state identity signed it, opened with this read's own key."""
+    with _Session(policy.coordinator_url, http) as client:
+        attested = attested or verify_coordinator(policy, http=client)
+        nonce = bytes.fromhex(_check(client.post(f"{policy.coordinator_url}{wire.ADMIN_CHALLENGE_PATH}"))["nonce"])
+        response_key = X25519PrivateKey.generate()
+        response_public = keyrelease.public_bytes(response_key)
+        url = httpx.URL(f"{policy.coordinator_url}{path}", params=params or {})
+        target = url.raw_path.decode()
+        headers = {
+            ADMIN_KEY_HEADER: public_key_hex(admin),
+            ADMIN_NONCE_HEADER: nonce.hex(),
+            ADMIN_RESPONSE_KEY_HEADER: response_public.hex(),
+            ADMIN_SIGNATURE_HEADER: sign_statement(admin, ADMIN_READ_CONTEXT,
+                                                   *admin_read_statement("GET", target, nonce, response_public)),
+        }
+        answer = _check(client.get(str(url), headers=headers))
     try:
+        sealed, signature = base64.b64decode(answer["sealed"], validate=True), str(answer["signature"])
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolError("admin.bad_answer", "the coordinator's answer is not a signed, sealed read") from None
+    verify_statement(attested.identity, signature, ADMIN_ANSWER_CONTEXT, *admin_answer_statement(nonce, sealed),
+                     reason="admin.answer_not_signed")
+    return json.loads(keyrelease.open_sealed(response_key, sealed, ADMIN_ANSWER_INFO, aad=nonce))
+
+
+def list_secrets(policy: ClientPolicy, admin: Ed25519PrivateKey, http: httpx.Client | None = None) -> list[str]:
+    return list(signed_read(policy, admin, wire.SECRETS_PATH, http=http)["key_ids"])
+
+
+def list_workers(policy: ClientPolicy, admin: Ed25519PrivateKey, http: httpx.Client | None = None) -> list[dict[str, Any]]:
+    return list(signed_read(policy, admin, wire.WORKERS_PATH, http=http)["workers"])
+
+
+def audit(policy: ClientPolicy, admin: Ed25519PrivateKey, after: int = 0, log_path: Path | None = None,
+          http: httpx.Client | None = None) -> list[dict[str, Any]]:
+    """Audit records after ``after``, their hash chain checked up to the signed head, which must
+    extend the head this admin saw last (kept in ``log_path``): a deleted, forged or rolled-back
+    record is refused (``audit.chain_broken``, ``audit.rollback``)."""
+    seen = _read_audit_log(log_path).get(policy.coordinator_url)
+    start = after
+    if seen is not None and seen["seq"] <= after:
+        start = seen["seq"]  # re-check from the head we saw, so what follows must extend it
+    with _Session(policy.coordinator_url, http) as client:
+        attested = verify_coordinator(policy, http=client)
+        records: list[dict[str, Any]] = []
+        cursor, last = start, None
+        while True:
+            page = signed_read(policy, admin, wire.AUDIT_PATH, {"after": cursor, "limit": AUDIT_PAGE}, client, attested)
+            anchor, head, found = bytes.fromhex(page["anchor"]), page["head"], page["records"]
+            if (cursor == 0 and anchor != AUDIT_GENESIS) or (last is not None and anchor != last):
+                raise VerificationError("audit.chain_broken", "the audit page does not continue the chain")
+            if seen is not None and (head["seq"] < seen["seq"] or (cursor == seen["seq"] and anchor.hex() != seen["hash"])
+                                     or any(r["seq"] == seen["seq"] and r["hash"] != seen["hash"] for r in found)):
+                raise VerificationError("audit.rollback", "the audit log no longer holds the head this admin saw")
+            last = check_audit_chain(found, anchor)
+            records += found
+            if len(found) < AUDIT_PAGE:
+                end_seq = found[-1]["seq"] if found else cursor
+                if end_seq != head["seq"] or last.hex() != head["hash"]:
+                    raise VerificationError("audit.chain_broken", "the records do not end in the signed head")
+                break
+            cursor = found[-1]["seq"]
+    if log_path is not None:
+        _write_audit_log(log_path, policy.coordinator_url, head)
+    return [r for r in records if r["seq"] > after]
+
+
+def _read_audit_log(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        raise ParseError("audit.bad_log", f"{path} is not the audit head log") from None
+
+
+def _write_audit_log(path: Path, url: str, head: dict[str, Any]) -> None:
+    data = _read_audit_log(path)
+    data[url] = {"seq": head["seq"], "hash": head["hash"]}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+# recovery ------------------------------------------------------------------------------------------
+def recover(source_url: str, recovery: X25519PrivateKey, admin: Ed25519PrivateKey, target: ClientPolicy,
+            http: httpx.Client | None = None) -> dict[str, Any]:
+    """Restore the state sealed to our recovery key into a new, verified (locked) coordinator.
+
+    ``source_url`` serves the sealed recovery records and the public manifest history (the old
+    coordinator, or the new one reading the same database) — the host may serve anything there, so
+    both are checked: the history must verify and its head be trusted by ``target`` (pinned or
+    signed by a trusted admin), and the state key in our record must derive the identity that head
+    names. Only then is the key sealed to the target's attested key, with our admin signature over
+    that key, the state identity and the head.
+    """
+    with _Session(source_url, http) as client:
         records = _check(client.get(f"{source_url}{wire.RECOVERY_PATH}"))["records"]
+        entries = [SignedManifest.parse(e) for e in _check(client.get(f"{source_url}{wire.MANIFEST_HISTORY_PATH}"))]
+        head = entries[-1] if entries else None
+        if head is None:
+            raise PolicyError("recovery.no_manifest", "the source serves no manifest history")
+        verify_history(entries)
+        if head.digest.hex() not in target.manifest_digests and not valid_signers(head, target.admin_keys):
+            raise PolicyError("recovery.untrusted_history",
+                              "the served history's head is neither pinned nor signed by an admin this policy trusts")
         mine = keyrelease.public_bytes(recovery).hex()
-        record = next((r for r in records if r["recovery_key"] == mine), None)
+        record = next((r for r in records if r.get("recovery_key") == mine), None)
         if record is None:
             raise ProtocolError("recovery.no_record", "the state key is not sealed to this recovery key")
         state_key = keyrelease.open_sealed(recovery, bytes.fromhex(record["sealed_state_key"]), wire.RECOVERY_INFO)
+        if len(state_key) != 32 or identity_of(state_key) != head.manifest.coordinator_identity:
+            raise VerificationError("recovery.record_not_authentic",
+                                    "the recovery record holds a state key that is not the state the trusted "
+                                    "manifest names (host-made state?): nothing was restored")
         attested = verify_coordinator(target, http=client, require_manifest=False)
         sealed = keyrelease.seal(attested.public_key, state_key, wire.RECOVERY_UPLOAD_INFO)
+        signature = sign_statement(admin, RESTORE_CONTEXT,
+                                   *restore_statement(attested.public_key, head.manifest.coordinator_identity, head.digest))
         return _check(client.post(
             f"{target.coordinator_url}{wire.RECOVER_PATH}",
-            json={"sealed_state_key": base64.b64encode(sealed).decode()},
+            json={"sealed_state_key": base64.b64encode(sealed).decode(), "admin_key": public_key_hex(admin),
+                  "signature": signature},
         ))
-    except httpx.HTTPError as exc:
-        raise AdminError("coordinator.unreachable", f"{source_url}: {exc}") from None
-    finally:
-        if http is None:
-            client.close()
-
-
-def audit(coordinator_url: str, after: int = 0, http: httpx.Client | None = None) -> list[dict[str, Any]]:
-    client = http or httpx.Client(timeout=30)
-    try:
-        return _check(client.get(f"{coordinator_url}{wire.AUDIT_PATH}", params={"after": after}))  # type: ignore[return-value]
-    except httpx.HTTPError as exc:
-        raise AdminError("coordinator.unreachable", f"{coordinator_url}: {exc}") from None
-    finally:
-        if http is None:
-            client.close()
 
 
 def dump(obj: Any) -> str:

@@ -160,6 +160,10 @@ def server_config(
         app, host=host, port=port if port is not None else 0, uds=uds, log_level=log_level, access_log=False,
         http=_guarded_protocol(fitted), timeout_keep_alive=fitted.keep_alive,
         timeout_graceful_shutdown=fitted.graceful_shutdown,
+        # uvicorn otherwise believes X-Forwarded-For from 127.0.0.1: anyone on loopback, or any client
+        # through a local balancer that passes the header on, could choose the address per-source
+        # limits count (tests/attacks/test_forwarded_for_spoofing.py)
+        proxy_headers=False,
     )
 
 

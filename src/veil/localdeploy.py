@@ -78,6 +78,7 @@ class LocalDeployment:
     sim_gpu: bool = False  # every worker has a SIMULATED H100 whose evidence the manifest requires
     platform: str = "sim-snp"  # the simulated TEE both processes run on: sim-snp, sim-tdx, sim-azure-snp|tdx
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _launch_data: list[str] = field(default_factory=list, repr=False)  # --sim-launch-data for every VM
     topology: Topology = field(init=False)
     balancer: HAProxy | None = field(default=None, init=False)
 
@@ -172,6 +173,9 @@ class LocalDeployment:
         step("preparing the simulated TEE and admin key")
         self.prepare()
         admin = admin_ops.load_or_create_admin_key(self.state_dir / "admin.key")
+        # The simulated VMM launches coordinators and workers with the admin key in HOST_DATA: only it
+        # can set the first manifest, and workers trust only a history rooted in it.
+        self._launch_data = ["--sim-launch-data", public_key_hex(admin)]
         self._start_coordinators(step)
         if self.topology.balanced:
             step(f"starting HAProxy ({self.workers} worker(s), {self.coordinators} coordinator(s) behind it)")
@@ -179,8 +183,9 @@ class LocalDeployment:
         step("sealing the model weights under a data key")
         sealed = self.seal_model()
         recovery = admin_ops.load_or_create_recovery_key(self.state_dir / "recovery.key")
-        manifest = self.manifest(admin, recovery, sealed)
-        self._unlock_if_needed(recovery, manifest)
+        draft = self.manifest(admin, recovery, sealed)
+        self._unlock_if_needed(admin, recovery, draft)
+        manifest = draft.model_copy(update={"coordinator_identity": self._identity(admin, draft)})
         step("signing and setting the manifest")
         signed = self._set_manifest(admin, manifest)
         self._upload_data_key(admin, manifest, signed, sealed.key)
@@ -190,19 +195,27 @@ class LocalDeployment:
         step(f"client policy written to {self.policy_path}")
         return policy
 
-    def _unlock_if_needed(self, recovery: X25519PrivateKey, manifest: Manifest) -> None:
+    def _unlock_if_needed(self, admin: Ed25519PrivateKey, recovery: X25519PrivateKey, manifest: Manifest) -> None:
         """After a code change the coordinator's sealing key changes and it comes up locked:
-        restore it with this deployment's recovery key, as an admin would with `veil recover`."""
+        restore it with this deployment's recovery and admin keys, as `veil recover` would."""
+        target = self._policy(manifest, [], [public_key_hex(admin)])
         for url in self.topology.coordinator_urls:  # each replica holds its own unlocked copy
             body = httpx.get(f"{url}{wire.ATTESTATION_PATH}", params={"nonce": "00" * 32}, timeout=10).json()
             if body.get("locked"):
-                admin_ops.recover(url, recovery, self._policy(manifest, [], []).model_copy(update={"coordinator_url": url}))
+                admin_ops.recover(url, recovery, admin, target.model_copy(update={"coordinator_url": url}))
+
+    def _identity(self, admin: Ed25519PrivateKey, manifest: Manifest) -> str:
+        """The verified coordinator's state identity, which the manifest must name."""
+        from veil.client.verify import verify_coordinator
+
+        policy = self._policy(manifest, [], [public_key_hex(admin)])
+        return verify_coordinator(policy, require_manifest=False).identity.hex()
 
     def _upload_data_key(self, admin: Ed25519PrivateKey, manifest: Manifest, signed: SignedManifest, key: bytes) -> None:
         """The data key goes to the coordinator only sealed to its freshly verified key."""
-        held = httpx.get(f"{self.coordinator_url}{wire.SECRETS_PATH}", timeout=10).json()["key_ids"]
-        if DATA_KEY_ID not in held:
-            admin_ops.put_secret(self._policy(manifest, [signed.digest.hex()], []), admin, DATA_KEY_ID, key)
+        policy = self._policy(manifest, [signed.digest.hex()], [])
+        if DATA_KEY_ID not in admin_ops.list_secrets(policy, admin):
+            admin_ops.put_secret(policy, admin, DATA_KEY_ID, key)
 
     def _set_manifest(self, admin: Ed25519PrivateKey, manifest: Manifest) -> SignedManifest:
         with httpx.Client(timeout=10) as http:
@@ -262,7 +275,7 @@ class LocalDeployment:
             # the database URL goes through the environment: a password never shows in argv
             self._spawn(name, [
                 "coordinator", "--host", self.host, "--port", str(port), "--platform", self.platform,
-                "--sim-dir", str(self.sim_dir),
+                "--sim-dir", str(self.sim_dir), *self._launch_data,
             ], env={"VEIL_DB": db})
         for i, url in enumerate(self.topology.coordinator_urls):
             name = self._replica_name("coordinator", i, self.coordinators)
@@ -285,7 +298,7 @@ class LocalDeployment:
             self._spawn(name, [
                 "worker", "--coordinator", self.coordinator_url, "--host", self.host,
                 "--port", str(port), "--platform", self.platform, "--sim-dir", str(self.sim_dir),
-                "--run-dir", str(run_dir), "--reregister-seconds", str(self.reregister_seconds),
+                "--run-dir", str(run_dir), "--reregister-seconds", str(self.reregister_seconds), *self._launch_data,
                 *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
                 *self._gpu_args(),
             ])

@@ -1,10 +1,11 @@
 """The manifest: what a deployment is allowed to run, signed by its admins, kept as a hash chain.
 
 Reference values for coordinator and workers, models, the sandbox profile and admin keys all
-live here. The coordinator's evidence binds the digest of the current manifest, so a client that
-verifies the coordinator also knows exactly which rules it enforces. Updates must be signed by
+live here. The coordinator's evidence binds the digest of the current history *entry*, so a client
+that verifies the coordinator also knows exactly which rules it enforces. Updates must be signed by
 an admin key of the *previous* manifest; the history is append-only and every entry names the
-digest of the one before it, so a fork or a rollback is visible.
+entry digest of the one before it, so a fork or a rollback is visible. An entry's digest covers its
+manifest and its predecessor, so returning to an earlier manifest is a new, distinct entry.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydantic import (
 from veil.errors import ParseError, PolicyError, VerificationError
 
 SIGNATURE_CONTEXT = b"veil/manifest-signature/v1"
+ENTRY_CONTEXT = b"veil/manifest-entry/v1"
 MAX_MANIFEST_BYTES = 1 << 20
 
 TcbComponent = Literal["bootloader", "tee", "snp", "microcode", "fmc"]
@@ -333,6 +335,11 @@ class Manifest(_Strict):
     tenants: list[TenantEntry] = Field(default_factory=list)
     padding: PaddingSettings | None = None  # None: the defaults of PaddingSettings
     gateway: GatewaySettings | None = None  # None: the defaults of GatewaySettings
+    # The public identity (Ed25519, hex) of the coordinator state these admins vouch for: the key
+    # derived from the state seed that holds the HPKE, OHTTP and data keys. The coordinator refuses
+    # a manifest naming another state, and clients check the attested identity against it, so
+    # state swapped underneath by the host is refused, not served (docs/protocol.md §2b).
+    coordinator_identity: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("tenants")
     @classmethod
@@ -350,6 +357,8 @@ class Manifest(_Strict):
             data.pop("padding", None)
         if self.gateway is None:
             data.pop("gateway", None)
+        if self.coordinator_identity is None:
+            data.pop("coordinator_identity", None)
         return data
 
     def canonical(self) -> bytes:
@@ -366,15 +375,20 @@ class Signature(_Strict):
 
 
 class SignedManifest(_Strict):
-    """One history entry: a manifest, the digest of the one it replaces, and admin signatures."""
+    """One history entry: a manifest, the entry digest of the one it follows, and admin signatures."""
 
     manifest: Manifest
-    previous: str | None = None  # hex digest of the previous manifest; None for the first
+    previous: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # None for the first entry
     signatures: list[Signature] = Field(min_length=1)
 
     @property
     def digest(self) -> bytes:
-        return self.manifest.digest()
+        """The entry digest: SHA-256 over the manifest digest and the previous entry's digest.
+
+        It names this *position* in the history, so the same manifest set again later (a return to
+        an earlier manifest) is a new entry with a new digest. Attestation binds this digest.
+        """
+        return entry_digest(self.manifest, self.previous)
 
     def signed_message(self) -> bytes:
         return signed_message(self.manifest, self.previous)
@@ -396,10 +410,19 @@ def _first_error(exc: ValidationError) -> str:
     return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
 
 
-def signed_message(manifest: Manifest, previous: str | None) -> bytes:
-    """What admins sign: a context label, the manifest digest and the previous digest."""
+def _chained(context: bytes, manifest: Manifest, previous: str | None) -> bytes:
     prev = bytes.fromhex(previous) if previous else b""
-    return SIGNATURE_CONTEXT + manifest.digest() + len(prev).to_bytes(1, "big") + prev
+    return context + manifest.digest() + len(prev).to_bytes(1, "big") + prev
+
+
+def signed_message(manifest: Manifest, previous: str | None) -> bytes:
+    """What admins sign: a context label, the manifest digest and the previous entry digest."""
+    return _chained(SIGNATURE_CONTEXT, manifest, previous)
+
+
+def entry_digest(manifest: Manifest, previous: str | None) -> bytes:
+    """SHA-256(``veil/manifest-entry/v1`` ‖ manifest digest ‖ u8len(previous) ‖ previous)."""
+    return hashlib.sha256(_chained(ENTRY_CONTEXT, manifest, previous)).digest()
 
 
 def public_key_hex(key: Ed25519PrivateKey) -> str:
@@ -431,20 +454,30 @@ def valid_signers(entry: SignedManifest, allowed_keys: list[str]) -> set[str]:
     return ok
 
 
-def check_successor(previous: SignedManifest | None, entry: SignedManifest) -> None:
+def check_successor(
+    previous: SignedManifest | None, entry: SignedManifest, *, root_keys: list[str] | None = None
+) -> None:
     """Refuse an entry that does not extend the chain or lacks an admin signature.
 
-    The first manifest must be signed by one of its own admin keys (trust on first use, which
-    clients pin by digest); every later one by an admin key of the manifest it replaces.
+    The first manifest must be signed by one of its own admin keys and, when ``root_keys`` is given
+    (the bootstrap admin key bound into a coordinator's or worker's measured launch data), by one
+    of those too; every later one by an admin key of the manifest it replaces.
     """
     if previous is None:
         if entry.previous is not None:
             raise PolicyError("manifest.bad_chain", "the first manifest cannot name a predecessor")
         allowed = entry.manifest.admin_keys
+        if root_keys is not None and not valid_signers(entry, root_keys):
+            raise VerificationError(
+                "manifest.not_bootstrap_signed",
+                "the first manifest is not signed by the bootstrap admin key in the launch data",
+            )
     else:
         if entry.previous != previous.digest.hex():
             raise PolicyError(
-                "manifest.bad_chain", "update does not name the current manifest as its predecessor"
+                "manifest.bad_chain",
+                "update does not name the current head as its predecessor (to return to an earlier "
+                "manifest, sign it again with the current head's digest as `previous`)",
             )
         allowed = previous.manifest.admin_keys
     if not valid_signers(entry, allowed):
@@ -453,13 +486,13 @@ def check_successor(previous: SignedManifest | None, entry: SignedManifest) -> N
         )
 
 
-def verify_history(entries: list[SignedManifest]) -> bytes:
+def verify_history(entries: list[SignedManifest], *, root_keys: list[str] | None = None) -> bytes:
     """Check a whole history (hash chain and every signature); returns the head digest."""
     if not entries:
         raise PolicyError("manifest.empty_history", "the history holds no manifest")
     prev: SignedManifest | None = None
     for entry in entries:
-        check_successor(prev, entry)
+        check_successor(prev, entry, root_keys=root_keys)
         prev = entry
     assert prev is not None
     return prev.digest

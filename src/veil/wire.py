@@ -26,7 +26,8 @@ WORKERS_PATH = "/v1/workers"  # admin read: registered workers
 WORKERS_CHALLENGE_PATH = "/v1/workers/challenge"  # a nonce for the next registration
 WORKERS_REGISTER_PATH = "/v1/workers/register"  # evidence in, secrets sealed to the worker out
 SECRETS_PATH = "/v1/secrets"  # admin upload of a data key sealed to the attested coordinator
-AUDIT_PATH = "/v1/audit"
+AUDIT_PATH = "/v1/audit"  # admin read: the sealed, hash-chained audit log
+ADMIN_CHALLENGE_PATH = "/v1/admin/challenge"  # a nonce for the next signed admin read
 RECOVERY_PATH = "/v1/recovery"  # the state key, sealed to each recovery key
 RECOVER_PATH = "/v1/recover"  # restore a locked coordinator
 

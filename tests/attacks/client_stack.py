@@ -30,6 +30,7 @@ from veil.attest.attester import SimSnpAttester
 from veil.attest.sim import SimPlatform
 from veil.client.policy import ClientPolicy
 from veil.coordinator.app import create_app
+from veil.coordinator.keys import Rotation
 from veil.coordinator.state import CoordinatorState
 from veil.manifest import (
     Manifest,
@@ -40,6 +41,7 @@ from veil.manifest import (
     public_key_hex,
     sign_manifest,
 )
+from veil.ohttp.keyconfig import KeyStore
 from veil.testing import ServerThread
 from veil.worker.engine_link import EngineLink
 from veil.worker.gateway import create_gateway_app
@@ -85,12 +87,26 @@ class Stack:
     admin: Ed25519PrivateKey
     engine: Engine
     head: SignedManifest
+    gateway_keys: KeyStore = field(default_factory=KeyStore)  # what the gateway decrypts with
+
+    def rotate(self) -> list[int]:
+        """The coordinator starts a new key generation, attested at once here, and the gateway
+        swaps to it as a worker re-registering does (the old keys gone from it); the new key ids."""
+        old = [c.key_id for c in self.gateway_keys.configs()]
+        self.state.rotate("test")
+        new = self.state.keys.newest.pairs
+        for pair in new:
+            self.gateway_keys.add(pair)
+        for key_id in old:
+            self.gateway_keys.remove(key_id)
+        return [p.key_id for p in new]
 
     def manifest(self, **changes: Any) -> Manifest:
         refs = [ReferenceValues(platform="sim-snp", measurements=[self.attester.measurement.hex()])]
         base: dict[str, Any] = dict(
             coordinator=refs, workers=refs, models=[ModelEntry(name=MODEL, sha256="00" * 32)],
             admin_keys=[public_key_hex(self.admin)], trusted_simulation_roots=[self.sim.root_fingerprint],
+            coordinator_identity=self.state.identity,
         )
         base.update(changes)
         return Manifest(**base)
@@ -131,15 +147,17 @@ def client_stack(sim_dir: Path | None = None, *, tenants: list[TenantEntry] | No
     """The stack; with ``tenants`` the gateway requires their API keys (as the manifest would say)."""
     sim_dir = sim_dir or shared_sim_dir()
     sim = SimPlatform.load_or_create(sim_dir)
-    attester = SimSnpAttester(sim_dir)
-    state = CoordinatorState.generate()
+    admin = Ed25519PrivateKey.generate()  # also the bootstrap key in the coordinator's launch data
+    attester = SimSnpAttester(sim_dir, host_data=bytes.fromhex(public_key_hex(admin)))
+    state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin), rotation=Rotation(promotion=0.0))
     engine = Engine()
-    admin = Ed25519PrivateKey.generate()
     sock = Path(tempfile.mkdtemp(prefix="veil-engine-")) / "engine.sock"
     with ServerThread(create_app(state, attester)) as coordinator, ServerThread(engine.app(), uds=str(sock)):
         upstream = EngineLink(str(sock))
-        with ServerThread(create_gateway_app(state.ohttp_keys, upstream, tenants=tenants or [])) as gateway:
-            stack = Stack(coordinator.url, gateway.url, state, attester, sim, admin, engine, head=None)  # type: ignore[arg-type]
+        keys = KeyStore(state.released_keys.get(c.key_id) for c in state.released_keys.configs())
+        with ServerThread(create_gateway_app(keys, upstream, tenants=tenants or [])) as gateway:
+            stack = Stack(coordinator.url, gateway.url, state, attester, sim, admin, engine, head=None,  # type: ignore[arg-type]
+                          gateway_keys=keys)
             first = sign_manifest(stack.manifest(), [admin], None)
             resp = httpx.post(f"{coordinator.url}/v1/manifest", content=first.model_dump_json(), timeout=30)
             assert resp.status_code == 200, resp.text

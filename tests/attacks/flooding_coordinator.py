@@ -71,12 +71,12 @@ def main() -> None:
     parser.add_argument("--policy", type=Path, required=True)
     args = parser.parse_args()
     sim = SimPlatform.load_or_create(args.sim_dir)
-    attester = SimSnpAttester(args.sim_dir)
-    state = CoordinatorState.generate()
-    admin = Ed25519PrivateKey.generate()
+    admin = Ed25519PrivateKey.generate()  # also the bootstrap key in the coordinator's launch data
+    attester = SimSnpAttester(args.sim_dir, host_data=bytes.fromhex(public_key_hex(admin)))
+    state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
     refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
     manifest = Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)],
-                        trusted_simulation_roots=[sim.root_fingerprint])
+                        trusted_simulation_roots=[sim.root_fingerprint], coordinator_identity=state.identity)
     real = create_app(state, attester)
     with TestClient(real) as setup:
         resp = setup.post("/v1/manifest", content=sign_manifest(manifest, [admin], None).model_dump_json())

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from attacks.client_stack import MODEL, Stack, client_stack
 from veil.client.sdk import Client
 from veil.client.transport import GatewayRefused
-from veil.ohttp.keyconfig import KeyPair, KeyStore, key_ids_for, new_generation
+from veil.ohttp.keyconfig import KeyPair, KeyStore
 from veil.testing import ServerThread
 from veil.wire import MEDIA_TYPE_KEYS
 
@@ -42,16 +42,13 @@ def stack() -> Iterator[Stack]:
 
 def test_a_rotated_key_is_fetched_from_a_fresh_attestation(stack: Stack) -> None:
     with Client(stack.policy(pinned=False)) as client:
-        old = client.attestation.key_configs
+        old = [c.key_id for c in client.attestation.key_configs]
         assert client.chat.completions.create(model=MODEL, messages=MESSAGES).choices  # type: ignore[arg-type]
-        for config in old:  # the coordinator rotated: the gateway no longer knows the old generation
-            stack.state.ohttp_keys.remove(config.key_id)
-        for pair in new_generation(1):
-            stack.state.ohttp_keys.add(pair)
+        new = stack.rotate()  # the coordinator rotated: the gateway no longer knows the old keys
         before = client.verifier.verifications
         assert client.chat.completions.create(model=MODEL, messages=MESSAGES).choices  # type: ignore[arg-type]
         assert client.verifier.verifications == before + 1
-        assert [c.key_id for c in client.attestation.key_configs] == list(key_ids_for(1))
+        assert [c.key_id for c in client.attestation.key_configs] == new + old  # current first, old in its grace
 
 
 def test_a_hostile_gateway_cannot_offer_its_own_key(stack: Stack) -> None:

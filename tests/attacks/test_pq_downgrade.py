@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from deployment_fixtures import launched_attester
 
-from veil.attest.attester import SimSnpAttester
 from veil.attest.sim import SimPlatform
 from veil.client.policy import ClientPolicy
 from veil.client.verify import verify_coordinator
@@ -57,14 +57,16 @@ class Rewriter(httpx.HTTPTransport):
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ClientPolicy]]:
     sim = SimPlatform.create(Path(tmp_path_factory.mktemp("sim")))
-    attester = SimSnpAttester(sim.directory)
     admin = Ed25519PrivateKey.generate()
+    attester = launched_attester(sim.directory, admin)
+    state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
     refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
     signed = sign_manifest(
-        Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)], trusted_simulation_roots=[sim.root_fingerprint]),
+        Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)], trusted_simulation_roots=[sim.root_fingerprint],
+                 coordinator_identity=state.identity),
         [admin], None,
     )
-    with ServerThread(create_app(CoordinatorState.generate(), attester)) as server:
+    with ServerThread(create_app(state, attester)) as server:
         httpx.post(f"{server.url}/v1/manifest", content=signed.model_dump_json()).raise_for_status()
         policy = ClientPolicy(
             coordinator_url=server.url, coordinator=refs, manifest_digests=[signed.digest.hex()],

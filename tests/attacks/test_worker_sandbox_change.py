@@ -20,7 +20,6 @@ import httpx
 import pytest
 from worker_fixtures import WorkerStack, wait_for
 
-from veil.attest.attester import SimSnpAttester
 from veil.manifest import SandboxSettings, sandbox_binding
 from veil.sandbox.profile import SandboxError, SandboxProfile, check_enforceable
 from veil.worker.registration import RegistrationRefused, register
@@ -68,16 +67,19 @@ def test_the_coordinator_refuses_evidence_binding_another_sandbox(stack: WorkerS
     engine stays under bubblewrap (the old worker did exactly that): its evidence binds what it
     enforces, and a real coordinator refuses it."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from deployment_fixtures import launched_attester
 
     from veil.coordinator.app import create_app
     from veil.coordinator.state import CoordinatorState
     from veil.manifest import public_key_hex, sign_manifest
     from veil.testing import ServerThread
 
-    attester = SimSnpAttester(stack.sim.directory)
     admin = Ed25519PrivateKey.generate()
-    gvisor = stack.manifest.model_copy(update={"sandbox": SandboxSettings(profile="gvisor"), "admin_keys": [public_key_hex(admin)]})
-    with ServerThread(create_app(CoordinatorState.generate(), attester)) as coordinator, httpx.Client(timeout=30) as http:
+    attester = launched_attester(stack.sim.directory, admin)
+    state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
+    gvisor = stack.manifest.model_copy(update={"sandbox": SandboxSettings(profile="gvisor"), "admin_keys": [public_key_hex(admin)],
+                                               "coordinator_identity": state.identity})
+    with ServerThread(create_app(state, attester)) as coordinator, httpx.Client(timeout=30) as http:
         http.post(f"{coordinator.url}/v1/manifest", content=sign_manifest(gvisor, [admin], None).model_dump_json()).raise_for_status()
         with pytest.raises(RegistrationRefused) as refused:
             register(coordinator.url, attester, http, sandbox=sandbox_binding(SandboxSettings(profile="bubblewrap")))

@@ -20,6 +20,7 @@ import pytest
 
 from veil import admin, wire
 from veil.attest.sim.azure import MAA_TYPES, PLATFORMS
+from veil.client.policy import ClientPolicy
 from veil.localdeploy import DATA_KEY_ID, LocalDeployment
 from veil.manifest import SignedManifest, sign_manifest
 from veil.testing import free_port
@@ -41,6 +42,12 @@ def deployment(request, tmp_path_factory):  # type: ignore[no-untyped-def]
 def _veil(deployment, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     env = {**os.environ, "VEIL_STATE_DIR": str(deployment.state_dir)}
     return subprocess.run([sys.executable, "-m", "veil", *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def _audit(deployment, after: int = 0) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    """The audit log as `veil audit` reads it: signed by the deployment's admin key, chain checked."""
+    key = admin.load_or_create_admin_key(deployment.state_dir / "admin.key")
+    return admin.audit(ClientPolicy.load(deployment.policy_path), key, after)
 
 
 def test_verify_names_the_azure_twin_and_its_maa_token(deployment) -> None:  # type: ignore[no-untyped-def]
@@ -67,7 +74,7 @@ def test_chat_answers_after_the_skr_policy_released_the_key(deployment) -> None:
     chat = _veil(deployment, "chat", "--max-tokens", "8", "hello")
     assert chat.returncode == 0, chat.stderr  # the worker got the model key: its MAA claims met the SKR policy
     assert "SIMULATED" in chat.stdout + chat.stderr
-    released = [r for r in admin.audit(deployment.coordinator_url) if r["event"] == "secret.release"]
+    released = [r for r in _audit(deployment) if r["event"] == "secret.release"]
     assert released and all(r["decision"] == "released" and r["reason"] == "ok" for r in released)
 
 
@@ -82,12 +89,12 @@ def test_zz_a_worker_whose_cvm_no_longer_meets_the_skr_policy_gets_no_key(deploy
     policies[DATA_KEY_ID] = policies[DATA_KEY_ID].model_copy(update={"skr": skr})
     key = admin.load_or_create_admin_key(deployment.state_dir / "admin.key")
     manifest = head.manifest.model_copy(update={"release_policies": policies})
-    after = max(r["id"] for r in admin.audit(url))
+    after = max(r["seq"] for r in _audit(deployment))
     admin.publish_manifest(url, sign_manifest(manifest, [key], head.digest.hex()))
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        refused = [r for r in admin.audit(url, after) if r["event"] == "secret.release" and r["decision"] == "refused"]
+        refused = [r for r in _audit(deployment, after) if r["event"] == "secret.release" and r["decision"] == "refused"]
         if refused:
             break
         time.sleep(0.5)
-    assert refused and refused[0]["reason"] == "release.skr_not_satisfied", admin.audit(url, after)
+    assert refused and refused[0]["reason"] == "release.skr_not_satisfied", _audit(deployment, after)

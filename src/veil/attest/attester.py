@@ -25,6 +25,12 @@ class Attester(Protocol):
         """A 32-byte key only this code on this machine can derive (seals state at rest)."""
         ...
 
+    def launch_data(self) -> bytes:
+        """What the launcher bound into this VM's measured launch data (SEV-SNP HOST_DATA, TDX
+        MRCONFIGID): part of every report, so the host cannot change it unseen. Veil carries the
+        bootstrap admin key there (``veil.attestation.bootstrap_key``)."""
+        ...
+
 
 class SimSnpAttester:
     """The simulated SEV-SNP chip of a local deployment (clearly labelled ``sim-snp``).
@@ -47,6 +53,9 @@ class SimSnpAttester:
     def evidence(self, report_data: bytes) -> dict[str, Any]:
         ev = self._sim.attest(report_data, measurement=self.measurement, host_data=self.host_data)
         return {"platform": self.platform, "snp": ev.to_json()}
+
+    def launch_data(self) -> bytes:
+        return self.host_data
 
     def sealing_key(self) -> bytes:
         """The simulated MSG_KEY_REQ: derived from the chip secret and mixed with the measurement,
@@ -101,6 +110,13 @@ class SnpAttester:
 
         return sealing_key()
 
+    def launch_data(self) -> bytes:
+        """HOST_DATA of our own report (the hypervisor set it at launch)."""
+        from veil.attest.snp.abi import Report
+        from veil.attest.snp.collect import collect_evidence
+
+        return Report.from_bytes(collect_evidence(b"\0" * 64).report).host_data
+
 
 def sim_snp_attester(config: AttesterConfig) -> SimSnpAttester:
     if config.sim_dir is None:
@@ -134,6 +150,9 @@ class SimTdxAttester:
     def evidence(self, report_data: bytes) -> dict[str, Any]:
         ev = self._sim.evidence(report_data, mr_td=self.measurement, mr_config_id=self.mr_config_id)
         return {"platform": self.platform, "tdx": ev.to_json()}
+
+    def launch_data(self) -> bytes:
+        return self.mr_config_id
 
     def sealing_key(self) -> bytes:
         """Simulated: the platform secret mixed with MRTD, so other code derives another key."""
@@ -175,6 +194,13 @@ class TdxAttester:
             ev = collect_evidence(report_data, self._cache, tsm=self._tsm)
         return {"platform": self.platform, "tdx": ev.to_json()}
 
+    def launch_data(self) -> bytes:
+        """MRCONFIGID of our own quote (the host set it when it launched the TD)."""
+        from veil.attest.tdx.abi import parse_quote
+        from veil.attest.tdx.collect import collect_quote
+
+        return parse_quote(collect_quote(b"\0" * 64, tsm=self._tsm)).body.mr_config_id
+
     def sealing_key(self) -> bytes:
         from veil.errors import ProtocolError
 
@@ -188,7 +214,11 @@ class TdxAttester:
 def sim_tdx_attester(config: AttesterConfig) -> SimTdxAttester:
     if config.sim_dir is None:
         raise ParseError("attest.missing_sim_dir", "sim-tdx needs the simulated platform's directory (--sim-dir)")
-    return SimTdxAttester(config.sim_dir, config.launch_data if config.launch_data is not None else bytes(48))
+    # MRCONFIGID is 48 bytes; launch data given shorter (a 32-byte bootstrap key) is zero padded
+    launch = config.launch_data if config.launch_data is not None else b""
+    if len(launch) > 48:
+        raise ParseError("attest.bad_launch_data", "sim-tdx MRCONFIGID is at most 48 bytes")
+    return SimTdxAttester(config.sim_dir, launch.ljust(48, b"\0"))
 
 
 def tdx_attester(config: AttesterConfig) -> TdxAttester:

@@ -12,11 +12,11 @@ import hmac
 
 from veil.errors import VerificationError
 
-COORDINATOR_CONTEXT = b"veil/coordinator-evidence/v1"
+COORDINATOR_CONTEXT = b"veil/coordinator-evidence/v2"
 # One report for a batch of clients: the root of the Merkle tree over their nonces
 # (veil.attest.nonce_tree) stands where a single nonce would; its own context keeps a root from
 # ever being taken for a nonce, or the other way round.
-COORDINATOR_BATCH_CONTEXT = b"veil/coordinator-evidence-batch/v1"
+COORDINATOR_BATCH_CONTEXT = b"veil/coordinator-evidence-batch/v2"
 WORKER_CONTEXT = b"veil/worker-evidence/v1"
 
 
@@ -30,17 +30,18 @@ def bind(context: bytes, *values: bytes) -> bytes:
 
 
 def coordinator_report_data(
-    nonce: bytes, public_key: bytes, manifest_digest: bytes, key_config_digest: bytes
+    nonce: bytes, public_key: bytes, identity: bytes, manifest_digest: bytes, key_config_digest: bytes
 ) -> bytes:
-    """report_data of the coordinator's evidence for one client nonce."""
-    return bind(COORDINATOR_CONTEXT, nonce, public_key, manifest_digest, key_config_digest)
+    """report_data of the coordinator's evidence for one client nonce: its HPKE key, its state
+    identity (empty while locked), the manifest entry digest and the key configuration digest."""
+    return bind(COORDINATOR_CONTEXT, nonce, public_key, identity, manifest_digest, key_config_digest)
 
 
 def coordinator_batch_report_data(
-    nonce_root: bytes, public_key: bytes, manifest_digest: bytes, key_config_digest: bytes
+    nonce_root: bytes, public_key: bytes, identity: bytes, manifest_digest: bytes, key_config_digest: bytes
 ) -> bytes:
     """report_data of the coordinator's evidence for a batch of client nonces (their tree's root)."""
-    return bind(COORDINATOR_BATCH_CONTEXT, nonce_root, public_key, manifest_digest, key_config_digest)
+    return bind(COORDINATOR_BATCH_CONTEXT, nonce_root, public_key, identity, manifest_digest, key_config_digest)
 
 
 def worker_report_data(nonce: bytes, public_key: bytes, extra_evidence_digest: bytes = b"", sandbox: bytes = b"") -> bytes:

@@ -1,4 +1,5 @@
-"""Admin commands: upload secrets to a verified coordinator, read the audit log, recover state."""
+"""Admin commands: upload secrets to a verified coordinator, signed reads (audit log, workers,
+secret ids), tenants, and recovering a coordinator's state."""
 
 from __future__ import annotations
 
@@ -45,51 +46,108 @@ def secret_put(
     from veil.client.policy import ClientPolicy
 
     try:
-        result = admin.put_secret(
-            ClientPolicy.load(policy), admin.load_admin_key(admin_key or _state_file(policy, "admin.key")),
-            key_id, admin.load_data_key(key_file),
-        )
+        result = admin.put_secret(ClientPolicy.load(policy), _admin_key(policy, admin_key), key_id,
+                                  admin.load_data_key(key_file))
     except VeilError as err:
         _fail(err)
     console.print(f"[green]✔[/] secret {result['key_id']!r} stored, sealed inside the verified coordinator")
 
 
-def audit(
+@secret_app.command("list")
+def secret_list(
     policy: Optional[Path] = PolicyOpt,
-    after: int = typer.Option(0, help="Only records after this id."),
+    admin_key: Optional[Path] = AdminKeyOpt,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Show the coordinator's decisions: registrations, key releases, uploads (never secret values)."""
+    """List the ids of the secrets the coordinator holds (a signed admin read; never the values)."""
     from veil import admin
     from veil.client.policy import ClientPolicy
 
     try:
-        records = admin.audit(ClientPolicy.load(policy).coordinator_url, after)
+        key_ids = admin.list_secrets(ClientPolicy.load(policy), _admin_key(policy, admin_key))
+    except VeilError as err:
+        _fail(err)
+    print(json.dumps(key_ids) if as_json else "\n".join(key_ids))
+
+
+def workers(
+    policy: Optional[Path] = PolicyOpt,
+    admin_key: Optional[Path] = AdminKeyOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List the workers that attested recently (a signed admin read)."""
+    from veil import admin
+    from veil.client.policy import ClientPolicy
+
+    try:
+        found = admin.list_workers(ClientPolicy.load(policy), _admin_key(policy, admin_key))
+    except VeilError as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    table = Table("worker", "platform", "measurement", "simulated", "last seen (UTC)")
+    for w in found:
+        table.add_row(w["worker_id"], w["platform"], w["measurement"][:16] + "…", "yes" if w["simulated"] else "no",
+                      _when(w["last_seen"]))
+    console.print(table)
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _admin_key(policy: Optional[Path], path: Optional[Path]):  # type: ignore[no-untyped-def]
+    from veil import admin
+
+    return admin.load_admin_key(path or _state_file(policy, "admin.key"))
+
+
+def audit(
+    policy: Optional[Path] = PolicyOpt,
+    admin_key: Optional[Path] = AdminKeyOpt,
+    after: int = typer.Option(0, help="Only records after this sequence number."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show the coordinator's decisions: registrations, key releases, uploads (never secret values).
+
+    A signed admin read; the hash chain is checked up to the head the coordinator signs, which must
+    extend the head seen last time (kept in audit-log.json beside the policy).
+    """
+    from veil import admin
+    from veil.client.policy import ClientPolicy
+
+    try:
+        records = admin.audit(ClientPolicy.load(policy), _admin_key(policy, admin_key), after,
+                              log_path=_state_file(policy, admin.AUDIT_LOG_FILE))
     except VeilError as err:
         _fail(err)
     if as_json:
         print(json.dumps(records, indent=2))
         return
-    table = Table("id", "time (UTC)", "event", "subject", "decision", "reason")
+    table = Table("seq", "time (UTC)", "event", "subject", "decision", "reason")
     for r in records:
-        when = datetime.fromtimestamp(r["at"], tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         color = "green" if r["decision"] in ("accepted", "released", "restored") else "red"
-        table.add_row(str(r["id"]), when, r["event"], r["subject"][:32], f"[{color}]{r['decision']}[/]", r["reason"])
+        reason = r["reason"] + (f" ×{r['detail']['count']}" if "count" in r["detail"] else "")
+        table.add_row(str(r["seq"]), _when(r["at"]), r["event"], r["subject"][:32], f"[{color}]{r['decision']}[/]", reason)
     console.print(table)
+    console.print(f"[green]✔[/] hash chain verified up to the signed head ({len(records)} record(s) shown)")
 
 
 def recover(
     recovery_key: Path = typer.Option(..., "--recovery-key", help="Your X25519 recovery key, PEM."),
+    admin_key: Optional[Path] = AdminKeyOpt,
     source: Optional[str] = typer.Option(None, help="URL serving the sealed recovery records (default: the target)."),
     policy: Optional[Path] = PolicyOpt,
 ) -> None:
-    """Restore the sealed state into a new, verified (locked) coordinator."""
+    """Restore the sealed state into a new, verified (locked) coordinator, authorised by your admin key."""
     from veil import admin
     from veil.client.policy import ClientPolicy
 
     try:
         target = ClientPolicy.load(policy)
-        result = admin.recover(source or target.coordinator_url, admin.load_recovery_key(recovery_key), target)
+        result = admin.recover(source or target.coordinator_url, admin.load_recovery_key(recovery_key),
+                               _admin_key(policy, admin_key), target)
     except VeilError as err:
         _fail(err)
     console.print(f"[green]✔[/] restored: {result['manifests']} manifest(s), {result['secrets']} secret(s)")
@@ -109,7 +167,7 @@ def tenant_add(
 
     try:
         client_policy, log = load_with_log(policy)
-        key = admin.load_admin_key(admin_key or _state_file(policy, "admin.key"))
+        key = _admin_key(policy, admin_key)
         api_key, entry, signed = admin.publish_tenant(
             client_policy, key, tenant_id, requests_per_minute, tokens_per_minute, manifest_log=log,
         )

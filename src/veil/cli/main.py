@@ -38,6 +38,7 @@ app.add_typer(admin_cli.secret_app, name="secret")
 app.command("seal")(seal_command)
 app.add_typer(admin_cli.tenant_app, name="tenant")
 app.command("audit")(admin_cli.audit)
+app.command("workers")(admin_cli.workers)
 app.command("recover")(admin_cli.recover)
 
 console = Console()
@@ -196,6 +197,7 @@ def _demo(policy_path: Path) -> None:
 
 @app.command()
 def coordinator(
+    ctx: typer.Context,
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8470),
     platform: str = PlatformOpt,
@@ -205,23 +207,72 @@ def coordinator(
     aa_url: str = AgentOpt,
     db: Optional[str] = typer.Option(
         None, envvar="VEIL_DB", help="State database URL (sqlite:///path or postgresql://...); state is sealed at rest. "
-        "Without it, state lives in memory only. Read from $VEIL_DB when not given (keeps a password out of argv)."),
+        "Without it, state lives in memory only. A URL with a password only from $VEIL_DB or --db-file, never argv."),
+    db_file: Optional[Path] = typer.Option(None, help="Read the database URL (it may hold a password) from this file."),
+    key_rotation_seconds: float = typer.Option(86400.0, help="Start a new OHTTP key generation this often."),
+    key_promotion_seconds: float = typer.Option(
+        90.0, help="A new key generation goes to workers this long before clients are told to use it "
+        "(keep it above the workers' --reregister-seconds)."),
+    key_grace_seconds: float = typer.Option(900.0, help="Keep the previous key generation this long after a rotation."),
+    challenge_pool: int = typer.Option(10_000, help="Open worker challenges kept at most (fairly shared by source)."),
+    attestations_per_second: float = typer.Option(20.0, help="Attestations (hardware reports) per second per source."),
+    attestation_burst: float = typer.Option(50.0, help="... and the burst a source may spend at once."),
+    challenges_per_second: float = typer.Option(5.0, help="Worker and admin challenges per second per source."),
+    challenge_burst: float = typer.Option(20.0, help="... and the burst a source may spend at once."),
 ) -> None:
-    """Run the coordinator: attestation service and key broker."""
-    from veil.httpserver import serve
-    from veil.coordinator.app import create_app
+    """Run the coordinator: attestation service and key broker.
+
+    The bootstrap admin key (the only key that may sign the first manifest) comes from the measured
+    launch data: HOST_DATA on SEV-SNP, --sim-launch-data on the simulated platforms.
+    """
+    from veil.attestation import bootstrap_key
+    from veil.coordinator.app import Limits, create_app
+    from veil.coordinator.keys import Rotation
     from veil.coordinator.state import CoordinatorState
     from veil.coordinator.store import Store
+    from veil.httpserver import serve
 
     try:
+        source = ctx.get_parameter_source("db")  # typer's own click: compare by name
+        url = _database_url(db, db_file, from_argv=getattr(source, "name", "") == "COMMANDLINE")
         attester = _attester(platform, sim_dir, sim_launch_data, evidence_source, aa_url)
-        state = CoordinatorState.open(Store.from_url(db), attester.sealing_key()) if db else CoordinatorState.generate()
+        rotation = Rotation(every=key_rotation_seconds, promotion=key_promotion_seconds, grace=key_grace_seconds)
+        bootstrap = bootstrap_key(attester.launch_data())
+        state = (CoordinatorState.open(Store.from_url(url), attester.sealing_key(), bootstrap, rotation=rotation) if url
+                 else CoordinatorState.generate(bootstrap, rotation=rotation))
     except VeilError as err:
         _fail(err)
     if state.locked:
         err_console.print("[yellow]stored state is sealed to another platform: locked until `veil recover`[/]")
-    app_ = create_app(state, attester)
+    if bootstrap is None:
+        err_console.print("[yellow]no bootstrap admin key in the launch data: no first manifest will be accepted[/]")
+    limits = Limits(attestations_per_second=attestations_per_second, attestation_burst=attestation_burst,
+                    challenges_per_second=challenges_per_second, challenge_burst=challenge_burst,
+                    challenge_pool=challenge_pool)
+    app_ = create_app(state, attester, limits=limits)
     serve(app_, host=host, port=port)  # slow clients timed out, connections capped (veil.httpserver)
+
+
+def _database_url(db: Optional[str], db_file: Optional[Path], *, from_argv: bool) -> Optional[str]:
+    """The state database URL from --db, --db-file or $VEIL_DB; a password is refused on the command
+    line (every local user can read another process's argv)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if db_file is not None:
+        try:
+            return db_file.read_text().strip()
+        except OSError as exc:
+            raise VeilError("cli.unreadable_input", f"{db_file}: {exc.strerror}") from None
+    if db and from_argv:
+        try:
+            password = make_url(db).password
+        except ArgumentError:
+            raise VeilError("cli.bad_option", "--db is not a database URL") from None
+        if password is not None:
+            raise VeilError("cli.secret_in_argv", "the database URL holds a password: pass it in $VEIL_DB or a "
+                            "--db-file, never on the command line")
+    return db or None
 
 
 @app.command()

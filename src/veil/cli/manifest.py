@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Optional
 
 import httpx
 import typer
@@ -59,3 +61,26 @@ def history(coordinator: str = CoordOpt, as_json: bool = typer.Option(False, "--
     for i, e in enumerate(entries):
         console.print(f"{i:3d}  {e.digest.hex()}  signed by {', '.join(s.key[:16] + '…' for s in e.signatures)}")
     console.print(f"[green]✔[/] chain of {len(entries)} manifest(s) verified; head {head.hex()}")
+
+
+@app.command()
+def revert(
+    index: int = typer.Argument(..., help="Position in the history of the manifest to return to (0 = first)."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Client policy (default: local `veil up`)."),
+    admin_key: Optional[Path] = typer.Option(None, "--admin-key", help="Admin Ed25519 key, PEM (default: <state-dir>/admin.key)."),
+) -> None:
+    """Return to an earlier manifest: set it again as a new, signed entry on top of the current head."""
+    from veil import admin
+    from veil.cli.admin import _admin_key
+    from veil.client.policy import ClientPolicy, load_with_log
+
+    try:
+        client_policy, log = load_with_log(policy)
+        entries = admin.history(ClientPolicy.load(policy))
+        if not 0 <= index < len(entries):
+            raise VeilError("manifest.no_such_entry", f"the history has entries 0 to {len(entries) - 1}")
+        signed = admin.set_manifest(client_policy, _admin_key(policy, admin_key), entries[index].manifest, manifest_log=log)
+    except VeilError as err:
+        console.print(f"[red]refused[/]: {err.message} ({err.reason})")
+        raise typer.Exit(1)
+    console.print(f"[green]✔[/] manifest {index} set again as entry {len(entries)} ({signed.digest.hex()[:16]}…)")

@@ -29,11 +29,10 @@ from typing import Any
 import httpx
 
 from veil import wire
-from veil.attest.binding import coordinator_batch_report_data, coordinator_report_data
-from veil.attest.nonce_tree import InclusionProof, root_from_proof
 from veil.attest.claims import Verdict
 from veil.attest.evidence import appraise_evidence, trust_for
 from veil.attest.registry import is_simulated
+from veil.attestation import check_identity, expected_report_data
 from veil.client.manifest_log import ManifestLog
 from veil.client.policy import ClientPolicy, simulation_in
 from veil.errors import ParseError, PolicyError, VerificationError
@@ -74,6 +73,7 @@ class AttestedCoordinator:
     admission: dict[str, Any] = field(default_factory=dict)  # the client policy's rules for the manifest
     verified_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     relay_url: str | None = None  # where encrypted requests go when not straight to the gateway
+    identity: bytes = b""  # the attested state identity (the manifest's coordinator_identity)
 
     @property
     def simulated_parts(self) -> list[str]:
@@ -272,7 +272,8 @@ def check_attestation(
         public_key = bytes.fromhex(body["public_key"])
         manifest_digest = bytes.fromhex(body["manifest_digest"])
         evidence = body["evidence"]
-    except (KeyError, TypeError, ValueError):
+        identity = bytes.fromhex(body.get("identity") or "")
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise ParseError("attestation.malformed", "attestation answer is missing or has bad fields") from None
     if not isinstance(platform, str):
         raise ParseError("attestation.malformed", "attestation answer names no platform")
@@ -281,7 +282,8 @@ def check_attestation(
             "attestation.simulated_untrusted",
             "the coordinator runs on a SIMULATED TEE and this client does not trust simulation",
         )
-    expected = expected_report_data(body, nonce, public_key, manifest_digest, hashlib.sha256(configs_raw).digest())
+    expected = expected_report_data(nonce, body.get("nonce_batch"), public_key, identity, manifest_digest,
+                                    hashlib.sha256(configs_raw).digest())
     if "nonce_batch" in body:
         checks.append(("this client's fresh nonce is a leaf of the attested nonce batch (Merkle path)", "ok"))
     # --- attestation (veil.attest): the checks shown are those the verifier performed ---
@@ -299,6 +301,8 @@ def check_attestation(
     if require_manifest or body.get("manifest") is not None:
         manifest = _check_manifest(body.get("manifest"), manifest_digest, policy)
         checks.append(("manifest digest pinned or signed by a trusted admin", "ok"))
+        _check_state_identity(identity, manifest)
+        checks.append(("attested state identity is the one the manifest names", "ok"))
         policy.check(manifest.manifest)
         checks.append(("manifest admits only workers, debug settings and sandboxes this client accepts", "ok"))
     key_configs = decode_key_config_list(configs_raw)
@@ -311,6 +315,7 @@ def check_attestation(
         coordinator_url=policy.coordinator_url,
         gateway_url=policy.gateway_url,
         relay_url=policy.relay_url,
+        identity=identity,
         verdict=verdict,
         manifest=manifest,
         key_configs=key_configs,
@@ -321,20 +326,13 @@ def check_attestation(
     )
 
 
-def expected_report_data(body: dict[str, Any], nonce: bytes, public_key: bytes, manifest_digest: bytes,
-                         key_config_digest: bytes) -> bytes:
-    """What the coordinator's report_data must be for *our* nonce.
-
-    A batched answer (``nonce_batch``: one report for many clients, coordinator/batching.py)
-    carries our inclusion path; the root is recomputed here from our own nonce, never taken from
-    the answer, so evidence made for other clients' nonces cannot match.
-    """
-    if "nonce_batch" not in body:
-        return coordinator_report_data(nonce, public_key, manifest_digest, key_config_digest)
-    root = root_from_proof(nonce, InclusionProof.from_json(body["nonce_batch"]))
-    if root is None:
-        raise VerificationError("binding.bad_nonce_proof", "the nonce batch path is not a valid path for its index and size")
-    return coordinator_batch_report_data(root, public_key, manifest_digest, key_config_digest)
+# --- state identity (issue 9.1, helper "coord") --------------------------------------------------
+def _check_state_identity(identity: bytes, manifest: SignedManifest) -> None:
+    """What the coordinator attests (HPKE key, OHTTP keys, data keys) derives from one state seed;
+    the admins name that state's identity in the signed manifest. A coordinator whose state the
+    host swapped underneath attests another identity: refused (``attestation.identity_mismatch``)."""
+    check_identity(identity, manifest.manifest)
+# --- end state identity ---------------------------------------------------------------------------
 
 
 def _check_manifest(raw: Any, digest: bytes, policy: ClientPolicy) -> SignedManifest:

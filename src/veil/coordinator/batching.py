@@ -34,9 +34,11 @@ COLLECT_WINDOW_S = 0.002  # a lone client waits this much longer; a crowd shares
 
 @dataclass(frozen=True)
 class Bound:
-    """What one report binds besides the nonces: the coordinator's key, manifest and key config."""
+    """What one report binds besides the nonces: the coordinator's key and state identity, its
+    manifest and key config."""
 
     public_key: bytes
+    identity: bytes  # empty while locked
     manifest: Any  # SignedManifest | None
     key_configs: bytes
 
@@ -90,7 +92,7 @@ class AttestationBatcher:
 
     def _single(self, nonce: bytes) -> Attested:
         bound = self._current()
-        report_data = coordinator_report_data(nonce, bound.public_key, bound.manifest_digest,
+        report_data = coordinator_report_data(nonce, bound.public_key, bound.identity, bound.manifest_digest,
                                               hashlib.sha256(bound.key_configs).digest())
         return Attested(self._encode(self._attester.evidence(report_data), bound), None)
 
@@ -99,6 +101,7 @@ class AttestationBatcher:
             "platform": self._attester.platform,
             "evidence": evidence,
             "public_key": bound.public_key.hex(),
+            "identity": bound.identity.hex(),
             "key_configs": base64.b64encode(bound.key_configs).decode(),
             "manifest": bound.manifest.model_dump(mode="json") if bound.manifest is not None else None,
             "manifest_digest": bound.manifest_digest.hex(),
@@ -126,6 +129,6 @@ class AttestationBatcher:
     def _batch_report(self, nonces: list[bytes]) -> tuple[bytes, NonceTree]:
         tree = NonceTree(nonces)
         bound = self._current()
-        report_data = coordinator_batch_report_data(tree.root, bound.public_key, bound.manifest_digest,
+        report_data = coordinator_batch_report_data(tree.root, bound.public_key, bound.identity, bound.manifest_digest,
                                                     hashlib.sha256(bound.key_configs).digest())
         return self._encode(self._attester.evidence(report_data), bound), tree

@@ -1,24 +1,22 @@
 """The coordinator's durable state: SQLite by default, PostgreSQL when several coordinators share it.
 
-Every row that holds something sensitive is an AES-256-GCM blob under the *state key*, with the
-row's identity as associated data, so a row moved, swapped or edited in the database fails to
-open. The state key itself is stored only sealed (to the platform's sealing key and to the admins'
-recovery keys). Each public operation is one transaction: a crash (kill -9) leaves either the old
-or the new state, never half of one.
+Every row that holds something sensitive is an AES-256-GCM blob under a key derived from the
+*state key* (``veil.coordinator.seed``), with the row's identity as associated data, so a row
+moved, swapped or edited in the database fails to open. The manifest history is public (signed by
+the admins, served to anyone) and stored in the clear, so even a locked coordinator can show it to
+the admin restoring it; a sealed head commitment catches rows removed or replaced underneath. The
+state key itself is stored only sealed (to the platform's sealing key and to the admins' recovery
+keys). Each public operation is one transaction: a crash (kill -9) leaves either the old or the
+new state, never half of one.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     Column,
     Connection,
@@ -30,7 +28,9 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
+    func,
     insert,
     select,
     text,
@@ -38,7 +38,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 
-from veil.errors import VerificationError
+
+
+FORMAT = b"2"  # state written by this code; older layouts are refused (state.unsupported_format)
+SCHEMA_LOCK_KEY = 0x7665696C  # "veil": the advisory lock that serialises schema creation
 
 metadata = MetaData()
 
@@ -47,11 +50,11 @@ meta = Table(
     Column("name", String(64), primary_key=True),
     Column("value", LargeBinary, nullable=False),
 )
-manifests = Table(
-    "veil_manifests", metadata,
+history = Table(
+    "veil_history", metadata,
     Column("idx", Integer, primary_key=True, autoincrement=False),
-    Column("digest", String(64), nullable=False, unique=True),
-    Column("sealed_entry", LargeBinary, nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),  # entry digest: unique by construction
+    Column("entry", Text, nullable=False),  # the signed entry, public
 )
 secrets = Table(
     "veil_secrets", metadata,
@@ -59,52 +62,16 @@ secrets = Table(
     Column("sealed_value", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
 )
-audit = Table(
-    "veil_audit", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("at", Float, nullable=False),
-    Column("event", String(64), nullable=False),
-    Column("subject", String(256), nullable=False),
-    Column("decision", String(16), nullable=False),
-    Column("reason", String(128), nullable=False),
-    Column("detail", Text, nullable=False),
+key_generations = Table(
+    "veil_key_generations", metadata,
+    Column("generation", Integer, primary_key=True, autoincrement=False),
+    Column("sealed", LargeBinary, nullable=False),
 )
-
-NONCE_LEN = 12
-SCHEMA_LOCK_KEY = 0x7665696C  # "veil": the advisory lock that serialises schema creation
-
-
-class StateCipher:
-    """AES-256-GCM under the state key; ``aad`` names the row so blobs cannot be moved around."""
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ValueError("the state key is 32 bytes")
-        self._aead = AESGCM(key)
-
-    def seal(self, plaintext: bytes, aad: str) -> bytes:
-        nonce = os.urandom(NONCE_LEN)
-        return nonce + self._aead.encrypt(nonce, plaintext, aad.encode())
-
-    def open(self, blob: bytes, aad: str) -> bytes:
-        try:
-            return self._aead.decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], aad.encode())
-        except (InvalidTag, ValueError):
-            raise VerificationError("state.tampered", f"stored state {aad!r} does not open (tampered or moved)") from None
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    id: int
-    at: float
-    event: str
-    subject: str
-    decision: str
-    reason: str
-    detail: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__}
+audit_log = Table(
+    "veil_audit_log", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("sealed", LargeBinary, nullable=False),
+)
 
 
 def open_engine(url: str) -> Engine:
@@ -116,6 +83,7 @@ def open_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=10000")
             cur.close()
     if engine.dialect.name == "postgresql":
         # coordinators starting together: concurrent CREATE TABLEs collide in PostgreSQL's catalog,
@@ -159,38 +127,71 @@ class Store:
         if done.rowcount == 0:
             conn.execute(insert(meta).values(name=name, value=value))
 
-    # manifests --------------------------------------------------------------------------------
-    def manifest_rows(self) -> list[tuple[int, str, bytes]]:
+    # manifest history -------------------------------------------------------------------------
+    def history_rows(self, after: int = -1) -> list[tuple[int, str, str]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(manifests).order_by(manifests.c.idx)).all()
-        return [(r.idx, r.digest, r.sealed_entry) for r in rows]
+            rows = conn.execute(select(history).where(history.c.idx > after).order_by(history.c.idx)).all()
+        return [(r.idx, r.digest, r.entry) for r in rows]
 
     @staticmethod
-    def add_manifest(conn: Connection, idx: int, digest: str, sealed_entry: bytes) -> None:
-        conn.execute(insert(manifests).values(idx=idx, digest=digest, sealed_entry=sealed_entry))
+    def add_history(conn: Connection, idx: int, digest: str, entry: str) -> None:
+        conn.execute(insert(history).values(idx=idx, digest=digest, entry=entry))
 
     # secrets ----------------------------------------------------------------------------------
-    def secret_rows(self) -> list[tuple[str, bytes, float]]:
+    def secret_rows(self, skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, bytes, float]]:
+        """Sealed secrets, except those in ``skip`` (what a coordinator already holds)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(secrets).order_by(secrets.c.key_id)).all()
+            ids = [k for k in conn.execute(select(secrets.c.key_id).order_by(secrets.c.key_id)).scalars() if k not in skip]
+            if not ids:
+                return []
+            rows = conn.execute(select(secrets).where(secrets.c.key_id.in_(ids)).order_by(secrets.c.key_id)).all()
         return [(r.key_id, r.sealed_value, r.created_at) for r in rows]
 
     @staticmethod
     def add_secret(conn: Connection, key_id: str, sealed_value: bytes) -> None:
         conn.execute(insert(secrets).values(key_id=key_id, sealed_value=sealed_value, created_at=time.time()))
 
+    # OHTTP key generations --------------------------------------------------------------------
+    def generation_rows(self, after: int = -1) -> list[tuple[int, bytes]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(key_generations).where(key_generations.c.generation > after)
+                                .order_by(key_generations.c.generation)).all()
+        return [(r.generation, r.sealed) for r in rows]
+
+    @staticmethod
+    def add_generation(conn: Connection, generation: int, sealed: bytes) -> None:
+        conn.execute(insert(key_generations).values(generation=generation, sealed=sealed))
+
+    @staticmethod
+    def drop_generations(conn: Connection, generations: list[int]) -> None:
+        if generations:
+            conn.execute(delete(key_generations).where(key_generations.c.generation.in_(generations)))
+
     # audit ------------------------------------------------------------------------------------
     @staticmethod
-    def add_audit(conn: Connection, event_: str, subject: str, decision: str, reason: str,
-                  detail: dict[str, Any] | None = None) -> None:
-        conn.execute(insert(audit).values(
-            at=time.time(), event=event_, subject=subject, decision=decision, reason=reason,
-            detail=json.dumps(detail or {}, sort_keys=True),
-        ))
+    def last_audit(conn: Connection) -> tuple[int, bytes] | None:
+        top = conn.execute(select(func.max(audit_log.c.seq))).scalar_one_or_none()
+        if top is None:
+            return None
+        sealed = conn.execute(select(audit_log.c.sealed).where(audit_log.c.seq == top)).scalar_one()
+        return top, sealed
 
-    def audit_records(self, limit: int = 1000, after_id: int = 0) -> list[AuditRecord]:
+    @staticmethod
+    def add_audit(conn: Connection, seq: int, sealed: bytes) -> None:
+        conn.execute(insert(audit_log).values(seq=seq, sealed=sealed))
+
+    def audit_rows(self, after: int, limit: int, upto: int) -> list[tuple[int, bytes]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(audit).where(audit.c.id > after_id).order_by(audit.c.id).limit(limit)
+                select(audit_log).where(audit_log.c.seq > after, audit_log.c.seq <= upto)
+                .order_by(audit_log.c.seq).limit(limit)
             ).all()
-        return [AuditRecord(r.id, r.at, r.event, r.subject, r.decision, r.reason, json.loads(r.detail)) for r in rows]
+        return [(r.seq, r.sealed) for r in rows]
+
+    def audit_row(self, seq: int) -> bytes | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(audit_log.c.sealed).where(audit_log.c.seq == seq)).scalar_one_or_none()
+
+    def audit_head(self) -> tuple[int, bytes] | None:
+        with self.engine.connect() as conn:
+            return self.last_audit(conn)

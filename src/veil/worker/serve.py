@@ -20,8 +20,14 @@ from veil.httpserver import GATEWAY_LIMITS, make_server
 from veil.errors import PolicyError, VeilError, VerificationError
 from veil.manifest import ModelEntry, SignedManifest, sandbox_binding
 from veil.sandbox.profile import SandboxProfile
-from veil import keyrelease, wire
-from veil.worker.registration import RegistrationRefused, ReleasedSecrets, register
+from veil import keyrelease
+from veil.worker.registration import (
+    RegistrationRefused,
+    ReleasedSecrets,
+    authenticate_coordinator,
+    register,
+    trust_anchor,
+)
 
 log = logging.getLogger("veil.worker")
 STDIN_MODEL_PATH = "/proc/self/fd/0"
@@ -75,35 +81,31 @@ def gpu_collector(mode: str, sim_gpu_dir: Path | None = None) -> Callable[[bytes
 
 
 def register_under_current(
-    config: WorkerConfig, attester: Attester, http: httpx.Client, worker_id: str | None = None,
+    config: WorkerConfig, attester: Attester, http: httpx.Client, previous: ReleasedSecrets | None = None,
 ) -> tuple[ReleasedSecrets, SignedManifest]:
     """Register under the coordinator's current manifest, committing to its sandbox settings.
 
-    The manifest comes first (it is public), so that the evidence can bind the sandbox settings
-    this worker will enforce before it serves under what the registration releases; the
-    coordinator refuses evidence that binds others. The digest sealed with the secrets then
-    proves the manifest is the one we were admitted under. A manifest that changes in between
-    (the binding no longer matches, or the digests differ) is read again, up to three times.
+    The coordinator is authenticated first (registration.authenticate_coordinator: its history
+    rooted in our launch data's bootstrap key, its identity pinned), so the manifest whose sandbox
+    settings the evidence binds is a verified one; the coordinator refuses evidence that binds
+    others. A manifest that changes in between (the binding no longer matches) is authenticated
+    again, up to three times.
     """
-    for _ in range(3):
-        manifest = _current_manifest(http, config.coordinator_url)
+    pin = previous.coordinator if previous is not None else None
+    for attempt in range(3):
+        if pin is None or attempt:
+            pin = authenticate_coordinator(config.coordinator_url, http, trust_anchor(attester), pin)
+        manifest = pin.manifest
         sandbox_profile(manifest, config)  # never commit to a profile this worker would refuse to run
         try:
-            secrets = register(config.coordinator_url, attester, http, gpu_collector(config.gpu, config.sim_gpu_dir), worker_id,
-                               sandbox=sandbox_binding(manifest.manifest.sandbox))
+            secrets = register(config.coordinator_url, attester, http, gpu_collector(config.gpu, config.sim_gpu_dir), previous,
+                               sandbox=sandbox_binding(manifest.manifest.sandbox), pin=pin)
         except RegistrationRefused as err:
-            if err.reason != "binding.report_data_mismatch" or _current_manifest(http, config.coordinator_url).digest == manifest.digest:
-                raise  # the manifest did not move: a verdict on this worker's evidence
-            continue
-        if manifest.digest.hex() == secrets.manifest_digest:
-            return secrets, manifest
+            if err.reason != "binding.report_data_mismatch":
+                raise  # a verdict on this worker's evidence
+            continue  # the manifest moved under us: read (and verify) it again
+        return secrets, secrets.manifest
     raise VerificationError("manifest.digest_mismatch", "the coordinator's manifest kept changing during registration")
-
-
-def _current_manifest(http: httpx.Client, coordinator_url: str) -> SignedManifest:
-    resp = http.get(f"{coordinator_url}{wire.MANIFEST_PATH}")
-    resp.raise_for_status()
-    return SignedManifest.parse(resp.content)
 
 
 def select_model(manifest: SignedManifest, name: str | None) -> ModelEntry:
@@ -258,7 +260,7 @@ class Reregistration:
     def __init__(self, config: WorkerConfig, attester: Attester, app: Any, server: uvicorn.Server,
                  secrets: ReleasedSecrets, entry: ModelEntry, engine: Any = None, weights: Weights | None = None) -> None:
         self.config, self.attester, self.app, self.server = config, attester, app, server
-        self.worker_id, self.digest, self.entry = secrets.worker_id, secrets.manifest_digest, entry
+        self.secrets, self.digest, self.entry = secrets, secrets.manifest_digest, entry
         self.engine, self.weights = engine, weights
         self.refused: VeilError | None = None
         self.failures = 0
@@ -297,9 +299,10 @@ class Reregistration:
 
     def once(self) -> None:
         with httpx.Client(timeout=30) as http:
-            secrets, manifest = register_under_current(self.config, self.attester, http, self.worker_id)
+            secrets, manifest = register_under_current(self.config, self.attester, http, self.secrets)
         keys = keyrelease.import_ohttp_keys(secrets.ohttp_keys)
         gateway = self.app.state.gateway
+        self.secrets = secrets
         if secrets.manifest_digest == self.digest:
             gateway.keys = keys  # the coordinator may rotate keys without a new manifest
             return
@@ -310,7 +313,7 @@ class Reregistration:
             self._restart_engine(profile)
         gateway.apply_manifest(manifest.manifest, keys)
         self.digest = secrets.manifest_digest
-        log.warning("worker %s now serves under manifest %s", self.worker_id, self.digest[:16])
+        log.warning("worker %s now serves under manifest %s", secrets.worker_id, self.digest[:16])
 
     def _restart_engine(self, profile: SandboxProfile) -> None:
         """Stop the engine and start it confined by ``profile``; raises (a verdict) if it cannot."""

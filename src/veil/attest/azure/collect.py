@@ -148,6 +148,13 @@ class AzureVtpmAttester:
             doc["td_quote"] = _b64url(imds_td_quote(hcl.td_report, self._http))
         return {"platform": self.platform, "vtpm": doc}
 
+    def launch_data(self) -> bytes:
+        """None that the deployment chooses: under Azure's paravisor, Azure sets HOST_DATA /
+        MRCONFIGID, so no bootstrap admin key is carried there and a coordinator on an Azure CVM
+        accepts no first manifest (``manifest.no_bootstrap_key``) until the key has another
+        measured home (fail closed)."""
+        return bytes(32)
+
     def sealing_key(self) -> bytes:
         from veil.errors import ProtocolError
 

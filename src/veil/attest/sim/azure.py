@@ -100,6 +100,7 @@ class SimAzureCvm:
                  maa: SimMaa) -> None:
         self.platform, self.directory, self.machine, self.ak, self.maa = platform, directory, machine, ak, maa
         self.kind = PLATFORMS[platform]
+        self.launch: bytes | None = None  # what the simulated VMM set at launch (HOST_DATA / MRCONFIGID)
         self.pcrs = [hashlib.sha256(b"veil/sim-azure/pcr/%d" % i).digest() for i in range(PCR_COUNT)]
 
     @functools.cached_property
@@ -107,7 +108,8 @@ class SimAzureCvm:
         """The simulated hardware's own attester (its report, measurement and sealing key)."""
         from veil.attest import registry
 
-        return registry.attester(f"sim-{self.kind}", registry.AttesterConfig(sim_dir=self.directory / self.kind))
+        return registry.attester(f"sim-{self.kind}", registry.AttesterConfig(sim_dir=self.directory / self.kind,
+                                                                              launch_data=self.launch))
 
     @property
     def simulation_roots(self) -> list[str]:
@@ -178,6 +180,10 @@ class SimAzureCvm:
     def sealing_key(self) -> bytes:
         return self.hardware.sealing_key()
 
+    def launch_data(self) -> bytes:
+        """The simulated hardware's HOST_DATA / MRCONFIGID (where Veil carries the bootstrap admin key)."""
+        return self.hardware.launch_data()
+
     @property
     def measurement(self) -> bytes:
         return bytes(self.hardware.measurement)  # type: ignore[attr-defined]
@@ -237,7 +243,9 @@ def sim_release_policy(platform: str, measurement: str) -> ReleasePolicy:
 def _attester(platform: str, config: AttesterConfig) -> SimAzureCvm:
     if config.sim_dir is None:
         raise ParseError("attest.missing_sim_dir", f"{platform} needs the simulated platform's directory (--sim-dir)")
-    return SimAzureCvm.load_or_create(platform, config.sim_dir)
+    cvm = SimAzureCvm.load_or_create(platform, config.sim_dir)
+    cvm.launch = config.launch_data
+    return cvm
 
 
 def sim_azure_snp_attester(config: AttesterConfig) -> SimAzureCvm:
