@@ -269,13 +269,18 @@ class LocalDeployment:
     # replicas -----------------------------------------------------------------------------------
     def _start_coordinators(self, step) -> None:  # type: ignore[no-untyped-def]
         db = self.db_url or f"sqlite:///{self.state_dir / 'coordinator.db'}"
+        # Behind HAProxy every client and worker reaches a coordinator from the balancer's address,
+        # so per-source limits would hold them all to one source's share: they are the balancer's
+        # to enforce per client there (docs/operations.md), and the coordinators' are opened up.
+        limits = (["--attestations-per-second", "1000", "--attestation-burst", "2000",
+                   "--challenges-per-second", "500", "--challenge-burst", "1000"] if self.topology.balanced else [])
         for i, port in enumerate(self.topology.coordinator_ports):
             name = self._replica_name("coordinator", i, self.coordinators)
             step(f"starting the {name}")
             # the database URL goes through the environment: a password never shows in argv
             self._spawn(name, [
                 "coordinator", "--host", self.host, "--port", str(port), "--platform", self.platform,
-                "--sim-dir", str(self.sim_dir), *self._launch_data,
+                "--sim-dir", str(self.sim_dir), *self._launch_data, *limits,
             ], env={"VEIL_DB": db})
         for i, url in enumerate(self.topology.coordinator_urls):
             name = self._replica_name("coordinator", i, self.coordinators)
