@@ -2,7 +2,7 @@
 #
 #   make run        a local deployment (veil up --demo): installs only what it needs (.[local])
 #   make install    the development venv: everything the tests need (.[test]) and the system packages
-#   make check      the static gate: ruff (lint) and mypy (strict) on src/
+#   make check      the static gate: ruff (format: src, tests, bench; lint: src) and mypy (strict) on src/
 #   make dead       dead-code candidates (vulture): advisory, read before you delete
 #   make test       check, then the whole suite (what CI runs through .ci/run)
 #   make test-fast  the inner loop: no model, no deployment (tests marked neither slow nor system)
@@ -62,6 +62,7 @@ $(TEST_STAMP): scripts/install-test-deps.sh tests/interop/node/package-lock.json
 	touch $(TEST_STAMP)
 
 check: install
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src
 	$(BIN)/mypy src
 

@@ -63,8 +63,12 @@ def serve(port: int, sim_dir: Path, report_ms: float, batching: bool, policy_out
     attester = SerializedAttester(inner, report_ms / 1000)
     refs = [ReferenceValues(platform="sim-snp", measurements=[inner.measurement.hex()])]
     admin = Ed25519PrivateKey.generate()
-    manifest = Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)],
-                        trusted_simulation_roots=[SimPlatform.load(sim_dir).root_fingerprint])
+    manifest = Manifest(
+        coordinator=refs,
+        workers=refs,
+        admin_keys=[public_key_hex(admin)],
+        trusted_simulation_roots=[SimPlatform.load(sim_dir).root_fingerprint],
+    )
     signed = sign_manifest(manifest, [admin], None)
     state = CoordinatorState.generate()
     state.append_manifest(signed)
@@ -74,16 +78,35 @@ def serve(port: int, sim_dir: Path, report_ms: float, batching: bool, policy_out
     def reports() -> dict[str, int]:
         return {"reports": attester.reports}
 
-    ClientPolicy(coordinator_url=f"http://127.0.0.1:{port}", coordinator=refs, manifest_digests=[signed.digest.hex()],
-                 trust_simulated=True, simulation_roots=manifest.trusted_simulation_roots).save(policy_out)
+    ClientPolicy(
+        coordinator_url=f"http://127.0.0.1:{port}",
+        coordinator=refs,
+        manifest_digests=[signed.digest.hex()],
+        trust_simulated=True,
+        simulation_roots=manifest.trusted_simulation_roots,
+    ).save(policy_out)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, backlog=4096)
 
 
 def _start(mode: str, sim_dir: Path, report_ms: float, workdir: Path) -> tuple[subprocess.Popen[bytes], Path, str]:
     port = free_port()
     policy = workdir / f"{mode}-policy.json"
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--sim-dir", str(sim_dir),
-                             "--report-ms", str(report_ms), "--mode", mode, "--policy-out", str(policy)])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            str(port),
+            "--sim-dir",
+            str(sim_dir),
+            "--report-ms",
+            str(report_ms),
+            "--mode",
+            mode,
+            "--policy-out",
+            str(policy),
+        ]
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while not policy.exists() or not _up(url):
@@ -121,7 +144,9 @@ def _verify_all(answers: list[tuple[bytes, dict[str, Any], float]], policy: Any)
     return sorted(costs)[len(costs) // 2]
 
 
-async def _level(http: httpx.AsyncClient, policy: Any, concurrency: int, total: int) -> tuple[float, list[tuple[bytes, dict[str, Any], float]]]:
+async def _level(
+    http: httpx.AsyncClient, policy: Any, concurrency: int, total: int
+) -> tuple[float, list[tuple[bytes, dict[str, Any], float]]]:
     """``total`` fetches, ``concurrency`` at a time, all released at once; (wall s, answers)."""
     answers: list[tuple[bytes, dict[str, Any], float]] = []
     queue = iter(range(total))
@@ -160,8 +185,11 @@ def batcher_alone(sim_dir: Path, report_ms: float, clients: int = 1000) -> dict[
         t0 = time.perf_counter()
         lat = asyncio.run(crowd())
         wall = time.perf_counter() - t0
-        out[mode] = {"answers_per_s": round(clients / wall, 1), "p99_ms": round(_pct(lat, 0.99) * 1e3, 1),
-                     "reports": chip.reports}
+        out[mode] = {
+            "answers_per_s": round(clients / wall, 1),
+            "p99_ms": round(_pct(lat, 0.99) * 1e3, 1),
+            "reports": chip.reports,
+        }
     return out
 
 
@@ -184,9 +212,12 @@ async def run(targets: dict[str, tuple[Any, str]]) -> dict[str, dict[str, Any]]:
                 verify = _verify_all(answers, policy)
                 lat = [seconds + verify for _, _, seconds in answers]
                 out[mode][str(concurrency)] = {
-                    "setups": len(lat), "setups_per_s": round(len(lat) / wall, 1),
-                    "p50_ms": round(_pct(lat, 0.5) * 1e3, 1), "p99_ms": round(_pct(lat, 0.99) * 1e3, 1),
-                    "verify_ms": round(verify * 1e3, 2), "reports": reports,
+                    "setups": len(lat),
+                    "setups_per_s": round(len(lat) / wall, 1),
+                    "p50_ms": round(_pct(lat, 0.5) * 1e3, 1),
+                    "p99_ms": round(_pct(lat, 0.99) * 1e3, 1),
+                    "verify_ms": round(verify * 1e3, 2),
+                    "reports": reports,
                 }
     return out
 
@@ -226,22 +257,30 @@ def main() -> int:
             p.terminate()
             p.wait(timeout=10)
 
-    print(f"session set-ups (fetch + verify), one report costs {args.report_ms} ms serialised, "
-          f"{os.cpu_count()} cores shared by clients and coordinators")
+    print(
+        f"session set-ups (fetch + verify), one report costs {args.report_ms} ms serialised, "
+        f"{os.cpu_count()} cores shared by clients and coordinators"
+    )
     print(f"{'clients':>8} {'mode':<10} {'set-ups/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'reports':>8}")
     for concurrency in LEVELS:
         for mode in results:
             r = results[mode][str(concurrency)]
             print(f"{concurrency:>8} {mode:<10} {r['setups_per_s']:>10} {r['p50_ms']:>9} {r['p99_ms']:>9} {r['reports']:>8}")
-    print(f"the batcher alone (no HTTP), 1000 nonces at once: " + "; ".join(
-        f"{m} {r['answers_per_s']} answers/s, p99 {r['p99_ms']} ms, {r['reports']} reports" for m, r in alone.items()))
+    print(
+        f"the batcher alone (no HTTP), 1000 nonces at once: "
+        + "; ".join(f"{m} {r['answers_per_s']} answers/s, p99 {r['p99_ms']} ms, {r['reports']} reports" for m, r in alone.items())
+    )
     summary = {
-        "report_ms": args.report_ms, "cores": os.cpu_count(), "results": results, "batcher_alone_1000": alone,
+        "report_ms": args.report_ms,
+        "cores": os.cpu_count(),
+        "results": results,
+        "batcher_alone_1000": alone,
         "speedup_at_1000": round(results["batched"]["1000"]["setups_per_s"] / results["unbatched"]["1000"]["setups_per_s"], 2),
         "p99_ratio_at_1000": round(results["unbatched"]["1000"]["p99_ms"] / results["batched"]["1000"]["p99_ms"], 2),
     }
-    print(f"at 1000 clients batching gives {summary['speedup_at_1000']}x set-ups/s and a "
-          f"{summary['p99_ratio_at_1000']}x lower p99")
+    print(
+        f"at 1000 clients batching gives {summary['speedup_at_1000']}x set-ups/s and a {summary['p99_ratio_at_1000']}x lower p99"
+    )
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -53,7 +53,8 @@ async def measure(max_tokens: int, repeat: int, sandbox: str) -> dict[str, Any]:
             attested = verify_coordinator(ClientPolicy.load(dep.policy_path))
             veil = httpx.AsyncClient(
                 transport=AsyncOhttpTransport(attested.key_config, dep.gateway_url),
-                base_url=dep.gateway_url, timeout=300,
+                base_url=dep.gateway_url,
+                timeout=300,
             )
             # The worker keeps the engine's socket on a tmpfs in its own mount namespace: reach it
             # through the worker's root (/proc/PID/root resolves paths in that namespace).
@@ -64,7 +65,7 @@ async def measure(max_tokens: int, repeat: int, sandbox: str) -> dict[str, Any]:
                 unsandboxed = await engine_client(plain_engine.socket_path)
                 async with unsandboxed:
                     sources = {
-                        name: (lambda c: (lambda p, n: sse_chunks(c, p, n)))(client)
+                        name: (lambda c: lambda p, n: sse_chunks(c, p, n))(client)
                         for name, client in (("direct", direct), ("veil", veil), ("unsandboxed", unsandboxed))
                     }
                     for src in sources.values():  # warm-up: first requests pay for caches
@@ -105,8 +106,10 @@ def main() -> None:
     print(f"SmolLM2-135M Q4_1, {result['setup']}")
     for name in ("direct", "veil", "unsandboxed"):
         r = result[name]
-        print(f"  {name:12s} {r['tokens_per_s_median']:7.1f} tok/s end to end, "
-              f"{r['decode_tokens_per_s_median']:7.1f} tok/s decode, TTFT {r['ttft_ms_median']:6.1f} ms")
+        print(
+            f"  {name:12s} {r['tokens_per_s_median']:7.1f} tok/s end to end, "
+            f"{r['decode_tokens_per_s_median']:7.1f} tok/s decode, TTFT {r['ttft_ms_median']:6.1f} ms"
+        )
     ratios = result["ratios"]
     print(f"  veil / direct tokens/s:        {ratios['veil_over_direct_tokens_per_s']:.3f}  (goal >= 0.98)")
     print(f"  veil / direct decode tokens/s: {ratios['veil_over_direct_decode_tokens_per_s']:.3f}")

@@ -58,7 +58,7 @@ async def sse_chunks(
         async for line in r.aiter_lines():
             if not line.startswith("data: "):
                 continue
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             if data == "[DONE]":
                 return
             yield json.loads(data)
@@ -136,9 +136,7 @@ async def measure_stream(
     made = client_factory()
     client = await made if inspect.isawaitable(made) else made
     async with client:
-        return await measure_chunks(
-            lambda p, n: sse_chunks(client, p, n, path), prompts, max_tokens, repeat
-        )
+        return await measure_chunks(lambda p, n: sse_chunks(client, p, n, path), prompts, max_tokens, repeat)
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
@@ -147,18 +145,18 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     if args.base_url:
         return await measure_stream(
             lambda: httpx.AsyncClient(base_url=args.base_url, timeout=300),
-            max_tokens=args.max_tokens, repeat=args.repeat,
+            max_tokens=args.max_tokens,
+            repeat=args.repeat,
         )
     if args.socket:
-        return await measure_stream(
-            lambda: engine_client(args.socket), max_tokens=args.max_tokens, repeat=args.repeat
-        )
+        return await measure_stream(lambda: engine_client(args.socket), max_tokens=args.max_tokens, repeat=args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
         engine = EngineProcess(Path(tmp) / "engine.sock", threads=args.threads, n_ctx=2048)
         async with engine:
             result = await measure_stream(
                 lambda: engine_client(engine.socket_path),
-                max_tokens=args.max_tokens, repeat=args.repeat,
+                max_tokens=args.max_tokens,
+                repeat=args.repeat,
             )
         result["engine"] = {"threads": args.threads, "model": "SmolLM2-135M-Instruct Q4_1"}
         return result

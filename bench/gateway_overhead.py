@@ -58,14 +58,16 @@ CHAT_PATH = "/v1/chat/completions"
 
 
 def _chat(tokens: int) -> bytes:
-    return json.dumps({"model": "m", "messages": [{"role": "user", "content": "Say something."}],
-                       "max_tokens": tokens, "stream": True}).encode()
+    return json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "Say something."}], "max_tokens": tokens, "stream": True}
+    ).encode()
 
 
 def _sealed(config: KeyConfig, tokens: int) -> bytes:
     """One chunked-OHTTP request as Veil's client sends it (padded to 256 bytes, fresh HPKE key)."""
-    inner = bhttp.encode_request(bhttp.Request("POST", "https", "api", CHAT_PATH,
-                                               [("content-type", "application/json")], _chat(tokens)))
+    inner = bhttp.encode_request(
+        bhttp.Request("POST", "https", "api", CHAT_PATH, [("content-type", "application/json")], _chat(tokens))
+    )
     tx = ChunkedRequestSender(config)
     return tx.header + tx.seal_final(pad_message(inner, 256))
 
@@ -163,10 +165,17 @@ async def latency(gw: GatewayProcess, args: argparse.Namespace) -> dict[str, Any
         for _ in range(args.rounds):
             d_lat += (await direct.run(c, n, args.tokens))[0]
             g_lat += (await through.run(c, n, args.tokens))[0]
-        rows.append({"concurrency": c, "direct_p50_ms": statistics.median(d_lat) * 1e3, "gateway_p50_ms": statistics.median(g_lat) * 1e3,
-                     "direct_p99_ms": p99(d_lat) * 1e3, "gateway_p99_ms": p99(g_lat) * 1e3,
-                     "added_p50_ms": (statistics.median(g_lat) - statistics.median(d_lat)) * 1e3,
-                     "added_p99_ms": (p99(g_lat) - p99(d_lat)) * 1e3})
+        rows.append(
+            {
+                "concurrency": c,
+                "direct_p50_ms": statistics.median(d_lat) * 1e3,
+                "gateway_p50_ms": statistics.median(g_lat) * 1e3,
+                "direct_p99_ms": p99(d_lat) * 1e3,
+                "gateway_p99_ms": p99(g_lat) * 1e3,
+                "added_p50_ms": (statistics.median(g_lat) - statistics.median(d_lat)) * 1e3,
+                "added_p99_ms": (p99(g_lat) - p99(d_lat)) * 1e3,
+            }
+        )
     out["latency"] = rows
     out["p99_added_ms_64"] = next(r["added_p99_ms"] for r in rows if r["concurrency"] == 64)
     await direct.link.aclose()
@@ -186,8 +195,15 @@ async def unpaced(gw: GatewayProcess, args: argparse.Namespace) -> list[dict[str
         _, g_wall = await through.run(c, n, args.tokens)
         cpu = cpu_seconds(pids) - c0
         events = n * args.tokens
-        rows.append({"concurrency": c, "direct_events_per_s": events / d_wall, "events_per_s": events / g_wall,
-                     "gateway_cpu_us_per_event": cpu / events * 1e6, "gateway_cpu_share": cpu / g_wall})
+        rows.append(
+            {
+                "concurrency": c,
+                "direct_events_per_s": events / d_wall,
+                "events_per_s": events / g_wall,
+                "gateway_cpu_us_per_event": cpu / events * 1e6,
+                "gateway_cpu_share": cpu / g_wall,
+            }
+        )
     await direct.link.aclose()
     await through.link.aclose()
     return rows
@@ -214,12 +230,19 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=128, help="requests per measurement")
     ap.add_argument("--tokens", type=int, default=32, help="events per streamed answer")
     ap.add_argument("--rate", type=float, default=500.0, help="engine for the CPU figures: events per second per stream")
-    ap.add_argument("--latency-rate", type=float, default=50.0,
-                    help="engine for the latency figures: events per second per stream (a GPU serving many streams)")
+    ap.add_argument(
+        "--latency-rate",
+        type=float,
+        default=50.0,
+        help="engine for the latency figures: events per second per stream (a GPU serving many streams)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement")
     ap.add_argument("--padding", choices=("on", "off"), default="on")
-    ap.add_argument("--baseline", metavar="SRC", help="also measure the gateway of another checkout's src/ "
-                    "(e.g. an older commit's), interleaved: CPU ratios in one run")
+    ap.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="also measure the gateway of another checkout's src/ (e.g. an older commit's), interleaved: CPU ratios in one run",
+    )
     ap.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
@@ -248,28 +271,45 @@ def main() -> None:
         with GatewayProcess(Path(tmp) / "unpaced", **opts) as gw:
             result["throughput"] = asyncio.run(unpaced(gw, args))
     result["events_per_s"] = max(r["events_per_s"] for r in result["throughput"])
-    result.update(processes=1, padding=args.padding, tokens=args.tokens, rate=args.rate,
-                  latency_rate=args.latency_rate, reference=reference(), cpus=os.cpu_count(),
-                  load_average=[round(load0, 2), round(os.getloadavg()[0], 2)])
-    print(f"gateway overhead — one gateway process, padding {args.padding}, load average "
-          f"{load0:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; this machine now: sealing a 512-byte chunk "
-          f"{result['reference']['seal_512B_us']:.1f} µs (idle: about 2.4)")
-    print(f"gateway CPU: {result['us_per_event']:.1f} µs per streamed event (events one by one), "
-          f"{result['ms_per_request']:.3f} ms per request (HPKE, admission, engine hop, head, end)")
+    result.update(
+        processes=1,
+        padding=args.padding,
+        tokens=args.tokens,
+        rate=args.rate,
+        latency_rate=args.latency_rate,
+        reference=reference(),
+        cpus=os.cpu_count(),
+        load_average=[round(load0, 2), round(os.getloadavg()[0], 2)],
+    )
+    print(
+        f"gateway overhead — one gateway process, padding {args.padding}, load average "
+        f"{load0:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; this machine now: sealing a 512-byte chunk "
+        f"{result['reference']['seal_512B_us']:.1f} µs (idle: about 2.4)"
+    )
+    print(
+        f"gateway CPU: {result['us_per_event']:.1f} µs per streamed event (events one by one), "
+        f"{result['ms_per_request']:.3f} ms per request (HPKE, admission, engine hop, head, end)"
+    )
     if args.baseline:
         b = result["baseline"]
-        print(f"baseline ({args.baseline}), same rounds: {b['us_per_event']:.1f} µs per event, {b['ms_per_request']:.3f} ms per request"
-              f" — ratio now/baseline {result['us_per_event'] / b['us_per_event']:.2f} per event, "
-              f"{result['ms_per_request'] / b['ms_per_request']:.2f} per request")
+        print(
+            f"baseline ({args.baseline}), same rounds: {b['us_per_event']:.1f} µs per event, {b['ms_per_request']:.3f} ms per request"
+            f" — ratio now/baseline {result['us_per_event'] / b['us_per_event']:.2f} per event, "
+            f"{result['ms_per_request'] / b['ms_per_request']:.2f} per request"
+        )
     print(f"latency of whole {args.tokens}-event answers, engine at {args.latency_rate:g} events/s per stream:")
     print(f"{'conc':>5} {'direct p50':>11} {'gw p50':>9} {'direct p99':>11} {'gw p99':>9} {'added p50':>10} {'added p99':>10}")
     for r in result["latency"]:
-        print(f"{r['concurrency']:>5} {r['direct_p50_ms']:>9.2f}ms {r['gateway_p50_ms']:>7.2f}ms {r['direct_p99_ms']:>9.2f}ms "
-              f"{r['gateway_p99_ms']:>7.2f}ms {r['added_p50_ms']:>8.2f}ms {r['added_p99_ms']:>8.2f}ms")
+        print(
+            f"{r['concurrency']:>5} {r['direct_p50_ms']:>9.2f}ms {r['gateway_p50_ms']:>7.2f}ms {r['direct_p99_ms']:>9.2f}ms "
+            f"{r['gateway_p99_ms']:>7.2f}ms {r['added_p50_ms']:>8.2f}ms {r['added_p99_ms']:>8.2f}ms"
+        )
     for r in result["throughput"]:
-        print(f"unpaced, {r['concurrency']} streams: {r['events_per_s']:,.0f} events/s through the gateway "
-              f"(direct {r['direct_events_per_s']:,.0f}), gateway CPU {r['gateway_cpu_us_per_event']:.1f} µs/event, "
-              f"{r['gateway_cpu_share']:.2f} cores busy")
+        print(
+            f"unpaced, {r['concurrency']} streams: {r['events_per_s']:,.0f} events/s through the gateway "
+            f"(direct {r['direct_events_per_s']:,.0f}), gateway CPU {r['gateway_cpu_us_per_event']:.1f} µs/event, "
+            f"{r['gateway_cpu_share']:.2f} cores busy"
+        )
     if args.json:
         print(json.dumps(result))
 

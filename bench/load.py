@@ -51,8 +51,10 @@ SLICES = 6  # each set-up's time is cut into this many interleaved slices
 
 def _start_workers(n: int, pair: KeyPair, tokens: int) -> list[GatewayProcess]:
     """``n`` workers sharing one OHTTP key pair, as replicas behind a balancer do."""
-    return [GatewayProcess(Path(tempfile.mkdtemp(prefix="veil-load-worker-")), pair=pair, tokens=tokens,
-                           max_connections=4096) for _ in range(n)]
+    return [
+        GatewayProcess(Path(tempfile.mkdtemp(prefix="veil-load-worker-")), pair=pair, tokens=tokens, max_connections=4096)
+        for _ in range(n)
+    ]
 
 
 def _request(tokens: int) -> dict[str, Any]:
@@ -68,8 +70,9 @@ async def _one(client: httpx.AsyncClient, tokens: int) -> None:
             raise RuntimeError(f"status {r.status_code}, {events}/{tokens} events")
 
 
-async def _slice(client: httpx.AsyncClient, clients: int, seconds: float, budget: int, tokens: int,
-                 latencies: list[float], errors: list[str]) -> int:
+async def _slice(
+    client: httpx.AsyncClient, clients: int, seconds: float, budget: int, tokens: int, latencies: list[float], errors: list[str]
+) -> int:
     """``clients`` concurrent loops for ``seconds`` (or ``budget`` requests); returns requests done."""
     deadline = time.perf_counter() + seconds
     done = 0
@@ -97,8 +100,9 @@ def _percentile(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace, targets: dict[str, str], config: Any) -> dict[str, dict[str, Any]]:
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     clients = {
-        name: httpx.AsyncClient(transport=AsyncOhttpTransport(
-            config, url, transport=httpx.AsyncHTTPTransport(limits=limits)), timeout=30)
+        name: httpx.AsyncClient(
+            transport=AsyncOhttpTransport(config, url, transport=httpx.AsyncHTTPTransport(limits=limits)), timeout=30
+        )
         for name, url in targets.items()
     }
     lat: dict[str, list[float]] = {n: [] for n in targets}
@@ -148,8 +152,11 @@ def main() -> int:
         for name, group in (("lb-1", one), ("lb-3", three)):
             ports = [w.port for w in group]
             bind = f"127.0.0.1:{free_port()}"
-            lb = HAProxy(render("balancer.cfg", [Backend("gateways", "worker", [f"127.0.0.1:{p}" for p in ports])]),
-                         {"VEIL_GATEWAY_BIND": bind}, Path(tempfile.mkdtemp(prefix=f"veil-load-{name}-")))
+            lb = HAProxy(
+                render("balancer.cfg", [Backend("gateways", "worker", [f"127.0.0.1:{p}" for p in ports])]),
+                {"VEIL_GATEWAY_BIND": bind},
+                Path(tempfile.mkdtemp(prefix=f"veil-load-{name}-")),
+            )
             lb.start([bind])
             balancers.append(lb)
             targets[name] = f"http://{bind}"
@@ -162,7 +169,10 @@ def main() -> int:
 
     d, l1, l3 = results["direct"], results["lb-1"], results["lb-3"]
     summary = {
-        "clients": args.clients, "seconds_per_setup": args.seconds, "tokens": args.tokens, "cores": os.cpu_count(),
+        "clients": args.clients,
+        "seconds_per_setup": args.seconds,
+        "tokens": args.tokens,
+        "cores": os.cpu_count(),
         "setups": results,
         "lb_added_p50_ms": round(l1["p50_ms"] - d["p50_ms"], 2),
         "lb_added_p99_ms": round(l1["p99_ms"] - d["p99_ms"], 2),
@@ -170,16 +180,20 @@ def main() -> int:
         "lb3_over_lb1_rps": round(l3["requests_per_s"] / l1["requests_per_s"], 3),
         "errors": d["errors"] + l1["errors"] + l3["errors"],
     }
-    print(f"{args.clients} concurrent clients, {args.seconds:.0f} s per set-up, {args.tokens} events per streamed answer, "
-          f"{os.cpu_count()} cores shared by clients, HAProxy and workers")
+    print(
+        f"{args.clients} concurrent clients, {args.seconds:.0f} s per set-up, {args.tokens} events per streamed answer, "
+        f"{os.cpu_count()} cores shared by clients, HAProxy and workers"
+    )
     print(f"{'set-up':<8} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, r in results.items():
         print(f"{name:<8} {r['requests']:>9} {r['requests_per_s']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['errors']:>7}")
         for e in r["first_errors"]:
             print(f"         error: {e}")
-    print(f"HAProxy adds {summary['lb_added_p50_ms']} ms at p50, {summary['lb_added_p99_ms']} ms at p99 "
-          f"(lb-1 / direct throughput {summary['lb1_over_direct_rps']}); 3 workers / 1 behind HAProxy: "
-          f"{summary['lb3_over_lb1_rps']}x requests/s")
+    print(
+        f"HAProxy adds {summary['lb_added_p50_ms']} ms at p50, {summary['lb_added_p99_ms']} ms at p99 "
+        f"(lb-1 / direct throughput {summary['lb1_over_direct_rps']}); 3 workers / 1 behind HAProxy: "
+        f"{summary['lb3_over_lb1_rps']}x requests/s"
+    )
     if args.json:
         print(json.dumps(summary))
     return 1 if summary["errors"] else 0

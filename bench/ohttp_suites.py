@@ -65,8 +65,16 @@ def session_setup(rounds: int) -> dict[str, float]:
         attester = SimSnpAttester(sim.directory)
         admin = Ed25519PrivateKey.generate()
         refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
-        signed = sign_manifest(Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)],
-                                        trusted_simulation_roots=[sim.root_fingerprint]), [admin], None)
+        signed = sign_manifest(
+            Manifest(
+                coordinator=refs,
+                workers=refs,
+                admin_keys=[public_key_hex(admin)],
+                trusted_simulation_roots=[sim.root_fingerprint],
+            ),
+            [admin],
+            None,
+        )
         states = {"x25519": CoordinatorState.generate(), "xwing": CoordinatorState.generate()}
         states["x25519"].ohttp_keys = KeyStore(new_generation(0)[:1])  # as before X-Wing: one configuration
         servers = {name: ServerThread(create_app(state, attester)) for name, state in states.items()}
@@ -74,8 +82,13 @@ def session_setup(rounds: int) -> dict[str, float]:
             policies = {}
             for name, server in servers.items():
                 httpx.post(f"{server.url}/v1/manifest", content=signed.model_dump_json()).raise_for_status()
-                policies[name] = ClientPolicy(coordinator_url=server.url, coordinator=refs, manifest_digests=[signed.digest.hex()],
-                                              trust_simulated=True, simulation_roots=[sim.root_fingerprint])
+                policies[name] = ClientPolicy(
+                    coordinator_url=server.url,
+                    coordinator=refs,
+                    manifest_digests=[signed.digest.hex()],
+                    trust_simulated=True,
+                    simulation_roots=[sim.root_fingerprint],
+                )
             times: dict[str, list[float]] = {name: [] for name in servers}
             with httpx.Client() as http:
                 order = list(servers)
@@ -98,7 +111,9 @@ def main(requests: int = 2000, as_json: bool = False) -> dict[str, object]:
     stores = {name: KeyStore([pair]) for name, pair in pairs.items()}
     served = {name: encode_key_config_list([pair.config]) for name, pair in pairs.items()}
     chosen = {name: choose_suite(decode_key_config_list(body)) for name, body in served.items()}
-    times: dict[str, dict[str, list[float]]] = {n: {"setup_client": [], "setup_gateway": [], "client": [], "gateway": []} for n in SUITES}
+    times: dict[str, dict[str, list[float]]] = {
+        n: {"setup_client": [], "setup_gateway": [], "client": [], "gateway": []} for n in SUITES
+    }
     wire: dict[str, int] = {}
 
     def client_setup(name: str) -> None:
@@ -153,12 +168,18 @@ def main(requests: int = 2000, as_json: bool = False) -> dict[str, object]:
         m = med[n]
         print(f"  {chosen[n].name}")
         print(f"    per request: client {m['client']:.3f} ms + gateway {m['gateway']:.3f} ms = {per_request[n]:.3f} ms")
-        print(f"    set-up:      client {m['setup_client']:.3f} ms, gateway {m['setup_gateway']:.3f} ms (once per key configuration)")
+        print(
+            f"    set-up:      client {m['setup_client']:.3f} ms, gateway {m['setup_gateway']:.3f} ms (once per key configuration)"
+        )
         print(f"    bytes:       request +{wire[n]} B, key configuration {result['key_config_bytes'][n]} B")  # type: ignore[index]
-    print(f"  client session set-up (fetch + verify + choose): X25519 only {session['x25519']:.2f} ms, "
-          f"X25519 + X-Wing {session['xwing']:.2f} ms (x{session['xwing'] / session['x25519']:.2f})")
-    print(f"  X-Wing adds {added:.3f} ms per request, client and gateway together "
-          f"(x{result['xwing_per_request_ratio']:.2f}); goal < {GOAL_MS} ms: {'met' if added < GOAL_MS else 'NOT met'}")
+    print(
+        f"  client session set-up (fetch + verify + choose): X25519 only {session['x25519']:.2f} ms, "
+        f"X25519 + X-Wing {session['xwing']:.2f} ms (x{session['xwing'] / session['x25519']:.2f})"
+    )
+    print(
+        f"  X-Wing adds {added:.3f} ms per request, client and gateway together "
+        f"(x{result['xwing_per_request_ratio']:.2f}); goal < {GOAL_MS} ms: {'met' if added < GOAL_MS else 'NOT met'}"
+    )
     print(f"  X-Wing adds {wire['xwing'] - wire['x25519']} B to each request (its 1120-byte encapsulated key)")
     if as_json:
         print(json.dumps(result))

@@ -44,18 +44,24 @@ from veil.manifest import Manifest, ReferenceValues, public_key_hex, sign_manife
 BASE = "http://coord"
 
 
-def _populate(db: Path, attester: SimSnpAttester, sim: SimPlatform, admin_key: Ed25519PrivateKey,
-              n: int, m: int) -> X25519PrivateKey:
+def _populate(
+    db: Path, attester: SimSnpAttester, sim: SimPlatform, admin_key: Ed25519PrivateKey, n: int, m: int
+) -> X25519PrivateKey:
     recovery = X25519PrivateKey.generate()
     refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
     store = Store.from_url(f"sqlite:///{db}")
     state = CoordinatorState.open(store, attester.sealing_key(), public_key_hex(admin_key))
     previous = None
     for i in range(n):
-        manifest = Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin_key)],
-                            trusted_simulation_roots=[sim.root_fingerprint], settings={"revision": i},
-                            recovery_keys=[keyrelease.public_bytes(recovery).hex()],
-                            coordinator_identity=state.identity)
+        manifest = Manifest(
+            coordinator=refs,
+            workers=refs,
+            admin_keys=[public_key_hex(admin_key)],
+            trusted_simulation_roots=[sim.root_fingerprint],
+            settings={"revision": i},
+            recovery_keys=[keyrelease.public_bytes(recovery).hex()],
+            coordinator_identity=state.identity,
+        )
         entry = sign_manifest(manifest, [admin_key], previous)
         state.append_manifest(entry)
         previous = entry.digest.hex()
@@ -85,7 +91,9 @@ def main(n: int = 50, m: int = 100, reps: int = 5) -> dict[str, float]:
         policy = ClientPolicy(
             coordinator_url=BASE,
             coordinator=[ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])],
-            admin_keys=[bootstrap], trust_simulated=True, simulation_roots=[sim.root_fingerprint],
+            admin_keys=[bootstrap],
+            trust_simulated=True,
+            simulation_roots=[sim.root_fingerprint],
         )
 
         restart, locked_open, recover_call = [], [], []
@@ -124,15 +132,21 @@ def main(n: int = 50, m: int = 100, reps: int = 5) -> dict[str, float]:
     med_locked = statistics.median(locked_open)
     med_recover = statistics.median(recover_call)
     total = statistics.median([a + b for a, b in zip(locked_open, recover_call)])
-    print(f"coordinator restore, SQLite, sim-snp: {n} manifests, {m} secrets, median of {reps} "
-          f"(state built in {populate_s:.1f} s)")
+    print(
+        f"coordinator restore, SQLite, sim-snp: {n} manifests, {m} secrets, median of {reps} (state built in {populate_s:.1f} s)"
+    )
     print(f"  restart (same platform: unseal + load + app):          {med_restart:8.1f} ms")
     print(f"  new machine, locked start (open store + app):          {med_locked:8.1f} ms")
     print(f"  admin.recover (records + verify + seal + restore):     {med_recover:8.1f} ms")
     print(f"  recovery total (locked start + recover):               {total:8.1f} ms")
     print(f"  ratio recovery / restart: {total / med_restart:.2f}x")
-    return {"restart_ms": med_restart, "locked_start_ms": med_locked, "recover_ms": med_recover,
-            "recovery_total_ms": total, "ratio": total / med_restart}
+    return {
+        "restart_ms": med_restart,
+        "locked_start_ms": med_locked,
+        "recover_ms": med_recover,
+        "recovery_total_ms": total,
+        "ratio": total / med_restart,
+    }
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ BENCHES: list[tuple[str, list[str]]] = [
     ("client session set-up (fetch + verify) vs the seeds' 200-500 ms", ["session_setup.py", "100"]),
     ("verification per platform vs dcap-qvl and tinfoil", ["verify_platforms.py", "50"]),
     ("tokens/s and TTFT through Veil vs direct, sandbox vs none", ["e2e_tokens.py", "--repeat", "2"]),
-    ("gateway CPU per event and per request; latency added at 1, 8, 64, 256 streams", ["gateway_overhead.py", "--requests", "64", "--rounds", "2"]),
+    (
+        "gateway CPU per event and per request; latency added at 1, 8, 64, 256 streams",
+        ["gateway_overhead.py", "--requests", "64", "--rounds", "2"],
+    ),
     ("X-Wing vs X25519 per OHTTP request and set-up, bytes on the wire", ["ohttp_suites.py", "--requests", "2000"]),
     ("sandbox start-up", ["sandbox_startup.py", "-n", "5"]),
     ("unseal throughput and peak RSS", ["unseal.py", "--size", "256M", "--repeat", "2"]),

@@ -39,8 +39,7 @@ def time_start(prefix: list[str], socket_dir: str, timeout: float = 60.0) -> flo
     """Seconds from Popen to a successful connect() on the server's socket."""
     path = os.path.join(socket_dir, "bench.sock")
     start = time.perf_counter()
-    proc = subprocess.Popen([*prefix, sys.executable, "-c", SERVER, path],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", SERVER, path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while True:
             if proc.poll() is not None:
@@ -78,8 +77,7 @@ def measure(n: int) -> dict[str, dict[str, float | str]]:
                 continue
             # The engine's own socket directory, as EngineProcess makes it (gVisor's gofer: root)
             socket_dir = Path(parent, name)
-            socketdir.prepare(socket_dir, "bench.sock",
-                              None if profile.name == "gvisor" else engine_identity())
+            socketdir.prepare(socket_dir, "bench.sock", None if profile.name == "gvisor" else engine_identity())
             prefixes[name] = (sandbox_prefix(profile, socket_dir=str(socket_dir)), str(socket_dir))
         runs: dict[str, list[float]] = {name: [] for name in prefixes}
         try:

@@ -36,16 +36,25 @@ def main(n: int = 200) -> dict[str, float]:
         attester = SimSnpAttester(sim.directory, host_data=bytes.fromhex(public_key_hex(admin)))  # bootstrap key
         state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
         refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
-        manifest = Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)],
-                            trusted_simulation_roots=[sim.root_fingerprint], coordinator_identity=state.identity)
+        manifest = Manifest(
+            coordinator=refs,
+            workers=refs,
+            admin_keys=[public_key_hex(admin)],
+            trusted_simulation_roots=[sim.root_fingerprint],
+            coordinator_identity=state.identity,
+        )
         signed = sign_manifest(manifest, [admin], None)
         # one client verifying hundreds of times a second: lift the per-source attestation limit
         unlimited = Limits(attestations_per_second=1e9, attestation_burst=1e9)
         with ServerThread(create_app(state, attester, limits=unlimited)) as server:
             httpx.post(f"{server.url}/v1/manifest", content=signed.model_dump_json()).raise_for_status()
-            policy = ClientPolicy(coordinator_url=server.url, coordinator=refs,
-                                  manifest_digests=[signed.digest.hex()], trust_simulated=True,
-                                  simulation_roots=[sim.root_fingerprint])
+            policy = ClientPolicy(
+                coordinator_url=server.url,
+                coordinator=refs,
+                manifest_digests=[signed.digest.hex()],
+                trust_simulated=True,
+                simulation_roots=[sim.root_fingerprint],
+            )
             with httpx.Client() as http:
                 for _ in range(5):
                     verify_coordinator(policy, http=http)  # warm-up

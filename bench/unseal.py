@@ -41,8 +41,9 @@ def _size(text: str) -> int:
     return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
 
 
-def _interleaved(repeat: int, variants: dict[str, Callable[[], object]],
-                 cpus: dict[str, set[int]]) -> tuple[dict[str, float], dict[str, float]]:
+def _interleaved(
+    repeat: int, variants: dict[str, Callable[[], object]], cpus: dict[str, set[int]]
+) -> tuple[dict[str, float], dict[str, float]]:
     """Fastest wall time and fastest CPU time (user+sys, all threads) per variant.
 
     Variants run round-robin so that load from other work on shared cores hits them alike (noise
@@ -120,12 +121,24 @@ def tink_unseal(path: Path, key: bytes, header_len: int, segment_size: int) -> M
 
     streaming_aead.register()
     params = aes_gcm_hkdf_streaming_pb2.AesGcmHkdfStreamingParams(
-        ciphertext_segment_size=segment_size, derived_key_size=32, hkdf_hash_type=common_pb2.SHA256)
+        ciphertext_segment_size=segment_size, derived_key_size=32, hkdf_hash_type=common_pb2.SHA256
+    )
     k = aes_gcm_hkdf_streaming_pb2.AesGcmHkdfStreamingKey(version=0, key_value=key, params=params)
-    keyset = tink_pb2.Keyset(primary_key_id=1, key=[tink_pb2.Keyset.Key(
-        key_data=tink_pb2.KeyData(type_url="type.googleapis.com/google.crypto.tink.AesGcmHkdfStreamingKey",
-                                  value=k.SerializeToString(), key_material_type=tink_pb2.KeyData.SYMMETRIC),
-        status=tink_pb2.ENABLED, key_id=1, output_prefix_type=tink_pb2.RAW)])
+    keyset = tink_pb2.Keyset(
+        primary_key_id=1,
+        key=[
+            tink_pb2.Keyset.Key(
+                key_data=tink_pb2.KeyData(
+                    type_url="type.googleapis.com/google.crypto.tink.AesGcmHkdfStreamingKey",
+                    value=k.SerializeToString(),
+                    key_material_type=tink_pb2.KeyData.SYMMETRIC,
+                ),
+                status=tink_pb2.ENABLED,
+                key_id=1,
+                output_prefix_type=tink_pb2.RAW,
+            )
+        ],
+    )
     prim = cleartext_keyset_handle.from_keyset(keyset).primitive(streaming_aead.StreamingAead)
     with open(path, "rb") as f:
         ad = f.read(header_len)
@@ -170,7 +183,7 @@ def main() -> None:
             block = memoryview(os.urandom(1 << 20))
             left = size
             while left:
-                src.write_all(block[:min(left, len(block))])
+                src.write_all(block[: min(left, len(block))])
                 left -= min(left, len(block))
             t = time.perf_counter()
             header = seal_file(Path(src.path), sealed, key, "bench", segment_size=args.segment_size)
@@ -197,7 +210,8 @@ def main() -> None:
             res["all_cores"] = len(allowed)
             variants["unseal_plaintext_sha256_all_cores_gbps"] = lambda: _unseal(sealed, key, threads=True)
             variants["unseal_full_all_cores_gbps"] = lambda: _unseal(
-                sealed, key, threads=True, expected_digest=header.sealed_sha256)
+                sealed, key, threads=True, expected_digest=header.sealed_sha256
+            )
             cpus.update({name: allowed for name in variants if name.endswith("all_cores_gbps")})
         wall, cpu_s = _interleaved(args.repeat, variants, cpus)
         res.update({k: size / v / GB for k, v in wall.items()})
@@ -205,11 +219,22 @@ def main() -> None:
         os.sched_setaffinity(0, allowed)
         res.update({f"openssl_{k}_gbps": v for k, v in openssl_speed(cpu).items()})
 
-        out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(sealed), key.hex(), header.sealed_sha256],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_CHILD, str(sealed), key.hex(), header.sealed_sha256],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         base, peak, memfd = map(int, out.stdout.split())
-        res.update({"rss_base_bytes": base, "rss_peak_bytes": peak, "memfd_bytes": memfd,
-                    "peak_total_bytes": peak + memfd, "goal_bytes": size + (64 << 20)})
+        res.update(
+            {
+                "rss_base_bytes": base,
+                "rss_peak_bytes": peak,
+                "memfd_bytes": memfd,
+                "peak_total_bytes": peak + memfd,
+                "goal_bytes": size + (64 << 20),
+            }
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -217,41 +242,50 @@ def main() -> None:
         print(json.dumps(res, indent=2))
         return
     mib = 1 << 20
-    print(f"unseal bench: {size / mib:.0f} MiB, segment {args.segment_size // 1024} KiB, one core (cpu {cpu}), "
-          f"best of {args.repeat}; load average before {res['loadavg_before']:.2f} (other work shares these cores)")
-    rows = [("plain file read", "plain_read_gbps"), ("SHA-256 in memory (hashlib)", "sha256_inprocess_gbps"),
-            ("AES-256-GCM in memory (update_into)", "aes_gcm_inprocess_gbps"),
-            ("unseal, AEAD only", "unseal_aead_only_gbps"),
-            ("unseal + plaintext SHA-256 (default)", "unseal_plaintext_sha256_gbps"),
-            ("unseal + plaintext & sealed SHA-256 pin", "unseal_full_gbps"),
-            ("Tink library (decrypt into memfd)", "tink_library_gbps"),
-            ("openssl speed aes-256-gcm", "openssl_aes-256-gcm_gbps"), ("openssl speed sha256", "openssl_sha256_gbps"),
-            (f"unseal + plaintext SHA-256, {res.get('all_cores', 1)} cores", "unseal_plaintext_sha256_all_cores_gbps"),
-            (f"unseal full pin, {res.get('all_cores', 1)} cores", "unseal_full_all_cores_gbps"),
-            ("seal (two passes + fsync, all cores)", "seal_gbps")]
+    print(
+        f"unseal bench: {size / mib:.0f} MiB, segment {args.segment_size // 1024} KiB, one core (cpu {cpu}), "
+        f"best of {args.repeat}; load average before {res['loadavg_before']:.2f} (other work shares these cores)"
+    )
+    rows = [
+        ("plain file read", "plain_read_gbps"),
+        ("SHA-256 in memory (hashlib)", "sha256_inprocess_gbps"),
+        ("AES-256-GCM in memory (update_into)", "aes_gcm_inprocess_gbps"),
+        ("unseal, AEAD only", "unseal_aead_only_gbps"),
+        ("unseal + plaintext SHA-256 (default)", "unseal_plaintext_sha256_gbps"),
+        ("unseal + plaintext & sealed SHA-256 pin", "unseal_full_gbps"),
+        ("Tink library (decrypt into memfd)", "tink_library_gbps"),
+        ("openssl speed aes-256-gcm", "openssl_aes-256-gcm_gbps"),
+        ("openssl speed sha256", "openssl_sha256_gbps"),
+        (f"unseal + plaintext SHA-256, {res.get('all_cores', 1)} cores", "unseal_plaintext_sha256_all_cores_gbps"),
+        (f"unseal full pin, {res.get('all_cores', 1)} cores", "unseal_full_all_cores_gbps"),
+        ("seal (two passes + fsync, all cores)", "seal_gbps"),
+    ]
     print(f"  {'':<42} {'wall GB/s':>9}  {'GB per CPU-second':>17}")
     for label, k in rows:
         if k in res:
             per_cpu = res.get(k.replace("_gbps", "_gb_per_cpu_s"))
             print(f"  {label:<42} {res[k]:9.2f}  {per_cpu:17.2f}" if per_cpu else f"  {label:<42} {res[k]:9.2f}")
-    ratios = [("AEAD-only unseal / plain read", "unseal_aead_only_gbps", "plain_read_gbps"),
-              ("AEAD-only unseal / openssl aes-256-gcm", "unseal_aead_only_gbps", "openssl_aes-256-gcm_gbps"),
-              ("AEAD-only unseal / in-process AES-GCM", "unseal_aead_only_gbps", "aes_gcm_inprocess_gbps"),
-              ("default unseal / in-process SHA-256", "unseal_plaintext_sha256_gbps", "sha256_inprocess_gbps"),
-              ("default unseal / openssl sha256", "unseal_plaintext_sha256_gbps", "openssl_sha256_gbps"),
-              ("full-pin unseal / plain read", "unseal_full_gbps", "plain_read_gbps"),
-              ("Tink library / AEAD-only unseal", "tink_library_gbps", "unseal_aead_only_gbps"),
-              ("default unseal, all cores / one core", "unseal_plaintext_sha256_all_cores_gbps",
-               "unseal_plaintext_sha256_gbps")]
+    ratios = [
+        ("AEAD-only unseal / plain read", "unseal_aead_only_gbps", "plain_read_gbps"),
+        ("AEAD-only unseal / openssl aes-256-gcm", "unseal_aead_only_gbps", "openssl_aes-256-gcm_gbps"),
+        ("AEAD-only unseal / in-process AES-GCM", "unseal_aead_only_gbps", "aes_gcm_inprocess_gbps"),
+        ("default unseal / in-process SHA-256", "unseal_plaintext_sha256_gbps", "sha256_inprocess_gbps"),
+        ("default unseal / openssl sha256", "unseal_plaintext_sha256_gbps", "openssl_sha256_gbps"),
+        ("full-pin unseal / plain read", "unseal_full_gbps", "plain_read_gbps"),
+        ("Tink library / AEAD-only unseal", "tink_library_gbps", "unseal_aead_only_gbps"),
+        ("default unseal, all cores / one core", "unseal_plaintext_sha256_all_cores_gbps", "unseal_plaintext_sha256_gbps"),
+    ]
     print("ratios (same run; wall, then per CPU-second where both sides have it):")
     for label, num, den in ratios:
         if res.get(num) and res.get(den):
             cn, cd = (res.get(x.replace("_gbps", "_gb_per_cpu_s")) for x in (num, den))
             extra = f"  {cn / cd:6.2f}" if cn and cd else ""
             print(f"  {label:<42} {res[num] / res[den]:6.2f}{extra}")
-    print(f"memory: child peak RSS {peak / mib:.1f} MiB (interpreter alone {base / mib:.1f} MiB), memfd "
-          f"{memfd / mib:.1f} MiB; total {(peak + memfd) / mib:.1f} MiB vs goal {res['goal_bytes'] / mib:.0f} MiB "
-          f"({'ok' if peak + memfd <= res['goal_bytes'] else 'OVER'})")
+    print(
+        f"memory: child peak RSS {peak / mib:.1f} MiB (interpreter alone {base / mib:.1f} MiB), memfd "
+        f"{memfd / mib:.1f} MiB; total {(peak + memfd) / mib:.1f} MiB vs goal {res['goal_bytes'] / mib:.0f} MiB "
+        f"({'ok' if peak + memfd <= res['goal_bytes'] else 'OVER'})"
+    )
 
 
 if __name__ == "__main__":

@@ -80,8 +80,7 @@ class Bench:
                 fn()
                 if round_ >= 3:
                     samples[name].append((time.perf_counter() - t) * 1000)
-        return ({k: statistics.median(v) for k, v in samples.items()},
-                {k: min(v) for k, v in samples.items()})
+        return ({k: statistics.median(v) for k, v in samples.items()}, {k: min(v) for k, v in samples.items()})
 
 
 def main(n: int = 50) -> dict[str, float]:
@@ -138,8 +137,9 @@ def main(n: int = 50) -> dict[str, float]:
     vcek_path = cache.write_vcek("Milan", parsed.chip_id, TcbVersion.decode(parsed.reported_tcb, "Milan"), vcek)
     cache.write_cert_chain("Milan", chain)
     cache.write_crl("Milan", crl)
-    inputs = EvidenceFiles(platform="sev-snp", report=d / "report.bin", vcek=vcek_path, as_of=SNP_AS_OF,
-                           cache_dir=Path(cache_dir.name))
+    inputs = EvidenceFiles(
+        platform="sev-snp", report=d / "report.bin", vcek=vcek_path, as_of=SNP_AS_OF, cache_dir=Path(cache_dir.name)
+    )
     bench.add("snp_veil_files", lambda: verify_files(inputs), lambda v: v.accepted)
 
     def veil_snp_subset() -> bool:
@@ -149,7 +149,11 @@ def main(n: int = 50) -> dict[str, float]:
         ext = vcek_extensions(cert)
         tcb = TcbVersion.decode(r.reported_tcb, "Milan")
         return (ext["bootloader"], ext["tee"], ext["snp"], ext["microcode"]) == (
-            tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode) and ext["hwid"] == r.chip_id
+            tcb.bootloader,
+            tcb.tee,
+            tcb.snp,
+            tcb.microcode,
+        ) and ext["hwid"] == r.chip_id
 
     bench.add("snp_veil_subset", veil_snp_subset, bool)
 
@@ -159,6 +163,7 @@ def main(n: int = 50) -> dict[str, float]:
         abi_sev = None
         notes.append(f"tinfoil not installed ({exc}): its rows are missing")
     if abi_sev is not None:
+
         def tinfoil_snp_subset() -> bool:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -179,13 +184,19 @@ def main(n: int = 50) -> dict[str, float]:
             except ValueError as exc:
                 ok = False
                 print(exc)
-        notes.append(f"tinfoil's full SNP verification of this Milan report: {'accepted' if ok else 'REFUSED'}; it "
-                     f"reads a v2 report as {parsed_t.productName!r} and says: {said.getvalue().strip()}")
+        notes.append(
+            f"tinfoil's full SNP verification of this Milan report: {'accepted' if ok else 'REFUSED'}; it "
+            f"reads a v2 report as {parsed_t.productName!r} and says: {said.getvalue().strip()}"
+        )
 
     # ---- TDX, uptodate ---------------------------------------------------------------------------
     d = VECTORS / "tdx" / "uptodate"
     quote, collateral = (d / "quote.dat").read_bytes(), json.loads((d / "collateral.json").read_text())
-    tdx_evidence, tdx_options, tdx_policy = TdxEvidence(quote, collateral), VerifyOptions(Binding.unbound(), as_of=TDX_AS_OF), TdxPolicy()
+    tdx_evidence, tdx_options, tdx_policy = (
+        TdxEvidence(quote, collateral),
+        VerifyOptions(Binding.unbound(), as_of=TDX_AS_OF),
+        TdxPolicy(),
+    )
 
     def tdx_full() -> bool:
         return bool(TDX.validate(verify_tdx(tdx_evidence, tdx_options), tdx_policy))
@@ -204,12 +215,14 @@ def main(n: int = 50) -> dict[str, float]:
     sim_raw = veil_parse_quote(sim_tdx_ev.quote).raw
     assert sim_tdx_ev.collateral is not None
     sim_col = dcap_qvl.QuoteCollateralV3.from_json(json.dumps({f: sim_tdx_ev.collateral[f] for f in COLLATERAL_FIELDS}))
-    sim_verifier = dcap_qvl.QuoteVerifier(x509.load_pem_x509_certificate(
-        (sim_tdx.directory / "root.pem").read_bytes()).public_bytes(Encoding.DER))
+    sim_verifier = dcap_qvl.QuoteVerifier(
+        x509.load_pem_x509_certificate((sim_tdx.directory / "root.pem").read_bytes()).public_bytes(Encoding.DER)
+    )
     sim_now = int(time.time())
     sim_policy = dcap_qvl.QuotePolicy.claims_only(sim_now)
-    bench.add("sim_tdx_dcap", lambda: sim_verifier.verify_with_policy(sim_raw, sim_col, sim_now, sim_policy),
-              lambda r: r is not None)
+    bench.add(
+        "sim_tdx_dcap", lambda: sim_verifier.verify_with_policy(sim_raw, sim_col, sim_now, sim_policy), lambda r: r is not None
+    )
     if abi_sev is not None:
         from tinfoil.attestation import abi_tdx, verify_tdx
 
@@ -238,8 +251,9 @@ def main(n: int = 50) -> dict[str, float]:
     from veil.manifest import GpuReference
 
     d = VECTORS / "nvidia" / "h100"
-    nv = nvidia.NvidiaEvidence(report=load_report((d / "report.hex").read_bytes()),
-                               cert_chain_pem=(d / "cert_chain.pem").read_bytes())
+    nv = nvidia.NvidiaEvidence(
+        report=load_report((d / "report.hex").read_bytes()), cert_chain_pem=(d / "cert_chain.pem").read_bytes()
+    )
     crypto_only = NvidiaPolicy(require_rims=False, require_revocation=False)  # the sample carries no RIMs
     nv_options = VerifyOptions(Binding.to(NVIDIA_NONCE), TrustRoots.production(), NVIDIA_AS_OF)
     bench.add("nvidia_veil", lambda: NVIDIA.validate(verify_gpu(nv, nv_options), crypto_only), bool)
@@ -257,16 +271,22 @@ def main(n: int = 50) -> dict[str, float]:
     def composite_veil() -> Any:
         options = VerifyOptions(Binding.to(composite.worker_report_data(challenge, key, gpus)), trust)
         cpu = verify_snp(snp.SnpEvidence.from_json(worker["snp"]), options)
-        return composite.verify_composite(cpu, gpus, challenge_nonce=challenge, worker_public_key=key,
-                                          options=options, policy=gpu_policy)
+        return composite.verify_composite(
+            cpu, gpus, challenge_nonce=challenge, worker_public_key=key, options=options, policy=gpu_policy
+        )
+
     bench.add("composite_veil", composite_veil, lambda v: len(v.claims.details["gpus"]) == 1)
 
     # ---- Azure SEV-SNP vTPM ------------------------------------------------------------------------
     az = json.loads((VECTORS / "azure" / "snp-vtpm-milan" / "evidence.json").read_text())
     roots = VECTORS / "roots"
     az_chain = (roots / "canonical_SEV-Milan.pem").read_bytes() + (roots / "canonical_ARK-Milan.pem").read_bytes()
-    az_wire = {"platform": "azure-snp-vtpm", "vtpm": az, "chain": base64.b64encode(az_chain).decode(),
-               "crl": base64.b64encode(MILAN_CRL.read_bytes()).decode()}
+    az_wire = {
+        "platform": "azure-snp-vtpm",
+        "vtpm": az,
+        "chain": base64.b64encode(az_chain).decode(),
+        "crl": base64.b64encode(MILAN_CRL.read_bytes()).decode(),
+    }
     az_options = VerifyOptions(Binding.to(AZURE_NONCE), TrustRoots.production(), datetime(2025, 6, 1, tzinfo=timezone.utc))
     az_verifier = registry.verifier("azure-snp-vtpm")
     legacy = AzureVtpmPolicy(require_user_data_binding=False)  # a v1 sample
@@ -279,8 +299,11 @@ def main(n: int = 50) -> dict[str, float]:
         twin_ev = cvm.evidence(b"\x07" * 64)
         twin_refs = [sim_reference(twin, cvm.measurement.hex())]
         twin_options = VerifyOptions(Binding.to(b"\x07" * 64), TrustRoots.production().with_simulation(*cvm.simulation_roots))
-        bench.add(f"{twin}_veil".replace("-", "_"), lambda e=twin_ev, r=twin_refs, o=twin_options: api.appraise(e, r, o),
-                  lambda v: "MAA policy" in [c.name for c in v.checks])
+        bench.add(
+            f"{twin}_veil".replace("-", "_"),
+            lambda e=twin_ev, r=twin_refs, o=twin_options: api.appraise(e, r, o),
+            lambda v: "MAA policy" in [c.name for c in v.checks],
+        )
 
     r, fastest = bench.run(n)
     cache_dir.cleanup()
@@ -296,14 +319,22 @@ def main(n: int = 50) -> dict[str, float]:
         ("sim-snp", "Veil verify + validate (full, CRL)", "sim_snp_veil", ""),
         ("SEV-SNP milan-vcek", "Veil verify_files from the disk cache", "snp_veil_files", ""),
         ("SEV-SNP milan-vcek", "Veil parse + report sig + VCEK tcb/hwID", "snp_veil_subset", ""),
-        ("SEV-SNP milan-vcek", "tinfoil parse + report sig + VCEK tcb/hwID", "snp_tinfoil_subset",
-         ratio("snp_veil_subset", "snp_tinfoil_subset", "Veil subset / tinfoil")),
+        (
+            "SEV-SNP milan-vcek",
+            "tinfoil parse + report sig + VCEK tcb/hwID",
+            "snp_tinfoil_subset",
+            ratio("snp_veil_subset", "snp_tinfoil_subset", "Veil subset / tinfoil"),
+        ),
         ("TDX uptodate", "Veil verify + validate (full)", "tdx_veil", ""),
         ("TDX uptodate", "dcap-qvl alone (collateral pre-parsed)", "tdx_dcap", ratio("tdx_veil", "tdx_dcap", "Veil / dcap-qvl")),
         ("sim-tdx", "Veil verify + validate (full)", "sim_tdx_veil", ""),
         ("sim-tdx", "dcap-qvl alone, simulated root", "sim_tdx_dcap", ratio("sim_tdx_veil", "sim_tdx_dcap", "Veil / dcap-qvl")),
-        ("TDX uptodate", "tinfoil parse + PCK chain + quote/QE sigs", "tdx_tinfoil_sigs",
-         ratio("tdx_veil", "tdx_tinfoil_sigs", "Veil full / tinfoil (no collateral)")),
+        (
+            "TDX uptodate",
+            "tinfoil parse + PCK chain + quote/QE sigs",
+            "tdx_tinfoil_sigs",
+            ratio("tdx_veil", "tdx_tinfoil_sigs", "Veil full / tinfoil (no collateral)"),
+        ),
         ("NVIDIA h100", "Veil verify + validate (no RIMs in the sample)", "nvidia_veil", "no comparator (tinfoil has none)"),
         ("CPU+GPU composite", "sim-snp + H100 with 2 RIMs + 3 OCSP (full)", "composite_veil", "goal < 10 ms"),
         ("Azure snp-vtpm", "Veil verify + validate (CRL, TPM quote)", "azure_veil", "no comparator (tinfoil has none)"),

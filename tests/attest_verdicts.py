@@ -88,8 +88,9 @@ def tdx_verdict(
     from veil.attest.tdx.platform import TDX, verify_evidence
 
     options = _options(trust, as_of, expected_report_data, cache)
-    return _two_stage(lambda: verify_evidence(TdxEvidence(quote, collateral), options),
-                      lambda v: TDX.validate(v, policy or TdxPolicy()))
+    return _two_stage(
+        lambda: verify_evidence(TdxEvidence(quote, collateral), options), lambda v: TDX.validate(v, policy or TdxPolicy())
+    )
 
 
 def nvidia_verdict(

@@ -27,10 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_DIRS = frozenset({"system", "attacks"})
 #: System tests still at the top (their owners were editing them when tests/system/ was made):
 #: move them into tests/system/ and drop them here.
-SYSTEM_MODULES = frozenset({
-    "test_coordinator_crash", "test_coordinator_postgres", "test_onnx_sealed_flow", "test_scale_out",
-    "test_webpage_browser",
-})
+SYSTEM_MODULES = frozenset(
+    {
+        "test_coordinator_crash",
+        "test_coordinator_postgres",
+        "test_onnx_sealed_flow",
+        "test_scale_out",
+        "test_webpage_browser",
+    }
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,7 +50,10 @@ def _main_checkout() -> Path | None:
     try:
         common = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--path-format=absolute", "--git-common-dir"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -31,8 +31,13 @@ class Coordinator:
     def policy(self, url: str = "http://testserver") -> ClientPolicy:
         """A client policy trusting this coordinator (its measurement, the admin key, simulation)."""
         m = self.signed.manifest
-        return ClientPolicy(coordinator_url=url, coordinator=m.coordinator, admin_keys=[public_key_hex(self.admin)],
-                            trust_simulated=True, simulation_roots=m.trusted_simulation_roots)
+        return ClientPolicy(
+            coordinator_url=url,
+            coordinator=m.coordinator,
+            admin_keys=[public_key_hex(self.admin)],
+            trust_simulated=True,
+            simulation_roots=m.trusted_simulation_roots,
+        )
 
     def read(self, path: str, **params) -> dict:
         """A signed admin read (audit, workers, secrets), as `veil audit` makes it."""
@@ -42,8 +47,7 @@ class Coordinator:
 
     def manifest(self, sim_dir: Path, **kw) -> Manifest:
         """A manifest for this coordinator (its measurement and state identity)."""
-        return make_manifest(sim_dir, self.admin, self.attester.measurement.hex(),
-                             coordinator_identity=self.state.identity, **kw)
+        return make_manifest(sim_dir, self.admin, self.attester.measurement.hex(), coordinator_identity=self.state.identity, **kw)
 
 
 def launched_attester(sim_dir: Path, admin: Ed25519PrivateKey) -> SimSnpAttester:

@@ -32,8 +32,10 @@ def gpu_coordinator(work: Path) -> tuple[CoordinatorProcess, SimPlatform, SimGpu
 
 def composite_worker(sim: SimPlatform, gpus: Callable[[bytes], list[NvidiaEvidence]]):  # type: ignore[no-untyped-def]
     """``evidence_for(nonce, key)``: the CPU report binding whatever GPU evidence ``gpus(gpu_nonce)`` gives."""
+
     def evidence(nonce: bytes, key: bytes) -> dict:  # type: ignore[type-arg]
         items = gpus(composite.gpu_nonce(nonce, key))
         ev = sim.attest(composite.worker_report_data(nonce, key, items), measurement=measure_code())
         return {"platform": "sim-snp", "snp": ev.to_json(), "gpus": [g.to_json() for g in items]}
+
     return evidence

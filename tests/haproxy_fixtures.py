@@ -37,15 +37,23 @@ def require_haproxy() -> str:
 
 def _completion(text: str, model: str) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
 
 
 def _chunk(delta: dict[str, str], model: str, finish: str | None = None) -> bytes:
-    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    body = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
@@ -137,8 +145,11 @@ def start_stack(tmp: Path, gateways: int = 1) -> Stack:
         seen.append(rec)
         urls.append(server.url)
     ClientPolicy(
-        coordinator_url=servers[0].url, gateway_url=urls[0], coordinator=signed.manifest.coordinator,
-        manifest_digests=[signed.digest.hex()], trust_simulated=True,
+        coordinator_url=servers[0].url,
+        gateway_url=urls[0],
+        coordinator=signed.manifest.coordinator,
+        manifest_digests=[signed.digest.hex()],
+        trust_simulated=True,
         simulation_roots=signed.manifest.trusted_simulation_roots,
     ).save(tmp / "client-policy.json")
     return Stack(servers[0].url, urls, seen, tmp, servers)

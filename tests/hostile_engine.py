@@ -36,29 +36,76 @@ import time
 from collections.abc import Callable
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_SYS = {"io_uring_setup": 425, "ptrace": 101, "unshare": 272, "bpf": 321, "keyctl": 250,
-        "perf_event_open": 298, "process_vm_readv": 310, "mount": 165}  # x86_64 numbers
+_SYS = {
+    "io_uring_setup": 425,
+    "ptrace": 101,
+    "unshare": 272,
+    "bpf": 321,
+    "keyctl": 250,
+    "perf_event_open": 298,
+    "process_vm_readv": 310,
+    "mount": 165,
+}  # x86_64 numbers
 MIB = 1 << 20
 
 # Attempts harmless to run *outside* a sandbox, as root: the control run proves the probes see a
 # leak. (The others would change the host: mounts, namespaces, a daemon, ptrace of the test.)
-SAFE_ATTEMPTS = frozenset({
-    "tcp_connect_host_loopback", "udp_send_host_loopback", "unix_connect_host_socket",
-    "unix_connect_host_abstract", "netlink_route_socket", "io_uring_setup",
-    "read_victim_environ_secret", "read_victim_cmdline_secret", "write_state_dir", "write_tmp",
-    "write_socket_dir_file", "socket_names_in_socket_dir", "environ_carries_host_variables",
-    "read_pythonpath_home", "sysctl_open_core_pattern_for_write",
-    "sysctl_open_overcommit_for_write", "read_proc_kpageflags", "read_proc_slabinfo",
-    "read_proc_vmallocinfo", "read_proc_timer_list", "read_proc_keys", "read_proc_key_users",
-    "read_global_stats", "inotify_on_bound_tree", "tmpfs_without_size_cap",
-    "fill_dev_shm_past_cap", "fallocate_inherited_descriptor", "write_inherited_descriptor",
-    "output_flood_with_secret", "fork_past_pids_ceiling", "raise_core_dump_limit",
-    "directory_descriptor_escape",
-})
-ROOT_ONLY_READS = ("kpageflags", "slabinfo", "vmallocinfo", "timer_list", "keys", "key_users",
-                   "sched_debug", "kallsyms_addresses")
-GLOBAL_STATS = ("/proc/interrupts", "/proc/vmstat", "/proc/diskstats", "/proc/locks",
-                "/proc/softirqs", "/proc/zoneinfo", "/proc/schedstat", "/proc/pressure/cpu")
+SAFE_ATTEMPTS = frozenset(
+    {
+        "tcp_connect_host_loopback",
+        "udp_send_host_loopback",
+        "unix_connect_host_socket",
+        "unix_connect_host_abstract",
+        "netlink_route_socket",
+        "io_uring_setup",
+        "read_victim_environ_secret",
+        "read_victim_cmdline_secret",
+        "write_state_dir",
+        "write_tmp",
+        "write_socket_dir_file",
+        "socket_names_in_socket_dir",
+        "environ_carries_host_variables",
+        "read_pythonpath_home",
+        "sysctl_open_core_pattern_for_write",
+        "sysctl_open_overcommit_for_write",
+        "read_proc_kpageflags",
+        "read_proc_slabinfo",
+        "read_proc_vmallocinfo",
+        "read_proc_timer_list",
+        "read_proc_keys",
+        "read_proc_key_users",
+        "read_global_stats",
+        "inotify_on_bound_tree",
+        "tmpfs_without_size_cap",
+        "fill_dev_shm_past_cap",
+        "fallocate_inherited_descriptor",
+        "write_inherited_descriptor",
+        "output_flood_with_secret",
+        "fork_past_pids_ceiling",
+        "raise_core_dump_limit",
+        "directory_descriptor_escape",
+    }
+)
+ROOT_ONLY_READS = (
+    "kpageflags",
+    "slabinfo",
+    "vmallocinfo",
+    "timer_list",
+    "keys",
+    "key_users",
+    "sched_debug",
+    "kallsyms_addresses",
+)
+GLOBAL_STATS = (
+    "/proc/interrupts",
+    "/proc/vmstat",
+    "/proc/diskstats",
+    "/proc/locks",
+    "/proc/softirqs",
+    "/proc/zoneinfo",
+    "/proc/schedstat",
+    "/proc/pressure/cpu",
+)
 
 
 def _syscall(name: str, *args: object) -> str:
@@ -86,8 +133,7 @@ class Attack:
             ok = True
         except Exception as exc:  # noqa: BLE001 - every failure is an outcome to report
             detail, ok = f"{type(exc).__name__}: {exc}", False
-        self.results.append(
-            {"name": name, "succeeded": ok, "detail": detail[:500], "judged_by": judged_by})
+        self.results.append({"name": name, "succeeded": ok, "detail": detail[:500], "judged_by": judged_by})
 
     # --- network ---------------------------------------------------------------------------
     def tcp(self, family: int, addr: tuple) -> str:
@@ -223,8 +269,7 @@ class Attack:
 
     # --- the host's environment and files (issue 9.5) -----------------------------------------
     def environ(self) -> str:
-        found = [k for k, v in os.environ.items()
-                 if k.startswith("VEIL_") or k == "PYTHONPATH" or self.ns.marker in v]
+        found = [k for k, v in os.environ.items() if k.startswith("VEIL_") or k == "PYTHONPATH" or self.ns.marker in v]
         if found:
             return f"host variables in the engine's environment: {found}"
         raise PermissionError(f"environment holds only {sorted(os.environ)}")
@@ -269,8 +314,7 @@ class Attack:
                 devnull = os.open("/dev/null", os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(devnull, fd)
-                code = ("import signal, time; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
-                        "time.sleep(120)")
+                code = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_IGN); time.sleep(120)"
                 os.execv(sys.executable, [sys.executable, "-c", code, self.ns.marker])
             os._exit(0)
         os.waitpid(pid, 0)
@@ -286,8 +330,9 @@ class Attack:
                 fields, _, fs = line.partition(" - ")
                 parts, kind = fields.split(), fs.split()[0]
                 point = parts[4].encode().decode("unicode_escape")
-                if (kind in ("tmpfs", "devtmpfs") and "rw" in parts[5].split(",")
-                        and os.path.isdir(point)):  # a bound device node holds no files
+                if (
+                    kind in ("tmpfs", "devtmpfs") and "rw" in parts[5].split(",") and os.path.isdir(point)
+                ):  # a bound device node holds no files
                     try:
                         st = os.statvfs(point)
                     except OSError:
@@ -428,10 +473,8 @@ class Attack:
         a("unshare_user", self.unshare_user)
         a("bpf_map_create", self.bpf)
         a("mount_tmpfs", self.mount_tmpfs)
-        a("sysctl_open_core_pattern_for_write",
-          lambda: self.open_for_write("/proc/sys/kernel/core_pattern"))
-        a("sysctl_open_overcommit_for_write",
-          lambda: self.open_for_write("/proc/sys/vm/overcommit_memory"))
+        a("sysctl_open_core_pattern_for_write", lambda: self.open_for_write("/proc/sys/kernel/core_pattern"))
+        a("sysctl_open_overcommit_for_write", lambda: self.open_for_write("/proc/sys/vm/overcommit_memory"))
         a("sysrq_trigger_open_for_write", lambda: self.open_for_write("/proc/sysrq-trigger"))
         for which in ROOT_ONLY_READS:
             a(f"read_proc_{which}", lambda w=which: self.read_root_only(w))
@@ -483,8 +526,7 @@ def memory_past_ceiling(limit: int) -> dict[str, object]:
     else:
         detail = f"the allocating child exited with {os.WEXITSTATUS(status)}"
     survived = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    return {"name": "memory_past_ceiling", "succeeded": survived, "detail": detail,
-            "judged_by": "engine"}
+    return {"name": "memory_past_ceiling", "succeeded": survived, "detail": detail, "judged_by": "engine"}
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -35,8 +35,11 @@ def require_node() -> str:
 def run_peer(mode: str, request: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
     """One peer run: ``request`` as JSON on stdin, the peer's JSON answer back."""
     done = subprocess.run(
-        [require_node(), str(PEER), mode], input=json.dumps(request).encode(), capture_output=True,
-        timeout=timeout, cwd=PEER_DIR,
+        [require_node(), str(PEER), mode],
+        input=json.dumps(request).encode(),
+        capture_output=True,
+        timeout=timeout,
+        cwd=PEER_DIR,
     )
     if done.returncode != 0:
         raise AssertionError(f"node peer ({mode}) failed:\n{done.stderr.decode(errors='replace')[-3000:]}")

@@ -38,8 +38,11 @@ class CoordinatorProcess:
     def set_manifest(self, workers: list[ReferenceValues], coordinator: list[ReferenceValues], roots: Iterable[str]) -> None:
         identity = httpx.get(f"{self.url}/v1/attestation", params={"nonce": "00" * 32}, timeout=30).json()["identity"]
         manifest = Manifest(
-            coordinator=coordinator, workers=workers, models=[ModelEntry(name="m", sha256="00" * 32)],
-            admin_keys=[public_key_hex(self.admin)], trusted_simulation_roots=list(roots),
+            coordinator=coordinator,
+            workers=workers,
+            models=[ModelEntry(name="m", sha256="00" * 32)],
+            admin_keys=[public_key_hex(self.admin)],
+            trusted_simulation_roots=list(roots),
             coordinator_identity=identity,
         )
         current = httpx.get(f"{self.url}/v1/manifest", timeout=30)
@@ -59,9 +62,15 @@ class CoordinatorProcess:
         nonce = bytes.fromhex(httpx.post(f"{self.url}/v1/workers/challenge", timeout=30).json()["nonce"])
         public_key = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         evidence = evidence_for(nonce, public_key)
-        return httpx.post(f"{self.url}/v1/workers/register", json={
-            "nonce": nonce.hex(), "public_key": public_key.hex(), "evidence": evidence,
-        }, timeout=60)
+        return httpx.post(
+            f"{self.url}/v1/workers/register",
+            json={
+                "nonce": nonce.hex(),
+                "public_key": public_key.hex(),
+                "evidence": evidence,
+            },
+            timeout=60,
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -83,9 +92,25 @@ def start_coordinator(platform: str, sim_dir: Path, work: Path, *extra: str) -> 
     log = work / f"coordinator-{port}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "veil", "coordinator", "--host", "127.0.0.1", "--port", str(port),
-             "--platform", platform, "--sim-dir", str(sim_dir), *extra],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ},
+            [
+                sys.executable,
+                "-m",
+                "veil",
+                "coordinator",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--platform",
+                platform,
+                "--sim-dir",
+                str(sim_dir),
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ},
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

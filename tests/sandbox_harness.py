@@ -50,10 +50,15 @@ PIDS_MAX = 64
 MEMORY_MAX = {"gvisor": 1 << 30}
 # Judged by the host from what is left after the engine stopped.
 LEFT_BEHIND = {
-    "write_model_dir": "model/{m}", "write_state_dir": "state/{m}", "write_tmp": "/tmp/{m}",
-    "write_var_tmp": "/var/tmp/{m}", "write_dev_shm": "/dev/shm/{m}",
-    "write_socket_dir_file": "sock/{m}.txt", "write_socket_dir_subdir": "sock/{m}.d",
-    "mkfifo_socket_dir": "sock/{m}.fifo", "symlink_socket_dir": "sock/{m}.lnk",
+    "write_model_dir": "model/{m}",
+    "write_state_dir": "state/{m}",
+    "write_tmp": "/tmp/{m}",
+    "write_var_tmp": "/var/tmp/{m}",
+    "write_dev_shm": "/dev/shm/{m}",
+    "write_socket_dir_file": "sock/{m}.txt",
+    "write_socket_dir_subdir": "sock/{m}.d",
+    "mkfifo_socket_dir": "sock/{m}.fifo",
+    "symlink_socket_dir": "sock/{m}.lnk",
     "socket_names_in_socket_dir": "sock/{m}-0",
 }
 
@@ -91,9 +96,7 @@ class HostTraps:
             threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
         threading.Thread(target=self._recv_udp, daemon=True).start()
         env = {**os.environ, "HOSTILE_TEST_SECRET": marker}
-        self.victim = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(120)", marker], env=env
-        )
+        self.victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", marker], env=env)
 
     def _accept(self, sock: socket.socket) -> None:
         try:
@@ -159,8 +162,7 @@ def _control(argv: list[str], env: dict[str, str], sock: Path, state: Path) -> s
     log = open(state / "engine.log", "wb")  # what the launcher used to do
     directory = os.open(state, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        proc = subprocess.Popen([*argv, "--safe-only"], env=env, stdout=log, stderr=log,
-                                pass_fds=(directory,))
+        proc = subprocess.Popen([*argv, "--safe-only"], env=env, stdout=log, stderr=log, pass_fds=(directory,))
     finally:
         log.close()
         os.close(directory)
@@ -191,13 +193,31 @@ def _run(base: Path, profile: SandboxProfile | None) -> dict[str, dict]:
     (home / "secret.txt").write_text(marker)
     traps = HostTraps(base, marker)
     sock = sock_dir / "engine.sock"
-    args = ["--marker", marker, "--model-dir", str(model_dir), "--state-dir", str(state_dir),
-            "--host-socket", traps.unix_path, "--abstract", traps.abstract,
-            "--secret-home", str(home), "--host-pid", str(os.getpid()),
-            "--victim-pid", str(traps.victim.pid), "--tcp-port", str(traps.port),
-            "--pids-max", str(PIDS_MAX), "--memory-max", str(memory_max)]
-    env = {**os.environ, "HOSTILE_TEST_SECRET": marker, "VEIL_API_KEY": marker,
-           "PYTHONPATH": str(home)}
+    args = [
+        "--marker",
+        marker,
+        "--model-dir",
+        str(model_dir),
+        "--state-dir",
+        str(state_dir),
+        "--host-socket",
+        traps.unix_path,
+        "--abstract",
+        traps.abstract,
+        "--secret-home",
+        str(home),
+        "--host-pid",
+        str(os.getpid()),
+        "--victim-pid",
+        str(traps.victim.pid),
+        "--tcp-port",
+        str(traps.port),
+        "--pids-max",
+        str(PIDS_MAX),
+        "--memory-max",
+        str(memory_max),
+    ]
+    env = {**os.environ, "HOSTILE_TEST_SECRET": marker, "VEIL_API_KEY": marker, "PYTHONPATH": str(home)}
     weights = MemFile.create()
     weights.write_all(memoryview(marker.encode() * 64))
     weights.seal()
@@ -205,20 +225,30 @@ def _run(base: Path, profile: SandboxProfile | None) -> dict[str, dict]:
     try:
         if profile is None:
             sock_dir.mkdir()
-            proc = _control([sys.executable, str(HOSTILE), "--socket", str(sock), *args], env,
-                            sock, state_dir)
+            proc = _control([sys.executable, str(HOSTILE), "--socket", str(sock), *args], env, sock, state_dir)
         else:
             limited = profile.model_copy(update={"pids_max": PIDS_MAX, "memory_max": memory_max})
-            engine = EngineProcess(sock, engine_module=str(HOSTILE), sandbox=limited,
-                                   ro_binds=[str(model_dir)], extra_args=args, env=env,
-                                   stdin_fd=weights.fd, startup_timeout=180)
+            engine = EngineProcess(
+                sock,
+                engine_module=str(HOSTILE),
+                sandbox=limited,
+                ro_binds=[str(model_dir)],
+                extra_args=args,
+                env=env,
+                stdin_fd=weights.fd,
+                startup_timeout=180,
+            )
             engine.start()
         report = {r["name"]: r for r in _get(sock, "/report")["attempts"]}
         try:
             memory = _get(sock, "/memory", "POST")
         except httpx.TransportError as exc:  # the whole sandbox was killed at its ceiling
-            memory = {"name": "memory_past_ceiling", "succeeded": False, "judged_by": "engine",
-                      "detail": f"the engine was killed at its memory ceiling ({exc!r})"}
+            memory = {
+                "name": "memory_past_ceiling",
+                "succeeded": False,
+                "judged_by": "engine",
+                "detail": f"the engine was killed at its memory ceiling ({exc!r})",
+            }
         report["memory_past_ceiling"] = memory
         while_running = sorted(os.listdir(sock_dir))
     finally:
@@ -251,8 +281,8 @@ def _run(base: Path, profile: SandboxProfile | None) -> dict[str, dict]:
         report["daemon_outlives_sandbox"]["leaked"] = bool(survivors)
     on_disk = files_with([state_dir, sock_dir], marker.encode())
     report["output_flood_with_secret"].update(
-        leaked=marker in kept or bool(on_disk),
-        host_saw=f"the worker kept {kept[:200]!r}; files holding the secret: {on_disk}")
+        leaked=marker in kept or bool(on_disk), host_saw=f"the worker kept {kept[:200]!r}; files holding the secret: {on_disk}"
+    )
     caps = report["tmpfs_without_size_cap"]
     if profile is not None and profile.name == "gvisor" and cgroup_note is None:
         # runsc ignores the size of its /dev (docs/sandbox.md): what the engine writes there is
@@ -262,17 +292,26 @@ def _run(base: Path, profile: SandboxProfile | None) -> dict[str, dict]:
         caps["host_saw"] = "gVisor's /dev is bounded by the engine's memory cgroup"
     for r in report.values():
         r.setdefault("leaked", r["succeeded"])
-    report["_host_traps"] = {"name": "_host_traps", "leaked": bool(traps.hits),
-                             "detail": f"host listeners saw: {traps.hits}"}
-    report["_socket_dir_while_running"] = {"name": "_socket_dir_while_running", "leaked": False,
-                                           "detail": json.dumps(while_running)}
+    report["_host_traps"] = {"name": "_host_traps", "leaked": bool(traps.hits), "detail": f"host listeners saw: {traps.hits}"}
+    report["_socket_dir_while_running"] = {
+        "name": "_socket_dir_while_running",
+        "leaked": False,
+        "detail": json.dumps(while_running),
+    }
     report["_cgroup"] = {"name": "_cgroup", "leaked": False, "detail": cgroup_note or "applied"}
     return report
 
 
-ROOT_ONLY = {"sysctl_open_core_pattern_for_write", "sysctl_open_overcommit_for_write",
-             "read_proc_kpageflags", "read_proc_slabinfo", "read_proc_vmallocinfo",
-             "read_proc_timer_list", "read_proc_keys", "read_proc_key_users"}
+ROOT_ONLY = {
+    "sysctl_open_core_pattern_for_write",
+    "sysctl_open_overcommit_for_write",
+    "read_proc_kpageflags",
+    "read_proc_slabinfo",
+    "read_proc_vmallocinfo",
+    "read_proc_timer_list",
+    "read_proc_keys",
+    "read_proc_key_users",
+}
 
 
 def contained(name: str, probe: str) -> None:

@@ -42,17 +42,33 @@ def sev_json(report: bytes) -> dict[str, Any]:
         return {"fmc": t.fmc, "bootloader": t.bootloader, "tee": t.tee, "snp": t.snp, "microcode": t.microcode}
 
     return {
-        "version": r.version, "guest_svn": r.guest_svn, "policy": r.policy, "family_id": list(r.family_id),
-        "image_id": list(r.image_id), "vmpl": r.vmpl, "sig_algo": r.signature_algo, "current_tcb": tcb(r.current_tcb),
-        "plat_info": r.platform_info, "key_info": int(r.author_key_en) | int(r.mask_chip_key) << 1 | r.signing_key << 2,
-        "report_data": list(r.report_data), "measurement": list(r.measurement), "host_data": list(r.host_data),
-        "id_key_digest": list(r.id_key_digest), "author_key_digest": list(r.author_key_digest),
-        "report_id": list(r.report_id), "report_id_ma": list(r.report_id_ma), "reported_tcb": tcb(r.reported_tcb),
-        "cpuid_fam_id": r.cpuid_fam_id, "cpuid_mod_id": r.cpuid_mod_id, "cpuid_step": r.cpuid_step,
-        "chip_id": list(r.chip_id), "committed_tcb": tcb(r.committed_tcb),
+        "version": r.version,
+        "guest_svn": r.guest_svn,
+        "policy": r.policy,
+        "family_id": list(r.family_id),
+        "image_id": list(r.image_id),
+        "vmpl": r.vmpl,
+        "sig_algo": r.signature_algo,
+        "current_tcb": tcb(r.current_tcb),
+        "plat_info": r.platform_info,
+        "key_info": int(r.author_key_en) | int(r.mask_chip_key) << 1 | r.signing_key << 2,
+        "report_data": list(r.report_data),
+        "measurement": list(r.measurement),
+        "host_data": list(r.host_data),
+        "id_key_digest": list(r.id_key_digest),
+        "author_key_digest": list(r.author_key_digest),
+        "report_id": list(r.report_id),
+        "report_id_ma": list(r.report_id_ma),
+        "reported_tcb": tcb(r.reported_tcb),
+        "cpuid_fam_id": r.cpuid_fam_id,
+        "cpuid_mod_id": r.cpuid_mod_id,
+        "cpuid_step": r.cpuid_step,
+        "chip_id": list(r.chip_id),
+        "committed_tcb": tcb(r.committed_tcb),
         "current": {"major": r.current_major, "minor": r.current_minor, "build": r.current_build},
         "committed": {"major": r.committed_major, "minor": r.committed_minor, "build": r.committed_build},
-        "launch_tcb": tcb(r.launch_tcb), "signature": {"r": list(r.signature_r), "s": list(r.signature_s)},
+        "launch_tcb": tcb(r.launch_tcb),
+        "signature": {"r": list(r.signature_r), "s": list(r.signature_s)},
     }
 
 
@@ -114,8 +130,9 @@ def test_snp_attester_through_the_agent(sim: SimPlatform, tmp_path: Path) -> Non
     cache = CollateralCache(tmp_path)
     cache.write_crl("Milan", sim.current_crl())  # the CRL the Agent does not serve comes from the cache
     with ServerThread(app) as agent:
-        attester = registry.attester("sev-snp", registry.AttesterConfig(collateral_dir=tmp_path, source="coco-aa",
-                                                                         aa_url=agent.url))
+        attester = registry.attester(
+            "sev-snp", registry.AttesterConfig(collateral_dir=tmp_path, source="coco-aa", aa_url=agent.url)
+        )
         evidence = attester.evidence(b"w" * 64)
     assert app.state.calls == [b"w" * 64]
     # the host's simulated chip signed it: with the simulation root trusted it verifies as sim-snp
@@ -132,8 +149,7 @@ def test_tdx_attester_through_the_agent(sim_tdx: SimTdxPlatform, tmp_path: Path)
     cache = CollateralCache(tmp_path)
     cache.write_tdx(sim_tdx.fmspc.hex(), sim_tdx.current_collateral())
     with ServerThread(fake_agent("tdx", make)) as agent:
-        attester = registry.attester("tdx", registry.AttesterConfig(collateral_dir=tmp_path, source="coco-aa",
-                                                                    aa_url=agent.url))
+        attester = registry.attester("tdx", registry.AttesterConfig(collateral_dir=tmp_path, source="coco-aa", aa_url=agent.url))
         evidence = attester.evidence(b"t" * 64)
     trust = TrustRoots.production().with_simulation(sim_tdx.root_fingerprint)
     verified = api.verify({**evidence, "platform": "sim-tdx"}, VerifyOptions(Binding.to(b"t" * 64), trust))
@@ -145,8 +161,7 @@ def test_agent_refusals(tmp_path: Path) -> None:
         with pytest.raises(VeilError) as err:  # the pod's Agent attests TDX: it cannot serve SEV-SNP
             registry.attester("sev-snp", registry.AttesterConfig(source="coco-aa", aa_url=agent.url))
         assert err.value.reason == "coco.wrong_tee"
-        attester = registry.attester("tdx", registry.AttesterConfig(collateral_dir=tmp_path, source="coco-aa",
-                                                                    aa_url=agent.url))
+        attester = registry.attester("tdx", registry.AttesterConfig(collateral_dir=tmp_path, source="coco-aa", aa_url=agent.url))
         with pytest.raises(VeilError) as err:
             attester.evidence(b"t" * 64)  # an answer without a quote
         assert err.value.reason == "coco.malformed"

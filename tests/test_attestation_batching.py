@@ -30,13 +30,18 @@ def start(sim_dir, *, batching: bool):  # type: ignore[no-untyped-def]
     inner = launched_attester(sim_dir, admin)
     attester = SerializedAttester(inner, REPORT_COST)
     state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
-    signed = sign_manifest(make_manifest(sim_dir, admin, inner.measurement.hex(), coordinator_identity=state.identity),
-                           [admin], None)
+    signed = sign_manifest(
+        make_manifest(sim_dir, admin, inner.measurement.hex(), coordinator_identity=state.identity), [admin], None
+    )
     state.append_manifest(signed)
     server = ServerThread(create_app(state, attester, attestation_batching=batching))
-    policy = ClientPolicy(coordinator_url=server.url, coordinator=signed.manifest.coordinator,
-                          manifest_digests=[signed.digest.hex()], trust_simulated=True,
-                          simulation_roots=signed.manifest.trusted_simulation_roots)
+    policy = ClientPolicy(
+        coordinator_url=server.url,
+        coordinator=signed.manifest.coordinator,
+        manifest_digests=[signed.digest.hex()],
+        trust_simulated=True,
+        simulation_roots=signed.manifest.trusted_simulation_roots,
+    )
     return server, attester, policy
 
 

@@ -53,8 +53,9 @@ class FakeKds:
         return httpx.Response(404)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(collateral, "make_client",
-                            lambda timeout=15.0: httpx.Client(transport=httpx.MockTransport(self.handler)))
+        monkeypatch.setattr(
+            collateral, "make_client", lambda timeout=15.0: httpx.Client(transport=httpx.MockTransport(self.handler))
+        )
 
 
 @pytest.fixture
@@ -65,8 +66,10 @@ def milan(vectors) -> Path:
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any real HTTP transport use fails the test: only the mock transport may answer."""
+
     def refuse(self, request):  # pragma: no cover - only hit on a bug
         raise AssertionError(f"network access attempted: {request.url}")
+
     monkeypatch.setattr(httpx.HTTPTransport, "handle_request", refuse)
 
 
@@ -97,11 +100,12 @@ def _files(cache: Path) -> list[str]:
 
 def test_urls_for_the_milan_report(milan, tmp_path, monkeypatch) -> None:
     report = (milan / "report.bin").read_bytes()
-    hwid = report[CHIP_ID_OFFSET:CHIP_ID_OFFSET + 64].hex()
+    hwid = report[CHIP_ID_OFFSET : CHIP_ID_OFFSET + 64].hex()
     fake = FakeKds((milan / "vcek.der").read_bytes(), (milan / "ask_ark.pem").read_bytes())
     fake.install(monkeypatch)
-    code, out = fetch("--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path),
-                      "--no-crl", "--as-of", AS_OF)
+    code, out = fetch(
+        "--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path), "--no-crl", "--as-of", AS_OF
+    )
     assert code == 0, out
     assert fake.urls == [
         f"{KDS}/vcek/v1/Milan/{hwid}?blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115",
@@ -109,24 +113,26 @@ def test_urls_for_the_milan_report(milan, tmp_path, monkeypatch) -> None:
     ]
     assert out["product"] == "Milan" and out["hwid"] == hwid
     assert out["reported_tcb"] == {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
-    assert _files(tmp_path) == sorted([
-        f"amd/Milan/vcek/{hwid}/bl3-tee0-snp8-ucode115.der",
-        "amd/Milan/vcek/cert_chain.pem",
-    ])
+    assert _files(tmp_path) == sorted(
+        [
+            f"amd/Milan/vcek/{hwid}/bl3-tee0-snp8-ucode115.der",
+            "amd/Milan/vcek/cert_chain.pem",
+        ]
+    )
     assert (tmp_path / "amd/Milan/vcek" / hwid / "bl3-tee0-snp8-ucode115.der").read_bytes() == (milan / "vcek.der").read_bytes()
 
     # again: everything comes from the cache, no request at all
     fake.urls.clear()
-    code, out = fetch("--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path),
-                      "--no-crl", "--as-of", AS_OF)
+    code, out = fetch(
+        "--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path), "--no-crl", "--as-of", AS_OF
+    )
     assert code == 0 and fake.urls == [] and sorted(out["from_cache"]) == ["cert_chain", "vcek"]
 
 
 def test_evidence_verify_works_offline_from_the_filled_cache(milan, tmp_path, monkeypatch) -> None:
     fake = FakeKds((milan / "vcek.der").read_bytes(), (milan / "ask_ark.pem").read_bytes(), MILAN_CRL)
     fake.install(monkeypatch)
-    code, out = fetch("--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path),
-                      "--as-of", AS_OF)
+    code, out = fetch("--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path), "--as-of", AS_OF)
     assert code == 0, out
     monkeypatch.setenv("VEIL_COLLATERAL_DIR", str(tmp_path))
     # the VCEK as the cache holds it, and no --chain or --crl: both are read from the cache
@@ -139,8 +145,12 @@ def test_evidence_verify_works_offline_from_the_filled_cache(milan, tmp_path, mo
 
 def test_evidence_verify_with_the_report_alone(milan, tmp_path, monkeypatch) -> None:
     FakeKds((milan / "vcek.der").read_bytes(), (milan / "ask_ark.pem").read_bytes()).install(monkeypatch)
-    assert fetch("--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path),
-                 "--no-crl", "--as-of", AS_OF)[0] == 0
+    assert (
+        fetch(
+            "--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path), "--no-crl", "--as-of", AS_OF
+        )[0]
+        == 0
+    )
     monkeypatch.setenv("VEIL_COLLATERAL_DIR", str(tmp_path))
     code, out = verify("--report", str(milan / "report.bin"), "--as-of", AS_OF)
     assert code == 1 and out["reason"] == "snp.crl_missing", out  # --no-crl cached no revocation data
@@ -166,8 +176,9 @@ def test_kds_failure_and_foreign_vcek_cache_nothing(vectors, milan, tmp_path, mo
     # another chip's VCEK (the debug vector's) does not certify this report
     other = vectors / "sev-snp" / "milan-debug"
     FakeKds((other / "vcek.der").read_bytes(), (milan / "ask_ark.pem").read_bytes()).install(monkeypatch)
-    code, out = fetch("--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path),
-                      "--no-crl", "--as-of", AS_OF)
+    code, out = fetch(
+        "--report", str(milan / "report.bin"), "--product", "Milan", "--cache", str(tmp_path), "--no-crl", "--as-of", AS_OF
+    )
     assert code == 1 and out["reason"].startswith("snp."), out
     assert _files(tmp_path) == []
 
@@ -200,9 +211,15 @@ def test_sim_platform_crl_is_checked_and_cached(tmp_path) -> None:
     assert result.crl and set(result.written) == {"vcek", "cert_chain", "crl"}
     assert len(good.urls) == 3 and good.urls[0].startswith(f"{KDS}/vcek/v1/Milan/{sim.chip_id.hex()}?")
     (tmp_path / "r.bin").write_bytes(ev.report)
-    verdict = verify_files(EvidenceFiles(platform="sim-snp", report=tmp_path / "r.bin",
-                                         vcek=Path(result.written["vcek"]), cache_dir=cache.root,
-                                         simulation_roots=(sim.root_fingerprint,)))
+    verdict = verify_files(
+        EvidenceFiles(
+            platform="sim-snp",
+            report=tmp_path / "r.bin",
+            vcek=Path(result.written["vcek"]),
+            cache_dir=cache.root,
+            simulation_roots=(sim.root_fingerprint,),
+        )
+    )
     assert verdict.accepted, verdict.message
     listing = {e["item"] for e in collateral.cache_listing(cache)}
     assert listing == {"vcek", "cert_chain", "crl"}

@@ -56,8 +56,12 @@ def own_coord(sim_dir):
 def pinned(coord) -> ClientPolicy:
     m = coord.signed.manifest
     return ClientPolicy.local_development(
-        coordinator=m.coordinator, simulation_roots=m.trusted_simulation_roots, sandbox_profile="bubblewrap",
-        coordinator_url=URL, gateway_url="http://gw", manifest_digests=[coord.signed.digest.hex()],
+        coordinator=m.coordinator,
+        simulation_roots=m.trusted_simulation_roots,
+        sandbox_profile="bubblewrap",
+        coordinator_url=URL,
+        gateway_url="http://gw",
+        manifest_digests=[coord.signed.digest.hex()],
     )
 
 
@@ -123,8 +127,19 @@ def test_status_is_complete_json(coord) -> None:
     status = v.status()
     assert status["status"] == "verified" and status["interval_seconds"] == 60
     ver = status["verification"]
-    for key in ("platform", "simulated", "simulated_parts", "checks", "claims", "manifest", "admission",
-                "key_configs", "verified_at", "workers", "sandbox"):
+    for key in (
+        "platform",
+        "simulated",
+        "simulated_parts",
+        "checks",
+        "claims",
+        "manifest",
+        "admission",
+        "key_configs",
+        "verified_at",
+        "workers",
+        "sandbox",
+    ):
         assert key in ver, key
     assert ver["simulated"] is True and ver["claims"]["measurement"]
     assert ver["admission"]["trust_simulated"] is True

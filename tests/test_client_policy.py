@@ -21,13 +21,19 @@ def manifest(**kw) -> Manifest:
 
 
 def production(**kw) -> ClientPolicy:
-    return ClientPolicy.production(coordinator=[SNP], coordinator_url="https://c", gateway_url="https://g",
-                                   admin_keys=[ADMIN], **kw)
+    return ClientPolicy.production(
+        coordinator=[SNP], coordinator_url="https://c", gateway_url="https://g", admin_keys=[ADMIN], **kw
+    )
 
 
 def development() -> ClientPolicy:
-    return ClientPolicy.local_development(coordinator=[SIM], simulation_roots=[ROOT], sandbox_profile="bubblewrap",
-                                          coordinator_url="http://c", gateway_url="http://g")
+    return ClientPolicy.local_development(
+        coordinator=[SIM],
+        simulation_roots=[ROOT],
+        sandbox_profile="bubblewrap",
+        coordinator_url="http://c",
+        gateway_url="http://g",
+    )
 
 
 def refused(policy: ClientPolicy, m: Manifest) -> str:
@@ -38,19 +44,23 @@ def refused(policy: ClientPolicy, m: Manifest) -> str:
 
 def test_production_accepts_hardware_sandboxed_manifests() -> None:
     production().check(manifest())
-    production().check(manifest(workers=[ReferenceValues(platform="tdx", measurements=["bb" * 48])],
-                                sandbox=SandboxSettings(profile="gvisor")))
+    production().check(
+        manifest(workers=[ReferenceValues(platform="tdx", measurements=["bb" * 48])], sandbox=SandboxSettings(profile="gvisor"))
+    )
 
 
-@pytest.mark.parametrize("m, reason", [
-    (manifest(workers=[SNP, SIM]), "policy.simulation_refused"),
-    (manifest(coordinator=[SNP, SIM]), "policy.simulation_refused"),
-    (manifest(trusted_simulation_roots=[ROOT]), "policy.simulation_refused"),
-    (manifest(release_policies={"k": ReleasePolicy(allow_simulated=True)}), "policy.simulation_refused"),
-    (manifest(workers=[SNP.model_copy(update={"allow_debug": True})]), "policy.debug_refused"),
-    (manifest(release_policies={"k": ReleasePolicy(allow_debug=True)}), "policy.debug_refused"),
-    (manifest(sandbox=SandboxSettings(profile="none")), "policy.sandbox_refused"),
-])
+@pytest.mark.parametrize(
+    "m, reason",
+    [
+        (manifest(workers=[SNP, SIM]), "policy.simulation_refused"),
+        (manifest(coordinator=[SNP, SIM]), "policy.simulation_refused"),
+        (manifest(trusted_simulation_roots=[ROOT]), "policy.simulation_refused"),
+        (manifest(release_policies={"k": ReleasePolicy(allow_simulated=True)}), "policy.simulation_refused"),
+        (manifest(workers=[SNP.model_copy(update={"allow_debug": True})]), "policy.debug_refused"),
+        (manifest(release_policies={"k": ReleasePolicy(allow_debug=True)}), "policy.debug_refused"),
+        (manifest(sandbox=SandboxSettings(profile="none")), "policy.sandbox_refused"),
+    ],
+)
 def test_production_refuses_what_it_never_admits(m: Manifest, reason: str) -> None:
     assert refused(production(), m) == reason
 
@@ -83,15 +93,28 @@ def test_development_policy_trusts_only_its_named_roots_and_sandbox() -> None:
 
 def test_simulation_is_derived_from_the_whole_manifest() -> None:
     assert simulation_in(manifest()) == []
-    parts = simulation_in(manifest(coordinator=[SNP, SIM], workers=[SIM], trusted_simulation_roots=[ROOT],
-                                   release_policies={"k": ReleasePolicy(allow_simulated=True)}))
-    assert parts == ["coordinators on sim-snp", "workers on sim-snp", f"simulation root {ROOT}",
-                     "release of k to simulated workers"]
+    parts = simulation_in(
+        manifest(
+            coordinator=[SNP, SIM],
+            workers=[SIM],
+            trusted_simulation_roots=[ROOT],
+            release_policies={"k": ReleasePolicy(allow_simulated=True)},
+        )
+    )
+    assert parts == [
+        "coordinators on sim-snp",
+        "workers on sim-snp",
+        f"simulation root {ROOT}",
+        "release of k to simulated workers",
+    ]
 
 
 def test_admission_rules_are_shown_as_data() -> None:
     assert production().admission_rules() == {
-        "worker_platforms": list(HARDWARE_PLATFORMS), "allow_debug": False,
-        "sandbox_profiles": ["bubblewrap", "gvisor"], "trust_simulated": False, "simulation_roots": [],
+        "worker_platforms": list(HARDWARE_PLATFORMS),
+        "allow_debug": False,
+        "sandbox_profiles": ["bubblewrap", "gvisor"],
+        "trust_simulated": False,
+        "simulation_roots": [],
     }
     assert development().admission_rules()["simulation_roots"] == [ROOT]

@@ -94,7 +94,9 @@ def test_default_transports_are_plain_http_transports() -> None:
     pair = KeyPair.generate(1)
     assert isinstance(OhttpTransport(pair.config, "http://gw")._transport, httpx.HTTPTransport)
     assert isinstance(AsyncOhttpTransport(pair.config, "http://gw")._transport, httpx.AsyncHTTPTransport)
-    assert not any(isinstance(v, (httpx.Client, httpx.AsyncClient)) for v in vars(OhttpTransport(pair.config, "http://gw")).values())
+    assert not any(
+        isinstance(v, (httpx.Client, httpx.AsyncClient)) for v in vars(OhttpTransport(pair.config, "http://gw")).values()
+    )
 
 
 class _RotatingSource:

@@ -85,9 +85,7 @@ def test_wrong_measurement_refused(coord, sim_dir) -> None:
     resp, key, nonce = None, None, None
     nonce = bytes.fromhex(coord.http.post("/v1/workers/challenge").json()["nonce"])
     key = X25519PrivateKey.generate()
-    ev = SimPlatform.load(sim_dir).attest(
-        worker_report_data(nonce, keyrelease.public_bytes(key)), measurement=b"\x42" * 48
-    )
+    ev = SimPlatform.load(sim_dir).attest(worker_report_data(nonce, keyrelease.public_bytes(key)), measurement=b"\x42" * 48)
     resp, _, _ = _register(coord, evidence={"platform": "sim-snp", "snp": ev.to_json()}, nonce=nonce, key=key)
     _assert_refused(resp, "snp.measurement")
     assert coord.read("/v1/workers")["workers"] == []
@@ -147,7 +145,8 @@ def test_manifest_update_must_be_signed_by_previous_admin(coord, sim_dir) -> Non
     mallory = Ed25519PrivateKey.generate()
     evil = sign_manifest(
         make_manifest(sim_dir, mallory, coord.attester.measurement.hex(), coordinator_identity=coord.state.identity),
-        [mallory], coord.signed.digest.hex(),
+        [mallory],
+        coord.signed.digest.hex(),
     )
     resp = coord.http.post("/v1/manifest", content=evil.model_dump_json())
     assert resp.status_code == 403
@@ -193,8 +192,9 @@ def test_first_manifest_needs_a_bootstrap_key_and_this_state(sim_dir) -> None:
     unlaunched = TestClient(create_app(CoordinatorState.generate(), fresh.attester))  # no key in its launch data
     resp = unlaunched.post("/v1/manifest", content=fresh.signed.model_dump_json())
     assert resp.status_code == 403 and resp.json()["error"]["reason"] == "manifest.no_bootstrap_key"
-    other_state = sign_manifest(fresh.manifest(sim_dir).model_copy(update={"coordinator_identity": "ab" * 32}),
-                                [fresh.admin], None)
+    other_state = sign_manifest(
+        fresh.manifest(sim_dir).model_copy(update={"coordinator_identity": "ab" * 32}), [fresh.admin], None
+    )
     resp = fresh.http.post("/v1/manifest", content=other_state.model_dump_json())
     assert resp.status_code == 403 and resp.json()["error"]["reason"] == "manifest.wrong_coordinator"
 
@@ -204,11 +204,19 @@ def test_registration_answer_is_signed_and_keys_rotate_with_the_manifest(coord, 
 
     resp, key, nonce = _register(coord)
     body = resp.json()
-    verify_statement(coord.state.identity, body["signature"], REGISTRATION_CONTEXT,
-                     *registration_statement(nonce, keyrelease.public_bytes(key), body["worker_id"],
-                                             bytes.fromhex(body["manifest_digest"]),
-                                             base64.b64decode(body["sealed_secrets"])),
-                     reason="registration.bad_signature")
+    verify_statement(
+        coord.state.identity,
+        body["signature"],
+        REGISTRATION_CONTEXT,
+        *registration_statement(
+            nonce,
+            keyrelease.public_bytes(key),
+            body["worker_id"],
+            bytes.fromhex(body["manifest_digest"]),
+            base64.b64decode(body["sealed_secrets"]),
+        ),
+        reason="registration.bad_signature",
+    )
     before = [c.key_id for c in coord.state.ohttp_keys.configs()]
     update = sign_manifest(coord.manifest(sim_dir, settings={"v": 2}), [coord.admin], coord.signed.digest.hex())
     assert coord.http.post("/v1/manifest", content=update.model_dump_json()).status_code == 200

@@ -26,9 +26,22 @@ ROUNDS = 4
 
 def _start(sim_dir, db, port, admin_key) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "veil", "coordinator", "--port", str(port), "--sim-dir", str(sim_dir), "--db", f"sqlite:///{db}",
-         "--sim-launch-data", public_key_hex(admin_key)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "veil",
+            "coordinator",
+            "--port",
+            str(port),
+            "--sim-dir",
+            str(sim_dir),
+            "--db",
+            f"sqlite:///{db}",
+            "--sim-launch-data",
+            public_key_hex(admin_key),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -70,9 +83,13 @@ def test_kill_9_during_writes_keeps_state_consistent(tmp_path) -> None:
                         entry = sign_manifest(m, [a], prev)
                         if http.post(f"{url}/v1/manifest", content=entry.model_dump_json()).status_code == 200:
                             acked_digests.append(entry.digest.hex())
-                        policy = ClientPolicy(coordinator_url=url, coordinator=m.coordinator,
-                                              manifest_digests=[entry.digest.hex()], trust_simulated=True,
-                                              simulation_roots=m.trusted_simulation_roots)
+                        policy = ClientPolicy(
+                            coordinator_url=url,
+                            coordinator=m.coordinator,
+                            manifest_digests=[entry.digest.hex()],
+                            trust_simulated=True,
+                            simulation_roots=m.trusted_simulation_roots,
+                        )
                         key_id = f"secret-{counter[0]}"
                         admin.put_secret(policy, a, key_id, os.urandom(32), http=http)
                         acked_secrets.append(key_id)
@@ -100,8 +117,13 @@ def test_kill_9_during_writes_keeps_state_consistent(tmp_path) -> None:
         stored = {e.digest.hex() for e in history}
         assert acked_digests, "no write was acknowledged: the test did not exercise anything"
         assert set(acked_digests) <= stored, "an acknowledged manifest was lost"
-        policy = ClientPolicy(coordinator_url=url, coordinator=history[-1].manifest.coordinator, admin_keys=[public_key_hex(a)],
-                              trust_simulated=True, simulation_roots=history[-1].manifest.trusted_simulation_roots)
+        policy = ClientPolicy(
+            coordinator_url=url,
+            coordinator=history[-1].manifest.coordinator,
+            admin_keys=[public_key_hex(a)],
+            trust_simulated=True,
+            simulation_roots=history[-1].manifest.trusted_simulation_roots,
+        )
         key_ids = set(admin.list_secrets(policy, a))
         assert set(acked_secrets) <= key_ids, "an acknowledged secret was lost"
     finally:

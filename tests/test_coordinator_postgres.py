@@ -38,8 +38,10 @@ DATA_KEY = os.urandom(32)
 
 def _pg_bindir() -> Path | None:
     """The newest installed server's bin directory (Debian keeps them off PATH)."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
+    )
     if candidates:
         return Path(candidates[-1]).parent
     found = shutil.which("initdb")
@@ -72,13 +74,13 @@ class PgServer:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.dir)
 
     def start(self) -> None:
-        done = self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                         "--no-sync", "-E", "UTF8", "--locale=C")
+        done = self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C")
         if done.returncode:
             raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
         opts = f"-k {self.dir} -c listen_addresses='' -c fsync=off -c full_page_writes=off"
-        done = self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"),
-                         "-w", "-t", "60", "start")
+        done = self._run(
+            "pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"), "-w", "-t", "60", "start"
+        )
         if done.returncode:
             log = (self.dir / "server.log").read_text(errors="replace") if (self.dir / "server.log").exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {done.stderr[-1000:]} {log[-2000:]}")
@@ -102,8 +104,9 @@ class PgServer:
     def execute(self, url: str, sql: str, *params: object) -> list[tuple]:
         import psycopg
 
-        with psycopg.connect(host=str(self.dir), user="postgres", dbname=url.split("?")[0].rsplit("/", 1)[-1],
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host=str(self.dir), user="postgres", dbname=url.split("?")[0].rsplit("/", 1)[-1], autocommit=True
+        ) as conn:
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description else []
 
@@ -184,12 +187,15 @@ class Coordinator:
 
 
 def _manifest(sim_dir, admin_key, coord, previous=None, n=0):
-    m = make_manifest(sim_dir, admin_key, coord.attester.measurement.hex(), settings={"n": n},
-                      coordinator_identity=coord.state.identity)
-    m = m.model_copy(update={
-        "models": [ModelEntry(name="sealed-model", sha256="11" * 32, key_id="model-key")],
-        "release_policies": {"model-key": ReleasePolicy(allow_simulated=True)},
-    })
+    m = make_manifest(
+        sim_dir, admin_key, coord.attester.measurement.hex(), settings={"n": n}, coordinator_identity=coord.state.identity
+    )
+    m = m.model_copy(
+        update={
+            "models": [ModelEntry(name="sealed-model", sha256="11" * 32, key_id="model-key")],
+            "release_policies": {"model-key": ReleasePolicy(allow_simulated=True)},
+        }
+    )
     return sign_manifest(m, [admin_key], previous)
 
 
@@ -238,8 +244,12 @@ def test_nothing_secret_is_stored_in_the_clear(sim_dir, attester, db_url, pg) ->
     finally:
         dep.close()
     dumped = b""
-    for table, col in (("veil_meta", "value"), ("veil_secrets", "sealed_value"), ("veil_key_generations", "sealed"),
-                       ("veil_audit_log", "sealed")):
+    for table, col in (
+        ("veil_meta", "value"),
+        ("veil_secrets", "sealed_value"),
+        ("veil_key_generations", "sealed"),
+        ("veil_audit_log", "sealed"),
+    ):
         for (blob,) in pg.execute(db_url, f"select {col} from {table}"):
             dumped += bytes(blob)
     assert dumped
@@ -270,8 +280,11 @@ def test_moved_row_is_refused(sim_dir, attester, db_url, pg) -> None:
     dep.http.post("/v1/manifest", content=signed.model_dump_json())
     admin.put_secret(dep.policy(signed), a, "model-key", DATA_KEY, http=dep.http)
     dep.close()
-    pg.execute(db_url, "insert into veil_secrets (key_id, sealed_value, created_at) "
-                       "select 'other-key', sealed_value, created_at from veil_secrets")
+    pg.execute(
+        db_url,
+        "insert into veil_secrets (key_id, sealed_value, created_at) "
+        "select 'other-key', sealed_value, created_at from veil_secrets",
+    )
     with pytest.raises(VeilError) as exc:
         Coordinator(attester, db_url)
     assert exc.value.reason == "state.tampered"

@@ -43,8 +43,9 @@ class Deployment:
     def __init__(self, sim_dir, db_path, platform_key=None) -> None:
         self.attester = launched_attester(sim_dir, ADMIN)
         self.db_url = f"sqlite:///{db_path}"
-        self.state = CoordinatorState.open(Store.from_url(self.db_url), platform_key or self.attester.sealing_key(),
-                                           public_key_hex(ADMIN))
+        self.state = CoordinatorState.open(
+            Store.from_url(self.db_url), platform_key or self.attester.sealing_key(), public_key_hex(ADMIN)
+        )
         self.http = TestClient(create_app(self.state, self.attester), base_url="http://coord")
 
     def read(self, path: str, **params):
@@ -69,13 +70,16 @@ class Deployment:
 
 
 def _manifest(sim_dir, admin_key, dep, *, release=None, recovery=(), previous=None, settings=None):
-    m = make_manifest(sim_dir, admin_key, dep.attester.measurement.hex(), settings=settings or {},
-                      coordinator_identity=dep.state.identity)
-    m = m.model_copy(update={
-        "models": [ModelEntry(name="sealed-model", sha256="11" * 32, key_id="model-key")],
-        "release_policies": {"model-key": release} if release else {},
-        "recovery_keys": list(recovery),
-    })
+    m = make_manifest(
+        sim_dir, admin_key, dep.attester.measurement.hex(), settings=settings or {}, coordinator_identity=dep.state.identity
+    )
+    m = m.model_copy(
+        update={
+            "models": [ModelEntry(name="sealed-model", sha256="11" * 32, key_id="model-key")],
+            "release_policies": {"model-key": release} if release else {},
+            "recovery_keys": list(recovery),
+        }
+    )
     return sign_manifest(m, [admin_key], previous)
 
 
@@ -147,8 +151,12 @@ def test_secret_upload_refusals(sim_dir, tmp_path) -> None:
     assert exc.value.reason == "secret.not_admin"
     # a valid admin signature over a different ciphertext
     sealed = keyrelease.seal(dep.state.hpke_key.public_key().public_bytes_raw(), DATA_KEY, wire.ADMIN_SECRET_INFO, aad=b"k")
-    body = {"key_id": "k", "sealed": base64.b64encode(sealed).decode(), "admin_key": a.public_key().public_bytes_raw().hex(),
-            "signature": a.sign(keyrelease.secret_upload_message("k", sealed + b"x")).hex()}
+    body = {
+        "key_id": "k",
+        "sealed": base64.b64encode(sealed).decode(),
+        "admin_key": a.public_key().public_bytes_raw().hex(),
+        "signature": a.sign(keyrelease.secret_upload_message("k", sealed + b"x")).hex(),
+    }
     resp = dep.http.post("/v1/secrets", json=body)
     assert resp.status_code == 403 and resp.json()["error"]["reason"] == "secret.bad_signature"
     # sealed for another purpose (aad names another key id) does not open
@@ -162,13 +170,16 @@ def test_secret_upload_refusals(sim_dir, tmp_path) -> None:
     assert exc.value.reason == "secret.exists"
 
 
-@pytest.mark.parametrize("policy,reason", [
-    (None, "release.no_policy"),
-    (ReleasePolicy(), "release.simulated_refused"),
-    (ReleasePolicy(allow_simulated=True, measurements=["00" * 48]), "release.measurement_not_allowed"),
-    (ReleasePolicy(allow_simulated=True, require_gpu=True), "release.gpu_required"),
-    (ReleasePolicy(allow_simulated=True, min_tcb={"snp": 255}), "release.tcb_too_old"),
-])
+@pytest.mark.parametrize(
+    "policy,reason",
+    [
+        (None, "release.no_policy"),
+        (ReleasePolicy(), "release.simulated_refused"),
+        (ReleasePolicy(allow_simulated=True, measurements=["00" * 48]), "release.measurement_not_allowed"),
+        (ReleasePolicy(allow_simulated=True, require_gpu=True), "release.gpu_required"),
+        (ReleasePolicy(allow_simulated=True, min_tcb={"snp": 255}), "release.tcb_too_old"),
+    ],
+)
 def test_release_policy_refusals_are_audited(sim_dir, tmp_path, policy, reason) -> None:
     a = ADMIN
     dep = Deployment(sim_dir, tmp_path / "c.db")
@@ -186,8 +197,9 @@ def test_recovery_into_a_new_coordinator(sim_dir, tmp_path) -> None:
     a = ADMIN
     recovery_key = X25519PrivateKey.generate()
     dep = Deployment(sim_dir, tmp_path / "c.db")
-    signed = _manifest(sim_dir, a, dep, release=ReleasePolicy(allow_simulated=True),
-                       recovery=[keyrelease.public_bytes(recovery_key).hex()])
+    signed = _manifest(
+        sim_dir, a, dep, release=ReleasePolicy(allow_simulated=True), recovery=[keyrelease.public_bytes(recovery_key).hex()]
+    )
     dep.http.post("/v1/manifest", content=signed.model_dump_json())
     admin.put_secret(dep.policy(signed), a, "model-key", DATA_KEY, http=dep.http)
 

@@ -27,8 +27,11 @@ from veil.engines.tool_calls import call_entry
 from veil.testing import ServerThread
 
 MODEL = "scripted"
-WEATHER = {"name": "get_weather", "description": "Weather in a city",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
 
 
 class Scripted(Backend):
@@ -105,8 +108,14 @@ def _user(text: str) -> list[dict[str, Any]]:
 
 def test_messages_whole(claude: anthropic.Anthropic, served: tuple[str, Scripted]) -> None:
     # temperature and top_k: what older SDKs (and many tools) still send; the current SDK has neither.
-    msg = claude.messages.create(model=MODEL, max_tokens=16, system="Be brief.", messages=_user("text please"),
-                                 stop_sequences=["END"], extra_body={"temperature": 0.5, "top_k": 3})
+    msg = claude.messages.create(
+        model=MODEL,
+        max_tokens=16,
+        system="Be brief.",
+        messages=_user("text please"),
+        stop_sequences=["END"],
+        extra_body={"temperature": 0.5, "top_k": 3},
+    )
     assert msg.type == "message" and msg.role == "assistant" and msg.model == MODEL and msg.id.startswith("msg_")
     assert [b.type for b in msg.content] == ["text"] and msg.content[0].text == "Hello world"
     assert msg.stop_reason == "end_turn" and msg.stop_sequence is None
@@ -126,14 +135,25 @@ def test_messages_stream_events_in_anthropic_order(claude: anthropic.Anthropic) 
     assert pieces == ["Hello", " world"] and final.content[0].text == "Hello world"
     assert final.usage.input_tokens == 40 and final.usage.output_tokens == 5 and final.stop_reason == "end_turn"
     raw = [e.type for e in claude.messages.create(model=MODEL, max_tokens=16, messages=_user("text"), stream=True)]
-    assert raw == ["message_start", "content_block_start", "content_block_delta", "content_block_delta",
-                   "content_block_stop", "message_delta", "message_stop"]
+    assert raw == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
 
 
 def test_messages_tool_use_and_tool_result(claude: anthropic.Anthropic, served: tuple[str, Scripted]) -> None:
     tool = {"name": WEATHER["name"], "description": WEATHER["description"], "input_schema": WEATHER["parameters"]}
-    kw: dict[str, Any] = {"model": MODEL, "max_tokens": 32, "tools": [tool],
-                          "tool_choice": {"type": "any", "disable_parallel_tool_use": True}}
+    kw: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 32,
+        "tools": [tool],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+    }
     msg = claude.messages.create(messages=_user("tools please"), **kw)
     assert [b.type for b in msg.content] == ["text", "tool_use", "tool_use"] and msg.stop_reason == "tool_use"
     uses = [b for b in msg.content if b.type == "tool_use"]
@@ -144,10 +164,14 @@ def test_messages_tool_use_and_tool_result(claude: anthropic.Anthropic, served: 
         streamed = stream.get_final_message()
     assert [b.input for b in streamed.content if b.type == "tool_use"] == [{"city": "Paris"}, {"city": "Rome"}]
     # The tool's answer goes back as a tool_result block; the backend sees a `tool` message.
-    follow = claude.messages.create(messages=[
-        *_user("tools please"), {"role": "assistant", "content": msg.content},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id, "content": "sunny"}]},
-    ], **kw)
+    follow = claude.messages.create(
+        messages=[
+            *_user("tools please"),
+            {"role": "assistant", "content": msg.content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id, "content": "sunny"}]},
+        ],
+        **kw,
+    )
     assert follow.content[0].text == "Hello world"
     history = served[1].seen[-1].messages
     assert [m.role for m in history] == ["user", "assistant", "tool"]
@@ -162,14 +186,30 @@ def test_messages_errors_in_anthropic_shape(claude: anthropic.Anthropic) -> None
     cases: list[tuple[dict[str, Any], type[Exception], str, str]] = [
         ({"messages": _user("refuse")}, anthropic.BadRequestError, "invalid_request_error", "unsupported_tools"),
         ({"messages": _user("text"), "model": "claude-x"}, anthropic.NotFoundError, "not_found_error", "model_not_found"),
-        ({"messages": _user("text"), "extra_body": {"temperature": 1.5}}, anthropic.BadRequestError,
-         "invalid_request_error", "invalid_request"),
-        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, anthropic.BadRequestError,
-         "invalid_request_error", "unsupported_content"),
-        ({"messages": [*_user("text"), {"role": "assistant", "content": "Sure,"}]}, anthropic.BadRequestError,
-         "invalid_request_error", "unsupported_prefill"),
-        ({"messages": _user("text"), "thinking": {"type": "enabled", "budget_tokens": 1024}},
-         anthropic.BadRequestError, "invalid_request_error", "unsupported_thinking"),
+        (
+            {"messages": _user("text"), "extra_body": {"temperature": 1.5}},
+            anthropic.BadRequestError,
+            "invalid_request_error",
+            "invalid_request",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+            anthropic.BadRequestError,
+            "invalid_request_error",
+            "unsupported_content",
+        ),
+        (
+            {"messages": [*_user("text"), {"role": "assistant", "content": "Sure,"}]},
+            anthropic.BadRequestError,
+            "invalid_request_error",
+            "unsupported_prefill",
+        ),
+        (
+            {"messages": _user("text"), "thinking": {"type": "enabled", "budget_tokens": 1024}},
+            anthropic.BadRequestError,
+            "invalid_request_error",
+            "unsupported_thinking",
+        ),
     ]
     for extra, kind, error_type, code in cases:
         for stream in (False, True):
@@ -193,8 +233,9 @@ def test_messages_failure_mid_stream_is_an_error_event(claude: anthropic.Anthrop
 
 
 def test_responses_whole(oai: openai.OpenAI, served: tuple[str, Scripted]) -> None:
-    resp = oai.responses.create(model=MODEL, input="text please", instructions="Be brief.", max_output_tokens=16,
-                                metadata={"k": "v"})
+    resp = oai.responses.create(
+        model=MODEL, input="text please", instructions="Be brief.", max_output_tokens=16, metadata={"k": "v"}
+    )
     assert resp.object == "response" and resp.status == "completed" and resp.id.startswith("resp_")
     assert resp.output_text == "Hello world" and resp.store is False and resp.metadata == {"k": "v"}
     assert resp.usage is not None and (resp.usage.input_tokens, resp.usage.output_tokens, resp.usage.total_tokens) == (42, 5, 47)
@@ -212,10 +253,18 @@ def test_responses_stream_helper_accepts_the_event_order(oai: openai.OpenAI) -> 
         final = stream.get_final_response()
     assert deltas == ["Hello", " world"] and final.output_text == "Hello world"
     events = [e.type for e in oai.responses.create(model=MODEL, input="text", stream=True)]
-    assert events == ["response.created", "response.in_progress", "response.output_item.added",
-                      "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
-                      "response.output_text.done", "response.content_part.done", "response.output_item.done",
-                      "response.completed"]
+    assert events == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     seqs = [e.sequence_number for e in oai.responses.create(model=MODEL, input="long", stream=True)]
     assert seqs == list(range(len(seqs)))
     last = list(oai.responses.create(model=MODEL, input="long", stream=True))[-1]
@@ -224,8 +273,7 @@ def test_responses_stream_helper_accepts_the_event_order(oai: openai.OpenAI) -> 
 
 def test_responses_function_calls(oai: openai.OpenAI, served: tuple[str, Scripted]) -> None:
     tools: Any = [{"type": "function", **WEATHER}]
-    resp = oai.responses.create(model=MODEL, input="tools please", tools=tools, tool_choice="required",
-                                parallel_tool_calls=False)
+    resp = oai.responses.create(model=MODEL, input="tools please", tools=tools, tool_choice="required", parallel_tool_calls=False)
     calls = [o for o in resp.output if o.type == "function_call"]
     assert [json.loads(c.arguments) for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
     assert resp.output[0].type == "message" and resp.output_text == "Checking."
@@ -237,11 +285,15 @@ def test_responses_function_calls(oai: openai.OpenAI, served: tuple[str, Scripte
     one = oai.responses.create(model=MODEL, input="tools", tools=tools, max_tool_calls=1)
     assert sum(1 for o in one.output if o.type == "function_call") == 1
     # The next turn sends the calls and their outputs back as input items.
-    follow = oai.responses.create(model=MODEL, tools=tools, input=[
-        {"role": "user", "content": "tools please"},
-        *[{"type": "function_call", "call_id": c.call_id, "name": c.name, "arguments": c.arguments} for c in calls],
-        *[{"type": "function_call_output", "call_id": c.call_id, "output": "sunny"} for c in calls],
-    ])
+    follow = oai.responses.create(
+        model=MODEL,
+        tools=tools,
+        input=[
+            {"role": "user", "content": "tools please"},
+            *[{"type": "function_call", "call_id": c.call_id, "name": c.name, "arguments": c.arguments} for c in calls],
+            *[{"type": "function_call_output", "call_id": c.call_id, "output": "sunny"} for c in calls],
+        ],
+    )
     assert follow.output_text == "Hello world"
     history = served[1].seen[-1].messages
     assert [m.role for m in history] == ["user", "assistant", "tool", "tool"] and len(history[1].tool_calls) == 2
@@ -252,8 +304,7 @@ def test_responses_refusals_in_openai_shape(oai: openai.OpenAI) -> None:
         ({"input": "refuse"}, "unsupported_tools", "tool_choice"),
         ({"input": "text", "previous_response_id": "resp_123"}, "unsupported_state", "previous_response_id"),
         ({"input": "text", "tools": [{"type": "web_search"}]}, "unsupported_tools", "tools"),
-        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
-         "unsupported_content", "input.0"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "unsupported_content", "input.0"),
     ]
     for extra, code, param in cases:
         for stream in (False, True):
@@ -287,8 +338,14 @@ def test_async_sdks(served: tuple[str, Scripted]) -> None:
 
 def test_infill_shape_whole_and_streamed(served: tuple[str, Scripted]) -> None:
     url, backend = served
-    body = {"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "prompt": "",
-            "input_extra": [{"filename": "util.py", "text": "x = 1"}], "n_predict": 12, "temperature": 0}
+    body = {
+        "input_prefix": "def add(a, b):\n    ",
+        "input_suffix": "\n",
+        "prompt": "",
+        "input_extra": [{"filename": "util.py", "text": "x = 1"}],
+        "n_predict": 12,
+        "temperature": 0,
+    }
     whole = httpx.post(f"{url}/infill", json=body, timeout=30).json()
     assert whole["content"] == "return a + b" and whole["stop"] is True and whole["stop_type"] == "eos"
     assert (whole["tokens_predicted"], whole["tokens_evaluated"]) == (4, 17)

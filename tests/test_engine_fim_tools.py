@@ -28,14 +28,17 @@ def _chars(text: str) -> list[int]:
 REQUEST = fim.FimRequest("def add(a, b):\n", "\n    return c\n")
 
 
-@pytest.mark.parametrize(("texts", "family", "layout"), [
-    (("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>"), "starcoder", "PSM"),
-    (("<fim-prefix>", "<fim-suffix>", "<fim-middle>"), "santacoder", "PSM"),
-    (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>"), "qwen2.5-coder", "PSM"),
-    (("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"), "deepseek-coder", "PSM"),
-    (("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"), "codellama", "PSM"),
-    (("[PREFIX]", "[SUFFIX]"), "codestral", "SPM"),
-])
+@pytest.mark.parametrize(
+    ("texts", "family", "layout"),
+    [
+        (("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>"), "starcoder", "PSM"),
+        (("<fim-prefix>", "<fim-suffix>", "<fim-middle>"), "santacoder", "PSM"),
+        (("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>"), "qwen2.5-coder", "PSM"),
+        (("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"), "deepseek-coder", "PSM"),
+        (("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"), "codellama", "PSM"),
+        (("[PREFIX]", "[SUFFIX]"), "codestral", "SPM"),
+    ],
+)
 def test_every_family_is_found_in_its_vocabulary(texts: tuple[str, ...], family: str, layout: str) -> None:
     vocab = _vocab(*texts)
     tokens = fim.detect(vocab)
@@ -67,9 +70,19 @@ def test_end_of_middle_and_repository_context() -> None:
     req = fim.FimRequest("x = ", "\n", extra=(("util.py", "y = 1"),), middle="1")
     ids = tokens.prompt(_chars, req)
     sep, repo = vocab["<file_sep>"], vocab["<repo_name>"]
-    assert ids == [repo, *_chars("repository\n"), sep, *_chars("util.py\ny = 1"), sep,
-                   vocab["<fim_prefix>"], *_chars("x = "), vocab["<fim_suffix>"], *_chars("\n"),
-                   vocab["<fim_middle>"], *_chars("1")]
+    assert ids == [
+        repo,
+        *_chars("repository\n"),
+        sep,
+        *_chars("util.py\ny = 1"),
+        sep,
+        vocab["<fim_prefix>"],
+        *_chars("x = "),
+        vocab["<fim_suffix>"],
+        *_chars("\n"),
+        vocab["<fim_middle>"],
+        *_chars("1"),
+    ]
     plain = fim.detect(_vocab("<fim-prefix>", "<fim-suffix>", "<fim-middle>"))
     assert plain is not None and plain.file_sep is None  # SantaCoder: other files as plain text
     assert plain.prompt(_chars, req)[: len("util.py\ny = 1\n\n")] == _chars("util.py\ny = 1\n\n")
@@ -116,14 +129,16 @@ def _split(chunks: list[Chunk]) -> tuple[str, list[dict[str, Any]]]:
     return text, calls
 
 
-CALLS = ('Let me check.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-         '\n<tool_call>{"name": "get_time", "arguments": "{\\"zone\\": \\"CET\\"}"}</tool_call>')
+CALLS = (
+    'Let me check.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    '\n<tool_call>{"name": "get_time", "arguments": "{\\"zone\\": \\"CET\\"}"}</tool_call>'
+)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
 def test_hermes_calls_are_parsed_however_the_text_is_split(size: int) -> None:
     stream = tool_calls.ToolCallStream(tool_calls.HERMES, {"get_weather", "get_time"})
-    text, calls = _split(_run(stream, [CALLS[i:i + size] for i in range(0, len(CALLS), size)]))
+    text, calls = _split(_run(stream, [CALLS[i : i + size] for i in range(0, len(CALLS), size)]))
     assert text.strip() == "Let me check."
     assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
     assert [json.loads(c["function"]["arguments"]) for c in calls] == [{"city": "Paris"}, {"zone": "CET"}]
@@ -139,9 +154,12 @@ def test_text_is_released_as_soon_as_it_cannot_be_a_call() -> None:
 
 def test_what_is_not_a_valid_call_stays_text() -> None:
     offered = {"get_weather"}
-    for body in ('<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',  # not offered
-                 '<tool_call>{"name": "get_weather", "arguments": [1]}</tool_call>',  # not an object
-                 '<tool_call>not json</tool_call>', '<tool_call>{"name": "get_weather"'):  # cut short
+    for body in (
+        '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',  # not offered
+        '<tool_call>{"name": "get_weather", "arguments": [1]}</tool_call>',  # not an object
+        "<tool_call>not json</tool_call>",
+        '<tool_call>{"name": "get_weather"',
+    ):  # cut short
         text, calls = _split(_run(tool_calls.ToolCallStream(tool_calls.HERMES, offered), [body]))
         assert calls == [] and text == body
 
@@ -154,7 +172,9 @@ def test_parallel_false_keeps_the_first_call() -> None:
 def test_mistral_and_llama3_syntaxes() -> None:
     offered = {"a", "b"}
     mistral = '[TOOL_CALLS][{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]'
-    assert [c["function"]["name"] for c in _split(_run(tool_calls.ToolCallStream(tool_calls.MISTRAL, offered), [mistral]))[1]] == ["a", "b"]
+    assert [
+        c["function"]["name"] for c in _split(_run(tool_calls.ToolCallStream(tool_calls.MISTRAL, offered), [mistral]))[1]
+    ] == ["a", "b"]
     newer = '[TOOL_CALLS]a[ARGS]{"x": 1}[TOOL_CALLS]b[ARGS]{}'
     assert len(_split(_run(tool_calls.ToolCallStream(tool_calls.MISTRAL, offered), [newer]))[1]) == 2
     llama = '{"name": "a", "parameters": {"x": 1}}; {"name": "b", "parameters": {}}'
@@ -167,8 +187,10 @@ def test_mistral_and_llama3_syntaxes() -> None:
 def test_required_schema_and_forced_calls() -> None:
     from veil.engines.openai_api import FunctionDefinition
 
-    tools = [FunctionDefinition(name="a", parameters={"type": "object", "properties": {"x": {"type": "integer"}}}),
-             FunctionDefinition(name="b")]
+    tools = [
+        FunctionDefinition(name="a", parameters={"type": "object", "properties": {"x": {"type": "integer"}}}),
+        FunctionDefinition(name="b"),
+    ]
     schema = tool_calls.required_schema(tools, parallel=False)
     assert schema["minItems"] == 1 and schema["maxItems"] == 1
     assert [o["properties"]["name"]["const"] for o in schema["items"]["oneOf"]] == ["a", "b"]

@@ -71,9 +71,7 @@ def test_engine_dies_with_its_parent(tmp_path: Path) -> None:
         time.sleep(600)
         """
     )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
-    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
         engine_pid = int(parent.stdout.readline())
@@ -103,8 +101,12 @@ def test_model_from_a_memfd(tmp_path: Path) -> None:
             while chunk := src.read(1 << 22):
                 os.write(fd, chunk)
         eng = EngineProcess(
-            tmp_path / "m.sock", model=f"/proc/self/fd/{fd}", model_id="smollm2-memfd",
-            pass_fds=(fd,), threads=1, n_ctx=256,
+            tmp_path / "m.sock",
+            model=f"/proc/self/fd/{fd}",
+            model_id="smollm2-memfd",
+            pass_fds=(fd,),
+            threads=1,
+            n_ctx=256,
         )
         with eng:
             transport = httpx.HTTPTransport(uds=str(eng.socket_path))

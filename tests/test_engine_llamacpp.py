@@ -40,7 +40,7 @@ def _chat(content: str, **extra: object) -> dict[str, object]:
 def _sse(lines: Iterator[str]) -> Iterator[tuple[float, str]]:
     for line in lines:
         if line.startswith("data: "):
-            yield time.perf_counter(), line[len("data: "):]
+            yield time.perf_counter(), line[len("data: ") :]
 
 
 def test_health_and_models(client: httpx.Client) -> None:
@@ -111,15 +111,12 @@ def test_embeddings(client: httpx.Client) -> None:
         ("/v1/chat/completions", b"not json", 400, "invalid_json"),
         ("/v1/chat/completions", b'{"messages": []}', 400, "invalid_request"),
         ("/v1/chat/completions", b'{"messages": "hi"}', 400, "invalid_request"),
-        ("/v1/chat/completions", b'{"model": "gpt-4", "messages": [{"role": "user",'
-         b' "content": "x"}]}', 404, "model_not_found"),
+        ("/v1/chat/completions", b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}', 404, "model_not_found"),
         ("/v1/completions", b'{"max_tokens": 0, "prompt": "x"}', 400, "invalid_request"),
         ("/v1/nothing", b"{}", 404, "not_found"),
     ],
 )
-def test_bad_requests_get_openai_errors(
-    client: httpx.Client, path: str, body: bytes, status: int, code: str
-) -> None:
+def test_bad_requests_get_openai_errors(client: httpx.Client, path: str, body: bytes, status: int, code: str) -> None:
     r = client.post(path, content=body, headers={"content-type": "application/json"})
     assert r.status_code == status
     err = r.json()["error"]
@@ -140,8 +137,10 @@ def test_openai_sdk_over_the_socket(engine: EngineProcess) -> None:
     http = httpx.Client(transport=httpx.HTTPTransport(uds=str(engine.socket_path)))
     sdk = openai.OpenAI(base_url=f"{ENGINE_BASE_URL}/v1", api_key="unused", http_client=http)
     stream = sdk.chat.completions.create(
-        model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": "Hi"}],
-        max_tokens=4, stream=True,
+        model="SmolLM2-135M-Instruct",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        stream=True,
     )
     assert sum(1 for _ in stream) >= 2
 

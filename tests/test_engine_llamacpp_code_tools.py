@@ -28,9 +28,17 @@ pytestmark = pytest.mark.slow
 
 MODEL_ID = "tiny-coder"
 CANARY = "VEIL-CANARY-3f1e-code-and-tools-must-not-be-logged"
-TOOLS = [{"type": "function", "function": {"name": name, "description": "a tool", "parameters": {
-    "type": "object", "properties": props, "additionalProperties": False}}}
-    for name, props in (("get_weather", {"city": {"type": "string"}}), ("get_time", {}))]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": "a tool",
+            "parameters": {"type": "object", "properties": props, "additionalProperties": False},
+        },
+    }
+    for name, props in (("get_weather", {"city": {"type": "string"}}), ("get_time", {}))
+]
 PREFIX, SUFFIX = "def add(a, b):\n", "\n\nprint(add(1, 2))\n"
 
 
@@ -57,7 +65,7 @@ def test_each_family_gets_its_exact_token_sequence(tmp_path: Path, family: str) 
         expected = [*bos, suf, *text(SUFFIX), pre, *text(prefix)]
     elif family == "codellama":  # <PRE> prefix <SUF>suffix <MID>: the suffix without its leading space
         assert text(SUFFIX)[0] != backend.fim_prompt(FimRequest("", SUFFIX))[len(bos) + 2]
-        expected = [*bos, pre, *text(prefix), suf, *backend.fim_prompt(FimRequest("", SUFFIX))[len(bos) + 2:-1], mid]
+        expected = [*bos, pre, *text(prefix), suf, *backend.fim_prompt(FimRequest("", SUFFIX))[len(bos) + 2 : -1], mid]
     else:
         expected = [*bos, pre, *text(prefix), suf, *text(SUFFIX), mid]
     assert got == expected
@@ -87,8 +95,9 @@ def engine(model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def http(engine: EngineProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(engine.socket_path)), base_url=ENGINE_BASE_URL,
-                      timeout=120) as client:
+    with httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(engine.socket_path)), base_url=ENGINE_BASE_URL, timeout=120
+    ) as client:
         yield client
 
 
@@ -109,8 +118,12 @@ def test_fim_stops_at_the_end_of_middle_token(oai: openai.OpenAI) -> None:
 
 
 def test_infill_request_shape(http: httpx.Client) -> None:
-    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 8,
-            "input_extra": [{"filename": "util.py", "text": "x = 1\n"}]}
+    body = {
+        "input_prefix": PREFIX,
+        "input_suffix": SUFFIX,
+        "n_predict": 8,
+        "input_extra": [{"filename": "util.py", "text": "x = 1\n"}],
+    }
     whole = http.post("/infill", json=body).json()
     assert whole["content"] == MIDDLE and whole["stop"] is True and whole["stop_type"] == "eos"
     assert whole["tokens_predicted"] == 1 and whole["tokens_evaluated"] > len(PREFIX)
@@ -126,13 +139,17 @@ def test_tool_calls_auto_parallel_and_streamed(oai: openai.OpenAI) -> None:
     assert choice.finish_reason == "tool_calls" and not choice.message.content
     calls = choice.message.tool_calls or []
     assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
-        ("get_weather", {"city": "Paris"}), ("get_time", {})]
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {}),
+    ]
     assert len({c.id for c in calls}) == 2
-    one = oai.chat.completions.create(model=MODEL_ID, messages=messages, tools=TOOLS, max_tokens=32,
-                                      parallel_tool_calls=False)
+    one = oai.chat.completions.create(model=MODEL_ID, messages=messages, tools=TOOLS, max_tokens=32, parallel_tool_calls=False)
     assert [c.function.name for c in one.choices[0].message.tool_calls or []] == ["get_weather"]
-    deltas = [c.choices[0].delta for c in oai.chat.completions.create(
-        model=MODEL_ID, messages=messages, tools=TOOLS, max_tokens=32, stream=True) if c.choices]
+    deltas = [
+        c.choices[0].delta
+        for c in oai.chat.completions.create(model=MODEL_ID, messages=messages, tools=TOOLS, max_tokens=32, stream=True)
+        if c.choices
+    ]
     streamed: dict[int, dict[str, str]] = {}
     for delta in deltas:
         for call in delta.tool_calls or []:
@@ -140,22 +157,33 @@ def test_tool_calls_auto_parallel_and_streamed(oai: openai.OpenAI) -> None:
             entry["name"] += call.function.name or "" if call.function else ""
             entry["arguments"] += call.function.arguments or "" if call.function else ""
     assert [(e["name"], json.loads(e["arguments"])) for e in streamed.values()] == [
-        ("get_weather", {"city": "Paris"}), ("get_time", {})]
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {}),
+    ]
     # The same model answering in text when it does not open a call (steered off it here).
-    text = oai.chat.completions.create(model=MODEL_ID, messages=messages, tools=TOOLS, max_tokens=32,
-                                       logit_bias={"12": -100}, temperature=0)
+    text = oai.chat.completions.create(
+        model=MODEL_ID, messages=messages, tools=TOOLS, max_tokens=32, logit_bias={"12": -100}, temperature=0
+    )
     assert text.choices[0].message.content == "".join(TEXT_ANSWER) and text.choices[0].finish_reason == "stop"
     # The tool results go back; the template replays the calls in the model's own syntax.
-    follow = [*messages, choice.message.model_dump(exclude_none=True),
-              *[{"role": "tool", "tool_call_id": c.id, "content": "sunny"} for c in calls]]
+    follow = [
+        *messages,
+        choice.message.model_dump(exclude_none=True),
+        *[{"role": "tool", "tool_call_id": c.id, "content": "sunny"} for c in calls],
+    ]
     again = oai.chat.completions.create(model=MODEL_ID, messages=follow, tools=TOOLS, max_tokens=32)
     assert again.usage is not None and again.usage.prompt_tokens > resp.usage.prompt_tokens  # type: ignore[union-attr]
 
 
 def test_named_and_required_tools_and_counts(oai: openai.OpenAI, http: httpx.Client) -> None:
     named = oai.chat.completions.create(
-        model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], tools=TOOLS, max_tokens=64, temperature=0,
-        tool_choice={"type": "function", "function": {"name": "get_time"}})
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "hi"}],
+        tools=TOOLS,
+        max_tokens=64,
+        temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
     (call,) = named.choices[0].message.tool_calls or []  # a grammar holds the bigram model to the schema
     assert call.function.name == "get_time" and json.loads(call.function.arguments) == {}
     count = http.post("/v1/messages/count_tokens", json={"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]})
@@ -168,15 +196,20 @@ def test_anthropic_tool_use_over_the_socket(engine: EngineProcess) -> None:
 
     http = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(engine.socket_path)), timeout=120)
     claude = anthropic.Anthropic(base_url=ENGINE_BASE_URL, api_key="unused", http_client=http, max_retries=0)
-    tools: Any = [{"name": t["function"]["name"], "description": "a tool", "input_schema": t["function"]["parameters"]}
-                  for t in TOOLS]
-    msg = claude.messages.create(model=MODEL_ID, max_tokens=32, tools=tools,
-                                 messages=[{"role": "user", "content": "Weather in Paris?"}])
+    tools: Any = [
+        {"name": t["function"]["name"], "description": "a tool", "input_schema": t["function"]["parameters"]} for t in TOOLS
+    ]
+    msg = claude.messages.create(
+        model=MODEL_ID, max_tokens=32, tools=tools, messages=[{"role": "user", "content": "Weather in Paris?"}]
+    )
     assert msg.stop_reason == "tool_use"
     assert [(b.name, b.input) for b in msg.content if b.type == "tool_use"] == [
-        ("get_weather", {"city": "Paris"}), ("get_time", {})]
-    with claude.messages.stream(model=MODEL_ID, max_tokens=32, tools=tools,
-                                messages=[{"role": "user", "content": "Weather in Paris?"}]) as stream:
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {}),
+    ]
+    with claude.messages.stream(
+        model=MODEL_ID, max_tokens=32, tools=tools, messages=[{"role": "user", "content": "Weather in Paris?"}]
+    ) as stream:
         final = stream.get_final_message()
     assert [b.type for b in final.content] == ["tool_use", "tool_use"] and final.stop_reason == "tool_use"
 
@@ -186,21 +219,55 @@ def test_responses_function_calls_over_the_socket(oai: openai.OpenAI) -> None:
     with oai.responses.stream(model=MODEL_ID, input="Weather in Paris?", tools=tools, max_output_tokens=32) as s:
         final = s.get_final_response()
     assert [(o.name, json.loads(o.arguments)) for o in final.output if o.type == "function_call"] == [
-        ("get_weather", {"city": "Paris"}), ("get_time", {})]
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {}),
+    ]
 
 
 def test_zz_canary_never_reaches_the_engine_log(engine: EngineProcess, http: httpx.Client) -> None:
     attempts: list[tuple[str, dict[str, Any]]] = [
         ("/v1/completions", {"prompt": CANARY, "suffix": CANARY, "max_tokens": 4}),
-        ("/infill", {"input_prefix": CANARY, "input_suffix": CANARY, "input_extra": [{"filename": CANARY, "text": CANARY}],
-                     "n_predict": 4, "stream": True}),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": CANARY}], "max_tokens": 8, "stream": True,
-                                  "tools": [{"type": "function", "function": {"name": "f", "description": CANARY}}]}),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": CANARY}], "max_tokens": 8, "tool_choice": "required",
-                                  "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": CANARY}}},
-                                            {"type": "function", "function": {"name": "g"}}]}),
-        ("/v1/messages", {"model": MODEL_ID, "max_tokens": 8, "system": CANARY, "stream": True,
-                          "messages": [{"role": "user", "content": [{"type": "image", "source": CANARY}]}]}),
+        (
+            "/infill",
+            {
+                "input_prefix": CANARY,
+                "input_suffix": CANARY,
+                "input_extra": [{"filename": CANARY, "text": CANARY}],
+                "n_predict": 4,
+                "stream": True,
+            },
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [{"role": "user", "content": CANARY}],
+                "max_tokens": 8,
+                "stream": True,
+                "tools": [{"type": "function", "function": {"name": "f", "description": CANARY}}],
+            },
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [{"role": "user", "content": CANARY}],
+                "max_tokens": 8,
+                "tool_choice": "required",
+                "tools": [
+                    {"type": "function", "function": {"name": "f", "parameters": {"type": CANARY}}},
+                    {"type": "function", "function": {"name": "g"}},
+                ],
+            },
+        ),
+        (
+            "/v1/messages",
+            {
+                "model": MODEL_ID,
+                "max_tokens": 8,
+                "system": CANARY,
+                "stream": True,
+                "messages": [{"role": "user", "content": [{"type": "image", "source": CANARY}]}],
+            },
+        ),
         ("/v1/messages", {"model": MODEL_ID, "max_tokens": 8, "messages": [{"role": "user", "content": CANARY}]}),
         ("/v1/responses", {"input": CANARY, "instructions": CANARY, "stream": True, "max_output_tokens": 8}),
         ("/v1/responses", {"input": CANARY, "previous_response_id": CANARY}),

@@ -51,10 +51,14 @@ def _model_bytes() -> bytes:
             helper.make_node("Mul", ["k", "k"], ["k2"]),
         ],
         "veil_tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
-         helper.make_tensor_value_info("k", TensorProto.INT64, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
-         helper.make_tensor_value_info("k2", TensorProto.INT64, [2])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("k2", TensorProto.INT64, [2]),
+        ],
         initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -67,8 +71,13 @@ def _expected(x: np.ndarray) -> np.ndarray:
 
 
 def _body(x: np.ndarray, k: np.ndarray, encoding: str = "base64", **extra: Any) -> dict[str, Any]:
-    return {"inputs": {"x": array_to_tensor(x, encoding),  # type: ignore[arg-type]
-                       "k": array_to_tensor(k, encoding)}, **extra}  # type: ignore[arg-type]
+    return {
+        "inputs": {
+            "x": array_to_tensor(x, encoding),  # type: ignore[arg-type]
+            "k": array_to_tensor(k, encoding),
+        },
+        **extra,
+    }  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +99,12 @@ def app_client(model_file: Path) -> Iterator[TestClient]:
 
 
 def test_tensor_round_trip_both_encodings() -> None:
-    for arr in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([True, False]),
-                np.array([[1, -2]], dtype=np.int64), np.array(3.5, dtype=np.float16)):
+    for arr in (
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.array([True, False]),
+        np.array([[1, -2]], dtype=np.int64),
+        np.array(3.5, dtype=np.float16),
+    ):
         for enc in ("base64", "list"):
             back = tensor_to_array(array_to_tensor(arr, enc))  # type: ignore[arg-type]
             assert back.dtype == arr.dtype and back.shape == arr.shape
@@ -118,8 +131,7 @@ def test_decode_refusals() -> None:
         ({"inputs": {"x": {**good, "data": [[1, 2, 3, 4], [5]]}}}, "invalid_data"),
         ({"inputs": {"x": {**good, "data": [[1, 2], [3, 4]]}}}, "shape_mismatch"),
         ({"inputs": {"x": {**good, "data": "!!not base64!!"}}}, "invalid_data"),
-        ({"inputs": {"x": {**good, "data": base64.b64encode(b"\0" * 12).decode()}}},
-         "shape_mismatch"),
+        ({"inputs": {"x": {**good, "data": base64.b64encode(b"\0" * 12).decode()}}}, "shape_mismatch"),
         ({"inputs": {"x": {**good, "data": [[CANARY, 2, 3, 4]]}}}, "invalid_data"),
         ({"inputs": {"x": {**good, "shape": [100_000, 4]}}}, "tensor_too_large"),
     ]
@@ -160,8 +172,7 @@ def test_backend_loads_from_memfd() -> None:
 def test_models_lists_signature(app_client: TestClient) -> None:
     (m,) = app_client.get("/v1/models").json()["data"]
     assert m["id"] == "tiny"
-    assert m["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["N", 4]},
-                           {"name": "k", "dtype": "int64", "shape": [2]}]
+    assert m["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["N", 4]}, {"name": "k", "dtype": "int64", "shape": [2]}]
     assert [o["name"] for o in m["outputs"]] == ["y", "k2"]
     assert app_client.get("/health").json()["status"] == "ok"
 
@@ -191,17 +202,18 @@ def test_output_selection(app_client: TestClient) -> None:
     [
         (b"not json", 400, "invalid_json"),
         (b"[1, 2]", 400, "invalid_request"),
-        (b'{"inputs": {"x": {"dtype": "float64", "shape": [1, 4], "data": [[1,2,3,4]]},'
-         b' "k": {"dtype": "int64", "shape": [2], "data": [1, 2]}}}', 400, "dtype_mismatch"),
+        (
+            b'{"inputs": {"x": {"dtype": "float64", "shape": [1, 4], "data": [[1,2,3,4]]},'
+            b' "k": {"dtype": "int64", "shape": [2], "data": [1, 2]}}}',
+            400,
+            "dtype_mismatch",
+        ),
         (b'{"model": "other", "inputs": {}}', 404, "model_not_found"),
         (b'{"inputs": {"x": 1}, "output_encoding": "hex"}', 400, "invalid_request"),
-        (b'{"inputs": {"x": {"dtype": "float32", "shape": [1, 4], "data": "' + b"A" * 2_000_000
-         + b'"}}}', 413, "body_too_large"),
+        (b'{"inputs": {"x": {"dtype": "float32", "shape": [1, 4], "data": "' + b"A" * 2_000_000 + b'"}}}', 413, "body_too_large"),
     ],
 )
-def test_bad_requests_get_openai_errors(
-    app_client: TestClient, body: bytes, status: int, code: str
-) -> None:
+def test_bad_requests_get_openai_errors(app_client: TestClient, body: bytes, status: int, code: str) -> None:
     r = app_client.post("/v1/run", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -220,8 +232,7 @@ def test_unknown_path_is_openai_404(app_client: TestClient) -> None:
 @pytest.mark.slow
 def test_engine_process_over_unix_socket(model_file: Path, tmp_path: Path) -> None:
     sock = tmp_path / "onnx.sock"
-    with EngineProcess(sock, model_file, engine_module="veil.engines.onnx", threads=1,
-                       startup_timeout=60) as eng:
+    with EngineProcess(sock, model_file, engine_module="veil.engines.onnx", threads=1, startup_timeout=60) as eng:
         assert (sock.stat().st_mode & 0o777) == 0o600
         transport = httpx.HTTPTransport(uds=str(sock))
         with httpx.Client(transport=transport, base_url=ENGINE_BASE_URL, timeout=30) as c:
@@ -233,10 +244,8 @@ def test_engine_process_over_unix_socket(model_file: Path, tmp_path: Path) -> No
             # Send the canary every way we can, good and bad; it must never reach the log.
             canary_f = np.frombuffer(CANARY.encode()[:32], dtype=np.float32).reshape(2, 4)
             c.post("/v1/run", json=_body(canary_f, np.array([1, 2])))
-            c.post("/v1/run", json={"inputs": {CANARY: {"dtype": "float32", "shape": [1],
-                                                        "data": [1.0]}}})
-            c.post("/v1/run", json={"inputs": {"x": {"dtype": "float32", "shape": [1, 4],
-                                                     "data": [[CANARY, 1, 2, 3]]}}})
+            c.post("/v1/run", json={"inputs": {CANARY: {"dtype": "float32", "shape": [1], "data": [1.0]}}})
+            c.post("/v1/run", json={"inputs": {"x": {"dtype": "float32", "shape": [1, 4], "data": [[CANARY, 1, 2, 3]]}}})
             c.post("/v1/run", content=f'{{"inputs": "{CANARY}'.encode())
             c.post(f"/v1/{CANARY}", json={})
         time.sleep(0.2)
@@ -251,10 +260,20 @@ def test_engine_process_loads_model_from_memfd(tmp_path: Path) -> None:
     fd = os.memfd_create("veil-model")
     os.write(fd, _model_bytes())
     sock = tmp_path / "m.sock"
-    cmd = [sys.executable, "-m", "veil.engines.onnx", "--model", f"/dev/fd/{fd}",
-           "--socket", str(sock), "--threads", "1", "--parent-pid", str(os.getpid())]
-    proc = subprocess.Popen(cmd, pass_fds=[fd], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "veil.engines.onnx",
+        "--model",
+        f"/dev/fd/{fd}",
+        "--socket",
+        str(sock),
+        "--threads",
+        "1",
+        "--parent-pid",
+        str(os.getpid()),
+    ]
+    proc = subprocess.Popen(cmd, pass_fds=[fd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     os.close(fd)
     try:
         transport = httpx.HTTPTransport(uds=str(sock), retries=3)
@@ -268,8 +287,7 @@ def test_engine_process_loads_model_from_memfd(tmp_path: Path) -> None:
             assert m["id"] == "onnx-model"
             x = np.eye(4, dtype=np.float32)
             r = c.post("/v1/run", json=_body(x, np.array([1, 1]), output_encoding="list"))
-            np.testing.assert_allclose(tensor_to_array(r.json()["outputs"]["y"]), _expected(x),
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(tensor_to_array(r.json()["outputs"]["y"]), _expected(x), rtol=1e-5, atol=1e-6)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -40,14 +40,17 @@ def build_tiny_model(path: Path, hidden_size: int = 32, heads: int = 2) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"],
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    text = ["the quick brown fox jumps over the lazy dog", "hello world, say hello",
-            "count one two three four five six seven eight nine ten"]
+    text = [
+        "the quick brown fox jumps over the lazy dog",
+        "hello world, say hello",
+        "count one two three four five six seven eight nine ten",
+    ]
     tok.train_from_iterator(text * 20, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="</s>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
     fast.chat_template = TEMPLATE
     fast.save_pretrained(path)
     # Portable across transformers 4.x and 5.x (vLLM pins its own): name the classic class and
@@ -57,10 +60,15 @@ def build_tiny_model(path: Path, hidden_size: int = 32, heads: int = 2) -> Path:
     cfg.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=TEMPLATE)
     cfg_file.write_text(json.dumps(cfg, indent=2))
     config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=heads,
+        vocab_size=len(fast),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=256,
-        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
     )
     torch.manual_seed(0)
@@ -72,9 +80,9 @@ def build_tiny_model(path: Path, hidden_size: int = 32, heads: int = 2) -> Path:
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     base = tmp_path_factory.mktemp("hf")
     model = build_tiny_model(base / MODEL_ID)
-    with EngineProcess(base / "engine.sock", model,
-                       engine_module="veil.engines.transformers_engine",
-                       threads=1, n_ctx=128, startup_timeout=120) as eng:
+    with EngineProcess(
+        base / "engine.sock", model, engine_module="veil.engines.transformers_engine", threads=1, n_ctx=128, startup_timeout=120
+    ) as eng:
         yield eng
 
 
@@ -86,12 +94,11 @@ def client(engine: EngineProcess) -> Iterator[httpx.Client]:
 
 
 def _chat(content: str, **extra: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": content}], "max_tokens": 6, "seed": 1,
-            **extra}
+    return {"messages": [{"role": "user", "content": content}], "max_tokens": 6, "seed": 1, **extra}
 
 
 def _events(r: httpx.Response) -> list[str]:
-    return [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
 
 
 def test_health_and_models(client: httpx.Client) -> None:
@@ -116,8 +123,7 @@ def test_chat_non_streaming(client: httpx.Client) -> None:
 
 
 def test_chat_streaming(client: httpx.Client) -> None:
-    req = _chat("count one two", max_tokens=8, stream=True,
-                stream_options={"include_usage": True})
+    req = _chat("count one two", max_tokens=8, stream=True, stream_options={"include_usage": True})
     with client.stream("POST", "/v1/chat/completions", json=req) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -138,8 +144,7 @@ def test_chat_streaming(client: httpx.Client) -> None:
 
 
 def test_completion_and_echo(client: httpx.Client) -> None:
-    r = client.post("/v1/completions", json={"prompt": "the quick", "max_tokens": 4,
-                                             "echo": True, "temperature": 0})
+    r = client.post("/v1/completions", json={"prompt": "the quick", "max_tokens": 4, "echo": True, "temperature": 0})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "text_completion"
@@ -178,17 +183,13 @@ def test_stop_sequence_cuts_the_text(client: httpx.Client) -> None:
     [
         ("/v1/chat/completions", b"not json", 400, "invalid_json"),
         ("/v1/chat/completions", b'{"messages": []}', 400, "invalid_request"),
-        ("/v1/chat/completions", b'{"model": "gpt-4", "messages": [{"role": "user",'
-         b' "content": "x"}]}', 404, "model_not_found"),
+        ("/v1/chat/completions", b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}', 404, "model_not_found"),
         ("/v1/completions", b'{"prompt": "x", "suffix": "y"}', 400, "unsupported_suffix"),
-        ("/v1/completions", b'{"prompt": "x", "max_tokens": 500}', 400,
-         "context_length_exceeded"),
+        ("/v1/completions", b'{"prompt": "x", "max_tokens": 500}', 400, "context_length_exceeded"),
         ("/v1/embeddings", b'{"input": "x"}', 404, "unsupported_endpoint"),  # no embeddings here
     ],
 )
-def test_bad_requests_get_openai_errors(
-    client: httpx.Client, path: str, body: bytes, status: int, code: str
-) -> None:
+def test_bad_requests_get_openai_errors(client: httpx.Client, path: str, body: bytes, status: int, code: str) -> None:
     r = client.post(path, content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code
@@ -206,7 +207,10 @@ def test_openai_sdk_over_the_socket(engine: EngineProcess) -> None:
     http = httpx.Client(transport=httpx.HTTPTransport(uds=str(engine.socket_path)))
     sdk = openai.OpenAI(base_url=f"{ENGINE_BASE_URL}/v1", api_key="unused", http_client=http)
     stream = sdk.chat.completions.create(
-        model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        stream=True,
     )
     assert sum(1 for _ in stream) >= 2
     done = sdk.completions.create(model=MODEL_ID, prompt="hi", max_tokens=3)

@@ -20,8 +20,7 @@ EXE = ["/opt/venv/bin/vllm"]
 
 
 def test_command_serves_on_the_unix_socket_with_logging_off() -> None:
-    cmd = vllm.build_command("/models/m", "/run/veil/e.sock", model_id="m", max_model_len=4096,
-                             version="0.11.0", executable=EXE)
+    cmd = vllm.build_command("/models/m", "/run/veil/e.sock", model_id="m", max_model_len=4096, version="0.11.0", executable=EXE)
     assert cmd[:5] == [*EXE, "serve", "/models/m", "--uds", "/run/veil/e.sock"]
     assert cmd[cmd.index("--served-model-name") + 1] == "m"
     assert cmd[cmd.index("--max-model-len") + 1] == "4096"
@@ -46,11 +45,17 @@ def test_request_logging_flag_follows_the_version(version: str | None, flag: str
 
 
 def test_extra_args_pass_through_but_privacy_flags_are_refused() -> None:
-    ok = vllm.build_command("m", "s", version="0.11.0", executable=EXE,
-                            extra_args=["--gpu-memory-utilization", "0.5", "--enforce-eager"])
+    ok = vllm.build_command(
+        "m", "s", version="0.11.0", executable=EXE, extra_args=["--gpu-memory-utilization", "0.5", "--enforce-eager"]
+    )
     assert ok[-3:] == ["--gpu-memory-utilization", "0.5", "--enforce-eager"]
-    for bad in (["--enable-log-requests"], ["--enable-log-outputs"], ["--port=8000"],
-                ["--host", "0.0.0.0"], ["--trust-remote-code"]):
+    for bad in (
+        ["--enable-log-requests"],
+        ["--enable-log-outputs"],
+        ["--port=8000"],
+        ["--host", "0.0.0.0"],
+        ["--trust-remote-code"],
+    ):
         with pytest.raises(vllm.VllmConfigError):
             vllm.build_command("m", "s", executable=EXE, extra_args=bad)
 
@@ -81,8 +86,9 @@ def test_tool_parser_follows_the_models_chat_template(tmp_path: Path) -> None:
     plain = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{% endfor %}"
     for bare in (model_dir("chatml", plain), model_dir("no-template", None), tmp_path / "missing"):
         assert "--enable-auto-tool-choice" not in vllm.build_command(bare, "s", executable=EXE)
-    chosen = vllm.build_command(tmp_path / "qwen-like", "s", executable=EXE,
-                                extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "pythonic"])
+    chosen = vllm.build_command(
+        tmp_path / "qwen-like", "s", executable=EXE, extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "pythonic"]
+    )
     assert parser(chosen) == "pythonic" and chosen.count("--tool-call-parser") == 1
 
 
@@ -106,11 +112,14 @@ def test_socket_directory_must_be_private(tmp_path: Path) -> None:
 
 def test_cli_takes_the_engine_process_flags(tmp_path: Path) -> None:
     """The argv EngineProcess sends, plus pass-through flags, becomes the expected vllm argv."""
-    eng = EngineProcess(tmp_path / "e.sock", tmp_path / "my-model",
-                        engine_module="veil.engines.vllm", n_ctx=1024,
-                        extra_args=["--gpu-memory-utilization", "0.4"])
-    out = subprocess.run([*eng.command(), "--print-command"], capture_output=True, text=True,
-                         timeout=60, check=True)
+    eng = EngineProcess(
+        tmp_path / "e.sock",
+        tmp_path / "my-model",
+        engine_module="veil.engines.vllm",
+        n_ctx=1024,
+        extra_args=["--gpu-memory-utilization", "0.4"],
+    )
+    out = subprocess.run([*eng.command(), "--print-command"], capture_output=True, text=True, timeout=60, check=True)
     printed = json.loads(out.stdout)
     argv = printed["argv"]
     assert argv[argv.index("serve") + 1] == str(tmp_path / "my-model")
@@ -119,8 +128,7 @@ def test_cli_takes_the_engine_process_flags(tmp_path: Path) -> None:
     assert argv[argv.index("--max-model-len") + 1] == "1024"
     assert argv[-2:] == ["--gpu-memory-utilization", "0.4"]
     assert printed["env"]["VLLM_NO_USAGE_STATS"] == "1"
-    refused = subprocess.run([*eng.command(), "--enable-log-requests"], capture_output=True,
-                             text=True, timeout=60)
+    refused = subprocess.run([*eng.command(), "--enable-log-requests"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "not allowed" in refused.stderr
     ignored = subprocess.run([*eng.command(), "--threads", "4"], capture_output=True, text=True, timeout=60)
     assert ignored.returncode == 2 and "--threads" in ignored.stderr  # a flag vLLM would ignore
@@ -148,8 +156,7 @@ CANARY = "VEIL-CANARY-91c3-vllm-prompt-must-not-be-logged"
 
 @pytest.fixture(scope="module")
 def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    spec = importlib.util.spec_from_file_location(
-        "tiny_builder", Path(__file__).with_name("test_engine_transformers.py"))
+    spec = importlib.util.spec_from_file_location("tiny_builder", Path(__file__).with_name("test_engine_transformers.py"))
     assert spec and spec.loader
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
@@ -157,9 +164,14 @@ def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProc
     os.chmod(base, 0o700)
     # head_dim 64: the smallest size every vLLM attention backend accepts.
     model = builder.build_tiny_model(base / "tiny-llama", hidden_size=128, heads=2)
-    with EngineProcess(base / "engine.sock", model, engine_module="veil.engines.vllm", n_ctx=128,
-                       extra_args=["--gpu-memory-utilization", "0.25", "--enforce-eager"],
-                       startup_timeout=900) as eng:
+    with EngineProcess(
+        base / "engine.sock",
+        model,
+        engine_module="veil.engines.vllm",
+        n_ctx=128,
+        extra_args=["--gpu-memory-utilization", "0.25", "--enforce-eager"],
+        startup_timeout=900,
+    ) as eng:
         yield eng
 
 
@@ -170,9 +182,10 @@ def test_vllm_serves_openai_on_the_socket(vllm_engine: EngineProcess) -> None:
     transport = httpx.HTTPTransport(uds=str(vllm_engine.socket_path))
     with httpx.Client(transport=transport, base_url=ENGINE_BASE_URL, timeout=120) as c:
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["tiny-llama"]
-        r = c.post("/v1/chat/completions", json={
-            "model": "tiny-llama", "max_tokens": 4,
-            "messages": [{"role": "user", "content": CANARY}]})
+        r = c.post(
+            "/v1/chat/completions",
+            json={"model": "tiny-llama", "max_tokens": 4, "messages": [{"role": "user", "content": CANARY}]},
+        )
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["prompt_tokens"] > 0
         # Veil's FIM middleware runs inside vLLM: this tiny Llama has no FIM tokens, so a refusal.
@@ -186,4 +199,3 @@ def test_vllm_serves_openai_on_the_socket(vllm_engine: EngineProcess) -> None:
     log = vllm_engine.log_text()
     assert "serving tiny-llama (vllm" in log
     assert CANARY not in log
-

@@ -47,21 +47,32 @@ def _vllm_standin(seen: list[dict[str, Any]]) -> Starlette:
         body = await request.json()
         seen.append(body)
         if body.get("max_tokens") == 999:  # vLLM's refusal shape, with a message quoting the request
-            return JSONResponse({"error": {"message": f"prompt {CANARY} too long", "type": "BadRequestError",
-                                           "param": None, "code": 400}}, status_code=400)
+            return JSONResponse(
+                {"error": {"message": f"prompt {CANARY} too long", "type": "BadRequestError", "param": None, "code": 400}},
+                status_code=400,
+            )
         if not isinstance(body["prompt"], list):
-            return JSONResponse({"object": "text_completion", "choices": [{"index": 0, "text": "vllm's own",
-                                 "finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+            return JSONResponse(
+                {
+                    "object": "text_completion",
+                    "choices": [{"index": 0, "text": "vllm's own", "finish_reason": "length"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+                }
+            )
 
         async def stream() -> AsyncIterator[bytes]:
             for piece in PIECES:
-                event = {"object": "text_completion", "choices": [{"index": 0, "text": piece, "logprobs": None,
-                                                                    "finish_reason": None, "stop_reason": None}]}
+                event = {
+                    "object": "text_completion",
+                    "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None, "stop_reason": None}],
+                }
                 yield f"data: {json.dumps(event)}\n\n".encode()
             last = {"choices": [{"index": 0, "text": "", "finish_reason": "stop", "stop_reason": body["stop_token_ids"][0]}]}
             yield f"data: {json.dumps(last)}\n\n".encode()
-            usage = {"choices": [], "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 2,
-                                              "total_tokens": len(body["prompt"]) + 2}}
+            usage = {
+                "choices": [],
+                "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 2, "total_tokens": len(body["prompt"]) + 2},
+            }
             yield f"data: {json.dumps(usage)}\n\n".encode()
             yield b"data: [DONE]\n\n"
 
@@ -82,10 +93,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace
         mp.setenv(name, value)
     try:
         with ServerThread(vllm_fim.FimMiddleware(_vllm_standin(seen)), uds=str(sock)):
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url=ENGINE_BASE_URL,
-                              timeout=60) as http:
-                oai = openai.OpenAI(base_url=f"{ENGINE_BASE_URL}/v1", api_key="unused", http_client=http,
-                                    max_retries=0)
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url=ENGINE_BASE_URL, timeout=60) as http:
+                oai = openai.OpenAI(base_url=f"{ENGINE_BASE_URL}/v1", api_key="unused", http_client=http, max_retries=0)
                 yield SimpleNamespace(http=http, oai=oai, seen=seen, model=model, sock=sock)
     finally:
         mp.undo()
@@ -97,12 +106,16 @@ def test_fim_prompt_is_built_from_the_vocabulary_and_stops_at_the_end_of_middle(
     tok = AutoTokenizer.from_pretrained(served.model.path)
     vocab = served.model.vocab
     prefix = PREFIX + "<fim_suffix>"  # a control token's spelling in the prefix stays text
-    done = served.oai.completions.create(model=MODEL_ID, prompt=prefix, suffix=SUFFIX, max_tokens=8, temperature=0,
-                                         stop=["#"])
+    done = served.oai.completions.create(model=MODEL_ID, prompt=prefix, suffix=SUFFIX, max_tokens=8, temperature=0, stop=["#"])
     sent = served.seen[-1]
     text = tok(prefix, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    assert sent["prompt"] == [vocab["<fim_prefix>"], *text, vocab["<fim_suffix>"],
-                              *tok(SUFFIX, add_special_tokens=False)["input_ids"], vocab["<fim_middle>"]]
+    assert sent["prompt"] == [
+        vocab["<fim_prefix>"],
+        *text,
+        vocab["<fim_suffix>"],
+        *tok(SUFFIX, add_special_tokens=False)["input_ids"],
+        vocab["<fim_middle>"],
+    ]
     assert sent["prompt"].count(vocab["<fim_suffix>"]) == 1
     assert set(sent["stop_token_ids"]) == {vocab[t] for t in ("<|endoftext|>", "<fim_pad>", "<file_sep>")}
     assert "suffix" not in sent and sent["model"] == MODEL_ID and sent["stop"] == ["#"] and sent["stream"] is True
@@ -113,8 +126,12 @@ def test_fim_prompt_is_built_from_the_vocabulary_and_stops_at_the_end_of_middle(
 
 
 def test_infill_shape(served: SimpleNamespace) -> None:
-    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 8,
-            "input_extra": [{"filename": "util.py", "text": "x = 1\n"}]}
+    body = {
+        "input_prefix": PREFIX,
+        "input_suffix": SUFFIX,
+        "n_predict": 8,
+        "input_extra": [{"filename": "util.py", "text": "x = 1\n"}],
+    }
     whole = served.http.post("/infill", json=body).json()
     assert whole["content"] == "".join(PIECES) and whole["stop"] is True and whole["stop_type"] == "eos"
     vocab = served.model.vocab
@@ -173,6 +190,9 @@ def test_vllm_command_loads_the_middleware(tmp_path: Path) -> None:
     cmd = vllm.build_command(tmp_path / "m", tmp_path / "e.sock", executable=["/opt/venv/bin/vllm"])
     assert cmd[cmd.index("--middleware") + 1] == "veil.engines.vllm_fim.FimMiddleware"
     settings = vllm.middleware_settings(tmp_path / "m", "m", tmp_path / "e.sock")
-    assert settings == {"VEIL_VLLM_MODEL": str(tmp_path / "m"), "VEIL_VLLM_MODEL_ID": "m",
-                        "VEIL_VLLM_SOCKET": str((tmp_path / "e.sock").resolve())}
+    assert settings == {
+        "VEIL_VLLM_MODEL": str(tmp_path / "m"),
+        "VEIL_VLLM_MODEL_ID": "m",
+        "VEIL_VLLM_SOCKET": str((tmp_path / "e.sock").resolve()),
+    }
     assert vllm.build_env({}, settings)["VEIL_VLLM_SOCKET"] == settings["VEIL_VLLM_SOCKET"]

@@ -59,9 +59,11 @@ def test_top_level_names_are_the_library_objects() -> None:
 
 def test_importing_veil_stays_cheap() -> None:
     """The CLI imports veil first: the SDK (openai, httpx, pydantic) loads only when a name is used."""
-    code = ("import sys, veil\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in {'openai', 'httpx', 'pydantic'}"
-            " or m.startswith('veil.client')))")
+    code = (
+        "import sys, veil\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'openai', 'httpx', 'pydantic'}"
+        " or m.startswith('veil.client')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -37,14 +37,18 @@ async def _chat(request: Request) -> Response:
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(gen(), media_type="text/event-stream")
-    return JSONResponse({"echo": body, "path": request.url.path, "query": request.url.query, "auth": request.headers.get("authorization")})
+    return JSONResponse(
+        {"echo": body, "path": request.url.path, "query": request.url.query, "auth": request.headers.get("authorization")}
+    )
 
 
 async def _boom(request: Request) -> Response:
     return JSONResponse({"detail": "nope"}, status_code=404)
 
 
-UPSTREAM = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"]), Route("/v1/missing", _boom, methods=["GET"])])
+UPSTREAM = Starlette(
+    routes=[Route("/v1/chat/completions", _chat, methods=["POST"]), Route("/v1/missing", _boom, methods=["GET"])]
+)
 
 
 @pytest.fixture
@@ -174,7 +178,9 @@ def test_draft_chunked_request_by_hand(pair: KeyPair) -> None:
     async def go() -> None:
         tx = ChunkedRequestSender(pair.config, suite=SymmetricSuite(1, 3))
         req = bhttp.encode_request(
-            bhttp.Request("POST", "https", "x", "/v1/chat/completions", [("content-type", "application/json")], b'{"stream": true}'),
+            bhttp.Request(
+                "POST", "https", "x", "/v1/chat/completions", [("content-type", "application/json")], b'{"stream": true}'
+            ),
             indeterminate=True,
         )
         wire = tx.header + tx.seal_chunk(req[:10]) + tx.seal_final(req[10:])
@@ -244,7 +250,9 @@ def test_framing_is_chosen_by_route_never_by_trial(pair: KeyPair) -> None:
             assert len(body) == 256 and json.loads(body) == {"detail": "nope"}  # padded like the rest
             # a draft chunked request is not accepted on /score either
             tx = ChunkedRequestSender(pair.config)
-            wire = tx.header + tx.seal_final(bhttp.encode_request(bhttp.Request("GET", "https", "x", "/v1/models"), indeterminate=True))
+            wire = tx.header + tx.seal_final(
+                bhttp.encode_request(bhttp.Request("GET", "https", "x", "/v1/models"), indeterminate=True)
+            )
             r = await c.post("/score", content=wire, headers={"content-type": "message/ohttp-chunked-req"})
             assert r.status_code == 400 and r.json()["error"]["reason"] == "ohttp.decrypt_failed"
 
@@ -258,9 +266,15 @@ def test_engine_receives_only_allowlisted_headers(pair: KeyPair) -> None:
     upstream = httpx.ASGITransport(FakeEngine(record=seen))
     app = create_gateway_app(KeyStore([pair]), upstream)
     sent = {
-        "Cookie": "session=secret", "Referer": "https://intranet.example/page", "Origin": "https://evil.example",
-        "User-Agent": "Mozilla/5.0 (X11; Linux)", "X-Forwarded-For": "203.0.113.7", "X-Real-IP": "203.0.113.7",
-        "X-Stainless-OS": "Linux", "X-Stainless-Runtime-Version": "3.11.7", "OpenAI-Organization": "org-1",
+        "Cookie": "session=secret",
+        "Referer": "https://intranet.example/page",
+        "Origin": "https://evil.example",
+        "User-Agent": "Mozilla/5.0 (X11; Linux)",
+        "X-Forwarded-For": "203.0.113.7",
+        "X-Real-IP": "203.0.113.7",
+        "X-Stainless-OS": "Linux",
+        "X-Stainless-Runtime-Version": "3.11.7",
+        "OpenAI-Organization": "org-1",
         "Authorization": "Bearer sk-user-secret",
     }
 
@@ -268,8 +282,13 @@ def test_engine_receives_only_allowlisted_headers(pair: KeyPair) -> None:
         import openai
 
         t = AsyncOhttpTransport(pair.config, "http://gw", transport=httpx.ASGITransport(app))
-        client = openai.AsyncOpenAI(base_url="http://api.local/v1", api_key="sk-user-secret", max_retries=0,
-                                    http_client=httpx.AsyncClient(transport=t), default_headers=sent)
+        client = openai.AsyncOpenAI(
+            base_url="http://api.local/v1",
+            api_key="sk-user-secret",
+            max_retries=0,
+            http_client=httpx.AsyncClient(transport=t),
+            default_headers=sent,
+        )
         await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         await client.close()
 
@@ -282,7 +301,9 @@ def test_engine_receives_only_allowlisted_headers(pair: KeyPair) -> None:
         assert value not in joined, value
 
 
-def test_nothing_after_decryption_answers_in_the_clear(pair: KeyPair, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_after_decryption_answers_in_the_clear(
+    pair: KeyPair, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A body nested deep enough to raise RecursionError, or any unexpected failure, gets an
     encrypted answer and a log line naming only the exception type (issue 15.8)."""
     caplog.set_level(logging.DEBUG)

@@ -65,8 +65,9 @@ def test_the_lock_covers_pyproject_and_pins_every_file() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     wanted = [Requirement(d) for d in project["dependencies"] + [d for e in IMAGE_EXTRAS for d in extras[e]]]
-    listed = [Requirement(line) for line in (IMAGES / "requirements.in").read_text().splitlines()
-              if line and not line.startswith("#")]
+    listed = [
+        Requirement(line) for line in (IMAGES / "requirements.in").read_text().splitlines() if line and not line.startswith("#")
+    ]
     assert {str(r) for r in wanted} <= {str(r) for r in listed}, "requirements.in is pyproject's core + image extras"
     locked = _locked()
     for req in wanted:

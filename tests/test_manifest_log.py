@@ -24,8 +24,13 @@ def sim_dir(tmp_path_factory):
 
 def _policy(coord) -> ClientPolicy:
     m = coord.signed.manifest
-    return ClientPolicy(coordinator_url=URL, coordinator=m.coordinator, admin_keys=[public_key_hex(coord.admin)],
-                        trust_simulated=True, simulation_roots=m.trusted_simulation_roots)
+    return ClientPolicy(
+        coordinator_url=URL,
+        coordinator=m.coordinator,
+        admin_keys=[public_key_hex(coord.admin)],
+        trust_simulated=True,
+        simulation_roots=m.trusted_simulation_roots,
+    )
 
 
 def _update(coord, sim_dir, n: int, previous: str):

@@ -46,8 +46,11 @@ B = np.array([-1.0, 0.0, 1.0], dtype=np.float32)
 
 def _model() -> bytes:
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["pre"]),
-         helper.make_node("Relu", ["pre"], ["y"])],
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "B"], ["pre"]),
+            helper.make_node("Relu", ["pre"], ["y"]),
+        ],
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
@@ -72,11 +75,23 @@ def test_sealed_onnx_model_runs_only_on_the_attested_worker(tmp_path) -> None:
 
     refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
     manifest = Manifest(
-        coordinator=refs, workers=refs, admin_keys=[public_key_hex(owner)], coordinator_identity=state.identity,
-        models=[ModelEntry(name="tiny-onnx", engine="onnxruntime", sha256=header.plaintext_sha256,
-                           source=str(tmp_path / "model.sealed"), sealed_sha256=sealed_sha, key_id="onnx-key")],
-        release_policies={"onnx-key": ReleasePolicy(platforms=["sim-snp"], allow_simulated=True,
-                                                    measurements=[attester.measurement.hex()])},
+        coordinator=refs,
+        workers=refs,
+        admin_keys=[public_key_hex(owner)],
+        coordinator_identity=state.identity,
+        models=[
+            ModelEntry(
+                name="tiny-onnx",
+                engine="onnxruntime",
+                sha256=header.plaintext_sha256,
+                source=str(tmp_path / "model.sealed"),
+                sealed_sha256=sealed_sha,
+                key_id="onnx-key",
+            )
+        ],
+        release_policies={
+            "onnx-key": ReleasePolicy(platforms=["sim-snp"], allow_simulated=True, measurements=[attester.measurement.hex()])
+        },
         sandbox=SandboxSettings(profile="bubblewrap"),
         trusted_simulation_roots=[sim.root_fingerprint],
     )
@@ -84,15 +99,34 @@ def test_sealed_onnx_model_runs_only_on_the_attested_worker(tmp_path) -> None:
     with ServerThread(create_app(state, attester)) as coord:
         httpx.post(f"{coord.url}/v1/manifest", content=signed.model_dump_json()).raise_for_status()
         port = free_port()
-        policy = ClientPolicy(coordinator_url=coord.url, gateway_url=f"http://127.0.0.1:{port}", coordinator=refs,
-                              manifest_digests=[signed.digest.hex()], trust_simulated=True,
-                              simulation_roots=[sim.root_fingerprint])
+        policy = ClientPolicy(
+            coordinator_url=coord.url,
+            gateway_url=f"http://127.0.0.1:{port}",
+            coordinator=refs,
+            manifest_digests=[signed.digest.hex()],
+            trust_simulated=True,
+            simulation_roots=[sim.root_fingerprint],
+        )
         admin.put_secret(policy, owner, "onnx-key", key)  # the owner's key goes only to the attested coordinator
         worker = subprocess.Popen(
-            [sys.executable, "-m", "veil", "worker", "--coordinator", coord.url, "--port", str(port),
-             "--sim-dir", str(sim.directory), "--run-dir", str(tmp_path / "run"),
-             "--sim-launch-data", public_key_hex(owner)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "veil",
+                "worker",
+                "--coordinator",
+                coord.url,
+                "--port",
+                str(port),
+                "--sim-dir",
+                str(sim.directory),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--sim-launch-data",
+                public_key_hex(owner),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 120
@@ -106,8 +140,9 @@ def test_sealed_onnx_model_runs_only_on_the_attested_worker(tmp_path) -> None:
                 assert time.monotonic() < deadline, "worker did not come up"
                 time.sleep(0.2)
             attested = verify_coordinator(policy)
-            with httpx.Client(transport=OhttpTransport(attested.key_config, policy.gateway_url),
-                              base_url=policy.gateway_url) as client:
+            with httpx.Client(
+                transport=OhttpTransport(attested.key_config, policy.gateway_url), base_url=policy.gateway_url
+            ) as client:
                 x = np.array([[1, 2, 3, 4], [-4, -3, -2, -1]], dtype=np.float32)
                 resp = client.post("/v1/run", json={"inputs": {"x": array_to_tensor(x)}})
                 assert resp.status_code == 200, resp.text

@@ -94,16 +94,20 @@ def test_chat_streaming(sdk: openai.OpenAI) -> None:
 def test_stream_usage_matches_the_whole_answer(sdk: openai.OpenAI) -> None:
     """``stream_options.include_usage``: a last chunk with no choices and the same usage."""
     whole = _chat(sdk, "Name three colours.", max_tokens=8, temperature=0)
-    chunks = list(_chat(sdk, "Name three colours.", max_tokens=8, temperature=0, stream=True,
-                        stream_options={"include_usage": True}))
+    chunks = list(
+        _chat(sdk, "Name three colours.", max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True})
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert all(c.usage is None for c in chunks[:-1])
     counts = ("prompt_tokens", "completion_tokens", "total_tokens")  # cached_tokens depends on the last request
     assert {k: getattr(chunks[-1].usage, k) for k in counts} == {k: getattr(whole.usage, k) for k in counts}
     plain = list(_chat(sdk, "Name three colours.", max_tokens=2, stream=True))
     assert all(c.choices and c.usage is None for c in plain)
-    done = list(sdk.completions.create(model=MODEL, prompt="Once upon", max_tokens=3, temperature=0,
-                                       stream=True, stream_options={"include_usage": True}))
+    done = list(
+        sdk.completions.create(
+            model=MODEL, prompt="Once upon", max_tokens=3, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert done[-1].usage is not None and done[-1].usage.completion_tokens == 3
 
 
@@ -183,8 +187,11 @@ def test_logprobs_streaming(sdk: openai.OpenAI) -> None:
 
 def test_json_mode_output_parses(sdk: openai.OpenAI) -> None:
     resp = _chat(
-        sdk, 'Reply with a JSON object with one key "answer" whose value is the number 4.',
-        max_tokens=40, temperature=0, response_format={"type": "json_object"},
+        sdk,
+        'Reply with a JSON object with one key "answer" whose value is the number 4.',
+        max_tokens=40,
+        temperature=0,
+        response_format={"type": "json_object"},
     )
     assert isinstance(json.loads(resp.choices[0].message.content), dict)
 
@@ -197,7 +204,10 @@ def test_json_schema_structured_output(sdk: openai.OpenAI) -> None:
         "additionalProperties": False,
     }
     resp = _chat(
-        sdk, "What is 2+2? Answer in JSON.", max_tokens=24, temperature=0,
+        sdk,
+        "What is 2+2? Answer in JSON.",
+        max_tokens=24,
+        temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "sum", "schema": schema}},
     )
     data = json.loads(resp.choices[0].message.content)
@@ -212,7 +222,10 @@ def test_sdk_structured_output_parse(sdk: openai.OpenAI) -> None:
         answer: int
 
     resp = sdk.chat.completions.parse(
-        model=MODEL, messages=_user("What is 2+2? Answer in JSON."), max_tokens=24, temperature=0,
+        model=MODEL,
+        messages=_user("What is 2+2? Answer in JSON."),
+        max_tokens=24,
+        temperature=0,
         response_format=Sum,
     )
     assert isinstance(resp.choices[0].message.parsed, Sum)
@@ -220,7 +233,11 @@ def test_sdk_structured_output_parse(sdk: openai.OpenAI) -> None:
 
 def test_tool_call_forced_by_name(sdk: openai.OpenAI) -> None:
     resp = _chat(
-        sdk, "What is the weather in Paris?", max_tokens=24, temperature=0, tools=[WEATHER_TOOL],
+        sdk,
+        "What is the weather in Paris?",
+        max_tokens=24,
+        temperature=0,
+        tools=[WEATHER_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     choice = resp.choices[0]
@@ -234,8 +251,13 @@ def test_tool_call_forced_by_name(sdk: openai.OpenAI) -> None:
 
 def test_tool_call_streaming(sdk: openai.OpenAI) -> None:
     stream = _chat(
-        sdk, "What is the weather in Rome?", max_tokens=24, temperature=0, tools=[WEATHER_TOOL],
-        tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True,
+        sdk,
+        "What is the weather in Rome?",
+        max_tokens=24,
+        temperature=0,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        stream=True,
     )
     args, names, finish = "", set(), None
     for chunk in stream:
@@ -320,9 +342,7 @@ def test_schema_a_grammar_cannot_enforce_is_refused(sdk: openai.OpenAI) -> None:
     assert info.value.code == "unsupported_schema" and info.value.param == "tools"
 
 
-def test_zz_canary_never_reaches_engine_logs(
-    sdk: openai.OpenAI, veil_gateway: tuple[KeyPair, str, EngineProcess]
-) -> None:
+def test_zz_canary_never_reaches_engine_logs(sdk: openai.OpenAI, veil_gateway: tuple[KeyPair, str, EngineProcess]) -> None:
     """The new paths (grammars, tools, logprobs, base64 embeddings) keep the engine log clean."""
     engine = veil_gateway[2]
     schema = {"type": "object", "properties": {CANARY: {"type": "string", "enum": [CANARY]}}}
@@ -333,10 +353,20 @@ def test_zz_canary_never_reaches_engine_logs(
         lambda: _chat(sdk, CANARY, max_tokens=4, tools=[tool], tool_choice=named),
         lambda: _chat(sdk, CANARY, max_tokens=4, tools=[tool]),
         lambda: _chat(sdk, CANARY, max_tokens=4, response_format={"type": "json_object"}),
-        lambda: _chat(sdk, CANARY, response_format={"type": "json_schema", "json_schema": {
-            "name": CANARY, "schema": {"type": "string", "pattern": "(" + CANARY}}}),
-        lambda: _chat(sdk, CANARY, tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": CANARY}}}],
-                      tool_choice=named),
+        lambda: _chat(
+            sdk,
+            CANARY,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": CANARY, "schema": {"type": "string", "pattern": "(" + CANARY}},
+            },
+        ),
+        lambda: _chat(
+            sdk,
+            CANARY,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": CANARY}}}],
+            tool_choice=named,
+        ),
         lambda: sdk.embeddings.create(model=MODEL, input=CANARY),
         lambda: sdk.completions.create(model=MODEL, prompt=CANARY, max_tokens=2, logprobs=1),
     ]

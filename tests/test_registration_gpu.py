@@ -37,14 +37,17 @@ def coordinator(sim_dir, gpu, *, require_gpu: bool, gpu_reference: GpuReference 
     state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
     http = TestClient(create_app(state, attester), base_url="http://coord")
     m = make_manifest(sim_dir, admin, attester.measurement.hex(), coordinator_identity=state.identity)
-    refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()], require_gpu=require_gpu,
-                            gpu=gpu_reference)]
-    m = m.model_copy(update={
-        "workers": refs,
-        "models": [ModelEntry(name="m", sha256="11" * 32, key_id="k")],
-        "trusted_simulation_roots": [*m.trusted_simulation_roots, *gpu.simulation_roots],
-        "release_policies": {"k": ReleasePolicy(allow_simulated=True, require_gpu=True)},
-    })
+    refs = [
+        ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()], require_gpu=require_gpu, gpu=gpu_reference)
+    ]
+    m = m.model_copy(
+        update={
+            "workers": refs,
+            "models": [ModelEntry(name="m", sha256="11" * 32, key_id="k")],
+            "trusted_simulation_roots": [*m.trusted_simulation_roots, *gpu.simulation_roots],
+            "release_policies": {"k": ReleasePolicy(allow_simulated=True, require_gpu=True)},
+        }
+    )
     assert http.post("/v1/manifest", content=sign_manifest(m, [admin], None).model_dump_json()).status_code == 200
     state.put_secret("k", b"\x01" * 32, admin_key="test")
     http.admin = admin  # type: ignore[attr-defined]
@@ -55,6 +58,7 @@ def collector(gpu, *, tamper_nonce: bool = False):
     def collect(challenge: bytes, public_key: bytes):
         nonce = composite.gpu_nonce(challenge, public_key)
         return [gpu.evidence(bytes(32) if tamper_nonce else nonce)]
+
     return collect
 
 
@@ -62,9 +66,13 @@ def test_worker_with_gpu_is_admitted_and_claims_show_it(sim_dir, gpu) -> None:
     http, attester = coordinator(sim_dir, gpu, require_gpu=True)
     released = register("http://coord", attester, http, collector(gpu))
     assert released.ohttp_keys and released.data_keys == {"k": "01" * 32}
-    policy = ClientPolicy(coordinator_url="http://coord", coordinator=released.manifest.manifest.coordinator,
-                          admin_keys=[public_key_hex(http.admin)], trust_simulated=True,
-                          simulation_roots=released.manifest.manifest.trusted_simulation_roots)
+    policy = ClientPolicy(
+        coordinator_url="http://coord",
+        coordinator=released.manifest.manifest.coordinator,
+        admin_keys=[public_key_hex(http.admin)],
+        trust_simulated=True,
+        simulation_roots=released.manifest.manifest.trusted_simulation_roots,
+    )
     assert len(admin.list_workers(policy, http.admin, http=http)) == 1
 
 
@@ -125,6 +133,7 @@ def test_gpu_without_rims_is_refused(sim_dir, gpu) -> None:
 
     def bare(challenge: bytes, public_key: bytes):
         return [gpu.evidence(composite.gpu_nonce(challenge, public_key), with_collateral=False)]
+
     with pytest.raises(RegistrationRefused) as exc:
         register("http://coord", attester, http, bare)
     assert exc.value.reason == "nvidia.rim_missing"

@@ -28,8 +28,10 @@ def _create() -> cgroup.EngineCgroup:
 def test_another_worker_leaves_a_live_workers_empty_cgroup_alone() -> None:
     mine = _create()
     try:
-        code = ("from veil.sandbox import cgroup; import sys; "
-                f"c = cgroup.create(cgroup.Limits({LIMITS.memory_max}, {LIMITS.pids_max}, {LIMITS.cpus})); c.remove()")
+        code = (
+            "from veil.sandbox import cgroup; import sys; "
+            f"c = cgroup.create(cgroup.Limits({LIMITS.memory_max}, {LIMITS.pids_max}, {LIMITS.cpus})); c.remove()"
+        )
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
         assert all(os.path.isdir(d) for d in mine.directories), "a live worker's cgroup was removed"
     finally:
@@ -37,8 +39,10 @@ def test_another_worker_leaves_a_live_workers_empty_cgroup_alone() -> None:
 
 
 def test_a_dead_workers_empty_cgroup_is_removed() -> None:
-    code = ("from veil.sandbox import cgroup; "
-            f"print(*cgroup.create(cgroup.Limits({LIMITS.memory_max}, {LIMITS.pids_max}, {LIMITS.cpus})).directories)")
+    code = (
+        "from veil.sandbox import cgroup; "
+        f"print(*cgroup.create(cgroup.Limits({LIMITS.memory_max}, {LIMITS.pids_max}, {LIMITS.cpus})).directories)"
+    )
     try:
         done = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True)
     except subprocess.CalledProcessError as exc:

@@ -70,7 +70,12 @@ class Deployment:
             except OSError:
                 continue
             args = [a.decode(errors="replace") for a in argv]
-            if "veil" in args and role in args and str(self.state) in " ".join(args) and args[args.index("--port") + 1] == str(port):
+            if (
+                "veil" in args
+                and role in args
+                and str(self.state) in " ".join(args)
+                and args[args.index("--port") + 1] == str(port)
+            ):
                 return int(proc.name)
         raise AssertionError(f"no {role} on port {port}")
 
@@ -118,11 +123,27 @@ def deployment(tmp_path_factory, postgres_url) -> Iterator[Deployment]:
     state = tmp_path_factory.mktemp("scale") / "state"
     coordinators = COORDINATORS if postgres_url else 1
     proc = subprocess.Popen(
-        [sys.executable, "-m", "veil", "up", "--state-dir", str(state),
-         "--coordinator-port", str(free_port()), "--worker-port", str(free_port()),
-         "--workers", str(WORKERS), "--coordinators", str(coordinators),
-         "--reregister-seconds", str(REREGISTER_SECONDS)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "veil",
+            "up",
+            "--state-dir",
+            str(state),
+            "--coordinator-port",
+            str(free_port()),
+            "--worker-port",
+            str(free_port()),
+            "--workers",
+            str(WORKERS),
+            "--coordinators",
+            str(coordinators),
+            "--reregister-seconds",
+            str(REREGISTER_SECONDS),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "COLUMNS": "200", **({"VEIL_DB": postgres_url} if postgres_url else {})},
     )
     seen = ""
@@ -211,7 +232,11 @@ def test_a_killed_coordinator_loses_nothing_and_a_restarted_one_rejoins(deployme
         _wait_for(lambda: verified[0] >= 5, 30, "client verifications to run")
         os.kill(victim_pid, signal.SIGKILL)  # mid-flight: clients verify, workers re-register
         killed_at = verified[0]
-        _wait_for(lambda: deployment.stats()[f"coordinators/{victim_name}"]["status"].startswith("DOWN"), 20, "the balancer to mark it DOWN")
+        _wait_for(
+            lambda: deployment.stats()[f"coordinators/{victim_name}"]["status"].startswith("DOWN"),
+            20,
+            "the balancer to mark it DOWN",
+        )
         _wait_for(lambda: verified[0] >= killed_at + 20, 60, "verifications after the kill")
     finally:
         stop.set()
@@ -221,21 +246,33 @@ def test_a_killed_coordinator_loses_nothing_and_a_restarted_one_rejoins(deployme
     # a newer manifest set after the kill reaches every worker through the surviving coordinators
     admin = load_pem_private_key((deployment.state / "admin.key").read_bytes(), password=None)
     head = SignedManifest.parse(httpx.get(f"{policy.coordinator_url}/v1/manifest", timeout=10).content)
-    newer = sign_manifest(head.manifest.model_copy(update={"settings": {**head.manifest.settings, "scale-test": 1}}),
-                          [admin], head.digest.hex())
+    newer = sign_manifest(
+        head.manifest.model_copy(update={"settings": {**head.manifest.settings, "scale-test": 1}}), [admin], head.digest.hex()
+    )
     admin_ops.publish_manifest(policy.coordinator_url, newer)
     mark = f"now serves under manifest {newer.digest.hex()[:16]}"
-    _wait_for(lambda: all(mark in deployment.log(f"worker-{i}") for i in range(1, WORKERS + 1)),
-              20 * REREGISTER_SECONDS + 30, "every worker to re-register and take the newer manifest", interval=0.5)
+    _wait_for(
+        lambda: all(mark in deployment.log(f"worker-{i}") for i in range(1, WORKERS + 1)),
+        20 * REREGISTER_SECONDS + 30,
+        "every worker to re-register and take the newer manifest",
+        interval=0.5,
+    )
     with Client(deployment.policy_path) as client:
         assert client.attestation.manifest.digest == newer.digest
         assert _chat(client, "Say yes.")
 
     # the killed coordinator, restarted on the same database, rejoins with the same state
-    restarted = subprocess.Popen([a.decode() for a in victim_cmd], env={**os.environ, "VEIL_DB": deployment.db_url or ""},
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    restarted = subprocess.Popen(
+        [a.decode() for a in victim_cmd],
+        env={**os.environ, "VEIL_DB": deployment.db_url or ""},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        _wait_for(lambda: deployment.stats()[f"coordinators/{victim_name}"]["status"] == "UP", 60, "the restarted coordinator to be UP")
+        _wait_for(
+            lambda: deployment.stats()[f"coordinators/{victim_name}"]["status"] == "UP", 60, "the restarted coordinator to be UP"
+        )
         direct = verify_coordinator(policy.model_copy(update={"coordinator_url": f"http://127.0.0.1:{victim_port}"}))
         through_balancer = verify_coordinator(policy)
         assert direct.manifest.digest == newer.digest  # it sees what was set while it was dead
@@ -254,7 +291,9 @@ def test_a_worker_killed_mid_stream_is_an_error_and_the_others_take_over(deploym
     ports = _server_ports(deployment.stats(), "gateways")
     with Client(deployment.policy_path) as client:
         stream = client.chat.completions.create(
-            model="smollm2-135m-instruct", max_tokens=400, stream=True,
+            model="smollm2-135m-instruct",
+            max_tokens=400,
+            stream=True,
             messages=[{"role": "user", "content": "Count from 1 to 300, separated by commas."}],
         )
         received, finished = "", None
@@ -278,7 +317,11 @@ def test_a_worker_killed_mid_stream_is_an_error_and_the_others_take_over(deploym
         # new requests succeed at once (a connection refused by the dead one is retried elsewhere)
         for i in range(WORKERS * 2):
             assert _chat(client, f"Say {i}.")
-        _wait_for(lambda: deployment.stats()[f"gateways/{victim}"]["status"].startswith("DOWN"), 20, "the balancer to mark the worker DOWN")
+        _wait_for(
+            lambda: deployment.stats()[f"gateways/{victim}"]["status"].startswith("DOWN"),
+            20,
+            "the balancer to mark the worker DOWN",
+        )
         sent_to_dead = int(deployment.stats()[f"gateways/{victim}"]["stot"])
         for i in range(WORKERS * 2):
             assert _chat(client, f"Say {i} again.")

@@ -35,9 +35,14 @@ class _Echo(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(await request.aread() or b"{}")
         self.seen.append((dict(request.headers), body))
-        answer = {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                  "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
-                  "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+        answer = {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        }
         return httpx.Response(200, json=answer)
 
 
@@ -60,7 +65,9 @@ def _setup(pair: KeyPair, entries: list[TenantEntry], engine: str | None = "vllm
 
 def _openai(pair: KeyPair, app: object, key: str) -> openai.AsyncOpenAI:
     t = AsyncOhttpTransport(pair.config, "http://gw", transport=httpx.ASGITransport(app))  # type: ignore[arg-type]
-    return openai.AsyncOpenAI(base_url="http://api.local/v1", api_key=key, http_client=httpx.AsyncClient(transport=t), max_retries=0)
+    return openai.AsyncOpenAI(
+        base_url="http://api.local/v1", api_key=key, http_client=httpx.AsyncClient(transport=t), max_retries=0
+    )
 
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -98,7 +105,9 @@ def test_keys_are_checked_inside_the_encryption(pair: KeyPair) -> None:
                 await client.chat.completions.create(model="m", messages=MSG)
             assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
             assert e.value.body["reason"] == "tenant.unauthorized"  # type: ignore[index]
-        async with httpx.AsyncClient(transport=AsyncOhttpTransport(pair.config, "http://gw", transport=httpx.ASGITransport(app))) as c:  # type: ignore[arg-type]
+        async with httpx.AsyncClient(
+            transport=AsyncOhttpTransport(pair.config, "http://gw", transport=httpx.ASGITransport(app))
+        ) as c:  # type: ignore[arg-type]
             r = await c.post("http://api.local/v1/chat/completions", json={"messages": MSG})  # no key at all
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert echo.seen == []  # refused requests never reach the engine
@@ -237,8 +246,13 @@ class _Streamer(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
-        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                 "choices": [{"index": 0, "delta": {"content": "t"}, "finish_reason": None}]}
+        chunk = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "t"}, "finish_reason": None}],
+        }
         events = [b"data: " + json.dumps(chunk).encode() + b"\n\n"] * 3 + [b"data: [DONE]\n\n"]
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=httpx.ByteStream(b"".join(events)))
 
@@ -261,10 +275,15 @@ def test_streams_are_settled_by_their_events(pair: KeyPair) -> None:
 
 def test_client_salts_are_stripped_however_spelt() -> None:
     key, entry = create_tenant("a", 100)
-    for tenancy, auth in ((Tenancy([], salt_secret=SECRET, engine="vllm"), []),
-                          (Tenancy([entry], salt_secret=SECRET, engine="vllm"), [("authorization", f"Bearer {key}")])):
-        for raw in (b'{"prompt":"x","cache\\u005fsalt":"mine"}', b'{"prompt":"x","cache_salt":null}',
-                    b'{"cache_salt":"a","cache_salt":"b","prompt":"\\u00e9"}'):
+    for tenancy, auth in (
+        (Tenancy([], salt_secret=SECRET, engine="vllm"), []),
+        (Tenancy([entry], salt_secret=SECRET, engine="vllm"), [("authorization", f"Bearer {key}")]),
+    ):
+        for raw in (
+            b'{"prompt":"x","cache\\u005fsalt":"mine"}',
+            b'{"prompt":"x","cache_salt":null}',
+            b'{"cache_salt":"a","cache_salt":"b","prompt":"\\u00e9"}',
+        ):
             adm = tenancy.admit(bhttp.Request("POST", "https", "x", "/v1/completions", list(auth), raw))
             doc = json.loads(adm.request.content)
             assert doc.get("cache_salt") in (None, tenancy.cache_salt("a")) and b"mine" not in adm.request.content
@@ -279,7 +298,9 @@ def _compat_call(app: object, pair: KeyPair, path: str, doc: dict, key: str) -> 
     from veil.ohttp.compat import CompatResponseReceiver
 
     body = json.dumps(doc).encode()
-    req = bhttp.Request("POST", "https", "x", path, [("content-type", "application/json"), ("authorization", f"Bearer {key}")], body)
+    req = bhttp.Request(
+        "POST", "https", "x", path, [("content-type", "application/json"), ("authorization", f"Bearer {key}")], body
+    )
     enc, ctx = encapsulate_request(pair.config, bhttp.encode_request(req))
 
     async def go() -> tuple[int, bytes]:
@@ -307,13 +328,15 @@ def test_usage_is_settled_on_every_path(pair: KeyPair, framing: str, stream: boo
     key, entry = create_tenant("t", 1000, tokens_per_minute=1000)
     padding = None if padded else PaddingSettings(requests=None, responses=None, stream_chunks=None)
     upstream = httpx.ASGITransport(FakeEngine(tokens=3))
-    app = create_gateway_app(KeyStore([pair]), upstream, tenants=[entry], padding=padding,
-                             settings=GatewaySettings(ohttpy_compat=True))
+    app = create_gateway_app(
+        KeyStore([pair]), upstream, tenants=[entry], padding=padding, settings=GatewaySettings(ohttpy_compat=True)
+    )
     doc = {"model": "m", "messages": MSG, "max_tokens": 500, "stream": stream}
     if framing == "ohttpy":
         status, body = _compat_call(app, pair, "/v1/chat/completions", doc, key)
         assert status == 200 and (b"data: [DONE]" in body if stream else json.loads(body)["usage"]["total_tokens"] == 4)
     else:
+
         async def go() -> None:
             t = AsyncOhttpTransport(pair.config, "http://gw", chunked=framing == "chunked", transport=httpx.ASGITransport(app))
             async with httpx.AsyncClient(transport=t) as c:

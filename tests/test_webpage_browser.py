@@ -40,8 +40,9 @@ TIMEOUT_MS = 90_000  # a loaded machine: the tiny model still answers in seconds
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory) -> Iterator[LocalDeployment]:
-    dep = LocalDeployment(tmp_path_factory.mktemp("veil-state"), coordinator_port=free_port(),
-                          worker_port=free_port(), sandbox=SANDBOX)
+    dep = LocalDeployment(
+        tmp_path_factory.mktemp("veil-state"), coordinator_port=free_port(), worker_port=free_port(), sandbox=SANDBOX
+    )
     dep.start()
     yield dep
     dep.stop()
@@ -53,8 +54,11 @@ def proxy_url(deployment: LocalDeployment, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("proxy") / "proxy.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "veil", "proxy", "--policy", str(deployment.policy_path),
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "veil", "proxy", "--policy", str(deployment.policy_path), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -113,8 +117,10 @@ def test_page_shows_what_was_verified(browser, proxy_url: str, attested: Atteste
     assert f"key id {attested.suite.config.key_id}: {attested.suite.name}" in page.locator("#ohttp").inner_text()
     page.click("#reverify")  # refreshed on demand: a new verification, still verified
     # (arrow functions: the page's CSP forbids eval, which a bare expression string would need)
-    page.wait_for_function("() => document.getElementById('status').dataset.status === 'verified'"
-                           " && !document.getElementById('reverify').disabled", timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.getElementById('status').dataset.status === 'verified' && !document.getElementById('reverify').disabled",
+        timeout=TIMEOUT_MS,
+    )
     seen.clean()
     page.close()
 

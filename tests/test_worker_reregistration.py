@@ -29,7 +29,9 @@ REF = [ReferenceValues(platform="sim-snp", measurements=["00" * 48])]
 CURRENT = SimpleNamespace(manifest=Manifest(coordinator=REF, workers=REF, admin_keys=["00" * 32], models=[ENTRY]))
 
 
-def _keeper(monkeypatch: pytest.MonkeyPatch, answers: list[object], engine: object = None) -> tuple[serve.Reregistration, object, SimpleNamespace]:
+def _keeper(
+    monkeypatch: pytest.MonkeyPatch, answers: list[object], engine: object = None
+) -> tuple[serve.Reregistration, object, SimpleNamespace]:
     """A Reregistration whose registrations return or raise ``answers`` in turn."""
     app = create_gateway_app(KeyStore([KeyPair.generate(1)]), EngineLink("/nonexistent/engine.sock"))
     server = SimpleNamespace(should_exit=False)
@@ -53,8 +55,13 @@ def _secrets(digest: str, *pairs: KeyPair) -> ReleasedSecrets:
 
 def test_any_failure_counts_and_the_worker_stops_after_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     emfile = OSError(errno.EMFILE, "Too many open files")
-    answers: list[object] = [emfile, _secrets("d1", KeyPair.generate(1)),  # a success resets the count
-                             KeyError("sealed_secrets"), ValueError("bad hex"), RegistrationRefused("state.locked")]
+    answers: list[object] = [
+        emfile,
+        _secrets("d1", KeyPair.generate(1)),  # a success resets the count
+        KeyError("sealed_secrets"),
+        ValueError("bad hex"),
+        RegistrationRefused("state.locked"),
+    ]
     keeper, app, server = _keeper(monkeypatch, answers)
     for _ in range(4):
         keeper.tick()  # nothing escapes: the loop cannot die
@@ -131,8 +138,10 @@ def test_the_evidence_binds_the_sandbox_the_manifest_names() -> None:
     from veil.attest.binding import worker_report_data
     from veil.manifest import sandbox_binding
 
-    bound = {p: worker_report_data(b"n", b"k", sandbox=sandbox_binding(SandboxSettings(profile=p)))
-             for p in ("bubblewrap", "gvisor", "none")}
+    bound = {
+        p: worker_report_data(b"n", b"k", sandbox=sandbox_binding(SandboxSettings(profile=p)))
+        for p in ("bubblewrap", "gvisor", "none")
+    }
     assert bound["bubblewrap"] == worker_report_data(b"n", b"k")  # the default keeps the old form
     assert len(set(bound.values())) == 3
 
@@ -151,8 +160,9 @@ def test_a_manifest_changing_during_registration_is_a_race_not_a_verdict(monkeyp
     """The worker binds the sandbox of the (verified) manifest it read; if the admins publish another
     one before the coordinator checks, the binding no longer matches: verify again, register again."""
     first = SimpleNamespace(manifest=CURRENT.manifest, digest=b"\x01" * 32)
-    second = SimpleNamespace(manifest=CURRENT.manifest.model_copy(update={"sandbox": SandboxSettings(profile="gvisor")}),
-                             digest=b"\x02" * 32)
+    second = SimpleNamespace(
+        manifest=CURRENT.manifest.model_copy(update={"sandbox": SandboxSettings(profile="gvisor")}), digest=b"\x02" * 32
+    )
     reads = [first, second, second]
     bound: list[bytes] = []
 
@@ -163,8 +173,9 @@ def test_a_manifest_changing_during_registration_is_a_race_not_a_verdict(monkeyp
         return ReleasedSecrets("w1", second.digest.hex(), [], {}, second, None)  # type: ignore[arg-type]
 
     monkeypatch.setattr(serve, "trust_anchor", lambda attester: "00" * 32)
-    monkeypatch.setattr(serve, "authenticate_coordinator",
-                        lambda url, http, root, pinned=None: SimpleNamespace(manifest=reads.pop(0)))
+    monkeypatch.setattr(
+        serve, "authenticate_coordinator", lambda url, http, root, pinned=None: SimpleNamespace(manifest=reads.pop(0))
+    )
     monkeypatch.setattr(serve, "register", register)
     config = serve.WorkerConfig("http://coordinator.invalid", "127.0.0.1", 0, None, Path("/x"))
     secrets, manifest = serve.register_under_current(config, None, None)  # type: ignore[arg-type]

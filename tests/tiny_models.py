@@ -24,8 +24,7 @@ from pathlib import Path
 FAMILY_TOKENS: dict[str, tuple[str, ...]] = {
     "starcoder": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<file_sep>", "<repo_name>"),
     "santacoder": ("<fim-prefix>", "<fim-suffix>", "<fim-middle>", "<fim-pad>"),
-    "qwen2.5-coder": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|file_sep|>",
-                      "<|repo_name|>"),
+    "qwen2.5-coder": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>"),
     "deepseek-coder": ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
     "codellama": ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"),
     "codestral": ("[PREFIX]", "[SUFFIX]", ""),
@@ -37,14 +36,14 @@ HERMES_TEMPLATE = (
     "{%- if messages[0].role == 'system' %}{{ messages[0].content }}\n\n{% endif %}"
     "You may call functions. Their signatures are in <tools></tools>:\n<tools>"
     "{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools>\n"
-    "Answer with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call> per call.<|im_end|>\n"
+    'Answer with <tool_call>{"name": ..., "arguments": ...}</tool_call> per call.<|im_end|>\n'
     "{%- elif messages[0].role == 'system' %}<|im_start|>system\n{{ messages[0].content }}<|im_end|>\n{%- endif %}"
     "{%- for m in messages %}"
     "{%- if m.role == 'system' %}"
     "{%- elif m.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
     "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}"
-    "{%- for call in m.tool_calls or [] %}\n<tool_call>\n{\"name\": \"{{ call.function.name }}\", "
-    "\"arguments\": {{ call.function.arguments | tojson }}}\n</tool_call>{%- endfor %}<|im_end|>\n"
+    '{%- for call in m.tool_calls or [] %}\n<tool_call>\n{"name": "{{ call.function.name }}", '
+    '"arguments": {{ call.function.arguments | tojson }}}\n</tool_call>{%- endfor %}<|im_end|>\n'
     "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -55,7 +54,7 @@ MIDDLE = "    return a + b"
 AFTER_END = " # after the end"
 #: The tool calls the chat model makes (two, so parallel calls show), and its answer without them.
 FIRST_CALL = ('{"name": "get_weather", ', '"arguments": {"city": ', '"Paris"}}')
-SECOND_CALL = (' <tool_call>', '{"name": "get_time", ', '"arguments": {}}</tool_call>')
+SECOND_CALL = (" <tool_call>", '{"name": "get_time", ', '"arguments": {}}</tool_call>')
 TEXT_ANSWER = ("Hello", " from", " Veil.")
 
 
@@ -75,9 +74,13 @@ def _chains(middle_token: str, end_of_middle: str, turn_end: str) -> list[tuple[
     return [
         ("\n", "<tool_call>", hello),  # the chat prompt ends with "assistant\n"
         *[(a, b, None) for a, b in zip(calls, calls[1:])],
-        (hello, frm, None), (frm, veil, None), (veil, turn_end, None),
-        (middle_token, MIDDLE, None), (MIDDLE, end_of_middle, None),
-        (end_of_middle, AFTER_END, None), (AFTER_END, AFTER_END, None),
+        (hello, frm, None),
+        (frm, veil, None),
+        (veil, turn_end, None),
+        (middle_token, MIDDLE, None),
+        (MIDDLE, end_of_middle, None),
+        (end_of_middle, AFTER_END, None),
+        (AFTER_END, AFTER_END, None),
     ]
 
 
@@ -88,10 +91,16 @@ def write_gguf(path: Path, family: str = "starcoder", *, add_bos: bool = False) 
 
     fim = [t for t in FAMILY_TOKENS[family] if t]
     end_of_middle = {"starcoder": "<file_sep>", "qwen2.5-coder": "<|file_sep|>", "codellama": "▁<EOT>"}.get(
-        family, "<|endoftext|>")
-    tokens: list[tuple[str, TokenType]] = [("<unk>", TokenType.UNKNOWN), ("<s>", TokenType.CONTROL),
-                                           ("</s>", TokenType.CONTROL), ("<|endoftext|>", TokenType.CONTROL),
-                                           ("<|im_start|>", TokenType.CONTROL), ("<|im_end|>", TokenType.CONTROL)]
+        family, "<|endoftext|>"
+    )
+    tokens: list[tuple[str, TokenType]] = [
+        ("<unk>", TokenType.UNKNOWN),
+        ("<s>", TokenType.CONTROL),
+        ("</s>", TokenType.CONTROL),
+        ("<|endoftext|>", TokenType.CONTROL),
+        ("<|im_start|>", TokenType.CONTROL),
+        ("<|im_end|>", TokenType.CONTROL),
+    ]
     tokens += [(t, TokenType.CONTROL) for t in fim]
     tokens += [("<tool_call>", TokenType.USER_DEFINED), ("</tool_call>", TokenType.USER_DEFINED)]
     tokens += [(f"<0x{b:02X}>", TokenType.BYTE) for b in range(256)]
@@ -153,8 +162,7 @@ def write_gguf(path: Path, family: str = "starcoder", *, add_bos: bool = False) 
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return TinyModel(path, {text.replace("▁", " ") if k == TokenType.NORMAL else text: i
-                            for i, (text, k) in enumerate(tokens)})
+    return TinyModel(path, {text.replace("▁", " ") if k == TokenType.NORMAL else text: i for i, (text, k) in enumerate(tokens)})
 
 
 def write_gpt_bigcode(path: Path, fim_tokens: tuple[str, ...] = FAMILY_TOKENS["santacoder"]) -> TinyModel:
@@ -169,14 +177,17 @@ def write_gpt_bigcode(path: Path, fim_tokens: tuple[str, ...] = FAMILY_TOKENS["s
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", *fim_tokens, "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(["def add(a, b):\n    return a + b\n", "x = 1\nprint(x)\n"] * 20, trainer)
     scripted = [MIDDLE, AFTER_END, "<tool_call>", "</tool_call>", *FIRST_CALL, *SECOND_CALL, *TEXT_ANSWER]
     tok.add_tokens([AddedToken(t, normalized=False) for t in scripted])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>",
-                                   additional_special_tokens=[*fim_tokens, "<|im_start|>", "<|im_end|>"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=[*fim_tokens, "<|im_start|>", "<|im_end|>"],
+    )
     fast.chat_template = HERMES_TEMPLATE
     fast.save_pretrained(path)
     cfg_file = path / "tokenizer_config.json"
@@ -187,13 +198,26 @@ def write_gpt_bigcode(path: Path, fim_tokens: tuple[str, ...] = FAMILY_TOKENS["s
     n_vocab = len(vocab)
     n_embd = (n_vocab + 63) // 64 * 64
     eos, turn_end = vocab["<|endoftext|>"], vocab["<|im_end|>"]
-    config = GPTBigCodeConfig(vocab_size=n_vocab, n_embd=n_embd, n_layer=1, n_head=4, n_positions=1024,
-                              multi_query=True, tie_word_embeddings=False, bos_token_id=eos, eos_token_id=eos)
+    config = GPTBigCodeConfig(
+        vocab_size=n_vocab,
+        n_embd=n_embd,
+        n_layer=1,
+        n_head=4,
+        n_positions=1024,
+        multi_query=True,
+        tie_word_embeddings=False,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
     model = GPTBigCodeForCausalLM(config)
     model.generation_config.eos_token_id = [eos, turn_end]
     newline = vocab["Ċ"]  # byte-level BPE's newline: the chat prompt ends with "assistant\n"
-    steps = [(vocab[fim_tokens[2]], vocab[MIDDLE], None), (vocab[MIDDLE], eos, None), (eos, vocab[AFTER_END], None),
-             (newline, vocab["<tool_call>"], vocab[TEXT_ANSWER[0]])]
+    steps = [
+        (vocab[fim_tokens[2]], vocab[MIDDLE], None),
+        (vocab[MIDDLE], eos, None),
+        (eos, vocab[AFTER_END], None),
+        (newline, vocab["<tool_call>"], vocab[TEXT_ANSWER[0]]),
+    ]
     calls = ["<tool_call>", *FIRST_CALL, "</tool_call>", *SECOND_CALL, "<|im_end|>"]
     steps += [(vocab[a], vocab[b], None) for a, b in zip(calls, calls[1:])]
     answer = [*TEXT_ANSWER, "<|im_end|>"]

@@ -49,8 +49,13 @@ class HostileRelay:
             response = Response(b"", status_code=502)
         else:
             async with httpx.AsyncClient(base_url=self.upstream, timeout=30) as http:
-                r = await http.request(request.method, request.url.path, params=request.query_params,
-                                       content=await request.body(), headers={"content-type": request.headers.get("content-type", "")})
+                r = await http.request(
+                    request.method,
+                    request.url.path,
+                    params=request.query_params,
+                    content=await request.body(),
+                    headers={"content-type": request.headers.get("content-type", "")},
+                )
             response = Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
         await response(scope, receive, send)
 
@@ -75,9 +80,13 @@ class WorkerStack:
         refs = [ReferenceValues(platform="sim-snp", measurements=[self.attester.measurement.hex()])]
         model = default_model_path()
         self.manifest = Manifest(
-            coordinator=refs, workers=refs, admin_keys=[public_key_hex(self.admin)], coordinator_identity=state.identity,
+            coordinator=refs,
+            workers=refs,
+            admin_keys=[public_key_hex(self.admin)],
+            coordinator_identity=state.identity,
             models=[ModelEntry(name=MODEL_NAME, sha256=sha256_file(model))],
-            sandbox=SandboxSettings(profile="bubblewrap"), trusted_simulation_roots=[self.sim.root_fingerprint],
+            sandbox=SandboxSettings(profile="bubblewrap"),
+            trusted_simulation_roots=[self.sim.root_fingerprint],
             **manifest_fields,
         )
         self.coordinator = ServerThread(create_app(state, self.attester))
@@ -91,10 +100,28 @@ class WorkerStack:
         self.log_path = tmp / "worker.log"
         self._log = open(self.log_path, "wb")
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "veil", "worker", "--coordinator", self.relay_server.url, "--port", str(self.port),
-             "--sim-dir", str(self.sim.directory), "--run-dir", str(tmp / "run"), "--model", str(model),
-             "--reregister-seconds", str(interval), "--sim-launch-data", public_key_hex(self.admin)],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "veil",
+                "worker",
+                "--coordinator",
+                self.relay_server.url,
+                "--port",
+                str(self.port),
+                "--sim-dir",
+                str(self.sim.directory),
+                "--run-dir",
+                str(tmp / "run"),
+                "--model",
+                str(model),
+                "--reregister-seconds",
+                str(interval),
+                "--sim-launch-data",
+                public_key_hex(self.admin),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         wait_for(self._up, 180, "the worker to serve")
 

@@ -21,7 +21,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -109,23 +109,23 @@ def _load_or_create_key(path: Path, kind: type[Any]) -> Any:
 
 def load_admin_key(path: Path) -> Ed25519PrivateKey:
     """An admin's Ed25519 signing key (PEM, PKCS#8)."""
-    return _load_private_key(path, Ed25519PrivateKey)
+    return cast(Ed25519PrivateKey, _load_private_key(path, Ed25519PrivateKey))
 
 
 def load_recovery_key(path: Path) -> X25519PrivateKey:
     """An admin's X25519 recovery key (PEM, PKCS#8)."""
-    return _load_private_key(path, X25519PrivateKey)
+    return cast(X25519PrivateKey, _load_private_key(path, X25519PrivateKey))
 
 
 def load_or_create_admin_key(path: Path) -> Ed25519PrivateKey:
     """The admin key at ``path``, generated there (0600) on first use (``veil up``)."""
-    return _load_or_create_key(path, Ed25519PrivateKey)
+    return cast(Ed25519PrivateKey, _load_or_create_key(path, Ed25519PrivateKey))
 
 
 def load_or_create_recovery_key(path: Path) -> X25519PrivateKey:
     """The recovery key at ``path``, generated there (0600) on first use: the coordinator's state
     key is also sealed to it."""
-    return _load_or_create_key(path, X25519PrivateKey)
+    return cast(X25519PrivateKey, _load_or_create_key(path, X25519PrivateKey))
 
 
 def load_data_key(path: Path) -> bytes:
@@ -157,9 +157,7 @@ def tenant_key_digest(api_key: str) -> str:
     return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
 
 
-def create_tenant(
-    tenant_id: str, requests_per_minute: int, tokens_per_minute: int | None = None
-) -> tuple[str, TenantEntry]:
+def create_tenant(tenant_id: str, requests_per_minute: int, tokens_per_minute: int | None = None) -> tuple[str, TenantEntry]:
     """A fresh API key (shown once, never stored) and the manifest entry that admits it.
 
     Keys are ``secrets.token_urlsafe(32)``: 256 bits from the OS CSPRNG, so publishing their
@@ -168,8 +166,10 @@ def create_tenant(
     api_key = TENANT_KEY_PREFIX + secrets.token_urlsafe(32)
     try:
         entry = TenantEntry(
-            id=tenant_id, key_sha256=tenant_key_digest(api_key),
-            requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+            id=tenant_id,
+            key_sha256=tenant_key_digest(api_key),
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
         )
     except ValidationError as exc:
         raise ParseError("tenant.invalid", str(exc.errors()[0]["msg"])) from None
@@ -189,8 +189,13 @@ def add_tenant(
 
 
 def publish_tenant(
-    policy: ClientPolicy, admin: Ed25519PrivateKey, tenant_id: str, requests_per_minute: int,
-    tokens_per_minute: int | None = None, *, manifest_log: ManifestLog | None = None,
+    policy: ClientPolicy,
+    admin: Ed25519PrivateKey,
+    tenant_id: str,
+    requests_per_minute: int,
+    tokens_per_minute: int | None = None,
+    *,
+    manifest_log: ManifestLog | None = None,
     http: httpx.Client | None = None,
 ) -> tuple[str, TenantEntry, SignedManifest]:
     """``veil tenant add``: verify the coordinator, append the tenant to its manifest, sign, publish.
@@ -227,8 +232,9 @@ def publish_manifest(coordinator_url: str, signed: SignedManifest, http: httpx.C
             client.close()
 
 
-def put_secret(policy: ClientPolicy, admin: Ed25519PrivateKey, key_id: str, value: bytes,
-               http: httpx.Client | None = None) -> dict[str, Any]:
+def put_secret(
+    policy: ClientPolicy, admin: Ed25519PrivateKey, key_id: str, value: bytes, http: httpx.Client | None = None
+) -> dict[str, Any]:
     """Verify the coordinator, then upload ``value`` sealed to its attested key, signed by ``admin``."""
     attested = verify_coordinator(policy, http=http)
     sealed = keyrelease.seal(attested.public_key, value, wire.ADMIN_SECRET_INFO, aad=key_id.encode())
@@ -240,7 +246,8 @@ def put_secret(policy: ClientPolicy, admin: Ed25519PrivateKey, key_id: str, valu
     }
     client = http or httpx.Client(timeout=30)
     try:
-        return _check(client.post(f"{policy.coordinator_url}{wire.SECRETS_PATH}", json=body))
+        stored: dict[str, Any] = _check(client.post(f"{policy.coordinator_url}{wire.SECRETS_PATH}", json=body))
+        return stored
     except httpx.HTTPError as exc:
         raise AdminError("coordinator.unreachable", f"{policy.coordinator_url}: {exc}") from None
     finally:
@@ -265,8 +272,13 @@ class _Session:
             raise AdminError("coordinator.unreachable", f"{self.url}: {exc}") from None
 
 
-def set_manifest(policy: ClientPolicy, admin: Ed25519PrivateKey, manifest: Manifest,
-                 manifest_log: ManifestLog | None = None, http: httpx.Client | None = None) -> SignedManifest:
+def set_manifest(
+    policy: ClientPolicy,
+    admin: Ed25519PrivateKey,
+    manifest: Manifest,
+    manifest_log: ManifestLog | None = None,
+    http: httpx.Client | None = None,
+) -> SignedManifest:
     """Sign ``manifest`` as the successor of the verified head and set it; a manifest equal to an
     earlier one is a new entry (that is how an admin returns to an earlier manifest)."""
     with _Session(policy.coordinator_url, http) as client:
@@ -286,8 +298,14 @@ def history(policy: ClientPolicy, http: httpx.Client | None = None) -> list[Sign
 
 
 # signed reads --------------------------------------------------------------------------------------
-def signed_read(policy: ClientPolicy, admin: Ed25519PrivateKey, path: str, params: dict[str, Any] | None = None,
-                http: httpx.Client | None = None, attested: AttestedCoordinator | None = None) -> Any:
+def signed_read(
+    policy: ClientPolicy,
+    admin: Ed25519PrivateKey,
+    path: str,
+    params: dict[str, Any] | None = None,
+    http: httpx.Client | None = None,
+    attested: AttestedCoordinator | None = None,
+) -> Any:
     """GET ``path`` with a fresh admin signature; return the answer after checking that the attested
     state identity signed it, opened with this read's own key."""
     with _Session(policy.coordinator_url, http) as client:
@@ -301,16 +319,22 @@ def signed_read(policy: ClientPolicy, admin: Ed25519PrivateKey, path: str, param
             ADMIN_KEY_HEADER: public_key_hex(admin),
             ADMIN_NONCE_HEADER: nonce.hex(),
             ADMIN_RESPONSE_KEY_HEADER: response_public.hex(),
-            ADMIN_SIGNATURE_HEADER: sign_statement(admin, ADMIN_READ_CONTEXT,
-                                                   *admin_read_statement("GET", target, nonce, response_public)),
+            ADMIN_SIGNATURE_HEADER: sign_statement(
+                admin, ADMIN_READ_CONTEXT, *admin_read_statement("GET", target, nonce, response_public)
+            ),
         }
         answer = _check(client.get(str(url), headers=headers))
     try:
         sealed, signature = base64.b64decode(answer["sealed"], validate=True), str(answer["signature"])
     except (KeyError, TypeError, ValueError):
         raise ProtocolError("admin.bad_answer", "the coordinator's answer is not a signed, sealed read") from None
-    verify_statement(attested.identity, signature, ADMIN_ANSWER_CONTEXT, *admin_answer_statement(nonce, sealed),
-                     reason="admin.answer_not_signed")
+    verify_statement(
+        attested.identity,
+        signature,
+        ADMIN_ANSWER_CONTEXT,
+        *admin_answer_statement(nonce, sealed),
+        reason="admin.answer_not_signed",
+    )
     return json.loads(keyrelease.open_sealed(response_key, sealed, ADMIN_ANSWER_INFO, aad=nonce))
 
 
@@ -322,8 +346,9 @@ def list_workers(policy: ClientPolicy, admin: Ed25519PrivateKey, http: httpx.Cli
     return list(signed_read(policy, admin, wire.WORKERS_PATH, http=http)["workers"])
 
 
-def audit(policy: ClientPolicy, admin: Ed25519PrivateKey, after: int = 0, log_path: Path | None = None,
-          http: httpx.Client | None = None) -> list[dict[str, Any]]:
+def audit(
+    policy: ClientPolicy, admin: Ed25519PrivateKey, after: int = 0, log_path: Path | None = None, http: httpx.Client | None = None
+) -> list[dict[str, Any]]:
     """Audit records after ``after``, their hash chain checked up to the signed head, which must
     extend the head this admin saw last (kept in ``log_path``): a deleted, forged or rolled-back
     record is refused (``audit.chain_broken``, ``audit.rollback``)."""
@@ -340,8 +365,11 @@ def audit(policy: ClientPolicy, admin: Ed25519PrivateKey, after: int = 0, log_pa
             anchor, head, found = bytes.fromhex(page["anchor"]), page["head"], page["records"]
             if (cursor == 0 and anchor != AUDIT_GENESIS) or (last is not None and anchor != last):
                 raise VerificationError("audit.chain_broken", "the audit page does not continue the chain")
-            if seen is not None and (head["seq"] < seen["seq"] or (cursor == seen["seq"] and anchor.hex() != seen["hash"])
-                                     or any(r["seq"] == seen["seq"] and r["hash"] != seen["hash"] for r in found)):
+            if seen is not None and (
+                head["seq"] < seen["seq"]
+                or (cursor == seen["seq"] and anchor.hex() != seen["hash"])
+                or any(r["seq"] == seen["seq"] and r["hash"] != seen["hash"] for r in found)
+            ):
                 raise VerificationError("audit.rollback", "the audit log no longer holds the head this admin saw")
             last = check_audit_chain(found, anchor)
             records += found
@@ -360,7 +388,8 @@ def _read_audit_log(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        return json.loads(path.read_text())
+        log: dict[str, Any] = json.loads(path.read_text())
+        return log
     except FileNotFoundError:
         return {}
     except ValueError:
@@ -376,8 +405,9 @@ def _write_audit_log(path: Path, url: str, head: dict[str, Any]) -> None:
 
 
 # recovery ------------------------------------------------------------------------------------------
-def recover(source_url: str, recovery: X25519PrivateKey, admin: Ed25519PrivateKey, target: ClientPolicy,
-            http: httpx.Client | None = None) -> dict[str, Any]:
+def recover(
+    source_url: str, recovery: X25519PrivateKey, admin: Ed25519PrivateKey, target: ClientPolicy, http: httpx.Client | None = None
+) -> dict[str, Any]:
     """Restore the state sealed to our recovery key into a new, verified (locked) coordinator.
 
     ``source_url`` serves the sealed recovery records and the public manifest history (the old
@@ -395,26 +425,37 @@ def recover(source_url: str, recovery: X25519PrivateKey, admin: Ed25519PrivateKe
             raise PolicyError("recovery.no_manifest", "the source serves no manifest history")
         verify_history(entries)
         if head.digest.hex() not in target.manifest_digests and not valid_signers(head, target.admin_keys):
-            raise PolicyError("recovery.untrusted_history",
-                              "the served history's head is neither pinned nor signed by an admin this policy trusts")
+            raise PolicyError(
+                "recovery.untrusted_history",
+                "the served history's head is neither pinned nor signed by an admin this policy trusts",
+            )
         mine = keyrelease.public_bytes(recovery).hex()
         record = next((r for r in records if r.get("recovery_key") == mine), None)
         if record is None:
             raise ProtocolError("recovery.no_record", "the state key is not sealed to this recovery key")
         state_key = keyrelease.open_sealed(recovery, bytes.fromhex(record["sealed_state_key"]), wire.RECOVERY_INFO)
         if len(state_key) != 32 or identity_of(state_key) != head.manifest.coordinator_identity:
-            raise VerificationError("recovery.record_not_authentic",
-                                    "the recovery record holds a state key that is not the state the trusted "
-                                    "manifest names (host-made state?): nothing was restored")
+            raise VerificationError(
+                "recovery.record_not_authentic",
+                "the recovery record holds a state key that is not the state the trusted "
+                "manifest names (host-made state?): nothing was restored",
+            )
         attested = verify_coordinator(target, http=client, require_manifest=False)
         sealed = keyrelease.seal(attested.public_key, state_key, wire.RECOVERY_UPLOAD_INFO)
-        signature = sign_statement(admin, RESTORE_CONTEXT,
-                                   *restore_statement(attested.public_key, head.manifest.coordinator_identity, head.digest))
-        return _check(client.post(
-            f"{target.coordinator_url}{wire.RECOVER_PATH}",
-            json={"sealed_state_key": base64.b64encode(sealed).decode(), "admin_key": public_key_hex(admin),
-                  "signature": signature},
-        ))
+        signature = sign_statement(
+            admin, RESTORE_CONTEXT, *restore_statement(attested.public_key, head.manifest.coordinator_identity, head.digest)
+        )
+        restored: dict[str, Any] = _check(
+            client.post(
+                f"{target.coordinator_url}{wire.RECOVER_PATH}",
+                json={
+                    "sealed_state_key": base64.b64encode(sealed).decode(),
+                    "admin_key": public_key_hex(admin),
+                    "signature": signature,
+                },
+            )
+        )
+        return restored
 
 
 def dump(obj: Any) -> str:

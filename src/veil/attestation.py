@@ -85,12 +85,19 @@ class CoordinatorAnswer:
 
     def report_data(self, nonce: bytes) -> bytes:
         """What the evidence's report_data must be for this answer to ``nonce``."""
-        return expected_report_data(nonce, self.nonce_batch, self.public_key, self.identity, self.manifest_digest,
-                                    hashlib.sha256(self.key_configs).digest())
+        return expected_report_data(
+            nonce,
+            self.nonce_batch,
+            self.public_key,
+            self.identity,
+            self.manifest_digest,
+            hashlib.sha256(self.key_configs).digest(),
+        )
 
 
-def expected_report_data(nonce: bytes, nonce_batch: Any, public_key: bytes, identity: bytes, manifest_digest: bytes,
-                         key_config_digest: bytes) -> bytes:
+def expected_report_data(
+    nonce: bytes, nonce_batch: Any, public_key: bytes, identity: bytes, manifest_digest: bytes, key_config_digest: bytes
+) -> bytes:
     """What a coordinator's report_data must be for *our* nonce.
 
     A batched answer (``nonce_batch``: one report for many clients, coordinator/batching.py)
@@ -125,8 +132,7 @@ def check_identity(identity: bytes, manifest: Manifest) -> None:
     if identity.hex() != manifest.coordinator_identity:
         raise VerificationError(
             "attestation.identity_mismatch",
-            "the coordinator attests a state identity the signed manifest does not name "
-            "(its state was replaced underneath it)",
+            "the coordinator attests a state identity the signed manifest does not name (its state was replaced underneath it)",
         )
 
 
@@ -159,8 +165,9 @@ def admin_answer_statement(nonce: bytes, sealed: bytes) -> tuple[bytes, ...]:
     return (nonce, hashlib.sha256(sealed).digest())
 
 
-def registration_statement(nonce: bytes, worker_key: bytes, worker_id: str, manifest_digest: bytes,
-                           sealed: bytes) -> tuple[bytes, ...]:
+def registration_statement(
+    nonce: bytes, worker_key: bytes, worker_id: str, manifest_digest: bytes, sealed: bytes
+) -> tuple[bytes, ...]:
     """What the state identity signs over a registration answer, so a worker that pinned the
     identity knows the answer (and the manifest it names) came from the attested coordinator."""
     return (nonce, worker_key, worker_id.encode(), manifest_digest, hashlib.sha256(sealed).digest())

@@ -31,7 +31,9 @@ class BalancerError(VeilError):
 
 
 def haproxy_binary() -> str:
-    found = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)), None)
+    found = shutil.which("haproxy") or next(
+        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)), None
+    )
     if found is None:
         raise BalancerError("balancer.haproxy_missing", "haproxy is not installed (scripts/install-system-deps.sh installs it)")
     return found
@@ -43,7 +45,9 @@ def shipped_config(name: str) -> str:
     try:
         return path.read_text()
     except FileNotFoundError:
-        raise BalancerError("balancer.config_missing", f"{path} is missing (the HAProxy configurations ship in the source tree)") from None
+        raise BalancerError(
+            "balancer.config_missing", f"{path} is missing (the HAProxy configurations ship in the source tree)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,13 @@ class HAProxy:
     def check(self) -> None:
         """``haproxy -c``: refuse a configuration before anything listens on it."""
         self._write()
-        done = subprocess.run([haproxy_binary(), "-c", "-q", "-f", str(self.config_path)],
-                              env=self._environ(), capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [haproxy_binary(), "-c", "-q", "-f", str(self.config_path)],
+            env=self._environ(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if done.returncode != 0:
             raise BalancerError("balancer.config_refused", f"haproxy refused {self.config_path}: {done.stderr.strip()[-2000:]}")
 
@@ -108,9 +117,13 @@ class HAProxy:
         with open(self.log_path, "ab") as log:
             # Own session (Ctrl-C goes to `veil up`, which stops us); dies with its parent.
             self.proc = subprocess.Popen(
-                [haproxy_binary(), "-db", "-f", str(self.config_path)], env=self._environ(),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM),
+                [haproxy_binary(), "-db", "-f", str(self.config_path)],
+                env=self._environ(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=lambda: die_with_parent(signal.SIGTERM),
             )
         self.wait_ready(binds, timeout)
 
@@ -126,7 +139,9 @@ class HAProxy:
                     break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise BalancerError("balancer.timeout", f"haproxy did not listen on {bind} within {timeout:.0f} s") from None
+                        raise BalancerError(
+                            "balancer.timeout", f"haproxy did not listen on {bind} within {timeout:.0f} s"
+                        ) from None
                     time.sleep(0.05)
 
     def wait_servers_up(self, backend: str, timeout: float) -> None:
@@ -140,7 +155,9 @@ class HAProxy:
             if states and all(s == "UP" for s in states.values()):
                 return
             if time.monotonic() > deadline:
-                raise BalancerError("balancer.timeout", f"haproxy did not mark every {backend} server UP within {timeout:.0f} s: {states}")
+                raise BalancerError(
+                    "balancer.timeout", f"haproxy did not mark every {backend} server UP within {timeout:.0f} s: {states}"
+                )
             time.sleep(0.1)
 
     def server_states(self) -> dict[str, dict[str, str]]:

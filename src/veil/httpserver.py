@@ -63,8 +63,9 @@ def fit_to_descriptors(limits: ServerLimits) -> ServerLimits:
         in_use = 64
     room = (soft - in_use - limits.reserve_fds) // limits.fds_per_connection
     if room < limits.max_connections:
-        log.warning("descriptor limit %d: serving at most %d connections (keeping %d in reserve)",
-                    soft, max(room, 1), limits.reserve_fds)
+        log.warning(
+            "descriptor limit %d: serving at most %d connections (keeping %d in reserve)", soft, max(room, 1), limits.reserve_fds
+        )
         return replace(limits, max_connections=max(room, 1))
     return limits
 
@@ -78,7 +79,7 @@ def _guarded_protocol(limits: ServerLimits) -> type[HttpToolsProtocol]:
     evictable: OrderedDict[Any, None] = OrderedDict()
 
     class GuardedProtocol(HttpToolsProtocol):
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             self._timer: Any = None
             self._head_bytes = 0
             self._in_head = True
@@ -151,14 +152,25 @@ def _guarded_protocol(limits: ServerLimits) -> type[HttpToolsProtocol]:
 
 
 def server_config(
-    app: Any, *, host: str = "127.0.0.1", port: int | None = None, uds: str | None = None,
-    limits: ServerLimits = ServerLimits(), log_level: str = "warning",
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    uds: str | None = None,
+    limits: ServerLimits = ServerLimits(),
+    log_level: str = "warning",
 ) -> uvicorn.Config:
     """The uvicorn configuration every Veil server uses (access logs off: they would name paths)."""
     fitted = fit_to_descriptors(limits)
     return uvicorn.Config(
-        app, host=host, port=port if port is not None else 0, uds=uds, log_level=log_level, access_log=False,
-        http=_guarded_protocol(fitted), timeout_keep_alive=fitted.keep_alive,
+        app,
+        host=host,
+        port=port if port is not None else 0,
+        uds=uds,
+        log_level=log_level,
+        access_log=False,
+        http=_guarded_protocol(fitted),
+        timeout_keep_alive=fitted.keep_alive,
         timeout_graceful_shutdown=fitted.graceful_shutdown,
         # uvicorn otherwise believes X-Forwarded-For from 127.0.0.1: anyone on loopback, or any client
         # through a local balancer that passes the header on, could choose the address per-source

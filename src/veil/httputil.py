@@ -69,6 +69,4 @@ class _BodyTooLarge(Exception):
 
 
 def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(
-        error_body("http.body_too_large", f"request body exceeds {limit} bytes"), status_code=413
-    )
+    return JSONResponse(error_body("http.body_too_large", f"request body exceeds {limit} bytes"), status_code=413)

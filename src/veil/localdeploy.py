@@ -86,7 +86,8 @@ class LocalDeployment:
         self.topology = Topology(self.host, self.coordinator_port, self.worker_port, self.workers, self.coordinators)
         if self.coordinators > 1 and not (self.db_url or "").startswith("postgresql"):
             raise DeploymentError(
-                "deploy.ha_needs_postgres", "several coordinators share their sealed state through PostgreSQL: pass --db postgresql+psycopg://..."
+                "deploy.ha_needs_postgres",
+                "several coordinators share their sealed state through PostgreSQL: pass --db postgresql+psycopg://...",
             )
 
     @property
@@ -132,13 +133,17 @@ class LocalDeployment:
 
         gpu = SimGpu.load(self.sim_gpu_dir)
         reference = GpuReference(allowed_platforms=["nvidia-h100"], allowed_rim_digests=gpu.rim_digests())
-        policies = {k: p.model_copy(update={"require_gpu": True, "gpu_platforms": ["nvidia-h100"]})
-                    for k, p in manifest.release_policies.items()}
-        return manifest.model_copy(update={
-            "workers": [r.model_copy(update={"require_gpu": True, "gpu": reference}) for r in manifest.workers],
-            "release_policies": policies,
-            "trusted_simulation_roots": [*manifest.trusted_simulation_roots, *gpu.simulation_roots],
-        })
+        policies = {
+            k: p.model_copy(update={"require_gpu": True, "gpu_platforms": ["nvidia-h100"]})
+            for k, p in manifest.release_policies.items()
+        }
+        return manifest.model_copy(
+            update={
+                "workers": [r.model_copy(update={"require_gpu": True, "gpu": reference}) for r in manifest.workers],
+                "release_policies": policies,
+                "trusted_simulation_roots": [*manifest.trusted_simulation_roots, *gpu.simulation_roots],
+            }
+        )
 
     def _gpu_args(self) -> list[str]:
         return ["--gpu", "sim", "--sim-gpu-dir", str(self.sim_gpu_dir)] if self.sim_gpu else []
@@ -249,22 +254,29 @@ class LocalDeployment:
             from veil.attest.sim.azure import sim_reference, sim_release_policy
 
             refs, release = [sim_reference(self.platform, measurement)], sim_release_policy(self.platform, measurement)
-        return self._with_gpu(Manifest(
-            coordinator=refs,
-            workers=refs,
-            models=[ModelEntry(
-                name=DEFAULT_MODEL_NAME, sha256=sealed.plaintext_sha256, source=str(self.sealed_path),
-                sealed_sha256=sealed.sealed_sha256, key_id=DATA_KEY_ID,
-            )],
-            release_policies={DATA_KEY_ID: release},
-            sandbox=SandboxSettings(profile=self.sandbox),  # type: ignore[arg-type]
-            admin_keys=[public_key_hex(admin)],
-            trusted_simulation_roots=sim.load_or_create(self.platform, self.sim_dir).simulation_roots,
-            recovery_keys=[keyrelease.public_bytes(recovery).hex()],
-            # A local demo also serves ohttpy's variant (/score), so standard clients can try it;
-            # clients see it in the manifest (its answers show their status to relays).
-            gateway=GatewaySettings(ohttpy_compat=True),
-        ))
+        return self._with_gpu(
+            Manifest(
+                coordinator=refs,
+                workers=refs,
+                models=[
+                    ModelEntry(
+                        name=DEFAULT_MODEL_NAME,
+                        sha256=sealed.plaintext_sha256,
+                        source=str(self.sealed_path),
+                        sealed_sha256=sealed.sealed_sha256,
+                        key_id=DATA_KEY_ID,
+                    )
+                ],
+                release_policies={DATA_KEY_ID: release},
+                sandbox=SandboxSettings(profile=self.sandbox),  # type: ignore[arg-type]
+                admin_keys=[public_key_hex(admin)],
+                trusted_simulation_roots=sim.load_or_create(self.platform, self.sim_dir).simulation_roots,
+                recovery_keys=[keyrelease.public_bytes(recovery).hex()],
+                # A local demo also serves ohttpy's variant (/score), so standard clients can try it;
+                # clients see it in the manifest (its answers show their status to relays).
+                gateway=GatewaySettings(ohttpy_compat=True),
+            )
+        )
 
     # replicas -----------------------------------------------------------------------------------
     def _start_coordinators(self, step) -> None:  # type: ignore[no-untyped-def]
@@ -272,16 +284,41 @@ class LocalDeployment:
         # Behind HAProxy every client and worker reaches a coordinator from the balancer's address,
         # so per-source limits would hold them all to one source's share: they are the balancer's
         # to enforce per client there (docs/operations.md), and the coordinators' are opened up.
-        limits = (["--attestations-per-second", "1000", "--attestation-burst", "2000",
-                   "--challenges-per-second", "500", "--challenge-burst", "1000"] if self.topology.balanced else [])
+        limits = (
+            [
+                "--attestations-per-second",
+                "1000",
+                "--attestation-burst",
+                "2000",
+                "--challenges-per-second",
+                "500",
+                "--challenge-burst",
+                "1000",
+            ]
+            if self.topology.balanced
+            else []
+        )
         for i, port in enumerate(self.topology.coordinator_ports):
             name = self._replica_name("coordinator", i, self.coordinators)
             step(f"starting the {name}")
             # the database URL goes through the environment: a password never shows in argv
-            self._spawn(name, [
-                "coordinator", "--host", self.host, "--port", str(port), "--platform", self.platform,
-                "--sim-dir", str(self.sim_dir), *self._launch_data, *limits,
-            ], env={"VEIL_DB": db})
+            self._spawn(
+                name,
+                [
+                    "coordinator",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(port),
+                    "--platform",
+                    self.platform,
+                    "--sim-dir",
+                    str(self.sim_dir),
+                    *self._launch_data,
+                    *limits,
+                ],
+                env={"VEIL_DB": db},
+            )
         for i, url in enumerate(self.topology.coordinator_urls):
             name = self._replica_name("coordinator", i, self.coordinators)
             self._wait_http(f"{url}{wire.HEALTH_PATH}", name, 30, self.processes[i])
@@ -300,13 +337,29 @@ class LocalDeployment:
             name = self._replica_name("worker", i, self.workers)
             step(f"starting the {name} (attest, register, start the sandboxed engine)")
             run_dir = self.state_dir / "run" if self.workers == 1 else self.state_dir / "run" / name
-            self._spawn(name, [
-                "worker", "--coordinator", self.coordinator_url, "--host", self.host,
-                "--port", str(port), "--platform", self.platform, "--sim-dir", str(self.sim_dir),
-                "--run-dir", str(run_dir), "--reregister-seconds", str(self.reregister_seconds), *self._launch_data,
-                *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
-                *self._gpu_args(),
-            ])
+            self._spawn(
+                name,
+                [
+                    "worker",
+                    "--coordinator",
+                    self.coordinator_url,
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(port),
+                    "--platform",
+                    self.platform,
+                    "--sim-dir",
+                    str(self.sim_dir),
+                    "--run-dir",
+                    str(run_dir),
+                    "--reregister-seconds",
+                    str(self.reregister_seconds),
+                    *self._launch_data,
+                    *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
+                    *self._gpu_args(),
+                ],
+            )
         for i, port in enumerate(self.topology.worker_ports):
             name = self._replica_name("worker", i, self.workers)
             self._wait_http(f"{self.topology.url(port)}{wire.GATEWAY_PATH}", name, 120 * self.workers, self.processes[first + i])
@@ -331,8 +384,12 @@ class LocalDeployment:
         # Own session: a terminal's Ctrl-C reaches only `veil up`, which stops workers before the
         # coordinator. Parent-death signal: if `veil up` is killed outright, they go too.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "veil", *args], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_terminate_with_parent,
+            [sys.executable, "-m", "veil", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
             env={**os.environ, **(env or {})},
         )
         log.close()

@@ -65,6 +65,8 @@ class Topology:
             binds.append(env["VEIL_GATEWAY_BIND"])
         if self.coordinators > 1:
             env["VEIL_COORDINATOR_BIND"] = f"{self.host}:{self.coordinator_port}"
-            backends.append(Backend("coordinators", "coordinator", [f"{self.host}:{p}" for p in self.coordinator_ports], cookies=True))
+            backends.append(
+                Backend("coordinators", "coordinator", [f"{self.host}:{p}" for p in self.coordinator_ports], cookies=True)
+            )
             binds.append(env["VEIL_COORDINATOR_BIND"])
         return HAProxy(render("balancer.cfg", backends), env, workdir, stats_socket=workdir / "haproxy.sock"), binds

@@ -35,15 +35,18 @@ ENTRY_CONTEXT = b"veil/manifest-entry/v1"
 MAX_MANIFEST_BYTES = 1 << 20
 
 TcbComponent = Literal["bootloader", "tee", "snp", "microcode", "fmc"]
-Platform = Literal["sim-snp", "sev-snp", "sim-tdx", "tdx", "azure-snp-vtpm", "azure-tdx-vtpm", "sim-azure-snp",
-                   "sim-azure-tdx"]
+Platform = Literal["sim-snp", "sev-snp", "sim-tdx", "tdx", "azure-snp-vtpm", "azure-tdx-vtpm", "sim-azure-snp", "sim-azure-tdx"]
 # the hardware report inside an Azure CVM's HCL report is SEV-SNP's or TDX's, judged by their rules
 SNP_PLATFORMS = ("sev-snp", "sim-snp", "azure-snp-vtpm", "sim-azure-snp")
 TDX_PLATFORMS = ("tdx", "sim-tdx", "azure-tdx-vtpm", "sim-azure-tdx")
 AZURE_PLATFORMS = ("azure-snp-vtpm", "azure-tdx-vtpm", "sim-azure-snp", "sim-azure-tdx")
 TcbStatus = Literal[
-    "UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate", "OutOfDateConfigurationNeeded",
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
 ]
 
 
@@ -207,7 +210,7 @@ class ReferenceValues(_Strict):
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: Any) -> dict[str, Any]:
         # left out while None, so manifests written before these fields keep their digests
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         for name in ("snp", "tdx", "gpu", "azure"):
             if getattr(self, name) is None:
                 data.pop(name, None)
@@ -266,7 +269,7 @@ class ReleasePolicy(_Strict):
 
     @model_serializer(mode="wrap")
     def _omit_skr(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         if self.skr is None:
             data.pop("skr", None)
         return data
@@ -350,7 +353,7 @@ class Manifest(_Strict):
 
     @model_serializer(mode="wrap")
     def _omit_unset_additions(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         if not self.tenants:
             data.pop("tenants", None)
         if self.padding is None:
@@ -429,9 +432,7 @@ def public_key_hex(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
 
-def sign_manifest(
-    manifest: Manifest, keys: list[Ed25519PrivateKey], previous: str | None
-) -> SignedManifest:
+def sign_manifest(manifest: Manifest, keys: list[Ed25519PrivateKey], previous: str | None) -> SignedManifest:
     msg = signed_message(manifest, previous)
     sigs = [Signature(key=public_key_hex(k), signature=k.sign(msg).hex()) for k in keys]
     return SignedManifest(manifest=manifest, previous=previous, signatures=sigs)
@@ -445,18 +446,14 @@ def valid_signers(entry: SignedManifest, allowed_keys: list[str]) -> set[str]:
         if sig.key not in allowed_keys:
             continue
         try:
-            Ed25519PublicKey.from_public_bytes(bytes.fromhex(sig.key)).verify(
-                bytes.fromhex(sig.signature), msg
-            )
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(sig.key)).verify(bytes.fromhex(sig.signature), msg)
         except (InvalidSignature, ValueError):
             continue
         ok.add(sig.key)
     return ok
 
 
-def check_successor(
-    previous: SignedManifest | None, entry: SignedManifest, *, root_keys: list[str] | None = None
-) -> None:
+def check_successor(previous: SignedManifest | None, entry: SignedManifest, *, root_keys: list[str] | None = None) -> None:
     """Refuse an entry that does not extend the chain or lacks an admin signature.
 
     The first manifest must be signed by one of its own admin keys and, when ``root_keys`` is given
@@ -481,9 +478,7 @@ def check_successor(
             )
         allowed = previous.manifest.admin_keys
     if not valid_signers(entry, allowed):
-        raise VerificationError(
-            "manifest.unsigned", "no valid signature by an admin key of the previous manifest"
-        )
+        raise VerificationError("manifest.unsigned", "no valid signature by an admin key of the previous manifest")
 
 
 def verify_history(entries: list[SignedManifest], *, root_keys: list[str] | None = None) -> bytes:

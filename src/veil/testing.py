@@ -47,8 +47,9 @@ class ServerThread:
     With ``uds`` it listens on that Unix socket instead (``url`` is then ``http://localhost``).
     """
 
-    def __init__(self, app: Any, port: int | None = None, *, uds: str | None = None,
-                 limits: ServerLimits = ServerLimits()) -> None:
+    def __init__(
+        self, app: Any, port: int | None = None, *, uds: str | None = None, limits: ServerLimits = ServerLimits()
+    ) -> None:
         self.port = None if uds else (port or free_port())
         self.url = "http://localhost" if uds else f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(server_config(app, host="127.0.0.1", port=self.port, uds=uds, limits=limits))
@@ -111,37 +112,75 @@ class FakeEngine:
         try:
             doc = json.loads(body) if body else {}
         except ValueError:
-            return await _json(send, 400, {"error": {"message": "invalid JSON", "type": "invalid_request_error",
-                                                     "param": None, "code": "invalid_json"}})
+            return await _json(
+                send,
+                400,
+                {"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": None, "code": "invalid_json"}},
+            )
         if self.record is not None:
             self.record.append(({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}, doc))
         if path == "/v1/models":
-            return await _json(send, 200, {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "veil-fake"}]})
+            return await _json(
+                send, 200, {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "veil-fake"}]}
+            )
         if path == "/v1/embeddings":
             inputs = doc.get("input", [])
             inputs = inputs if isinstance(inputs, list) else [inputs]
             data = [{"object": "embedding", "index": i, "embedding": [0.0, 1.0, 0.5]} for i in range(len(inputs))]
-            return await _json(send, 200, {"object": "list", "model": self.model, "data": data,
-                                           "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+            return await _json(
+                send,
+                200,
+                {
+                    "object": "list",
+                    "model": self.model,
+                    "data": data,
+                    "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+                },
+            )
         if path not in ("/v1/chat/completions", "/v1/completions"):
-            return await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error",
-                                                     "param": None, "code": "not_found"}})
+            return await _json(
+                send,
+                404,
+                {"error": {"message": "not found", "type": "invalid_request_error", "param": None, "code": "not_found"}},
+            )
         chat = path == "/v1/chat/completions"
         limit = doc.get("max_tokens") or doc.get("max_completion_tokens")
         n = min(limit, self.tokens) if isinstance(limit, int) and limit > 0 else self.tokens  # stops early, like EOS
         usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": 1 + n}
         if not doc.get("stream"):
             text = self.text * n
-            choice = ({"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": text}}
-                      if chat else {"index": 0, "finish_reason": "length", "text": text})
-            return await _json(send, 200, {"id": "fake-1", "object": "chat.completion" if chat else "text_completion",
-                                           "created": 0, "model": self.model, "choices": [choice], "usage": usage})
+            choice = (
+                {"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": text}}
+                if chat
+                else {"index": 0, "finish_reason": "length", "text": text}
+            )
+            return await _json(
+                send,
+                200,
+                {
+                    "id": "fake-1",
+                    "object": "chat.completion" if chat else "text_completion",
+                    "created": 0,
+                    "model": self.model,
+                    "choices": [choice],
+                    "usage": usage,
+                },
+            )
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         delay = 1.0 / self.rate if self.rate else 0.0
         delta = {"content": self.text} if chat else None
-        choice = {"index": 0, "delta": delta, "finish_reason": None} if chat else {"index": 0, "text": self.text, "finish_reason": None}
-        event = {"id": "fake-1", "object": "chat.completion.chunk" if chat else "text_completion",
-                 "created": 0, "model": self.model, "choices": [choice]}
+        choice = (
+            {"index": 0, "delta": delta, "finish_reason": None}
+            if chat
+            else {"index": 0, "text": self.text, "finish_reason": None}
+        )
+        event = {
+            "id": "fake-1",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": 0,
+            "model": self.model,
+            "choices": [choice],
+        }
         wire = b"data: " + json.dumps(event).encode() + b"\n\n"  # built once: the engine's cost stays small
         for _ in range(n):
             if delay:
@@ -149,15 +188,27 @@ class FakeEngine:
             await send({"type": "http.response.body", "body": wire, "more_body": True})
         tail = b""
         if (doc.get("stream_options") or {}).get("include_usage"):
-            final = {"id": "fake-1", "object": "chat.completion.chunk", "created": 0, "model": self.model, "choices": [], "usage": usage}
+            final = {
+                "id": "fake-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": self.model,
+                "choices": [],
+                "usage": usage,
+            }
             tail = b"data: " + json.dumps(final).encode() + b"\n\n"
         await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n", "more_body": False})
 
 
 async def _json(send: Any, status: int, doc: dict[str, Any]) -> None:
     raw = json.dumps(doc).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": raw})
 
 
@@ -177,8 +228,18 @@ class GatewayProcess:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.stderr_path = run_dir / "gateway.stderr"
         self.engine_socket = str(run_dir / "engine.sock")
-        argv = [sys.executable, "-m", "veil.testing", "gateway", "--port", str(self.port),
-                "--engine-uds", self.engine_socket, "--key-id", str(self.pair.key_id)]
+        argv = [
+            sys.executable,
+            "-m",
+            "veil.testing",
+            "gateway",
+            "--port",
+            str(self.port),
+            "--engine-uds",
+            self.engine_socket,
+            "--key-id",
+            str(self.pair.key_id),
+        ]
         for name, value in options.items():
             flag = "--" + name.replace("_", "-")
             argv += [flag] if value is True else [] if value is False else [flag, str(value)]
@@ -213,8 +274,10 @@ class GatewayProcess:
 
         start = time.perf_counter()
         with httpx.Client(transport=OhttpTransport(self.pair.config, self.url), timeout=timeout) as http:
-            r = http.post("http://api/v1/chat/completions", json={"model": "m", "stream": True, "max_tokens": 8,
-                                                                   "messages": [{"role": "user", "content": "hi"}]})
+            r = http.post(
+                "http://api/v1/chat/completions",
+                json={"model": "m", "stream": True, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+            )
             if r.status_code != 200 or "[DONE]" not in r.text:
                 raise RuntimeError(f"victim request failed: HTTP {r.status_code}")
         return time.perf_counter() - start
@@ -278,12 +341,19 @@ class VictimReport:
     def __str__(self) -> str:
         import statistics
 
-        return (f"victim: quiet median {self.quiet * 1000:.1f} ms; under attack median "
-                f"{statistics.median(self.loud) * 1000:.1f} ms, max {max(self.loud) * 1000:.1f} ms; attacker: {self.attacker}")
+        return (
+            f"victim: quiet median {self.quiet * 1000:.1f} ms; under attack median "
+            f"{statistics.median(self.loud) * 1000:.1f} ms, max {max(self.loud) * 1000:.1f} ms; attacker: {self.attacker}"
+        )
 
 
 def victim_under_attack(
-    gateway: GatewayProcess, source: str, *args: str, build_up: float = 1.0, count: int = 8, pause: float = 0.2,
+    gateway: GatewayProcess,
+    source: str,
+    *args: str,
+    build_up: float = 1.0,
+    count: int = 8,
+    pause: float = 0.2,
     timeout: float = 30.0,
 ) -> VictimReport:
     """A legitimate client's latency, quiet and then while the :class:`Attacker` ``source`` runs."""
@@ -302,7 +372,8 @@ def flood_script(attack_once: str) -> str:
     """An :class:`Attacker` script: ``threads`` threads call ``attack_once()`` (defined by the given
     source, which may read ``url``, ``config``, ``deadline``) until ``seconds`` have passed, and the
     outcomes it returns are counted. Arguments: url, key config (hex), seconds, threads."""
-    return textwrap.dedent('''
+    return (
+        textwrap.dedent("""
         import json, sys, threading, time
         import httpx
         from veil.ohttp.keyconfig import KeyConfig
@@ -311,7 +382,9 @@ def flood_script(attack_once: str) -> str:
         seconds, threads = float(sys.argv[3]), int(sys.argv[4])
         deadline = time.monotonic() + seconds
         stats, lock = {"attempts": 0, "outcomes": {}}, threading.Lock()
-    ''') + textwrap.dedent(attack_once) + textwrap.dedent('''
+    """)
+        + textwrap.dedent(attack_once)
+        + textwrap.dedent("""
         def loop():
             while time.monotonic() < deadline:
                 outcome = attack_once()
@@ -325,7 +398,8 @@ def flood_script(attack_once: str) -> str:
         for w in workers:
             w.join()
         print(json.dumps(stats))
-    ''')
+    """)
+    )
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -344,9 +418,20 @@ def _run_gateway(args: argparse.Namespace) -> None:
 
     key = bytes.fromhex(sys.stdin.readline().strip())
     sock = Path(args.engine_uds)
-    engine = subprocess.Popen([sys.executable, "-m", "veil.testing", "engine", "--uds", str(sock),
-                               "--tokens", str(args.tokens), *(["--rate", str(args.rate)] if args.rate else [])],
-                              preexec_fn=lambda: die_with_parent(signal.SIGKILL))  # never outlives the gateway
+    engine = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "veil.testing",
+            "engine",
+            "--uds",
+            str(sock),
+            "--tokens",
+            str(args.tokens),
+            *(["--rate", str(args.rate)] if args.rate else []),
+        ],
+        preexec_fn=lambda: die_with_parent(signal.SIGKILL),
+    )  # never outlives the gateway
     try:
         deadline = time.monotonic() + 30
         while not sock.exists():
@@ -355,11 +440,17 @@ def _run_gateway(args: argparse.Namespace) -> None:
             time.sleep(0.02)
         upstream = EngineLink(str(sock))
         padding = PaddingSettings(requests=None, responses=None, stream_chunks=None) if args.padding == "off" else None
-        app = create_gateway_app(KeyStore([KeyPair.from_private_bytes(args.key_id, key)]), upstream, padding=padding,
-                                 settings=GatewaySettings(ohttpy_compat=args.compat))
+        app = create_gateway_app(
+            KeyStore([KeyPair.from_private_bytes(args.key_id, key)]),
+            upstream,
+            padding=padding,
+            settings=GatewaySettings(ohttpy_compat=args.compat),
+        )
         limits = ServerLimits(
-            header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-            max_connections=args.max_connections, fds_per_connection=2,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            max_connections=args.max_connections,
+            fds_per_connection=2,
         )
         uvicorn.Server(server_config(app, host="127.0.0.1", port=args.port, limits=limits)).run()
     finally:

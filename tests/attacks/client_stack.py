@@ -60,19 +60,31 @@ class Engine:
             body = await request.json()
             text = "hello from the engine"
             if body.get("stream"):
+
                 async def gen() -> AsyncIterator[bytes]:
                     for word in text.split():
-                        event = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-                                 "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
+                        event = {
+                            "id": "c",
+                            "object": "chat.completion.chunk",
+                            "created": 1,
+                            "model": MODEL,
+                            "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+                        }
                         yield f"data: {json.dumps(event)}\n\n".encode()
                         await asyncio.sleep(0.005)
                     yield b"data: [DONE]\n\n"
 
                 return StreamingResponse(gen(), media_type="text/event-stream")
-            return JSONResponse({"id": "c", "object": "chat.completion", "created": 1, "model": MODEL,
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": text}}],
-                                 "auth": request.headers.get("authorization")})
+            return JSONResponse(
+                {
+                    "id": "c",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": MODEL,
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                    "auth": request.headers.get("authorization"),
+                }
+            )
 
         return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
@@ -104,8 +116,11 @@ class Stack:
     def manifest(self, **changes: Any) -> Manifest:
         refs = [ReferenceValues(platform="sim-snp", measurements=[self.attester.measurement.hex()])]
         base: dict[str, Any] = dict(
-            coordinator=refs, workers=refs, models=[ModelEntry(name=MODEL, sha256="00" * 32)],
-            admin_keys=[public_key_hex(self.admin)], trusted_simulation_roots=[self.sim.root_fingerprint],
+            coordinator=refs,
+            workers=refs,
+            models=[ModelEntry(name=MODEL, sha256="00" * 32)],
+            admin_keys=[public_key_hex(self.admin)],
+            trusted_simulation_roots=[self.sim.root_fingerprint],
             coordinator_identity=self.state.identity,
         )
         base.update(changes)
@@ -122,8 +137,11 @@ class Stack:
     def policy(self, *, pinned: bool) -> ClientPolicy:
         """The development policy `veil up` would write: pinned to the current digest, or by admin key."""
         return ClientPolicy.local_development(
-            coordinator=self.head.manifest.coordinator, simulation_roots=[self.sim.root_fingerprint],
-            sandbox_profile="bubblewrap", coordinator_url=self.coordinator_url, gateway_url=self.gateway_url,
+            coordinator=self.head.manifest.coordinator,
+            simulation_roots=[self.sim.root_fingerprint],
+            sandbox_profile="bubblewrap",
+            coordinator_url=self.coordinator_url,
+            gateway_url=self.gateway_url,
             manifest_digests=[self.head.digest.hex()] if pinned else [],
             admin_keys=[] if pinned else [public_key_hex(self.admin)],
         )
@@ -156,8 +174,17 @@ def client_stack(sim_dir: Path | None = None, *, tenants: list[TenantEntry] | No
         upstream = EngineLink(str(sock))
         keys = KeyStore(state.released_keys.get(c.key_id) for c in state.released_keys.configs())
         with ServerThread(create_gateway_app(keys, upstream, tenants=tenants or [])) as gateway:
-            stack = Stack(coordinator.url, gateway.url, state, attester, sim, admin, engine, head=None,  # type: ignore[arg-type]
-                          gateway_keys=keys)
+            stack = Stack(
+                coordinator.url,
+                gateway.url,
+                state,
+                attester,
+                sim,
+                admin,
+                engine,
+                head=None,  # type: ignore[arg-type]
+                gateway_keys=keys,
+            )
             first = sign_manifest(stack.manifest(), [admin], None)
             resp = httpx.post(f"{coordinator.url}/v1/manifest", content=first.model_dump_json(), timeout=30)
             assert resp.status_code == 200, resp.text

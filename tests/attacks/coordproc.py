@@ -48,8 +48,7 @@ class CoordinatorProcess:
         return self.workdir / f"coordinator-{self.port}.log"
 
     def start(self) -> "CoordinatorProcess":
-        cmd = [sys.executable, "-m", "veil", "coordinator", "--port", str(self.port), "--sim-dir", str(self.sim_dir),
-               *self.args]
+        cmd = [sys.executable, "-m", "veil", "coordinator", "--port", str(self.port), "--sim-dir", str(self.sim_dir), *self.args]
         if self.db is not None:
             cmd += ["--db", f"sqlite:///{self.db}"]
         if self.launch_key is not None:
@@ -114,17 +113,27 @@ class Deployment:
         return CoordinatorProcess(self.workdir, self.sim_dir, self.admin, db, list(args or []), port or free_port())
 
     def manifest(self, identity: str, **kw: object) -> Manifest:
-        base = make_manifest(self.sim_dir, self.admin, self.attester.measurement.hex(), coordinator_identity=identity,
-                             recovery_keys=[keyrelease.public_bytes(self.recovery).hex()],
-                             models=[ModelEntry(name="sealed-model", sha256="11" * 32, key_id=DATA_KEY_ID)],
-                             release_policies={DATA_KEY_ID: ReleasePolicy(allow_simulated=True)})
+        base = make_manifest(
+            self.sim_dir,
+            self.admin,
+            self.attester.measurement.hex(),
+            coordinator_identity=identity,
+            recovery_keys=[keyrelease.public_bytes(self.recovery).hex()],
+            models=[ModelEntry(name="sealed-model", sha256="11" * 32, key_id=DATA_KEY_ID)],
+            release_policies={DATA_KEY_ID: ReleasePolicy(allow_simulated=True)},
+        )
         return base.model_copy(update=kw) if kw else base
 
     def policy(self, url: str) -> ClientPolicy:
         """What the admin trusts: this code's measurement, their own admin key, this simulated chip."""
         m = make_manifest(self.sim_dir, self.admin, self.attester.measurement.hex())
-        return ClientPolicy(coordinator_url=url, coordinator=m.coordinator, admin_keys=[public_key_hex(self.admin)],
-                            trust_simulated=True, simulation_roots=m.trusted_simulation_roots)
+        return ClientPolicy(
+            coordinator_url=url,
+            coordinator=m.coordinator,
+            admin_keys=[public_key_hex(self.admin)],
+            trust_simulated=True,
+            simulation_roots=m.trusted_simulation_roots,
+        )
 
     def set_up(self, coord: CoordinatorProcess, **kw: object) -> SignedManifest:
         """Set the first manifest (naming the attested state) and upload the data key."""
@@ -146,8 +155,9 @@ class Deployment:
 
 def veil_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """Run the `veil` command line as a user would."""
-    return subprocess.run([sys.executable, "-m", "veil", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "veil", *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def build_host_state(db: Path, recovery_public: bytes | None = None):
@@ -181,7 +191,10 @@ def build_host_state(db: Path, recovery_public: bytes | None = None):
         store.put_meta(conn, META_HEAD, seed.cipher.seal(head, META_HEAD))
         if recovery_public is not None:
             record = keyrelease.seal(recovery_public, seed.secret, RECOVERY_INFO)
-            store.put_meta(conn, META_RECOVERY, json.dumps(
-                [{"recovery_key": recovery_public.hex(), "sealed_state_key": record.hex()}]).encode())
+            store.put_meta(
+                conn,
+                META_RECOVERY,
+                json.dumps([{"recovery_key": recovery_public.hex(), "sealed_state_key": record.hex()}]).encode(),
+            )
     store.engine.dispose()
     return seed

@@ -109,10 +109,12 @@ def create_relay(upstream: str) -> Starlette:
             return Response(content, status_code=up.status_code, media_type=up.headers.get("content-type"))
         return StreamingResponse(damaged(), media_type=up.headers.get("content-type"))
 
-    return Starlette(routes=[
-        Route("/relay/mode", set_mode, methods=["POST"]),
-        Route("/{path:path}", relay, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/relay/mode", set_mode, methods=["POST"]),
+            Route("/{path:path}", relay, methods=["POST"]),
+        ]
+    )
 
 
 def main() -> None:

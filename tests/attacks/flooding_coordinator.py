@@ -75,16 +75,25 @@ def main() -> None:
     attester = SimSnpAttester(args.sim_dir, host_data=bytes.fromhex(public_key_hex(admin)))
     state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
     refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
-    manifest = Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)],
-                        trusted_simulation_roots=[sim.root_fingerprint], coordinator_identity=state.identity)
+    manifest = Manifest(
+        coordinator=refs,
+        workers=refs,
+        admin_keys=[public_key_hex(admin)],
+        trusted_simulation_roots=[sim.root_fingerprint],
+        coordinator_identity=state.identity,
+    )
     real = create_app(state, attester)
     with TestClient(real) as setup:
         resp = setup.post("/v1/manifest", content=sign_manifest(manifest, [admin], None).model_dump_json())
         assert resp.status_code == 200, resp.text
     url = f"http://127.0.0.1:{args.port}"
     ClientPolicy.local_development(
-        coordinator=refs, simulation_roots=[sim.root_fingerprint], sandbox_profile="bubblewrap",
-        coordinator_url=url, gateway_url=url, admin_keys=[public_key_hex(admin)],
+        coordinator=refs,
+        simulation_roots=[sim.root_fingerprint],
+        sandbox_profile="bubblewrap",
+        coordinator_url=url,
+        gateway_url=url,
+        admin_keys=[public_key_hex(admin)],
     ).save(args.policy)
     uvicorn.run(flooding(real), host="127.0.0.1", port=args.port, log_level="critical")
 

@@ -32,9 +32,12 @@ def _signed_headers(url: str, key: Ed25519PrivateKey, target: str) -> dict[str, 
     nonce = bytes.fromhex(httpx.post(f"{url}/v1/admin/challenge").json()["nonce"])
     response_key = keyrelease.public_bytes(X25519PrivateKey.generate())
     return {
-        ADMIN_KEY_HEADER: public_key_hex(key), ADMIN_NONCE_HEADER: nonce.hex(),
+        ADMIN_KEY_HEADER: public_key_hex(key),
+        ADMIN_NONCE_HEADER: nonce.hex(),
         ADMIN_RESPONSE_KEY_HEADER: response_key.hex(),
-        ADMIN_SIGNATURE_HEADER: sign_statement(key, ADMIN_READ_CONTEXT, *admin_read_statement("GET", target, nonce, response_key)),
+        ADMIN_SIGNATURE_HEADER: sign_statement(
+            key, ADMIN_READ_CONTEXT, *admin_read_statement("GET", target, nonce, response_key)
+        ),
     }
 
 

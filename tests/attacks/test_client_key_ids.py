@@ -63,8 +63,12 @@ def test_a_hostile_gateway_cannot_offer_its_own_key(stack: Stack) -> None:
     async def keys(_: Request) -> Response:
         return Response(KeyStore([own]).encode_configs(), media_type=MEDIA_TYPE_KEYS)
 
-    hostile = Starlette(routes=[Route("/.well-known/ohttp-gateway", gateway, methods=["POST"]),
-                                Route("/.well-known/ohttp-gateway", keys, methods=["GET"])])
+    hostile = Starlette(
+        routes=[
+            Route("/.well-known/ohttp-gateway", gateway, methods=["POST"]),
+            Route("/.well-known/ohttp-gateway", keys, methods=["GET"]),
+        ]
+    )
     with ServerThread(hostile) as evil:
         policy = stack.policy(pinned=False).model_copy(update={"gateway_url": evil.url})
         with Client(policy) as client:

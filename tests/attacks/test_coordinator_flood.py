@@ -35,8 +35,9 @@ pytestmark = pytest.mark.slow  # live servers and processes on loopback
 def coordinator(tmp_path_factory) -> Iterator[tuple[str, ClientPolicy]]:
     port, policy_path = free_port(), tmp_path_factory.mktemp("flood") / "policy.json"
     script = Path(__file__).with_name("flooding_coordinator.py")
-    server = subprocess.Popen([sys.executable, str(script), "--sim-dir", str(shared_sim_dir()), "--port", str(port),
-                               "--policy", str(policy_path)])
+    server = subprocess.Popen(
+        [sys.executable, str(script), "--sim-dir", str(shared_sim_dir()), "--port", str(port), "--policy", str(policy_path)]
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -53,11 +54,14 @@ def coordinator(tmp_path_factory) -> Iterator[tuple[str, ClientPolicy]]:
         server.wait(10)
 
 
-@pytest.mark.parametrize("flood, cap", [
-    ("attestation", MAX_ATTESTATION_BYTES),
-    ("declared", MAX_ATTESTATION_BYTES),
-    ("history", MAX_HISTORY_BYTES),
-])
+@pytest.mark.parametrize(
+    "flood, cap",
+    [
+        ("attestation", MAX_ATTESTATION_BYTES),
+        ("declared", MAX_ATTESTATION_BYTES),
+        ("history", MAX_HISTORY_BYTES),
+    ],
+)
 def test_a_flooding_coordinator_cannot_exhaust_client_memory(coordinator, flood: str, cap: int, tmp_path: Path) -> None:
     url, policy = coordinator
     httpx.post(f"{url}/flood", json={"flood": flood}, timeout=10).raise_for_status()

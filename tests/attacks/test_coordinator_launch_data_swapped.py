@@ -40,7 +40,8 @@ def platform(request, tmp_path_factory) -> tuple[str, Path, str]:  # type: ignor
 def _policy(platform: str, root: str, url: str) -> ClientPolicy:
     admins = [LAUNCH_DATA[platform][0]]
     ref = ReferenceValues(
-        platform=platform, measurements=[sim.measure_code().hex()],  # type: ignore[arg-type]
+        platform=platform,
+        measurements=[sim.measure_code().hex()],  # type: ignore[arg-type]
         snp=SnpReference(host_data=admins) if platform == "sim-snp" else None,
         tdx=TdxReference(mr_config_id=admins) if platform == "sim-tdx" else None,
     )

@@ -22,16 +22,37 @@ from veil.testing import free_port
 
 def test_no_database_password_in_argv(tmp_path) -> None:
     SimPlatform.create(tmp_path / "sim")
-    done = veil_cli("coordinator", "--sim-dir", str(tmp_path / "sim"), "--port", str(free_port()),
-                    "--db", "postgresql+psycopg://veil:hunter2@db.internal/veil", timeout=60)
+    done = veil_cli(
+        "coordinator",
+        "--sim-dir",
+        str(tmp_path / "sim"),
+        "--port",
+        str(free_port()),
+        "--db",
+        "postgresql+psycopg://veil:hunter2@db.internal/veil",
+        timeout=60,
+    )
     assert done.returncode == 1 and "cli.secret_in_argv" in done.stderr, done.stdout + done.stderr
 
     dsn_file = tmp_path / "dsn"
     dsn_file.write_text(f"sqlite:///{tmp_path / 'c.db'}\n")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "veil", "coordinator", "--sim-dir", str(tmp_path / "sim"),
-                             "--port", str(port), "--db-file", str(dsn_file)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "veil",
+            "coordinator",
+            "--sim-dir",
+            str(tmp_path / "sim"),
+            "--port",
+            str(port),
+            "--db-file",
+            str(dsn_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -22,13 +22,30 @@ from sandbox_harness import PROFILES, contained, control_detects, require
 from veil.sandbox import sandbox_prefix, socketdir
 from veil.sandbox.hardening import engine_identity
 
-PROBES = ["output_flood_with_secret", "socket_names_in_socket_dir", "write_socket_dir_file",
-          "write_socket_dir_subdir", "mkfifo_socket_dir", "symlink_socket_dir", "write_state_dir",
-          "write_model_dir", "write_tmp", "write_var_tmp", "write_dev_shm",
-          "environ_carries_host_variables", "read_pythonpath_home"]
-CONTROLLED = ["output_flood_with_secret", "socket_names_in_socket_dir", "write_socket_dir_file",
-              "write_state_dir", "write_tmp", "environ_carries_host_variables",
-              "read_pythonpath_home"]
+PROBES = [
+    "output_flood_with_secret",
+    "socket_names_in_socket_dir",
+    "write_socket_dir_file",
+    "write_socket_dir_subdir",
+    "mkfifo_socket_dir",
+    "symlink_socket_dir",
+    "write_state_dir",
+    "write_model_dir",
+    "write_tmp",
+    "write_var_tmp",
+    "write_dev_shm",
+    "environ_carries_host_variables",
+    "read_pythonpath_home",
+]
+CONTROLLED = [
+    "output_flood_with_secret",
+    "socket_names_in_socket_dir",
+    "write_socket_dir_file",
+    "write_state_dir",
+    "write_tmp",
+    "environ_carries_host_variables",
+    "read_pythonpath_home",
+]
 
 
 @pytest.mark.parametrize("probe", PROBES)
@@ -51,9 +68,12 @@ def test_a_log_file_as_stdout_is_refused(tmp_path) -> None:
     log = tmp_path / "engine.log"
     try:
         with open(log, "wb") as out:
-            proc = subprocess.run([*sandbox_prefix(profile, socket_dir=str(sock_dir)),
-                                   sys.executable, "-c", "print('prompt text')"],
-                                  stdout=out, stderr=subprocess.PIPE, timeout=60)
+            proc = subprocess.run(
+                [*sandbox_prefix(profile, socket_dir=str(sock_dir)), sys.executable, "-c", "print('prompt text')"],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                timeout=60,
+            )
     finally:
         socketdir.clear(sock_dir)
     assert proc.returncode == 125

@@ -21,8 +21,7 @@ from sandbox_harness import HOSTILE, PROFILES, ROOT_ONLY, contained, control_det
 from veil.engines.launcher import EngineProcess
 from veil.sandbox import SandboxError, hardening
 
-PROBES = sorted(ROOT_ONLY | {"sysrq_trigger_open_for_write", "read_proc_sched_debug",
-                             "read_proc_kallsyms_addresses"})
+PROBES = sorted(ROOT_ONLY | {"sysrq_trigger_open_for_write", "read_proc_sched_debug", "read_proc_kallsyms_addresses"})
 
 
 @pytest.mark.parametrize("probe", PROBES)
@@ -64,8 +63,9 @@ def test_the_engine_process_is_not_host_root(tmp_path) -> None:
     """From the host: every process of a bubblewrap engine runs as the engine's own uid."""
     profile = PROFILES["bubblewrap"]
     require(profile)
-    engine = EngineProcess(tmp_path / "sock" / "engine.sock", engine_module=str(HOSTILE),
-                           sandbox=profile, extra_args=["--serve-only"])
+    engine = EngineProcess(
+        tmp_path / "sock" / "engine.sock", engine_module=str(HOSTILE), sandbox=profile, extra_args=["--serve-only"]
+    )
     with engine:
         assert engine.pid is not None
         uids = {_uid(pid) for pid in [engine.pid, *_descendants(engine.pid)]}
@@ -81,8 +81,9 @@ def test_a_taken_engine_uid_is_refused(monkeypatch, tmp_path) -> None:
 
     taken = pwd.struct_passwd(("postgres", "x", hardening.ENGINE_UID, 1, "", "/", "/bin/sh"))
     monkeypatch.setattr(pwd, "getpwuid", lambda uid: taken)
-    engine = EngineProcess(tmp_path / "sock" / "engine.sock", engine_module=str(HOSTILE),
-                           sandbox=PROFILES["bubblewrap"], extra_args=["--serve-only"])
+    engine = EngineProcess(
+        tmp_path / "sock" / "engine.sock", engine_module=str(HOSTILE), sandbox=PROFILES["bubblewrap"], extra_args=["--serve-only"]
+    )
     try:
         with pytest.raises(SandboxError) as refused:
             engine.start()

@@ -24,9 +24,16 @@ from veil.engines.launcher import EngineProcess
 from veil.sandbox import sandbox_prefix, socketdir
 from veil.sandbox.hardening import engine_identity
 
-PROBES = ["tmpfs_without_size_cap", "fill_dev_shm_past_cap", "fallocate_inherited_descriptor",
-          "write_inherited_descriptor", "directory_descriptor_escape", "fork_past_pids_ceiling",
-          "memory_past_ceiling", "raise_core_dump_limit"]
+PROBES = [
+    "tmpfs_without_size_cap",
+    "fill_dev_shm_past_cap",
+    "fallocate_inherited_descriptor",
+    "write_inherited_descriptor",
+    "directory_descriptor_escape",
+    "fork_past_pids_ceiling",
+    "memory_past_ceiling",
+    "raise_core_dump_limit",
+]
 CGROUP_PROBES = {"fork_past_pids_ceiling", "memory_past_ceiling"}
 
 
@@ -50,9 +57,12 @@ def _refused(tmp_path, **popen) -> subprocess.CompletedProcess:
     sock_dir = tmp_path / "sock"
     socketdir.prepare(sock_dir, "engine.sock", engine_identity())
     try:
-        return subprocess.run([*sandbox_prefix(profile, socket_dir=str(sock_dir)),
-                               sys.executable, "-c", "print('started')"],
-                              capture_output=True, timeout=60, **popen)
+        return subprocess.run(
+            [*sandbox_prefix(profile, socket_dir=str(sock_dir)), sys.executable, "-c", "print('started')"],
+            capture_output=True,
+            timeout=60,
+            **popen,
+        )
     finally:
         socketdir.clear(sock_dir)
 
@@ -69,9 +79,9 @@ def _writable_file(tmp_path) -> int:
     return os.open(tmp_path / "disk", os.O_RDWR | os.O_CREAT, 0o600)
 
 
-@pytest.mark.parametrize(("opener", "why"), [(_unsealed_memfd, b"not sealed"),
-                                             (_directory, b"directory"),
-                                             (_writable_file, b"could write")])
+@pytest.mark.parametrize(
+    ("opener", "why"), [(_unsealed_memfd, b"not sealed"), (_directory, b"directory"), (_writable_file, b"could write")]
+)
 def test_a_writable_or_escaping_descriptor_is_refused(tmp_path, opener, why) -> None:
     """Handed to the engine, each would be storage the host can read, or a way out."""
     fd = opener(tmp_path)
@@ -94,11 +104,13 @@ def test_the_real_engine_cannot_dump_core(tmp_path) -> None:
     require(profile)
     from veil.engines.models import default_model_path
 
-    engine = EngineProcess(tmp_path / "sock" / "engine.sock", default_model_path(),
-                           sandbox=profile, n_ctx=256, threads=1, startup_timeout=180)
+    engine = EngineProcess(
+        tmp_path / "sock" / "engine.sock", default_model_path(), sandbox=profile, n_ctx=256, threads=1, startup_timeout=180
+    )
     with engine:
-        python = [pid for pid in _tree(engine.pid)
-                  if _cmdline(pid).startswith(sys.executable) and "veil.engines" in _cmdline(pid)]
+        python = [
+            pid for pid in _tree(engine.pid) if _cmdline(pid).startswith(sys.executable) and "veil.engines" in _cmdline(pid)
+        ]
         assert python, "the engine process was not found"
         for pid in python:
             assert _limits(pid).split()[4:6] == ["0", "0"], _limits(pid)

@@ -34,22 +34,30 @@ class Interceptor(httpx.BaseTransport):
         self.genuine, self.rewrite = genuine, rewrite
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        upstream = self.genuine.request(request.method, request.url.raw_path.decode(), content=request.content,
-                                        headers={"content-type": "application/json"})
-        relayed = httpx.Response(upstream.status_code, content=upstream.content,
-                                 headers={"content-type": upstream.headers.get("content-type", "")})
+        upstream = self.genuine.request(
+            request.method, request.url.raw_path.decode(), content=request.content, headers={"content-type": "application/json"}
+        )
+        relayed = httpx.Response(
+            upstream.status_code, content=upstream.content, headers={"content-type": upstream.headers.get("content-type", "")}
+        )
         if not self.rewrite or request.url.path != wire.WORKERS_REGISTER_PATH or upstream.status_code != 200:
             return relayed
         sent, answer = json.loads(request.content), upstream.json()
         nonce, worker_key = bytes.fromhex(sent["nonce"]), bytes.fromhex(sent["public_key"])
-        mine = {"manifest_digest": answer["manifest_digest"], "worker_secret": "00" * 32,
-                "ohttp_keys": keyrelease.export_ohttp_keys(KeyStore([KeyPair.generate(1)])),
-                "data_keys": {"model-key": "11" * 32}}
+        mine = {
+            "manifest_digest": answer["manifest_digest"],
+            "worker_secret": "00" * 32,
+            "ohttp_keys": keyrelease.export_ohttp_keys(KeyStore([KeyPair.generate(1)])),
+            "data_keys": {"model-key": "11" * 32},
+        }
         sealed = keyrelease.seal(worker_key, json.dumps(mine).encode(), wire.WORKER_SECRETS_INFO, aad=nonce)
         mallory = Ed25519PrivateKey.generate()  # it can sign, just not as the coordinator's identity
         answer["sealed_secrets"] = base64.b64encode(sealed).decode()
-        answer["signature"] = sign_statement(mallory, REGISTRATION_CONTEXT, *registration_statement(
-            nonce, worker_key, answer["worker_id"], bytes.fromhex(answer["manifest_digest"]), sealed))
+        answer["signature"] = sign_statement(
+            mallory,
+            REGISTRATION_CONTEXT,
+            *registration_statement(nonce, worker_key, answer["worker_id"], bytes.fromhex(answer["manifest_digest"]), sealed),
+        )
         return httpx.Response(200, json=answer)
 
 

@@ -21,8 +21,12 @@ def test_forwarded_for_does_not_reset_the_rate_limit(tmp_path) -> None:
     with dep.coordinator(args=["--attestations-per-second", "0.2", "--attestation-burst", "3"]) as coord:
         reasons = []
         for i in range(8):
-            resp = httpx.get(f"{coord.url}/v1/attestation", params={"nonce": os.urandom(32).hex()},
-                             headers={"X-Forwarded-For": f"203.0.113.{i + 1}"}, timeout=30)
+            resp = httpx.get(
+                f"{coord.url}/v1/attestation",
+                params={"nonce": os.urandom(32).hex()},
+                headers={"X-Forwarded-For": f"203.0.113.{i + 1}"},
+                timeout=30,
+            )
             reasons.append("ok" if resp.status_code == 200 else resp.json()["error"]["reason"])
         assert reasons[:3] == ["ok"] * 3, reasons
         assert reasons[3:] == ["attestation.rate_limited"] * 5, reasons

@@ -21,7 +21,7 @@ from veil.testing import GatewayProcess, flood_script, victim_under_attack
 BOUND_SECONDS = 2.5  # every victim request during the flood (here ~0.2-0.6 s; unprotected, ~15 s)
 
 ATTACK = flood_script(
-    '''
+    """
     from veil.ohttp import bhttp
     from veil.ohttp.ohttp import encapsulate_request
 
@@ -40,7 +40,7 @@ ATTACK = flood_script(
             return json.loads(bhttp.decode_response(ctx.decapsulate_response(r.content)).content)["error"]["reason"]
         except (httpx.HTTPError, ValueError, KeyError):
             return "connection-cut"
-    '''
+    """
 )
 
 
@@ -51,8 +51,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 
 def test_one_byte_content_chunks_cannot_starve_a_victim(gateway: GatewayProcess) -> None:
-    report = victim_under_attack(gateway, ATTACK, gateway.url + "/.well-known/ohttp-gateway",
-                                 gateway.pair.config.encode().hex(), "6", "2")
+    report = victim_under_attack(
+        gateway, ATTACK, gateway.url + "/.well-known/ohttp-gateway", gateway.pair.config.encode().hex(), "6", "2"
+    )
     print(report)
     assert max(report.loud) <= BOUND_SECONDS, report
     assert report.attacker["attempts"] >= 2 and set(report.attacker["outcomes"]) == {"bhttp.too_many_chunks"}, report

@@ -24,7 +24,7 @@ from veil.testing import GatewayProcess, flood_script, victim_under_attack
 BOUND_SECONDS = 2.5
 
 ATTACK = flood_script(
-    '''
+    """
     from veil.ohttp.chunked import ChunkedRequestSender
 
     def body():
@@ -46,7 +46,7 @@ ATTACK = flood_script(
             return r.json()["error"]["reason"] if r.status_code != 200 else "answered"
         except (httpx.HTTPError, ValueError, KeyError):
             return "connection-cut"
-    '''
+    """
 )
 
 
@@ -57,8 +57,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 
 def test_one_byte_chunks_cannot_starve_a_victim(gateway: GatewayProcess) -> None:
-    report = victim_under_attack(gateway, ATTACK, gateway.url + "/.well-known/ohttp-gateway",
-                                 gateway.pair.config.encode().hex(), "6", "2")
+    report = victim_under_attack(
+        gateway, ATTACK, gateway.url + "/.well-known/ohttp-gateway", gateway.pair.config.encode().hex(), "6", "2"
+    )
     print(report)
     assert max(report.loud) <= BOUND_SECONDS, report
     outcomes = report.attacker["outcomes"]

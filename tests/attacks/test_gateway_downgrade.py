@@ -32,15 +32,23 @@ CHUNKED = {"content-type": "message/ohttp-chunked-req"}
 
 @pytest.fixture(scope="module")
 def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    with GatewayProcess(Path(tmp_path_factory.mktemp("plain")), tokens=4) as plain, \
-            GatewayProcess(Path(tmp_path_factory.mktemp("compat")), tokens=4, compat=True) as compat:
+    with (
+        GatewayProcess(Path(tmp_path_factory.mktemp("plain")), tokens=4) as plain,
+        GatewayProcess(Path(tmp_path_factory.mktemp("compat")), tokens=4, compat=True) as compat,
+    ):
         yield plain, compat
 
 
 def _captured(gw: GatewayProcess) -> tuple[bytes, object]:
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    inner = bhttp.Request("POST", "https", "api", "/v1/chat/completions",
-                          [("content-type", "application/json"), ("date", formatdate(time.time(), usegmt=True))], body)
+    inner = bhttp.Request(
+        "POST",
+        "https",
+        "api",
+        "/v1/chat/completions",
+        [("content-type", "application/json"), ("date", formatdate(time.time(), usegmt=True))],
+        body,
+    )
     return encapsulate_request(gw.pair.config, bhttp.encode_request(inner))
 
 

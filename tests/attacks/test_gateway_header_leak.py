@@ -19,11 +19,17 @@ from veil.client.transport import OhttpTransport
 from veil.testing import GatewayProcess
 
 SENT = {
-    "cookie": "session=CANARY-cookie", "referer": "https://intranet.example/CANARY-page",
-    "origin": "https://CANARY-origin.example", "user-agent": "CANARY-agent/1.0",
-    "x-forwarded-for": "203.0.113.77", "forwarded": "for=203.0.113.77", "x-stainless-os": "CANARY-os",
-    "x-stainless-package-version": "9.9.9", "openai-organization": "CANARY-org",
-    "authorization": "Bearer CANARY-key", "x-custom-tracking": "CANARY-custom",
+    "cookie": "session=CANARY-cookie",
+    "referer": "https://intranet.example/CANARY-page",
+    "origin": "https://CANARY-origin.example",
+    "user-agent": "CANARY-agent/1.0",
+    "x-forwarded-for": "203.0.113.77",
+    "forwarded": "for=203.0.113.77",
+    "x-stainless-os": "CANARY-os",
+    "x-stainless-package-version": "9.9.9",
+    "openai-organization": "CANARY-org",
+    "authorization": "Bearer CANARY-key",
+    "x-custom-tracking": "CANARY-custom",
 }
 
 

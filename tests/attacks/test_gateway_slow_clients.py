@@ -23,7 +23,7 @@ from veil.testing import GatewayProcess, victim_under_attack
 BOUND_SECONDS = 3.0  # every victim request during the flood (here ~0.2-1 s on a loaded machine)
 
 ATTACKER = textwrap.dedent(
-    '''
+    """
     import asyncio, json, sys, time
 
     port, seconds, slow_heads, slow_bodies = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -60,20 +60,20 @@ ATTACKER = textwrap.dedent(
 
     asyncio.run(main())
     print(json.dumps(stats))
-    '''
+    """
 )
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with GatewayProcess(Path(tmp_path_factory.mktemp("slow")), nofile=256, tokens=8,
-                        header_timeout=3, body_timeout=5) as gw:
+    with GatewayProcess(Path(tmp_path_factory.mktemp("slow")), nofile=256, tokens=8, header_timeout=3, body_timeout=5) as gw:
         yield gw
 
 
 def test_slow_clients_cannot_lock_out_a_victim(gateway: GatewayProcess) -> None:
-    report = victim_under_attack(gateway, ATTACKER, str(gateway.port), "8", "400", "100",
-                                 build_up=2.0, count=6, pause=0.0, timeout=10)  # every slow connection is open by then
+    report = victim_under_attack(
+        gateway, ATTACKER, str(gateway.port), "8", "400", "100", build_up=2.0, count=6, pause=0.0, timeout=10
+    )  # every slow connection is open by then
     print(report)
     assert max(report.loud) <= BOUND_SECONDS, report
     assert report.attacker["cut"] >= 100, report  # the server cut slow connections (timeouts, eviction at the cap)

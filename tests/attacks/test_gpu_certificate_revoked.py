@@ -49,6 +49,7 @@ def test_withheld_status_refused(target) -> None:  # type: ignore[no-untyped-def
         ev = gpu.evidence(nonce)
         kept = tuple(d for fp, d in gpu.ocsp_responses().items() if fp != ca)
         return [dataclasses.replace(ev, ocsp=kept)]
+
     assert reason(coordinator.register(composite_worker(sim, withheld))) == "nvidia.revocation_missing"
 
 

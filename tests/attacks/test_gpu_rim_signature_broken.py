@@ -52,6 +52,7 @@ def test_rim_edited_to_match_refused(target) -> None:  # type: ignore[no-untyped
     def forged(nonce: bytes):  # type: ignore[no-untyped-def]
         ev = evil.evidence(nonce)
         return [dataclasses.replace(ev, rims=tuple(r.replace(golden, EVIL.hex().encode()) for r in ev.rims))]
+
     assert reason(coordinator.register(composite_worker(sim, forged))) == "nvidia.rim_signature_invalid"
 
 
@@ -62,4 +63,5 @@ def test_rim_resigned_by_the_host_refused(target) -> None:  # type: ignore[no-un
     def forged(nonce: bytes):  # type: ignore[no-untyped-def]
         ev = _evil_gpu(gpu).evidence(nonce)
         return [dataclasses.replace(ev, rims=tuple(resigner.rims().values()))]
+
     assert reason(coordinator.register(composite_worker(sim, forged))) == "nvidia.rim_untrusted_root"

@@ -25,8 +25,9 @@ def test_veil_recover_refuses_a_host_made_record(tmp_path) -> None:
     with dep.coordinator(db) as coord:
         assert coord.attestation()["locked"] is True
         dep.policy(coord.url).save(policy_path)
-        done = veil_cli("recover", "--recovery-key", str(recovery_key), "--admin-key", str(admin_key),
-                        "--policy", str(policy_path))
+        done = veil_cli(
+            "recover", "--recovery-key", str(recovery_key), "--admin-key", str(admin_key), "--policy", str(policy_path)
+        )
         assert done.returncode == 1, done.stdout + done.stderr
         assert "recovery.record_not_authentic" in done.stderr, done.stderr
         after = coord.attestation()

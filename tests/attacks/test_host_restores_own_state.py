@@ -42,8 +42,11 @@ def test_host_cannot_restore_a_state_of_its_own(tmp_path) -> None:
             (public_key_hex(dep.admin), sign_statement(mallory, RESTORE_CONTEXT, *statement)),  # the admin's name
         ]
         for admin_key, signature in attempts:
-            resp = httpx.post(f"{coord.url}/v1/recover", timeout=30,
-                              json={"sealed_state_key": sealed, "admin_key": admin_key, "signature": signature})
+            resp = httpx.post(
+                f"{coord.url}/v1/recover",
+                timeout=30,
+                json={"sealed_state_key": sealed, "admin_key": admin_key, "signature": signature},
+            )
             assert resp.status_code == 403, resp.text
             assert resp.json()["error"]["reason"] == "recovery.unauthorized"
         after = coord.attestation()

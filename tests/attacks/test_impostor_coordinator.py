@@ -30,10 +30,25 @@ def test_worker_refuses_a_coordinator_not_rooted_in_its_launch_data(tmp_path) ->
         signed = sign_manifest(manifest, [host_key], None)
         httpx.post(f"{impostor.url}/v1/manifest", content=signed.model_dump_json()).raise_for_status()
         worker = subprocess.run(
-            [sys.executable, "-m", "veil", "worker", "--coordinator", impostor.url, "--port", str(free_port()),
-             "--sim-dir", str(dep.sim_dir), "--run-dir", str(tmp_path / "run"),
-             "--sim-launch-data", public_key_hex(dep.admin)],  # the worker's VM was launched for the admins
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "veil",
+                "worker",
+                "--coordinator",
+                impostor.url,
+                "--port",
+                str(free_port()),
+                "--sim-dir",
+                str(dep.sim_dir),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--sim-launch-data",
+                public_key_hex(dep.admin),
+            ],  # the worker's VM was launched for the admins
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert worker.returncode == 1, worker.stdout + worker.stderr
         assert "manifest.not_bootstrap_signed" in worker.stderr, worker.stderr

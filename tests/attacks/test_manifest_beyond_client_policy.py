@@ -46,8 +46,10 @@ def _variants(stack: Stack, laptop_root: str) -> list[tuple[dict, str]]:
     own = stack.manifest().workers[0]
     laptop_worker = ReferenceValues(platform="sim-snp", measurements=["ee" * 48])
     return [
-        ({"workers": [own, laptop_worker], "trusted_simulation_roots": [stack.sim.root_fingerprint, laptop_root]},
-         "policy.simulation_root_unknown"),
+        (
+            {"workers": [own, laptop_worker], "trusted_simulation_roots": [stack.sim.root_fingerprint, laptop_root]},
+            "policy.simulation_root_unknown",
+        ),
         ({"workers": [own.model_copy(update={"allow_debug": True})]}, "policy.debug_refused"),
         ({"sandbox": SandboxSettings(profile="none")}, "policy.sandbox_refused"),
     ]
@@ -70,8 +72,13 @@ def test_a_signed_manifest_beyond_the_policy_is_refused(stack: Stack, laptop_roo
             path = tmp_path / "policy.json"
             policy.save(path)
             env = {**os.environ, "VEIL_STATE_DIR": str(tmp_path)}
-            out = subprocess.run([sys.executable, "-m", "veil", "verify", "--json", "--policy", str(path)],
-                                 capture_output=True, text=True, timeout=120, env=env)
+            out = subprocess.run(
+                [sys.executable, "-m", "veil", "verify", "--json", "--policy", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+            )
             assert out.returncode == 1 and json.loads(out.stdout)["reason"] == reason
     finally:
         stack.update()  # back to the deployment the policy accepts

@@ -62,15 +62,24 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
     refs = [ReferenceValues(platform="sim-snp", measurements=[attester.measurement.hex()])]
     signed = sign_manifest(
-        Manifest(coordinator=refs, workers=refs, admin_keys=[public_key_hex(admin)], trusted_simulation_roots=[sim.root_fingerprint],
-                 coordinator_identity=state.identity),
-        [admin], None,
+        Manifest(
+            coordinator=refs,
+            workers=refs,
+            admin_keys=[public_key_hex(admin)],
+            trusted_simulation_roots=[sim.root_fingerprint],
+            coordinator_identity=state.identity,
+        ),
+        [admin],
+        None,
     )
     with ServerThread(create_app(state, attester)) as server:
         httpx.post(f"{server.url}/v1/manifest", content=signed.model_dump_json()).raise_for_status()
         policy = ClientPolicy(
-            coordinator_url=server.url, coordinator=refs, manifest_digests=[signed.digest.hex()],
-            trust_simulated=True, simulation_roots=[sim.root_fingerprint],
+            coordinator_url=server.url,
+            coordinator=refs,
+            manifest_digests=[signed.digest.hex()],
+            trust_simulated=True,
+            simulation_roots=[sim.root_fingerprint],
         )
         yield server.url, policy
 

@@ -32,8 +32,9 @@ from veil.worker.gateway import create_gateway_app
 
 pytestmark = pytest.mark.slow
 
-VICTIM_PROMPT = ("My bank PIN is 4 8 1 5 and my mother's maiden name is Okonkwo; "
-                 "please remember both of them for later and say nothing else.")
+VICTIM_PROMPT = (
+    "My bank PIN is 4 8 1 5 and my mother's maiden name is Okonkwo; please remember both of them for later and say nothing else."
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,12 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, open
         app = create_gateway_app(KeyStore([pair]), upstream, manifest=manifest, engine="llama.cpp")
         with ServerThread(app) as gateway:
             clients = {
-                name: openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0,
-                                    http_client=httpx.Client(transport=OhttpTransport(pair.config, gateway.url), timeout=180))
+                name: openai.OpenAI(
+                    base_url=f"{gateway.url}/v1",
+                    api_key=key,
+                    max_retries=0,
+                    http_client=httpx.Client(transport=OhttpTransport(pair.config, gateway.url), timeout=180),
+                )
                 for name, key in (("victim", victim_key), ("attacker", attacker_key))
             }
             yield clients
@@ -59,8 +64,9 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, open
 
 def _cached(client: openai.OpenAI, prompt: str, **extra: Any) -> int:
     """Send ``prompt`` and return how many of its tokens the engine served from its prefix cache."""
-    resp = client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=1, temperature=0,
-                                          messages=[{"role": "user", "content": prompt}], **extra)
+    resp = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", max_tokens=1, temperature=0, messages=[{"role": "user", "content": prompt}], **extra
+    )
     assert resp.usage is not None and resp.usage.prompt_tokens > 20
     details = resp.usage.prompt_tokens_details
     assert details is not None and details.cached_tokens is not None

@@ -39,13 +39,19 @@ SECRET = "My bank PIN is 4 8 1 5 and my mother's maiden name is Okonkwo; remembe
 
 
 def _messages(text: str) -> tuple[str, dict[str, Any], Callable[[dict[str, Any]], int]]:
-    return ("/v1/messages", {"model": MODEL_ID, "max_tokens": 1, "messages": [{"role": "user", "content": text}]},
-            lambda a: a["usage"]["cache_read_input_tokens"])
+    return (
+        "/v1/messages",
+        {"model": MODEL_ID, "max_tokens": 1, "messages": [{"role": "user", "content": text}]},
+        lambda a: a["usage"]["cache_read_input_tokens"],
+    )
 
 
 def _responses(text: str) -> tuple[str, dict[str, Any], Callable[[dict[str, Any]], int]]:
-    return ("/v1/responses", {"model": MODEL_ID, "max_output_tokens": 1, "input": text},
-            lambda a: a["usage"]["input_tokens_details"]["cached_tokens"])
+    return (
+        "/v1/responses",
+        {"model": MODEL_ID, "max_output_tokens": 1, "input": text},
+        lambda a: a["usage"]["input_tokens_details"]["cached_tokens"],
+    )
 
 
 def _infill(text: str) -> tuple[str, dict[str, Any], Callable[[dict[str, Any]], int]]:
@@ -60,18 +66,15 @@ def send(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., int
     keys = dict((name, create_tenant(name, 1000)) for name in ("victim", "attacker"))
     ref = [ReferenceValues(platform="sim-snp", measurements=["00" * 48])]
     manifest = Manifest(coordinator=ref, workers=ref, admin_keys=["00" * 32], tenants=[e for _, e in keys.values()])
-    with EngineProcess(root / "engine.sock", model.path, model_id=MODEL_ID, threads=1, n_ctx=1024,
-                       startup_timeout=120):
-        app = create_gateway_app(KeyStore([pair]), EngineLink(str(root / "engine.sock")), manifest=manifest,
-                                 engine="llama.cpp")
-        with ServerThread(app) as gateway, httpx.Client(
-                transport=OhttpTransport(pair.config, gateway.url), timeout=120) as http:
+    with EngineProcess(root / "engine.sock", model.path, model_id=MODEL_ID, threads=1, n_ctx=1024, startup_timeout=120):
+        app = create_gateway_app(KeyStore([pair]), EngineLink(str(root / "engine.sock")), manifest=manifest, engine="llama.cpp")
+        with ServerThread(app) as gateway, httpx.Client(transport=OhttpTransport(pair.config, gateway.url), timeout=120) as http:
 
-            def cached(tenant: str, request: Callable[[str], tuple[str, dict[str, Any], Any]], text: str,
-                       **extra: Any) -> int:
+            def cached(tenant: str, request: Callable[[str], tuple[str, dict[str, Any], Any]], text: str, **extra: Any) -> int:
                 path, body, read = request(text)
-                resp = http.post(f"{gateway.url}{path}", json={**body, **extra},
-                                 headers={"authorization": f"Bearer {keys[tenant][0]}"})
+                resp = http.post(
+                    f"{gateway.url}{path}", json={**body, **extra}, headers={"authorization": f"Bearer {keys[tenant][0]}"}
+                )
                 assert resp.status_code == 200, resp.text
                 return int(read(resp.json()))
 

@@ -45,16 +45,22 @@ def proxies() -> Iterator[SimpleNamespace]:
             yield SimpleNamespace(url=p.url, token_url=t.url, engine=stack.engine)
 
 
-@pytest.mark.parametrize("headers, status, reason", [
-    ({"content-type": "text/plain", "origin": "https://evil.example", "sec-fetch-site": "cross-site", **BROWSER},
-     403, "proxy.cross_site"),
-    ({"content-type": "application/json", "origin": "https://evil.example"}, 403, "proxy.cross_site"),
-    ({"content-type": "text/plain", "origin": "null", "sec-fetch-site": "cross-site", **BROWSER}, 403, "proxy.cross_site"),
-    ({"content-type": "text/plain", "sec-fetch-site": "cross-site", **BROWSER}, 403, "proxy.cross_site"),
-    ({"content-type": "application/json", "sec-fetch-site": "same-site"}, 403, "proxy.cross_site"),  # another local port
-    ({"content-type": "text/plain"}, 415, "proxy.bad_content_type"),  # an old browser sends no Origin on a form
-    ({"content-type": "application/x-www-form-urlencoded"}, 415, "proxy.bad_content_type"),
-])
+@pytest.mark.parametrize(
+    "headers, status, reason",
+    [
+        (
+            {"content-type": "text/plain", "origin": "https://evil.example", "sec-fetch-site": "cross-site", **BROWSER},
+            403,
+            "proxy.cross_site",
+        ),
+        ({"content-type": "application/json", "origin": "https://evil.example"}, 403, "proxy.cross_site"),
+        ({"content-type": "text/plain", "origin": "null", "sec-fetch-site": "cross-site", **BROWSER}, 403, "proxy.cross_site"),
+        ({"content-type": "text/plain", "sec-fetch-site": "cross-site", **BROWSER}, 403, "proxy.cross_site"),
+        ({"content-type": "application/json", "sec-fetch-site": "same-site"}, 403, "proxy.cross_site"),  # another local port
+        ({"content-type": "text/plain"}, 415, "proxy.bad_content_type"),  # an old browser sends no Origin on a form
+        ({"content-type": "application/x-www-form-urlencoded"}, 415, "proxy.bad_content_type"),
+    ],
+)
 def test_cross_site_requests_are_refused_before_the_engine(proxies, headers: dict, status: int, reason: str) -> None:
     before = proxies.engine.requests
     resp = httpx.post(f"{proxies.url}/v1/chat/completions", content=BODY, headers=headers, timeout=30)

@@ -44,14 +44,20 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 def _chunk(content: str | None, finish: str | None = None) -> bytes:
     delta = {"content": content} if content is not None else {}
-    event = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    event = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return f"data: {json.dumps(event)}\n\n".encode()
 
 
 async def _chat(request: Request) -> Response:
     body = await request.json()
     if body.get("stream"):
+
         async def gen() -> AsyncIterator[bytes]:
             for tok in TOKENS:
                 yield _chunk(tok)
@@ -60,9 +66,15 @@ async def _chat(request: Request) -> Response:
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(gen(), media_type="text/event-stream")
-    return JSONResponse({"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": LONG}}]})
+    return JSONResponse(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": LONG}}],
+        }
+    )
 
 
 ENGINE = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"])])
@@ -118,11 +130,14 @@ def test_control_an_untouched_answer_arrives_whole(stack: SimpleNamespace) -> No
     assert resp.choices[0].message.content == LONG
 
 
-@pytest.mark.parametrize("mode, after, reason", [
-    ("end", 3, "chunked.truncated"),  # a clean end of the outer body after three chunks
-    ("abort", 3, "proxy.gateway_stream_broken"),  # the relay drops the connection there
-    ("flip", 2, "chunked.decrypt_failed"),  # one bit of the third chunk
-])
+@pytest.mark.parametrize(
+    "mode, after, reason",
+    [
+        ("end", 3, "chunked.truncated"),  # a clean end of the outer body after three chunks
+        ("abort", 3, "proxy.gateway_stream_broken"),  # the relay drops the connection there
+        ("flip", 2, "chunked.decrypt_failed"),  # one bit of the third chunk
+    ],
+)
 def test_a_damaged_stream_raises_in_the_openai_sdk(stack: SimpleNamespace, mode: str, after: int, reason: str) -> None:
     _mode(stack, mode, after)
     with pytest.raises(openai.APIError) as info:

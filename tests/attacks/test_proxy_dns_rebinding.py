@@ -41,10 +41,14 @@ def proxy() -> Iterator[SimpleNamespace]:
 def test_a_rebound_host_is_refused(proxy, path: str) -> None:
     before = proxy.engine.requests
     for host in (f"rebind.example:{proxy.port}", "rebind.example", f"127.0.0.1.rebind.example:{proxy.port}"):
-        headers = {"host": host, "content-type": "application/json", "origin": f"http://{host}",
-                   "sec-fetch-site": "same-origin"}
-        resp = httpx.request("POST" if "chat" in path else "GET", proxy.url + path, content=BODY if "chat" in path else None,
-                             headers=headers, timeout=30)
+        headers = {"host": host, "content-type": "application/json", "origin": f"http://{host}", "sec-fetch-site": "same-origin"}
+        resp = httpx.request(
+            "POST" if "chat" in path else "GET",
+            proxy.url + path,
+            content=BODY if "chat" in path else None,
+            headers=headers,
+            timeout=30,
+        )
         assert resp.status_code == 403 and resp.json()["error"]["code"] == "proxy.bad_host", (host, resp.text)
     assert proxy.engine.requests == before
 
@@ -52,6 +56,7 @@ def test_a_rebound_host_is_refused(proxy, path: str) -> None:
 @pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "veil.internal:{port}"])
 def test_loopback_and_allowed_names_are_served(proxy, host: str) -> None:
     host = host.format(port=proxy.port)
-    resp = httpx.post(f"{proxy.url}/v1/chat/completions", content=BODY,
-                      headers={"host": host, "content-type": "application/json"}, timeout=30)
+    resp = httpx.post(
+        f"{proxy.url}/v1/chat/completions", content=BODY, headers={"host": host, "content-type": "application/json"}, timeout=30
+    )
     assert resp.status_code == 200, resp.text

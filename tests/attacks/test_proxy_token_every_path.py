@@ -37,8 +37,7 @@ def proxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root: Path = tmp_path_factory.mktemp("token-every-path")
     model = write_gguf(root / "tiny-coder.gguf")
     pair = KeyPair.generate(5)
-    with EngineProcess(root / "engine.sock", model.path, model_id="tiny-coder", threads=1, n_ctx=512,
-                       startup_timeout=120):
+    with EngineProcess(root / "engine.sock", model.path, model_id="tiny-coder", threads=1, n_ctx=512, startup_timeout=120):
         upstream = EngineLink(str(root / "engine.sock"))
         with ServerThread(create_gateway_app(KeyStore([pair]), upstream)) as gateway:
             summary = {"verdict": "accept", "simulated": True, "note": "test stand-in for an attestation"}

@@ -41,10 +41,15 @@ def deployment(tmp_path_factory):
     require_haproxy()
     stack = start_stack(tmp_path_factory.mktemp("relay-attack"))
     bind = f"127.0.0.1:{free_port()}"
-    relay = HAProxy(render("relay.cfg"), {
-        "VEIL_RELAY_BIND": bind, "VEIL_GATEWAY": stack.gateway_urls[0].removeprefix("http://"),
-        "VEIL_GATEWAY_HOST": "gateway.veil.test",
-    }, tmp_path_factory.mktemp("relay-attack-haproxy"))
+    relay = HAProxy(
+        render("relay.cfg"),
+        {
+            "VEIL_RELAY_BIND": bind,
+            "VEIL_GATEWAY": stack.gateway_urls[0].removeprefix("http://"),
+            "VEIL_GATEWAY_HOST": "gateway.veil.test",
+        },
+        tmp_path_factory.mktemp("relay-attack-haproxy"),
+    )
     relay.start([bind])
     yield stack, f"http://{bind}"
     relay.stop()
@@ -54,14 +59,21 @@ def deployment(tmp_path_factory):
 def _send_as_alice(url: str, stack) -> str:
     """One encapsulated chat request from Alice's address with her stack's headers; its answer."""
     configs = decode_key_config_list(httpx.get(stack.gateway_urls[0] + "/.well-known/ohttp-gateway").content)
-    inner = bhttp.encode_request(bhttp.Request(
-        "POST", "https", "gateway.veil.test", "/v1/chat/completions",
-        [("content-type", "application/json")], b'{"model": "fake", "messages": [{"role": "user", "content": "hi"}]}',
-    ))
+    inner = bhttp.encode_request(
+        bhttp.Request(
+            "POST",
+            "https",
+            "gateway.veil.test",
+            "/v1/chat/completions",
+            [("content-type", "application/json")],
+            b'{"model": "fake", "messages": [{"role": "user", "content": "hi"}]}',
+        )
+    )
     enc, ctx = encapsulate_request(configs[0], inner)
     with httpx.Client(transport=httpx.HTTPTransport(local_address=CLIENT_ADDRESS)) as http:
-        resp = http.post(url + "/.well-known/ohttp-gateway", content=enc,
-                         headers={"content-type": "message/ohttp-req", **IDENTIFYING})
+        resp = http.post(
+            url + "/.well-known/ohttp-gateway", content=enc, headers={"content-type": "message/ohttp-req", **IDENTIFYING}
+        )
     assert resp.status_code == 200, resp.text
     return bhttp.decode_response(ctx.decapsulate_response(resp.content)).content.decode()
 

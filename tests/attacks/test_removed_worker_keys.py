@@ -53,8 +53,13 @@ def test_removed_worker_gets_no_new_keys(tmp_path) -> None:
     with dep.coordinator(args=["--key-promotion-seconds", "3"]) as coord:
         identity = coord.attestation()["identity"]
         both = dep.manifest(identity)
-        both = both.model_copy(update={"workers": [both.workers[0].model_copy(
-            update={"measurements": [*both.workers[0].measurements, OTHER_CODE.hex()]})]})
+        both = both.model_copy(
+            update={
+                "workers": [
+                    both.workers[0].model_copy(update={"measurements": [*both.workers[0].measurements, OTHER_CODE.hex()]})
+                ]
+            }
+        )
         dep.set_up(coord, workers=both.workers)
         with httpx.Client(timeout=30) as http:
             removed = register(coord.url, OtherCode(dep), http)

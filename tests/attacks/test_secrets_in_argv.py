@@ -91,7 +91,11 @@ def deployment(tmp_path_factory) -> Iterator[SimpleNamespace]:
 def _chat(deployment: SimpleNamespace, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "veil", "chat", "-", "--no-stream", "--quiet", *args],
-        input=f"Repeat after me: {CANARY}", env=env or deployment.env, capture_output=True, text=True, timeout=120,
+        input=f"Repeat after me: {CANARY}",
+        env=env or deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -111,8 +115,13 @@ def test_chat_keeps_prompt_and_key_out_of_argv(deployment: SimpleNamespace) -> N
 
 
 def test_chat_has_no_api_key_option(deployment: SimpleNamespace) -> None:
-    out = subprocess.run([sys.executable, "-m", "veil", "chat", "--api-key", KEY, "hi"],
-                         env=deployment.env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "veil", "chat", "--api-key", KEY, "hi"],
+        env=deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "No such option" in out.stderr
 
 
@@ -120,9 +129,22 @@ def test_proxy_takes_its_secrets_from_files(deployment: SimpleNamespace) -> None
     port = free_port()
     with CmdlineWatch([CANARY, KEY, TOKEN]) as watch:
         proxy = subprocess.Popen(
-            [sys.executable, "-m", "veil", "proxy", "--port", str(port), "--api-key-file", str(deployment.dir / "api-key"),
-             "--token-file", str(deployment.dir / "proxy-token")],
-            env=deployment.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "veil",
+                "proxy",
+                "--port",
+                str(port),
+                "--api-key-file",
+                str(deployment.dir / "api-key"),
+                "--token-file",
+                str(deployment.dir / "proxy-token"),
+            ],
+            env=deployment.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"

@@ -35,8 +35,10 @@ def _appraise(cvm, evidence):  # type: ignore[no-untyped-def]
     real = f"azure-{cvm.kind}-vtpm"
     measurement = cvm.measurement.hex()
     # a staging manifest: the twin, and the real platform with the same measurement and MAA issuer
-    references = [sim_reference(cvm.platform, measurement),
-                  ReferenceValues.model_validate({**sim_reference(cvm.platform, measurement).model_dump(), "platform": real})]
+    references = [
+        sim_reference(cvm.platform, measurement),
+        ReferenceValues.model_validate({**sim_reference(cvm.platform, measurement).model_dump(), "platform": real}),
+    ]
     options = VerifyOptions(Binding.to(REPORT_DATA), TrustRoots.production().with_simulation(*cvm.simulation_roots))
     return api.appraise(evidence, references, options)
 

@@ -31,9 +31,18 @@ from veil.errors import VeilError
 from veil.manifest import AzureReference, MaaReference, ReleasePolicy
 
 AUTHORITY = "https://sharedeus2.eus2.attest.azure.net"
-SKR = {"version": "1.0.0", "anyOf": [{"authority": AUTHORITY, "allOf": [
-    {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"},
-    {"claim": "x-ms-isolation-tee.x-ms-compliance-status", "equals": "azure-compliant-cvm"}]}]}
+SKR = {
+    "version": "1.0.0",
+    "anyOf": [
+        {
+            "authority": AUTHORITY,
+            "allOf": [
+                {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"},
+                {"claim": "x-ms-isolation-tee.x-ms-compliance-status", "equals": "azure-compliant-cvm"},
+            ],
+        }
+    ],
+}
 # the simulated MAA's tokens are simulated claims: the policy must say it accepts those
 POLICY = ReleasePolicy(allow_simulated=True, skr=SKR)
 

@@ -38,9 +38,11 @@ def target(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 def _worker(sim: SimPlatform, crl: bytes | None):  # type: ignore[no-untyped-def]
     """The host's evidence for a worker running exactly the manifest's code, with ``crl``."""
+
     def evidence(nonce: bytes, key: bytes) -> dict:  # type: ignore[type-arg]
         ev = sim.attest(worker_report_data(nonce, key), measurement=measure_code())
         return {"platform": "sim-snp", "snp": dataclasses.replace(ev, crl=crl).to_json()}
+
     return evidence
 
 

@@ -49,10 +49,13 @@ def _refused_within_an_interval(proxy_url: str, changed_at: float) -> openai.API
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("pinned, change, reason", [
-    (True, {"settings": {"changed": True}}, "manifest.not_trusted"),
-    (False, {"sandbox": SandboxSettings(profile="none")}, "policy.sandbox_refused"),
-])
+@pytest.mark.parametrize(
+    "pinned, change, reason",
+    [
+        (True, {"settings": {"changed": True}}, "manifest.not_trusted"),
+        (False, {"sandbox": SandboxSettings(profile="none")}, "policy.sandbox_refused"),
+    ],
+)
 def test_proxy_stops_forwarding_when_the_manifest_changes_beyond_its_policy(
     stack: Stack, pinned: bool, change: dict, reason: str
 ) -> None:

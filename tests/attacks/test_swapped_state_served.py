@@ -33,8 +33,9 @@ def test_client_refuses_keys_of_a_swapped_state(tmp_path) -> None:
     nonce = os.urandom(32)
     check_attestation(genuine.http.get("/v1/attestation", params={"nonce": nonce.hex()}).json(), policy, nonce=nonce)
 
-    host = CoordinatorState(seed=StateSeed.generate(), keys=KeyRing([Generation.create(1, 0.0, set())]),
-                            history=list(genuine.state.history))  # the host's keys, the genuine history
+    host = CoordinatorState(
+        seed=StateSeed.generate(), keys=KeyRing([Generation.create(1, 0.0, set())]), history=list(genuine.state.history)
+    )  # the host's keys, the genuine history
     swapped = TestClient(create_app(host, genuine.attester))
     body = swapped.get("/v1/attestation", params={"nonce": nonce.hex()}).json()
     assert body["manifest_digest"] == genuine.signed.digest.hex()  # the genuine, signed manifest...

@@ -44,6 +44,7 @@ def _with(platform: SimTdxPlatform, collateral: dict | None = None):  # type: ig
         if collateral is not None:
             ev["collateral"] = collateral
         return {"platform": "sim-tdx", "tdx": ev}
+
     return evidence
 
 

@@ -52,11 +52,13 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> SimTdxPlatform:
 
 def _attest(sim: SimTdxPlatform, **launch: Any) -> str:
     attester = HostsLaunch(sim.directory, **launch)
-    ref = ReferenceValues(platform="sim-tdx", measurements=[attester.measurement.hex()],
-                          tdx=TdxReference(rtmr2=[DEFAULT_RTMRS[2].hex()]))
+    ref = ReferenceValues(
+        platform="sim-tdx", measurements=[attester.measurement.hex()], tdx=TdxReference(rtmr2=[DEFAULT_RTMRS[2].hex()])
+    )
     with ServerThread(create_app(CoordinatorState.generate(), attester)) as server:
-        policy = ClientPolicy(coordinator_url=server.url, coordinator=[ref], trust_simulated=True,
-                              simulation_roots=[sim.root_fingerprint])
+        policy = ClientPolicy(
+            coordinator_url=server.url, coordinator=[ref], trust_simulated=True, simulation_roots=[sim.root_fingerprint]
+        )
         try:
             verify_coordinator(policy, require_manifest=False)
         except VeilError as err:

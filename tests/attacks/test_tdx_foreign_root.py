@@ -39,6 +39,7 @@ def _signed_by(platform: SimTdxPlatform, label: str):  # type: ignore[no-untyped
     def evidence(nonce: bytes, key: bytes) -> dict:  # type: ignore[type-arg]
         ev = platform.evidence(worker_report_data(nonce, key), mr_td=measure_code())
         return {"platform": label, "tdx": ev.to_json()}
+
     return evidence
 
 

@@ -38,6 +38,7 @@ def _td(sim: SimTdxPlatform, **launch: object):  # type: ignore[no-untyped-def]
     def evidence(nonce: bytes, key: bytes) -> dict:  # type: ignore[type-arg]
         ev = sim.evidence(worker_report_data(nonce, key), mr_td=measure_code(), **launch)
         return {"platform": "sim-tdx", "tdx": ev.to_json()}
+
     return evidence
 
 

@@ -45,14 +45,10 @@ def infill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[dict[
     key, entry = create_tenant("attacker", 1000, tokens_per_minute=TPM)
     ref = [ReferenceValues(platform="sim-snp", measurements=["00" * 48])]
     manifest = Manifest(coordinator=ref, workers=ref, admin_keys=["00" * 32], tenants=[entry])
-    with EngineProcess(root / "engine.sock", model.path, model_id="tiny-coder", threads=1, n_ctx=1024,
-                       startup_timeout=120):
-        app = create_gateway_app(KeyStore([pair]), EngineLink(str(root / "engine.sock")), manifest=manifest,
-                                 engine="llama.cpp")
-        with ServerThread(app) as gateway, httpx.Client(
-                transport=OhttpTransport(pair.config, gateway.url), timeout=120) as http:
-            yield lambda body: http.post(f"{gateway.url}/infill", json=body,
-                                         headers={"authorization": f"Bearer {key}"})
+    with EngineProcess(root / "engine.sock", model.path, model_id="tiny-coder", threads=1, n_ctx=1024, startup_timeout=120):
+        app = create_gateway_app(KeyStore([pair]), EngineLink(str(root / "engine.sock")), manifest=manifest, engine="llama.cpp")
+        with ServerThread(app) as gateway, httpx.Client(transport=OhttpTransport(pair.config, gateway.url), timeout=120) as http:
+            yield lambda body: http.post(f"{gateway.url}/infill", json=body, headers={"authorization": f"Bearer {key}"})
 
 
 def test_the_answers_reported_tokens_are_charged(infill: Callable[[dict[str, Any]], httpx.Response]) -> None:

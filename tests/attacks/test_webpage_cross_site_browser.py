@@ -32,7 +32,8 @@ from veil.testing import ServerThread
 
 pytestmark = pytest.mark.slow  # live servers on loopback and a browser
 
-ATTACK_JS = """
+ATTACK_JS = (
+    """
 const proxy = document.body.dataset.proxy;
 const chat = JSON.stringify({model: "%s", messages: [{role: "user", content: "spend the user's quota"}]});
 const tries = [
@@ -41,7 +42,9 @@ const tries = [
   fetch(proxy + "/veil/verification").then((r) => r.text()),
 ];
 Promise.allSettled(tries).then((results) => { window.attackDone = results.map((r) => r.status); });
-""" % MODEL
+"""
+    % MODEL
+)
 
 
 class Recorder:
@@ -68,8 +71,10 @@ class Recorder:
 
 def attacker_site(proxy_url: str) -> Starlette:
     async def page(_: object) -> HTMLResponse:
-        return HTMLResponse(f'<!doctype html><body data-proxy="{proxy_url}"><iframe id="victim" src="{proxy_url}/" '
-                            'width="800" height="600"></iframe><script src="/attack.js"></script></body>')
+        return HTMLResponse(
+            f'<!doctype html><body data-proxy="{proxy_url}"><iframe id="victim" src="{proxy_url}/" '
+            'width="800" height="600"></iframe><script src="/attack.js"></script></body>'
+        )
 
     async def script(_: object) -> Response:
         return Response(ATTACK_JS, media_type="text/javascript")
@@ -87,8 +92,9 @@ def sites() -> Iterator[SimpleNamespace]:
             while verifier.verifications == 0:  # the proxy's own first verification, before the attack
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            yield SimpleNamespace(proxy=proxy.url, attacker=attacker.url, engine=stack.engine, verifier=verifier,
-                                  answers=recorder.answers)
+            yield SimpleNamespace(
+                proxy=proxy.url, attacker=attacker.url, engine=stack.engine, verifier=verifier, answers=recorder.answers
+            )
 
 
 def test_a_page_on_another_port_can_neither_frame_nor_drive_the_proxy(browser, sites) -> None:  # noqa: F811

@@ -32,8 +32,12 @@ def test_a_worker_cannot_take_another_workers_id(tmp_path) -> None:
         for proof in (None, worker_proof(os.urandom(32), b"\0" * 32, b"\0" * 32)):  # none, or a guessed one
             public = keyrelease.public_bytes(X25519PrivateKey.generate())
             nonce = bytes.fromhex(http.post("/v1/workers/challenge").json()["nonce"])
-            body = {"nonce": nonce.hex(), "public_key": public.hex(), "worker_id": victim.worker_id,
-                    "evidence": dep.attester.evidence(worker_report_data(nonce, public))}  # genuinely attested
+            body = {
+                "nonce": nonce.hex(),
+                "public_key": public.hex(),
+                "worker_id": victim.worker_id,
+                "evidence": dep.attester.evidence(worker_report_data(nonce, public)),
+            }  # genuinely attested
             if proof is not None:
                 body["worker_proof"] = proof
             resp = http.post("/v1/workers/register", json=body)

@@ -77,10 +77,17 @@ def test_the_coordinator_refuses_evidence_binding_another_sandbox(stack: WorkerS
     admin = Ed25519PrivateKey.generate()
     attester = launched_attester(stack.sim.directory, admin)
     state = CoordinatorState.generate(bootstrap_key=public_key_hex(admin))
-    gvisor = stack.manifest.model_copy(update={"sandbox": SandboxSettings(profile="gvisor"), "admin_keys": [public_key_hex(admin)],
-                                               "coordinator_identity": state.identity})
+    gvisor = stack.manifest.model_copy(
+        update={
+            "sandbox": SandboxSettings(profile="gvisor"),
+            "admin_keys": [public_key_hex(admin)],
+            "coordinator_identity": state.identity,
+        }
+    )
     with ServerThread(create_app(state, attester)) as coordinator, httpx.Client(timeout=30) as http:
-        http.post(f"{coordinator.url}/v1/manifest", content=sign_manifest(gvisor, [admin], None).model_dump_json()).raise_for_status()
+        http.post(
+            f"{coordinator.url}/v1/manifest", content=sign_manifest(gvisor, [admin], None).model_dump_json()
+        ).raise_for_status()
         with pytest.raises(RegistrationRefused) as refused:
             register(coordinator.url, attester, http, sandbox=sandbox_binding(SandboxSettings(profile="bubblewrap")))
         assert refused.value.reason == "binding.report_data_mismatch"

@@ -57,11 +57,13 @@ def _xwing_request(keys: KeyStore, chunked: bool) -> bytes:
 
 def _with_enc(request: bytes, start: int, replacement: bytes) -> bytes:
     at = HEADER_LEN + start
-    return request[:at] + replacement + request[at + len(replacement):]
+    return request[:at] + replacement + request[at + len(replacement) :]
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["rfc9458", "chunked"])
-def test_crafted_encapsulated_keys_are_refused_and_the_gateway_keeps_serving(gateway: tuple[str, KeyStore], chunked: bool) -> None:
+def test_crafted_encapsulated_keys_are_refused_and_the_gateway_keeps_serving(
+    gateway: tuple[str, KeyStore], chunked: bool
+) -> None:
     url, keys = gateway
     media = MEDIA_TYPE_CHUNKED_REQUEST if chunked else MEDIA_TYPE_REQUEST
     genuine = _xwing_request(keys, chunked)

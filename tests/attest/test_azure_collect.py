@@ -75,6 +75,7 @@ def test_attester_writes_v2_evidence_with_the_hosts_vcek(sample: dict[str, Any])
         seen.append(request.url.path)
         assert request.headers["Metadata"] == "true"
         return httpx.Response(200, json={"vcekCert": sample["vcek"], "certificateChain": ""})
+
     tpm = FakeTpm(sample)
     attester = AzureVtpmAttester("azure-snp-vtpm", tpm, httpx.Client(transport=httpx.MockTransport(imds)))
     ev = attester.evidence(b"\x07" * 64)

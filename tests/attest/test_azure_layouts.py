@@ -16,8 +16,7 @@ from veil.attest.tdx.abi import parse_quote, parse_td_report
 
 DATA = Path(__file__).parents[1] / "data" / "azure"
 CHALLENGE = b"challenge"
-V2_REPORT_DATA = bytes.fromhex(
-    "982f5c6e45df0ed3f10b6f60b02f0c8390e281300f3805e2279c16168cd6ae9aa398f647caa2338748cd0fd9f5f819ef")
+V2_REPORT_DATA = bytes.fromhex("982f5c6e45df0ed3f10b6f60b02f0c8390e281300f3805e2279c16168cd6ae9aa398f647caa2338748cd0fd9f5f819ef")
 LEGACY = AzureVtpmPolicy(require_user_data_binding=False)
 
 
@@ -25,11 +24,14 @@ def _load(name: str) -> dict:  # type: ignore[type-arg]
     return json.loads((DATA / name).read_text())
 
 
-@pytest.mark.parametrize(("name", "version", "nonce", "product"), [
-    ("trustee-az-snp-vtpm-evidence-v0.json", 0, CHALLENGE, "Milan"),
-    ("trustee-az-snp-vtpm-evidence-v1.json", 1, CHALLENGE, "Milan"),
-    ("trustee-az-snp-vtpm-evidence-genoa.json", 0, None, "Genoa"),
-])
+@pytest.mark.parametrize(
+    ("name", "version", "nonce", "product"),
+    [
+        ("trustee-az-snp-vtpm-evidence-v0.json", 0, CHALLENGE, "Milan"),
+        ("trustee-az-snp-vtpm-evidence-v1.json", 1, CHALLENGE, "Milan"),
+        ("trustee-az-snp-vtpm-evidence-genoa.json", 0, None, "Genoa"),
+    ],
+)
 def test_legacy_snp_layouts_verify_through_the_tpm_quote(name: str, version: int, nonce: bytes | None, product: str) -> None:
     doc = _load(name)
     ev = parse_evidence(doc)
@@ -72,7 +74,10 @@ def test_tdx_layouts(name: str) -> None:
 
 def test_layouts_agree_on_the_same_machine() -> None:
     """v0 (byte arrays, PEM VCEK) and v1 (strings, DER VCEK) come from one machine: same chip, VCEK."""
-    v0, v1 = parse_evidence(_load("trustee-az-snp-vtpm-evidence-v0.json")), parse_evidence(_load("trustee-az-snp-vtpm-evidence-v1.json"))
+    v0, v1 = (
+        parse_evidence(_load("trustee-az-snp-vtpm-evidence-v0.json")),
+        parse_evidence(_load("trustee-az-snp-vtpm-evidence-v1.json")),
+    )
     assert v0.vcek == v1.vcek and v0.hcl.hw_report[0x1A0:0x1E0] == v1.hcl.hw_report[0x1A0:0x1E0]  # CHIP_ID
 
 

@@ -32,9 +32,16 @@ MEAS = "6a" * 48
 def make_key(not_after: datetime = datetime(2027, 1, 1, tzinfo=timezone.utc)) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test MAA signing")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(datetime(2025, 1, 1, tzinfo=timezone.utc)).not_valid_after(not_after)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(datetime(2025, 1, 1, tzinfo=timezone.utc))
+        .not_valid_after(not_after)
+        .sign(key, hashes.SHA256())
+    )
     return key, cert
 
 
@@ -50,8 +57,15 @@ def _pins(certs: Any) -> list[str]:
     return out
 
 
-def verify_maa(tok: str, certs: Any, policy: MaaPolicy | None = None, *, as_of: datetime, expected_nonce: bytes | None = None,
-               pin: bool = True) -> Verdict:
+def verify_maa(
+    tok: str,
+    certs: Any,
+    policy: MaaPolicy | None = None,
+    *,
+    as_of: datetime,
+    expected_nonce: bytes | None = None,
+    pin: bool = True,
+) -> Verdict:
     """The registry's azure-maa verifier, then the policy (with the test's certificates pinned)."""
     from veil.attest.azure.platform import AZURE_MAA
 
@@ -69,20 +83,32 @@ def signer() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
 
 
 def jwks(*entries: tuple[str, x509.Certificate]) -> dict[str, Any]:
-    return {"keys": [{"kid": kid, "kty": "RSA", "x5c": [base64.b64encode(c.public_bytes(Encoding.DER)).decode()]}
-                     for kid, c in entries]}
+    return {
+        "keys": [
+            {"kid": kid, "kty": "RSA", "x5c": [base64.b64encode(c.public_bytes(Encoding.DER)).decode()]} for kid, c in entries
+        ]
+    }
 
 
 def snp_payload(**over: Any) -> dict[str, Any]:
     t = int(NOW.timestamp())
     p: dict[str, Any] = {
-        "iss": ISS, "iat": t - 60, "nbf": t - 60, "exp": t + 3600, "x-ms-attestation-type": "azurevm",
+        "iss": ISS,
+        "iat": t - 60,
+        "nbf": t - 60,
+        "exp": t + 3600,
+        "x-ms-attestation-type": "azurevm",
         "x-ms-azurevm-bootdebug-enabled": False,
         "x-ms-isolation-tee": {
-            "x-ms-attestation-type": "sevsnpvm", "x-ms-compliance-status": "azure-compliant-cvm",
-            "x-ms-sevsnpvm-launchmeasurement": MEAS, "x-ms-sevsnpvm-is-debuggable": False,
-            "x-ms-sevsnpvm-reportdata": "ab" * 64, "x-ms-sevsnpvm-bootloader-svn": 3,
-            "x-ms-sevsnpvm-tee-svn": 0, "x-ms-sevsnpvm-snpfw-svn": 8, "x-ms-sevsnpvm-microcode-svn": 115,
+            "x-ms-attestation-type": "sevsnpvm",
+            "x-ms-compliance-status": "azure-compliant-cvm",
+            "x-ms-sevsnpvm-launchmeasurement": MEAS,
+            "x-ms-sevsnpvm-is-debuggable": False,
+            "x-ms-sevsnpvm-reportdata": "ab" * 64,
+            "x-ms-sevsnpvm-bootloader-svn": 3,
+            "x-ms-sevsnpvm-tee-svn": 0,
+            "x-ms-sevsnpvm-snpfw-svn": 8,
+            "x-ms-sevsnpvm-microcode-svn": 115,
             "x-ms-sevsnpvm-vmpl": 0,
             "x-ms-runtime": {"client-payload": {"nonce": base64.b64encode(b"n0nce").decode()}},
         },
@@ -119,7 +145,10 @@ def test_issuer_allowlist(signer: Any) -> None:
     key, cert = signer
     ks = jwks(("k1", cert))
     assert verify_maa(token(key, snp_payload(iss="https://evil.example")), ks, as_of=NOW).reason == "azure.maa_issuer_not_allowed"
-    assert verify_maa(token(key, snp_payload(iss="https://x.attest.azure.net.evil.io")), ks, as_of=NOW).reason == "azure.maa_issuer_not_allowed"
+    assert (
+        verify_maa(token(key, snp_payload(iss="https://x.attest.azure.net.evil.io")), ks, as_of=NOW).reason
+        == "azure.maa_issuer_not_allowed"
+    )
     pol = MaaPolicy(issuers=["https://mine.weu.attest.azure.net"])
     assert verify_maa(token(key, snp_payload()), ks, pol, as_of=NOW).reason == "azure.maa_issuer_not_allowed"
     assert verify_maa(token(key, snp_payload(iss=pol.issuers[0])), ks, pol, as_of=NOW).accepted
@@ -184,9 +213,14 @@ def test_nonce(signer: Any) -> None:
 
 def test_tdx_token(signer: Any) -> None:
     key, cert = signer
-    tee = {"x-ms-attestation-type": "tdxvm", "x-ms-compliance-status": "azure-compliant-cvm", "tdx_mrtd": "91" * 48,
-           "tdx_td_attributes_debug": False,
-           "tdx_report_data": "00" * 64, "tdx_rtmr0": "01" * 48}
+    tee = {
+        "x-ms-attestation-type": "tdxvm",
+        "x-ms-compliance-status": "azure-compliant-cvm",
+        "tdx_mrtd": "91" * 48,
+        "tdx_td_attributes_debug": False,
+        "tdx_report_data": "00" * 64,
+        "tdx_rtmr0": "01" * 48,
+    }
     v = verify_maa(token(key, snp_payload(**{"x-ms-isolation-tee": tee})), jwks(("k1", cert)), as_of=NOW)
     assert v.accepted and v.claims is not None
     assert v.claims.measurement == "91" * 48 and v.claims.details["tdx_rtmr0"] == "01" * 48
@@ -199,8 +233,9 @@ def test_verify_files(signer: Any, tmp_path: Path) -> None:
     (tmp_path / "t.jwt").write_text(token(key, snp_payload()) + "\n")
     (tmp_path / "jwks.json").write_text(json.dumps(jwks(("k1", cert))))
     (tmp_path / "p.json").write_text(json.dumps({"signing_roots": [hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()]}))
-    base = dict(platform="azure-maa", token=tmp_path / "t.jwt", jwks=tmp_path / "jwks.json", as_of=NOW,
-                policy=tmp_path / "p.json")
+    base = dict(
+        platform="azure-maa", token=tmp_path / "t.jwt", jwks=tmp_path / "jwks.json", as_of=NOW, policy=tmp_path / "p.json"
+    )
     assert verify_files(EvidenceFiles(**base)).accepted  # type: ignore[arg-type]
     assert verify_files(EvidenceFiles(**{**base, "policy": None})).reason == "azure.maa_untrusted_root"  # type: ignore[arg-type]
     assert verify_files(EvidenceFiles(**{**base, "jwks": None})).reason == "cli.missing_input"  # type: ignore[arg-type]
@@ -216,8 +251,15 @@ def test_garbage_tokens(signer: Any, text: str) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.one_of(st.none(), st.integers(), st.text(max_size=10), st.lists(st.integers(), max_size=3),
-                 st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)))
+@given(
+    st.one_of(
+        st.none(),
+        st.integers(),
+        st.text(max_size=10),
+        st.lists(st.integers(), max_size=3),
+        st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    )
+)
 def test_garbage_jwks(signer: Any, ks: Any) -> None:
     key, _ = signer
     assert not verify_maa(token(key, snp_payload()), ks, as_of=NOW).accepted

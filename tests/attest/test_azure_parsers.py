@@ -32,9 +32,17 @@ def unb64u(s: str) -> bytes:
 
 
 def attest(select: bytes = b"\xff\xff\xff", alg: int = 0x000B, digest: bytes = bytes(32), tail: bytes = b"") -> bytes:
-    return (struct.pack(">IHH", 0xFF544347, 0x8018, 0) + struct.pack(">H", 3) + b"abc"
-            + struct.pack(">QIIBQ", 1, 2, 3, 0, 4) + struct.pack(">IHB", 1, alg, len(select)) + select
-            + struct.pack(">H", len(digest)) + digest + tail)
+    return (
+        struct.pack(">IHH", 0xFF544347, 0x8018, 0)
+        + struct.pack(">H", 3)
+        + b"abc"
+        + struct.pack(">QIIBQ", 1, 2, 3, 0, 4)
+        + struct.pack(">IHB", 1, alg, len(select))
+        + select
+        + struct.pack(">H", len(digest))
+        + digest
+        + tail
+    )
 
 
 def test_sample_tpms_attest(sample: dict[str, Any]) -> None:
@@ -56,9 +64,12 @@ def test_attest_selection_bits() -> None:
 
 @pytest.mark.parametrize(
     ("data", "reason"),
-    [(attest(tail=b"x"), "azure.tpm_quote_malformed"), (attest()[:-1], "azure.tpm_quote_malformed"),
-     (b"\0" + attest()[1:], "azure.tpm_quote_malformed"),
-     (attest()[:4] + b"\x80\x17" + attest()[6:], "azure.tpm_quote_unsupported")],
+    [
+        (attest(tail=b"x"), "azure.tpm_quote_malformed"),
+        (attest()[:-1], "azure.tpm_quote_malformed"),
+        (b"\0" + attest()[1:], "azure.tpm_quote_malformed"),
+        (attest()[:4] + b"\x80\x17" + attest()[6:], "azure.tpm_quote_unsupported"),
+    ],
 )
 def test_attest_refusals(data: bytes, reason: str) -> None:
     with pytest.raises(ParseError) as e:
@@ -81,18 +92,26 @@ def test_pcr_checks() -> None:
 
 def test_hcl_refusals(sample: dict[str, Any]) -> None:
     raw = unb64u(sample["hcl_report"])
-    for bad, reason in [(b"XCLA" + raw[4:], "azure.hcl_malformed"), (raw[:1000], "azure.hcl_malformed"),
-                        (raw[:1224] + b"\x03" + raw[1225:], "azure.hcl_unsupported"),
-                        (raw[:1232] + b"\xff\xff" + raw[1234:], "azure.hcl_malformed")]:
+    for bad, reason in [
+        (b"XCLA" + raw[4:], "azure.hcl_malformed"),
+        (raw[:1000], "azure.hcl_malformed"),
+        (raw[:1224] + b"\x03" + raw[1225:], "azure.hcl_unsupported"),
+        (raw[:1232] + b"\xff\xff" + raw[1234:], "azure.hcl_malformed"),
+    ]:
         with pytest.raises(ParseError) as e:
             parse_hcl_report(bad)
         assert e.value.reason == reason
 
 
 def test_evidence_refusals(sample: dict[str, Any]) -> None:
-    for mutate in [lambda d: d.pop("hcl_report"), lambda d: d.update(version=3),
-                   lambda d: d["tpm_quote"].update(pcrs="x"), lambda d: d.update(tpm_quote=[]),
-                   lambda d: d["tpm_quote"].update(message="zz"), lambda d: d.update(hcl_report="!")]:
+    for mutate in [
+        lambda d: d.pop("hcl_report"),
+        lambda d: d.update(version=3),
+        lambda d: d["tpm_quote"].update(pcrs="x"),
+        lambda d: d.update(tpm_quote=[]),
+        lambda d: d["tpm_quote"].update(message="zz"),
+        lambda d: d.update(hcl_report="!"),
+    ]:
         doc = copy.deepcopy(sample)
         mutate(doc)
         with pytest.raises(ParseError):

@@ -118,8 +118,10 @@ def test_a_worker_cvm_with_a_simulated_h100_binds_it(attester, cvm) -> None:  # 
     verified = appraise_worker_evidence(evidence, [ref], challenge=challenge, public_key=key, trust=trust)
     assert verified.claims.platform == cvm.platform and len(verified.claims.details["gpus"]) == 1
     swapped = {**evidence, "gpus": [gpu.evidence(composite.gpu_nonce(b"d" * 32, key)).to_json()]}
-    assert _reason(lambda: appraise_worker_evidence(swapped, [ref], challenge=challenge, public_key=key,
-                                                    trust=trust)) == "azure.nonce_mismatch"  # another GPU report
+    assert (
+        _reason(lambda: appraise_worker_evidence(swapped, [ref], challenge=challenge, public_key=key, trust=trust))
+        == "azure.nonce_mismatch"
+    )  # another GPU report
 
 
 def test_veil_evidence_verify_names_the_twin_and_refuses_it_untrusted(attester, cvm, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -129,8 +131,17 @@ def test_veil_evidence_verify_names_the_twin_and_refuses_it_untrusted(attester, 
 
     evidence = attester.evidence(REPORT_DATA)
     (tmp_path / "vtpm.json").write_text(json.dumps(evidence["vtpm"]))
-    args = ["--platform", cvm.platform, "--evidence", str(tmp_path / "vtpm.json"), "--nonce", REPORT_DATA.hex(),
-            "--cache", str(tmp_path / "cache"), "--json"]
+    args = [
+        "--platform",
+        cvm.platform,
+        "--evidence",
+        str(tmp_path / "vtpm.json"),
+        "--nonce",
+        REPORT_DATA.hex(),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--json",
+    ]
     if cvm.kind == "snp":
         (tmp_path / "chain.pem").write_bytes(base64.b64decode(evidence["chain"]))
         (tmp_path / "crl.der").write_bytes(base64.b64decode(evidence["crl"]))
@@ -140,8 +151,9 @@ def test_veil_evidence_verify_names_the_twin_and_refuses_it_untrusted(attester, 
         args += ["--collateral", str(tmp_path / "collateral.json")]
 
     def verify(*extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-        out = subprocess.run([sys.executable, "-m", "veil", "evidence", "verify", *args, *extra],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "veil", "evidence", "verify", *args, *extra], capture_output=True, text=True, timeout=120
+        )
         return out.returncode, json.loads(out.stdout)
 
     code, report = verify("--simulation-root", cvm.root_fingerprint)

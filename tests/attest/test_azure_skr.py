@@ -24,16 +24,24 @@ from veil.manifest import ReleasePolicy
 # the TEE type and Azure's compliance verdict.
 TUTORIAL = {
     "version": "1.0.0",
-    "anyOf": [{
-        "authority": "https://sharedeus2.eus2.attest.azure.net",
-        "allOf": [
-            {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"},
-            {"claim": "x-ms-isolation-tee.x-ms-compliance-status", "equals": "azure-compliant-cvm"},
-        ],
-    }],
+    "anyOf": [
+        {
+            "authority": "https://sharedeus2.eus2.attest.azure.net",
+            "allOf": [
+                {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"},
+                {"claim": "x-ms-isolation-tee.x-ms-compliance-status", "equals": "azure-compliant-cvm"},
+            ],
+        }
+    ],
 }
-CLAIMS = {"x-ms-attestation-type": "azurevm", "x-ms-isolation-tee": {
-    "x-ms-attestation-type": "sevsnpvm", "x-ms-compliance-status": "azure-compliant-cvm", "x-ms-sevsnpvm-vmpl": 0}}
+CLAIMS = {
+    "x-ms-attestation-type": "azurevm",
+    "x-ms-isolation-tee": {
+        "x-ms-attestation-type": "sevsnpvm",
+        "x-ms-compliance-status": "azure-compliant-cvm",
+        "x-ms-sevsnpvm-vmpl": 0,
+    },
+}
 AUTH = "https://sharedeus2.eus2.attest.azure.net"
 
 
@@ -48,24 +56,40 @@ def test_tutorial_policy_over_token_claims() -> None:
 
 
 def test_nested_any_of_and_condition_value_variant() -> None:
-    policy = {"version": "1.0.0", "anyOf": [{"authority": AUTH, "allOf": [
-        {"claim": "x-ms-attestation-type", "condition": "equals", "value": "azurevm"},
-        {"anyOf": [{"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "tdxvm"},
-                   {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"}]},
-        {"claim": "x-ms-isolation-tee.x-ms-sevsnpvm-vmpl", "equals": 0},
-    ]}]}
+    policy = {
+        "version": "1.0.0",
+        "anyOf": [
+            {
+                "authority": AUTH,
+                "allOf": [
+                    {"claim": "x-ms-attestation-type", "condition": "equals", "value": "azurevm"},
+                    {
+                        "anyOf": [
+                            {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "tdxvm"},
+                            {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"},
+                        ]
+                    },
+                    {"claim": "x-ms-isolation-tee.x-ms-sevsnpvm-vmpl", "equals": 0},
+                ],
+            }
+        ],
+    }
     assert evaluate(policy, {AUTH: CLAIMS})
     wrong_type = copy.deepcopy(policy)
     wrong_type["anyOf"][0]["allOf"][2]["equals"] = "0"  # "0" is not 0
     assert not evaluate(wrong_type, {AUTH: CLAIMS})
 
 
-@pytest.mark.parametrize("bad", [
-    {"anyOf": []}, {"version": "9", "anyOf": [{"authority": AUTH, "allOf": [{"claim": "a", "equals": 1}]}]},
-    {"version": "1.0.0", "anyOf": [{"allOf": [{"claim": "a", "equals": 1}]}]},
-    {"version": "1.0.0", "anyOf": [{"authority": AUTH, "allOf": [{"claim": "a", "condition": "greater", "value": 1}]}]},
-    {"version": "1.0.0", "anyOf": [{"authority": AUTH, "allOf": [{"claim": "a", "equals": 1, "x": 2}]}]},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"anyOf": []},
+        {"version": "9", "anyOf": [{"authority": AUTH, "allOf": [{"claim": "a", "equals": 1}]}]},
+        {"version": "1.0.0", "anyOf": [{"allOf": [{"claim": "a", "equals": 1}]}]},
+        {"version": "1.0.0", "anyOf": [{"authority": AUTH, "allOf": [{"claim": "a", "condition": "greater", "value": 1}]}]},
+        {"version": "1.0.0", "anyOf": [{"authority": AUTH, "allOf": [{"claim": "a", "equals": 1, "x": 2}]}]},
+    ],
+)
 def test_malformed_policies_refused(bad: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(ParseError) as exc:
         parse_policy(bad)
@@ -85,8 +109,9 @@ def test_release_over_a_verified_token() -> None:
     token's issuer)."""
     maa = SimMaa(issuer=AUTH, not_before=AZURE_AS_OF - dt.timedelta(days=1))
     evidence = {"platform": "azure-snp-vtpm", "vtpm": V2, "maa": maa_token(maa, now=AZURE_AS_OF)}
-    options = VerifyOptions(Binding.to(V2_REPORT_DATA), TrustRoots.production().with_simulation(maa.root_fingerprint),
-                            AZURE_AS_OF, AMD_CRLS)
+    options = VerifyOptions(
+        Binding.to(V2_REPORT_DATA), TrustRoots.production().with_simulation(maa.root_fingerprint), AZURE_AS_OF, AMD_CRLS
+    )
     verified = api.appraise(evidence, [worker_reference(maa)], options)
     claims = verified.claims
     assert claims.simulated  # the token's signer is a simulation root

@@ -32,15 +32,19 @@ def verify_tdx_vtpm(doc: dict[str, Any], nonce: bytes, collateral: dict[str, Any
     return azure_verdict("azure-tdx-vtpm", doc, nonce, LEGACY, collateral=collateral, as_of=as_of)
 
 
-def verify_vtpm_evidence(doc: dict[str, Any], nonce: bytes, hardware: Any, policy: AzureVtpmPolicy | None = None, *,
-                         platform: str) -> Verdict:
+def verify_vtpm_evidence(
+    doc: dict[str, Any], nonce: bytes, hardware: Any, policy: AzureVtpmPolicy | None = None, *, platform: str
+) -> Verdict:
     ev = parse_evidence(doc)
     options = VerifyOptions(Binding.to(nonce), TrustRoots.production(), None)
 
     def verify() -> VerifiedEvidence:
         claims, hw = verify_vtpm(ev, nonce, hardware, platform=platform, options=options)
         return VerifiedEvidence(claims, hw.checks)
+
     return _two_stage(verify, lambda v: validate_vtpm(v.claims, ev, policy or LEGACY))
+
+
 from veil.attest.tdx.abi import parse_quote, parse_td_report
 from veil.attest.tdx.validate import TdxPolicy
 
@@ -57,9 +61,14 @@ def b64u_int(n: int) -> str:
     return b64u(n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
 
-def td_report(report_data: bytes, mrtd: bytes = MRTD, attributes: bytes = bytes.fromhex("0000001000000000"),
-              rtmrs: tuple[bytes, ...] = (bytes(48),) * 4, xfam: bytes = bytes.fromhex("e702060000000000"),
-              mr_seam: bytes = bytes(48)) -> bytes:
+def td_report(
+    report_data: bytes,
+    mrtd: bytes = MRTD,
+    attributes: bytes = bytes.fromhex("0000001000000000"),
+    rtmrs: tuple[bytes, ...] = (bytes(48),) * 4,
+    xfam: bytes = bytes.fromhex("e702060000000000"),
+    mr_seam: bytes = bytes(48),
+) -> bytes:
     r = bytearray(1024)
     r[128:192] = report_data
     r[280:328] = mr_seam
@@ -81,10 +90,19 @@ def hcl_report(runtime: dict[str, Any], make_hw: Any, report_type: int = REPORT_
 
 
 def tpms_attest(nonce: bytes, digest: bytes) -> bytes:
-    return (struct.pack(">IH", 0xFF544347, 0x8018) + struct.pack(">H", 2) + b"\0\x0b"
-            + struct.pack(">H", len(nonce)) + nonce + struct.pack(">QIIB", 1, 2, 3, 1)
-            + struct.pack(">Q", 7) + struct.pack(">IHB", 1, 0x000B, 3) + b"\xff\xff\xff"
-            + struct.pack(">H", 32) + digest)
+    return (
+        struct.pack(">IH", 0xFF544347, 0x8018)
+        + struct.pack(">H", 2)
+        + b"\0\x0b"
+        + struct.pack(">H", len(nonce))
+        + nonce
+        + struct.pack(">QIIB", 1, 2, 3, 1)
+        + struct.pack(">Q", 7)
+        + struct.pack(">IHB", 1, 0x000B, 3)
+        + b"\xff\xff\xff"
+        + struct.pack(">H", 32)
+        + digest
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +110,13 @@ def ak() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def evidence(ak: rsa.RSAPrivateKey, make_hw: Any, nonce: bytes = NONCE, td_quote: bytes | None = None,
-             runtime_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def evidence(
+    ak: rsa.RSAPrivateKey,
+    make_hw: Any,
+    nonce: bytes = NONCE,
+    td_quote: bytes | None = None,
+    runtime_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     pub = ak.public_key().public_numbers()
     runtime = {
         "keys": [{"kid": "HCLAkPub", "key_ops": ["sign"], "kty": "RSA", "e": b64u_int(pub.e), "n": b64u_int(pub.n)}],
@@ -104,8 +127,11 @@ def evidence(ak: rsa.RSAPrivateKey, make_hw: Any, nonce: bytes = NONCE, td_quote
     pcrs = [hashlib.sha256(bytes([i])).digest() for i in range(24)]
     msg = tpms_attest(nonce, hashlib.sha256(b"".join(pcrs)).digest())
     sig = ak.sign(msg, padding.PKCS1v15(), hashes.SHA256())
-    doc: dict[str, Any] = {"version": 1, "hcl_report": b64u(hcl_report(runtime, make_hw)),
-                           "tpm_quote": {"message": msg.hex(), "signature": sig.hex(), "pcrs": [p.hex() for p in pcrs]}}
+    doc: dict[str, Any] = {
+        "version": 1,
+        "hcl_report": b64u(hcl_report(runtime, make_hw)),
+        "tpm_quote": {"message": msg.hex(), "signature": sig.hex(), "pcrs": [p.hex() for p in pcrs]},
+    }
     if td_quote is not None:
         doc["td_quote"] = b64u(td_quote)
     return doc
@@ -117,10 +143,23 @@ def fake_tdx_hardware(ev: VtpmEvidence, options: VerifyOptions) -> VerifiedEvide
     r = parse_td_report(ev.hcl.td_report)
     if r.report_data != hcl_report_data(ev.hcl):
         raise VerificationError("azure.hcl_binding_mismatch", "hardware report_data does not hash the runtime claims")
-    return VerifiedEvidence(Claims(platform="tdx", measurement=r.mr_td.hex(), report_data=r.report_data,
-                  debug=bool(r.td_attributes[0] & 1), tcb={"status": "UpToDate", "advisory_ids": []},
-                  details={"td_attributes": r.td_attributes.hex(), "xfam": r.xfam.hex(), "mr_seam": r.mr_seam.hex(),
-                           "mr_config_id": r.mr_config_id.hex(), **{f"rtmr{i}": m.hex() for i, m in enumerate(r.rtmrs)}}), ())
+    return VerifiedEvidence(
+        Claims(
+            platform="tdx",
+            measurement=r.mr_td.hex(),
+            report_data=r.report_data,
+            debug=bool(r.td_attributes[0] & 1),
+            tcb={"status": "UpToDate", "advisory_ids": []},
+            details={
+                "td_attributes": r.td_attributes.hex(),
+                "xfam": r.xfam.hex(),
+                "mr_seam": r.mr_seam.hex(),
+                "mr_config_id": r.mr_config_id.hex(),
+                **{f"rtmr{i}": m.hex() for i, m in enumerate(r.rtmrs)},
+            },
+        ),
+        (),
+    )
 
 
 def test_tdx_hcl_parses(ak: rsa.RSAPrivateKey) -> None:
@@ -149,8 +188,13 @@ def test_tdx_policy_applies(ak: rsa.RSAPrivateKey) -> None:
     debug = evidence(ak, lambda rd: td_report(rd, attributes=bytes.fromhex("0100001000000000")))
     v = verify_vtpm_evidence(debug, NONCE, fake_tdx_hardware, platform="azure-tdx-vtpm")
     assert v.reason == "tdx.debug_forbidden"
-    assert verify_vtpm_evidence(debug, NONCE, fake_tdx_hardware, LEGACY.model_copy(update={"tdx": LEGACY.tdx.model_copy(update={"allow_debug": True})}),
-                                platform="azure-tdx-vtpm").accepted
+    assert verify_vtpm_evidence(
+        debug,
+        NONCE,
+        fake_tdx_hardware,
+        LEGACY.model_copy(update={"tdx": LEGACY.tdx.model_copy(update={"allow_debug": True})}),
+        platform="azure-tdx-vtpm",
+    ).accepted
 
 
 def test_wrong_nonce_and_foreign_ak(ak: rsa.RSAPrivateKey) -> None:
@@ -171,8 +215,9 @@ def test_report_data_not_binding_runtime(ak: rsa.RSAPrivateKey) -> None:
 
 def _quote_body_report(quote: bytes) -> Any:
     b = parse_quote(quote).body
-    return lambda rd: td_report(b.report_data, mrtd=b.mr_td, attributes=b.td_attributes, rtmrs=b.rtmrs,
-                                xfam=b.xfam, mr_seam=b.mr_seam)
+    return lambda rd: td_report(
+        b.report_data, mrtd=b.mr_td, attributes=b.td_attributes, rtmrs=b.rtmrs, xfam=b.xfam, mr_seam=b.mr_seam
+    )
 
 
 def test_real_td_quote_checked_against_tdreport(ak: rsa.RSAPrivateKey, vectors: Path) -> None:

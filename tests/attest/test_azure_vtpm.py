@@ -33,11 +33,9 @@ def verify_snp_vtpm(evidence, nonce, policy=None, *, chain_pem=None):  # type: i
 def verify_tdx_vtpm(evidence, nonce, collateral):  # type: ignore[no-untyped-def]
     return azure_verdict("azure-tdx-vtpm", evidence, nonce, LEGACY, collateral=collateral)
 
+
 NONCE = bytes.fromhex("6368616c6c656e6765")
-MEASUREMENT = (
-    "6a063be9dd79f6371c842e480f8dc3b5c725961344e57130e88c5adf49e8f7f6"
-    "c79b75a5eb77fc769959f4aeb2f9401e"
-)
+MEASUREMENT = "6a063be9dd79f6371c842e480f8dc3b5c725961344e57130e88c5adf49e8f7f6c79b75a5eb77fc769959f4aeb2f9401e"
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +95,11 @@ def test_wrong_nonce(evidence: dict[str, Any], chain: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("field", "offset", "reason"),
-    [("message", 40, "azure.tpm_signature_invalid"),  # inside extraData
-     ("message", 100, "azure.tpm_signature_invalid"),  # PCR digest
-     ("signature", 10, "azure.tpm_signature_invalid")],
+    [
+        ("message", 40, "azure.tpm_signature_invalid"),  # inside extraData
+        ("message", 100, "azure.tpm_signature_invalid"),  # PCR digest
+        ("signature", 10, "azure.tpm_signature_invalid"),
+    ],
 )
 def test_tampered_tpm_quote(evidence: dict[str, Any], chain: bytes, field: str, offset: int, reason: str) -> None:
     assert verify_snp_vtpm(tampered(evidence, field, offset), NONCE, chain_pem=chain).reason == reason
@@ -166,8 +166,15 @@ def test_verify_files(vectors: Path, tmp_path: Path, chain: bytes) -> None:
     ev = vectors / "azure/snp-vtpm-milan/evidence.json"
     legacy = tmp_path / "legacy.json"
     legacy.write_text('{"require_user_data_binding": false}')
-    base = EvidenceFiles(platform="azure-snp-vtpm", evidence=ev, nonce=NONCE, chain=chain_file, crl=tmp_path / "crl.der",
-                         as_of=AZURE_AS_OF, policy=legacy)
+    base = EvidenceFiles(
+        platform="azure-snp-vtpm",
+        evidence=ev,
+        nonce=NONCE,
+        chain=chain_file,
+        crl=tmp_path / "crl.der",
+        as_of=AZURE_AS_OF,
+        policy=legacy,
+    )
     assert verify_files(base).accepted
     assert verify_files(dataclasses.replace(base, policy=None)).reason == "azure.user_data_unbound"
     assert verify_files(dataclasses.replace(base, nonce=None)).reason == "cli.missing_input"

@@ -28,9 +28,7 @@ PUBKEY = b"k" * 32
 @pytest.fixture(scope="module")
 def h100(vectors: Path) -> NvidiaEvidence:
     d = vectors / "nvidia" / "h100"
-    return NvidiaEvidence(
-        load_report((d / "report.hex").read_bytes()), (d / "cert_chain.pem").read_bytes()
-    )
+    return NvidiaEvidence(load_report((d / "report.hex").read_bytes()), (d / "cert_chain.pem").read_bytes())
 
 
 def verify_composite(
@@ -47,11 +45,18 @@ def verify_composite(
     """composite.verify_composite on CPU claims accepted elsewhere, as a Verdict."""
     trust = TrustRoots.production().with_simulation(*(trusted_roots or ()))
     options = VerifyOptions(Binding.unbound(), trust, as_of)
-    return verdict_of(lambda: composite.verify_composite(
-        VerifiedEvidence(claims, ()), gpus, challenge_nonce=challenge_nonce,  # type: ignore[arg-type]
-        worker_public_key=worker_public_key, options=options, policy=policy,
-        expected_gpu_nonce=expected_gpu_nonce,
-    ), claims)
+    return verdict_of(
+        lambda: composite.verify_composite(
+            VerifiedEvidence(claims, ()),
+            gpus,
+            challenge_nonce=challenge_nonce,  # type: ignore[arg-type]
+            worker_public_key=worker_public_key,
+            options=options,
+            policy=policy,
+            expected_gpu_nonce=expected_gpu_nonce,
+        ),
+        claims,
+    )
 
 
 def cpu_claims(report_data: bytes) -> Claims:
@@ -84,9 +89,7 @@ def test_real_h100_bound_into_cpu_report(h100: NvidiaEvidence) -> None:
 
 def test_real_h100_is_not_fresh_for_a_new_challenge(h100: NvidiaEvidence) -> None:
     claims = cpu_claims(worker_report_data(CHALLENGE, PUBKEY, h100))
-    v = verify_composite(
-        claims, h100, challenge_nonce=CHALLENGE, worker_public_key=PUBKEY, as_of=AS_OF
-    )
+    v = verify_composite(claims, h100, challenge_nonce=CHALLENGE, worker_public_key=PUBKEY, as_of=AS_OF)
     assert v.reason == "nvidia.nonce_mismatch" and v.message.startswith("GPU 0")
 
 
@@ -105,9 +108,7 @@ def test_substituted_gpu_evidence_rejected(h100: NvidiaEvidence) -> None:
 
 
 @pytest.mark.parametrize("challenge,key", [(b"x" * 32, PUBKEY), (CHALLENGE, b"y" * 32)])
-def test_wrong_challenge_or_key_rejected(
-    h100: NvidiaEvidence, challenge: bytes, key: bytes
-) -> None:
+def test_wrong_challenge_or_key_rejected(h100: NvidiaEvidence, challenge: bytes, key: bytes) -> None:
     claims = cpu_claims(worker_report_data(CHALLENGE, PUBKEY, h100))
     v = verify_composite(
         claims,
@@ -174,19 +175,11 @@ def test_digest_and_nonce_encoding(h100: NvidiaEvidence) -> None:
     # the documented encoding, spelled out independently
     lp = lambda b: len(b).to_bytes(4, "big") + b
     expected = hashlib.sha256(
-        lp(b"veil/gpu-evidence/v1")
-        + (1).to_bytes(4, "big")
-        + lp(h100.report)
-        + lp(h100.cert_chain_pem)
+        lp(b"veil/gpu-evidence/v1") + (1).to_bytes(4, "big") + lp(h100.report) + lp(h100.cert_chain_pem)
     ).digest()
     assert d == expected
-    assert (
-        gpu_nonce(CHALLENGE, PUBKEY)
-        == hashlib.sha256(lp(b"veil/gpu-nonce/v1") + lp(CHALLENGE) + lp(PUBKEY)).digest()
-    )
-    assert worker_report_data(CHALLENGE, PUBKEY, h100) == binding.worker_report_data(
-        CHALLENGE, PUBKEY, d
-    )
+    assert gpu_nonce(CHALLENGE, PUBKEY) == hashlib.sha256(lp(b"veil/gpu-nonce/v1") + lp(CHALLENGE) + lp(PUBKEY)).digest()
+    assert worker_report_data(CHALLENGE, PUBKEY, h100) == binding.worker_report_data(CHALLENGE, PUBKEY, d)
 
 
 def test_worker_collects_with_the_derived_nonce(tmp_path: Path) -> None:
@@ -214,9 +207,14 @@ def test_worker_collects_with_the_derived_nonce(tmp_path: Path) -> None:
     )
     assert v.accepted, v
     empty, _ = collect_gpu_evidence(CHALLENGE, PUBKEY, nvml=FakeNvml([gpu]), cache=CollateralCache(tmp_path / "none"))
-    refused = verify_composite(cpu_claims(worker_report_data(CHALLENGE, PUBKEY, empty)), empty,
-                               challenge_nonce=CHALLENGE, worker_public_key=PUBKEY,
-                               trusted_roots=gpu.simulation_roots, policy=NvidiaPolicy())
+    refused = verify_composite(
+        cpu_claims(worker_report_data(CHALLENGE, PUBKEY, empty)),
+        empty,
+        challenge_nonce=CHALLENGE,
+        worker_public_key=PUBKEY,
+        trusted_roots=gpu.simulation_roots,
+        policy=NvidiaPolicy(),
+    )
     assert refused.reason == "nvidia.rim_missing"
 
 

@@ -13,8 +13,9 @@ from veil.errors import ParseError
 
 # RFC 6962 reference leaves and the tree heads of their first 1..8 leaves (as used by Certificate
 # Transparency's implementations' tests).
-LEAVES = [bytes.fromhex(x) for x in ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
-                                      "606162636465666768696a6b6c6d6e6f"]]
+LEAVES = [
+    bytes.fromhex(x) for x in ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"]
+]
 ROOTS = [
     "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
     "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
@@ -71,11 +72,19 @@ def test_out_of_range_index_is_no_proof() -> None:
         NonceTree([bytes([i % 256]) * 32 for i in range(MAX_BATCH + 1)])
 
 
-@pytest.mark.parametrize("raw", [
-    None, {}, {"index": 0, "size": 0, "path": []}, {"index": "0", "size": 1, "path": []},
-    {"index": 0, "size": MAX_BATCH + 1, "path": []}, {"index": 0, "size": 2, "path": ["zz"]},
-    {"index": 0, "size": 2, "path": ["00" * 31]}, {"index": 0, "size": 8, "path": ["00" * 32] * 13},
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        {},
+        {"index": 0, "size": 0, "path": []},
+        {"index": "0", "size": 1, "path": []},
+        {"index": 0, "size": MAX_BATCH + 1, "path": []},
+        {"index": 0, "size": 2, "path": ["zz"]},
+        {"index": 0, "size": 2, "path": ["00" * 31]},
+        {"index": 0, "size": 8, "path": ["00" * 32] * 13},
+    ],
+)
 def test_malformed_proofs_are_refused(raw) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ParseError) as info:
         InclusionProof.from_json(raw)

@@ -18,10 +18,7 @@ from veil.attest.nvidia.abi import (
 from veil.errors import ParseError
 
 NONCE = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"
-FWID = (
-    "f5c384aebb579217a2c66b17ed0f28e6a9b8d639041acd7b4721cec004f72754"
-    "94ba94bb5cdfdb3055ee051762b1f75d"
-)
+FWID = "f5c384aebb579217a2c66b17ed0f28e6a9b8d639041acd7b4721cec004f7275494ba94bb5cdfdb3055ee051762b1f75d"
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +103,7 @@ def test_random_after_valid_request_only_parse_error(data: bytes) -> None:
     _parse_or_parse_error(request + bytes([0x11, 0x60]) + data)
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_truncated_padded_real_report(h100: bytes, data: st.DataObject) -> None:
     buf = bytearray(h100)

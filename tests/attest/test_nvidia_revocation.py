@@ -63,15 +63,34 @@ def _forged(gpu: FakeGpu, status: ocsp.OCSPCertStatus, key=None) -> bytes:  # ty
         from cryptography import x509
 
         name = gpu.certs["root"].subject
-        responder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                     .serial_number(1).not_valid_before(NOW - dt.timedelta(days=1))
-                     .not_valid_after(NOW + dt.timedelta(days=1)).sign(key, hashes.SHA384()))
+        responder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(NOW - dt.timedelta(days=1))
+            .not_valid_after(NOW + dt.timedelta(days=1))
+            .sign(key, hashes.SHA384())
+        )
         issuer_key = key
-    return ocsp.OCSPResponseBuilder().certificates([responder]).add_response(
-        cert=gpu.certs["ca"], issuer=gpu.certs["root"], algorithm=hashes.SHA384(), cert_status=status,
-        this_update=NOW - dt.timedelta(minutes=1), next_update=NOW + dt.timedelta(days=1),
-        revocation_time=None, revocation_reason=None,
-    ).responder_id(ocsp.OCSPResponderEncoding.HASH, responder).sign(issuer_key, hashes.SHA384()).public_bytes(Encoding.DER)
+    return (
+        ocsp.OCSPResponseBuilder()
+        .certificates([responder])
+        .add_response(
+            cert=gpu.certs["ca"],
+            issuer=gpu.certs["root"],
+            algorithm=hashes.SHA384(),
+            cert_status=status,
+            this_update=NOW - dt.timedelta(minutes=1),
+            next_update=NOW + dt.timedelta(days=1),
+            revocation_time=None,
+            revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, responder)
+        .sign(issuer_key, hashes.SHA384())
+        .public_bytes(Encoding.DER)
+    )
 
 
 def test_forged_good_status_refused(gpu: FakeGpu) -> None:

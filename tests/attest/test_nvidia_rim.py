@@ -62,17 +62,19 @@ def test_rim_indices_line_up_with_the_real_report(vectors: Path) -> None:
 
 def test_real_report_with_a_rim_for_other_firmware_refused(vectors: Path) -> None:
     d = vectors / "nvidia" / "h100"
-    ev = NvidiaEvidence(load_report((d / "report.hex").read_bytes()), (d / "cert_chain.pem").read_bytes(),
-                        rims=(VBIOS_RIM,))
+    ev = NvidiaEvidence(load_report((d / "report.hex").read_bytes()), (d / "cert_chain.pem").read_bytes(), rims=(VBIOS_RIM,))
     v = nvidia_verdict(ev, NvidiaPolicy(require_revocation=False), expected_nonce=NONCE, as_of=IN_WINDOW)
     assert v.reason == "nvidia.rim_version_mismatch"
 
 
-@pytest.mark.parametrize("old,new", [
-    (b'index="1" active="True"', b'index="1" active="False"'),  # switch a golden value off
-    (b"c3f65ef79a19c029", b"c3f65ef79a19c02a"),  # change a golden value
-    (b'colloquialVersion="96.00.5E.00.01"', b'colloquialVersion="96.00.9F.00.01"'),  # claim other firmware
-])
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        (b'index="1" active="True"', b'index="1" active="False"'),  # switch a golden value off
+        (b"c3f65ef79a19c029", b"c3f65ef79a19c02a"),  # change a golden value
+        (b'colloquialVersion="96.00.5E.00.01"', b'colloquialVersion="96.00.9F.00.01"'),  # claim other firmware
+    ],
+)
 def test_tampered_rim_refused(old: bytes, new: bytes) -> None:
     assert old in VBIOS_RIM
     with pytest.raises(VerificationError) as exc:
@@ -111,13 +113,14 @@ def test_rim_with_a_dtd_or_garbage_refused() -> None:
 
 def test_rim_ids_follow_nvidias_naming(gpu: FakeGpu | None = None) -> None:
     assert rim_ids("550.90.07", "96.00.9F.00.01", {"project": "1010", "project_sku": "0200", "chip_sku": "882"}) == (
-        "NV_GPU_DRIVER_GH100_550.90.07", "NV_GPU_VBIOS_1010_0200_882_96009F0001")
+        "NV_GPU_DRIVER_GH100_550.90.07",
+        "NV_GPU_VBIOS_1010_0200_882_96009F0001",
+    )
 
 
 def test_simulated_rims_from_a_dropped_signer_refused() -> None:
     """RIMs the GPU's own deployment did not sign (another simulation root) are refused."""
     gpu, other = FakeGpu(), FakeGpu()
     ev = dataclasses.replace(gpu.evidence(NONCE), rims=tuple(other.rims().values()))
-    v = nvidia_verdict(ev, NvidiaPolicy(require_revocation=False), expected_nonce=NONCE,
-                       trusted_roots=gpu.simulation_roots)
+    v = nvidia_verdict(ev, NvidiaPolicy(require_revocation=False), expected_nonce=NONCE, trusted_roots=gpu.simulation_roots)
     assert v.reason == "nvidia.rim_untrusted_root"

@@ -25,9 +25,7 @@ CRYPTO_ONLY = NvidiaPolicy(require_rims=False, require_revocation=False)
 @pytest.fixture(scope="module")
 def h100(vectors: Path) -> NvidiaEvidence:
     d = vectors / "nvidia" / "h100"
-    return NvidiaEvidence(
-        load_report((d / "report.hex").read_bytes()), (d / "cert_chain.pem").read_bytes()
-    )
+    return NvidiaEvidence(load_report((d / "report.hex").read_bytes()), (d / "cert_chain.pem").read_bytes())
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +38,17 @@ def _run(ev: NvidiaEvidence, policy: NvidiaPolicy):  # type: ignore[no-untyped-d
 
 
 def _sim(gpu: FakeGpu, policy: NvidiaPolicy | None = None, **evidence):  # type: ignore[no-untyped-def]
-    return nvidia_verdict(gpu.evidence(NONCE, **evidence), policy, expected_nonce=NONCE,
-                          trusted_roots=gpu.simulation_roots)
+    return nvidia_verdict(gpu.evidence(NONCE, **evidence), policy, expected_nonce=NONCE, trusted_roots=gpu.simulation_roots)
 
 
 def test_allowlists(h100: NvidiaEvidence) -> None:
-    ok = CRYPTO_ONLY.model_copy(update={
-        "allowed_driver_versions": ["550.90.07"], "allowed_vbios_versions": ["96.00.9f.00.01"],
-        "allowed_platforms": ["nvidia-h100"],
-    })
+    ok = CRYPTO_ONLY.model_copy(
+        update={
+            "allowed_driver_versions": ["550.90.07"],
+            "allowed_vbios_versions": ["96.00.9f.00.01"],
+            "allowed_platforms": ["nvidia-h100"],
+        }
+    )
     assert _run(h100, ok).accepted
     for field, value, reason in [
         ("allowed_driver_versions", ["560.35.03"], "nvidia.driver_not_allowed"),
@@ -60,8 +60,9 @@ def test_allowlists(h100: NvidiaEvidence) -> None:
 
 def test_manifest_reference_measurements(h100: NvidiaEvidence) -> None:
     blocks = parse_report(h100.report).blocks_by_index()
-    good = CRYPTO_ONLY.model_copy(update={
-        "reference_measurements": {2: [blocks[2].value.hex()], 5: ["00" * 48, blocks[5].value.hex()]}})
+    good = CRYPTO_ONLY.model_copy(
+        update={"reference_measurements": {2: [blocks[2].value.hex()], 5: ["00" * 48, blocks[5].value.hex()]}}
+    )
     assert _run(h100, good).accepted
     v = _run(h100, CRYPTO_ONLY.model_copy(update={"reference_measurements": {2: ["11" * 48]}}))
     assert v.reason == "nvidia.measurement_mismatch" and "2" in v.message
@@ -97,13 +98,21 @@ def test_devtools_mode_refused(gpu: FakeGpu) -> None:
 
 def test_revocation_too_old_refused(gpu: FakeGpu) -> None:
     old = datetime(2025, 1, 1, tzinfo=UTC)
-    v = nvidia_verdict(gpu.evidence(NONCE, now=old), NvidiaPolicy(max_revocation_age_hours=24),
-                       expected_nonce=NONCE, trusted_roots=gpu.simulation_roots,
-                       as_of=datetime(2025, 1, 1, 23, tzinfo=UTC))
+    v = nvidia_verdict(
+        gpu.evidence(NONCE, now=old),
+        NvidiaPolicy(max_revocation_age_hours=24),
+        expected_nonce=NONCE,
+        trusted_roots=gpu.simulation_roots,
+        as_of=datetime(2025, 1, 1, 23, tzinfo=UTC),
+    )
     assert v.accepted, v
-    v = nvidia_verdict(gpu.evidence(NONCE, now=old), NvidiaPolicy(max_revocation_age_hours=1),
-                       expected_nonce=NONCE, trusted_roots=gpu.simulation_roots,
-                       as_of=datetime(2025, 1, 1, 12, tzinfo=UTC))
+    v = nvidia_verdict(
+        gpu.evidence(NONCE, now=old),
+        NvidiaPolicy(max_revocation_age_hours=1),
+        expected_nonce=NONCE,
+        trusted_roots=gpu.simulation_roots,
+        as_of=datetime(2025, 1, 1, 12, tzinfo=UTC),
+    )
     assert v.reason == "nvidia.revocation_too_old"
 
 
@@ -115,6 +124,7 @@ def test_require_gpu_needs_gpu_reference_values() -> None:
 
 def test_single_measurement_report_refused(gpu: FakeGpu) -> None:
     report = build_report(gpu.keys["leaf"], NONCE, blocks={1: bytes(48)}, opaque={20: gpu.fwid}, operation=0x01)
-    v = nvidia_verdict(NvidiaEvidence(report, gpu.chain_pem()), CRYPTO_ONLY, expected_nonce=NONCE,
-                       trusted_roots=gpu.simulation_roots)
+    v = nvidia_verdict(
+        NvidiaEvidence(report, gpu.chain_pem()), CRYPTO_ONLY, expected_nonce=NONCE, trusted_roots=gpu.simulation_roots
+    )
     assert v.reason == "nvidia.partial_measurements"

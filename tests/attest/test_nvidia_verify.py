@@ -61,9 +61,7 @@ def test_h100_vector_accepted(h100: NvidiaEvidence) -> None:
 
 
 def test_pinned_root_is_the_vectors_root(vectors: Path, h100: NvidiaEvidence) -> None:
-    root = x509.load_pem_x509_certificate(
-        (vectors / "roots" / "canonical_NVIDIA_Device_Identity_CA.pem").read_bytes()
-    )
+    root = x509.load_pem_x509_certificate((vectors / "roots" / "canonical_NVIDIA_Device_Identity_CA.pem").read_bytes())
     assert fingerprint(root) == NVIDIA_DEVICE_IDENTITY_CA_SHA256
     chain = x509.load_pem_x509_certificates(h100.cert_chain_pem)
     assert fingerprint(chain[-1]) == NVIDIA_DEVICE_IDENTITY_CA_SHA256
@@ -71,9 +69,7 @@ def test_pinned_root_is_the_vectors_root(vectors: Path, h100: NvidiaEvidence) ->
 
 def test_chain_root_only_rejected(vectors: Path) -> None:
     d = vectors / "nvidia" / "chain-root-only"
-    ev = NvidiaEvidence(
-        load_report((d / "report.hex").read_bytes()), (d / "cert_chain.pem").read_bytes()
-    )
+    ev = NvidiaEvidence(load_report((d / "report.hex").read_bytes()), (d / "cert_chain.pem").read_bytes())
     v = _verify(ev)
     assert not v.accepted and v.reason == "nvidia.chain_too_short"
 
@@ -114,9 +110,7 @@ def test_before_validity_rejected(h100: NvidiaEvidence) -> None:
 
 
 def _pems(ev: NvidiaEvidence) -> list[bytes]:
-    return [
-        c.public_bytes(Encoding.PEM) for c in x509.load_pem_x509_certificates(ev.cert_chain_pem)
-    ]
+    return [c.public_bytes(Encoding.PEM) for c in x509.load_pem_x509_certificates(ev.cert_chain_pem)]
 
 
 def test_swapped_intermediates_rejected(h100: NvidiaEvidence) -> None:
@@ -166,17 +160,13 @@ def test_fake_gpu_needs_explicit_trust() -> None:
 
 def test_fwid_mismatch_rejected() -> None:
     gpu = FakeGpu(cert_fwid=bytes.fromhex("cd" * 48))
-    v = _verify(
-        gpu.evidence(FAKE_NONCE, now=FAKE_AS_OF), FAKE_NONCE, FAKE_AS_OF, trusted_roots=gpu.simulation_roots
-    )
+    v = _verify(gpu.evidence(FAKE_NONCE, now=FAKE_AS_OF), FAKE_NONCE, FAKE_AS_OF, trusted_roots=gpu.simulation_roots)
     assert v.reason == "nvidia.fwid_mismatch"
 
 
 def test_expired_chain_rejected() -> None:
     gpu = FakeGpu(not_after=FAKE_AS_OF - timedelta(days=1))
-    v = _verify(
-        gpu.evidence(FAKE_NONCE, now=FAKE_AS_OF), FAKE_NONCE, FAKE_AS_OF, trusted_roots=gpu.simulation_roots
-    )
+    v = _verify(gpu.evidence(FAKE_NONCE, now=FAKE_AS_OF), FAKE_NONCE, FAKE_AS_OF, trusted_roots=gpu.simulation_roots)
     assert v.reason == "nvidia.cert_expired"
 
 
@@ -191,9 +181,7 @@ def test_spdm_1_2_report_accepted() -> None:
     from veil.attest.nvidia.testing import build_report
 
     gpu = FakeGpu()
-    report = build_report(
-        gpu.keys["leaf"], FAKE_NONCE, blocks={1: bytes(48)}, opaque={20: gpu.fwid}, version=0x12
-    )
+    report = build_report(gpu.keys["leaf"], FAKE_NONCE, blocks={1: bytes(48)}, opaque={20: gpu.fwid}, version=0x12)
     assert parse_report(report).request.version == 0x12
     v = _verify(
         NvidiaEvidence(report, gpu.chain_pem()),
@@ -224,8 +212,11 @@ def test_verify_files(vectors: Path, tmp_path: Path) -> None:
     assert not refused.accepted and refused.reason == "nvidia.rim_missing"
     relaxed = tmp_path / "policy.json"
     relaxed.write_text(CRYPTO_ONLY.model_dump_json())
-    ok = verify_files(EvidenceFiles(platform="nvidia", report=d / "report.hex", cert_chain=d / "cert_chain.pem",
-                                    nonce=NONCE, as_of=AS_OF, policy=relaxed))
+    ok = verify_files(
+        EvidenceFiles(
+            platform="nvidia", report=d / "report.hex", cert_chain=d / "cert_chain.pem", nonce=NONCE, as_of=AS_OF, policy=relaxed
+        )
+    )
     assert ok.accepted, ok
     assert any(c.result.startswith("NOT CHECKED") for c in ok.checks)  # says what it did not check
     missing = EvidenceFiles(platform="nvidia", report=d / "report.hex")
@@ -241,14 +232,10 @@ def _der_to_pem(der: bytes) -> bytes:
     return b"-----BEGIN CERTIFICATE-----\n" + lines + b"\n-----END CERTIFICATE-----\n"
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_chain_or_report_never_raises(h100: NvidiaEvidence, data: st.DataObject) -> None:
-    ders = [
-        c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(h100.cert_chain_pem)
-    ]
+    ders = [c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(h100.cert_chain_pem)]
     which = data.draw(st.integers(0, len(ders) - 1))
     der = bytearray(ders[which])
     for _ in range(data.draw(st.integers(1, 3))):

@@ -34,8 +34,12 @@ def test_round_trip(sim: SimPlatform, trust: TrustRoots) -> None:
     m = measure_code()
     ev = sim.attest(b"nonce-and-key", measurement=m, host_data=b"\x07" * 32)
     assert len(ev.report) == REPORT_SIZE
-    v = snp_verdict(ev, SnpPolicy(measurements=[m.hex()], host_data=["07" * 32]), trust=trust,
-                        expected_report_data=b"nonce-and-key".ljust(64, b"\0"))
+    v = snp_verdict(
+        ev,
+        SnpPolicy(measurements=[m.hex()], host_data=["07" * 32]),
+        trust=trust,
+        expected_report_data=b"nonce-and-key".ljust(64, b"\0"),
+    )
     assert v.accepted, v
     c = v.claims
     assert c and c.platform == "sim-snp" and c.simulated and c.measurement == m.hex()
@@ -77,7 +81,10 @@ def test_chain_looks_like_amds(sim: SimPlatform) -> None:
     ext = vcek_extensions(sim.vcek)
     assert ext["product_name"] == "Milan-B0" and ext["hwid"] == sim.chip_id
     assert (ext["bootloader"], ext["tee"], ext["snp"], ext["microcode"]) == (
-        sim.tcb.bootloader, sim.tcb.tee, sim.tcb.snp, sim.tcb.microcode,
+        sim.tcb.bootloader,
+        sim.tcb.tee,
+        sim.tcb.snp,
+        sim.tcb.microcode,
     )
     assert sim.ark.public_key().key_size == 4096 and sim.ask.public_key().key_size == 4096  # type: ignore[union-attr]
 
@@ -145,9 +152,16 @@ def test_tampered_sim_report_never_accepted(sim: SimPlatform, trust: TrustRoots,
     raw[pos] ^= xor
     v = snp_verdict(dataclasses.replace(ev, report=bytes(raw)), trust=trust)
     assert not v.accepted
-    assert v.reason in ("snp.report_signature_invalid", "snp.malformed_report", "snp.tcb_mismatch",
-                        "snp.hwid_mismatch", "snp.product_mismatch", "snp.signing_key_mismatch",
-                        "snp.unsupported_signature_algo", "snp.report_unsigned")
+    assert v.reason in (
+        "snp.report_signature_invalid",
+        "snp.malformed_report",
+        "snp.tcb_mismatch",
+        "snp.hwid_mismatch",
+        "snp.product_mismatch",
+        "snp.signing_key_mismatch",
+        "snp.unsupported_signature_algo",
+        "snp.report_unsigned",
+    )
 
 
 @pytest.mark.parametrize("product", ["Genoa", "Turin"])

@@ -34,8 +34,11 @@ def test_every_certificate_is_pinned(product: str) -> None:
 def test_identical_to_the_published_roots(vectors: Path, product: str) -> None:
     """The same bytes as the canonical certificates other projects ship (../shared/vectors/roots)."""
     roots = vectors / "roots"
-    for kind, name in (("ark", f"canonical_ARK-{product}.pem"), ("vcek", f"canonical_SEV-{product}.pem"),
-                       ("vlek", f"canonical_SEV-VLEK-{product}.pem")):
+    for kind, name in (
+        ("ark", f"canonical_ARK-{product}.pem"),
+        ("vcek", f"canonical_SEV-{product}.pem"),
+        ("vlek", f"canonical_SEV-VLEK-{product}.pem"),
+    ):
         published = x509.load_pem_x509_certificate((roots / name).read_bytes()).public_bytes(Encoding.DER)
         shipped = x509.load_pem_x509_certificate(AMD_CERTIFICATES[(product, kind)].encode()).public_bytes(Encoding.DER)
         assert shipped == published, (product, kind)

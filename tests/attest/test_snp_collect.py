@@ -97,7 +97,9 @@ def test_configfs_report_verifies(tmp_path: Path, sim: SimPlatform) -> None:
     got = collect.get_report(b"k" * 64, tsm=FakeKernel(tmp_path, sim, aux=aux), device=tmp_path / "none")
     assert set(got.certificates) == {"vcek", "ask", "ark", "crl"}
     ev = collect.to_evidence(got, cache=CollateralCache(tmp_path / "cache"))
-    v = snp_verdict(ev, SnpPolicy(), trust=TrustRoots.production().with_simulation(sim.root_fingerprint), expected_report_data=b"k" * 64)
+    v = snp_verdict(
+        ev, SnpPolicy(), trust=TrustRoots.production().with_simulation(sim.root_fingerprint), expected_report_data=b"k" * 64
+    )
     assert v.accepted and v.claims and v.claims.simulated
 
 
@@ -116,8 +118,9 @@ def test_to_evidence_from_cache(tmp_path: Path, sim: SimPlatform) -> None:
     cache.write_crl("Milan", sim.current_crl())
     ev = collect.to_evidence(got, cache=cache)
     assert ev.chain_pem == b""  # the host sent no chain: the verifier uses the (here: simulated) root's
-    assert snp_verdict(dataclasses.replace(ev, chain_pem=sim.chain_pem),
-                       trust=TrustRoots.production().with_simulation(sim.root_fingerprint)).accepted
+    assert snp_verdict(
+        dataclasses.replace(ev, chain_pem=sim.chain_pem), trust=TrustRoots.production().with_simulation(sim.root_fingerprint)
+    ).accepted
 
 
 def test_configfs_race_and_provider(tmp_path: Path, sim: SimPlatform) -> None:

@@ -47,10 +47,13 @@ def test_crl_from_the_cache_or_the_evidence(milan: SnpEvidence) -> None:
         assert "#6 issued 2025-05-06, next update 2026-05-12 (25 days old, 0 revoked)" in crl.result
 
 
-@pytest.mark.parametrize(("when", "reason"), [
-    (dt.datetime(2025, 5, 1, tzinfo=UTC), "snp.crl_not_yet_valid"),  # before AMD issued it
-    (dt.datetime(2026, 6, 1, tzinfo=UTC), "snp.crl_expired"),  # past its next update
-])
+@pytest.mark.parametrize(
+    ("when", "reason"),
+    [
+        (dt.datetime(2025, 5, 1, tzinfo=UTC), "snp.crl_not_yet_valid"),  # before AMD issued it
+        (dt.datetime(2026, 6, 1, tzinfo=UTC), "snp.crl_expired"),  # past its next update
+    ],
+)
 def test_real_crl_time_window(milan: SnpEvidence, when: dt.datetime, reason: str) -> None:
     assert snp_verdict(dataclasses.replace(milan, crl=MILAN_CRL), as_of=when).reason == reason
 

@@ -55,7 +55,7 @@ def test_policy_file(vectors: Path, tmp_path: Path) -> None:
     d = vectors / "sev-snp" / "milan-vcek"
     (tmp_path / "p.json").write_text(json.dumps({"measurements": ["00" * 48]}))
     assert verify_files(_inputs(d, policy=tmp_path / "p.json")).reason == "snp.measurement_mismatch"
-    (tmp_path / "bad.json").write_text("{\"nope\": 1}")
+    (tmp_path / "bad.json").write_text('{"nope": 1}')
     assert verify_files(_inputs(d, policy=tmp_path / "bad.json")).reason == "cli.malformed_policy"
 
 

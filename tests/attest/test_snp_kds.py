@@ -17,9 +17,7 @@ CHIP = bytes(range(64))
 
 def test_vcek_url_milan() -> None:
     url = kds.vcek_url("Milan", CHIP, TcbVersion(3, 0, 8, 115))
-    assert url == (
-        f"https://kdsintf.amd.com/vcek/v1/Milan/{CHIP.hex()}?blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115"
-    )
+    assert url == (f"https://kdsintf.amd.com/vcek/v1/Milan/{CHIP.hex()}?blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115")
 
 
 def test_vcek_url_turin_uses_8_byte_hwid_and_fmc() -> None:

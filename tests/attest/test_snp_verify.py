@@ -302,8 +302,7 @@ def _vcek_with_key(sim: SimPlatform, key: object, *extensions: x509.ExtensionTyp
     for ext in extensions:
         builder = builder.add_extension(ext, critical=False)
     cert = (
-        builder
-        .subject_name(sim.vcek.subject)
+        builder.subject_name(sim.vcek.subject)
         .issuer_name(sim.ask.subject)
         .public_key(key)  # type: ignore[arg-type]
         .serial_number(7)
@@ -383,22 +382,33 @@ def _vlek_evidence(sim: SimPlatform) -> tuple[SnpEvidence, SnpEvidence]:
     asvk_key = rsa.generate_private_key(65537, 4096)
     asvk_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SEV-VLEK-Milan SIMULATED")])
     asvk = (
-        x509.CertificateBuilder().subject_name(asvk_name).issuer_name(sim.ark.subject)
-        .public_key(asvk_key.public_key()).serial_number(99)
-        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+        x509.CertificateBuilder()
+        .subject_name(asvk_name)
+        .issuer_name(sim.ark.subject)
+        .public_key(asvk_key.public_key())
+        .serial_number(99)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
         .sign(sim.ark_key, hashes.SHA384(), rsa_padding=PSS)
     )
     vlek_key = ec.generate_private_key(ec.SECP384R1())
     tcb = sim.tcb
     exts = [
-        (OID_PRODUCT_NAME, _der_ia5("Milan-B0")), (OID_BL_SPL, _der_int(tcb.bootloader)),
-        (OID_TEE_SPL, _der_int(tcb.tee)), (OID_SNP_SPL, _der_int(tcb.snp)),
-        (OID_UCODE_SPL, _der_int(tcb.microcode)), (OID_CSP_ID, _der_ia5("veil-test-csp")),
+        (OID_PRODUCT_NAME, _der_ia5("Milan-B0")),
+        (OID_BL_SPL, _der_int(tcb.bootloader)),
+        (OID_TEE_SPL, _der_int(tcb.tee)),
+        (OID_SNP_SPL, _der_int(tcb.snp)),
+        (OID_UCODE_SPL, _der_int(tcb.microcode)),
+        (OID_CSP_ID, _der_ia5("veil-test-csp")),
     ]
     builder = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SEV-VLEK")]))
-        .issuer_name(asvk_name).public_key(vlek_key.public_key()).serial_number(5)
-        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SEV-VLEK")]))
+        .issuer_name(asvk_name)
+        .public_key(vlek_key.public_key())
+        .serial_number(5)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
     )
     for oid, value in exts:
         builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False)
@@ -407,11 +417,15 @@ def _vlek_evidence(sim: SimPlatform) -> tuple[SnpEvidence, SnpEvidence]:
 
     def signed(signing_key: int) -> SnpEvidence:
         report = dataclasses.replace(
-            parse_report(sim.attest(b"vlek", measurement=bytes(48)).report), signing_key=signing_key, chip_id=bytes(64),
+            parse_report(sim.attest(b"vlek", measurement=bytes(48)).report),
+            signing_key=signing_key,
+            chip_id=bytes(64),
             mask_chip_key=True,
         )
         r, s = decode_dss_signature(vlek_key.sign(report.signed_bytes(), ec.ECDSA(hashes.SHA384())))
-        return SnpEvidence(report.with_signature(r, s).to_bytes(), vlek.public_bytes(serialization.Encoding.DER), chain, sim.current_crl())
+        return SnpEvidence(
+            report.with_signature(r, s).to_bytes(), vlek.public_bytes(serialization.Encoding.DER), chain, sim.current_crl()
+        )
 
     return signed(1), signed(0)
 

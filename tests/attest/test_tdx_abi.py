@@ -56,11 +56,14 @@ def test_truncated_signature_data_refused(v4: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("offset", "value", "reason"),
-    [(0, struct.pack("<H", 3), "tdx.unsupported_quote"), (4, struct.pack("<I", 0), "tdx.unsupported_quote"),
-     (2, struct.pack("<H", 3), "tdx.unsupported_quote")],
+    [
+        (0, struct.pack("<H", 3), "tdx.unsupported_quote"),
+        (4, struct.pack("<I", 0), "tdx.unsupported_quote"),
+        (2, struct.pack("<H", 3), "tdx.unsupported_quote"),
+    ],
 )
 def test_header_refusals(v4: bytes, offset: int, value: bytes, reason: str) -> None:
-    bad = v4[:offset] + value + v4[offset + len(value):]
+    bad = v4[:offset] + value + v4[offset + len(value) :]
     with pytest.raises(ParseError) as e:
         parse_quote(bad)
     assert e.value.reason == reason

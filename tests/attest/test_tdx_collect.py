@@ -67,10 +67,13 @@ def test_collect_writes_inblob_and_reads_the_quote(tmp_path: Path, sim: SimTdxPl
     assert fmspc_of(quote) == sim.fmspc.hex()
 
 
-@pytest.mark.parametrize(("kernel_kw", "reason"), [
-    ({"provider": "sev_guest"}, "tdx.collect_wrong_provider"),
-    ({"race": True}, "tdx.collect_race"),
-])
+@pytest.mark.parametrize(
+    ("kernel_kw", "reason"),
+    [
+        ({"provider": "sev_guest"}, "tdx.collect_wrong_provider"),
+        ({"race": True}, "tdx.collect_race"),
+    ],
+)
 def test_refusals(tmp_path: Path, sim: SimTdxPlatform, kernel_kw: dict, reason: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ProtocolError) as e:
         collect_quote(bytes(64), tsm=FakeTdxKernel(tmp_path / "report", sim, **kernel_kw))

@@ -19,10 +19,17 @@ from veil.attest.tdx.abi import BODY_TYPE_TD10, BODY_TYPE_TD15, TdxQuote, parse_
 DATA = Path(__file__).parents[1] / "data" / "tdx"
 PUBLISHED = sorted(DATA.glob("*"))
 BODY_FIELDS = {  # Veil's name -> dcap-qvl's
-    "tee_tcb_svn": "tee_tcb_svn", "mr_seam": "mr_seam", "mr_signer_seam": "mr_signer_seam",
-    "seam_attributes": "seam_attributes", "td_attributes": "td_attributes", "xfam": "xfam",
-    "mr_td": "mr_td", "mr_config_id": "mr_config_id", "mr_owner": "mr_owner",
-    "mr_owner_config": "mr_owner_config", "report_data": "report_data",
+    "tee_tcb_svn": "tee_tcb_svn",
+    "mr_seam": "mr_seam",
+    "mr_signer_seam": "mr_signer_seam",
+    "seam_attributes": "seam_attributes",
+    "td_attributes": "td_attributes",
+    "xfam": "xfam",
+    "mr_td": "mr_td",
+    "mr_config_id": "mr_config_id",
+    "mr_owner": "mr_owner",
+    "mr_owner_config": "mr_owner_config",
+    "report_data": "report_data",
 }
 
 
@@ -34,18 +41,35 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> SimTdxPlatform:
 def _quotes(vectors: Path, sim: SimTdxPlatform) -> dict[str, bytes]:
     quotes = {f"vectors/{n}": (vectors / "tdx" / n / "quote.dat").read_bytes() for n in ("uptodate", "no-tcb-level")}
     quotes.update({f"data/{p.name}": p.read_bytes() for p in PUBLISHED})
-    for version, body, debug in ((4, BODY_TYPE_TD10, False), (5, BODY_TYPE_TD10, False), (5, BODY_TYPE_TD15, False),
-                                 (4, BODY_TYPE_TD10, True)):
+    for version, body, debug in (
+        (4, BODY_TYPE_TD10, False),
+        (5, BODY_TYPE_TD10, False),
+        (5, BODY_TYPE_TD15, False),
+        (4, BODY_TYPE_TD10, True),
+    ):
         quotes[f"sim v{version} body{body} debug={debug}"] = sim.quote(
-            b"parity", mr_td=bytes(range(48)), version=version, body_type=body, debug=debug,
-            mr_config_id=b"\x42" * 48, rtmrs=tuple(bytes([i]) * 48 for i in range(4)))
+            b"parity",
+            mr_td=bytes(range(48)),
+            version=version,
+            body_type=body,
+            debug=debug,
+            mr_config_id=b"\x42" * 48,
+            rtmrs=tuple(bytes([i]) * 48 for i in range(4)),
+        )
     return quotes
 
 
 def _compare(name: str, veil: TdxQuote, ref: "dcap_qvl.Quote") -> None:
     h, rh = veil.header, ref.header
     assert (h.version, h.attestation_key_type, h.tee_type, h.qe_svn, h.pce_svn, h.qe_vendor_id, h.user_data) == (
-        rh.version, rh.attestation_key_type, rh.tee_type, rh.qe_svn, rh.pce_svn, rh.qe_vendor_id, rh.user_data), name
+        rh.version,
+        rh.attestation_key_type,
+        rh.tee_type,
+        rh.qe_svn,
+        rh.pce_svn,
+        rh.qe_vendor_id,
+        rh.user_data,
+    ), name
     report = ref.report
     for mine, theirs in BODY_FIELDS.items():
         assert getattr(veil.body, mine) == getattr(report, theirs), (name, mine)

@@ -14,8 +14,12 @@ IN_WINDOW = datetime(2025, 7, 1, tzinfo=timezone.utc)
 
 def files(vectors: Path, **kw: object) -> EvidenceFiles:
     d = vectors / "tdx/uptodate"
-    base: dict[str, object] = {"platform": "tdx", "quote": d / "quote.dat",
-                               "collateral": d / "collateral.json", "as_of": IN_WINDOW}
+    base: dict[str, object] = {
+        "platform": "tdx",
+        "quote": d / "quote.dat",
+        "collateral": d / "collateral.json",
+        "as_of": IN_WINDOW,
+    }
     base.update(kw)
     return EvidenceFiles(**base)  # type: ignore[arg-type]
 

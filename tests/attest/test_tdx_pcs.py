@@ -34,8 +34,9 @@ def fake_pccs(sim: SimTdxPlatform, *, tamper: bool = False) -> Starlette:
     async def pckcrl(request: Request) -> Response:
         seen.append(str(request.url))
         assert request.query_params["ca"] == "platform" and request.query_params["encoding"] == "der"
-        return Response(bytes.fromhex(col["pck_crl"]),
-                        headers={"SGX-PCK-CRL-Issuer-Chain": urllib.parse.quote(col["pck_crl_issuer_chain"])})
+        return Response(
+            bytes.fromhex(col["pck_crl"]), headers={"SGX-PCK-CRL-Issuer-Chain": urllib.parse.quote(col["pck_crl_issuer_chain"])}
+        )
 
     async def rootcacrl(request: Request) -> Response:
         seen.append(str(request.url))
@@ -53,13 +54,16 @@ def fake_pccs(sim: SimTdxPlatform, *, tamper: bool = False) -> Starlette:
     async def qe_identity(request: Request) -> Response:
         seen.append(str(request.url))
         body = '{"enclaveIdentity":' + col["qe_identity"] + ',"signature":"' + col["qe_identity_signature"] + '"}'
-        return Response(body, headers={
-            "SGX-Enclave-Identity-Issuer-Chain": urllib.parse.quote(col["qe_identity_issuer_chain"])})
+        return Response(body, headers={"SGX-Enclave-Identity-Issuer-Chain": urllib.parse.quote(col["qe_identity_issuer_chain"])})
 
-    app = Starlette(routes=[
-        Route("/sgx/certification/v4/pckcrl", pckcrl), Route("/sgx/certification/v4/rootcacrl", rootcacrl),
-        Route("/tdx/certification/v4/tcb", tcb), Route("/tdx/certification/v4/qe/identity", qe_identity),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/sgx/certification/v4/pckcrl", pckcrl),
+            Route("/sgx/certification/v4/rootcacrl", rootcacrl),
+            Route("/tdx/certification/v4/tcb", tcb),
+            Route("/tdx/certification/v4/qe/identity", qe_identity),
+        ]
+    )
     app.state.seen = seen
     return app
 
@@ -70,8 +74,10 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> SimTdxPlatform:
 
 
 def _fetch(quote: Path, cache: Path, url: str, *extra: str):  # type: ignore[no-untyped-def]
-    result = runner.invoke(collateral_cli.app, ["fetch", "--platform", "tdx", "--quote", str(quote), "--cache", str(cache),
-                                                "--pccs-url", url, "--json", *extra])
+    result = runner.invoke(
+        collateral_cli.app,
+        ["fetch", "--platform", "tdx", "--quote", str(quote), "--cache", str(cache), "--pccs-url", url, "--json", *extra],
+    )
     return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else None
 
 
@@ -92,11 +98,19 @@ def test_fetch_verify_cache_then_verify_offline(sim: SimTdxPlatform, tmp_path: P
     assert "/tdx/certification/v4/tcb" in paths and "/sgx/certification/v4/pckcrl" in paths
     assert CollateralCache(tmp_path / "cache").read_tdx(sim.fmspc.hex()) is not None
     # offline now: `veil evidence verify` takes the collateral from the cache by the quote's FMSPC
-    verdict = verify_files(EvidenceFiles(platform="sim-tdx", quote=quote, cache_dir=tmp_path / "cache",
-                                         simulation_roots=(sim.root_fingerprint,), report_data=b"q" * 64))
+    verdict = verify_files(
+        EvidenceFiles(
+            platform="sim-tdx",
+            quote=quote,
+            cache_dir=tmp_path / "cache",
+            simulation_roots=(sim.root_fingerprint,),
+            report_data=b"q" * 64,
+        )
+    )
     assert verdict.accepted, verdict
-    none = verify_files(EvidenceFiles(platform="sim-tdx", quote=quote, cache_dir=tmp_path / "empty",
-                                      simulation_roots=(sim.root_fingerprint,)))
+    none = verify_files(
+        EvidenceFiles(platform="sim-tdx", quote=quote, cache_dir=tmp_path / "empty", simulation_roots=(sim.root_fingerprint,))
+    )
     assert none.reason == "tdx.collateral_missing" and none.error == "parse"
 
 

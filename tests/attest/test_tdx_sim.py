@@ -51,8 +51,11 @@ def test_refused_unless_its_root_is_trusted(sim: SimTdxPlatform) -> None:
     v = tdx_verdict(sim.quote(b"n", mr_td=bytes(48)), sim.current_collateral())
     assert v.reason == "tdx.collateral_root_untrusted" and "SIMULATED TEE (sim-tdx" in v.message
     other = SimTdxPlatform.create(sim.directory.parent / "other-sim")
-    mixed = tdx_verdict(sim.quote(b"n", mr_td=bytes(48)), other.current_collateral(),
-                        trust=TrustRoots.production().with_simulation(other.root_fingerprint))
+    mixed = tdx_verdict(
+        sim.quote(b"n", mr_td=bytes(48)),
+        other.current_collateral(),
+        trust=TrustRoots.production().with_simulation(other.root_fingerprint),
+    )
     assert not mixed.accepted and mixed.reason.startswith("tdx.")  # another deployment's collateral
 
 
@@ -73,8 +76,10 @@ def test_tampered_quote_and_stale_collateral(sim: SimTdxPlatform, trust: TrustRo
     quote[48 + 136] ^= 1  # MRTD
     assert tdx_verdict(bytes(quote), sim.current_collateral(), trust=trust).reason == "tdx.quote_signature_invalid"
     later = dt.datetime.now(UTC) + dt.timedelta(days=31)
-    assert tdx_verdict(sim.quote(b"n", mr_td=bytes(48)), sim.current_collateral(), trust=trust,
-                       as_of=later).reason == "tdx.collateral_expired"
+    assert (
+        tdx_verdict(sim.quote(b"n", mr_td=bytes(48)), sim.current_collateral(), trust=trust, as_of=later).reason
+        == "tdx.collateral_expired"
+    )
     old = sim.issue_collateral(issued=dt.datetime.now(UTC) - dt.timedelta(days=40))
     assert tdx_verdict(sim.quote(b"n", mr_td=bytes(48)), old, trust=trust).reason == "tdx.collateral_expired"
 
@@ -121,10 +126,21 @@ def _ref(**tdx: object) -> ReferenceValues:
 
 def test_reference_values(sim: SimTdxPlatform) -> None:
     rtmrs = [r.hex() for r in DEFAULT_RTMRS]
-    verified = _appraise(sim, _ref(rtmr0=[rtmrs[0]], rtmr1=[rtmrs[1]], rtmr2=[rtmrs[2]], rtmr3=[rtmrs[3]],
-                                   mr_config_id=["c0" * 48], min_tcb_status="UpToDate", allowed_advisory_ids=[],
-                                   td_attributes_mask=1, td_attributes_expected=0),
-                         launch=b"\xc0" * 48)
+    verified = _appraise(
+        sim,
+        _ref(
+            rtmr0=[rtmrs[0]],
+            rtmr1=[rtmrs[1]],
+            rtmr2=[rtmrs[2]],
+            rtmr3=[rtmrs[3]],
+            mr_config_id=["c0" * 48],
+            min_tcb_status="UpToDate",
+            allowed_advisory_ids=[],
+            td_attributes_mask=1,
+            td_attributes_expected=0,
+        ),
+        launch=b"\xc0" * 48,
+    )
     assert verified.claims.details["mr_config_id"] == "c0" * 48
     names = [c.name for c in verified.checks]
     assert {"TD attributes", "TCB status", "measurements"} <= set(names)

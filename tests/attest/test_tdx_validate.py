@@ -16,11 +16,18 @@ MRTD = "ab" * 48
 
 def claims(**over: object) -> Claims:
     base = Claims(
-        platform="tdx", measurement=MRTD, report_data=bytes(64), debug=False,
+        platform="tdx",
+        measurement=MRTD,
+        report_data=bytes(64),
+        debug=False,
         tcb={"status": "UpToDate", "advisory_ids": ["INTEL-SA-00837"]},
-        details={"td_attributes": "0000001000000000", "xfam": "e702060000000000",
-                 "mr_seam": "11" * 48, "mr_config_id": "00" * 48,
-                 **{f"rtmr{i}": f"{i:02x}" * 48 for i in range(4)}},
+        details={
+            "td_attributes": "0000001000000000",
+            "xfam": "e702060000000000",
+            "mr_seam": "11" * 48,
+            "mr_config_id": "00" * 48,
+            **{f"rtmr{i}": f"{i:02x}" * 48 for i in range(4)},
+        },
     )
     return dataclasses.replace(base, **over)  # type: ignore[arg-type]
 

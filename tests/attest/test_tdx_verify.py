@@ -46,8 +46,10 @@ def test_uptodate_rejected_today(vectors: Path) -> None:
 
 @pytest.mark.parametrize(
     ("when", "reason"),
-    [(datetime(2025, 1, 1, tzinfo=timezone.utc), "tdx.collateral_not_yet_valid"),
-     (datetime(2025, 8, 1, tzinfo=timezone.utc), "tdx.collateral_expired")],
+    [
+        (datetime(2025, 1, 1, tzinfo=timezone.utc), "tdx.collateral_not_yet_valid"),
+        (datetime(2025, 8, 1, tzinfo=timezone.utc), "tdx.collateral_expired"),
+    ],
 )
 def test_wrong_as_of(vectors: Path, when: datetime, reason: str) -> None:
     quote, col = load(vectors, "uptodate")
@@ -95,7 +97,7 @@ def test_changed_pck_crl(vectors: Path) -> None:
     quote, col = load(vectors, "uptodate")
     crl = col["pck_crl"]
     i = len(crl) - 20
-    col = {**col, "pck_crl": crl[:i] + ("0" if crl[i] != "0" else "1") + crl[i + 1:]}
+    col = {**col, "pck_crl": crl[:i] + ("0" if crl[i] != "0" else "1") + crl[i + 1 :]}
     v = tdx_verdict(quote, col, as_of=IN_WINDOW)
     assert not v.accepted
     assert v.reason in {"tdx.collateral_signature_invalid", "tdx.collateral_malformed", "tdx.pck_chain_invalid"}

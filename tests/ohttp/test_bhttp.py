@@ -47,9 +47,7 @@ FIG11 = bytes.fromhex(
     "6e7420696e636c75646573206120747261696c696e672043524c462e0d0a0000"
 )
 # Figure 13: known-length response with a trailer.
-FIG13 = bytes.fromhex(
-    "0140c8001d5468697320636f6e74656e7420636f6e7461696e732043524c462e0d0a0d07747261696c65720474657874"
-)
+FIG13 = bytes.fromhex("0140c8001d5468697320636f6e74656e7420636f6e7461696e732043524c462e0d0a0d07747261696c65720474657874")
 HELLO_HEADERS = [
     ("user-agent", "curl/7.16.3 libcurl/7.16.3 OpenSSL/0.9.7l zlib/1.2.3"),
     ("host", "www.example.com"),

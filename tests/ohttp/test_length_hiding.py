@@ -26,8 +26,13 @@ TAG = 16
 
 
 def _event(delta: dict, finish: str | None = None) -> bytes:
-    doc = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "m",
-           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    doc = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
 
@@ -61,9 +66,14 @@ class _Engine(httpx.AsyncBaseTransport):
             pieces += [_event({}, "stop"), b"data: [DONE]\n\n"]
             return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_Pieces(pieces))
         text = body["messages"][-1]["content"]
-        answer = {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                  "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        answer = {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
         return httpx.Response(200, json=answer)
 
 
@@ -120,7 +130,9 @@ def _stream_tokens(pair: KeyPair, padding: PaddingSettings | None, *, crlf: bool
 
     async def go() -> list[str]:
         t = AsyncOhttpTransport(pair.config, "http://gw", transport=tap)
-        client = openai.AsyncOpenAI(base_url="http://api.local/v1", api_key="x", http_client=httpx.AsyncClient(transport=t), max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url="http://api.local/v1", api_key="x", http_client=httpx.AsyncClient(transport=t), max_retries=0
+        )
         kw = {"extra_body": {"crlf": True}} if crlf else {}
         stream = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True, **kw)
         out = [c.choices[0].delta.content async for c in stream if c.choices[0].delta.content is not None]
@@ -174,10 +186,14 @@ def test_padded_stream_hides_token_lengths_and_sdk_still_parses(pair: KeyPair, c
 
 
 def test_whole_responses_and_requests_are_padded(pair: KeyPair) -> None:
-    async def go(padding: PaddingSettings | None, pad_requests: int | None, chunked: bool) -> tuple[list[int], list[int], list[str]]:
+    async def go(
+        padding: PaddingSettings | None, pad_requests: int | None, chunked: bool
+    ) -> tuple[list[int], list[int], list[str]]:
         tap = _Tap(httpx.ASGITransport(_gateway(pair, padding)))
         t = AsyncOhttpTransport(pair.config, "http://gw", chunked=chunked, transport=tap, pad_requests=pad_requests)
-        client = openai.AsyncOpenAI(base_url="http://api.local/v1", api_key="x", http_client=httpx.AsyncClient(transport=t), max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url="http://api.local/v1", api_key="x", http_client=httpx.AsyncClient(transport=t), max_retries=0
+        )
         texts = []
         for prompt in ("hi", "a much longer question about the weather in Lisbon tomorrow " * 2):
             r = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}])

@@ -161,7 +161,9 @@ def test_fixed_nonce_and_key_are_deterministic() -> None:
     a = ChunkedRequestSender(kp.config, ephemeral_private_key=skE)
     b = ChunkedRequestSender(kp.config, ephemeral_private_key=skE)
     assert a.header == b.header and a.seal_final(b"x") == b.seal_final(b"x")
-    body, rx = decapsulate_chunked_request(KeyStore([kp]), a.header + ChunkedRequestSender(kp.config, ephemeral_private_key=skE).seal_final(b"x"))
+    body, rx = decapsulate_chunked_request(
+        KeyStore([kp]), a.header + ChunkedRequestSender(kp.config, ephemeral_private_key=skE).seal_final(b"x")
+    )
     assert body == b"x"
     nonce = b"\x07" * 16  # AES-128-GCM: max(Nk, Nn) = 16
     s1, s2 = rx.response_sender(response_nonce=nonce), rx.response_sender(response_nonce=nonce)

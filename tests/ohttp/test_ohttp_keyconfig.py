@@ -25,9 +25,7 @@ from veil.ohttp.keyconfig import (
 from veil.ohttp.preference import choose_suite
 
 # RFC 9458 Appendix A.
-RFC_CONFIG = bytes.fromhex(
-    "01002031e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e79815500080001000100010003"
-)
+RFC_CONFIG = bytes.fromhex("01002031e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e79815500080001000100010003")
 RFC_SKR = bytes.fromhex("3c168975674b2fa8e465970b79c8dcf09f1c741626480bd4c6162fc5b6a98e1a")
 RFC_SUITES = (SymmetricSuite(1, 1), SymmetricSuite(1, 3))
 
@@ -100,7 +98,12 @@ def test_default_suites_per_kem() -> None:
 def test_each_generation_has_both_configurations_x25519_first() -> None:
     store = KeyStore(new_generation(0) + new_generation(3))
     configs = decode_key_config_list(store.encode_configs())
-    assert [(c.key_id, c.kem_id) for c in configs] == [(0, KEM_X25519_SHA256), (1, KEM_XWING), (6, KEM_X25519_SHA256), (7, KEM_XWING)]
+    assert [(c.key_id, c.kem_id) for c in configs] == [
+        (0, KEM_X25519_SHA256),
+        (1, KEM_XWING),
+        (6, KEM_X25519_SHA256),
+        (7, KEM_XWING),
+    ]
     assert key_ids_for(3) == (6, 7) and key_ids_for(127) == (254, 255)
     assert [(p.key_id, p.kem_id) for p in new_generation(128)] == [(0, KEM_X25519_SHA256), (1, KEM_XWING)]
     # The first entry is what a standard client uses: X25519 with AES-128-GCM.

@@ -26,8 +26,7 @@ SIZE = FIRST + 4 * FULL + 1234  # six segments, the last one short
 
 
 def _open_fds() -> set[str]:
-    return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
-            if os.path.exists(f"/proc/self/fd/{fd}")}
+    return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")}
 
 
 @pytest.fixture
@@ -77,11 +76,11 @@ def test_truncation_detected_while_streaming_without_length(sealed) -> None:
     spans = _segment_offsets(header, blob)
     for cut in [spans[1][1], (spans[3][0] + spans[3][1]) // 2, len(blob) - 1]:
         part = blob[:cut]
-        client = httpx.Client(transport=httpx.MockTransport(
-            lambda _r, part=part: httpx.Response(200, content=iter([part]))))
+        client = httpx.Client(transport=httpx.MockTransport(lambda _r, part=part: httpx.Response(200, content=iter([part]))))
         with pytest.raises(VeilError) as err:
-            unseal_to_memfd("http://store/m.sealed", key, http_client=client, threads=True,
-                            expected_digest=header.sealed_sha256)  # helper threads stop on errors too
+            unseal_to_memfd(
+                "http://store/m.sealed", key, http_client=client, threads=True, expected_digest=header.sealed_sha256
+            )  # helper threads stop on errors too
         assert err.value.reason == "seal.truncated"
 
 
@@ -112,29 +111,32 @@ def test_splice_from_another_file_with_the_same_key(tmp_path: Path, sealed) -> N
     s, e = _segment_offsets(header, blob)[2]
     _refuse(tmp_path, blob[:s] + other[s:e] + blob[e:], key, "seal.tampered")
     # the other file's (validly MACed) header on this body: the segment key no longer matches
-    _refuse(tmp_path, other[:len(other_header.raw)] + blob[len(header.raw):], key, "seal.tampered")
+    _refuse(tmp_path, other[: len(other_header.raw)] + blob[len(header.raw) :], key, "seal.tampered")
     # this header and stream header on the other body
     cut = len(header.raw) + TINK_HEADER_SIZE
     _refuse(tmp_path, blob[:cut] + other[cut:], key, "seal.tampered")
 
 
 def _flip(blob: bytes, offset: int) -> bytes:
-    return blob[:offset] + bytes([blob[offset] ^ 0x01]) + blob[offset + 1:]
+    return blob[:offset] + bytes([blob[offset] ^ 0x01]) + blob[offset + 1 :]
 
 
 KID = len("model")
 
 
-@pytest.mark.parametrize("field,offset,reason", [
-    ("magic", 0, "seal.malformed"),
-    ("segment size", 16, "seal.tampered"),
-    ("plaintext size", 25, "seal.tampered"),
-    ("plaintext sha256", 40, "seal.tampered"),
-    ("key id", 58, "seal.tampered"),
-    ("key check value", 58 + KID, "seal.wrong_key"),  # indistinguishable from a wrong key, still refused
-    ("header mac", 58 + KID + 16, "seal.tampered"),
-    ("header mac end", 58 + KID + 47, "seal.tampered"),
-])
+@pytest.mark.parametrize(
+    "field,offset,reason",
+    [
+        ("magic", 0, "seal.malformed"),
+        ("segment size", 16, "seal.tampered"),
+        ("plaintext size", 25, "seal.tampered"),
+        ("plaintext sha256", 40, "seal.tampered"),
+        ("key id", 58, "seal.tampered"),
+        ("key check value", 58 + KID, "seal.wrong_key"),  # indistinguishable from a wrong key, still refused
+        ("header mac", 58 + KID + 16, "seal.tampered"),
+        ("header mac end", 58 + KID + 47, "seal.tampered"),
+    ],
+)
 def test_tampered_header(tmp_path: Path, sealed, field: str, offset: int, reason: str) -> None:
     key, _, header, blob = sealed
     assert offset < len(header.raw)
@@ -166,8 +168,12 @@ def test_digest_pins(tmp_path: Path, sealed) -> None:
     _refuse(tmp_path, blob, key, "seal.digest_mismatch", expected_plaintext_digest="sha256:" + "11" * 32)
     path = tmp_path / "ok.sealed"
     path.write_bytes(blob)
-    with unseal_to_memfd(path, key, expected_digest="sha256:" + header.sealed_sha256.upper(),
-                         expected_plaintext_digest=hashlib.sha256(data).hexdigest()) as mf:
+    with unseal_to_memfd(
+        path,
+        key,
+        expected_digest="sha256:" + header.sealed_sha256.upper(),
+        expected_plaintext_digest=hashlib.sha256(data).hexdigest(),
+    ) as mf:
         assert mf.read() == data
 
 

@@ -29,14 +29,14 @@ def test_seal_generates_key_and_prints_manifest_fields(tmp_path: Path) -> None:
     key_file = tmp_path / "model.sealed.key"
     assert fields["key_id"] == "smollm2" and fields["key_file"] == str(key_file)
     assert key_file.stat().st_mode & 0o777 == 0o600
-    with unseal_to_memfd(out, load_data_key(key_file), expected_digest=fields["sealed_sha256"],
-                         expected_plaintext_digest=fields["sha256"]) as mf:
+    with unseal_to_memfd(
+        out, load_data_key(key_file), expected_digest=fields["sealed_sha256"], expected_plaintext_digest=fields["sha256"]
+    ) as mf:
         assert mf.read() == data
 
     # an existing key file is reused, and never overwritten
     before = key_file.read_bytes()
-    res = CliRunner().invoke(app, ["seal", str(model), "--out", str(tmp_path / "b.sealed"),
-                                   "--key-file", str(key_file)])
+    res = CliRunner().invoke(app, ["seal", str(model), "--out", str(tmp_path / "b.sealed"), "--key-file", str(key_file)])
     assert res.exit_code == 0, res.output
     assert key_file.read_bytes() == before
     assert "sealed_sha256" in res.stdout
@@ -45,8 +45,7 @@ def test_seal_generates_key_and_prints_manifest_fields(tmp_path: Path) -> None:
 def test_seal_refuses_a_bad_key_file(tmp_path: Path) -> None:
     (tmp_path / "m").write_bytes(b"x")
     (tmp_path / "k").write_text("not a key")
-    res = CliRunner().invoke(app, ["seal", str(tmp_path / "m"), "--out", str(tmp_path / "o"),
-                                   "--key-file", str(tmp_path / "k")])
+    res = CliRunner().invoke(app, ["seal", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--key-file", str(tmp_path / "k")])
     assert res.exit_code == 1 and "seal.bad_key" in res.output
     assert (tmp_path / "k").read_text() == "not a key" and not (tmp_path / "o").exists()
 

@@ -33,8 +33,9 @@ def _seal(tmp_path: Path, data: bytes, key: bytes, name: str = "m", **kw) -> tup
     return dst, header
 
 
-@pytest.mark.parametrize("size", [0, 1, FIRST - 1, FIRST, FIRST + 1, FIRST + FULL, FIRST + 3 * FULL,
-                                  FIRST + 5 * FULL - 7, 100_000])
+@pytest.mark.parametrize(
+    "size", [0, 1, FIRST - 1, FIRST, FIRST + 1, FIRST + FULL, FIRST + 3 * FULL, FIRST + 5 * FULL - 7, 100_000]
+)
 def test_round_trip(tmp_path: Path, size: int) -> None:
     key = generate_data_key()
     data = os.urandom(size)
@@ -45,8 +46,9 @@ def test_round_trip(tmp_path: Path, size: int) -> None:
     assert dst.stat().st_size == header.sealed_size
     assert not (tmp_path / "m.sealed.partial").exists()
     for threads in (False, True):
-        with unseal_to_memfd(dst, key, expected_digest=header.sealed_sha256,
-                             expected_plaintext_digest=header.plaintext_sha256, threads=threads) as mf:
+        with unseal_to_memfd(
+            dst, key, expected_digest=header.sealed_sha256, expected_plaintext_digest=header.plaintext_sha256, threads=threads
+        ) as mf:
             assert mf.size == size and mf.sha256 == header.plaintext_sha256
             assert mf.read() == data
             with open(mf.path, "rb") as f:
@@ -82,22 +84,29 @@ def test_header_fields_and_parse() -> None:
     assert header.raw[:8] == b"VEILSEAL" and len(header.raw) == 106 + len("llama-3-8b/v2")
     again = parse_header(header.raw + b"trailing bytes are not header")
     assert again == header
-    assert (again.key_id, again.plaintext_size, again.plaintext_sha256, again.segment_size) == \
-        ("llama-3-8b/v2", 1, digest.hex(), SEG)
+    assert (again.key_id, again.plaintext_size, again.plaintext_sha256, again.segment_size) == (
+        "llama-3-8b/v2",
+        1,
+        digest.hex(),
+        SEG,
+    )
     header.verify_key(key)
     with pytest.raises(VeilError) as err:
         header.verify_key(generate_data_key())
     assert err.value.reason == "seal.wrong_key"
 
 
-@pytest.mark.parametrize("mutate,reason", [
-    (lambda raw: b"NOTVEIL!" + raw[8:], "seal.malformed"),
-    (lambda raw: raw[:8] + b"\x00\x02" + raw[10:], "seal.unsupported_version"),
-    (lambda raw: raw[:12] + b"\x07" + raw[13:], "seal.malformed"),  # unknown algorithm
-    (lambda raw: raw[:14] + b"\x00\x00\x00\x10" + raw[18:], "seal.malformed"),  # segment size 16
-    (lambda raw: raw[:30], "seal.truncated"),
-    (lambda raw: raw[:5], "seal.truncated"),
-])
+@pytest.mark.parametrize(
+    "mutate,reason",
+    [
+        (lambda raw: b"NOTVEIL!" + raw[8:], "seal.malformed"),
+        (lambda raw: raw[:8] + b"\x00\x02" + raw[10:], "seal.unsupported_version"),
+        (lambda raw: raw[:12] + b"\x07" + raw[13:], "seal.malformed"),  # unknown algorithm
+        (lambda raw: raw[:14] + b"\x00\x00\x00\x10" + raw[18:], "seal.malformed"),  # segment size 16
+        (lambda raw: raw[:30], "seal.truncated"),
+        (lambda raw: raw[:5], "seal.truncated"),
+    ],
+)
 def test_parse_refusals(mutate, reason: str) -> None:
     raw = build_header(generate_data_key(), "k", 10, bytes(32), SEG).raw
     with pytest.raises(VeilError) as err:
@@ -140,15 +149,16 @@ def test_read_header_and_http_source(tmp_path: Path) -> None:
         if request.url.path == "/missing":
             return httpx.Response(404)
         if request.url.path == "/chunked":  # no Content-Length: the length check happens as it streams
-            return httpx.Response(200, content=iter([blob[i:i + 777] for i in range(0, len(blob), 777)]))
+            return httpx.Response(200, content=iter([blob[i : i + 777] for i in range(0, len(blob), 777)]))
         return httpx.Response(200, content=blob)
 
     client = httpx.Client(transport=httpx.MockTransport(handler))
     assert read_header("https://weights.example/m.sealed", http_client=client).key_id == "remote-model"
     assert read_header(dst).key_id == "remote-model"
     for path in ("/m.sealed", "/chunked"):
-        with unseal_to_memfd(f"https://weights.example{path}", key, expected_digest=header.sealed_sha256,
-                             http_client=client) as mf:
+        with unseal_to_memfd(
+            f"https://weights.example{path}", key, expected_digest=header.sealed_sha256, http_client=client
+        ) as mf:
             assert mf.read() == data
     with pytest.raises(VeilError) as err:
         unseal_to_memfd("https://weights.example/missing", key, http_client=client)

@@ -57,8 +57,7 @@ def test_child_process_reads_it_through_pass_fds(tmp_path: Path) -> None:
     with unseal_to_memfd(tmp_path / "m.sealed", key) as mf:
         code = "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())"
         for path in (mf.path, f"/dev/fd/{mf.fd}"):
-            out = subprocess.run([sys.executable, "-c", code, path], pass_fds=[mf.fd],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, "-c", code, path], pass_fds=[mf.fd], capture_output=True, text=True, check=True)
             assert out.stdout.strip() == hashlib.sha256(data).hexdigest()
         # without pass_fds the child does not have it (close-on-exec)
         gone = subprocess.run([sys.executable, "-c", code, mf.path], capture_output=True, text=True)
@@ -122,8 +121,7 @@ def test_unseal_peak_rss_is_bounded(tmp_path: Path) -> None:
     """Unsealing 64 MiB must not grow the heap by more than a few buffers: the plaintext is in the
     memfd (shmem, counted separately), not in process memory."""
     size = 64 << 20
-    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(size), str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(size), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     before_kib, after_kib, memfd_bytes, mf_size = map(int, out.stdout.split())
     assert mf_size == size and memfd_bytes >= size

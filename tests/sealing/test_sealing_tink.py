@@ -26,12 +26,18 @@ def _tink_primitive(key: bytes, segment_size: int):
     """Load our raw data key into a Tink keyset (Tink has no raw-key import, hence the protobufs)."""
     streaming_aead.register()
     params = aes_gcm_hkdf_streaming_pb2.AesGcmHkdfStreamingParams(
-        ciphertext_segment_size=segment_size, derived_key_size=32, hkdf_hash_type=common_pb2.SHA256)
+        ciphertext_segment_size=segment_size, derived_key_size=32, hkdf_hash_type=common_pb2.SHA256
+    )
     k = aes_gcm_hkdf_streaming_pb2.AesGcmHkdfStreamingKey(version=0, key_value=key, params=params)
-    data = tink_pb2.KeyData(type_url="type.googleapis.com/google.crypto.tink.AesGcmHkdfStreamingKey",
-                            value=k.SerializeToString(), key_material_type=tink_pb2.KeyData.SYMMETRIC)
-    keyset = tink_pb2.Keyset(primary_key_id=1, key=[tink_pb2.Keyset.Key(
-        key_data=data, status=tink_pb2.ENABLED, key_id=1, output_prefix_type=tink_pb2.RAW)])
+    data = tink_pb2.KeyData(
+        type_url="type.googleapis.com/google.crypto.tink.AesGcmHkdfStreamingKey",
+        value=k.SerializeToString(),
+        key_material_type=tink_pb2.KeyData.SYMMETRIC,
+    )
+    keyset = tink_pb2.Keyset(
+        primary_key_id=1,
+        key=[tink_pb2.Keyset.Key(key_data=data, status=tink_pb2.ENABLED, key_id=1, output_prefix_type=tink_pb2.RAW)],
+    )
     return cleartext_keyset_handle.from_keyset(keyset).primitive(streaming_aead.StreamingAead)
 
 
@@ -49,7 +55,7 @@ def test_tink_interop_both_ways(tmp_path: Path, size: int) -> None:
     header = seal_file(tmp_path / "m.bin", tmp_path / "m.sealed", key, "m", segment_size=SEG)
     blob = (tmp_path / "m.sealed").read_bytes()
     prim = _tink_primitive(key, SEG)
-    body = blob[len(header.raw):]
+    body = blob[len(header.raw) :]
     assert prim.new_decrypting_stream(io.BytesIO(body), header.raw).read() == data
     with pytest.raises(tink.TinkError):  # the header really is Tink's associated data
         prim.new_decrypting_stream(io.BytesIO(body), header.raw[:-1] + b"\x00").read()

@@ -16,7 +16,10 @@ PLAINTEXT = b"veil test vector " * 300  # 5100 bytes: two 4 KiB segments
 SALT, PREFIX = b"\xaa" * 32, b"\xbb" * 7
 HEADER_HEX = (
     "5645494c5345414c"  # magic VEILSEAL
-    "0001" "006d" "01" "03"  # version 1, header length 109, algorithm 1, key id length 3
+    "0001"
+    "006d"
+    "01"
+    "03"  # version 1, header length 109, algorithm 1, key id length 3
     "00001000"  # segment size 4096
     "00000000000013ec"  # plaintext size 5100
     "5e0cf910532a991df36d344c7456bc4d96c6408da2bd11a7c394e1f907518a9a"  # plaintext SHA-256

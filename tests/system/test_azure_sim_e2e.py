@@ -32,8 +32,14 @@ HARDWARE = {"sim-azure-snp": "sim-snp", "sim-azure-tdx": "sim-tdx"}
 
 @pytest.fixture(scope="module", params=sorted(HARDWARE))
 def deployment(request, tmp_path_factory):  # type: ignore[no-untyped-def]
-    dep = LocalDeployment(tmp_path_factory.mktemp(request.param), coordinator_port=free_port(),
-                          worker_port=free_port(), sandbox=SANDBOX, platform=request.param, reregister_seconds=2)
+    dep = LocalDeployment(
+        tmp_path_factory.mktemp(request.param),
+        coordinator_port=free_port(),
+        worker_port=free_port(),
+        sandbox=SANDBOX,
+        platform=request.param,
+        reregister_seconds=2,
+    )
     dep.start()
     yield dep
     dep.stop()

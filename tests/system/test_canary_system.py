@@ -62,6 +62,7 @@ def _canary(kind: str) -> str:
 
 # -- capture --------------------------------------------------------------------------------------
 
+
 def _require_capture(reason: str) -> None:
     if os.environ.get("VEIL_REQUIRE_CAPTURE") == "1":
         pytest.fail(f"VEIL_REQUIRE_CAPTURE=1 but no packet capture is possible: {reason}")
@@ -83,15 +84,15 @@ class Capture:
     def __init__(self, pcap: Path, ports: list[int]) -> None:
         binary = shutil.which("tcpdump")
         if binary is None:
-            _require_capture("tcpdump is not installed (Debian package tcpdump; "
-                             "scripts/install-system-deps.sh installs it)")
+            _require_capture("tcpdump is not installed (Debian package tcpdump; scripts/install-system-deps.sh installs it)")
         self.pcap = pcap
         self.filter = "tcp and (" + " or ".join(f"port {p}" for p in ports) + ")"
         # -Z root: stay root, so the file can be written in our private 0700 directory.
         # -s 0: whole packets. -n: no name lookups (nothing leaves the machine).
         self.proc = subprocess.Popen(
             [binary, "-i", "lo", "-U", "-n", "-s", "0", "-Z", "root", "-w", str(pcap), self.filter],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         self.stderr = self._wait_listening()
 
@@ -102,8 +103,7 @@ class Capture:
         while b"listening on" not in seen:
             if self.proc.poll() is not None:
                 seen += self.proc.stderr.read()
-                _require_capture(f"tcpdump exited ({self.proc.returncode}): "
-                                 f"{seen.decode(errors='replace').strip()}")
+                _require_capture(f"tcpdump exited ({self.proc.returncode}): {seen.decode(errors='replace').strip()}")
             if time.monotonic() > deadline:
                 self.proc.kill()
                 _require_capture("tcpdump did not start listening within 20 s")
@@ -119,13 +119,15 @@ class Capture:
             self.proc.send_signal(signal.SIGINT)
         _, err = self.proc.communicate(timeout=30)
         self.stderr += err.decode(errors="replace")
-        counts = {m.group(2): int(m.group(1)) for m in
-                  re.finditer(r"(\d+) packets? (captured|received by filter|dropped by kernel)",
-                              self.stderr)}
+        counts = {
+            m.group(2): int(m.group(1))
+            for m in re.finditer(r"(\d+) packets? (captured|received by filter|dropped by kernel)", self.stderr)
+        }
         return counts
 
 
 # -- pcap reading (no third-party parser: the format is small) ------------------------------------
+
 
 @dataclass
 class Streams:
@@ -152,8 +154,8 @@ def _pcap_packets(raw: bytes) -> Iterator[tuple[int, bytes]]:
     linktype = struct.unpack(endian + "I", raw[20:24])[0] & 0xFFFF
     off = 24
     while off + 16 <= len(raw):
-        _, _, caplen, _ = struct.unpack(endian + "IIII", raw[off:off + 16])
-        yield linktype, raw[off + 16:off + 16 + caplen]
+        _, _, caplen, _ = struct.unpack(endian + "IIII", raw[off : off + 16])
+        yield linktype, raw[off + 16 : off + 16 + caplen]
         off += 16 + caplen
 
 
@@ -172,13 +174,13 @@ def read_streams(raw: bytes) -> Streams:
             raise AssertionError(f"unexpected pcap link type {linktype}")
         if ethertype == 0x0800 and ip and ip[9] == 6:
             total = struct.unpack("!H", ip[2:4])[0]
-            tcp = ip[(ip[0] & 0x0F) * 4:total]
+            tcp = ip[(ip[0] & 0x0F) * 4 : total]
         elif ethertype == 0x86DD and len(ip) > 40 and ip[6] == 6:
-            tcp = ip[40:40 + struct.unpack("!H", ip[4:6])[0]]
+            tcp = ip[40 : 40 + struct.unpack("!H", ip[4:6])[0]]
         else:
             continue
         sport, dport, seq = struct.unpack("!HHI", tcp[:8])
-        payload = tcp[(tcp[12] >> 4) * 4:]
+        payload = tcp[(tcp[12] >> 4) * 4 :]
         if payload:
             segments[(sport, dport)].setdefault(seq, payload)
     for key, by_seq in segments.items():
@@ -187,7 +189,7 @@ def read_streams(raw: bytes) -> Streams:
         for seq in sorted(by_seq):  # loopback runs are short: no sequence wrap to handle
             payload = by_seq[seq]
             if end is not None and seq < end:
-                payload = payload[end - seq:]  # retransmitted overlap
+                payload = payload[end - seq :]  # retransmitted overlap
             out += payload
             end = max(end or 0, seq + len(by_seq[seq]))
         streams.data[key] = bytes(out)
@@ -195,6 +197,7 @@ def read_streams(raw: bytes) -> Streams:
 
 
 # -- places on disk and in memory ------------------------------------------------------------------
+
 
 def files_containing(roots: list[Path], needles: list[bytes], skip: set[Path] = frozenset()) -> list[str]:
     """Every regular file under ``roots`` holding any needle (symlinks are not followed)."""
@@ -238,6 +241,7 @@ def _entries(directory: str) -> set[str]:
 
 # -- the run -----------------------------------------------------------------------------------
 
+
 @dataclass
 class Run:
     canary: str
@@ -279,26 +283,23 @@ def run() -> Iterator[Run]:
         shutil.rmtree(capture_dir, ignore_errors=True)
         raise
     state_dir = Path(tempfile.mkdtemp(prefix="veil-canary-state-"))
-    dep = LocalDeployment(state_dir, coordinator_port=ports["coordinator"],
-                          worker_port=ports["gateway"], sandbox=SANDBOX)
+    dep = LocalDeployment(state_dir, coordinator_port=ports["coordinator"], worker_port=ports["gateway"], sandbox=SANDBOX)
     outputs: dict[str, str] = {}
     try:
         dep.start()
         # Controls in the clear, on purpose: the capture must see them on both deployment ports.
         headers = {"x-veil-capture-control": control}
-        assert httpx.get(f"{dep.coordinator_url}/health", params={"control": control},
-                         headers=headers, timeout=10).status_code == 200
-        httpx.get(f"{dep.gateway_url}/.well-known/ohttp-gateway", params={"control": control},
-                  headers=headers, timeout=10)
+        assert (
+            httpx.get(f"{dep.coordinator_url}/health", params={"control": control}, headers=headers, timeout=10).status_code
+            == 200
+        )
+        httpx.get(f"{dep.gateway_url}/.well-known/ohttp-gateway", params={"control": control}, headers=headers, timeout=10)
         messages = [{"role": "user", "content": prompt}]
         with Client(dep.policy_path) as client:
-            resp = client.chat.completions.create(model=MODEL, messages=messages,
-                                                  max_tokens=24, temperature=0)
+            resp = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
             outputs["sdk"] = resp.choices[0].message.content or ""
-            stream = client.chat.completions.create(model=MODEL, messages=messages,
-                                                    max_tokens=24, temperature=0, stream=True)
-            outputs["sdk_stream"] = "".join(c.choices[0].delta.content or ""
-                                            for c in stream if c.choices)
+            stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0, stream=True)
+            outputs["sdk_stream"] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         # The local proxy (what `veil proxy` serves): an app talks plain HTTP to it on loopback.
         import openai
 
@@ -306,16 +307,29 @@ def run() -> Iterator[Run]:
         with ServerThread(create_proxy_app(verifier), port=ports["proxy"]) as proxy:
             oa = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
             resp = oa.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": proxy_prompt}],
-                max_tokens=24, temperature=0)
+                model=MODEL, messages=[{"role": "user", "content": proxy_prompt}], max_tokens=24, temperature=0
+            )
             outputs["proxy"] = resp.choices[0].message.content or ""
     finally:
         dep.stop()
         counts = capture.stop()
     raw = capture.pcap.read_bytes()
     new_temp = [Path(d, e) for d, names in before.items() for e in _entries(d) - names]
-    yield Run(canary, proxy_canary, control, prompt, proxy_prompt, ports, capture.pcap, raw,
-              read_streams(raw), counts, outputs, state_dir, new_temp)
+    yield Run(
+        canary,
+        proxy_canary,
+        control,
+        prompt,
+        proxy_prompt,
+        ports,
+        capture.pcap,
+        raw,
+        read_streams(raw),
+        counts,
+        outputs,
+        state_dir,
+        new_temp,
+    )
     shutil.rmtree(state_dir, ignore_errors=True)
     shutil.rmtree(capture_dir, ignore_errors=True)
 
@@ -326,6 +340,7 @@ def _secrets(run: Run) -> list[bytes]:
 
 
 # -- the capture is real -----------------------------------------------------------------------
+
 
 def test_capture_is_complete_and_saw_the_deployment(run: Run) -> None:
     sizes = {name: len(run.streams.on_port(port)) for name, port in run.ports.items()}
@@ -364,6 +379,7 @@ def test_proxy_leg_shows_a_canary_is_findable_on_the_wire(run: Run) -> None:
 
 
 # -- the canary went nowhere but back to the client -----------------------------------------------
+
 
 def test_client_got_the_canary_back(run: Run) -> None:
     assert run.canary in run.outputs["sdk"], run.outputs
@@ -409,5 +425,4 @@ def test_scanners_do_find_a_planted_canary(run: Run, tmp_path: Path) -> None:
     planted.parent.mkdir()
     planted.write_bytes(b"\x00prefix" + run.canary.encode() + b"suffix\xff")
     digits = run.canary.split("-")[1]
-    assert files_containing([tmp_path], _secrets(run)) == [f"{planted}: {run.canary}",
-                                                           f"{planted}: {digits}"]
+    assert files_containing([tmp_path], _secrets(run)) == [f"{planted}: {run.canary}", f"{planted}: {digits}"]

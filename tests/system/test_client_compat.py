@@ -101,7 +101,9 @@ def test_curl(proxy_url: str) -> None:
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["choices"][0]["message"]["content"]
     stream_body = json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 6, "stream": True})
-    out = subprocess.run([*base, "-N", "-d", stream_body, f"{proxy_url}/v1/chat/completions"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*base, "-N", "-d", stream_body, f"{proxy_url}/v1/chat/completions"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     events = [line[6:] for line in out.stdout.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and len(events) >= 4
@@ -111,9 +113,7 @@ def test_curl(proxy_url: str) -> None:
 
 def test_langchain_chat_openai(proxy_url: str) -> None:
     lc = pytest.importorskip("langchain_openai", reason="langchain-openai is not installed")
-    llm = lc.ChatOpenAI(
-        base_url=f"{proxy_url}/v1", api_key="unused", model=MODEL, max_tokens=6, temperature=0, max_retries=0
-    )
+    llm = lc.ChatOpenAI(base_url=f"{proxy_url}/v1", api_key="unused", model=MODEL, max_tokens=6, temperature=0, max_retries=0)
     msg = llm.invoke("Say hello.")
     assert isinstance(msg.content, str) and msg.content.strip()
     chunks = list(llm.stream("Count from one to ten.", stream_usage=True))
@@ -135,8 +135,11 @@ def test_streaming_through_the_proxy_is_incremental(proxy_url: str) -> None:
     sdk = _sdk(proxy_url)
     start = time.perf_counter()
     stream = sdk.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Tell me a story about a dragon."}],
-        max_tokens=24, temperature=0, stream=True,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a story about a dragon."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
     )
     arrivals = [time.perf_counter() for c in stream if c.choices and c.choices[0].delta.content]
     total = time.perf_counter() - start

@@ -36,8 +36,7 @@ REFUSED_MEASUREMENT = {"sim-snp": "snp.measurement_mismatch", "sim-tdx": "tdx.mr
 @pytest.fixture(scope="module", params=sorted(REFUSED_MEASUREMENT))
 def deployment(request, tmp_path_factory):
     state = tmp_path_factory.mktemp("veil-state")
-    dep = LocalDeployment(state, coordinator_port=free_port(), worker_port=free_port(), sandbox=SANDBOX,
-                          platform=request.param)
+    dep = LocalDeployment(state, coordinator_port=free_port(), worker_port=free_port(), sandbox=SANDBOX, platform=request.param)
     dep.start()
     yield dep
     dep.stop()
@@ -115,13 +114,13 @@ def test_models_endpoint(client) -> None:
 def test_openai_sdk_through_local_proxy(deployment) -> None:
     with ServerThread(create_proxy_app(AsyncReverifier(ClientPolicy.load(deployment.policy_path)))) as proxy:
         oa = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
-        resp = oa.chat.completions.create(
-            model="smollm2-135m-instruct", messages=_messages(f"Hi {CANARY}"), max_tokens=12
-        )
+        resp = oa.chat.completions.create(model="smollm2-135m-instruct", messages=_messages(f"Hi {CANARY}"), max_tokens=12)
         assert resp.choices[0].message.content
-        chunks = list(oa.chat.completions.create(
-            model="smollm2-135m-instruct", messages=_messages(f"Hi again {CANARY}"), max_tokens=12, stream=True
-        ))
+        chunks = list(
+            oa.chat.completions.create(
+                model="smollm2-135m-instruct", messages=_messages(f"Hi again {CANARY}"), max_tokens=12, stream=True
+            )
+        )
         assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
         info = httpx.get(f"{proxy.url}/veil/verification").json()
         assert info["status"] == "verified" and info["verification"]["simulated"] is True
@@ -129,20 +128,19 @@ def test_openai_sdk_through_local_proxy(deployment) -> None:
 
 def test_cli_verify_and_chat_use_the_local_policy(deployment) -> None:
     env = {**os.environ, "VEIL_STATE_DIR": str(deployment.state_dir)}
-    out = subprocess.run(
-        [sys.executable, "-m", "veil", "verify", "--json"], env=env, capture_output=True, text=True, timeout=120
-    )
+    out = subprocess.run([sys.executable, "-m", "veil", "verify", "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["verdict"] == "accept" and report["simulated"] is True
     assert report["claims"]["platform"] == deployment.platform
-    readable = subprocess.run(
-        [sys.executable, "-m", "veil", "verify"], env=env, capture_output=True, text=True, timeout=120
-    )
+    readable = subprocess.run([sys.executable, "-m", "veil", "verify"], env=env, capture_output=True, text=True, timeout=120)
     assert readable.returncode == 0 and "SIMULATED" in readable.stdout and "client accepts" in readable.stdout
     chat = subprocess.run(
         [sys.executable, "-m", "veil", "chat", "--max-tokens", "8", f"hello {CANARY}"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert chat.returncode == 0, chat.stderr
     assert "SIMULATED" in chat.stdout + chat.stderr
@@ -155,7 +153,9 @@ def test_cli_refuses_a_policy_pinning_another_measurement(deployment, tmp_path) 
     bad.write_text(json.dumps(policy))
     out = subprocess.run(
         [sys.executable, "-m", "veil", "verify", "--json", "--policy", str(bad)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 1
     assert json.loads(out.stdout)["reason"] == REFUSED_MEASUREMENT[deployment.platform]
@@ -181,14 +181,23 @@ def test_tenant_add_publishes_only_the_key_hash(deployment) -> None:
     env = {**os.environ, "VEIL_STATE_DIR": str(deployment.state_dir)}
     out = subprocess.run(
         [sys.executable, "-m", "veil", "tenant", "add", "acme", "--rpm", "5"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     api_key = out.stdout.strip().splitlines()[-1]
     assert api_key.startswith("veil-")
     manifest = httpx.get(f"{deployment.coordinator_url}/v1/manifest").json()["manifest"]
-    assert manifest["tenants"] == [{"id": "acme", "key_sha256": hashlib.sha256(api_key.encode()).hexdigest(),
-                                    "requests_per_minute": 5, "tokens_per_minute": None}]
+    assert manifest["tenants"] == [
+        {
+            "id": "acme",
+            "key_sha256": hashlib.sha256(api_key.encode()).hexdigest(),
+            "requests_per_minute": 5,
+            "tokens_per_minute": None,
+        }
+    ]
     assert api_key not in json.dumps(manifest)
     # the client still verifies: the new manifest is signed by the admin key it trusts
     assert verify_coordinator(ClientPolicy.load(deployment.policy_path)).manifest.manifest.tenants
@@ -201,7 +210,7 @@ def test_weights_are_served_sealed_and_never_written_in_the_clear(deployment, cl
     entry = client.attestation.manifest.manifest.models[0]
     assert entry.source and entry.key_id and entry.sealed_sha256
     plain = deployment.model_path.read_bytes()
-    windows = [plain[i:i + 64] for i in (len(plain) // 3, len(plain) // 2, 2 * len(plain) // 3)]
+    windows = [plain[i : i + 64] for i in (len(plain) // 3, len(plain) // 2, 2 * len(plain) // 3)]
     roots = [deployment.state_dir, Path("/dev/shm")]
     roots += [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(("veil", "tmp"))]
     for root in roots:

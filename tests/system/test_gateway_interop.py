@@ -64,7 +64,9 @@ def served_keys(deployment: LocalDeployment) -> bytes:
 
 
 def _openai(url: str, transport: httpx.BaseTransport) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", http_client=httpx.Client(transport=transport, timeout=300), max_retries=0)
+    return openai.OpenAI(
+        base_url=f"{url}/v1", api_key="x", http_client=httpx.Client(transport=transport, timeout=300), max_retries=0
+    )
 
 
 def _streamed(client: openai.OpenAI) -> list[str]:
@@ -93,11 +95,23 @@ def test_ohttpy_with_the_served_keys_unchanged(deployment: LocalDeployment, serv
 def test_node_peer_with_the_served_xwing_key(deployment: LocalDeployment, served_keys: bytes, chunked: bool) -> None:
     host = deployment.gateway_url.split("://", 1)[1]
     body = {"model": DEFAULT_MODEL_NAME, "messages": MESSAGES, "max_tokens": 8, "stream": chunked}
-    got = run_peer("client", {
-        "gateway": deployment.gateway_url + GATEWAY_PATH, "keys": served_keys.hex(), "chunked": chunked,
-        "request": {"method": "POST", "scheme": "http", "authority": host, "path": "/v1/chat/completions",
-                    "headers": [["content-type", "application/json"]], "body": json.dumps(body)},
-    }, timeout=300)
+    got = run_peer(
+        "client",
+        {
+            "gateway": deployment.gateway_url + GATEWAY_PATH,
+            "keys": served_keys.hex(),
+            "chunked": chunked,
+            "request": {
+                "method": "POST",
+                "scheme": "http",
+                "authority": host,
+                "path": "/v1/chat/completions",
+                "headers": [["content-type", "application/json"]],
+                "body": json.dumps(body),
+            },
+        },
+        timeout=300,
+    )
     assert got.get("status") == 200, got
     if not chunked:
         assert got["media"] == "message/ohttp-res"
@@ -125,7 +139,9 @@ def test_veil_clients_use_xwing(deployment: LocalDeployment, attested: AttestedC
     for chunked in (False, True):
         transport = OhttpTransport(attested.key_config, deployment.gateway_url, chunked=chunked, transport=Tap())
         done = _openai(deployment.gateway_url, transport).chat.completions.create(
-            model=DEFAULT_MODEL_NAME, messages=MESSAGES, max_tokens=4  # type: ignore[arg-type]
+            model=DEFAULT_MODEL_NAME,
+            messages=MESSAGES,
+            max_tokens=4,  # type: ignore[arg-type]
         )
         assert done.choices[0].message.content is not None
     xwing_key_id = attested.key_configs[1].key_id
@@ -134,12 +150,19 @@ def test_veil_clients_use_xwing(deployment: LocalDeployment, attested: AttestedC
 
     shown = subprocess.run(
         [sys.executable, "-m", "veil", "verify", "--policy", str(deployment.policy_path), "--json"],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     suite = json.loads(shown.stdout)["ohttp_suite"]
     assert suite["post_quantum"] and suite["name"] == "X-Wing (MLKEM768-X25519) / HKDF-SHA256 / AES-256-GCM"
     human = subprocess.run(
         [sys.executable, "-m", "veil", "verify", "--policy", str(deployment.policy_path)],
-        capture_output=True, text=True, timeout=120, check=True, env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert "X-Wing (MLKEM768-X25519)" in human.stdout and "post-quantum" in human.stdout

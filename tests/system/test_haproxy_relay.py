@@ -29,11 +29,15 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def relay(stack, tmp_path_factory):
     bind = f"127.0.0.1:{free_port()}"
-    proxy = HAProxy(render("relay.cfg"), {
-        "VEIL_RELAY_BIND": bind,
-        "VEIL_GATEWAY": stack.gateway_urls[0].removeprefix("http://"),
-        "VEIL_GATEWAY_HOST": "gateway.veil.test",
-    }, tmp_path_factory.mktemp("relay-haproxy"))
+    proxy = HAProxy(
+        render("relay.cfg"),
+        {
+            "VEIL_RELAY_BIND": bind,
+            "VEIL_GATEWAY": stack.gateway_urls[0].removeprefix("http://"),
+            "VEIL_GATEWAY_HOST": "gateway.veil.test",
+        },
+        tmp_path_factory.mktemp("relay-haproxy"),
+    )
     proxy.start([bind])
     yield f"http://{bind}"
     proxy.stop()
@@ -48,9 +52,13 @@ def test_sdk_through_the_relay(stack, relay) -> None:
         assert client.attestation.relay_url == relay
         whole = client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hello relay"}])
         assert whole.choices[0].message.content == "echo: hello relay"
-        words = [c.choices[0].delta.content for c in client.chat.completions.create(
-            model="fake", messages=[{"role": "user", "content": "one two three"}], stream=True)
-            if c.choices and c.choices[0].delta.content]
+        words = [
+            c.choices[0].delta.content
+            for c in client.chat.completions.create(
+                model="fake", messages=[{"role": "user", "content": "one two three"}], stream=True
+            )
+            if c.choices and c.choices[0].delta.content
+        ]
         assert "".join(words).split() == ["echo:", "one", "two", "three"]
     assert len(seen) == before + 2  # both went through the relay to the gateway
     for _, headers in seen[before:]:
@@ -74,14 +82,31 @@ def test_veil_proxy_through_the_relay(stack, relay) -> None:
     assert len(seen) == before + 1 and seen[-1][1]["host"] == "gateway.veil.test"
 
 
-@pytest.mark.parametrize("method,path,headers,content,status,reason", [
-    ("GET", "/.well-known/ohttp-gateway", {}, None, 405, "relay.method_not_allowed"),
-    ("POST", "/.well-known/ohttp-gateway", {"content-type": "application/json"}, b"{}", 415, "relay.bad_media_type"),
-    ("POST", "/.well-known/ohttp-gateway", {"content-type": "message/ohttp-res"}, b"x", 415, "relay.bad_media_type"),
-    ("POST", "/v1/chat/completions", {"content-type": "message/ohttp-req"}, b"x", 404, "relay.not_found"),
-    ("POST", "/.well-known/ohttp-gateway/../../v1/attestation", {"content-type": "message/ohttp-req"}, b"x", 404, "relay.not_found"),
-    ("POST", "/.well-known/ohttp-gateway", {"content-type": "message/ohttp-req"}, b"x" * (8 * 1024 * 1024 + 1), 413, "relay.too_large"),
-])
+@pytest.mark.parametrize(
+    "method,path,headers,content,status,reason",
+    [
+        ("GET", "/.well-known/ohttp-gateway", {}, None, 405, "relay.method_not_allowed"),
+        ("POST", "/.well-known/ohttp-gateway", {"content-type": "application/json"}, b"{}", 415, "relay.bad_media_type"),
+        ("POST", "/.well-known/ohttp-gateway", {"content-type": "message/ohttp-res"}, b"x", 415, "relay.bad_media_type"),
+        ("POST", "/v1/chat/completions", {"content-type": "message/ohttp-req"}, b"x", 404, "relay.not_found"),
+        (
+            "POST",
+            "/.well-known/ohttp-gateway/../../v1/attestation",
+            {"content-type": "message/ohttp-req"},
+            b"x",
+            404,
+            "relay.not_found",
+        ),
+        (
+            "POST",
+            "/.well-known/ohttp-gateway",
+            {"content-type": "message/ohttp-req"},
+            b"x" * (8 * 1024 * 1024 + 1),
+            413,
+            "relay.too_large",
+        ),
+    ],
+)
 def test_relay_refuses_everything_but_ohttp(stack, relay, method, path, headers, content, status, reason) -> None:
     seen = stack.seen[0].requests
     before = len(seen)
@@ -94,11 +119,13 @@ def test_relay_refuses_everything_but_ohttp(stack, relay, method, path, headers,
 def test_gateway_headers_do_not_reach_the_client(stack, relay) -> None:
     """The gateway's own headers (server software, cookies it might set) stop at the relay; its
     clear refusals (reason codes only) pass."""
-    direct = httpx.post(stack.gateway_urls[0] + "/.well-known/ohttp-gateway",
-                        headers={"content-type": "message/ohttp-req"}, content=b"\x01" * 64)
+    direct = httpx.post(
+        stack.gateway_urls[0] + "/.well-known/ohttp-gateway", headers={"content-type": "message/ohttp-req"}, content=b"\x01" * 64
+    )
     assert "server" in direct.headers  # uvicorn names itself
-    relayed = httpx.post(relay + "/.well-known/ohttp-gateway",
-                         headers={"content-type": "message/ohttp-req"}, content=b"\x01" * 64)
+    relayed = httpx.post(
+        relay + "/.well-known/ohttp-gateway", headers={"content-type": "message/ohttp-req"}, content=b"\x01" * 64
+    )
     assert relayed.status_code == direct.status_code == 400
     assert relayed.json()["error"]["reason"] == direct.json()["error"]["reason"]
     assert set(relayed.headers) <= {"content-type", "content-length", "transfer-encoding", "connection"}

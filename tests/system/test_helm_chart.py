@@ -192,8 +192,12 @@ def test_confidential_node_pool_selectors(rendered) -> None:
             assert spec["nodeSelector"][label] == value, (scenario, kind)
             assert "runtimeClassName" not in spec
     # the user's own selectors are kept beside the pool's
-    assert _one(rendered["gke"], "Deployment", "-worker")["spec"]["template"]["spec"]["nodeSelector"][
-        "cloud.google.com/gke-accelerator"] == "nvidia-h100-80gb"
+    assert (
+        _one(rendered["gke"], "Deployment", "-worker")["spec"]["template"]["spec"]["nodeSelector"][
+            "cloud.google.com/gke-accelerator"
+        ]
+        == "nvidia-h100-80gb"
+    )
     kata = _one(rendered["snp-gpu"], "Deployment", "-worker")["spec"]["template"]["spec"]
     assert "nodeSelector" not in kata  # CoCo: the RuntimeClass does the scheduling
 
@@ -218,13 +222,16 @@ def test_a_database_is_required() -> None:
     assert "coordinator.database.existingSecret is required" in done.stderr
 
 
-@pytest.mark.parametrize("bad", [
-    "worker.gpu.resourceName=amd.com/gpu",
-    "worker.platform=sim-snp",
-    "confidentialNodes.provider=openshift",
-    "image.worker.digest=sha256:1234",
-    "coordinator.resources.limits=null",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "worker.gpu.resourceName=amd.com/gpu",
+        "worker.platform=sim-snp",
+        "confidentialNodes.provider=openshift",
+        "image.worker.digest=sha256:1234",
+        "coordinator.resources.limits=null",
+    ],
+)
 def test_values_schema_refuses_bad_values(bad: str) -> None:
     done = _run_helm("template", "rel", str(CHART), *_values("snp-gpu"), "--set", bad)
     assert done.returncode != 0, bad
@@ -265,7 +272,9 @@ def test_workers_reach_only_the_coordinator(rendered) -> None:
         pol = _one(objects, "NetworkPolicy", "-worker")
         assert pol["spec"]["policyTypes"] == ["Ingress", "Egress"]
         coord_labels = _one(objects, "StatefulSet", "-coordinator")["spec"]["template"]["metadata"]["labels"]
-        port = _one(objects, "StatefulSet", "-coordinator")["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        port = _one(objects, "StatefulSet", "-coordinator")["spec"]["template"]["spec"]["containers"][0]["ports"][0][
+            "containerPort"
+        ]
         rules = pol["spec"]["egress"]
         to_coordinator, dns = rules
         assert len(to_coordinator["to"]) == 1
@@ -275,8 +284,10 @@ def test_workers_reach_only_the_coordinator(rendered) -> None:
         assert {p["port"] for p in dns["ports"]} == {53}
     # the bundled database takes connections from coordinators only and opens none
     pg_pol = _one(rendered["tdx-gpu"], "NetworkPolicy", "-postgres")
-    assert pg_pol["spec"]["egress"] == [] and pg_pol["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"][
-        "app.kubernetes.io/component"] == "coordinator"
+    assert (
+        pg_pol["spec"]["egress"] == []
+        and pg_pol["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "coordinator"
+    )
 
 
 def test_gateway_ingress_does_not_buffer_streams(rendered) -> None:

@@ -27,15 +27,34 @@ class NodeGateway(httpx.BaseTransport):
         self.seen: list[dict[str, object]] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        got = run_peer("gateway", {
-            "seed": self.seed.hex(), "key_id": self.key_id, "media": request.headers["content-type"],
-            "body": request.read().hex(),
-            "reply": {"status": 200, "headers": [["content-type", "application/json"]], "body": json.dumps({
-                "id": "node-1", "object": "chat.completion", "created": 0, "model": "node-peer",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "node read the prompt"}}],
-            })},
-        })
+        got = run_peer(
+            "gateway",
+            {
+                "seed": self.seed.hex(),
+                "key_id": self.key_id,
+                "media": request.headers["content-type"],
+                "body": request.read().hex(),
+                "reply": {
+                    "status": 200,
+                    "headers": [["content-type", "application/json"]],
+                    "body": json.dumps(
+                        {
+                            "id": "node-1",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": "node-peer",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "node read the prompt"},
+                                }
+                            ],
+                        }
+                    ),
+                },
+            },
+        )
         self.seen.append(got["request"])  # what the peer decrypted
         return httpx.Response(200, headers={"content-type": got["media"]}, stream=httpx.ByteStream(bytes.fromhex(got["body"])))
 
@@ -49,7 +68,9 @@ def test_node_gateway_opens_what_veil_sends_and_veil_opens_its_answer(chunked: b
     gateway = NodeGateway(pq.private_bytes(), pq.key_id)
     served = encode_key_config_list([classical.config, pq.config])
     transport = OhttpTransport(served, "http://node-gateway", chunked=chunked, transport=gateway)
-    client = openai.OpenAI(base_url="http://node-gateway/v1", api_key="tenant-secret", http_client=httpx.Client(transport=transport), max_retries=0)
+    client = openai.OpenAI(
+        base_url="http://node-gateway/v1", api_key="tenant-secret", http_client=httpx.Client(transport=transport), max_retries=0
+    )
     done = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "PQ-PROMPT"}])
     assert done.choices[0].message.content == "node read the prompt" and done.model == "node-peer"
 

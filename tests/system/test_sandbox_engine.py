@@ -28,9 +28,7 @@ def _require(profile: SandboxProfile) -> None:
         pytest.skip(str(exc))
 
 
-READER = ("import hashlib, sys\n"
-          "for p in sys.argv[1:]:\n"
-          "    print(hashlib.sha256(open(p, 'rb').read()).hexdigest())\n")
+READER = "import hashlib, sys\nfor p in sys.argv[1:]:\n    print(hashlib.sha256(open(p, 'rb').read()).hexdigest())\n"
 
 
 def test_engine_reads_bound_model_file_and_inherited_memfd(tmp_path: Path) -> None:
@@ -47,17 +45,22 @@ def test_engine_reads_bound_model_file_and_inherited_memfd(tmp_path: Path) -> No
     sock_dir.mkdir()
     try:
         argv = [sys.executable, "-c", READER, str(model), f"/proc/self/fd/{fd}"]
-        proc = run_sandboxed(profile, argv,
-                             socket_dir=str(sock_dir), ro_binds=[str(model)], pass_fds=(fd,),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = run_sandboxed(
+            profile,
+            argv,
+            socket_dir=str(sock_dir),
+            ro_binds=[str(model)],
+            pass_fds=(fd,),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         out, err = proc.communicate(timeout=60)
     finally:
         weights.close()
     assert proc.returncode == 0, err.decode()
     import hashlib
 
-    assert out.decode().split() == [hashlib.sha256(b"file weights").hexdigest(),
-                                    hashlib.sha256(b"memfd weights").hexdigest()]
+    assert out.decode().split() == [hashlib.sha256(b"file weights").hexdigest(), hashlib.sha256(b"memfd weights").hexdigest()]
 
 
 @pytest.mark.slow

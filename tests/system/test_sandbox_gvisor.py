@@ -15,8 +15,9 @@ def _fresh_probe():
 
 
 def _config(socket_dir: str = "/run/veil/engine") -> dict:
-    return gvisor.oci_config(["engine"], socket_dir=socket_dir, ro_paths=["/models/m.gguf"],
-                             environ={"PATH": "/usr/bin", "API_TOKEN": "secret"})
+    return gvisor.oci_config(
+        ["engine"], socket_dir=socket_dir, ro_paths=["/models/m.gguf"], environ={"PATH": "/usr/bin", "API_TOKEN": "secret"}
+    )
 
 
 def test_bundle_root_is_read_only_and_only_socket_dir_is_writable() -> None:

@@ -44,8 +44,7 @@ def test_real_llamacpp_engine_serves_inside_gvisor() -> None:
     with tempfile.TemporaryDirectory(prefix="veil-gvisor-engine-", dir=base) as sock_dir:
         assert stat.S_IMODE(os.stat(sock_dir).st_mode) == 0o700
         sock = Path(sock_dir) / "engine.sock"
-        engine = EngineProcess(sock, model, sandbox=profile, model_id="smollm2", n_ctx=256,
-                               threads=1, startup_timeout=180)
+        engine = EngineProcess(sock, model, sandbox=profile, model_id="smollm2", n_ctx=256, threads=1, startup_timeout=180)
         with engine:
             # Created by runsc's gofer under the engine's umask: owner-only without any chmod.
             assert stat.S_ISSOCK(sock.lstat().st_mode)
@@ -53,10 +52,14 @@ def test_real_llamacpp_engine_serves_inside_gvisor() -> None:
             transport = httpx.HTTPTransport(uds=str(sock))
             with httpx.Client(transport=transport, base_url="http://engine", timeout=120) as client:
                 models = client.get("/v1/models").json()
-                chat = client.post("/v1/chat/completions", json={
-                    "messages": [{"role": "user", "content": "Say hello."}],
-                    "max_tokens": 8, "temperature": 0,
-                })
+                chat = client.post(
+                    "/v1/chat/completions",
+                    json={
+                        "messages": [{"role": "user", "content": "Say hello."}],
+                        "max_tokens": 8,
+                        "temperature": 0,
+                    },
+                )
             log = engine.log_text()
         assert [m["id"] for m in models["data"]] == ["smollm2"], models
         assert chat.status_code == 200, chat.text

@@ -34,8 +34,7 @@ def _fresh_probes():
 
 def test_default_profile_is_bubblewrap_without_gpu() -> None:
     profile = SandboxProfile()
-    assert (profile.name, profile.allow_gpu, profile.landlock, profile.enforced) == (
-        "bubblewrap", False, True, True)
+    assert (profile.name, profile.allow_gpu, profile.landlock, profile.enforced) == ("bubblewrap", False, True, True)
 
 
 def test_none_requires_explicit_dev_flag_and_says_so(tmp_path: Path) -> None:
@@ -125,8 +124,7 @@ def test_prefix_refuses_missing_socket_dir(tmp_path: Path) -> None:
 
 
 def _command(profile: SandboxProfile, socket_dir: str = "/run/veil/engine") -> list[str]:
-    return bwrap.wrap_command(profile, ["engine", "--serve"], socket_dir=socket_dir,
-                              ro_binds=["/models/m.gguf"], seccomp_fd=9)
+    return bwrap.wrap_command(profile, ["engine", "--serve"], socket_dir=socket_dir, ro_binds=["/models/m.gguf"], seccomp_fd=9)
 
 
 def _pairs(cmd: list[str], flag: str) -> list[str]:
@@ -135,8 +133,7 @@ def _pairs(cmd: list[str], flag: str) -> list[str]:
 
 def test_wrap_command_unshares_everything_and_drops_privileges() -> None:
     cmd = _command(SandboxProfile())
-    for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                 "--new-session"):
+    for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"):
         assert flag in cmd
     assert _pairs(cmd, "--cap-drop") == ["ALL"]
     assert _pairs(cmd, "--seccomp") == ["9"]
@@ -155,12 +152,26 @@ def test_wrap_command_exposes_no_host_secrets() -> None:
 
 
 def test_engine_environment_is_an_allowlist() -> None:
-    env = bwrap.engine_environ({"PATH": "/home/me/bin", "SECRET_TOKEN": "x", "VEIL_API_KEY": "1",
-                                "AWS_SECRET_ACCESS_KEY": "y", "CUDA_VISIBLE_DEVICES": "0",
-                                "PYTHONPATH": "/home/me", "LANG": "C.UTF-8"},
-                               "/run/veil/engine")
-    assert env == {"PATH": "/usr/local/bin:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "0",
-                   "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", "TMPDIR": "/tmp"}
+    env = bwrap.engine_environ(
+        {
+            "PATH": "/home/me/bin",
+            "SECRET_TOKEN": "x",
+            "VEIL_API_KEY": "1",
+            "AWS_SECRET_ACCESS_KEY": "y",
+            "CUDA_VISIBLE_DEVICES": "0",
+            "PYTHONPATH": "/home/me",
+            "LANG": "C.UTF-8",
+        },
+        "/run/veil/engine",
+    )
+    assert env == {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+    }
 
 
 def test_gpu_nodes_bound_only_when_allowed(monkeypatch) -> None:
@@ -223,15 +234,16 @@ def test_seccomp_filter_denies_inet_allows_unix(tmp_path: Path) -> None:
     if bwrap.probe_bubblewrap():
         pytest.skip(bwrap.probe_bubblewrap())
     fd = seccomp.bpf_memfd()
-    code = ("import socket, errno\n"
-            "socket.socket(socket.AF_UNIX).close()\n"
-            "for fam in (socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, socket.AF_PACKET):\n"
-            "    try: socket.socket(fam, socket.SOCK_DGRAM if fam != 16 else 3)\n"
-            "    except OSError as e: assert e.errno == errno.EPERM, e\n"
-            "    else: raise SystemExit(f'family {fam} allowed')\n"
-            "print('filtered')\n")
-    cmd = [bwrap.bwrap_path(), "--ro-bind", "/", "/", "--seccomp", str(fd),
-           sys.executable, "-c", code]
+    code = (
+        "import socket, errno\n"
+        "socket.socket(socket.AF_UNIX).close()\n"
+        "for fam in (socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, socket.AF_PACKET):\n"
+        "    try: socket.socket(fam, socket.SOCK_DGRAM if fam != 16 else 3)\n"
+        "    except OSError as e: assert e.errno == errno.EPERM, e\n"
+        "    else: raise SystemExit(f'family {fam} allowed')\n"
+        "print('filtered')\n"
+    )
+    cmd = [bwrap.bwrap_path(), "--ro-bind", "/", "/", "--seccomp", str(fd), sys.executable, "-c", code]
     try:
         result = subprocess.run(cmd, pass_fds=(fd,), capture_output=True, text=True, timeout=60)
     finally:
@@ -268,7 +280,8 @@ def test_other_syscall_abi_is_killed(tmp_path: Path) -> None:
     from veil.sandbox import run_sandboxed
 
     code = "import ctypes; ctypes.CDLL(None).syscall(0x40000000 | 39)"  # x32 getpid
-    proc = run_sandboxed(profile, [sys.executable, "-c", code], socket_dir=str(tmp_path),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = run_sandboxed(
+        profile, [sys.executable, "-c", code], socket_dir=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.communicate(timeout=60)
     assert proc.returncode == 128 + 31  # SIGSYS, reported by bwrap as 128 + signal

@@ -39,9 +39,17 @@ pytestmark = pytest.mark.slow
 SANDBOX = os.environ.get("VEIL_TEST_SANDBOX", "bubblewrap")
 CANARY = f"CANARY-{uuid.uuid4().hex}"
 PREFIX, SUFFIX = f"# {CANARY}\ndef add(a, b):\n", "\n\nprint(add(1, 2))\n"
-TOOLS: Any = [{"type": "function", "function": {"name": name, "description": "a tool", "parameters": {
-    "type": "object", "properties": props, "additionalProperties": False}}}
-    for name, props in (("get_weather", {"city": {"type": "string"}}), ("get_time", {}))]
+TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": "a tool",
+            "parameters": {"type": "object", "properties": props, "additionalProperties": False},
+        },
+    }
+    for name, props in (("get_weather", {"city": {"type": "string"}}), ("get_time", {}))
+]
 CALLS = [("get_weather", {"city": "Paris"}), ("get_time", {})]
 #: What the tiny model writes after "assistant\n" when no tools are offered (the calls as plain text).
 RAW_CALLS = "<tool_call>" + "".join(FIRST_CALL) + "</tool_call>" + "".join(SECOND_CALL)
@@ -54,8 +62,13 @@ def _user(text: str) -> Any:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     model = write_gguf(tmp_path_factory.mktemp("tiny") / "tiny-coder.gguf")
-    dep = LocalDeployment(tmp_path_factory.mktemp("veil-state"), coordinator_port=free_port(),
-                          worker_port=free_port(), sandbox=SANDBOX, model_path=model.path)
+    dep = LocalDeployment(
+        tmp_path_factory.mktemp("veil-state"),
+        coordinator_port=free_port(),
+        worker_port=free_port(),
+        sandbox=SANDBOX,
+        model_path=model.path,
+    )
     dep.start()
     try:
         with ServerThread(create_proxy_app(AsyncReverifier(ClientPolicy.load(dep.policy_path)))) as proxy:
@@ -93,8 +106,12 @@ def test_fim_through_the_proxy(stack: SimpleNamespace) -> None:
     assert "".join(c.choices[0].text for c in streamed if c.choices) == MIDDLE
     cut = oai.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=8, stop=["+"])
     assert cut.choices[0].text == "    return a "
-    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 8,
-            "input_extra": [{"filename": "util.py", "text": f"x = 1  # {CANARY}\n"}]}
+    body = {
+        "input_prefix": PREFIX,
+        "input_suffix": SUFFIX,
+        "n_predict": 8,
+        "input_extra": [{"filename": "util.py", "text": f"x = 1  # {CANARY}\n"}],
+    }
     infill = httpx.post(f"{stack.proxy_url}/infill", json=body, timeout=120)
     assert infill.status_code == 200 and infill.json()["content"] == MIDDLE and infill.json()["stop_type"] == "eos"
     with httpx.stream("POST", f"{stack.proxy_url}/infill", json={**body, "stream": True}, timeout=120) as r:
@@ -111,28 +128,51 @@ def test_tools_auto_parallel_and_streamed_through_the_proxy(stack: SimpleNamespa
     choice = resp.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or []] == CALLS
-    stream = oai.chat.completions.create(model=model, messages=_user("Weather?"), tools=TOOLS, max_tokens=32,
-                                         stream=True)
+    stream = oai.chat.completions.create(model=model, messages=_user("Weather?"), tools=TOOLS, max_tokens=32, stream=True)
     assert _streamed_calls(stream) == CALLS
-    required = oai.chat.completions.create(model=model, messages=_user("Weather?"), tools=TOOLS, max_tokens=48,
-                                           tool_choice="required", parallel_tool_calls=False, temperature=0)
+    required = oai.chat.completions.create(
+        model=model,
+        messages=_user("Weather?"),
+        tools=TOOLS,
+        max_tokens=48,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=0,
+    )
     assert len(required.choices[0].message.tool_calls or []) == 1
-    text = oai.chat.completions.create(model=model, messages=_user("Hi"), tools=TOOLS, max_tokens=32,
-                                       logit_bias={str(stack.model.id("<tool_call>")): -100}, temperature=0)
+    text = oai.chat.completions.create(
+        model=model,
+        messages=_user("Hi"),
+        tools=TOOLS,
+        max_tokens=32,
+        logit_bias={str(stack.model.id("<tool_call>")): -100},
+        temperature=0,
+    )
     assert text.choices[0].message.content == "".join(TEXT_ANSWER) and text.choices[0].finish_reason == "stop"
 
 
 def test_async_openai_sdk_through_the_proxy(stack: SimpleNamespace) -> None:
     async def run() -> tuple[list[Any], list[str], Any]:
-        async with openai.AsyncOpenAI(base_url=f"{stack.proxy_url}/v1", api_key="unused", max_retries=0,
-                                      timeout=120) as oa:
-            chunks = [c async for c in await oa.chat.completions.create(
-                model=stack.model_id, messages=_user("Weather?"), tools=TOOLS, max_tokens=32, stream=True)]
-            fim = [c.choices[0].text async for c in await oa.completions.create(
-                model=stack.model_id, prompt=PREFIX, suffix=SUFFIX, max_tokens=8, stream=True) if c.choices]
-            async with oa.responses.stream(model=stack.model_id, input=f"Weather? {CANARY}",
-                                           tools=[{"type": "function", **t["function"]} for t in TOOLS],
-                                           max_output_tokens=32) as stream:
+        async with openai.AsyncOpenAI(base_url=f"{stack.proxy_url}/v1", api_key="unused", max_retries=0, timeout=120) as oa:
+            chunks = [
+                c
+                async for c in await oa.chat.completions.create(
+                    model=stack.model_id, messages=_user("Weather?"), tools=TOOLS, max_tokens=32, stream=True
+                )
+            ]
+            fim = [
+                c.choices[0].text
+                async for c in await oa.completions.create(
+                    model=stack.model_id, prompt=PREFIX, suffix=SUFFIX, max_tokens=8, stream=True
+                )
+                if c.choices
+            ]
+            async with oa.responses.stream(
+                model=stack.model_id,
+                input=f"Weather? {CANARY}",
+                tools=[{"type": "function", **t["function"]} for t in TOOLS],
+                max_output_tokens=32,
+            ) as stream:
                 final = await stream.get_final_response()
             return chunks, fim, final
 
@@ -180,16 +220,21 @@ def test_anthropic_messages_through_the_proxy(claude: anthropic.Anthropic, stack
     assert len(pieces) > 1 and "".join(pieces) == RAW_CALLS and final.stop_reason == "end_turn"
     raw = [e.type for e in claude.messages.create(model=model, max_tokens=32, messages=_user("Hi"), stream=True)]
     assert raw[0] == "message_start" and raw[-2:] == ["message_delta", "message_stop"]
-    tools: Any = [{"name": t["function"]["name"], "description": "a tool", "input_schema": t["function"]["parameters"]}
-                  for t in TOOLS]
+    tools: Any = [
+        {"name": t["function"]["name"], "description": "a tool", "input_schema": t["function"]["parameters"]} for t in TOOLS
+    ]
     used = claude.messages.create(model=model, max_tokens=32, tools=tools, messages=_user("Weather?"))
     assert used.stop_reason == "tool_use"
     assert [(b.name, b.input) for b in used.content if b.type == "tool_use"] == CALLS
 
 
 def test_refusals_in_each_apis_error_shape(claude: anthropic.Anthropic, stack: SimpleNamespace) -> None:
-    image: Any = [{"role": "user", "content": [{"type": "image", "source": {
-        "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}]
+    image: Any = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}],
+        }
+    ]
     with pytest.raises(anthropic.BadRequestError) as info:
         claude.messages.create(model=stack.model_id, max_tokens=8, messages=image)
     assert info.value.body["type"] == "error"  # type: ignore[index]
@@ -209,8 +254,7 @@ def test_veil_client_carries_fim_tools_and_responses(stack: SimpleNamespace) -> 
     with Client(stack.deployment.policy_path) as client:
         fim = client.completions.create(model=stack.model_id, prompt=PREFIX, suffix=SUFFIX, max_tokens=8)
         assert fim.choices[0].text == MIDDLE
-        resp = client.chat.completions.create(model=stack.model_id, messages=_user("Weather?"), tools=TOOLS,
-                                              max_tokens=32)
+        resp = client.chat.completions.create(model=stack.model_id, messages=_user("Weather?"), tools=TOOLS, max_tokens=32)
         calls = resp.choices[0].message.tool_calls or []
         assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == CALLS
         with client.responses.stream(model=stack.model_id, input=f"Hi {CANARY}", max_output_tokens=32) as stream:
@@ -223,18 +267,19 @@ def test_veil_client_carries_anthropics_sdk(stack: SimpleNamespace) -> None:
 
     with Client(stack.deployment.policy_path) as client:
         claude = client.anthropic()
-        msg = claude.messages.create(model=stack.model_id, max_tokens=32, messages=_user("Hi"),
-                                     stop_sequences=["Paris"])
+        msg = claude.messages.create(model=stack.model_id, max_tokens=32, messages=_user("Hi"), stop_sequences=["Paris"])
         assert msg.stop_reason == "stop_sequence" and msg.content[0].text == RAW_CALLS.split("Paris")[0]  # type: ignore[union-attr]
         with claude.messages.stream(model=stack.model_id, max_tokens=32, messages=_user("Hi")) as stream:
             assert "".join(stream.text_stream) == RAW_CALLS
 
     async def run() -> Any:
         async with veil.AsyncClient(stack.deployment.policy_path) as aclient:
-            async with aclient.anthropic().messages.stream(model=stack.model_id, max_tokens=32,
-                                                           messages=_user("Weather?"), tools=[{
-                                                               "name": "get_time", "description": "a tool",
-                                                               "input_schema": {"type": "object"}}]) as stream:
+            async with aclient.anthropic().messages.stream(
+                model=stack.model_id,
+                max_tokens=32,
+                messages=_user("Weather?"),
+                tools=[{"name": "get_time", "description": "a tool", "input_schema": {"type": "object"}}],
+            ) as stream:
                 return await stream.get_final_message()
 
     final = asyncio.run(run())
@@ -244,6 +289,5 @@ def test_veil_client_carries_anthropics_sdk(stack: SimpleNamespace) -> None:
 def test_zz_canary_never_reaches_disk_or_logs(stack: SimpleNamespace) -> None:
     """Runs last: every request above carried the canary (prompts, suffixes, system prompts, files)."""
     dep = stack.deployment
-    hits = [p for root in [dep.state_dir, *Path("/tmp").glob("veil-engine-*")]
-            for p in _files_containing(root, CANARY.encode())]
+    hits = [p for root in [dep.state_dir, *Path("/tmp").glob("veil-engine-*")] for p in _files_containing(root, CANARY.encode())]
     assert hits == [], f"plaintext canary found in {hits}"

@@ -34,9 +34,21 @@ def _processes_mentioning(text: str) -> list[int]:
 
 def _up(state: Path, cport: int, wport: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "veil", "up", "--state-dir", str(state),
-         "--coordinator-port", str(cport), "--worker-port", str(wport)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "veil",
+            "up",
+            "--state-dir",
+            str(state),
+            "--coordinator-port",
+            str(cport),
+            "--worker-port",
+            str(wport),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "COLUMNS": "200"},
     )
 

@@ -38,8 +38,18 @@ if TYPE_CHECKING:
     from veil.manifest import ReferenceValues
 
 __all__ = [
-    "Binding", "Check", "PlatformVerifier", "VerifiedEvidence", "VerifyOptions",
-    "appraise", "as_of_utc", "platform_of", "summary", "validate", "verdict_of", "verify",
+    "Binding",
+    "Check",
+    "PlatformVerifier",
+    "VerifiedEvidence",
+    "VerifyOptions",
+    "appraise",
+    "as_of_utc",
+    "platform_of",
+    "summary",
+    "validate",
+    "verdict_of",
+    "verify",
 ]
 
 
@@ -191,9 +201,7 @@ def validate(verified: VerifiedEvidence, references: Sequence[ReferenceValues]) 
 
     refs = [r for r in references if r.platform == verified.platform]
     if not refs:
-        raise PolicyError(
-            "evidence.platform_not_allowed", f"the manifest has no reference values for {verified.platform}"
-        )
+        raise PolicyError("evidence.platform_not_allowed", f"the manifest has no reference values for {verified.platform}")
     platform = registry.verifier(verified.platform)
     first: PolicyError | None = None
     for ref in refs:
@@ -209,9 +217,7 @@ def validate(verified: VerifiedEvidence, references: Sequence[ReferenceValues]) 
     raise first
 
 
-def appraise(
-    evidence: Mapping[str, Any], references: Sequence[ReferenceValues], options: VerifyOptions
-) -> VerifiedEvidence:
+def appraise(evidence: Mapping[str, Any], references: Sequence[ReferenceValues], options: VerifyOptions) -> VerifiedEvidence:
     """Verify, then validate against the manifest's reference values; raises a typed VeilError."""
     name = platform_of(evidence)
     if not any(r.platform == name for r in references):

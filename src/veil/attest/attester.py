@@ -174,8 +174,9 @@ class TdxAttester:
 
     platform = "tdx"
 
-    def __init__(self, collateral_dir: Path | None = None, tsm: Any = None, source: str = "auto",
-                 aa_url: str | None = None) -> None:
+    def __init__(
+        self, collateral_dir: Path | None = None, tsm: Any = None, source: str = "auto", aa_url: str | None = None
+    ) -> None:
         from veil.attest.collateral import CollateralCache
         from veil.attest.tsm import ConfigfsTsm
 

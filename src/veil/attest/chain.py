@@ -50,8 +50,7 @@ def verify_chain(
     if len(certs) < 2:
         raise VerificationError(
             f"{prefix}chain_too_short",
-            f"the chain holds {len(certs)} certificate(s); it needs at least the signing "
-            f"certificate and {what}",
+            f"the chain holds {len(certs)} certificate(s); it needs at least the signing certificate and {what}",
         )
     root = certs[-1]
     if fingerprint(root) not in trusted_roots:
@@ -84,9 +83,7 @@ def _check_link(cert: x509.Certificate, issuer: x509.Certificate, position: int,
     try:
         _issued_by(cert.public_bytes(Encoding.DER), issuer.public_bytes(Encoding.DER))
     except (*CERT_ERRORS, InvalidSignature) as exc:
-        raise VerificationError(
-            invalid, f"{name!r} is not issued by {issuer.subject.rfc4514_string()!r}"
-        ) from exc
+        raise VerificationError(invalid, f"{name!r} is not issued by {issuer.subject.rfc4514_string()!r}") from exc
     if position == 0:
         usage = extension(cert, x509.KeyUsage)
         if usage is not None and not usage.digital_signature:

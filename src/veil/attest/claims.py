@@ -76,7 +76,7 @@ class Verdict:
 
 
 def error_kind(err: VeilError) -> str:
-    """"parse", "verification" or "policy": what an edge (CLI exit code, JSON) reports."""
+    """ "parse", "verification" or "policy": what an edge (CLI exit code, JSON) reports."""
     if isinstance(err, ParseError):
         return "parse"
     if isinstance(err, PolicyError):

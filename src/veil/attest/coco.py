@@ -105,8 +105,13 @@ def _tcb(value: Any, what: str) -> int:
     if not isinstance(value, dict):
         raise ParseError("coco.malformed", f"{what} must be an object")
     fmc = value.get("fmc")
-    tcb = TcbVersion(_int(value, "bootloader"), _int(value, "tee"), _int(value, "snp"), _int(value, "microcode"),
-                     None if fmc is None else _int(value, "fmc"))
+    tcb = TcbVersion(
+        _int(value, "bootloader"),
+        _int(value, "tee"),
+        _int(value, "snp"),
+        _int(value, "microcode"),
+        None if fmc is None else _int(value, "fmc"),
+    )
     return tcb.encode()
 
 
@@ -122,26 +127,42 @@ def report_from_sev_json(obj: Any) -> bytes:
     if not isinstance(signature, dict) or not isinstance(current, dict) or not isinstance(committed, dict):
         raise ParseError("coco.malformed", "attestation_report lacks signature, current or committed")
     report = Report(
-        version=_int(obj, "version"), guest_svn=_int(obj, "guest_svn"), policy=_int(obj, "policy"),
-        family_id=_bytes(obj.get("family_id"), 16, "family_id"), image_id=_bytes(obj.get("image_id"), 16, "image_id"),
-        vmpl=_int(obj, "vmpl"), signature_algo=_int(obj, "sig_algo"), current_tcb=_tcb(obj.get("current_tcb"), "current_tcb"),
+        version=_int(obj, "version"),
+        guest_svn=_int(obj, "guest_svn"),
+        policy=_int(obj, "policy"),
+        family_id=_bytes(obj.get("family_id"), 16, "family_id"),
+        image_id=_bytes(obj.get("image_id"), 16, "image_id"),
+        vmpl=_int(obj, "vmpl"),
+        signature_algo=_int(obj, "sig_algo"),
+        current_tcb=_tcb(obj.get("current_tcb"), "current_tcb"),
         platform_info=_int(obj, "plat_info"),
-        author_key_en=bool(key_info & 1), mask_chip_key=bool(key_info & 2), signing_key=(key_info >> 2) & 7,
+        author_key_en=bool(key_info & 1),
+        mask_chip_key=bool(key_info & 2),
+        signing_key=(key_info >> 2) & 7,
         report_data=_bytes(obj.get("report_data"), 64, "report_data"),
         measurement=_bytes(obj.get("measurement"), 48, "measurement"),
         host_data=_bytes(obj.get("host_data"), 32, "host_data"),
         id_key_digest=_bytes(obj.get("id_key_digest"), 48, "id_key_digest"),
         author_key_digest=_bytes(obj.get("author_key_digest"), 48, "author_key_digest"),
-        report_id=_bytes(obj.get("report_id"), 32, "report_id"), report_id_ma=_bytes(obj.get("report_id_ma"), 32, "report_id_ma"),
-        reported_tcb=_tcb(obj.get("reported_tcb"), "reported_tcb"), chip_id=_bytes(obj.get("chip_id"), 64, "chip_id"),
+        report_id=_bytes(obj.get("report_id"), 32, "report_id"),
+        report_id_ma=_bytes(obj.get("report_id_ma"), 32, "report_id_ma"),
+        reported_tcb=_tcb(obj.get("reported_tcb"), "reported_tcb"),
+        chip_id=_bytes(obj.get("chip_id"), 64, "chip_id"),
         committed_tcb=_tcb(obj.get("committed_tcb"), "committed_tcb"),
-        current_build=_int(current, "build"), current_minor=_int(current, "minor"), current_major=_int(current, "major"),
-        committed_build=_int(committed, "build"), committed_minor=_int(committed, "minor"),
-        committed_major=_int(committed, "major"), launch_tcb=_tcb(obj.get("launch_tcb"), "launch_tcb"),
-        signature_r=_bytes(signature.get("r"), 72, "signature.r"), signature_s=_bytes(signature.get("s"), 72, "signature.s"),
-        cpuid_fam_id=_int(obj, "cpuid_fam_id", 0), cpuid_mod_id=_int(obj, "cpuid_mod_id", 0),
+        current_build=_int(current, "build"),
+        current_minor=_int(current, "minor"),
+        current_major=_int(current, "major"),
+        committed_build=_int(committed, "build"),
+        committed_minor=_int(committed, "minor"),
+        committed_major=_int(committed, "major"),
+        launch_tcb=_tcb(obj.get("launch_tcb"), "launch_tcb"),
+        signature_r=_bytes(signature.get("r"), 72, "signature.r"),
+        signature_s=_bytes(signature.get("s"), 72, "signature.s"),
+        cpuid_fam_id=_int(obj, "cpuid_fam_id", 0),
+        cpuid_mod_id=_int(obj, "cpuid_mod_id", 0),
         cpuid_step=_int(obj, "cpuid_step", 0),
-        launch_mit_vector=_int(obj, "launch_mit_vector", 0), current_mit_vector=_int(obj, "current_mit_vector", 0),
+        launch_mit_vector=_int(obj, "launch_mit_vector", 0),
+        current_mit_vector=_int(obj, "current_mit_vector", 0),
     )
     return report.to_bytes()
 

@@ -166,9 +166,7 @@ class CollateralCache:
         return path
 
 
-def find_cached_vcek(
-    report: Report, cache: CollateralSource, product: str | None = None
-) -> tuple[str, bytes] | None:
+def find_cached_vcek(report: Report, cache: CollateralSource, product: str | None = None) -> tuple[str, bytes] | None:
     """(product, VCEK DER) cached for this report's chip and reported TCB, trying each product
     when the report (v2) does not say which it is."""
     from veil.attest.snp.abi import PRODUCTS, TcbVersion

@@ -73,9 +73,7 @@ def worker_report_data(
     sandbox: bytes = b"",
 ) -> bytes:
     """What the worker puts in its CPU report_data when it has GPUs."""
-    return binding.worker_report_data(
-        challenge_nonce, worker_public_key, gpu_evidence_digest(evidence), sandbox
-    )
+    return binding.worker_report_data(challenge_nonce, worker_public_key, gpu_evidence_digest(evidence), sandbox)
 
 
 def collect_gpu_evidence(
@@ -110,9 +108,7 @@ def verify_composite(
     items = _as_list(gpu_evidence)
     if not items:
         raise PolicyError("composite.no_gpu_evidence", "no GPU evidence to bind")
-    binding.check_report_data(
-        cpu.claims.report_data, worker_report_data(challenge_nonce, worker_public_key, items, sandbox)
-    )
+    binding.check_report_data(cpu.claims.report_data, worker_report_data(challenge_nonce, worker_public_key, items, sandbox))
     nonce = expected_gpu_nonce if expected_gpu_nonce is not None else gpu_nonce(challenge_nonce, worker_public_key)
     gpu_options = dataclasses.replace(options, binding=Binding.to(nonce))
     gpus: list[dict[str, Any]] = []
@@ -133,7 +129,12 @@ def verify_composite(
     return dataclasses.replace(
         cpu,
         claims=dataclasses.replace(cpu.claims, details=details, simulated=simulated),
-        checks=cpu.checks + tuple(gpu_checks) + (
-            Check("GPU evidence", f"{len(items)} GPU report(s) verified, bound into the CPU report_data "
-                  "and signed over this challenge's GPU nonce"),),
+        checks=cpu.checks
+        + tuple(gpu_checks)
+        + (
+            Check(
+                "GPU evidence",
+                f"{len(items)} GPU report(s) verified, bound into the CPU report_data and signed over this challenge's GPU nonce",
+            ),
+        ),
     )

@@ -80,6 +80,11 @@ def appraise_worker_evidence(
 
     assert verified.reference is not None  # validate() names the reference set that accepted
     return composite.verify_composite(
-        verified, gpus, challenge_nonce=challenge, worker_public_key=public_key, options=options,
-        policy=NVIDIA.policy(verified.reference), sandbox=sandbox,
+        verified,
+        gpus,
+        challenge_nonce=challenge,
+        worker_public_key=public_key,
+        options=options,
+        policy=NVIDIA.policy(verified.reference),
+        sandbox=sandbox,
     )

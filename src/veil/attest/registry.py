@@ -55,28 +55,70 @@ class AttesterConfig:
 PLATFORMS: dict[str, Platform] = {
     p.name: p
     for p in (
-        Platform("sev-snp", "cpu", "AMD SEV-SNP guest", "veil.attest.snp.platform:SEV_SNP",
-                 "veil.attest.attester:snp_attester", sources=("auto", "coco-aa")),
-        Platform("sim-snp", "cpu", "SIMULATED SEV-SNP (per-deployment root, no hardware protection)",
-                 "veil.attest.snp.platform:SEV_SNP", "veil.attest.attester:sim_snp_attester", simulated=True),
-        Platform("tdx", "cpu", "Intel TDX trust domain", "veil.attest.tdx.platform:TDX",
-                 "veil.attest.attester:tdx_attester", sources=("auto", "coco-aa")),
-        Platform("sim-tdx", "cpu", "SIMULATED Intel TDX (per-deployment root, no hardware protection)",
-                 "veil.attest.tdx.platform:TDX", "veil.attest.attester:sim_tdx_attester", simulated=True),
-        Platform("azure-snp-vtpm", "cpu", "Azure confidential VM, SEV-SNP behind the paravisor (vTPM + HCL)",
-                 "veil.attest.azure.platform:AZURE_SNP_VTPM", "veil.attest.azure.collect:snp_vtpm_attester"),
-        Platform("azure-tdx-vtpm", "cpu", "Azure confidential VM, TDX behind the paravisor (vTPM + HCL)",
-                 "veil.attest.azure.platform:AZURE_TDX_VTPM", "veil.attest.azure.collect:tdx_vtpm_attester"),
-        Platform("sim-azure-snp", "cpu", "SIMULATED Azure SEV-SNP confidential VM (vTPM + HCL + MAA, per-deployment roots)",
-                 "veil.attest.azure.platform:SIM_AZURE_SNP", "veil.attest.sim.azure:sim_azure_snp_attester",
-                 simulated=True),
-        Platform("sim-azure-tdx", "cpu", "SIMULATED Azure TDX confidential VM (vTPM + HCL + MAA, per-deployment roots)",
-                 "veil.attest.azure.platform:SIM_AZURE_TDX", "veil.attest.sim.azure:sim_azure_tdx_attester",
-                 simulated=True),
-        Platform("nvidia", "gpu", "NVIDIA H100/H200 in CC mode (SPDM report)",
-                 "veil.attest.nvidia.platform:NVIDIA"),
-        Platform("azure-maa", "token", "Microsoft Azure Attestation token",
-                 "veil.attest.azure.platform:AZURE_MAA"),
+        Platform(
+            "sev-snp",
+            "cpu",
+            "AMD SEV-SNP guest",
+            "veil.attest.snp.platform:SEV_SNP",
+            "veil.attest.attester:snp_attester",
+            sources=("auto", "coco-aa"),
+        ),
+        Platform(
+            "sim-snp",
+            "cpu",
+            "SIMULATED SEV-SNP (per-deployment root, no hardware protection)",
+            "veil.attest.snp.platform:SEV_SNP",
+            "veil.attest.attester:sim_snp_attester",
+            simulated=True,
+        ),
+        Platform(
+            "tdx",
+            "cpu",
+            "Intel TDX trust domain",
+            "veil.attest.tdx.platform:TDX",
+            "veil.attest.attester:tdx_attester",
+            sources=("auto", "coco-aa"),
+        ),
+        Platform(
+            "sim-tdx",
+            "cpu",
+            "SIMULATED Intel TDX (per-deployment root, no hardware protection)",
+            "veil.attest.tdx.platform:TDX",
+            "veil.attest.attester:sim_tdx_attester",
+            simulated=True,
+        ),
+        Platform(
+            "azure-snp-vtpm",
+            "cpu",
+            "Azure confidential VM, SEV-SNP behind the paravisor (vTPM + HCL)",
+            "veil.attest.azure.platform:AZURE_SNP_VTPM",
+            "veil.attest.azure.collect:snp_vtpm_attester",
+        ),
+        Platform(
+            "azure-tdx-vtpm",
+            "cpu",
+            "Azure confidential VM, TDX behind the paravisor (vTPM + HCL)",
+            "veil.attest.azure.platform:AZURE_TDX_VTPM",
+            "veil.attest.azure.collect:tdx_vtpm_attester",
+        ),
+        Platform(
+            "sim-azure-snp",
+            "cpu",
+            "SIMULATED Azure SEV-SNP confidential VM (vTPM + HCL + MAA, per-deployment roots)",
+            "veil.attest.azure.platform:SIM_AZURE_SNP",
+            "veil.attest.sim.azure:sim_azure_snp_attester",
+            simulated=True,
+        ),
+        Platform(
+            "sim-azure-tdx",
+            "cpu",
+            "SIMULATED Azure TDX confidential VM (vTPM + HCL + MAA, per-deployment roots)",
+            "veil.attest.azure.platform:SIM_AZURE_TDX",
+            "veil.attest.sim.azure:sim_azure_tdx_attester",
+            simulated=True,
+        ),
+        Platform("nvidia", "gpu", "NVIDIA H100/H200 in CC mode (SPDM report)", "veil.attest.nvidia.platform:NVIDIA"),
+        Platform("azure-maa", "token", "Microsoft Azure Attestation token", "veil.attest.azure.platform:AZURE_MAA"),
     )
 }
 
@@ -118,7 +160,8 @@ def attester(name: str, config: AttesterConfig | None = None) -> Attester:
         raise PolicyError("attest.no_attester", f"Veil cannot yet run on {name}: it has no attester")
     config = config or AttesterConfig()
     if config.source not in entry.sources:  # never fall back silently to another evidence source
-        raise PolicyError("attest.source_unsupported",
-                          f"{name}'s attester takes evidence from {', '.join(entry.sources)}, not {config.source}")
+        raise PolicyError(
+            "attest.source_unsupported", f"{name}'s attester takes evidence from {', '.join(entry.sources)}, not {config.source}"
+        )
     built: Attester = _load(entry.attester)(config)
     return built

@@ -17,11 +17,13 @@ from typing import Literal
 Vendor = Literal["amd", "intel", "nvidia", "nvidia-rim", "microsoft"]
 
 # AMD ARKs (SHA-256 of the DER), per product: AMD KDS /vcek/v1/{product}/cert_chain.
-AMD_ARK_FINGERPRINTS: Mapping[str, str] = MappingProxyType({
-    "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd": "Milan",
-    "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1": "Genoa",
-    "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a": "Turin",
-})
+AMD_ARK_FINGERPRINTS: Mapping[str, str] = MappingProxyType(
+    {
+        "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd": "Milan",
+        "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1": "Genoa",
+        "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a": "Turin",
+    }
+)
 # Intel SGX Root CA, the root of every SGX and TDX quote (PCS).
 INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 # "CN=NVIDIA Device Identity CA, O=NVIDIA" (P-384, valid 2021-11-05 .. 9999).
@@ -70,8 +72,7 @@ class TrustRoots:
     def vendor_roots(self, vendor: Vendor) -> frozenset[str]:
         if vendor == "amd":
             return frozenset(self.amd)
-        return {"intel": self.intel, "nvidia": self.nvidia, "nvidia-rim": self.nvidia_rim,
-                "microsoft": self.microsoft}[vendor]
+        return {"intel": self.intel, "nvidia": self.nvidia, "nvidia-rim": self.nvidia_rim, "microsoft": self.microsoft}[vendor]
 
     def classify(self, vendor: Vendor, fingerprint: str) -> Literal["vendor", "simulation"] | None:
         """Whether ``fingerprint`` is a trusted root of ``vendor``, a trusted simulation root, or neither."""

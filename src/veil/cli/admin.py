@@ -46,8 +46,7 @@ def secret_put(
     from veil.client.policy import ClientPolicy
 
     try:
-        result = admin.put_secret(ClientPolicy.load(policy), _admin_key(policy, admin_key), key_id,
-                                  admin.load_data_key(key_file))
+        result = admin.put_secret(ClientPolicy.load(policy), _admin_key(policy, admin_key), key_id, admin.load_data_key(key_file))
     except VeilError as err:
         _fail(err)
     console.print(f"[green]✔[/] secret {result['key_id']!r} stored, sealed inside the verified coordinator")
@@ -88,8 +87,9 @@ def workers(
         return
     table = Table("worker", "platform", "measurement", "simulated", "last seen (UTC)")
     for w in found:
-        table.add_row(w["worker_id"], w["platform"], w["measurement"][:16] + "…", "yes" if w["simulated"] else "no",
-                      _when(w["last_seen"]))
+        table.add_row(
+            w["worker_id"], w["platform"], w["measurement"][:16] + "…", "yes" if w["simulated"] else "no", _when(w["last_seen"])
+        )
     console.print(table)
 
 
@@ -118,8 +118,9 @@ def audit(
     from veil.client.policy import ClientPolicy
 
     try:
-        records = admin.audit(ClientPolicy.load(policy), _admin_key(policy, admin_key), after,
-                              log_path=_state_file(policy, admin.AUDIT_LOG_FILE))
+        records = admin.audit(
+            ClientPolicy.load(policy), _admin_key(policy, admin_key), after, log_path=_state_file(policy, admin.AUDIT_LOG_FILE)
+        )
     except VeilError as err:
         _fail(err)
     if as_json:
@@ -146,8 +147,9 @@ def recover(
 
     try:
         target = ClientPolicy.load(policy)
-        result = admin.recover(source or target.coordinator_url, admin.load_recovery_key(recovery_key),
-                               _admin_key(policy, admin_key), target)
+        result = admin.recover(
+            source or target.coordinator_url, admin.load_recovery_key(recovery_key), _admin_key(policy, admin_key), target
+        )
     except VeilError as err:
         _fail(err)
     console.print(f"[green]✔[/] restored: {result['manifests']} manifest(s), {result['secrets']} secret(s)")
@@ -169,7 +171,12 @@ def tenant_add(
         client_policy, log = load_with_log(policy)
         key = _admin_key(policy, admin_key)
         api_key, entry, signed = admin.publish_tenant(
-            client_policy, key, tenant_id, requests_per_minute, tokens_per_minute, manifest_log=log,
+            client_policy,
+            key,
+            tenant_id,
+            requests_per_minute,
+            tokens_per_minute,
+            manifest_log=log,
         )
     except VeilError as err:
         _fail(err)

@@ -37,19 +37,18 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
-app = typer.Typer(help="Fetch AMD SEV-SNP collateral (VCEK, chain, CRL) once, then verify offline.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Fetch AMD SEV-SNP collateral (VCEK, chain, CRL) once, then verify offline.", no_args_is_help=True)
 console = Console()
 err_console = Console(stderr=True)
 
 
 def make_client(timeout: float = 15.0) -> httpx.Client:
     """The HTTP client used for KDS (tests replace this with an httpx.MockTransport client)."""
-    return httpx.Client(timeout=timeout, follow_redirects=True,
-                        headers={"User-Agent": "veil-collateral/1 (+AMD KDS)"})
+    return httpx.Client(timeout=timeout, follow_redirects=True, headers={"User-Agent": "veil-collateral/1 (+AMD KDS)"})
 
 
 # --- plain functions (no typer): usable from a coordinator start-up hook as well ---------------
+
 
 @dataclass(frozen=True)
 class ReportTarget:
@@ -76,8 +75,7 @@ def report_target(report: Report, product: str | None = None) -> ReportTarget:
     if chosen is None:
         raise ParseError(
             "cli.missing_input",
-            f"this is a version {report.version} report, which carries no CPUID: pass --product "
-            f"({'|'.join(PRODUCTS)})",
+            f"this is a version {report.version} report, which carries no CPUID: pass --product ({'|'.join(PRODUCTS)})",
         )
     if report.signing_key == SigningKey.NONE:
         raise ParseError("snp.report_unsigned", "the report is not signed (signing key: none)")
@@ -98,9 +96,14 @@ class FetchResult:
     def to_json(self) -> dict[str, Any]:
         t = self.target
         return {
-            "product": t.product, "key_kind": t.key_kind, "hwid": t.hwid if t.key_kind == "vcek" else None,
-            "reported_tcb": t.tcb.to_json(), "fetched": self.urls, "written": self.written,
-            "from_cache": self.from_cache, "crl": self.crl,
+            "product": t.product,
+            "key_kind": t.key_kind,
+            "hwid": t.hwid if t.key_kind == "vcek" else None,
+            "reported_tcb": t.tcb.to_json(),
+            "fetched": self.urls,
+            "written": self.written,
+            "from_cache": self.from_cache,
+            "crl": self.crl,
         }
 
 
@@ -144,8 +147,9 @@ def fetch_for_report(
                 result.from_cache.append("vcek")
         else:
             if vlek is None:
-                raise ParseError("cli.missing_input",
-                                 "the report is signed by a VLEK, which KDS does not serve by chip id: pass --vlek")
+                raise ParseError(
+                    "cli.missing_input", "the report is signed by a VLEK, which KDS does not serve by chip id: pass --vlek"
+                )
             leaf = vlek
         chain = None if refresh else cache.read_cert_chain(target.product, target.key_kind)
         if chain is None:
@@ -165,8 +169,9 @@ def fetch_for_report(
     # by that ARK and current, and the report's own signature with this VCEK (chip and TCB match).
     verified = verify_report(report, leaf, chain, trust=trust, as_of=as_of, crl=crl)
     if verified.product != target.product:
-        raise VerificationError("snp.product_mismatch",
-                                f"KDS returned {verified.product} collateral for a {target.product} request")
+        raise VerificationError(
+            "snp.product_mismatch", f"KDS returned {verified.product} collateral for a {target.product} request"
+        )
 
     if target.key_kind == "vcek":
         result.written["vcek"] = str(cache.write_vcek(target.product, target.chip_id, target.tcb, leaf))
@@ -193,8 +198,12 @@ def cache_listing(cache: CollateralCache) -> list[dict[str, Any]]:
                 continue
             chain = cache.read_cert_chain(product, kind)
             if chain is not None:
-                entry: dict[str, Any] = {"product": product, "kind": kind, "item": "cert_chain",
-                                         "path": str(cache.cert_chain_path(product, kind))}
+                entry: dict[str, Any] = {
+                    "product": product,
+                    "kind": kind,
+                    "item": "cert_chain",
+                    "path": str(cache.cert_chain_path(product, kind)),
+                }
                 try:
                     entry["certificates"] = [c.subject.rfc4514_string() for c in load_chain(chain)]
                 except (ValueError, VeilError):
@@ -215,8 +224,14 @@ def cache_listing(cache: CollateralCache) -> list[dict[str, Any]]:
             if kind != "vcek":
                 continue
             for path in sorted(d.glob("*/*.der")):
-                entry = {"product": product, "kind": kind, "item": "vcek", "hwid": path.parent.name,
-                         "tcb": path.stem, "path": str(path)}
+                entry = {
+                    "product": product,
+                    "kind": kind,
+                    "item": "vcek",
+                    "hwid": path.parent.name,
+                    "tcb": path.stem,
+                    "path": str(path),
+                }
                 try:
                     der = path.read_bytes()
                     entry.update(_describe_cert(der))
@@ -268,15 +283,24 @@ def fetch_cmd(
     report: Optional[Path] = typer.Option(None, "--report", help="SEV-SNP report.bin (1184 bytes)."),
     platform: str = typer.Option("sev-snp", "--platform", help="sev-snp (AMD KDS) or tdx (Intel PCS/PCCS)."),
     quote: Optional[Path] = typer.Option(None, "--quote", help="TDX: a quote of this machine (binary or hex)."),
-    pccs_url: str = typer.Option("https://api.trustedservices.intel.com", "--pccs-url",
-                                 help="TDX: Intel PCS, or a PCCS (a cloud's, or a local cache service)."),
+    pccs_url: str = typer.Option(
+        "https://api.trustedservices.intel.com",
+        "--pccs-url",
+        help="TDX: Intel PCS, or a PCCS (a cloud's, or a local cache service).",
+    ),
     simulation_root: list[str] = typer.Option([], "--simulation-root", help="TDX: also accept this simulation root (sim-tdx)."),
-    product: Optional[str] = typer.Option(None, "--product", help="Milan, Genoa or Turin (needed for v2 reports, which carry no CPUID)."),
+    product: Optional[str] = typer.Option(
+        None, "--product", help="Milan, Genoa or Turin (needed for v2 reports, which carry no CPUID)."
+    ),
     cache: Optional[Path] = CacheOpt,
     kds_url: str = typer.Option(kds.KDS_BASE, "--kds-url", help="KDS base URL (a mirror or proxy)."),
-    crl: bool = typer.Option(True, "--crl/--no-crl", help="Also fetch the ARK-signed CRL (default; --no-crl: no revocation data is cached)."),
+    crl: bool = typer.Option(
+        True, "--crl/--no-crl", help="Also fetch the ARK-signed CRL (default; --no-crl: no revocation data is cached)."
+    ),
     refresh: bool = typer.Option(False, "--refresh", help="Download the VCEK and chain again even when cached."),
-    vlek: Optional[Path] = typer.Option(None, "--vlek", help="For VLEK-signed reports: the VLEK certificate (from the cloud provider)."),
+    vlek: Optional[Path] = typer.Option(
+        None, "--vlek", help="For VLEK-signed reports: the VLEK certificate (from the cloud provider)."
+    ),
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Check validity windows as of this ISO 8601 time (default: now)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -296,8 +320,17 @@ def fetch_cmd(
         _fail(ParseError("cli.unreadable_input", str(exc)), as_json, EXIT_USAGE)
     try:
         with make_client() as client:
-            result = fetch_for_report(data, the_cache, product=product, client=client, base=kds_url.rstrip("/"),
-                                      with_crl=crl, refresh=refresh, as_of=parse_time(as_of), vlek=vlek_bytes)
+            result = fetch_for_report(
+                data,
+                the_cache,
+                product=product,
+                client=client,
+                base=kds_url.rstrip("/"),
+                with_crl=crl,
+                refresh=refresh,
+                as_of=parse_time(as_of),
+                vlek=vlek_bytes,
+            )
     except ParseError as err:
         _fail(err, as_json, EXIT_USAGE)
     except VeilError as err:
@@ -306,16 +339,19 @@ def fetch_cmd(
         print(json.dumps({"result": "ok", **result.to_json()}, indent=2))
         return
     t = result.target
-    console.print(f"[bold green]cached[/] {t.product} {t.key_kind.upper()} collateral, reported TCB "
-                  f"{kds.tcb_key(t.tcb)} in {the_cache.root}")
+    console.print(
+        f"[bold green]cached[/] {t.product} {t.key_kind.upper()} collateral, reported TCB "
+        f"{kds.tcb_key(t.tcb)} in {the_cache.root}"
+    )
     for item, path in result.written.items():
         console.print(f"  {item:10} {path}")
     if not result.crl:
         console.print("[yellow]no CRL cached (--no-crl): offline verification has no revocation data[/]")
 
 
-def _fetch_tdx(quote: Optional[Path], cache: CollateralCache, pccs_url: str, roots: list[str],
-               as_of: Optional[str], as_json: bool) -> None:
+def _fetch_tdx(
+    quote: Optional[Path], cache: CollateralCache, pccs_url: str, roots: list[str], as_of: Optional[str], as_json: bool
+) -> None:
     from veil.cli.evidence import read_binary_or_hex
 
     try:
@@ -323,18 +359,33 @@ def _fetch_tdx(quote: Optional[Path], cache: CollateralCache, pccs_url: str, roo
         if raw is None:
             raise ParseError("cli.missing_input", "--platform tdx needs --quote")
         fmspc, path, verified = fetch_for_quote(
-            raw, cache, pccs_url=pccs_url, trust=TrustRoots.production().with_simulation(*roots), as_of=parse_time(as_of))
+            raw, cache, pccs_url=pccs_url, trust=TrustRoots.production().with_simulation(*roots), as_of=parse_time(as_of)
+        )
     except ParseError as err:
         _fail(err, as_json, EXIT_USAGE)
     except VeilError as err:
         _fail(err, as_json, EXIT_REFUSED)
     expires = verified.collateral_expires.isoformat() if verified.collateral_expires else None
     if as_json:
-        print(json.dumps({"result": "ok", "platform": "tdx", "fmspc": fmspc, "written": str(path),
-                          "tcb_status": verified.tcb_status, "expires": expires, "simulated": verified.simulated}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "result": "ok",
+                    "platform": "tdx",
+                    "fmspc": fmspc,
+                    "written": str(path),
+                    "tcb_status": verified.tcb_status,
+                    "expires": expires,
+                    "simulated": verified.simulated,
+                },
+                indent=2,
+            )
+        )
         return
-    console.print(f"[bold green]cached[/] Intel PCS collateral for FMSPC {fmspc} (TCB {verified.tcb_status}, "
-                  f"valid until {expires}) in {path}")
+    console.print(
+        f"[bold green]cached[/] Intel PCS collateral for FMSPC {fmspc} (TCB {verified.tcb_status}, "
+        f"valid until {expires}) in {path}"
+    )
 
 
 @app.command("show")
@@ -360,7 +411,9 @@ def show_cmd(
         p = found[0] if found else (product or parsed.product)
         status = {
             "product": p,
-            "vcek": str(the_cache.vcek_path(p, parsed.chip_id, TcbVersion.decode(parsed.reported_tcb, p))) if found and p else None,
+            "vcek": str(the_cache.vcek_path(p, parsed.chip_id, TcbVersion.decode(parsed.reported_tcb, p)))
+            if found and p
+            else None,
             "cert_chain": str(the_cache.cert_chain_path(p)) if p and the_cache.read_cert_chain(p) else None,
             "crl": str(the_cache.crl_path(p)) if p and the_cache.read_crl(p) else None,
         }
@@ -385,7 +438,10 @@ def show_cmd(
         if e["item"] == "vcek":
             detail, until = f"hwid {e['hwid'][:16]}… {e['tcb']}", e.get("not_after", "?")
         elif e["item"] == "crl":
-            detail, until = f"{e.get('revoked', '?')} revoked" + (" [red]STALE[/]" if e.get("stale") else ""), e.get("next_update") or "?"
+            detail, until = (
+                f"{e.get('revoked', '?')} revoked" + (" [red]STALE[/]" if e.get("stale") else ""),
+                e.get("next_update") or "?",
+            )
         else:
             detail, until = ", ".join(s.split(",")[0] for s in e.get("certificates", [])), ""
         table.add_row(e["product"], e["kind"], e["item"], detail, until)

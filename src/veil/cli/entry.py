@@ -61,8 +61,9 @@ def missing_extra(argv: Sequence[str]) -> tuple[str, str] | None:
 
 def _refuse(argv: Sequence[str], extra: str, module: str) -> None:
     command = " ".join(filter(None, ["veil", _command(argv)]))
-    print(f"{command} needs the {extra!r} extra (module {module!r} is not installed): "
-          f"pip install 'veil[{extra}]'", file=sys.stderr)
+    print(
+        f"{command} needs the {extra!r} extra (module {module!r} is not installed): pip install 'veil[{extra}]'", file=sys.stderr
+    )
     raise SystemExit(1)
 
 

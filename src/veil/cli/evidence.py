@@ -166,8 +166,12 @@ def _nvidia(inputs: EvidenceFiles, cache: CollateralCache) -> Loaded:
 
     if inputs.report is None or inputs.cert_chain is None or inputs.nonce is None:
         raise ParseError("cli.missing_input", "nvidia needs --report, --cert-chain and --nonce")
-    gpu = {"report": _b64(load_report(read_bytes(inputs.report))), "cert_chain_pem": _b64(read_bytes(inputs.cert_chain)),
-           "rims": [_b64(read_bytes(p)) for p in inputs.rims], "ocsp": [_b64(read_bytes(p)) for p in inputs.ocsp]}
+    gpu = {
+        "report": _b64(load_report(read_bytes(inputs.report))),
+        "cert_chain_pem": _b64(read_bytes(inputs.cert_chain)),
+        "rims": [_b64(read_bytes(p)) for p in inputs.rims],
+        "ocsp": [_b64(read_bytes(p)) for p in inputs.ocsp],
+    }
     return Loaded({"platform": "nvidia", "nvidia": gpu}, Binding.to(inputs.nonce))
 
 
@@ -191,9 +195,16 @@ def _azure_maa(inputs: EvidenceFiles, cache: CollateralCache) -> Loaded:
 
 
 LOADERS: dict[str, Callable[[EvidenceFiles, CollateralCache], Loaded]] = {
-    "sev-snp": _snp, "sim-snp": _snp, "tdx": _tdx, "sim-tdx": _tdx, "nvidia": _nvidia,
-    "azure-snp-vtpm": _azure_vtpm, "azure-tdx-vtpm": _azure_vtpm, "sim-azure-snp": _azure_vtpm,
-    "sim-azure-tdx": _azure_vtpm, "azure-maa": _azure_maa,
+    "sev-snp": _snp,
+    "sim-snp": _snp,
+    "tdx": _tdx,
+    "sim-tdx": _tdx,
+    "nvidia": _nvidia,
+    "azure-snp-vtpm": _azure_vtpm,
+    "azure-tdx-vtpm": _azure_vtpm,
+    "sim-azure-snp": _azure_vtpm,
+    "sim-azure-tdx": _azure_vtpm,
+    "azure-maa": _azure_maa,
 }
 
 
@@ -208,8 +219,11 @@ def load_policy(model: type[BaseModel], inputs: EvidenceFiles) -> Any:
         except ValidationError as exc:
             raise ParseError("cli.malformed_policy", f"{inputs.policy} is not a valid policy: {exc}") from None
     if inputs.allow_debug:
-        updates: dict[str, Any] = {name: sub.model_copy(update={"allow_debug": True})
-                   for name, sub in policy if isinstance(sub, BaseModel) and "allow_debug" in type(sub).model_fields}
+        updates: dict[str, Any] = {
+            name: sub.model_copy(update={"allow_debug": True})
+            for name, sub in policy
+            if isinstance(sub, BaseModel) and "allow_debug" in type(sub).model_fields
+        }
         if "allow_debug" in model.model_fields:
             updates["allow_debug"] = True
         policy = policy.model_copy(update=updates)
@@ -231,8 +245,9 @@ def verify_files(inputs: EvidenceFiles) -> Verdict:
         options = VerifyOptions(loaded.binding, trust, inputs.as_of, cache)
         verified = verifier.verify(loaded.evidence, options)
         if verified.claims.platform != inputs.platform and inputs.platform != "nvidia":
-            raise ParseError("cli.platform_mismatch",
-                             f"--platform {inputs.platform} but the evidence verifies as {verified.claims.platform}")
+            raise ParseError(
+                "cli.platform_mismatch", f"--platform {inputs.platform} but the evidence verifies as {verified.claims.platform}"
+            )
         checks = verified.checks + tuple(verifier.validate(verified, policy))
     except VeilError as err:
         return Verdict.reject(err, verified.claims if verified else None, verified.checks if verified else ())
@@ -269,14 +284,24 @@ def verify_cmd(
     collateral: Optional[Path] = typer.Option(None, help="TDX PCS collateral JSON (default: the collateral cache's)."),
     cert_chain: Optional[Path] = typer.Option(None, "--cert-chain", help="NVIDIA certificate chain, leaf first, PEM."),
     nonce: Optional[str] = typer.Option(None, help="Expected nonce, hex (NVIDIA, Azure)."),
-    report_data: Optional[str] = typer.Option(None, "--report-data", help="Expected report_data, hex (SEV-SNP, TDX); without it freshness is NOT checked."),
+    report_data: Optional[str] = typer.Option(
+        None, "--report-data", help="Expected report_data, hex (SEV-SNP, TDX); without it freshness is NOT checked."
+    ),
     evidence: Optional[Path] = typer.Option(None, help="Azure vTPM evidence JSON."),
     token: Optional[Path] = typer.Option(None, help="Microsoft Azure Attestation JWT."),
-    jwks: Optional[Path] = typer.Option(None, help="The MAA instance's signing certificates (its /certs JWKS, with x5c chains to a pinned root)."),
+    jwks: Optional[Path] = typer.Option(
+        None, help="The MAA instance's signing certificates (its /certs JWKS, with x5c chains to a pinned root)."
+    ),
     rim: list[Path] = typer.Option([], "--rim", help="NVIDIA driver or VBIOS RIM (signed SWID XML); repeat for both."),
-    ocsp: list[Path] = typer.Option([], "--ocsp", help="NVIDIA OCSP response (DER) for a certificate of the GPU's or a RIM's chain; repeat."),
-    simulation_root: list[str] = typer.Option([], "--simulation-root", help="Trust this simulation root (SHA-256 hex), for sim-* evidence."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Collateral cache (default: $VEIL_COLLATERAL_DIR or ~/.cache/veil/collateral)."),
+    ocsp: list[Path] = typer.Option(
+        [], "--ocsp", help="NVIDIA OCSP response (DER) for a certificate of the GPU's or a RIM's chain; repeat."
+    ),
+    simulation_root: list[str] = typer.Option(
+        [], "--simulation-root", help="Trust this simulation root (SHA-256 hex), for sim-* evidence."
+    ),
+    cache: Optional[Path] = typer.Option(
+        None, "--cache", help="Collateral cache (default: $VEIL_COLLATERAL_DIR or ~/.cache/veil/collateral)."
+    ),
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Verify as of this ISO 8601 time (default: now)."),
     policy: Optional[Path] = typer.Option(None, help="The platform's policy (JSON). Default: production defaults."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept debug guests."),
@@ -284,10 +309,25 @@ def verify_cmd(
 ) -> None:
     """Verify evidence from files; exit 0 accepted, 1 refused, 2 usage or parse error."""
     inputs = EvidenceFiles(
-        platform=platform, as_of=parse_time(as_of), policy=policy, allow_debug=allow_debug,
-        report=report, vcek=vcek, chain=chain, crl=crl, quote=quote, collateral=collateral,
-        cert_chain=cert_chain, nonce=_hex(nonce, "--nonce"), report_data=_hex(report_data, "--report-data"),
-        evidence=evidence, token=token, jwks=jwks, rims=tuple(rim), ocsp=tuple(ocsp), simulation_roots=tuple(simulation_root),
+        platform=platform,
+        as_of=parse_time(as_of),
+        policy=policy,
+        allow_debug=allow_debug,
+        report=report,
+        vcek=vcek,
+        chain=chain,
+        crl=crl,
+        quote=quote,
+        collateral=collateral,
+        cert_chain=cert_chain,
+        nonce=_hex(nonce, "--nonce"),
+        report_data=_hex(report_data, "--report-data"),
+        evidence=evidence,
+        token=token,
+        jwks=jwks,
+        rims=tuple(rim),
+        ocsp=tuple(ocsp),
+        simulation_roots=tuple(simulation_root),
         cache_dir=cache,
     )
     verdict = verify_files(inputs)

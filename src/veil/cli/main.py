@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -20,12 +20,15 @@ from veil.cli import manifest as manifest_cli
 from veil.cli.seal import seal_command
 from veil.errors import VeilError
 
+if TYPE_CHECKING:
+    from veil.attest.attester import Attester
+
 app = typer.Typer(
     help=(
         "Veil: confidential AI inference. A client verifies hardware attestation before it sends "
         "anything; prompts and responses are encrypted end to end (OHTTP) to attested machines.\n\n"
         "Quick start: `veil up` starts a local deployment on a SIMULATED TEE; then `veil verify`, "
-        "`veil chat \"hello\"`, or `veil proxy` for any OpenAI client."
+        '`veil chat "hello"`, or `veil proxy` for any OpenAI client.'
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -49,25 +52,36 @@ StateDirOpt = typer.Option(None, "--state-dir", help="State directory (default: 
 
 
 PlatformOpt = typer.Option(
-    "sim-snp", "--platform",
+    "sim-snp",
+    "--platform",
     help="TEE this process runs in: sev-snp, tdx, azure-snp-vtpm, azure-tdx-vtpm, or a SIMULATED twin "
-    "(sim-snp, sim-tdx, sim-azure-snp, sim-azure-tdx) for development.")
+    "(sim-snp, sim-tdx, sim-azure-snp, sim-azure-tdx) for development.",
+)
 SimDirOpt = typer.Option(None, "--sim-dir", help="Simulated platform directory (sim-* platforms).")
 LaunchDataOpt = typer.Option(
-    None, "--sim-launch-data",
+    None,
+    "--sim-launch-data",
     help="Simulated platforms: what the host sets at launch, hex: HOST_DATA (sim-snp, 32 bytes) or "
-    "MRCONFIGID (sim-tdx, 48 bytes). On hardware the host sets these when it launches the VM.")
+    "MRCONFIGID (sim-tdx, 48 bytes). On hardware the host sets these when it launches the VM.",
+)
 
 
 SourceOpt = typer.Option(
-    "auto", "--evidence-source",
+    "auto",
+    "--evidence-source",
     help="Where hardware evidence comes from: auto (configfs-tsm, /dev/sev-guest) or coco-aa (the Confidential "
-    "Containers Attestation Agent of a Kata pod, see --aa-url).")
+    "Containers Attestation Agent of a Kata pod, see --aa-url).",
+)
 AgentOpt = typer.Option("http://127.0.0.1:8006", "--aa-url", help="The Attestation Agent's REST server (coco-aa).")
 
 
-def _attester(platform: str, sim_dir: Optional[Path], launch_data: Optional[str] = None,  # type: ignore[no-untyped-def]
-              source: str = "auto", aa_url: str = "http://127.0.0.1:8006"):
+def _attester(
+    platform: str,
+    sim_dir: Optional[Path],
+    launch_data: Optional[str] = None,
+    source: str = "auto",
+    aa_url: str = "http://127.0.0.1:8006",
+) -> Attester:
     from veil.attest import registry
     from veil.errors import ParseError
 
@@ -107,16 +121,38 @@ def up(
     model: Optional[Path] = typer.Option(None, help="GGUF model (default: the bundled SmolLM2-135M-Instruct)."),
     demo: bool = typer.Option(False, "--demo", help="After start-up, verify and run one streamed chat."),
     detach: bool = typer.Option(False, "--detach", help="Start, write the policy, and return (for scripts)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker replicas, each with its own sandboxed engine; more than one puts HAProxy on the gateway port (least connections, health checks)."),
-    coordinators: int = typer.Option(1, "--coordinators", min=1, help="Coordinator replicas sharing sealed state in PostgreSQL (--db), behind HAProxy on the coordinator port."),
-    db: Optional[str] = typer.Option(None, "--db", envvar="VEIL_DB", help="Coordinator database URL (default: SQLite in the state directory; required as postgresql+psycopg://... with --coordinators > 1)."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        help="Worker replicas, each with its own sandboxed engine; more than one puts HAProxy on the gateway port (least connections, health checks).",
+    ),
+    coordinators: int = typer.Option(
+        1,
+        "--coordinators",
+        min=1,
+        help="Coordinator replicas sharing sealed state in PostgreSQL (--db), behind HAProxy on the coordinator port.",
+    ),
+    db: Optional[str] = typer.Option(
+        None,
+        "--db",
+        envvar="VEIL_DB",
+        help="Coordinator database URL (default: SQLite in the state directory; required as postgresql+psycopg://... with --coordinators > 1).",
+    ),
     reregister_seconds: float = typer.Option(60.0, help="How often workers re-attest; a newer manifest reaches them then."),
-    sim_gpu: bool = typer.Option(False, "--sim-gpu", help="Give every worker a SIMULATED H100 (SPDM report, chain, "
-                                 "signed RIMs, OCSP) that the manifest requires and the coordinator verifies."),
+    sim_gpu: bool = typer.Option(
+        False,
+        "--sim-gpu",
+        help="Give every worker a SIMULATED H100 (SPDM report, chain, "
+        "signed RIMs, OCSP) that the manifest requires and the coordinator verifies.",
+    ),
     platform: str = typer.Option(
-        "sim-snp", "--platform", help="The SIMULATED TEE to run on: sim-snp (SEV-SNP reports), sim-tdx (TDX quotes), "
+        "sim-snp",
+        "--platform",
+        help="The SIMULATED TEE to run on: sim-snp (SEV-SNP reports), sim-tdx (TDX quotes), "
         "sim-azure-snp or sim-azure-tdx (Azure confidential VMs: vTPM, HCL report, a simulated MAA token; "
-        "the model key goes by an Azure Key Vault SKR policy)."),
+        "the model key goes by an Azure Key Vault SKR policy).",
+    ),
 ) -> None:
     """Start a local deployment (coordinator, worker, engine) on a SIMULATED TEE (--platform).
 
@@ -131,9 +167,16 @@ def up(
 
     try:
         deployment = LocalDeployment(
-            _state_dir(state_dir), host=host, coordinator_port=coordinator_port,
-            worker_port=worker_port, sandbox=sandbox, model_path=model,
-            workers=workers, coordinators=coordinators, db_url=db, reregister_seconds=reregister_seconds,
+            _state_dir(state_dir),
+            host=host,
+            coordinator_port=coordinator_port,
+            worker_port=worker_port,
+            sandbox=sandbox,
+            model_path=model,
+            workers=workers,
+            coordinators=coordinators,
+            db_url=db,
+            reregister_seconds=reregister_seconds,
             sim_gpu=sim_gpu,
             platform=platform,
         )
@@ -159,7 +202,7 @@ def up(
         + (f" (HAProxy in front of {workers} worker(s) and {coordinators} coordinator(s))" if deployment.balancer else "")
         + ".\n"
         "  veil verify              # check the attestation\n"
-        "  veil chat \"hello\"        # a verified, encrypted, streamed chat\n"
+        '  veil chat "hello"        # a verified, encrypted, streamed chat\n'
         "  veil proxy               # plain OpenAI endpoint on 127.0.0.1:8472 for any OpenAI client"
     )
     if detach:
@@ -175,7 +218,9 @@ def up(
             for proc in deployment.processes:  # with replicas a dead one is routed around: say so
                 if proc.poll() is not None and proc.pid not in reported:
                     reported.add(proc.pid)
-                    err_console.print(f"[yellow]a replica exited (pid {proc.pid}, status {proc.returncode}); serving on the others[/]")
+                    err_console.print(
+                        f"[yellow]a replica exited (pid {proc.pid}, status {proc.returncode}); serving on the others[/]"
+                    )
             time.sleep(0.5)
         console.print("[red]a Veil process exited; stopping[/]")
     except KeyboardInterrupt:
@@ -206,13 +251,18 @@ def coordinator(
     evidence_source: str = SourceOpt,
     aa_url: str = AgentOpt,
     db: Optional[str] = typer.Option(
-        None, envvar="VEIL_DB", help="State database URL (sqlite:///path or postgresql://...); state is sealed at rest. "
-        "Without it, state lives in memory only. A URL with a password only from $VEIL_DB or --db-file, never argv."),
+        None,
+        envvar="VEIL_DB",
+        help="State database URL (sqlite:///path or postgresql://...); state is sealed at rest. "
+        "Without it, state lives in memory only. A URL with a password only from $VEIL_DB or --db-file, never argv.",
+    ),
     db_file: Optional[Path] = typer.Option(None, help="Read the database URL (it may hold a password) from this file."),
     key_rotation_seconds: float = typer.Option(86400.0, help="Start a new OHTTP key generation this often."),
     key_promotion_seconds: float = typer.Option(
-        90.0, help="A new key generation goes to workers this long before clients are told to use it "
-        "(keep it above the workers' --reregister-seconds)."),
+        90.0,
+        help="A new key generation goes to workers this long before clients are told to use it "
+        "(keep it above the workers' --reregister-seconds).",
+    ),
     key_grace_seconds: float = typer.Option(900.0, help="Keep the previous key generation this long after a rotation."),
     challenge_pool: int = typer.Option(10_000, help="Open worker challenges kept at most (fairly shared by source)."),
     attestations_per_second: float = typer.Option(20.0, help="Attestations (hardware reports) per second per source."),
@@ -238,17 +288,24 @@ def coordinator(
         attester = _attester(platform, sim_dir, sim_launch_data, evidence_source, aa_url)
         rotation = Rotation(every=key_rotation_seconds, promotion=key_promotion_seconds, grace=key_grace_seconds)
         bootstrap = bootstrap_key(attester.launch_data())
-        state = (CoordinatorState.open(Store.from_url(url), attester.sealing_key(), bootstrap, rotation=rotation) if url
-                 else CoordinatorState.generate(bootstrap, rotation=rotation))
+        state = (
+            CoordinatorState.open(Store.from_url(url), attester.sealing_key(), bootstrap, rotation=rotation)
+            if url
+            else CoordinatorState.generate(bootstrap, rotation=rotation)
+        )
     except VeilError as err:
         _fail(err)
     if state.locked:
         err_console.print("[yellow]stored state is sealed to another platform: locked until `veil recover`[/]")
     if bootstrap is None:
         err_console.print("[yellow]no bootstrap admin key in the launch data: no first manifest will be accepted[/]")
-    limits = Limits(attestations_per_second=attestations_per_second, attestation_burst=attestation_burst,
-                    challenges_per_second=challenges_per_second, challenge_burst=challenge_burst,
-                    challenge_pool=challenge_pool)
+    limits = Limits(
+        attestations_per_second=attestations_per_second,
+        attestation_burst=attestation_burst,
+        challenges_per_second=challenges_per_second,
+        challenge_burst=challenge_burst,
+        challenge_pool=challenge_pool,
+    )
     app_ = create_app(state, attester, limits=limits)
     serve(app_, host=host, port=port)  # slow clients timed out, connections capped (veil.httpserver)
 
@@ -270,8 +327,10 @@ def _database_url(db: Optional[str], db_file: Optional[Path], *, from_argv: bool
         except ArgumentError:
             raise VeilError("cli.bad_option", "--db is not a database URL") from None
         if password is not None:
-            raise VeilError("cli.secret_in_argv", "the database URL holds a password: pass it in $VEIL_DB or a "
-                            "--db-file, never on the command line")
+            raise VeilError(
+                "cli.secret_in_argv",
+                "the database URL holds a password: pass it in $VEIL_DB or a --db-file, never on the command line",
+            )
     return db or None
 
 
@@ -289,16 +348,20 @@ def worker(
     model_name: Optional[str] = typer.Option(None, help="Which manifest model to serve (default: the first)."),
     run_dir: Path = typer.Option(Path("/run/veil-worker"), help="Directory for the engine's socket (tmpfs)."),
     allow_unsandboxed: bool = typer.Option(False, help="Dev only: accept a manifest sandbox profile 'none'."),
-    gpu: str = typer.Option("auto", help="GPU evidence: auto (NVML, when a CC-mode GPU is present), none, required, "
-                            "or sim (the SIMULATED H100 in --sim-gpu-dir)."),
+    gpu: str = typer.Option(
+        "auto",
+        help="GPU evidence: auto (NVML, when a CC-mode GPU is present), none, required, "
+        "or sim (the SIMULATED H100 in --sim-gpu-dir).",
+    ),
     sim_gpu_dir: Optional[Path] = typer.Option(None, "--sim-gpu-dir", help="The SIMULATED H100 of `veil up --sim-gpu`."),
     reregister_seconds: float = typer.Option(60.0, help="Re-attest this often; a newer manifest takes effect then."),
 ) -> None:
     """Run a worker: attest, receive keys, unseal weights, start the sandboxed engine, serve OHTTP."""
     from veil.worker.serve import WorkerConfig, run_worker
 
-    config = WorkerConfig(coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu, reregister_seconds,
-                          sim_gpu_dir)
+    config = WorkerConfig(
+        coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu, reregister_seconds, sim_gpu_dir
+    )
     try:
         run_worker(config, _attester(platform, sim_dir, sim_launch_data, evidence_source, aa_url))
     except VeilError as err:
@@ -339,8 +402,11 @@ def chat(
     system: Optional[str] = typer.Option(None, help="System prompt."),
     quiet: bool = typer.Option(False, "--quiet", help="Do not print the verification summary."),
     api_key_file: Optional[Path] = typer.Option(
-        None, "--api-key-file", help="File holding the tenant API key (default: $VEIL_API_KEY). Keys never go on "
-        "the command line, where every local user can read them."),
+        None,
+        "--api-key-file",
+        help="File holding the tenant API key (default: $VEIL_API_KEY). Keys never go on "
+        "the command line, where every local user can read them.",
+    ),
 ) -> None:
     """Verify, then send one encrypted chat message and print the answer."""
     if prompt == "-":
@@ -348,8 +414,15 @@ def chat(
     if not prompt:
         err_console.print("[red]empty prompt[/]")
         raise typer.Exit(2)
-    _chat(prompt, policy, stream=stream, max_tokens=max_tokens, system=system, quiet=quiet,
-          api_key=_secret(api_key_file, "VEIL_API_KEY"))
+    _chat(
+        prompt,
+        policy,
+        stream=stream,
+        max_tokens=max_tokens,
+        system=system,
+        quiet=quiet,
+        api_key=_secret(api_key_file, "VEIL_API_KEY"),
+    )
 
 
 def _secret(path: Optional[Path], envvar: str) -> Optional[str]:
@@ -364,8 +437,14 @@ def _secret(path: Optional[Path], envvar: str) -> Optional[str]:
 
 
 def _chat(
-    prompt: str, policy: Optional[Path], *, stream: bool, max_tokens: int, system: Optional[str],
-    quiet: bool, api_key: Optional[str],
+    prompt: str,
+    policy: Optional[Path],
+    *,
+    stream: bool,
+    max_tokens: int,
+    system: Optional[str],
+    quiet: bool,
+    api_key: Optional[str],
 ) -> None:
     import openai
 
@@ -397,7 +476,7 @@ def _chat(
     client.close()
 
 
-def _print_answer(client, model: str, messages: list, max_tokens: int, stream: bool) -> None:  # type: ignore[no-untyped-def]
+def _print_answer(client: Any, model: str, messages: list[Any], max_tokens: int, stream: bool) -> None:
     if stream:
         for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, stream=True):
             if chunk.choices and chunk.choices[0].delta.content:
@@ -414,12 +493,17 @@ def proxy(
     host: str = typer.Option("127.0.0.1", help="Listen address (keep it local: traffic to the proxy is plain)."),
     port: int = typer.Option(8472, help="Listen port."),
     allowed_host: list[str] = typer.Option(
-        [], "--allowed-host", help="Another Host name to answer to (loopback names always are); others are refused."),
+        [], "--allowed-host", help="Another Host name to answer to (loopback names always are); others are refused."
+    ),
     token_file: Optional[Path] = typer.Option(
-        None, "--token-file", help="Require 'Authorization: Bearer <token>' (an OpenAI client's api_key) with the "
-        "token in this file, created (mode 0600) if absent. Or set $VEIL_PROXY_TOKEN."),
+        None,
+        "--token-file",
+        help="Require 'Authorization: Bearer <token>' (an OpenAI client's api_key) with the "
+        "token in this file, created (mode 0600) if absent. Or set $VEIL_PROXY_TOKEN.",
+    ),
     api_key_file: Optional[Path] = typer.Option(
-        None, "--api-key-file", help="Tenant API key to send inside the encryption (default: $VEIL_API_KEY)."),
+        None, "--api-key-file", help="Tenant API key to send inside the encryption (default: $VEIL_API_KEY)."
+    ),
     reverify_seconds: float = typer.Option(60.0, help="Re-verify the deployment this often (and on gateway refusals)."),
 ) -> None:
     """A local plain OpenAI endpoint: encrypts every request to the deployment it keeps verifying.
@@ -441,11 +525,14 @@ def proxy(
         _fail(err)
     token = _proxy_token(token_file)
     verifier = AsyncReverifier(client_policy, manifest_log=log, interval=reverify_seconds)
-    app_ = create_proxy_app(verifier, allowed_hosts=[host, *allowed_host], token=token,
-                            tenant_key=_secret(api_key_file, "VEIL_API_KEY"))
+    app_ = create_proxy_app(
+        verifier, allowed_hosts=[host, *allowed_host], token=token, tenant_key=_secret(api_key_file, "VEIL_API_KEY")
+    )
     sim = " (SIMULATED TEE)" if attested.simulated else ""
-    console.print(f"verified{sim}; OpenAI endpoint at http://{host}:{port}/v1 — every request is encrypted; "
-                  f"re-verified every {reverify_seconds:g} s; what was verified: http://{host}:{port}/")
+    console.print(
+        f"verified{sim}; OpenAI endpoint at http://{host}:{port}/v1 — every request is encrypted; "
+        f"re-verified every {reverify_seconds:g} s; what was verified: http://{host}:{port}/"
+    )
     serve(app_, host=host, port=port)  # slow clients timed out, connections capped (veil.httpserver)
 
 

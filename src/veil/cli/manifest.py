@@ -55,8 +55,11 @@ def history(coordinator: str = CoordOpt, as_json: bool = typer.Option(False, "--
             console.print(f"[red]history refused[/]: {err.message} ({err.reason})")
         raise typer.Exit(1)
     if as_json:
-        print(json.dumps({"verdict": "accept", "head": head.hex(), "length": len(entries),
-                          "digests": [e.digest.hex() for e in entries]}))
+        print(
+            json.dumps(
+                {"verdict": "accept", "head": head.hex(), "length": len(entries), "digests": [e.digest.hex() for e in entries]}
+            )
+        )
         return
     for i, e in enumerate(entries):
         console.print(f"{i:3d}  {e.digest.hex()}  signed by {', '.join(s.key[:16] + '…' for s in e.signatures)}")
@@ -67,7 +70,9 @@ def history(coordinator: str = CoordOpt, as_json: bool = typer.Option(False, "--
 def revert(
     index: int = typer.Argument(..., help="Position in the history of the manifest to return to (0 = first)."),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Client policy (default: local `veil up`)."),
-    admin_key: Optional[Path] = typer.Option(None, "--admin-key", help="Admin Ed25519 key, PEM (default: <state-dir>/admin.key)."),
+    admin_key: Optional[Path] = typer.Option(
+        None, "--admin-key", help="Admin Ed25519 key, PEM (default: <state-dir>/admin.key)."
+    ),
 ) -> None:
     """Return to an earlier manifest: set it again as a new, signed entry on top of the current head."""
     from veil import admin

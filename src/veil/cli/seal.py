@@ -13,8 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from veil.admin import load_data_key, write_new_data_key
 from veil.errors import VeilError
@@ -28,10 +27,10 @@ _err = Console(stderr=True)
 def seal_command(
     model: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="Plaintext weights."),
     out: Path = typer.Option(..., "--out", "-o", help="Sealed file to write."),
-    key_id: Optional[str] = typer.Option(
-        None, "--key-id", help="Key id in the header (default: derived from the key)."),
+    key_id: Optional[str] = typer.Option(None, "--key-id", help="Key id in the header (default: derived from the key)."),
     key_file: Optional[Path] = typer.Option(
-        None, "--key-file", help="Data key (hex); created with a fresh key if absent. Default: OUT.key."),
+        None, "--key-file", help="Data key (hex); created with a fresh key if absent. Default: OUT.key."
+    ),
     segment_size: int = typer.Option(DEFAULT_SEGMENT_SIZE, "--segment-size", help="Ciphertext segment bytes."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest fields as JSON."),
 ) -> None:
@@ -42,21 +41,33 @@ def seal_command(
         key = write_new_data_key(key_path) if created else load_data_key(key_path)
         kid = key_id or default_key_id(key)
         size = model.stat().st_size
-        columns = (TextColumn("{task.description:>8}"), BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn())
+        columns = (
+            TextColumn("{task.description:>8}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=_err, transient=True, disable=size < (8 << 20)) as bar:
             tasks = {"hashing": bar.add_task("hashing", total=size), "sealing": bar.add_task("sealing", total=size)}
-            header = seal_file(model, out, key, kid, lambda phase, done, _t: bar.update(tasks[phase], completed=done),
-                               segment_size=segment_size)
+            header = seal_file(
+                model, out, key, kid, lambda phase, done, _t: bar.update(tasks[phase], completed=done), segment_size=segment_size
+            )
     except (VeilError, OSError, ValueError) as err:
         if created:
             key_path.unlink(missing_ok=True)
         reason = f"{err.reason}: {err.message}" if isinstance(err, VeilError) else str(err)
         _err.print(f"[red]seal failed[/]: {reason}")
         raise typer.Exit(1) from None
-    fields = {"key_id": header.key_id, "sha256": header.plaintext_sha256, "sealed_sha256": header.sealed_sha256,
-              "size": header.plaintext_size, "sealed_size": header.sealed_size, "source": str(out),
-              "key_file": str(key_path)}
+    fields = {
+        "key_id": header.key_id,
+        "sha256": header.plaintext_sha256,
+        "sealed_sha256": header.sealed_sha256,
+        "size": header.plaintext_size,
+        "sealed_size": header.sealed_size,
+        "source": str(out),
+        "key_file": str(key_path),
+    }
     if as_json:
         print(json.dumps(fields))
         return
@@ -64,8 +75,10 @@ def seal_command(
     for name, value in fields.items():
         out_console.print(f"[bold]{name:>13}[/] {value}")
     if created:
-        _err.print(f"[yellow]new data key written to {key_path}[/]: upload it to the attested "
-                   "coordinator (encrypted to its key), then delete this file.")
+        _err.print(
+            f"[yellow]new data key written to {key_path}[/]: upload it to the attested "
+            "coordinator (encrypted to its key), then delete this file."
+        )
 
 
 app.command("seal")(seal_command)

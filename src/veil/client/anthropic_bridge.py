@@ -49,7 +49,8 @@ class SyncBridge(httpx2.BaseTransport):
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         body = request.read()
         resp = self.inner.handle_request(
-            httpx.Request(request.method, str(request.url), headers=request.headers.multi_items(), content=body))
+            httpx.Request(request.method, str(request.url), headers=request.headers.multi_items(), content=body)
+        )
         return httpx2.Response(resp.status_code, headers=resp.headers.multi_items(), stream=_SyncBody(resp))
 
     def close(self) -> None:
@@ -65,27 +66,35 @@ class AsyncBridge(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         body = await request.aread()
         resp = await self.inner.handle_async_request(
-            httpx.Request(request.method, str(request.url), headers=request.headers.multi_items(), content=body))
+            httpx.Request(request.method, str(request.url), headers=request.headers.multi_items(), content=body)
+        )
         return httpx2.Response(resp.status_code, headers=resp.headers.multi_items(), stream=_AsyncBody(resp))
 
     async def aclose(self) -> None:
         await self.inner.aclose()
 
 
-def sync_client(transport: httpx.BaseTransport, base_url: str, auth_token: str, timeout: float,
-                **kwargs: Any) -> Any:
+def sync_client(transport: httpx.BaseTransport, base_url: str, auth_token: str, timeout: float, **kwargs: Any) -> Any:
     """An ``anthropic.Anthropic`` whose every request goes through ``transport``."""
     import anthropic
 
-    return anthropic.Anthropic(base_url=base_url, auth_token=auth_token, max_retries=0,
-                               http_client=httpx2.Client(transport=SyncBridge(transport), timeout=timeout), **kwargs)
+    return anthropic.Anthropic(
+        base_url=base_url,
+        auth_token=auth_token,
+        max_retries=0,
+        http_client=httpx2.Client(transport=SyncBridge(transport), timeout=timeout),
+        **kwargs,
+    )
 
 
-def async_client(transport: httpx.AsyncBaseTransport, base_url: str, auth_token: str, timeout: float,
-                 **kwargs: Any) -> Any:
+def async_client(transport: httpx.AsyncBaseTransport, base_url: str, auth_token: str, timeout: float, **kwargs: Any) -> Any:
     """An ``anthropic.AsyncAnthropic`` whose every request goes through ``transport``."""
     import anthropic
 
-    return anthropic.AsyncAnthropic(base_url=base_url, auth_token=auth_token, max_retries=0,
-                                    http_client=httpx2.AsyncClient(transport=AsyncBridge(transport), timeout=timeout),
-                                    **kwargs)
+    return anthropic.AsyncAnthropic(
+        base_url=base_url,
+        auth_token=auth_token,
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=AsyncBridge(transport), timeout=timeout),
+        **kwargs,
+    )

@@ -47,7 +47,10 @@ class _Freshness:
     """The latest outcome and when it is due again; no I/O."""
 
     def __init__(
-        self, policy: ClientPolicy, manifest_log: ManifestLog | None, interval: float,
+        self,
+        policy: ClientPolicy,
+        manifest_log: ManifestLog | None,
+        interval: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if interval <= 0:
@@ -75,8 +78,10 @@ class _Freshness:
 
     def _refuse(self, exc: Exception) -> VeilError:
         """Remember a failed verification; anything unexpected is a refusal too (fail closed)."""
-        err = exc if isinstance(exc, VeilError) else VerificationError(
-            "client.verification_error", f"verification failed unexpectedly: {type(exc).__name__}"
+        err = (
+            exc
+            if isinstance(exc, VeilError)
+            else VerificationError("client.verification_error", f"verification failed unexpectedly: {type(exc).__name__}")
         )
         self._record(None, err)
         return err
@@ -114,8 +119,13 @@ class Reverifier(_Freshness):
     """Keeps a deployment verified for synchronous callers (thread-safe); a ``KeySource``."""
 
     def __init__(
-        self, policy: ClientPolicy, *, manifest_log: ManifestLog | None = None, interval: float = DEFAULT_INTERVAL,
-        http: httpx.Client | None = None, clock: Callable[[], float] = time.monotonic,
+        self,
+        policy: ClientPolicy,
+        *,
+        manifest_log: ManifestLog | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        http: httpx.Client | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(policy, manifest_log, interval, clock)
         self._http = http
@@ -161,8 +171,13 @@ class AsyncReverifier(_Freshness):
     """
 
     def __init__(
-        self, policy: ClientPolicy, *, manifest_log: ManifestLog | None = None, interval: float = DEFAULT_INTERVAL,
-        http: httpx.AsyncClient | None = None, clock: Callable[[], float] = time.monotonic,
+        self,
+        policy: ClientPolicy,
+        *,
+        manifest_log: ManifestLog | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        http: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(policy, manifest_log, interval, clock)
         self._http = http

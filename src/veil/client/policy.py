@@ -95,9 +95,13 @@ class ClientPolicy(BaseModel):
         if any(is_simulated(r.platform) for r in coordinator):
             raise ValueError("a production policy cannot name a simulated coordinator")
         return cls(
-            coordinator=coordinator, coordinator_url=coordinator_url, gateway_url=gateway_url,
-            manifest_digests=list(manifest_digests), admin_keys=list(admin_keys),
-            worker_platforms=list(worker_platforms), sandbox_profiles=list(sandbox_profiles),
+            coordinator=coordinator,
+            coordinator_url=coordinator_url,
+            gateway_url=gateway_url,
+            manifest_digests=list(manifest_digests),
+            admin_keys=list(admin_keys),
+            worker_platforms=list(worker_platforms),
+            sandbox_profiles=list(sandbox_profiles),
         )
 
     @classmethod
@@ -114,9 +118,14 @@ class ClientPolicy(BaseModel):
     ) -> ClientPolicy:
         """The policy `veil up` writes: this machine's simulation roots and the sandbox it runs."""
         return cls(
-            coordinator=coordinator, coordinator_url=coordinator_url, gateway_url=gateway_url,
-            manifest_digests=list(manifest_digests), admin_keys=list(admin_keys),
-            sandbox_profiles=[sandbox_profile], trust_simulated=True, simulation_roots=simulation_roots,
+            coordinator=coordinator,
+            coordinator_url=coordinator_url,
+            gateway_url=gateway_url,
+            manifest_digests=list(manifest_digests),
+            admin_keys=list(admin_keys),
+            sandbox_profiles=[sandbox_profile],
+            trust_simulated=True,
+            simulation_roots=simulation_roots,
         )
 
     def check(self, manifest: Manifest) -> None:
@@ -173,9 +182,7 @@ class ClientPolicy(BaseModel):
         try:
             return cls.model_validate_json(path.read_bytes())
         except FileNotFoundError:
-            raise ParseError(
-                "policy.missing", f"no client policy at {path}; run `veil up` or pass --policy"
-            ) from None
+            raise ParseError("policy.missing", f"no client policy at {path}; run `veil up` or pass --policy") from None
         except ValidationError as exc:
             raise ParseError("policy.malformed", f"{path}: {exc.errors()[0]['msg']}") from None
 

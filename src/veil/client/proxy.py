@@ -108,8 +108,12 @@ class _Fixed:
 
 
 def create_proxy_app(
-    verifier: AsyncReverifier, *, allowed_hosts: Iterable[str] = (), token: str | None = None,
-    tenant_key: str | None = None, timeout: float = 300.0,
+    verifier: AsyncReverifier,
+    *,
+    allowed_hosts: Iterable[str] = (),
+    token: str | None = None,
+    tenant_key: str | None = None,
+    timeout: float = 300.0,
 ) -> Starlette:
     """The proxy `veil proxy` serves: keeps ``verifier`` fresh and forwards only while it verifies.
 
@@ -120,14 +124,19 @@ def create_proxy_app(
         await verifier.run()
 
     policy = verifier.policy
-    return _app(_Fresh(verifier), policy.gateway_url, policy.relay_url, allowed_hosts, token, tenant_key,
-                timeout, keep_fresh)
+    return _app(_Fresh(verifier), policy.gateway_url, policy.relay_url, allowed_hosts, token, tenant_key, timeout, keep_fresh)
 
 
 def create_encrypting_proxy(
-    key_config: KeyConfig | bytes, gateway_url: str, verification: dict[str, Any], *,
-    allowed_hosts: Iterable[str] = (), token: str | None = None, tenant_key: str | None = None,
-    timeout: float = 300.0, relay_url: str | None = None,
+    key_config: KeyConfig | bytes,
+    gateway_url: str,
+    verification: dict[str, Any],
+    *,
+    allowed_hosts: Iterable[str] = (),
+    token: str | None = None,
+    tenant_key: str | None = None,
+    timeout: float = 300.0,
+    relay_url: str | None = None,
 ) -> Starlette:
     """The proxy for a ``key_config`` the caller verified itself; ``verification`` is what it shows."""
     fixed = _Fixed(as_key_config(key_config), verification)
@@ -135,8 +144,14 @@ def create_encrypting_proxy(
 
 
 def _app(
-    deployment: _Deployment, gateway_url: str, relay_url: str | None, allowed_hosts: Iterable[str],
-    token: str | None, tenant_key: str | None, timeout: float, background: Any,
+    deployment: _Deployment,
+    gateway_url: str,
+    relay_url: str | None,
+    allowed_hosts: Iterable[str],
+    token: str | None,
+    tenant_key: str | None,
+    timeout: float,
+    background: Any,
 ) -> Starlette:
     """Encapsulated requests are POSTed to ``relay_url`` when set (it forwards them), else the gateway."""
     client = httpx.AsyncClient(
@@ -256,7 +271,11 @@ class _RelayedStream:
 
 
 def _error_event(reason: str) -> bytes:
-    error = {"message": f"the encrypted stream broke in transit ({reason}); the answer is incomplete",
-             "type": "veil_error", "param": None, "code": reason}
+    error = {
+        "message": f"the encrypted stream broke in transit ({reason}); the answer is incomplete",
+        "type": "veil_error",
+        "param": None,
+        "code": reason,
+    }
     # the blank line first ends any event the cut left open, so this one is read on its own
     return b"\n\ndata: " + json.dumps({"error": error}).encode() + b"\n\n"

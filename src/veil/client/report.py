@@ -23,8 +23,9 @@ def render_verification(attested: AttestedCoordinator, console: Console) -> None
     claims = attested.verdict.claims
     if attested.simulated:
         parts = "\n".join(f"  - {p}" for p in attested.simulated_parts)
-        console.print(Panel(f"{SIMULATED_BANNER}\n\nSimulated:\n{parts}", title="[bold yellow]SIMULATED[/]",
-                            border_style="yellow"))
+        console.print(
+            Panel(f"{SIMULATED_BANNER}\n\nSimulated:\n{parts}", title="[bold yellow]SIMULATED[/]", border_style="yellow")
+        )
     table = Table(title="Veil attestation verified", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -56,8 +57,11 @@ def render_verification(attested: AttestedCoordinator, console: Console) -> None
         )
     table.add_row("OHTTP key ids", ", ".join(str(c.key_id) for c in attested.key_configs))
     chosen = attested.suite
-    table.add_row("OHTTP suite", f"{chosen.name}, key id {chosen.config.key_id}"
-                  + ("  (post-quantum hybrid)" if chosen.post_quantum else "  (classical: NOT post-quantum)"))
+    table.add_row(
+        "OHTTP suite",
+        f"{chosen.name}, key id {chosen.config.key_id}"
+        + ("  (post-quantum hybrid)" if chosen.post_quantum else "  (classical: NOT post-quantum)"),
+    )
     table.add_row("coordinator", attested.coordinator_url)
     table.add_row("gateway", attested.gateway_url)
     if attested.relay_url:
@@ -70,7 +74,4 @@ def render_verification(attested: AttestedCoordinator, console: Console) -> None
 
 
 def render_failure(err: VeilError, console: Console) -> None:
-    console.print(
-        Panel(f"{err.message}\n\nreason: [bold]{err.reason}[/]", title="[bold red]REFUSED[/]",
-              border_style="red")
-    )
+    console.print(Panel(f"{err.message}\n\nreason: [bold]{err.reason}[/]", title="[bold red]REFUSED[/]", border_style="red"))

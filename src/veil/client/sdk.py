@@ -59,19 +59,30 @@ class Client(_Resources):
     ``api_key``: the tenant key when the deployment has tenants (default $VEIL_API_KEY).
     """
 
-    def __init__(self, policy: PolicyArg = None, *, api_key: str | None = None, timeout: float = 120.0,
-                 reverify_seconds: float = DEFAULT_INTERVAL, **openai_kwargs: Any) -> None:
+    def __init__(
+        self,
+        policy: PolicyArg = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        reverify_seconds: float = DEFAULT_INTERVAL,
+        **openai_kwargs: Any,
+    ) -> None:
         policy, log = _policy_and_log(policy)
         self.policy = policy
         self.verifier = Reverifier(policy, manifest_log=log, interval=reverify_seconds)
         self.verifier.verify()
         transport = OhttpTransport(self.verifier, policy.relay_url or policy.gateway_url)
         self._bridge = (transport, _tenant_key(api_key), timeout)
-        self._expose(openai.OpenAI(
-            base_url=f"{policy.gateway_url}/v1", api_key=_tenant_key(api_key), max_retries=0,
-            http_client=httpx.Client(transport=transport, timeout=timeout),  # type: ignore[arg-type]
-            **openai_kwargs,
-        ))
+        self._expose(
+            openai.OpenAI(
+                base_url=f"{policy.gateway_url}/v1",
+                api_key=_tenant_key(api_key),
+                max_retries=0,
+                http_client=httpx.Client(transport=transport, timeout=timeout),  # type: ignore[arg-type]
+                **openai_kwargs,
+            )
+        )
 
     def anthropic(self, **anthropic_kwargs: Any) -> Any:
         """Anthropic's own SDK (``anthropic.Anthropic``, needs the ``anthropic`` package) over this
@@ -107,18 +118,29 @@ class AsyncClient(_Resources):
     ``async with``, or before the first request, without blocking the event loop.
     """
 
-    def __init__(self, policy: PolicyArg = None, *, api_key: str | None = None, timeout: float = 120.0,
-                 reverify_seconds: float = DEFAULT_INTERVAL, **openai_kwargs: Any) -> None:
+    def __init__(
+        self,
+        policy: PolicyArg = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        reverify_seconds: float = DEFAULT_INTERVAL,
+        **openai_kwargs: Any,
+    ) -> None:
         policy, log = _policy_and_log(policy)
         self.policy = policy
         self.verifier = AsyncReverifier(policy, manifest_log=log, interval=reverify_seconds)
         transport = AsyncOhttpTransport(self.verifier, policy.relay_url or policy.gateway_url)
         self._bridge = (transport, _tenant_key(api_key), timeout)
-        self._expose(openai.AsyncOpenAI(
-            base_url=f"{policy.gateway_url}/v1", api_key=_tenant_key(api_key), max_retries=0,
-            http_client=httpx.AsyncClient(transport=transport, timeout=timeout),  # type: ignore[arg-type]
-            **openai_kwargs,
-        ))
+        self._expose(
+            openai.AsyncOpenAI(
+                base_url=f"{policy.gateway_url}/v1",
+                api_key=_tenant_key(api_key),
+                max_retries=0,
+                http_client=httpx.AsyncClient(transport=transport, timeout=timeout),  # type: ignore[arg-type]
+                **openai_kwargs,
+            )
+        )
 
     async def verify(self) -> AttestedCoordinator:
         """Verify now (raises a ``VeilError`` when the deployment does not verify)."""

@@ -143,7 +143,11 @@ class _Core:
     """What the sync and async transports share: encryption, framing and decryption, no I/O."""
 
     def __init__(
-        self, gateway_url: str, chunked: bool, suite: SymmetricSuite | None, pad_requests: int | None,
+        self,
+        gateway_url: str,
+        chunked: bool,
+        suite: SymmetricSuite | None,
+        pad_requests: int | None,
     ) -> None:
         self.url = _gateway_url(gateway_url)
         self.chunked = chunked
@@ -183,7 +187,9 @@ class _Core:
         return httpx.Response(inner.status, headers=inner.headers, content=inner.content, request=request)
 
     @staticmethod
-    def head_response(request: httpx.Request, dec: _Decryptor, stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
+    def head_response(
+        request: httpx.Request, dec: _Decryptor, stream: httpx.SyncByteStream | httpx.AsyncByteStream
+    ) -> httpx.Response:
         head = dec.decoder.head
         assert head is not None
         return httpx.Response(head.status, headers=head.headers, stream=stream, request=request)
@@ -295,9 +301,7 @@ class AsyncOhttpTransport(httpx.AsyncBaseTransport):
         transport: httpx.AsyncBaseTransport | None = None,
         pad_requests: int | None = DEFAULT_REQUEST_PADDING,
     ) -> None:
-        self._keys: AsyncKeySource = (
-            _AsyncFixedKey(as_key_config(keys)) if isinstance(keys, (KeyConfig, bytes)) else keys
-        )
+        self._keys: AsyncKeySource = _AsyncFixedKey(as_key_config(keys)) if isinstance(keys, (KeyConfig, bytes)) else keys
         self._core = _Core(gateway_url, chunked, suite, pad_requests)
         self._transport = transport or httpx.AsyncHTTPTransport()
 

@@ -158,9 +158,7 @@ def verify_coordinator(
     client = http or httpx.Client(timeout=TIMEOUT, verify=_tls())
     try:
         body = _get(client, policy.coordinator_url + wire.ATTESTATION_PATH, {"nonce": nonce.hex()}, MAX_ATTESTATION_BYTES)
-        attested = check_attestation(
-            body, policy, nonce=nonce, as_of=as_of, started=start, require_manifest=require_manifest
-        )
+        attested = check_attestation(body, policy, nonce=nonce, as_of=as_of, started=start, require_manifest=require_manifest)
         if manifest_log is not None and attested.manifest is not None:
             if manifest_log.needs_history(policy.coordinator_url, attested.manifest):
                 served = _get(client, policy.coordinator_url + wire.MANIFEST_HISTORY_PATH, None, MAX_HISTORY_BYTES)
@@ -282,8 +280,9 @@ def check_attestation(
             "attestation.simulated_untrusted",
             "the coordinator runs on a SIMULATED TEE and this client does not trust simulation",
         )
-    expected = expected_report_data(nonce, body.get("nonce_batch"), public_key, identity, manifest_digest,
-                                    hashlib.sha256(configs_raw).digest())
+    expected = expected_report_data(
+        nonce, body.get("nonce_batch"), public_key, identity, manifest_digest, hashlib.sha256(configs_raw).digest()
+    )
     if "nonce_batch" in body:
         checks.append(("this client's fresh nonce is a leaf of the attested nonce batch (Merkle path)", "ok"))
     # --- attestation (veil.attest): the checks shown are those the verifier performed ---
@@ -332,6 +331,8 @@ def _check_state_identity(identity: bytes, manifest: SignedManifest) -> None:
     the admins name that state's identity in the signed manifest. A coordinator whose state the
     host swapped underneath attests another identity: refused (``attestation.identity_mismatch``)."""
     check_identity(identity, manifest.manifest)
+
+
 # --- end state identity ---------------------------------------------------------------------------
 
 

@@ -103,8 +103,14 @@ def _hex_nonce(nonce: str) -> bytes:
     return raw
 
 
-def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore | None = None,
-               limits: Limits = Limits(), *, attestation_batching: bool = True) -> FastAPI:
+def create_app(
+    state: CoordinatorState,
+    attester: Attester,
+    nonces: NonceStore | None = None,
+    limits: Limits = Limits(),
+    *,
+    attestation_batching: bool = True,
+) -> FastAPI:
     """``attestation_batching``: one report for all clients that ask while one is being made
     (coordinator/batching.py); False makes one report per client (the bench's baseline)."""
     nonces = nonces or NonceStore(max_outstanding=limits.challenge_pool, per_source=limits.challenges_per_source)
@@ -134,12 +140,14 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
         """What the next report binds; runs in the report's thread (it may read the database)."""
         state.maintain()  # HA: a peer on the same database may have set a newer manifest or rotated keys
         current = state.manifest
-        return Bound(keyrelease.public_bytes(state.hpke_key), bytes.fromhex(state.identity), current,
-                     state.ohttp_keys.encode_configs())
+        return Bound(
+            keyrelease.public_bytes(state.hpke_key), bytes.fromhex(state.identity), current, state.ohttp_keys.encode_configs()
+        )
 
     batcher = AttestationBatcher(attester, bound_now, batching=attestation_batching)
     Gauge("veil_attestation_reports", "Hardware reports made for clients", registry=registry).set_function(
-        lambda: batcher.reports)
+        lambda: batcher.reports
+    )
 
     def limit(limiter: SourceLimiter, request: Request) -> None:
         try:
@@ -184,8 +192,9 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
         """Answer a read only to a fresh signature by an admin of the current manifest, sealed to
         the key the admin named and signed by our state identity."""
         nonce, response_key = _authorise_admin(request, state, admin_nonces)
-        sealed = keyrelease.seal(response_key, json.dumps(payload() if callable(payload) else payload).encode(),
-                                 ADMIN_ANSWER_INFO, aad=nonce)
+        sealed = keyrelease.seal(
+            response_key, json.dumps(payload() if callable(payload) else payload).encode(), ADMIN_ANSWER_INFO, aad=nonce
+        )
         signature = sign_statement(state.seed.identity_key, ADMIN_ANSWER_CONTEXT, *admin_answer_statement(nonce, sealed))
         return JSONResponse({"sealed": base64.b64encode(sealed).decode(), "signature": signature})
 
@@ -219,11 +228,16 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
         return admin_read(request, lambda: {"workers": [w.to_json() for w in state.workers.values()]})
 
     @app.get(wire.AUDIT_PATH)
-    def get_audit(request: Request, after: int = Query(0, ge=0), limit_: int = Query(1000, ge=1, le=10000, alias="limit")) -> JSONResponse:
+    def get_audit(
+        request: Request, after: int = Query(0, ge=0), limit_: int = Query(1000, ge=1, le=10000, alias="limit")
+    ) -> JSONResponse:
         def page() -> dict[str, Any]:
             found = state.read_audit(after, limit_)
-            return {"records": found.records, "anchor": found.anchor.hex(),
-                    "head": {"seq": found.head_seq, "hash": found.head_hash.hex()}}
+            return {
+                "records": found.records,
+                "anchor": found.anchor.hex(),
+                "head": {"seq": found.head_seq, "hash": found.head_hash.hex()},
+            }
 
         return admin_read(request, page)
 
@@ -287,8 +301,9 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
             body.worker_proof and hmac.compare_digest(body.worker_proof, worker_proof(known.secret, nonce, public_key))
         ):
             registrations.labels("refused").inc()
-            mismatch = VerificationError("register.not_this_worker",
-                                         "the worker id belongs to another worker (no proof of its secret)")
+            mismatch = VerificationError(
+                "register.not_this_worker", "the worker id belongs to another worker (no proof of its secret)"
+            )
             state.audit("worker.register", body.worker_id or "", "refused", mismatch.reason, {"platform": claims.platform})
             return error_response(mismatch)
         worker_id = known.worker_id if known else uuid.uuid4().hex
@@ -300,20 +315,35 @@ def create_app(state: CoordinatorState, attester: Attester, nonces: NonceStore |
             "data_keys": _release_data_keys(manifest, claims, worker_id),
             "worker_secret": secret.hex(),
         }
-        sealed = keyrelease.seal(
-            public_key, json.dumps(secrets).encode(), wire.WORKER_SECRETS_INFO, aad=nonce
-        )
+        sealed = keyrelease.seal(public_key, json.dumps(secrets).encode(), wire.WORKER_SECRETS_INFO, aad=nonce)
         now = time.time()
-        state.audit("worker.register", worker_id, "accepted", "ok",
-                    {"platform": claims.platform, "measurement": claims.measurement, "simulated": claims.simulated,
-                     "key_ids": [c.key_id for c in keys.configs()]})
-        state.add_worker(WorkerRecord(
-            worker_id, claims.platform, claims.measurement, claims.simulated,
-            known.registered_at if known else now, now, secret,
-        ))
+        state.audit(
+            "worker.register",
+            worker_id,
+            "accepted",
+            "ok",
+            {
+                "platform": claims.platform,
+                "measurement": claims.measurement,
+                "simulated": claims.simulated,
+                "key_ids": [c.key_id for c in keys.configs()],
+            },
+        )
+        state.add_worker(
+            WorkerRecord(
+                worker_id,
+                claims.platform,
+                claims.measurement,
+                claims.simulated,
+                known.registered_at if known else now,
+                now,
+                secret,
+            )
+        )
         registrations.labels("accepted").inc()
         signature = sign_statement(
-            state.seed.identity_key, REGISTRATION_CONTEXT,
+            state.seed.identity_key,
+            REGISTRATION_CONTEXT,
             *registration_statement(nonce, public_key, worker_id, manifest.digest, sealed),
         )
         return JSONResponse(
@@ -350,7 +380,11 @@ def _admit(manifest: SignedManifest, evidence: dict[str, Any], nonce: bytes, pub
     """
     m = manifest.manifest
     claims = appraise_worker_evidence(
-        evidence, m.workers, challenge=nonce, public_key=public_key, trust=trust_for(m.trusted_simulation_roots),
+        evidence,
+        m.workers,
+        challenge=nonce,
+        public_key=public_key,
+        trust=trust_for(m.trusted_simulation_roots),
         sandbox=sandbox_binding(m.sandbox),  # the worker enforces what the manifest says
     ).claims
     if claims.simulated and not m.trusted_simulation_roots:
@@ -370,12 +404,19 @@ def _authorise_admin(request: Request, state: CoordinatorState, nonces: NonceSto
         response_key = bytes.fromhex(headers[ADMIN_RESPONSE_KEY_HEADER])
         signature = headers[ADMIN_SIGNATURE_HEADER]
     except (KeyError, ValueError):
-        raise VerificationError("admin.unauthenticated", "this read needs a fresh admin signature (veil-admin-* headers)") from None
+        raise VerificationError(
+            "admin.unauthenticated", "this read needs a fresh admin signature (veil-admin-* headers)"
+        ) from None
     if key not in manifest.manifest.admin_keys:
         raise VerificationError("admin.not_admin", "the signing key is not an admin of the current manifest")
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    verify_statement(key, signature, ADMIN_READ_CONTEXT,
-                     *admin_read_statement(request.method, target, nonce, response_key), reason="admin.bad_signature")
+    verify_statement(
+        key,
+        signature,
+        ADMIN_READ_CONTEXT,
+        *admin_read_statement(request.method, target, nonce, response_key),
+        reason="admin.bad_signature",
+    )
     nonces.consume(nonce)  # after the signature: a stranger cannot burn an admin's challenge
     if len(response_key) != 32:
         raise ParseError("admin.bad_response_key", "the response key is a raw X25519 public key")

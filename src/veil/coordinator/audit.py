@@ -49,13 +49,14 @@ class AuditLog:
             self._open(*head)  # the newest row must open under this state
 
     def _open(self, seq: int, sealed: bytes) -> dict[str, Any]:
-        record = json.loads(self.cipher.open(sealed, f"audit:{seq}"))
+        record: dict[str, Any] = json.loads(self.cipher.open(sealed, f"audit:{seq}"))
         if record.get("seq") != seq:
             raise VerificationError("state.tampered", f"audit row {seq} holds another record")
         return record
 
-    def append(self, conn: Connection, event: str, subject: str, decision: str, reason: str,
-               detail: dict[str, Any] | None = None) -> int:
+    def append(
+        self, conn: Connection, event: str, subject: str, decision: str, reason: str, detail: dict[str, Any] | None = None
+    ) -> int:
         """Add one record inside the caller's transaction and return its seq; call
         :meth:`committed` once the transaction is. A unique seq settles races between coordinators
         sharing the database: the loser's transaction fails."""
@@ -67,8 +68,13 @@ class AuditLog:
             if seq <= self._known_seq:
                 raise VerificationError("audit.truncated", "audit rows this coordinator wrote are gone")
             record: dict[str, Any] = {
-                "seq": seq, "at": round(time.time(), 3), "event": event, "subject": subject[:256],
-                "decision": decision, "reason": reason, "detail": detail or {},
+                "seq": seq,
+                "at": round(time.time(), 3),
+                "event": event,
+                "subject": subject[:256],
+                "decision": decision,
+                "reason": reason,
+                "detail": detail or {},
             }
             record["prev"] = prev.hex()
             record["hash"] = audit_hash(prev, record).hex()
@@ -102,7 +108,11 @@ class AuditLog:
         records, prev, expected = [], anchor, after + 1
         for seq, sealed in self.store.audit_rows(after, limit, upto=head_seq):
             record = self._open(seq, sealed)
-            if seq != expected or bytes.fromhex(record["prev"]) != prev or bytes.fromhex(record["hash"]) != audit_hash(prev, record):
+            if (
+                seq != expected
+                or bytes.fromhex(record["prev"]) != prev
+                or bytes.fromhex(record["hash"]) != audit_hash(prev, record)
+            ):
                 raise VerificationError("audit.chain_broken", f"audit record {seq} does not chain")
             records.append(record)
             prev, expected = bytes.fromhex(record["hash"]), seq + 1

@@ -70,8 +70,15 @@ class AttestationBatcher:
     report's worker thread (it may read the database), never on the event loop.
     """
 
-    def __init__(self, attester: Attester, current: Callable[[], Bound], *, batching: bool = True,
-                 max_batch: int = MAX_BATCH, window_s: float = COLLECT_WINDOW_S) -> None:
+    def __init__(
+        self,
+        attester: Attester,
+        current: Callable[[], Bound],
+        *,
+        batching: bool = True,
+        max_batch: int = MAX_BATCH,
+        window_s: float = COLLECT_WINDOW_S,
+    ) -> None:
         self._attester, self._current = attester, current
         self.batching, self.max_batch, self.window_s = batching, max_batch, window_s
         self._pending: list[tuple[bytes, asyncio.Future[Attested]]] = []
@@ -92,20 +99,23 @@ class AttestationBatcher:
 
     def _single(self, nonce: bytes) -> Attested:
         bound = self._current()
-        report_data = coordinator_report_data(nonce, bound.public_key, bound.identity, bound.manifest_digest,
-                                              hashlib.sha256(bound.key_configs).digest())
+        report_data = coordinator_report_data(
+            nonce, bound.public_key, bound.identity, bound.manifest_digest, hashlib.sha256(bound.key_configs).digest()
+        )
         return Attested(self._encode(self._attester.evidence(report_data), bound), None)
 
     def _encode(self, evidence: dict[str, Any], bound: Bound) -> bytes:
-        return json.dumps({
-            "platform": self._attester.platform,
-            "evidence": evidence,
-            "public_key": bound.public_key.hex(),
-            "identity": bound.identity.hex(),
-            "key_configs": base64.b64encode(bound.key_configs).decode(),
-            "manifest": bound.manifest.model_dump(mode="json") if bound.manifest is not None else None,
-            "manifest_digest": bound.manifest_digest.hex(),
-        }).encode()
+        return json.dumps(
+            {
+                "platform": self._attester.platform,
+                "evidence": evidence,
+                "public_key": bound.public_key.hex(),
+                "identity": bound.identity.hex(),
+                "key_configs": base64.b64encode(bound.key_configs).decode(),
+                "manifest": bound.manifest.model_dump(mode="json") if bound.manifest is not None else None,
+                "manifest_digest": bound.manifest_digest.hex(),
+            }
+        ).encode()
 
     async def _drain(self) -> None:
         """Report after report while nonces wait; each report takes all (up to max_batch) of them."""
@@ -129,6 +139,7 @@ class AttestationBatcher:
     def _batch_report(self, nonces: list[bytes]) -> tuple[bytes, NonceTree]:
         tree = NonceTree(nonces)
         bound = self._current()
-        report_data = coordinator_batch_report_data(tree.root, bound.public_key, bound.identity, bound.manifest_digest,
-                                                    hashlib.sha256(bound.key_configs).digest())
+        report_data = coordinator_batch_report_data(
+            tree.root, bound.public_key, bound.identity, bound.manifest_digest, hashlib.sha256(bound.key_configs).digest()
+        )
         return self._encode(self._attester.evidence(report_data), bound), tree

@@ -54,15 +54,23 @@ class Generation:
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready, private keys included: only ever stored sealed."""
-        return {"number": self.number, "created_at": self.created_at, "current_from": self.current_from,
-                "pairs": keyrelease.export_ohttp_keys(KeyStore(self.pairs))}
+        return {
+            "number": self.number,
+            "created_at": self.created_at,
+            "current_from": self.current_from,
+            "pairs": keyrelease.export_ohttp_keys(KeyStore(self.pairs)),
+        }
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Generation":
         store = keyrelease.import_ohttp_keys(record["pairs"])
         created = float(record["created_at"])
-        return cls(int(record["number"]), created, tuple(store.get(c.key_id) for c in store.configs()),
-                   float(record.get("current_from", created)))
+        return cls(
+            int(record["number"]),
+            created,
+            tuple(store.get(c.key_id) for c in store.configs()),
+            float(record.get("current_from", created)),
+        )
 
 
 class KeyRing:

@@ -47,8 +47,9 @@ def source_of(request: Request) -> str:
 class SourceLimiter:
     """A token bucket per source (``rate`` per second, ``burst`` deep), at most ``max_sources`` kept."""
 
-    def __init__(self, reason: str, rate: float, burst: float, max_sources: int = MAX_SOURCES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, reason: str, rate: float, burst: float, max_sources: int = MAX_SOURCES, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.reason, self.rate, self.burst = reason, rate, burst
         self._max, self._clock = max_sources, clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # source -> (tokens, at)

@@ -22,8 +22,9 @@ NONCE_BYTES = 32
 class NonceStore:
     """Issues random nonces and accepts each exactly once within ``ttl`` seconds."""
 
-    def __init__(self, ttl: float = 60.0, max_outstanding: int = 10_000, per_source: int = 16,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl: float = 60.0, max_outstanding: int = 10_000, per_source: int = 16, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if max_outstanding < 1 or per_source < 1:
             raise ValueError("the pool and the per-source quota hold at least one challenge")
         self.ttl = ttl

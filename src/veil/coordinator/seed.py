@@ -83,4 +83,3 @@ class StateSeed:
     def identity(self) -> str:
         """The public identity (hex Ed25519) that manifests name as ``coordinator_identity``."""
         return identity_of(self.secret)
-

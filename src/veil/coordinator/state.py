@@ -80,8 +80,9 @@ class CoordinatorState:
         return cls(seed=StateSeed.generate(), keys=ring, bootstrap_key=bootstrap_key)
 
     @classmethod
-    def open(cls, store: Store, platform_key: bytes, bootstrap_key: str | None = None, *,
-             rotation: Rotation = Rotation()) -> "CoordinatorState":
+    def open(
+        cls, store: Store, platform_key: bytes, bootstrap_key: str | None = None, *, rotation: Rotation = Rotation()
+    ) -> "CoordinatorState":
         """Load sealed state, create it on first start, or come up locked for recovery."""
         sealed = store.get_meta(META_PLATFORM_SEALED)
         if sealed is None:
@@ -93,9 +94,11 @@ class CoordinatorState:
                 return cls.open(store, platform_key, bootstrap_key, rotation=rotation)
             return state
         if store.get_meta(META_FORMAT) != FORMAT:
-            raise ProtocolError("state.unsupported_format",
-                                "the database holds state in a layout this version does not read; "
-                                "restore it with the version that wrote it, or start from an empty database")
+            raise ProtocolError(
+                "state.unsupported_format",
+                "the database holds state in a layout this version does not read; "
+                "restore it with the version that wrote it, or start from an empty database",
+            )
         try:
             seed = StateSeed(StateCipher(platform_key).open(sealed, META_PLATFORM_SEALED))
         except VeilError:
@@ -109,15 +112,12 @@ class CoordinatorState:
         return state
 
     @classmethod
-    def _load(cls, store: Store, seed: StateSeed, bootstrap_key: str | None, *,
-              rotation: Rotation) -> "CoordinatorState":
+    def _load(cls, store: Store, seed: StateSeed, bootstrap_key: str | None, *, rotation: Rotation) -> "CoordinatorState":
         cipher = seed.cipher
-        generations = [Generation.from_record(json.loads(cipher.open(blob, f"ohttp:{n}")))
-                       for n, blob in store.generation_rows()]
+        generations = [Generation.from_record(json.loads(cipher.open(blob, f"ohttp:{n}"))) for n, blob in store.generation_rows()]
         if not generations:
             raise ProtocolError("state.corrupt", "sealed state holds no OHTTP key generation")
-        state = cls(seed=seed, keys=KeyRing(generations, rotation), store=store,
-                    bootstrap_key=bootstrap_key)
+        state = cls(seed=seed, keys=KeyRing(generations, rotation), store=store, bootstrap_key=bootstrap_key)
         state._read_history()
         for key_id, sealed_value, _ in store.secret_rows():
             state.secrets[key_id] = cipher.open(sealed_value, f"secret:{key_id}")
@@ -212,8 +212,13 @@ class CoordinatorState:
             try:
                 with self._write() as tx:
                     self._store_generation(tx.conn, generation)
-                    tx.audit("keys.rotate", f"generation:{generation.number}", "accepted", "ok",
-                             {"why": why, "key_ids": [p.key_id for p in generation.pairs]})
+                    tx.audit(
+                        "keys.rotate",
+                        f"generation:{generation.number}",
+                        "accepted",
+                        "ok",
+                        {"why": why, "key_ids": [p.key_id for p in generation.pairs]},
+                    )
             except PolicyError:  # a peer coordinator rotated first: take theirs
                 self.refresh()
                 return
@@ -235,8 +240,7 @@ class CoordinatorState:
         secret = keyrelease.open_sealed(self.hpke_key, sealed_state_key, RECOVERY_UPLOAD_INFO)
         try:
             seed = StateSeed(secret)
-            loaded = CoordinatorState._load(self.store, seed, self.bootstrap_key,
-                                            rotation=self.keys.rotation)
+            loaded = CoordinatorState._load(self.store, seed, self.bootstrap_key, rotation=self.keys.rotation)
         except VeilError as err:
             if err.reason.startswith("manifest."):
                 raise
@@ -246,9 +250,13 @@ class CoordinatorState:
             raise PolicyError("recovery.no_manifest", "the stored state has no manifest whose admins could authorise it")
         if admin_key not in head.manifest.admin_keys:
             raise VerificationError("recovery.unauthorized", "the restore is not authorised by an admin of the restored manifest")
-        verify_statement(admin_key, signature, RESTORE_CONTEXT,
-                         *restore_statement(keyrelease.public_bytes(self.hpke_key), seed.identity, head.digest),
-                         reason="recovery.unauthorized")
+        verify_statement(
+            admin_key,
+            signature,
+            RESTORE_CONTEXT,
+            *restore_statement(keyrelease.public_bytes(self.hpke_key), seed.identity, head.digest),
+            reason="recovery.unauthorized",
+        )
         try:
             loaded.check_identity()
         except VerificationError as err:
@@ -257,15 +265,18 @@ class CoordinatorState:
             self.seed, self.keys, self.history, self.secrets = loaded.seed, loaded.keys, loaded.history, loaded.secrets
             self.audit_log, self.locked, self._key_store = loaded.audit_log, False, {}
             with self._write() as tx:  # from now on, sealed to *this* platform
-                self.store.put_meta(tx.conn, META_PLATFORM_SEALED,
-                                    StateCipher(self._platform_key).seal(seed.secret, META_PLATFORM_SEALED))
+                self.store.put_meta(
+                    tx.conn, META_PLATFORM_SEALED, StateCipher(self._platform_key).seal(seed.secret, META_PLATFORM_SEALED)
+                )
                 tx.audit("recovery", "state", "restored", "ok", {"admin_key": admin_key, "head": head.digest.hex()})
 
     def _recovery_records(self, recovery_keys: list[str]) -> bytes:
-        return json.dumps([
-            {"recovery_key": k, "sealed_state_key": keyrelease.seal(bytes.fromhex(k), self.seed.secret, RECOVERY_INFO).hex()}
-            for k in recovery_keys
-        ]).encode()
+        return json.dumps(
+            [
+                {"recovery_key": k, "sealed_state_key": keyrelease.seal(bytes.fromhex(k), self.seed.secret, RECOVERY_INFO).hex()}
+                for k in recovery_keys
+            ]
+        ).encode()
 
     # manifests ----------------------------------------------------------------------------------
     @property
@@ -306,8 +317,9 @@ class CoordinatorState:
             head = json.loads(self.cipher.open(head_blob, META_HEAD))
             length, digest = int(head["length"]), head["digest"]
             if len(self.history) < length or self.history[length - 1].digest.hex() != digest:
-                raise VerificationError("state.history_mismatch",
-                                        "the stored history does not end in the sealed head (rows removed or replaced)")
+                raise VerificationError(
+                    "state.history_mismatch", "the stored history does not end in the sealed head (rows removed or replaced)"
+                )
         elif self.history:
             raise VerificationError("state.history_mismatch", "history rows exist without a sealed head")
 
@@ -333,13 +345,16 @@ class CoordinatorState:
         self.refresh()
         with self._lock:
             if self.manifest is None and self.bootstrap_key is None:
-                raise PolicyError("manifest.no_bootstrap_key",
-                                  "this coordinator was launched without a bootstrap admin key in its launch "
-                                  "data (HOST_DATA / MRCONFIGID), so it accepts no first manifest")
+                raise PolicyError(
+                    "manifest.no_bootstrap_key",
+                    "this coordinator was launched without a bootstrap admin key in its launch "
+                    "data (HOST_DATA / MRCONFIGID), so it accepts no first manifest",
+                )
             check_successor(self.manifest, entry, root_keys=[self.bootstrap_key] if self.bootstrap_key else None)
             if entry.manifest.coordinator_identity != self.seed.identity:
-                raise PolicyError("manifest.wrong_coordinator",
-                                  "the manifest's coordinator_identity does not name this coordinator's state")
+                raise PolicyError(
+                    "manifest.wrong_coordinator", "the manifest's coordinator_identity does not name this coordinator's state"
+                )
             idx, now = len(self.history), time.time()
             # no worker holds a key before the first manifest admits one: only a change rotates
             generation = self.keys.next_generation(now) if self.manifest is not None else None
@@ -352,8 +367,9 @@ class CoordinatorState:
                     if generation is not None:
                         self._store_generation(tx.conn, generation)
                     pairs = generation.pairs if generation is not None else self.keys.newest.pairs
-                    tx.audit("manifest.set", entry.digest.hex(), "accepted", "ok",
-                             {"index": idx, "key_ids": [p.key_id for p in pairs]})
+                    tx.audit(
+                        "manifest.set", entry.digest.hex(), "accepted", "ok", {"index": idx, "key_ids": [p.key_id for p in pairs]}
+                    )
             self.history.append(entry)
             if generation is not None:
                 self._adopt_generation(generation)

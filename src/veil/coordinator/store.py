@@ -39,36 +39,40 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 
-
 FORMAT = b"2"  # state written by this code; older layouts are refused (state.unsupported_format)
 SCHEMA_LOCK_KEY = 0x7665696C  # "veil": the advisory lock that serialises schema creation
 
 metadata = MetaData()
 
 meta = Table(
-    "veil_meta", metadata,
+    "veil_meta",
+    metadata,
     Column("name", String(64), primary_key=True),
     Column("value", LargeBinary, nullable=False),
 )
 history = Table(
-    "veil_history", metadata,
+    "veil_history",
+    metadata,
     Column("idx", Integer, primary_key=True, autoincrement=False),
     Column("digest", String(64), nullable=False, unique=True),  # entry digest: unique by construction
     Column("entry", Text, nullable=False),  # the signed entry, public
 )
 secrets = Table(
-    "veil_secrets", metadata,
+    "veil_secrets",
+    metadata,
     Column("key_id", String(128), primary_key=True),
     Column("sealed_value", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
 )
 key_generations = Table(
-    "veil_key_generations", metadata,
+    "veil_key_generations",
+    metadata,
     Column("generation", Integer, primary_key=True, autoincrement=False),
     Column("sealed", LargeBinary, nullable=False),
 )
 audit_log = Table(
-    "veil_audit_log", metadata,
+    "veil_audit_log",
+    metadata,
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("sealed", LargeBinary, nullable=False),
 )
@@ -78,6 +82,7 @@ def open_engine(url: str) -> Engine:
     """A SQLAlchemy engine; SQLite gets WAL and full fsync so acknowledged writes survive a crash."""
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
+
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
             cur = dbapi_conn.cursor()
@@ -85,6 +90,7 @@ def open_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA busy_timeout=10000")
             cur.close()
+
     if engine.dialect.name == "postgresql":
         # coordinators starting together: concurrent CREATE TABLEs collide in PostgreSQL's catalog,
         # so one at a time under a transaction-scoped advisory lock
@@ -154,8 +160,9 @@ class Store:
     # OHTTP key generations --------------------------------------------------------------------
     def generation_rows(self, after: int = -1) -> list[tuple[int, bytes]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(key_generations).where(key_generations.c.generation > after)
-                                .order_by(key_generations.c.generation)).all()
+            rows = conn.execute(
+                select(key_generations).where(key_generations.c.generation > after).order_by(key_generations.c.generation)
+            ).all()
         return [(r.generation, r.sealed) for r in rows]
 
     @staticmethod
@@ -183,8 +190,7 @@ class Store:
     def audit_rows(self, after: int, limit: int, upto: int) -> list[tuple[int, bytes]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(audit_log).where(audit_log.c.seq > after, audit_log.c.seq <= upto)
-                .order_by(audit_log.c.seq).limit(limit)
+                select(audit_log).where(audit_log.c.seq > after, audit_log.c.seq <= upto).order_by(audit_log.c.seq).limit(limit)
             ).all()
         return [(r.seq, r.sealed) for r in rows]
 

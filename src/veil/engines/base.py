@@ -135,7 +135,8 @@ class ModelThread:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
     async def stream(
-        self, produce: Callable[[Callable[[T], None], threading.Event], None],
+        self,
+        produce: Callable[[Callable[[T], None], threading.Event], None],
         cancelled: threading.Event | None = None,
     ) -> AsyncGenerator[T, None]:
         """Run ``produce(emit, cancelled)`` on the model thread and yield what it emits, as it emits.

@@ -26,14 +26,15 @@ COMMON_FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 }
 
 
-def parser(prog: str, description: str | None, flags: Sequence[str] = (), *,
-           model_required: bool = False) -> argparse.ArgumentParser:
+def parser(
+    prog: str, description: str | None, flags: Sequence[str] = (), *, model_required: bool = False
+) -> argparse.ArgumentParser:
     """The engine's argument parser: the flags every engine takes plus the ``flags`` it declares."""
-    p = argparse.ArgumentParser(prog=f"python -m {prog}", description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"python -m {prog}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--socket", type=Path, required=True, help="Unix socket path to serve on")
-    p.add_argument("--model", required=model_required,
-                   help="model file or directory, or a memfd path such as /proc/self/fd/0")
+    p.add_argument("--model", required=model_required, help="model file or directory, or a memfd path such as /proc/self/fd/0")
     p.add_argument("--model-id", help="name under /v1/models (default: from the model's name)")
     p.add_argument("--socket-mode", type=lambda s: int(s, 8), default=0o600, help="socket file mode (octal)")
     p.add_argument("--parent-pid", type=int, help="exit at once if our parent is not this pid")

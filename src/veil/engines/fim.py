@@ -48,18 +48,31 @@ class FimFamily:
 
 #: The families Veil recognises, in detection order (the first with a complete set wins).
 FAMILIES: tuple[FimFamily, ...] = (
-    FimFamily("qwen2.5-coder", ("<|fim_prefix|>",), ("<|fim_suffix|>",), ("<|fim_middle|>",),
-              ends=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>"),
-              file_sep=("<|file_sep|>",), repo_name=("<|repo_name|>",)),
-    FimFamily("starcoder", ("<fim_prefix>",), ("<fim_suffix>",), ("<fim_middle>",),
-              ends=("<|endoftext|>", "<fim_pad>", "<file_sep>"), file_sep=("<file_sep>",),
-              repo_name=("<repo_name>", "<reponame>")),
-    FimFamily("santacoder", ("<fim-prefix>",), ("<fim-suffix>",), ("<fim-middle>",),
-              ends=("<|endoftext|>", "<fim-pad>")),
-    FimFamily("deepseek-coder", ("<｜fim▁begin｜>",), ("<｜fim▁hole｜>",), ("<｜fim▁end｜>",),
-              ends=("<｜end▁of▁sentence｜>", "<|EOT|>")),
-    FimFamily("codellama", ("▁<PRE>", "<PRE>"), ("▁<SUF>", "<SUF>"), ("▁<MID>", "<MID>"),
-              ends=("▁<EOT>", "<EOT>"), bare_suffix=True),
+    FimFamily(
+        "qwen2.5-coder",
+        ("<|fim_prefix|>",),
+        ("<|fim_suffix|>",),
+        ("<|fim_middle|>",),
+        ends=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>"),
+        file_sep=("<|file_sep|>",),
+        repo_name=("<|repo_name|>",),
+    ),
+    FimFamily(
+        "starcoder",
+        ("<fim_prefix>",),
+        ("<fim_suffix>",),
+        ("<fim_middle>",),
+        ends=("<|endoftext|>", "<fim_pad>", "<file_sep>"),
+        file_sep=("<file_sep>",),
+        repo_name=("<repo_name>", "<reponame>"),
+    ),
+    FimFamily("santacoder", ("<fim-prefix>",), ("<fim-suffix>",), ("<fim-middle>",), ends=("<|endoftext|>", "<fim-pad>")),
+    FimFamily(
+        "deepseek-coder", ("<｜fim▁begin｜>",), ("<｜fim▁hole｜>",), ("<｜fim▁end｜>",), ends=("<｜end▁of▁sentence｜>", "<|EOT|>")
+    ),
+    FimFamily(
+        "codellama", ("▁<PRE>", "<PRE>"), ("▁<SUF>", "<SUF>"), ("▁<MID>", "<MID>"), ends=("▁<EOT>", "<EOT>"), bare_suffix=True
+    ),
     FimFamily("codestral", ("[PREFIX]",), ("[SUFFIX]",), suffix_first=True, ends=("</s>",)),
 )
 
@@ -85,6 +98,7 @@ class FimTokens:
         Layout (PSM): ``[bos] [repo context] PRE prefix SUF suffix MID [middle start]``; SPM
         families (Codestral) put ``SUF suffix`` before ``PRE prefix`` and have no MID token.
         """
+
         def text(s: str) -> list[int]:
             return tokenize(s) if s else []
 
@@ -123,6 +137,7 @@ def detect(vocabulary: Mapping[str, int]) -> FimTokens | None:
 
     ``vocabulary`` maps token text to id; it need hold only the texts in :data:`CANDIDATE_TEXTS`.
     """
+
     def find(spellings: tuple[str, ...]) -> int | None:
         return next((vocabulary[s] for s in spellings if s in vocabulary), None)
 
@@ -132,8 +147,9 @@ def detect(vocabulary: Mapping[str, int]) -> FimTokens | None:
         if pre is None or suf is None or (fam.middle and mid is None):
             continue
         ends = frozenset(vocabulary[t] for t in fam.ends if t in vocabulary)
-        return FimTokens(fam.name, pre, suf, mid, fam.suffix_first, ends, find(fam.file_sep), find(fam.repo_name),
-                         fam.bare_suffix)
+        return FimTokens(
+            fam.name, pre, suf, mid, fam.suffix_first, ends, find(fam.file_sep), find(fam.repo_name), fam.bare_suffix
+        )
     return None
 
 
@@ -149,7 +165,7 @@ def without_space_prefix(tokenize: Callable[[str], list[int]], text: str) -> lis
     if not text:
         return []
     sentinel, both = tokenize(_SENTINEL), tokenize(_SENTINEL + text)
-    return both[len(sentinel):] if both[: len(sentinel)] == sentinel else tokenize(text)
+    return both[len(sentinel) :] if both[: len(sentinel)] == sentinel else tokenize(text)
 
 
 #: Every token text any family uses: what an engine must look up in its vocabulary.
@@ -180,7 +196,9 @@ def hf_prompt(tokenizer: Any, tokens: FimTokens, request: FimRequest) -> list[in
 def unsupported(model_id: str, param: str = "suffix") -> EngineAPIError:
     """The refusal for a fill-in-the-middle request to a model without FIM tokens."""
     return EngineAPIError(
-        400, f"{model_id} has no fill-in-the-middle tokens in its vocabulary; {param} is unsupported "
+        400,
+        f"{model_id} has no fill-in-the-middle tokens in its vocabulary; {param} is unsupported "
         "(supported families: " + ", ".join(f.name for f in FAMILIES) + ")",
-        "unsupported_suffix", param,
+        "unsupported_suffix",
+        param,
     )

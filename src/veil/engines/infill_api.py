@@ -55,15 +55,22 @@ class InfillRequest(BaseModel):
     cache_salt: str | None = Field(default=None, max_length=256)  # set by the gateway, per tenant
 
     def fim(self) -> FimRequest:
-        return FimRequest(self.input_prefix, self.input_suffix,
-                          tuple((f.filename, f.text) for f in self.input_extra), self.prompt)
+        return FimRequest(
+            self.input_prefix, self.input_suffix, tuple((f.filename, f.text) for f in self.input_extra), self.prompt
+        )
 
     def sampling(self) -> CompletionRequest:
         """The same request as a text completion's settings (the prompt comes from ``fim()``)."""
         return CompletionRequest(
-            prompt="", max_tokens=self.n_predict if self.n_predict > 0 else None, temperature=self.temperature,
-            top_k=self.top_k, top_p=self.top_p, stop=self.stop or None, seed=self.seed if self.seed >= 0 else None,
-            stream=self.stream, cache_salt=self.cache_salt,
+            prompt="",
+            max_tokens=self.n_predict if self.n_predict > 0 else None,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop=self.stop or None,
+            seed=self.seed if self.seed >= 0 else None,
+            stream=self.stream,
+            cache_salt=self.cache_salt,
         )
 
 
@@ -85,13 +92,24 @@ class _Summary:
         usage = finish.usage
         stop_type = {"stop": "word" if finish.stop_sequence else "eos", "length": "limit"}.get(finish.reason, "eos")
         return {
-            "index": 0, "content": content, "tokens": [], "id_slot": 0, "stop": True, "model": self.model,
-            "tokens_predicted": usage.completion_tokens, "tokens_evaluated": usage.prompt_tokens,
-            "tokens_cached": usage.cached_tokens, "truncated": False, "has_new_line": "\n" in content,
-            "stop_type": stop_type, "stopping_word": finish.stop_sequence or "",
+            "index": 0,
+            "content": content,
+            "tokens": [],
+            "id_slot": 0,
+            "stop": True,
+            "model": self.model,
+            "tokens_predicted": usage.completion_tokens,
+            "tokens_evaluated": usage.prompt_tokens,
+            "tokens_cached": usage.cached_tokens,
+            "truncated": False,
+            "has_new_line": "\n" in content,
+            "stop_type": stop_type,
+            "stopping_word": finish.stop_sequence or "",
             "timings": {
-                "prompt_n": usage.prompt_tokens, "prompt_ms": (first - self.start) * 1000,
-                "predicted_n": usage.completion_tokens, "predicted_ms": (end - first) * 1000,
+                "prompt_n": usage.prompt_tokens,
+                "prompt_ms": (first - self.start) * 1000,
+                "predicted_n": usage.completion_tokens,
+                "predicted_ms": (end - first) * 1000,
                 "cache_n": usage.cached_tokens,
             },
         }

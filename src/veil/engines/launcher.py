@@ -53,9 +53,7 @@ def engine_transport(socket_path: str | Path) -> httpx.AsyncHTTPTransport:
     return httpx.AsyncHTTPTransport(uds=str(socket_path), retries=2)
 
 
-async def engine_client(
-    socket_path: str | Path, timeout: httpx.Timeout | float | None = None
-) -> httpx.AsyncClient:
+async def engine_client(socket_path: str | Path, timeout: httpx.Timeout | float | None = None) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` whose requests go to the engine's Unix socket.
 
     Reads may wait behind queued generations, so the default read timeout is long (5 min).
@@ -178,9 +176,12 @@ class EngineProcess:
         if self.sandbox is not None:
             from veil.sandbox import sandbox_prefix
 
-            prefix = sandbox_prefix(self.sandbox, socket_dir=str(self._socket_path.parent),
-                                    ro_binds=self._binds(),
-                                    cgroups=self.cgroup.directories if self.cgroup else ())
+            prefix = sandbox_prefix(
+                self.sandbox,
+                socket_dir=str(self._socket_path.parent),
+                ro_binds=self._binds(),
+                cgroups=self.cgroup.directories if self.cgroup else (),
+            )
         argv = self._engine_argv()
         if not self.confined:  # inside a PID namespace our pid means nothing to the engine
             argv += ["--parent-pid", str(os.getpid())]
@@ -198,8 +199,7 @@ class EngineProcess:
             owner = None if profile.name == "gvisor" else engine_identity()  # gVisor's gofer: root
         except OSError as exc:
             raise SandboxError("sandbox.engine_uid", str(exc)) from None
-        self.socket_dir_kind = socketdir.prepare(self._socket_path.parent, self._socket_path.name,
-                                                 owner)
+        self.socket_dir_kind = socketdir.prepare(self._socket_path.parent, self._socket_path.name, owner)
         self._prepared = True
         # Under gVisor the cgroup also holds runsc, its gofer, the Sentry (many threads) and, on
         # the ptrace platform, stub processes for the engine's; the engine's own process count

@@ -140,9 +140,12 @@ class LlamaBackend(Backend):
             m = self.llm._model
             eos, bos = self.llm.token_eos(), self.llm.token_bos()
             self.eos_text = m.token_get_text(eos) if eos >= 0 else ""
-            self.formatter = Jinja2ChatFormatter(template=self.template, eos_token=self.eos_text,
-                                                 bos_token=m.token_get_text(bos) if bos >= 0 else "",
-                                                 stop_token_ids=[eos] if eos >= 0 else None)
+            self.formatter = Jinja2ChatFormatter(
+                template=self.template,
+                eos_token=self.eos_text,
+                bos_token=m.token_get_text(bos) if bos >= 0 else "",
+                stop_token_ids=[eos] if eos >= 0 else None,
+            )
         self.tool_syntax = tool_calls.syntax_of(self.template)
         self.fim = fim_tokens.detect(self.vocabulary(fim_tokens.CANDIDATE_TEXTS))
 
@@ -190,8 +193,9 @@ class LlamaBackend(Backend):
         try:
             result = self.formatter(messages=messages, tools=tools)
         except Exception:  # template errors (e.g. roles it refuses) may quote the messages
-            raise EngineAPIError(400, "the model's chat template refused these messages",
-                                 "invalid_messages", "messages") from None
+            raise EngineAPIError(
+                400, "the model's chat template refused these messages", "invalid_messages", "messages"
+            ) from None
         tokens = self.llm.tokenize(result.prompt.encode(), add_bos=not result.added_special, special=True)
         return tokens, [s for s in (result.stop if isinstance(result.stop, list) else [result.stop]) if s]
 
@@ -205,8 +209,9 @@ class LlamaBackend(Backend):
         if self._scorer is None:
             from llama_cpp import Llama
 
-            self._scorer = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.threads,
-                                 logits_all=True, verbose=False)
+            self._scorer = Llama(
+                model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.threads, logits_all=True, verbose=False
+            )
         return self._scorer
 
     def embedder(self) -> Any:
@@ -214,8 +219,14 @@ class LlamaBackend(Backend):
         if self._embedder is None:
             from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
 
-            self._embedder = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.threads,
-                                   embedding=True, pooling_type=LLAMA_POOLING_TYPE_MEAN, verbose=False)
+            self._embedder = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.threads,
+                embedding=True,
+                pooling_type=LLAMA_POOLING_TYPE_MEAN,
+                verbose=False,
+            )
         return self._embedder
 
     def enter_scope(self, scope: str | None) -> None:
@@ -231,9 +242,16 @@ class LlamaBackend(Backend):
 
     # -- the model thread -----------------------------------------------------------------------
 
-    async def _answer(self, scope: str | None, scored: bool, call: Callable[[Any], Any], stream: bool,
-                      pieces: Callable[[dict[str, Any]], Iterator[Chunk]], stops: list[str],
-                      ends: frozenset[int] = frozenset()) -> AsyncGenerator[Chunk, None]:
+    async def _answer(
+        self,
+        scope: str | None,
+        scored: bool,
+        call: Callable[[Any], Any],
+        stream: bool,
+        pieces: Callable[[dict[str, Any]], Iterator[Chunk]],
+        stops: list[str],
+        ends: frozenset[int] = frozenset(),
+    ) -> AsyncGenerator[Chunk, None]:
         """On the model thread, in cache scope ``scope``: ``call(llm)`` on the generation context
         (or its scoring twin when ``scored``: logprobs need every position's logits). Each
         llama-cpp-python choice (whole, or one per streamed chunk) becomes chunks through
@@ -272,16 +290,19 @@ class LlamaBackend(Backend):
     def _plan(self, req: ChatCompletionRequest) -> tuple[ToolPlan, dict[str, Any] | None, str]:
         """The request's tool plan and the JSON schema (or JSON mode) its answer must follow."""
         if self.formatter is None:
-            raise EngineAPIError(400, f"{self.model_id} has no chat template; use /v1/completions",
-                                 "unsupported_chat", "messages")
+            raise EngineAPIError(
+                400, f"{self.model_id} has no chat template; use /v1/completions", "unsupported_chat", "messages"
+            )
         plan = req.tool_plan()
         if plan.mode == "required" and len(plan.tools) == 1:
             plan = ToolPlan("named", plan.tools, False, plan.legacy)
         if plan.mode == "auto" and self.tool_syntax is None:
             raise EngineAPIError(
-                400, f"{self.model_id}'s chat template defines no tool calling, so the model cannot decide "
+                400,
+                f"{self.model_id}'s chat template defines no tool calling, so the model cannot decide "
                 'whether to call a tool: set tool_choice to "required", a named function, or "none"',
-                "unsupported_tools", "tool_choice",
+                "unsupported_tools",
+                "tool_choice",
             )
         if plan.mode == "named":
             schema = plan.tools[0].parameters or {"type": "object", "properties": {}}
@@ -305,15 +326,17 @@ class LlamaBackend(Backend):
         stops = req.stops
         kwargs: dict[str, Any] = {
             "max_tokens": req.max_completion_tokens or req.max_tokens,
-            **_sampling(req), **_logit_bias(req, self.llm.n_vocab()),
+            **_sampling(req),
+            **_logit_bias(req, self.llm.n_vocab()),
             "logprobs": max(top, 1) if top is not None else None,
         }
 
         def run(llm: Any) -> Any:
             tokens, template_stops = self.chat_prompt(req, plan)
             grammar = _grammar(schema) if constraint else None  # the end-of-turn token is end-of-generation
-            return llm.create_completion(prompt=tokens, stream=req.stream, grammar=grammar,
-                                         **{**kwargs, "stop": [*stops, *template_stops]})
+            return llm.create_completion(
+                prompt=tokens, stream=req.stream, grammar=grammar, **{**kwargs, "stop": [*stops, *template_stops]}
+            )
 
         def pieces(choice: dict[str, Any]) -> Iterator[Chunk]:
             logprobs = _chat_logprobs(choice.get("logprobs"), top) if top is not None else None
@@ -346,8 +369,10 @@ class LlamaBackend(Backend):
             raise EngineAPIError(400, "echo cannot be combined with suffix", "invalid_request", "echo")
         prompt = req.single_prompt() if fim is None else ""
         kwargs: dict[str, Any] = {
-            "max_tokens": req.max_tokens, "echo": req.echo,
-            **_sampling(req), **_logit_bias(req, self.llm.n_vocab()),
+            "max_tokens": req.max_tokens,
+            "echo": req.echo,
+            **_sampling(req),
+            **_logit_bias(req, self.llm.n_vocab()),
         }
         if req.logprobs is not None:
             kwargs["logprobs"] = req.logprobs
@@ -358,8 +383,12 @@ class LlamaBackend(Backend):
             assert self.fim is not None  # our FIM prompt, stopped at the family's end of middle
             from llama_cpp import StoppingCriteriaList
 
-            return llm.create_completion(prompt=self.fim_prompt(fim), stream=req.stream,
-                                         stopping_criteria=StoppingCriteriaList([_StopAt(self.fim.ends)]), **kwargs)
+            return llm.create_completion(
+                prompt=self.fim_prompt(fim),
+                stream=req.stream,
+                stopping_criteria=StoppingCriteriaList([_StopAt(self.fim.ends)]),
+                **kwargs,
+            )
 
         def pieces(choice: dict[str, Any]) -> Iterator[Chunk]:
             logprobs = _tidy_completion_logprobs(choice.get("logprobs")) if req.logprobs is not None else None
@@ -394,9 +423,15 @@ def _chat_logprobs(lp: Any, top: int) -> Any:
     """A completion's logprobs (parallel lists) in the chat form, tidied (see _tidy_chat_logprobs)."""
     if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list):
         return None
-    content = [{"token": token, "logprob": logprob, "bytes": None,
-                "top_logprobs": [{"token": t, "logprob": v, "bytes": None} for t, v in (tops or {}).items()]}
-               for token, logprob, tops in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"])]
+    content = [
+        {
+            "token": token,
+            "logprob": logprob,
+            "bytes": None,
+            "top_logprobs": [{"token": t, "logprob": v, "bytes": None} for t, v in (tops or {}).items()],
+        }
+        for token, logprob, tops in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"])
+    ]
     return _tidy_chat_logprobs({"content": content, "refusal": None}, top)
 
 
@@ -422,8 +457,10 @@ def _check_schema(schema: dict[str, Any], param: str) -> None:
         json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:
         raise EngineAPIError(
-            400, f"this JSON schema cannot be enforced by a llama.cpp grammar ({type(exc).__name__})",
-            "unsupported_schema", param,
+            400,
+            f"this JSON schema cannot be enforced by a llama.cpp grammar ({type(exc).__name__})",
+            "unsupported_schema",
+            param,
         ) from None
 
 
@@ -442,9 +479,7 @@ def _tidy_chat_logprobs(lp: Any, top: int) -> Any:
         tok["bytes"] = list(tok["token"].encode()) if tok.get("bytes") is None else tok["bytes"]
         tops = tok.get("top_logprobs") or []
         tok["top_logprobs"] = [
-            {"token": t["token"], "logprob": _finite(t["logprob"]),
-             "bytes": list(t["token"].encode())}
-            for t in tops[:top]
+            {"token": t["token"], "logprob": _finite(t["logprob"]), "bytes": list(t["token"].encode())} for t in tops[:top]
         ]
     return lp
 
@@ -455,10 +490,7 @@ def _tidy_completion_logprobs(lp: Any) -> Any:
     if isinstance(lp.get("token_logprobs"), list):
         lp["token_logprobs"] = [None if v is None else _finite(v) for v in lp["token_logprobs"]]
     if isinstance(lp.get("top_logprobs"), list):
-        lp["top_logprobs"] = [
-            None if d is None else {k: _finite(v) for k, v in d.items()}
-            for d in lp["top_logprobs"]
-        ]
+        lp["top_logprobs"] = [None if d is None else {k: _finite(v) for k, v in d.items()} for d in lp["top_logprobs"]]
     return lp
 
 
@@ -482,8 +514,10 @@ def _logit_bias(req: Any, n_vocab: int) -> dict[str, Any]:
     for key, value in req.logit_bias.items():
         if not key.isdigit() or int(key) >= n_vocab or not -100 <= value <= 100:
             raise EngineAPIError(
-                400, f"logit_bias takes token ids below {n_vocab} mapped to values in [-100, 100]",
-                "invalid_request", "logit_bias",
+                400,
+                f"logit_bias takes token ids below {n_vocab} mapped to values in [-100, 100]",
+                "invalid_request",
+                "logit_bias",
             )
         bias[int(key)] = float(value)
     return {"logit_bias": bias}
@@ -495,8 +529,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str]:
     model_path = Path(args.model) if args.model else default_model_path()
     model_id = args.model_id or (DEFAULT_MODEL_ID if args.model is None else model_path.stem)
     backend = LlamaBackend(model_path, model_id, args.n_ctx, args.threads)
-    return (create_openai_app(backend),
-            f"serving {model_id} on {args.socket} (n_ctx={args.n_ctx}, threads={args.threads})")
+    return (create_openai_app(backend), f"serving {model_id} on {args.socket} (n_ctx={args.n_ctx}, threads={args.threads})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,14 +46,24 @@ from veil.engines.openai_api import (
 )
 
 #: HTTP status -> Anthropic's error type (https://docs.anthropic.com/en/api/errors).
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-                500: "api_error", 503: "overloaded_error", 529: "overloaded_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 def error_body(exc: EngineAPIError) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": _ERROR_TYPES.get(exc.status, "api_error"),
-                                       "message": exc.message, "code": exc.code}}
+    return {
+        "type": "error",
+        "error": {"type": _ERROR_TYPES.get(exc.status, "api_error"), "message": exc.message, "code": exc.code},
+    }
 
 
 def error_response(exc: BaseException) -> JSONResponse:
@@ -159,20 +169,37 @@ def _chat_messages(req: MessagesRequest | CountTokensRequest) -> list[dict[str, 
             if kind == "text" and isinstance(block.get("text"), str):
                 texts.append(block["text"])
             elif kind == "tool_use" and msg.role == "assistant":
-                calls.append({"id": str(block.get("id", "")), "type": "function", "function": {
-                    "name": str(block.get("name", "")), "arguments": json.dumps(block.get("input") or {}),
-                }})
+                calls.append(
+                    {
+                        "id": str(block.get("id", "")),
+                        "type": "function",
+                        "function": {
+                            "name": str(block.get("name", "")),
+                            "arguments": json.dumps(block.get("input") or {}),
+                        },
+                    }
+                )
             elif kind == "tool_result" and msg.role == "user":
                 content = block.get("content")
                 result = _text_of(content if content is not None else "", f"messages.{i}.content")
-                out.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")),
-                            "content": ("Error: " if block.get("is_error") else "") + result})
+                out.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": str(block.get("tool_use_id", "")),
+                        "content": ("Error: " if block.get("is_error") else "") + result,
+                    }
+                )
             elif kind in ("thinking", "redacted_thinking"):
                 continue
             else:
-                raise EngineAPIError(400, f"content blocks of type {kind!r} are not supported" if kind in (
-                    "image", "document", "search_result", "server_tool_use") else "unsupported content block",
-                    "unsupported_content", f"messages.{i}.content")
+                raise EngineAPIError(
+                    400,
+                    f"content blocks of type {kind!r} are not supported"
+                    if kind in ("image", "document", "search_result", "server_tool_use")
+                    else "unsupported content block",
+                    "unsupported_content",
+                    f"messages.{i}.content",
+                )
         if texts or calls or msg.role == "assistant":
             turn: dict[str, Any] = {"role": msg.role, "content": "".join(texts)}
             if calls:
@@ -184,29 +211,44 @@ def _chat_messages(req: MessagesRequest | CountTokensRequest) -> list[dict[str, 
 def to_chat(req: MessagesRequest | CountTokensRequest) -> ChatCompletionRequest:
     """The chat request the backend answers for a Messages request."""
     if isinstance(req, MessagesRequest) and req.messages[-1].role == "assistant":
-        raise EngineAPIError(400, "a last assistant turn (prefill) is not supported: end with a user turn",
-                             "unsupported_prefill", "messages")
+        raise EngineAPIError(
+            400, "a last assistant turn (prefill) is not supported: end with a user turn", "unsupported_prefill", "messages"
+        )
     if req.thinking and req.thinking.get("type") not in ("disabled", "adaptive"):  # adaptive: the model may not think
         raise EngineAPIError(400, "extended thinking is not supported by this model", "unsupported_thinking", "thinking")
     if any(t.input_schema.get("type", "object") != "object" for t in req.tools or []):
         raise EngineAPIError(400, "a tool's input_schema must be an object schema", "invalid_request", "tools")
     body: dict[str, Any] = {"model": req.model, "messages": _chat_messages(req)}
     if req.tools:
-        body["tools"] = [{"type": "function", "function": {
-            "name": t.name, "description": t.description or "", "parameters": t.input_schema}} for t in req.tools]
+        body["tools"] = [
+            {"type": "function", "function": {"name": t.name, "description": t.description or "", "parameters": t.input_schema}}
+            for t in req.tools
+        ]
     choice = req.tool_choice
     if choice is not None:
         if choice.type == "tool" and not choice.name:
             raise EngineAPIError(400, "tool_choice.name is required when type is 'tool'", "invalid_request", "tool_choice")
         body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(choice.type) or {
-            "type": "function", "function": {"name": choice.name}}
+            "type": "function",
+            "function": {"name": choice.name},
+        }
         body["parallel_tool_calls"] = not choice.disable_parallel_tool_use
     if isinstance(req, MessagesRequest):
         body.update(max_tokens=req.max_tokens, stream=req.stream, cache_salt=req.cache_salt)
         if req.output_config is not None and req.output_config.format is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": {"schema": req.output_config.format.schema_}}
-        body.update({k: v for k, v in (("temperature", req.temperature), ("top_p", req.top_p), ("top_k", req.top_k),
-                                       ("stop", req.stop_sequences)) if v is not None})
+        body.update(
+            {
+                k: v
+                for k, v in (
+                    ("temperature", req.temperature),
+                    ("top_p", req.top_p),
+                    ("top_k", req.top_k),
+                    ("stop", req.stop_sequences),
+                )
+                if v is not None
+            }
+        )
     try:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
@@ -214,8 +256,12 @@ def to_chat(req: MessagesRequest | CountTokensRequest) -> ChatCompletionRequest:
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
-    return {"input_tokens": usage.prompt_tokens - usage.cached_tokens, "output_tokens": usage.completion_tokens,
-            "cache_read_input_tokens": usage.cached_tokens, "cache_creation_input_tokens": 0}
+    return {
+        "input_tokens": usage.prompt_tokens - usage.cached_tokens,
+        "output_tokens": usage.completion_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+        "cache_creation_input_tokens": 0,
+    }
 
 
 def _stop(finish: FinishChunk) -> tuple[str, str | None]:
@@ -258,20 +304,25 @@ class _Message:
             elif isinstance(chunk, ToolCallChunk):
                 for delta in chunk.tool_calls:
                     if delta.get("id"):
-                        content.append({"type": "tool_use", "id": _tool_id(delta["id"]),
-                                        "name": delta["function"]["name"], "_args": ""})
+                        content.append(
+                            {"type": "tool_use", "id": _tool_id(delta["id"]), "name": delta["function"]["name"], "_args": ""}
+                        )
                     content[-1]["_args"] += (delta.get("function") or {}).get("arguments") or ""
         for block in content:
             if block["type"] == "tool_use":
                 block["input"] = _input_of(block.pop("_args"))
         finish = next(c for c in chunks if isinstance(c, FinishChunk))
         reason, sequence = _stop(finish)
-        return {**self.head, "content": content, "stop_reason": reason, "stop_sequence": sequence,
-                "usage": _usage(finish.usage)}
+        return {**self.head, "content": content, "stop_reason": reason, "stop_sequence": sequence, "usage": _usage(finish.usage)}
 
     async def events(self, prompt_tokens: int, first: Chunk, chunks: AsyncGenerator[Chunk, None]) -> AsyncIterator[bytes]:
-        start: dict[str, Any] = {**self.head, "content": [], "stop_reason": None, "stop_sequence": None,
-                 "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}
+        start: dict[str, Any] = {
+            **self.head,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
+        }
         yield sse_event({"type": "message_start", "message": start}, "message_start")
         index, open_kind = -1, None  # the content block being written, and its type
 
@@ -286,29 +337,50 @@ class _Message:
                         if open_kind is not None:
                             yield block_stop()
                         index, open_kind = index + 1, "text"
-                        yield sse_event({"type": "content_block_start", "index": index,
-                                         "content_block": {"type": "text", "text": ""}}, "content_block_start")
-                    yield sse_event({"type": "content_block_delta", "index": index,
-                                     "delta": {"type": "text_delta", "text": chunk.text}}, "content_block_delta")
+                        yield sse_event(
+                            {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+                            "content_block_start",
+                        )
+                    yield sse_event(
+                        {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": chunk.text}},
+                        "content_block_delta",
+                    )
                 elif isinstance(chunk, ToolCallChunk):
                     for delta in chunk.tool_calls:
                         if delta.get("id"):
                             if open_kind is not None:
                                 yield block_stop()
                             index, open_kind = index + 1, "tool_use"
-                            block = {"type": "tool_use", "id": _tool_id(delta["id"]),
-                                     "name": delta["function"]["name"], "input": {}}
-                            yield sse_event({"type": "content_block_start", "index": index, "content_block": block},
-                                            "content_block_start")
+                            block = {
+                                "type": "tool_use",
+                                "id": _tool_id(delta["id"]),
+                                "name": delta["function"]["name"],
+                                "input": {},
+                            }
+                            yield sse_event(
+                                {"type": "content_block_start", "index": index, "content_block": block}, "content_block_start"
+                            )
                         if args := (delta.get("function") or {}).get("arguments"):
-                            yield sse_event({"type": "content_block_delta", "index": index, "delta": {
-                                "type": "input_json_delta", "partial_json": args}}, "content_block_delta")
+                            yield sse_event(
+                                {
+                                    "type": "content_block_delta",
+                                    "index": index,
+                                    "delta": {"type": "input_json_delta", "partial_json": args},
+                                },
+                                "content_block_delta",
+                            )
                 elif isinstance(chunk, FinishChunk):
                     if open_kind is not None:
                         yield block_stop()
                     reason, sequence = _stop(chunk)
-                    yield sse_event({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                                     "usage": _usage(chunk.usage)}, "message_delta")
+                    yield sse_event(
+                        {
+                            "type": "message_delta",
+                            "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                            "usage": _usage(chunk.usage),
+                        },
+                        "message_delta",
+                    )
                     yield sse_event({"type": "message_stop"}, "message_stop")
                 chunk = await anext(chunks, None)
         except Exception as exc:  # mid-stream: an error event, then the stream ends

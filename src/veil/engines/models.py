@@ -37,9 +37,7 @@ def default_model_path() -> Path:
     try:
         dist = importlib.metadata.distribution(DEFAULT_MODEL_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelNotFoundError(
-            "engine.model_not_found", f"{DEFAULT_MODEL_DISTRIBUTION} is not installed; {hint}"
-        ) from None
+        raise ModelNotFoundError("engine.model_not_found", f"{DEFAULT_MODEL_DISTRIBUTION} is not installed; {hint}") from None
     ggufs = sorted(
         (Path(str(dist.locate_file(f))) for f in (dist.files or ()) if f.name.endswith(".gguf")),
         key=str,

@@ -46,9 +46,7 @@ def is_fd_path(path: str | Path) -> bool:
 
 def _spec(arg: Any) -> TensorSpec:
     dtype = ORT_TYPES.get(arg.type, f"unsupported:{arg.type}")
-    shape = None if arg.shape is None else tuple(
-        d if isinstance(d, int) else (d or None) for d in arg.shape
-    )
+    shape = None if arg.shape is None else tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
     return TensorSpec(arg.name, dtype, shape)
 
 
@@ -71,9 +69,7 @@ class OnnxBackend(Backend):
         source: str | bytes = model if isinstance(model, bytes) else str(model)
         if isinstance(source, str) and is_fd_path(source):
             source = read_model_bytes(source)  # ORT would try to mmap or resolve siblings
-        self.session = ort.InferenceSession(
-            source, sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="onnx")
@@ -115,11 +111,9 @@ def _output_names(body: dict[str, Any], backend: OnnxBackend) -> list[str]:
     if wanted is None:
         return known
     if not isinstance(wanted, list) or not wanted or not all(isinstance(n, str) for n in wanted):
-        raise EngineAPIError(400, "'outputs' must be a non-empty list of output names",
-                             "invalid_request", "outputs")
+        raise EngineAPIError(400, "'outputs' must be a non-empty list of output names", "invalid_request", "outputs")
     if any(n not in known for n in wanted):
-        raise EngineAPIError(400, f"unknown output name; the model produces: {', '.join(known)}",
-                             "unknown_output", "outputs")
+        raise EngineAPIError(400, f"unknown output name; the model produces: {', '.join(known)}", "unknown_output", "outputs")
     return list(dict.fromkeys(wanted))
 
 
@@ -135,17 +129,18 @@ def create_app(backend: OnnxBackend, limits: Limits = Limits()) -> FastAPI:
         check_model(body.get("model"), backend.model_id)
         encoding = body.get("output_encoding", "base64")
         if encoding not in ("base64", "list"):
-            raise EngineAPIError(400, "output_encoding must be 'base64' or 'list'",
-                                 "invalid_request", "output_encoding")
+            raise EngineAPIError(400, "output_encoding must be 'base64' or 'list'", "invalid_request", "output_encoding")
         names = _output_names(body, backend)
         feeds = decode_inputs(body, backend.inputs, limits)
         del body  # drop the decoded JSON (and its copy of the data) before running
         try:
             results = await backend.run(feeds, names)
         except Exception as exc:  # ORT's text may describe the data; keep only its kind
-            raise EngineAPIError(400 if "InvalidArgument" in type(exc).__name__ else 500,
-                                 f"inference failed ({type(exc).__name__})",
-                                 "inference_failed") from None
+            raise EngineAPIError(
+                400 if "InvalidArgument" in type(exc).__name__ else 500,
+                f"inference failed ({type(exc).__name__})",
+                "inference_failed",
+            ) from None
         outputs = {n: encode_tensor(r, encoding) for n, r in zip(names, results, strict=True)}
         return JSONResponse({"object": "tensors", "model": backend.model_id, "outputs": outputs})
 

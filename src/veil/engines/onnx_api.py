@@ -24,19 +24,35 @@ from veil.engines.openai_api import EngineAPIError
 DTYPES: dict[str, np.dtype[Any]] = {
     name: np.dtype(name).newbyteorder("<")
     for name in (
-        "float16", "float32", "float64",
-        "int8", "int16", "int32", "int64",
-        "uint8", "uint16", "uint32", "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
         "bool",
     )
 }
 
 #: onnxruntime's type strings ("tensor(float)") → wire dtype names.
 ORT_TYPES = {
-    "tensor(float16)": "float16", "tensor(float)": "float32", "tensor(double)": "float64",
-    "tensor(int8)": "int8", "tensor(int16)": "int16", "tensor(int32)": "int32",
-    "tensor(int64)": "int64", "tensor(uint8)": "uint8", "tensor(uint16)": "uint16",
-    "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(bool)": "bool",
+    "tensor(float16)": "float16",
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
 }
 
 Encoding = Literal["base64", "list"]
@@ -52,8 +68,7 @@ class TensorSpec:
     shape: tuple[Dim, ...] | None  # None: rank unknown
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype,
-                "shape": None if self.shape is None else list(self.shape)}
+        return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
 
 
 @dataclass(frozen=True)
@@ -71,17 +86,15 @@ def _bad(message: str, code: str, param: str | None = None, status: int = 400) -
 
 def _check_shape(name: str, shape: Any, limits: Limits) -> tuple[int, ...]:
     param = f"inputs.{name}.shape"
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise _bad(f"input '{name}': shape must be a list of non-negative integers",
-                   "invalid_shape", param)
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise _bad(f"input '{name}': shape must be a list of non-negative integers", "invalid_shape", param)
     if len(shape) > 32:
         raise _bad(f"input '{name}': rank {len(shape)} exceeds 32", "invalid_shape", param)
     count = math.prod(shape)
     if count > limits.max_elements:
-        raise _bad(f"input '{name}': {count} elements exceeds the limit of {limits.max_elements}",
-                   "tensor_too_large", param, status=413)
+        raise _bad(
+            f"input '{name}': {count} elements exceeds the limit of {limits.max_elements}", "tensor_too_large", param, status=413
+        )
     return tuple(shape)
 
 
@@ -95,42 +108,37 @@ def _decode_data(name: str, data: Any, dtype: np.dtype[Any], shape: tuple[int, .
             raise _bad(f"input '{name}': data is not valid base64", "invalid_data", param) from None
         if len(raw) != count * dtype.itemsize:
             raise _bad(
-                f"input '{name}': {len(raw)} bytes of data, shape and dtype need "
-                f"{count * dtype.itemsize}", "shape_mismatch", param,
+                f"input '{name}': {len(raw)} bytes of data, shape and dtype need {count * dtype.itemsize}",
+                "shape_mismatch",
+                param,
             )
         return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     if isinstance(data, (list, int, float, bool)):
         try:
             arr = np.array(data, dtype=dtype.newbyteorder("="))
         except (ValueError, TypeError, OverflowError):
-            raise _bad(f"input '{name}': data list is ragged or holds values that are not "
-                       f"{dtype.name}", "invalid_data", param) from None
+            raise _bad(
+                f"input '{name}': data list is ragged or holds values that are not {dtype.name}", "invalid_data", param
+            ) from None
         if arr.shape != shape:
-            raise _bad(f"input '{name}': data has shape {list(arr.shape)}, declared "
-                       f"{list(shape)}", "shape_mismatch", param)
+            raise _bad(f"input '{name}': data has shape {list(arr.shape)}, declared {list(shape)}", "shape_mismatch", param)
         return arr
-    raise _bad(f"input '{name}': data must be a base64 string or a nested list",
-               "invalid_data", param)
+    raise _bad(f"input '{name}': data must be a base64 string or a nested list", "invalid_data", param)
 
 
 def _check_against_spec(name: str, arr: np.ndarray, wire_dtype: str, spec: TensorSpec) -> None:
     if wire_dtype != spec.dtype:
-        raise _bad(f"input '{name}' expects dtype {spec.dtype}, got {wire_dtype}",
-                   "dtype_mismatch", f"inputs.{name}.dtype")
+        raise _bad(f"input '{name}' expects dtype {spec.dtype}, got {wire_dtype}", "dtype_mismatch", f"inputs.{name}.dtype")
     if spec.shape is None:
         return
     if arr.ndim != len(spec.shape) or any(
-        isinstance(want, int) and want >= 0 and want != got
-        for want, got in zip(spec.shape, arr.shape, strict=False)
+        isinstance(want, int) and want >= 0 and want != got for want, got in zip(spec.shape, arr.shape, strict=False)
     ):
         expected = ["*" if not isinstance(d, int) or d < 0 else d for d in spec.shape]
-        raise _bad(f"input '{name}' expects shape {expected}, got {list(arr.shape)}",
-                   "shape_mismatch", f"inputs.{name}.shape")
+        raise _bad(f"input '{name}' expects shape {expected}, got {list(arr.shape)}", "shape_mismatch", f"inputs.{name}.shape")
 
 
-def decode_inputs(
-    body: Any, specs: list[TensorSpec], limits: Limits = Limits()
-) -> dict[str, np.ndarray]:
+def decode_inputs(body: Any, specs: list[TensorSpec], limits: Limits = Limits()) -> dict[str, np.ndarray]:
     """Check a ``/v1/run`` body against the model's inputs and return the arrays to feed it.
 
     Refuses unknown or missing inputs, wrong dtypes (no silent casts), shapes that contradict the
@@ -140,16 +148,16 @@ def decode_inputs(
         raise _bad("request body must be a JSON object", "invalid_request")
     inputs = body.get("inputs")
     if not isinstance(inputs, dict) or not inputs:
-        raise _bad("'inputs' must be a non-empty object of named tensors", "invalid_request",
-                   "inputs")
+        raise _bad("'inputs' must be a non-empty object of named tensors", "invalid_request", "inputs")
     if len(inputs) > limits.max_tensors:
         raise _bad(f"at most {limits.max_tensors} input tensors", "invalid_request", "inputs")
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(inputs) - set(by_name))
     if unknown:
         # Input names come from the caller: report how many, and the names the model does accept.
-        raise _bad(f"{len(unknown)} unknown input name(s); the model takes: "
-                   f"{', '.join(sorted(by_name))}", "unknown_input", "inputs")
+        raise _bad(
+            f"{len(unknown)} unknown input name(s); the model takes: {', '.join(sorted(by_name))}", "unknown_input", "inputs"
+        )
     missing = sorted(set(by_name) - set(inputs))
     if missing:
         raise _bad(f"missing input(s): {', '.join(missing)}", "missing_input", "inputs")
@@ -158,17 +166,14 @@ def decode_inputs(
     for name, spec in by_name.items():
         tensor = inputs[name]
         if not isinstance(tensor, dict):
-            raise _bad(f"input '{name}' must be an object with dtype, shape and data",
-                       "invalid_request", f"inputs.{name}")
+            raise _bad(f"input '{name}' must be an object with dtype, shape and data", "invalid_request", f"inputs.{name}")
         wire_dtype = tensor.get("dtype")
         if not isinstance(wire_dtype, str) or wire_dtype not in DTYPES:
-            raise _bad(f"input '{name}': dtype must be one of {', '.join(DTYPES)}",
-                       "unsupported_dtype", f"inputs.{name}.dtype")
+            raise _bad(f"input '{name}': dtype must be one of {', '.join(DTYPES)}", "unsupported_dtype", f"inputs.{name}.dtype")
         shape = _check_shape(name, tensor.get("shape"), limits)
         total += math.prod(shape)
         if total > limits.max_elements * 4:
-            raise _bad("inputs hold too many elements in total", "tensor_too_large", "inputs",
-                       status=413)
+            raise _bad("inputs hold too many elements in total", "tensor_too_large", "inputs", status=413)
         arr = _decode_data(name, tensor.get("data"), DTYPES[wire_dtype], shape)
         _check_against_spec(name, arr, wire_dtype, spec)
         arrays[name] = arr
@@ -180,15 +185,12 @@ def encode_tensor(arr: np.ndarray, encoding: Encoding = "base64") -> dict[str, A
     arr = np.asarray(arr)
     name = arr.dtype.name
     if name not in DTYPES:
-        raise EngineAPIError(500, f"the model produced an unsupported dtype ({name})",
-                             "unsupported_output")
+        raise EngineAPIError(500, f"the model produced an unsupported dtype ({name})", "unsupported_output")
     out: dict[str, Any] = {"dtype": name, "shape": list(arr.shape)}
     if encoding == "list":
         out["data"] = arr.tolist()
     else:
-        out["data"] = base64.b64encode(
-            np.ascontiguousarray(arr, dtype=DTYPES[name]).tobytes()
-        ).decode("ascii")
+        out["data"] = base64.b64encode(np.ascontiguousarray(arr, dtype=DTYPES[name]).tobytes()).decode("ascii")
     return out
 
 

@@ -128,9 +128,7 @@ class ChatMessage(BaseModel):
         texts = []
         for part in self.content:
             if part.get("type") not in ("text", "input_text", "output_text") or not isinstance(part.get("text"), str):
-                raise EngineAPIError(
-                    400, "only text content parts are supported", "unsupported_content", "messages"
-                )
+                raise EngineAPIError(400, "only text content parts are supported", "unsupported_content", "messages")
             texts.append(part["text"])
         return "".join(texts)
 
@@ -153,23 +151,22 @@ class ChatMessage(BaseModel):
         with ``tojson``), and a tool result keeps its ``tool_call_id``, so the template replays
         the conversation in the model's own call syntax.
         """
-        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
-                                   "content": self.text()}
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
         if self.tool_calls:
             calls = []
             for call in self.tool_calls:
                 function = call.get("function") if isinstance(call, dict) else None
                 if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                    raise EngineAPIError(400, "a tool call in the history has no function name",
-                                         "invalid_request", "messages")
+                    raise EngineAPIError(400, "a tool call in the history has no function name", "invalid_request", "messages")
                 args: Any = function.get("arguments") or "{}"
                 if isinstance(args, str):
                     try:
                         args = json.loads(args)
                     except ValueError:
                         pass  # not JSON: the template gets the string as the model once wrote it
-                calls.append({"id": call.get("id"), "type": "function",
-                              "function": {"name": function["name"], "arguments": args}})
+                calls.append(
+                    {"id": call.get("id"), "type": "function", "function": {"name": function["name"], "arguments": args}}
+                )
             message["tool_calls"] = calls
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
@@ -239,9 +236,7 @@ class ChatCompletionRequest(_Request):
 
     def want_logprobs(self) -> bool:
         if self.top_logprobs is not None and not self.logprobs:
-            raise EngineAPIError(
-                400, "top_logprobs requires logprobs to be true", "invalid_request", "top_logprobs"
-            )
+            raise EngineAPIError(400, "top_logprobs requires logprobs to be true", "invalid_request", "top_logprobs")
         return bool(self.logprobs)
 
     def llama_response_format(self) -> dict[str, Any] | None:
@@ -254,7 +249,9 @@ class ChatCompletionRequest(_Request):
             return {"type": "json_object", **({"schema": rf.schema_} if rf.schema_ else {})}
         if rf.json_schema is None or rf.json_schema.schema_ is None:
             raise EngineAPIError(
-                400, "response_format.json_schema.schema is required", "invalid_request",
+                400,
+                "response_format.json_schema.schema is required",
+                "invalid_request",
                 "response_format",
             )
         return {"type": "json_object", "schema": rf.json_schema.schema_}
@@ -273,7 +270,9 @@ class ChatCompletionRequest(_Request):
         if not tools:
             if choice not in (None, "none", "auto"):
                 raise EngineAPIError(
-                    400, "tool_choice names a tool but no tools were given", "invalid_request",
+                    400,
+                    "tool_choice names a tool but no tools were given",
+                    "invalid_request",
                     "tool_choice",
                 )
             return ToolPlan("none", (), False, bool(self.functions))
@@ -287,7 +286,9 @@ class ChatCompletionRequest(_Request):
                 if tool.name == choice.function.name:
                     return ToolPlan("named", (tool,), False, legacy)
             raise EngineAPIError(
-                400, "tool_choice names a function that is not in tools", "invalid_request",
+                400,
+                "tool_choice names a function that is not in tools",
+                "invalid_request",
                 "tool_choice",
             )
         parallel = self.parallel_tool_calls is not False
@@ -315,10 +316,17 @@ class ToolPlan:
 
     def openai_tools(self) -> list[dict[str, Any]]:
         """The tools in OpenAI's request shape, which chat templates take as ``tools``."""
-        return [{"type": "function", "function": {
-            "name": t.name, "description": t.description or "",
-            "parameters": t.parameters or {"type": "object", "properties": {}},
-        }} for t in self.tools]
+        return [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description or "",
+                    "parameters": t.parameters or {"type": "object", "properties": {}},
+                },
+            }
+            for t in self.tools
+        ]
 
 
 class CompletionRequest(_Request):
@@ -333,9 +341,7 @@ class CompletionRequest(_Request):
             return self.prompt
         if len(self.prompt) == 1:
             return self.prompt[0]
-        raise EngineAPIError(
-            400, "batched prompts are not supported", "unsupported_batch", "prompt"
-        )
+        raise EngineAPIError(400, "batched prompts are not supported", "unsupported_batch", "prompt")
 
 
 class EmbeddingRequest(BaseModel):

@@ -40,6 +40,7 @@ from veil.engines.openai_api import (
     sse_event,
 )
 
+
 def _merge_logprobs(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Concatenate per-chunk logprobs (chat ``content`` lists, or the legacy parallel lists)."""
     if not parts:
@@ -60,8 +61,7 @@ class _Answer:
     def __init__(self, model: str, chat: bool, legacy_functions: bool) -> None:
         self.chat = chat
         self.legacy_functions = legacy_functions
-        self.head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-                     "created": int(time.time()), "model": model}
+        self.head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
 
     # -- streamed ------------------------------------------------------------------------------
 
@@ -72,8 +72,7 @@ class _Answer:
     def opening(self) -> bytes | None:
         if not self.chat:
             return None
-        return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                             "logprobs": None, "finish_reason": None}])
+        return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
 
     def event(self, chunk: Chunk) -> bytes:
         if isinstance(chunk, FinishChunk):
@@ -86,8 +85,9 @@ class _Answer:
                 delta["function_call"] = chunk.function_call
             return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
         if self.chat:
-            return self._event([{"index": 0, "delta": {"content": chunk.text}, "logprobs": chunk.logprobs,
-                                 "finish_reason": None}])
+            return self._event(
+                [{"index": 0, "delta": {"content": chunk.text}, "logprobs": chunk.logprobs, "finish_reason": None}]
+            )
         return self._event([{"index": 0, "text": chunk.text, "logprobs": chunk.logprobs, "finish_reason": None}])
 
     def usage_event(self, usage: Usage) -> bytes:
@@ -100,8 +100,14 @@ class _Answer:
         logprobs = _merge_logprobs([c.logprobs for c in chunks if isinstance(c, TextChunk) and c.logprobs])
         calls = tool_calls.merge_deltas(t for c in chunks if isinstance(c, ToolCallChunk) for t in c.tool_calls)
         legacy_parts = [c.function_call for c in chunks if isinstance(c, ToolCallChunk) and c.function_call]
-        legacy = {"name": next((p["name"] for p in legacy_parts if p.get("name")), ""),
-                  "arguments": "".join(p.get("arguments") or "" for p in legacy_parts)} if legacy_parts else None
+        legacy = (
+            {
+                "name": next((p["name"] for p in legacy_parts if p.get("name")), ""),
+                "arguments": "".join(p.get("arguments") or "" for p in legacy_parts),
+            }
+            if legacy_parts
+            else None
+        )
         finish = next(c for c in chunks if isinstance(c, FinishChunk))
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
@@ -201,13 +207,22 @@ def create_openai_app(backend: Backend) -> FastAPI:
         size = len(result.vectors[0]) if result.vectors else 0
         if req.dimensions is not None and req.dimensions != size:
             raise EngineAPIError(
-                400, f"this model's embeddings have {size} dimensions; dimensions cannot change it",
-                "unsupported_dimensions", "dimensions",
+                400,
+                f"this model's embeddings have {size} dimensions; dimensions cannot change it",
+                "unsupported_dimensions",
+                "dimensions",
             )
-        data = [{"object": "embedding", "index": i, "embedding": e}
-                for i, e in enumerate(_encode_embeddings(req, result.vectors))]
-        return JSONResponse({"object": "list", "data": data, "model": backend.model_id,
-                             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}})
+        data = [
+            {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(_encode_embeddings(req, result.vectors))
+        ]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": backend.model_id,
+                "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+            }
+        )
 
     # The other APIs people's tools speak, over the same backend chunks.
     messages_api.add_routes(app, backend)

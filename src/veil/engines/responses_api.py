@@ -101,11 +101,19 @@ class ResponsesRequest(BaseModel):
 
 
 def _stateless(req: ResponsesRequest) -> None:
-    for name, value in (("previous_response_id", req.previous_response_id), ("conversation", req.conversation),
-                        ("background", req.background or None)):
+    for name, value in (
+        ("previous_response_id", req.previous_response_id),
+        ("conversation", req.conversation),
+        ("background", req.background or None),
+    ):
         if value is not None:
-            raise EngineAPIError(400, f"{name} needs state kept between requests, and Veil keeps none (nothing is "
-                                 "stored): send the whole conversation in input", "unsupported_state", name)
+            raise EngineAPIError(
+                400,
+                f"{name} needs state kept between requests, and Veil keeps none (nothing is "
+                "stored): send the whole conversation in input",
+                "unsupported_state",
+                name,
+            )
 
 
 def _text_parts(content: str | list[Any], param: str) -> str:
@@ -113,8 +121,11 @@ def _text_parts(content: str | list[Any], param: str) -> str:
         return content
     texts = []
     for part in content:
-        if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text", "text") \
-                or not isinstance(part.get("text"), str):
+        if (
+            not isinstance(part, dict)
+            or part.get("type") not in ("input_text", "output_text", "text")
+            or not isinstance(part.get("text"), str)
+        ):
             raise EngineAPIError(400, "only text content is supported", "unsupported_content", param)
         texts.append(part["text"])
     return "".join(texts)
@@ -131,15 +142,23 @@ def _chat_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
         if kind == "message" and item.get("role") in ("user", "assistant", "system", "developer"):
             out.append({"role": item["role"], "content": _text_parts(item.get("content") or "", param)})
         elif kind == "function_call":
-            call = {"id": str(item.get("call_id", "")), "type": "function",
-                    "function": {"name": str(item.get("name", "")), "arguments": str(item.get("arguments", "{}"))}}
+            call = {
+                "id": str(item.get("call_id", "")),
+                "type": "function",
+                "function": {"name": str(item.get("name", "")), "arguments": str(item.get("arguments", "{}"))},
+            }
             if out and out[-1]["role"] == "assistant" and out[-1].get("tool_calls") and not out[-1]["content"]:
                 out[-1]["tool_calls"].append(call)
             else:
                 out.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
-            out.append({"role": "tool", "tool_call_id": str(item.get("call_id", "")),
-                        "content": _text_parts(item.get("output") or "", param)})
+            out.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": str(item.get("call_id", "")),
+                    "content": _text_parts(item.get("output") or "", param),
+                }
+            )
         elif kind == "reasoning":
             continue
         elif kind == "item_reference":
@@ -152,20 +171,33 @@ def _chat_messages(req: ResponsesRequest) -> list[dict[str, Any]]:
 def to_chat(req: ResponsesRequest) -> ChatCompletionRequest:
     """The chat request the backend answers for a Responses request."""
     _stateless(req)
-    body: dict[str, Any] = {"model": req.model, "messages": _chat_messages(req), "stream": req.stream,
-                            "max_tokens": req.max_output_tokens, "cache_salt": req.cache_salt}
-    body.update({k: v for k, v in (("temperature", req.temperature), ("top_p", req.top_p),
-                                   ("parallel_tool_calls", req.parallel_tool_calls)) if v is not None})
+    body: dict[str, Any] = {
+        "model": req.model,
+        "messages": _chat_messages(req),
+        "stream": req.stream,
+        "max_tokens": req.max_output_tokens,
+        "cache_salt": req.cache_salt,
+    }
+    body.update(
+        {
+            k: v
+            for k, v in (("temperature", req.temperature), ("top_p", req.top_p), ("parallel_tool_calls", req.parallel_tool_calls))
+            if v is not None
+        }
+    )
     if req.tools:
         if any(t.type != "function" or not t.name for t in req.tools):
             raise EngineAPIError(400, "only function tools are supported (no built-in tools)", "unsupported_tools", "tools")
-        body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
-                                                           "parameters": t.parameters}} for t in req.tools]
+        body["tools"] = [
+            {"type": "function", "function": {"name": t.name, "description": t.description or "", "parameters": t.parameters}}
+            for t in req.tools
+        ]
     choice = req.tool_choice
     if isinstance(choice, dict):
         if choice.get("type") != "function" or not isinstance(choice.get("name"), str):
-            raise EngineAPIError(400, "tool_choice must be none, auto, required or a function", "unsupported_tools",
-                                 "tool_choice")
+            raise EngineAPIError(
+                400, "tool_choice must be none, auto, required or a function", "unsupported_tools", "tool_choice"
+            )
         body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     elif choice is not None:
         body["tool_choice"] = choice
@@ -173,8 +205,10 @@ def to_chat(req: ResponsesRequest) -> ChatCompletionRequest:
     if fmt is not None and fmt.type == "json_object":
         body["response_format"] = {"type": "json_object"}
     elif fmt is not None and fmt.type == "json_schema":
-        body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": fmt.name, "schema": fmt.schema_, "strict": fmt.strict}}
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": fmt.name, "schema": fmt.schema_, "strict": fmt.strict},
+        }
     if req.top_logprobs is not None and LOGPROBS_INCLUDE in (req.include or []):
         body.update(logprobs=True, top_logprobs=req.top_logprobs)
     try:
@@ -184,9 +218,13 @@ def to_chat(req: ResponsesRequest) -> ChatCompletionRequest:
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
-    return {"input_tokens": usage.prompt_tokens, "input_tokens_details": {"cached_tokens": usage.cached_tokens},
-            "output_tokens": usage.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
 
 
 class _Response:
@@ -200,23 +238,36 @@ class _Response:
         self.output: list[dict[str, Any]] = []
         self.seq = 0
 
-    def obj(self, status: str, usage: Usage | None = None, incomplete: bool = False,
-            error: dict[str, Any] | None = None) -> dict[str, Any]:
+    def obj(
+        self, status: str, usage: Usage | None = None, incomplete: bool = False, error: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         req = self.req
         fmt = req.text.format.model_dump(by_alias=True, exclude_none=True) if req.text else {"type": "text"}
         return {
-            "id": self.id, "object": "response", "created_at": self.created, "status": status,
-            "background": False, "error": error,
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "background": False,
+            "error": error,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
-            "max_tool_calls": req.max_tool_calls, "model": self.model, "output": list(self.output),
-            "parallel_tool_calls": req.parallel_tool_calls is not False, "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None}, "store": False,
-            "temperature": 1.0 if req.temperature is None else req.temperature, "text": {"format": fmt},
+            "instructions": req.instructions,
+            "max_output_tokens": req.max_output_tokens,
+            "max_tool_calls": req.max_tool_calls,
+            "model": self.model,
+            "output": list(self.output),
+            "parallel_tool_calls": req.parallel_tool_calls is not False,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "store": False,
+            "temperature": 1.0 if req.temperature is None else req.temperature,
+            "text": {"format": fmt},
             "tool_choice": req.tool_choice or "auto",
             "tools": [t.model_dump(exclude_none=True) for t in req.tools or []],
-            "top_logprobs": req.top_logprobs or 0, "top_p": 1.0 if req.top_p is None else req.top_p,
-            "truncation": "disabled", "usage": _usage(usage) if usage is not None else None,
+            "top_logprobs": req.top_logprobs or 0,
+            "top_p": 1.0 if req.top_p is None else req.top_p,
+            "truncation": "disabled",
+            "usage": _usage(usage) if usage is not None else None,
             "metadata": req.metadata or {},
         }
 
@@ -252,13 +303,24 @@ class _Response:
         return self.obj(status, finish.usage, incomplete)
 
     def _message(self, status: str) -> dict[str, Any]:
-        return {"type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": status, "role": "assistant",
-                "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]}
+        return {
+            "type": "message",
+            "id": f"msg_{uuid.uuid4().hex}",
+            "status": status,
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}],
+        }
 
     def _call(self, delta: dict[str, Any], status: str) -> dict[str, Any]:
         function = delta.get("function") or {}
-        return {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": delta["id"],
-                "name": function.get("name", ""), "arguments": function.get("arguments") or "", "status": status}
+        return {
+            "type": "function_call",
+            "id": f"fc_{uuid.uuid4().hex}",
+            "call_id": delta["id"],
+            "name": function.get("name", ""),
+            "arguments": function.get("arguments") or "",
+            "status": status,
+        }
 
     # -- streamed -------------------------------------------------------------------------------
 
@@ -272,15 +334,29 @@ class _Response:
         item = self.output[index]
         item["status"] = "completed"
         if item["type"] == "function_call":
-            return [self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                                name=item["name"], arguments=item["arguments"]),
-                    self._event("response.output_item.done", output_index=index, item=item)]
+            return [
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                ),
+                self._event("response.output_item.done", output_index=index, item=item),
+            ]
         part = item["content"][0]
-        return [self._event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                            text=part["text"], logprobs=part["logprobs"]),
-                self._event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                            part=part),
-                self._event("response.output_item.done", output_index=index, item=item)]
+        return [
+            self._event(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                text=part["text"],
+                logprobs=part["logprobs"],
+            ),
+            self._event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
 
     async def events(self, first: Chunk, chunks: AsyncGenerator[Chunk, None]) -> AsyncIterator[bytes]:
         yield self._event("response.created", response=self.obj("in_progress"))
@@ -300,14 +376,25 @@ class _Response:
                         item = self.output[open_index]
                         empty = {**item, "content": []}
                         yield self._event("response.output_item.added", output_index=open_index, item=empty)
-                        yield self._event("response.content_part.added", item_id=item["id"], output_index=open_index,
-                                          content_index=0, part=dict(item["content"][0]))
+                        yield self._event(
+                            "response.content_part.added",
+                            item_id=item["id"],
+                            output_index=open_index,
+                            content_index=0,
+                            part=dict(item["content"][0]),
+                        )
                     item = self.output[open_index]
                     logprobs = (chunk.logprobs or {}).get("content") or []
                     item["content"][0]["text"] += chunk.text
                     item["content"][0]["logprobs"] += logprobs
-                    yield self._event("response.output_text.delta", item_id=item["id"], output_index=open_index,
-                                      content_index=0, delta=chunk.text, logprobs=logprobs)
+                    yield self._event(
+                        "response.output_text.delta",
+                        item_id=item["id"],
+                        output_index=open_index,
+                        content_index=0,
+                        delta=chunk.text,
+                        logprobs=logprobs,
+                    )
                 elif isinstance(chunk, ToolCallChunk):
                     for delta in chunk.tool_calls:
                         if delta.get("id"):
@@ -318,17 +405,20 @@ class _Response:
                             if open_index is not None:
                                 for e in self._close(open_index):
                                     yield e
-                            self.output.append(self._call({**delta, "function": {**delta["function"], "arguments": ""}},
-                                                          "in_progress"))
+                            self.output.append(
+                                self._call({**delta, "function": {**delta["function"], "arguments": ""}}, "in_progress")
+                            )
                             open_index = len(self.output) - 1
-                            yield self._event("response.output_item.added", output_index=open_index,
-                                              item=dict(self.output[open_index]))
+                            yield self._event(
+                                "response.output_item.added", output_index=open_index, item=dict(self.output[open_index])
+                            )
                         args = (delta.get("function") or {}).get("arguments")
                         if args and not skipping and open_index is not None:
                             item = self.output[open_index]
                             item["arguments"] += args
-                            yield self._event("response.function_call_arguments.delta", item_id=item["id"],
-                                              output_index=open_index, delta=args)
+                            yield self._event(
+                                "response.function_call_arguments.delta", item_id=item["id"], output_index=open_index, delta=args
+                            )
                 elif isinstance(chunk, FinishChunk):
                     if open_index is not None:
                         for e in self._close(open_index):
@@ -340,8 +430,9 @@ class _Response:
         except Exception as exc:  # mid-stream: an error event and a failed response, then the end
             err = api_error(exc)
             yield self._event("error", code=err.code, message=err.message, param=err.param)
-            yield self._event("response.failed", response=self.obj("failed", error={"code": "server_error",
-                                                                                     "message": err.message}))
+            yield self._event(
+                "response.failed", response=self.obj("failed", error={"code": "server_error", "message": err.message})
+            )
         finally:
             await chunks.aclose()
 

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from veil.process import die_with_parent, parent_already_gone
 from veil.sandbox.hardening import forbid_core_dumps
 
+
 def bind_unix_socket(path: str | Path, mode: int = 0o600) -> socket.socket:
     """Bind and return a listening-ready AF_UNIX socket that is never wider than ``mode``.
 
@@ -148,8 +149,9 @@ def serve(app: Any, socket_path: Path, socket_mode: int, banner: str) -> None:
     import uvicorn
 
     sock = bind_unix_socket(socket_path, socket_mode)
-    config = uvicorn.Config(SwallowErrors(app), access_log=False, log_level="warning",
-                            lifespan="off", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        SwallowErrors(app), access_log=False, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+    )
     # Uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that was
     # installed before it: make that a no-op so we reach our cleanup instead of dying mid-way.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -42,8 +42,7 @@ class ToolSyntax:
 
 HERMES = ToolSyntax("hermes", "<tool_call>", "</tool_call>", ("<tool_call>",))
 MISTRAL = ToolSyntax("mistral", "[TOOL_CALLS]", None, ("[TOOL_CALLS]",))
-LLAMA3_JSON = ToolSyntax("llama3_json", "<|python_tag|>", None,
-                         ("<|python_tag|>", '{"name": function name, "parameters"'))
+LLAMA3_JSON = ToolSyntax("llama3_json", "<|python_tag|>", None, ("<|python_tag|>", '{"name": function name, "parameters"'))
 SYNTAXES = (HERMES, MISTRAL, LLAMA3_JSON)
 
 
@@ -73,8 +72,9 @@ def merge_deltas(deltas: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Whole ``tool_calls`` entries from streamed deltas (merged by ``index``, arguments joined)."""
     calls: dict[int, dict[str, Any]] = {}
     for delta in deltas:
-        call = calls.setdefault(int(delta.get("index", len(calls))),
-                                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call = calls.setdefault(
+            int(delta.get("index", len(calls))), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        )
         call["id"] = delta.get("id") or call["id"]
         function = delta.get("function") or {}
         call["function"]["name"] = function.get("name") or call["function"]["name"]
@@ -88,8 +88,12 @@ def new_call_id() -> str:
 
 def call_entry(index: int, name: str, arguments: str, call_id: str | None = None) -> dict[str, Any]:
     """One whole OpenAI ``tool_calls`` entry (with its stream ``index``)."""
-    return {"index": index, "id": call_id or new_call_id(), "type": "function",
-            "function": {"name": name, "arguments": arguments}}
+    return {
+        "index": index,
+        "id": call_id or new_call_id(),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
 
 
 def _as_call(obj: Any, offered: frozenset[str]) -> tuple[str, str] | None:
@@ -190,7 +194,7 @@ class ToolCallStream:
                 end = self._text.find(self.syntax.closes)
                 if end < 0:
                     return out
-                body, self._text = self._text[:end], self._text[end + len(self.syntax.closes):]
+                body, self._text = self._text[:end], self._text[end + len(self.syntax.closes) :]
                 self._in_call = False
                 calls = parse_calls(self.syntax, body, self.offered)
                 out += self._emit_calls(calls) if calls else [TextChunk(self.syntax.opens + body + self.syntax.closes)]
@@ -208,7 +212,7 @@ class ToolCallStream:
             if start >= 0:
                 if self._text[:start].strip():  # whitespace around calls is not content
                     out.append(TextChunk(self._text[:start]))
-                self._text = self._text[start + len(self.syntax.opens):]
+                self._text = self._text[start + len(self.syntax.opens) :]
                 self._in_call = True
                 continue
             keep = _partial_marker(self._text, self.syntax.opens)
@@ -263,8 +267,9 @@ async def as_named_call(chunks: AsyncGenerator[Chunk, None], name: str, legacy: 
                     started = True
                     yield ToolCallChunk([call_entry(0, name, "")], {"name": name, "arguments": ""} if legacy else None)
                 if chunk.text:
-                    yield ToolCallChunk([{"index": 0, "function": {"arguments": chunk.text}}],
-                                        {"arguments": chunk.text} if legacy else None)
+                    yield ToolCallChunk(
+                        [{"index": 0, "function": {"arguments": chunk.text}}], {"arguments": chunk.text} if legacy else None
+                    )
             elif isinstance(chunk, FinishChunk):
                 if not started:
                     yield ToolCallChunk([call_entry(0, name, "")], {"name": name, "arguments": ""} if legacy else None)
@@ -313,7 +318,13 @@ def forced_calls(text: str, offered: Iterable[str]) -> list[dict[str, Any]]:
 
 def required_schema(tools: Iterable[Any], parallel: bool) -> dict[str, Any]:
     """The JSON schema of "one or more calls to these functions", for a sampling grammar."""
-    one_of = [{"type": "object", "properties": {"name": {"const": t.name},
-                                                 "arguments": t.parameters or {"type": "object", "properties": {}}},
-               "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+    one_of = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": t.parameters or {"type": "object", "properties": {}}},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
     return {"type": "array", "items": {"oneOf": one_of}, "minItems": 1, **({} if parallel else {"maxItems": 1})}

@@ -81,7 +81,7 @@ def _make_streamer(tokenizer: Any, put: Any) -> Any:
             text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                 return
-            self.on_finalized_text(text[self.print_len:])
+            self.on_finalized_text(text[self.print_len :])
             self.print_len = len(text)
             if text.endswith("\n"):  # start afresh so decoding stays linear in the output
                 self.token_cache, self.print_len = [], 0
@@ -100,17 +100,14 @@ class TransformersBackend(Backend):
     request's ``cache_salt`` has nothing to scope here.
     """
 
-    def __init__(self, model_dir: Path, model_id: str, n_ctx: int, threads: int,
-                 device: str = "cpu") -> None:
+    def __init__(self, model_dir: Path, model_id: str, n_ctx: int, threads: int, device: str = "cpu") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         super().__init__(model_id)
         torch.set_num_threads(max(1, threads))
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            model_dir, local_files_only=True, trust_remote_code=False
-        )
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, local_files_only=True, trust_remote_code=False, dtype="auto"
         ).to(device)
@@ -132,19 +129,35 @@ class TransformersBackend(Backend):
             ids = self.tokenizer.eos_token_id
         return set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
 
-    def plan(self, input_ids: Any, req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None,
-             param: str, ends: frozenset[int] = frozenset()) -> Generation:
+    def plan(
+        self,
+        input_ids: Any,
+        req: ChatCompletionRequest | CompletionRequest,
+        max_tokens: int | None,
+        param: str,
+        ends: frozenset[int] = frozenset(),
+    ) -> Generation:
         """Check the request fits the context window (OpenAI's 400 if not) and fix max tokens."""
         prompt = int(input_ids.shape[1])
         room = self.n_ctx - prompt
         if room < 1 or (max_tokens is not None and max_tokens > room):
             raise EngineAPIError(
-                400, f"this model's context window is {self.n_ctx} tokens; the request needs "
+                400,
+                f"this model's context window is {self.n_ctx} tokens; the request needs "
                 f"{prompt} for the prompt plus {max_tokens or 1} to generate",
-                "context_length_exceeded", param,
+                "context_length_exceeded",
+                param,
             )
-        return Generation(input_ids, max_tokens or room, req.temperature, req.top_p, req.top_k, req.seed,
-                          req.stops, frozenset(self.eos_ids) | ends)
+        return Generation(
+            input_ids,
+            max_tokens or room,
+            req.temperature,
+            req.top_p,
+            req.top_k,
+            req.seed,
+            req.stops,
+            frozenset(self.eos_ids) | ends,
+        )
 
     def _tool_plan(self, req: ChatCompletionRequest) -> ToolPlan:
         """The tools this engine can honour: the model's own choice (``auto``) or none.
@@ -153,19 +166,25 @@ class TransformersBackend(Backend):
         ``required`` is refused rather than answered with whatever the model writes.
         """
         if not self.template:
-            raise EngineAPIError(400, f"{self.model_id} has no chat template; use /v1/completions",
-                                 "unsupported_chat", "messages")
+            raise EngineAPIError(
+                400, f"{self.model_id} has no chat template; use /v1/completions", "unsupported_chat", "messages"
+            )
         plan = req.tool_plan()
         if plan.mode in ("named", "required"):
             raise EngineAPIError(
-                400, "the transformers engine cannot constrain sampling, so it cannot force a tool call: "
+                400,
+                "the transformers engine cannot constrain sampling, so it cannot force a tool call: "
                 'use tool_choice "auto" (a model whose chat template defines tools) or "none"',
-                "unsupported_tools", "tool_choice",
+                "unsupported_tools",
+                "tool_choice",
             )
         if plan.mode == "auto" and self.tool_syntax is None:
             raise EngineAPIError(
-                400, f"{self.model_id}'s chat template defines no tool calling, so the model cannot call tools: "
-                'set tool_choice to "none"', "unsupported_tools", "tool_choice",
+                400,
+                f"{self.model_id}'s chat template defines no tool calling, so the model cannot call tools: "
+                'set tool_choice to "none"',
+                "unsupported_tools",
+                "tool_choice",
             )
         return plan
 
@@ -176,8 +195,9 @@ class TransformersBackend(Backend):
         try:
             text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
         except Exception:  # template errors (e.g. roles it refuses) may quote the messages
-            raise EngineAPIError(400, "the model's chat template refused these messages",
-                                 "invalid_messages", "messages") from None
+            raise EngineAPIError(
+                400, "the model's chat template refused these messages", "invalid_messages", "messages"
+            ) from None
         return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
     async def chat(self, req: ChatCompletionRequest) -> AsyncGenerator[Chunk, None]:
@@ -244,7 +264,7 @@ class TransformersBackend(Backend):
                 streamer=_make_streamer(self.tokenizer, emit),
                 stopping_criteria=StoppingCriteriaList([_Cancelled()]),
             )
-        new = out[0, gen.prompt_tokens:].tolist()
+        new = out[0, gen.prompt_tokens :].tolist()
         finish = "stop" if new and new[-1] in gen.ends else "length"
         emit(("end", finish, len(new) - (1 if finish == "stop" else 0)))
 
@@ -276,7 +296,7 @@ class TransformersBackend(Backend):
                         held = ""
                     elif len(held) > keep:
                         yield TextChunk(held[: len(held) - keep])
-                        held = held[len(held) - keep:]
+                        held = held[len(held) - keep :]
                 else:  # ("end", finish, completion_tokens)
                     if held:
                         yield TextChunk(held)
@@ -297,8 +317,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, str]:
     _silence_libraries()
     model_id = args.model_id or Path(args.model).resolve().name
     backend = TransformersBackend(Path(args.model), model_id, args.n_ctx, args.threads, args.device)
-    return (create_openai_app(backend),
-            f"serving {model_id} (transformers, n_ctx={backend.n_ctx}, device={args.device}) on {args.socket}")
+    return (
+        create_openai_app(backend),
+        f"serving {model_id} (transformers, n_ctx={backend.n_ctx}, device={args.device}) on {args.socket}",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -162,8 +162,11 @@ def build_env(base: dict[str, str] | None = None, settings: dict[str, str] | Non
 
 def middleware_settings(model: str | Path, model_id: str, socket_path: str | Path) -> dict[str, str]:
     """The FIM middleware's settings: vLLM constructs middleware with the app alone."""
-    return {vllm_fim.ENV_MODEL: str(model), vllm_fim.ENV_MODEL_ID: model_id,
-            vllm_fim.ENV_SOCKET: str(Path(socket_path).resolve())}
+    return {
+        vllm_fim.ENV_MODEL: str(model),
+        vllm_fim.ENV_MODEL_ID: model_id,
+        vllm_fim.ENV_SOCKET: str(Path(socket_path).resolve()),
+    }
 
 
 def check_socket_dir(socket_path: str | Path) -> None:
@@ -175,17 +178,16 @@ def check_socket_dir(socket_path: str | Path) -> None:
     parent = Path(socket_path).resolve().parent
     st = parent.stat()
     if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
-        raise VllmConfigError(
-            f"socket directory {parent} must be owned by this user with mode 0700"
-        )
+        raise VllmConfigError(f"socket directory {parent} must be owned by this user with mode 0700")
 
 
 def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     from veil.engines import cli
 
     p = cli.parser("veil.engines.vllm", __doc__, ["n_ctx"], model_required=True)
-    p.add_argument("--print-command", action="store_true",
-                   help="print the vLLM argv and environment overrides as JSON, then exit")
+    p.add_argument(
+        "--print-command", action="store_true", help="print the vLLM argv and environment overrides as JSON, then exit"
+    )
     args, extra = p.parse_known_args(argv)
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -200,9 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = _parse_args(argv)
     model_id = args.model_id or Path(args.model).resolve().name
     try:
-        cmd = build_command(args.model, args.socket, model_id=model_id,
-                            max_model_len=args.n_ctx, version=installed_version(),
-                            extra_args=extra)
+        cmd = build_command(
+            args.model, args.socket, model_id=model_id, max_model_len=args.n_ctx, version=installed_version(), extra_args=extra
+        )
     except VllmConfigError as exc:
         print(f"veil-engine: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -222,8 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.socket.is_socket():  # stale socket from a dead engine: vLLM's bind() would fail
         args.socket.unlink()
     os.umask(0o077)
-    print(f"veil-engine: serving {model_id} (vllm {installed_version() or '?'}) on {args.socket}",
-          file=sys.stderr, flush=True)
+    print(f"veil-engine: serving {model_id} (vllm {installed_version() or '?'}) on {args.socket}", file=sys.stderr, flush=True)
     os.execvpe(cmd[0], cmd, build_env(settings=settings))
 
 

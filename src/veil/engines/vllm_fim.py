@@ -38,13 +38,20 @@ def vllm_body(req: CompletionRequest, prompt: list[int], tokens: FimTokens, mode
     """vLLM's ``/v1/completions`` request for a FIM prompt: the ids, ``req``'s sampling, streamed
     with usage, stopped at the end-of-middle tokens."""
     if req.logprobs is not None:
-        raise EngineAPIError(400, "logprobs cannot be combined with suffix on this engine", "invalid_request",
-                             "logprobs")
+        raise EngineAPIError(400, "logprobs cannot be combined with suffix on this engine", "invalid_request", "logprobs")
     body: dict[str, Any] = {
-        "model": model_id, "prompt": prompt, "max_tokens": req.max_tokens, "temperature": req.temperature,
-        "top_p": req.top_p, "stop": req.stops or None, "seed": req.seed, "stream": True,
-        "stream_options": {"include_usage": True}, "presence_penalty": req.presence_penalty,
-        "frequency_penalty": req.frequency_penalty, "stop_token_ids": sorted(tokens.ends),
+        "model": model_id,
+        "prompt": prompt,
+        "max_tokens": req.max_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "stop": req.stops or None,
+        "seed": req.seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
+        "stop_token_ids": sorted(tokens.ends),
         "skip_special_tokens": True,
     }
     if req.top_k is not None:
@@ -110,8 +117,9 @@ class VllmFim(Backend):
 
         model, socket = os.environ[ENV_MODEL], os.environ[ENV_SOCKET]
         tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True, trust_remote_code=False)
-        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=socket), base_url="http://vllm",
-                                   timeout=httpx.Timeout(None, connect=5.0))
+        client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=socket), base_url="http://vllm", timeout=httpx.Timeout(None, connect=5.0)
+        )
         return cls(tokenizer, os.environ.get(ENV_MODEL_ID) or os.path.basename(model), client)
 
     def fim_prompt(self, request: FimRequest) -> list[int]:

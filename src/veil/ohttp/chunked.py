@@ -288,9 +288,15 @@ class ChunkedResponseReceiver:
         assert self._aead is not None
         other = b"" if aad == FINAL_AAD else FINAL_AAD
         for a, reason in ((other, "chunked.final_mismatch"), (aad, "chunked.reordered"), (other, "chunked.reordered")):
-            counters = [self._counter] if reason == "chunked.final_mismatch" else [
-                c for c in range(max(0, self._counter - _REORDER_WINDOW), self._counter + _REORDER_WINDOW) if c != self._counter
-            ]
+            counters = (
+                [self._counter]
+                if reason == "chunked.final_mismatch"
+                else [
+                    c
+                    for c in range(max(0, self._counter - _REORDER_WINDOW), self._counter + _REORDER_WINDOW)
+                    if c != self._counter
+                ]
+            )
             for c in counters:
                 try:
                     self._aead.open(ct, c, a)

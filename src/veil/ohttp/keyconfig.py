@@ -44,6 +44,7 @@ KDF_NAMES = {KDF_HKDF_SHA256: "HKDF-SHA256"}
 AEAD_PARAMS = {AEAD_AES_128_GCM: (16, 12), AEAD_AES_256_GCM: (32, 12), AEAD_CHACHA20_POLY1305: (32, 12)}
 AEAD_NAMES = {AEAD_AES_128_GCM: "AES-128-GCM", AEAD_AES_256_GCM: "AES-256-GCM", AEAD_CHACHA20_POLY1305: "ChaCha20-Poly1305"}
 
+
 @dataclass(frozen=True)
 class SymmetricSuite:
     """One (KDF, AEAD) pair that a key configuration accepts."""
@@ -133,9 +134,7 @@ def _decode_one(data: bytes) -> tuple[KeyConfig, int]:
         raise ParseError("ohttp.bad_key_config", "symmetric algorithm list must be whole (KDF, AEAD) pairs")
     if len(data) < pos + alg_len:
         raise ParseError("ohttp.bad_key_config", "symmetric algorithm list is truncated")
-    suites = tuple(
-        SymmetricSuite(*struct.unpack_from("!HH", data, pos + i)) for i in range(0, alg_len, 4)
-    )
+    suites = tuple(SymmetricSuite(*struct.unpack_from("!HH", data, pos + i)) for i in range(0, alg_len, 4))
     pos += alg_len
     return KeyConfig(key_id, kem_id, public_key, suites), pos
 
@@ -192,9 +191,7 @@ class KeyPair:
         return KEM_XWING if isinstance(self.private_key, XWingPrivateKey) else KEM_X25519_SHA256
 
     @classmethod
-    def generate(
-        cls, key_id: int, suites: Iterable[SymmetricSuite] | None = None, *, kem_id: int = KEM_X25519_SHA256
-    ) -> KeyPair:
+    def generate(cls, key_id: int, suites: Iterable[SymmetricSuite] | None = None, *, kem_id: int = KEM_X25519_SHA256) -> KeyPair:
         if kem_id not in KEM_PRIVATE_KEY_LEN:
             raise ParseError("ohttp.unsupported_kem", f"KEM 0x{kem_id:04x} is not supported")
         key: PrivateKey = XWingPrivateKey.generate() if kem_id == KEM_XWING else X25519PrivateKey.generate()

@@ -28,7 +28,11 @@ from veil.wire import LABEL_REQUEST, LABEL_RESPONSE
 
 HEADER_LEN = 7  # key id (1) + KEM, KDF, AEAD ids (2 each)
 
-_AEAD_CLASSES: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {AEAD_AES_128_GCM: AESGCM, AEAD_AES_256_GCM: AESGCM, AEAD_CHACHA20_POLY1305: ChaCha20Poly1305}
+_AEAD_CLASSES: dict[int, type[AESGCM] | type[ChaCha20Poly1305]] = {
+    AEAD_AES_128_GCM: AESGCM,
+    AEAD_AES_256_GCM: AESGCM,
+    AEAD_CHACHA20_POLY1305: ChaCha20Poly1305,
+}
 
 
 @lru_cache(maxsize=None)

@@ -33,9 +33,7 @@ class ChosenSuite:
     @property
     def name(self) -> str:
         """E.g. ``X-Wing (MLKEM768-X25519) / HKDF-SHA256 / AES-256-GCM``."""
-        return " / ".join((
-            KEM_NAMES[self.config.kem_id], KDF_NAMES[self.suite.kdf_id], AEAD_NAMES[self.suite.aead_id]
-        ))
+        return " / ".join((KEM_NAMES[self.config.kem_id], KDF_NAMES[self.suite.kdf_id], AEAD_NAMES[self.suite.aead_id]))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -47,8 +47,7 @@ SYSTEM_DIRS: tuple[str, ...] = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib
 ETC_FILES: tuple[str, ...] = ("/etc/ld.so.cache", "/etc/passwd", "/etc/group", "/etc/localtime")
 ETC_MAX = 1 << 20  # an /etc file larger than this is not copied
 # The only host variables passed to the engine, by exact name; everything else is dropped.
-ENV_ALLOW: tuple[str, ...] = ("LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES",
-                              "NVIDIA_VISIBLE_DEVICES")
+ENV_ALLOW: tuple[str, ...] = ("LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 ENV_FIXED: dict[str, str] = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
 DEVICES: tuple[str, ...] = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 _LANDLOCK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "landlock.py")
@@ -181,8 +180,12 @@ def _dev_args(gpu: bool) -> list[str]:
     for node in [*DEVICES, *(gpu_device_nodes() if gpu else [])]:
         if os.path.exists(node):
             args += ["--dev-bind", node, node]
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         args += ["--symlink", target, f"/dev/{name}"]
     return [*args, "--size", str(SHM_SIZE), "--tmpfs", "/dev/shm"]
 
@@ -223,15 +226,27 @@ def wrap_command(
     if seccomp_fd is None:
         raise ValueError("a bubblewrap sandbox needs its seccomp filter (seccomp_fd)")
     if not os.path.isabs(socket_dir) or beneath(socket_dir, "/dev") or beneath(socket_dir, "/proc"):
-        raise ValueError(f"the socket directory must be absolute, not under /dev or /proc: "
-                         f"{socket_dir}")
+        raise ValueError(f"the socket directory must be absolute, not under /dev or /proc: {socket_dir}")
     fds = staged or {}
     args = [
         bwrap_path() or "bwrap",
-        "--unshare-all", "--unshare-user", "--disable-userns",  # incl. net: only loopback inside
-        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--uid", "65534", "--gid", "65534", "--hostname", "veil-engine",
-        "--size", str(ROOT_SIZE), "--tmpfs", "/",  # an empty root; only what is bound below exists
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",  # incl. net: only loopback inside
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--hostname",
+        "veil-engine",
+        "--size",
+        str(ROOT_SIZE),
+        "--tmpfs",
+        "/",  # an empty root; only what is bound below exists
     ]
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
@@ -256,8 +271,20 @@ def wrap_command(
     if profile.landlock:  # applied inside, after the mounts (Landlock forbids mount())
         # Run by file path with -I -S (stdlib only, no site scan): saves an interpreter start-up's
         # worth of imports; landlock.py deliberately imports nothing from veil.
-        argv = [sys.executable, "-I", "-S", _LANDLOCK_SCRIPT, "--socket-dir", socket_dir,
-                "--writable", scratch, "--writable", "/dev", "--", *argv]
+        argv = [
+            sys.executable,
+            "-I",
+            "-S",
+            _LANDLOCK_SCRIPT,
+            "--socket-dir",
+            socket_dir,
+            "--writable",
+            scratch,
+            "--writable",
+            "/dev",
+            "--",
+            *argv,
+        ]
     args += ["--seccomp", str(seccomp_fd), "--", *argv]
     return args
 
@@ -283,12 +310,23 @@ def probe_bubblewrap() -> str | None:
         return str(exc)
     fd = bpf_memfd()
     try:
-        cmd = [binary, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-               "--cap-drop", "ALL", "--ro-bind", "/", "/", "--seccomp", str(fd), "true"]
-        ids = {} if identity is None else {"user": identity[0], "group": identity[1],
-                                           "extra_groups": []}
-        result = subprocess.run(cmd, pass_fds=(fd,), capture_output=True, text=True, timeout=30,
-                                **ids)  # type: ignore[call-overload]
+        cmd = [
+            binary,
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--cap-drop",
+            "ALL",
+            "--ro-bind",
+            "/",
+            "/",
+            "--seccomp",
+            str(fd),
+            "true",
+        ]
+        ids = {} if identity is None else {"user": identity[0], "group": identity[1], "extra_groups": []}
+        result = subprocess.run(cmd, pass_fds=(fd,), capture_output=True, text=True, timeout=30, **ids)  # type: ignore[call-overload]
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bwrap probe failed: {exc}"
     finally:

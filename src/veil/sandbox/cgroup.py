@@ -125,7 +125,7 @@ def _remove_stale(parent: str) -> None:
     for name in names:
         if not name.startswith(_PREFIX):
             continue
-        owner = name[len(_PREFIX):].split("-", 1)[0]
+        owner = name[len(_PREFIX) :].split("-", 1)[0]
         if owner.isdigit() and os.path.exists(f"/proc/{owner}"):
             continue  # a live worker's (possibly not yet joined) cgroup
         try:
@@ -150,7 +150,8 @@ def _v2(limits: Limits, name: str) -> EngineCgroup:
     if missing := [c for c in CONTROLLERS if c not in offered]:
         raise CgroupUnavailable(
             f"cgroup v2 at {parent} offers [{' '.join(sorted(offered))}]: {', '.join(missing)} "
-            "not delegated to it (bound to cgroup v1 on this host, or not delegated by systemd)")
+            "not delegated to it (bound to cgroup v1 on this host, or not delegated by systemd)"
+        )
     control = os.path.join(parent, "cgroup.subtree_control")
     wanted = " ".join(f"+{c}" for c in CONTROLLERS)
     try:
@@ -168,8 +169,7 @@ def _v2(limits: Limits, name: str) -> EngineCgroup:
         if os.path.exists(os.path.join(directory, "memory.swap.max")):
             _write(os.path.join(directory, "memory.swap.max"), "0")
         _write(os.path.join(directory, "pids.max"), str(limits.pids_max))
-        _write(os.path.join(directory, "cpu.max"),
-               f"{max(1000, int(limits.cpus * _PERIOD_US))} {_PERIOD_US}")
+        _write(os.path.join(directory, "cpu.max"), f"{max(1000, int(limits.cpus * _PERIOD_US))} {_PERIOD_US}")
     except OSError:
         os.rmdir(directory)
         raise
@@ -201,8 +201,7 @@ def _v1(limits: Limits, name: str) -> EngineCgroup:
                 _write(os.path.join(directory, "pids.max"), str(limits.pids_max))
             else:
                 _write(os.path.join(directory, "cpu.cfs_period_us"), str(_PERIOD_US))
-                _write(os.path.join(directory, "cpu.cfs_quota_us"),
-                       str(max(1000, int(limits.cpus * _PERIOD_US))))
+                _write(os.path.join(directory, "cpu.cfs_quota_us"), str(max(1000, int(limits.cpus * _PERIOD_US))))
     except OSError:
         for directory in made:
             try:

@@ -46,8 +46,7 @@ def runsc_path() -> str | None:
 
 def runsc_flags(state_root: str) -> list[str]:
     """Global runsc flags: no network, host Unix sockets only as created by the engine."""
-    flags = ["--root", state_root, "--network=none", "--host-uds=create", "--ignore-cgroups",
-             "--oci-seccomp"]
+    flags = ["--root", state_root, "--network=none", "--host-uds=create", "--ignore-cgroups", "--oci-seccomp"]
     if os.geteuid() != 0:
         flags.append("--rootless")
     return flags
@@ -59,7 +58,11 @@ def _bind(path: str, *, writable: bool = False) -> dict[str, object]:
 
 
 def oci_config(
-    command: Sequence[str], *, socket_dir: str, ro_paths: Sequence[str], environ: dict[str, str],
+    command: Sequence[str],
+    *,
+    socket_dir: str,
+    ro_paths: Sequence[str],
+    environ: dict[str, str],
     pids_max: int = 1024,
 ) -> dict[str, object]:
     """The OCI runtime spec for the engine: read-only binds, capped tmpfs, socket dir writable.
@@ -72,12 +75,9 @@ def oci_config(
         {"destination": "/proc", "type": "proc", "source": "proc"},
         # This runsc ignores the size of /dev (not of the others), and read-only it would refuse
         # to open /dev/null for writing: /dev is bounded by the engine's memory cgroup instead.
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", f"size={DEV_SIZE}"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "nodev", f"size={SHM_SIZE}"]},
-        {"destination": scratch, "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "nodev", f"size={TMP_SIZE}"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", f"size={DEV_SIZE}"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", f"size={SHM_SIZE}"]},
+        {"destination": scratch, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", f"size={TMP_SIZE}"]},
     ]
     binds = [p for p in SYSTEM_DIRS if os.path.isdir(p) and not os.path.islink(p)]
     binds += [p for p in ETC_FILES if os.path.exists(p)]
@@ -92,20 +92,23 @@ def oci_config(
             "args": list(command),
             "env": env,
             "cwd": "/",
-            "capabilities": {k: [] for k in
-                             ("bounding", "effective", "inheritable", "permitted", "ambient")},
+            "capabilities": {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")},
             "noNewPrivileges": True,
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096},
-                        {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
-                        {"type": "RLIMIT_NPROC", "hard": pids_max, "soft": pids_max}],
+            "rlimits": [
+                {"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096},
+                {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+                {"type": "RLIMIT_NPROC", "hard": pids_max, "soft": pids_max},
+            ],
         },
         "root": {"path": "rootfs", "readonly": True},
         "hostname": "veil-engine",
         "mounts": mounts,
-        "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-                  "seccomp": oci_seccomp(),
-                  "maskedPaths": [*MASKED_FILES, *MASKED_DIRS],
-                  "readonlyPaths": list(READONLY)},
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "seccomp": oci_seccomp(),
+            "maskedPaths": [*MASKED_FILES, *MASKED_DIRS],
+            "readonlyPaths": list(READONLY),
+        },
     }
 
 
@@ -138,8 +141,9 @@ def run_in_gvisor(spec: LaunchSpec, command: Sequence[str]) -> int:
     state, bundle = os.path.join(work, "state"), os.path.join(work, "bundle")
     os.makedirs(state)
     os.makedirs(bundle)
-    config = oci_config(command, socket_dir=spec.socket_dir, ro_paths=spec.ro_paths,
-                        environ=dict(os.environ), pids_max=spec.pids_max)
+    config = oci_config(
+        command, socket_dir=spec.socket_dir, ro_paths=spec.ro_paths, environ=dict(os.environ), pids_max=spec.pids_max
+    )
     _make_rootfs(os.path.join(bundle, "rootfs"), config)
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(config, f)
@@ -147,8 +151,7 @@ def run_in_gvisor(spec: LaunchSpec, command: Sequence[str]) -> int:
     flags = runsc_flags(state)
     before = set(os.listdir(spec.socket_dir))
     # runsc dies with us (SIGKILL included) and takes its sandbox and gofer along.
-    proc = subprocess.Popen([binary, *flags, "run", "--bundle", bundle, name],
-                            preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+    proc = subprocess.Popen([binary, *flags, "run", "--bundle", bundle, name], preexec_fn=lambda: die_with_parent(signal.SIGKILL))
 
     def forward(signum: int, _frame: object) -> None:
         proc.send_signal(signum)
@@ -186,8 +189,7 @@ def probe_gvisor(*, allow_gpu: bool = False) -> str | None:
     if allow_gpu:
         return "GPU passthrough (nvproxy) is not supported by this runsc profile"
     with tempfile.TemporaryDirectory(prefix="veil-gvisor-probe-") as sock:
-        cmd = [sys.executable, "-m", "veil.sandbox.launch", "--sandbox", "gvisor",
-               "--socket-dir", sock, "--", "/bin/true"]
+        cmd = [sys.executable, "-m", "veil.sandbox.launch", "--sandbox", "gvisor", "--socket-dir", sock, "--", "/bin/true"]
         try:
             result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as exc:

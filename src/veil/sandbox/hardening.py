@@ -91,5 +91,4 @@ def harden_worker() -> str | None:
 def core_dumps_forbidden() -> bool:
     """True when this process can never write a core dump (hard limit 0 and not dumpable)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    return resource.getrlimit(resource.RLIMIT_CORE) == (0, 0) and libc.prctl(
-        _PR_GET_DUMPABLE, 0, 0, 0, 0) == 0
+    return resource.getrlimit(resource.RLIMIT_CORE) == (0, 0) and libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 0

@@ -68,8 +68,7 @@ def _parse(argv: list[str]) -> tuple[LaunchSpec, list[str]]:
     command = argv[split + 1 :]
     if not command:
         raise SystemExit("veil.sandbox.launch: no command after --")
-    return LaunchSpec(ns.sandbox, ns.gpu, tuple(ns.ro), ns.socket_dir, not ns.no_landlock,
-                      tuple(ns.cgroup), ns.pids_max), command
+    return LaunchSpec(ns.sandbox, ns.gpu, tuple(ns.ro), ns.socket_dir, not ns.no_landlock, tuple(ns.cgroup), ns.pids_max), command
 
 
 def _inherited() -> list[int]:
@@ -111,9 +110,12 @@ def writable_descriptor(fd: int, identity: tuple[int, int] | None) -> str | None
             return None
         return f"descriptor {fd} is a memfd not sealed against writes and growth"
     uid, gid = identity if identity is not None else (os.getuid(), os.getgid())
-    writable = (flags & os.O_ACCMODE != os.O_RDONLY or st.st_mode & stat.S_IWOTH
-                or (st.st_uid == uid and st.st_mode & stat.S_IWUSR)
-                or (st.st_gid == gid and st.st_mode & stat.S_IWGRP))
+    writable = (
+        flags & os.O_ACCMODE != os.O_RDONLY
+        or st.st_mode & stat.S_IWOTH
+        or (st.st_uid == uid and st.st_mode & stat.S_IWUSR)
+        or (st.st_gid == gid and st.st_mode & stat.S_IWGRP)
+    )
     return f"descriptor {fd} is a host file the engine could write" if writable else None
 
 
@@ -167,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         binds = read_only_binds(spec, ())  # before staging, which hides the host's /tmp
         staged = {} if identity is None else stage([*binds, spec.socket_dir])
-        cmd = wrap_command(spec, command, socket_dir=spec.socket_dir, seccomp_fd=bpf_memfd(),
-                           staged=staged, etc_fds=etc_copies(), binds=binds)
+        cmd = wrap_command(
+            spec, command, socket_dir=spec.socket_dir, seccomp_fd=bpf_memfd(), staged=staged, etc_fds=etc_copies(), binds=binds
+        )
         if identity is not None:
             drop_privileges(*identity)
         os.execve(cmd[0], cmd, env)

@@ -21,20 +21,49 @@ import os
 
 MASKED_FILES: tuple[str, ...] = (
     # the container runtimes' defaults
-    "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/sched_debug", "/proc/timer_list",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/timer_list",
     "/proc/timer_stats",
     # root-only maps of kernel memory, symbols and devices
-    "/proc/kpagecount", "/proc/kpageflags", "/proc/kpagecgroup", "/proc/slabinfo",
-    "/proc/vmallocinfo", "/proc/kallsyms", "/proc/kmsg", "/proc/key-users", "/proc/iomem",
-    "/proc/ioports", "/proc/modules", "/proc/sysrq-trigger", "/proc/config.gz",
+    "/proc/kpagecount",
+    "/proc/kpageflags",
+    "/proc/kpagecgroup",
+    "/proc/slabinfo",
+    "/proc/vmallocinfo",
+    "/proc/kallsyms",
+    "/proc/kmsg",
+    "/proc/key-users",
+    "/proc/iomem",
+    "/proc/ioports",
+    "/proc/modules",
+    "/proc/sysrq-trigger",
+    "/proc/config.gz",
     # global statistics: another sandbox's activity, or a channel to it
-    "/proc/interrupts", "/proc/softirqs", "/proc/schedstat", "/proc/diskstats", "/proc/vmstat",
-    "/proc/zoneinfo", "/proc/buddyinfo", "/proc/pagetypeinfo", "/proc/locks", "/proc/partitions",
+    "/proc/interrupts",
+    "/proc/softirqs",
+    "/proc/schedstat",
+    "/proc/diskstats",
+    "/proc/vmstat",
+    "/proc/zoneinfo",
+    "/proc/buddyinfo",
+    "/proc/pagetypeinfo",
+    "/proc/locks",
+    "/proc/partitions",
     "/proc/swaps",
 )
 MASKED_DIRS: tuple[str, ...] = (
-    "/proc/acpi", "/proc/asound", "/proc/scsi", "/proc/pressure", "/proc/driver",
-    "/sys/firmware", "/sys/devices/virtual/powercap", "/sys/fs/selinux", "/sys/fs/cgroup",
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/scsi",
+    "/proc/pressure",
+    "/proc/driver",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/sys/fs/selinux",
+    "/sys/fs/cgroup",
 )
 READONLY: tuple[str, ...] = ("/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq")
 

@@ -61,8 +61,7 @@ class SandboxProfile(BaseModel):
     @model_validator(mode="after")
     def _none_needs_dev_flag(self) -> SandboxProfile:
         if self.name == "none" and not self.dev_unsandboxed:
-            raise ValueError("sandbox 'none' runs the engine unconfined; set dev_unsandboxed=true "
-                             "to allow it (development only)")
+            raise ValueError("sandbox 'none' runs the engine unconfined; set dev_unsandboxed=true to allow it (development only)")
         if self.name != "none" and self.dev_unsandboxed:
             raise ValueError("dev_unsandboxed only applies to sandbox 'none'")
         return self
@@ -92,8 +91,7 @@ def check_enforceable(profile: SandboxProfile) -> None:
         from veil.sandbox.bwrap import gpu_device_nodes
 
         if not gpu_device_nodes():
-            raise SandboxError("sandbox.unavailable",
-                               "allow_gpu is set but no /dev/nvidia* device nodes exist")
+            raise SandboxError("sandbox.unavailable", "allow_gpu is set but no /dev/nvidia* device nodes exist")
     if profile.name == "bubblewrap":
         from veil.sandbox.bwrap import probe_bubblewrap
 
@@ -102,8 +100,10 @@ def check_enforceable(profile: SandboxProfile) -> None:
             from veil.sandbox.landlock import landlock_abi
 
             if landlock_abi() < 1:
-                problem = ("Landlock is not enabled in this kernel (needs CONFIG_SECURITY_LANDLOCK "
-                           "and 'landlock' in the lsm= list); set landlock=false to run without it")
+                problem = (
+                    "Landlock is not enabled in this kernel (needs CONFIG_SECURITY_LANDLOCK "
+                    "and 'landlock' in the lsm= list); set landlock=false to run without it"
+                )
     else:
         from veil.sandbox.gvisor import probe_gvisor
 

@@ -36,14 +36,19 @@ def sandbox_prefix(
     if directory is None:
         raise SandboxError("sandbox.invalid_profile", "no socket directory to bind for the engine")
     if not os.path.isdir(directory):
-        raise SandboxError("sandbox.invalid_profile",
-                           f"socket directory {directory} does not exist")
+        raise SandboxError("sandbox.invalid_profile", f"socket directory {directory} does not exist")
     for path in (*profile.ro_paths, *ro_binds):
         if not os.path.exists(path):
             raise SandboxError("sandbox.invalid_profile", f"read-only path {path} does not exist")
-    spec = LaunchSpec(profile.name, profile.allow_gpu, (*profile.ro_paths, *ro_binds),
-                      os.path.abspath(directory), profile.landlock, tuple(cgroups),
-                      profile.pids_max)
+    spec = LaunchSpec(
+        profile.name,
+        profile.allow_gpu,
+        (*profile.ro_paths, *ro_binds),
+        os.path.abspath(directory),
+        profile.landlock,
+        tuple(cgroups),
+        profile.pids_max,
+    )
     return [sys.executable, "-m", "veil.sandbox.launch", *spec_args(spec), "--"]
 
 
@@ -56,6 +61,4 @@ def run_sandboxed(
     **popen: Any,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` inside the sandbox; the returned process is bwrap (or the gVisor parent)."""
-    return subprocess.Popen(
-        [*sandbox_prefix(profile, socket_dir=socket_dir, ro_binds=ro_binds), *argv], **popen
-    )
+    return subprocess.Popen([*sandbox_prefix(profile, socket_dir=socket_dir, ro_binds=ro_binds), *argv], **popen)

@@ -16,18 +16,49 @@ from typing import Any
 
 # Syscalls the engine never needs and that widen the kernel's attack surface or escape confinement.
 DENIED_SYSCALLS: tuple[str, ...] = (
-    "io_uring_setup", "io_uring_enter", "io_uring_register",  # bypasses seccomp for its own ops
-    "ptrace", "process_vm_readv", "process_vm_writev",  # reading other processes' memory
-    "mount", "umount2", "pivot_root", "chroot", "mount_setattr",
-    "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree",
-    "keyctl", "add_key", "request_key",
-    "bpf", "perf_event_open", "userfaultfd",
-    "unshare", "setns",
-    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "open_by_handle_at", "name_to_handle_at",
-    "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",  # bypasses seccomp for its own ops
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",  # reading other processes' memory
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "mount_setattr",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "unshare",
+    "setns",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "quotactl",
+    "syslog",
     # watching the read-only trees shared with other sandboxes would show their file opens
-    "inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init",
+    "inotify_init",
+    "inotify_init1",
+    "inotify_add_watch",
+    "fanotify_init",
 )
 
 # Namespace flags refused in clone(): no nested namespaces from inside the sandbox.
@@ -102,17 +133,18 @@ def oci_seccomp() -> dict[str, object]:
     arch = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}.get(platform.machine())
     eperm = {"action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM}
     rules: list[dict[str, object]] = [
-        {"names": ["socket", "socketpair"], **eperm,
-         "args": [{"index": 0, "value": socket.AF_UNIX, "op": "SCMP_CMP_NE"}]},
+        {"names": ["socket", "socketpair"], **eperm, "args": [{"index": 0, "value": socket.AF_UNIX, "op": "SCMP_CMP_NE"}]},
         {"names": list(DENIED_SYSCALLS), **eperm},
         # No clone3 rule: runsc (2022) ignores errnoRet, and EPERM there would stop libc from
         # falling back to clone(); gVisor's own kernel handles namespace flags in any case.
-        {"names": ["ioctl"], **eperm,
-         "args": [{"index": 1, "value": 0xFFFFFFFF, "valueTwo": _TIOCSTI,
-                   "op": "SCMP_CMP_MASKED_EQ"}]},
+        {
+            "names": ["ioctl"],
+            **eperm,
+            "args": [{"index": 1, "value": 0xFFFFFFFF, "valueTwo": _TIOCSTI, "op": "SCMP_CMP_MASKED_EQ"}],
+        },
     ]
-    rules += [{"names": ["clone"], **eperm,
-               "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}
-              for flag in _CLONE_NEW_FLAGS]
-    return {"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch] if arch else [],
-            "syscalls": rules}
+    rules += [
+        {"names": ["clone"], **eperm, "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}]}
+        for flag in _CLONE_NEW_FLAGS
+    ]
+    return {"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch] if arch else [], "syscalls": rules}

@@ -41,8 +41,13 @@ def our_mount(directory: Path) -> bool:
         for line in f:
             fields, _, fs = line.partition(" - ")
             parts, fs_parts = fields.split(), fs.split()
-            if (len(parts) > 4 and _unescape(parts[4]) == target and len(fs_parts) > 1
-                    and fs_parts[0] == "tmpfs" and fs_parts[1] == FS_SOURCE):
+            if (
+                len(parts) > 4
+                and _unescape(parts[4]) == target
+                and len(fs_parts) > 1
+                and fs_parts[0] == "tmpfs"
+                and fs_parts[1] == FS_SOURCE
+            ):
                 return True
     return False
 
@@ -71,15 +76,16 @@ def prepare(directory: Path, socket_name: str, owner: tuple[int, int] | None) ->
         if entry.name == socket_name and stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
             os.unlink(entry.path)  # a stale socket from an engine that died
             continue
-        raise SandboxError("sandbox.socket_dir",
-                           f"{directory} holds {entry.name!r}: the engine's socket directory must "
-                           "hold nothing else (it is wiped at every start and stop)")
+        raise SandboxError(
+            "sandbox.socket_dir",
+            f"{directory} holds {entry.name!r}: the engine's socket directory must "
+            "hold nothing else (it is wiped at every start and stop)",
+        )
     uid, gid = owner if owner is not None else (os.getuid(), os.getgid())
     if os.geteuid() == 0:
         options = f"size={SIZE},nr_inodes={INODES},mode=0700,uid={uid},gid={gid}"
         flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-        if _libc().mount(FS_SOURCE.encode(), str(directory).encode(), b"tmpfs", flags,
-                         options.encode()) == 0:
+        if _libc().mount(FS_SOURCE.encode(), str(directory).encode(), b"tmpfs", flags, options.encode()) == 0:
             return "tmpfs"
     os.chown(directory, uid, gid)
     os.chmod(directory, 0o700)

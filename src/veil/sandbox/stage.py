@@ -48,8 +48,10 @@ def stage(paths: Iterable[str]) -> dict[str, str]:
         private_mount_namespace()
         for path in dict.fromkeys(paths):  # opened in the new namespace: bind sources must be
             fds[path] = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        _check(libc.mount(b"veil-stage", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                          b"size=1m,nr_inodes=4096,mode=1777"), "mount tmpfs on /tmp")
+        _check(
+            libc.mount(b"veil-stage", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=1m,nr_inodes=4096,mode=1777"),
+            "mount tmpfs on /tmp",
+        )
         os.mkdir(STAGE, 0o755)
         staged = {}
         for index, (path, fd) in enumerate(fds.items()):
@@ -58,8 +60,7 @@ def stage(paths: Iterable[str]) -> dict[str, str]:
                 os.mkdir(target, 0o755)
             else:
                 os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o444))
-            _check(libc.mount(f"/proc/self/fd/{fd}".encode(), target.encode(), None,
-                              _MS_BIND | _MS_REC, None), f"bind {path}")
+            _check(libc.mount(f"/proc/self/fd/{fd}".encode(), target.encode(), None, _MS_BIND | _MS_REC, None), f"bind {path}")
             staged[path] = target
         return staged
     finally:

@@ -163,8 +163,9 @@ class SealedHeader:
             raise VerificationError("seal.tampered", "the sealed header was modified")
 
 
-def build_header(key: bytes, key_id: str, plaintext_size: int, plaintext_sha256: bytes,
-                 segment_size: int = DEFAULT_SEGMENT_SIZE) -> SealedHeader:
+def build_header(
+    key: bytes, key_id: str, plaintext_size: int, plaintext_sha256: bytes, segment_size: int = DEFAULT_SEGMENT_SIZE
+) -> SealedHeader:
     """Pack and MAC a header for ``key``."""
     check_key(key)
     kid = key_id.encode("utf-8")
@@ -177,8 +178,11 @@ def build_header(key: bytes, key_id: str, plaintext_size: int, plaintext_sha256:
     if SegmentPlan(plaintext_size, segment_size).count > MAX_SEGMENTS:
         raise ValueError("file too large for this segment size")
     hlen = _FIXED.size + len(kid) + KCV_SIZE + MAC_SIZE
-    body = _FIXED.pack(MAGIC, VERSION, hlen, ALG_AES256_GCM_HKDF_STREAMING, len(kid), segment_size,
-                       plaintext_size, plaintext_sha256) + kid + key_check_value(key)
+    body = (
+        _FIXED.pack(MAGIC, VERSION, hlen, ALG_AES256_GCM_HKDF_STREAMING, len(kid), segment_size, plaintext_size, plaintext_sha256)
+        + kid
+        + key_check_value(key)
+    )
     mac = hmac.new(_hkdf(key, _MAC_INFO), body, hashlib.sha256).digest()
     return parse_header(body + mac)
 
@@ -214,13 +218,20 @@ def parse_header(raw: bytes) -> SealedHeader:
         raise ParseError("seal.malformed", "plaintext size too large for the segment size")
     off = _FIXED.size
     try:
-        key_id = raw[off:off + kid_len].decode("utf-8")
+        key_id = raw[off : off + kid_len].decode("utf-8")
     except UnicodeDecodeError:
         raise ParseError("seal.malformed", "key id is not UTF-8") from None
     off += kid_len
-    return SealedHeader(version=version, key_id=key_id, plaintext_size=size, plaintext_sha256=digest.hex(),
-                        segment_size=seg, key_check=raw[off:off + KCV_SIZE],
-                        mac=raw[off + KCV_SIZE:hlen], raw=raw)
+    return SealedHeader(
+        version=version,
+        key_id=key_id,
+        plaintext_size=size,
+        plaintext_sha256=digest.hex(),
+        segment_size=seg,
+        key_check=raw[off : off + KCV_SIZE],
+        mac=raw[off + KCV_SIZE : hlen],
+        raw=raw,
+    )
 
 
 def normalize_digest(value: str) -> str:

@@ -67,9 +67,16 @@ def _digest(src: Path, progress: Progress | None) -> tuple[int, bytes]:
     return done, h.digest()
 
 
-def encrypt_stream(fin: io.RawIOBase | io.BufferedIOBase, fout: BinaryIO, key: bytes, header: SealedHeader,
-                   progress: Progress | None = None, *, salt: bytes | None = None,
-                   nonce_prefix: bytes | None = None) -> tuple[bytes, str]:
+def encrypt_stream(
+    fin: io.RawIOBase | io.BufferedIOBase,
+    fout: BinaryIO,
+    key: bytes,
+    header: SealedHeader,
+    progress: Progress | None = None,
+    *,
+    salt: bytes | None = None,
+    nonce_prefix: bytes | None = None,
+) -> tuple[bytes, str]:
     """Write ``header`` and the encrypted segments of ``fin`` (exactly header.plaintext_size bytes).
 
     Returns (SHA-256 of the plaintext actually encrypted, hex SHA-256 of everything written); the
@@ -95,7 +102,7 @@ def encrypt_stream(fin: io.RawIOBase | io.BufferedIOBase, fout: BinaryIO, key: b
             raise VeilError("seal.source_changed", "the source shrank while it was being sealed")
         check.update(pt_view[:n])
         enc = Cipher(aes, modes.GCM(segment_nonce(prefix, i, i == plan.count - 1))).encryptor()
-        out = ct_view[:enc.update_into(pt_view[:n], ct_view)]
+        out = ct_view[: enc.update_into(pt_view[:n], ct_view)]
         enc.finalize()
         for part in (out, enc.tag):
             fout.write(part)
@@ -108,8 +115,9 @@ def encrypt_stream(fin: io.RawIOBase | io.BufferedIOBase, fout: BinaryIO, key: b
     return check.digest(), sealed.hexdigest()
 
 
-def seal_file(src: Path, dst: Path, key: bytes, key_id: str, progress: Progress | None = None,
-              *, segment_size: int = DEFAULT_SEGMENT_SIZE) -> SealedHeader:
+def seal_file(
+    src: Path, dst: Path, key: bytes, key_id: str, progress: Progress | None = None, *, segment_size: int = DEFAULT_SEGMENT_SIZE
+) -> SealedHeader:
     """Encrypt ``src`` to ``dst`` (written to ``dst.partial``, fsynced, then renamed).
 
     Returns the header with ``sealed_sha256`` set: the digest to pin in the manifest.

@@ -192,10 +192,17 @@ def _use_threads() -> bool:
     return usable >= MIN_CPUS_FOR_THREADS
 
 
-def unseal_to_memfd(src: str | Path, key: bytes, *, expected_digest: str | None = None,
-                    expected_plaintext_digest: str | None = None, verify_plaintext: bool = True,
-                    threads: bool | None = None, http_client: httpx.Client | None = None,
-                    progress: Progress | None = None) -> MemFile:
+def unseal_to_memfd(
+    src: str | Path,
+    key: bytes,
+    *,
+    expected_digest: str | None = None,
+    expected_plaintext_digest: str | None = None,
+    verify_plaintext: bool = True,
+    threads: bool | None = None,
+    http_client: httpx.Client | None = None,
+    progress: Progress | None = None,
+) -> MemFile:
     """Decrypt ``src`` (path or http(s) URL) into a sealed memfd and return it.
 
     ``expected_digest``: the manifest's ``sealed_sha256``, SHA-256 of the whole sealed file.
@@ -213,20 +220,18 @@ def unseal_to_memfd(src: str | Path, key: bytes, *, expected_digest: str | None 
         header = _read_header(reader)
         header.verify_key(key)
         if want_plain and not hmac.compare_digest(want_plain, header.plaintext_sha256):
-            raise VerificationError("seal.digest_mismatch",
-                                    "sealed file holds other weights than the manifest pins")
+            raise VerificationError("seal.digest_mismatch", "sealed file holds other weights than the manifest pins")
         if length is not None and length < header.sealed_size:
-            raise VerificationError("seal.truncated", f"sealed file is {length} bytes, header says "
-                                                      f"{header.sealed_size}")
+            raise VerificationError("seal.truncated", f"sealed file is {length} bytes, header says {header.sealed_size}")
         if length is not None and length > header.sealed_size:
             raise VerificationError("seal.tampered", "sealed file has bytes after its last segment")
         mf = MemFile.create(size_hint=header.plaintext_size)
         try:
-            sealed_hex, plain_hex = _decrypt_body(reader, key, header, mf, want_sealed is not None,
-                                                  verify_plaintext, threaded, progress)
+            sealed_hex, plain_hex = _decrypt_body(
+                reader, key, header, mf, want_sealed is not None, verify_plaintext, threaded, progress
+            )
             if want_sealed and not hmac.compare_digest(sealed_hex, want_sealed):
-                raise VerificationError("seal.digest_mismatch",
-                                        "sealed file's SHA-256 differs from the manifest's pin")
+                raise VerificationError("seal.digest_mismatch", "sealed file's SHA-256 differs from the manifest's pin")
             if verify_plaintext and not hmac.compare_digest(plain_hex, header.plaintext_sha256):
                 raise VerificationError("seal.digest_mismatch", "plaintext SHA-256 differs from the header's")
             mf.sha256 = header.plaintext_sha256
@@ -237,8 +242,16 @@ def unseal_to_memfd(src: str | Path, key: bytes, *, expected_digest: str | None 
             raise
 
 
-def _decrypt_body(reader: _Reader, key: bytes, header: SealedHeader, mf: MemFile, hash_sealed: bool,
-                  hash_plain: bool, threaded: bool, progress: Progress | None) -> tuple[str, str]:
+def _decrypt_body(
+    reader: _Reader,
+    key: bytes,
+    header: SealedHeader,
+    mf: MemFile,
+    hash_sealed: bool,
+    hash_plain: bool,
+    threaded: bool,
+    progress: Progress | None,
+) -> tuple[str, str]:
     """Stream every segment through AES-GCM into ``mf``; returns (sealed hex, plaintext hex)."""
     plan = header.plan
     tink = bytearray(TINK_HEADER_SIZE)
@@ -246,7 +259,7 @@ def _decrypt_body(reader: _Reader, key: bytes, header: SealedHeader, mf: MemFile
         raise VerificationError("seal.truncated", "sealed file ends before its first segment")
     if tink[0] != TINK_HEADER_SIZE:
         raise VerificationError("seal.tampered", "stream header length byte was modified")
-    salt, prefix = bytes(tink[1:1 + KEY_SIZE]), bytes(tink[1 + KEY_SIZE:])
+    salt, prefix = bytes(tink[1 : 1 + KEY_SIZE]), bytes(tink[1 + KEY_SIZE :])
     skey = segment_key(key, salt, header.raw)
     aes = algorithms.AES(skey)
     ct_stage = _HashStage(plan.segment_size, hash_sealed, threaded)
@@ -259,15 +272,15 @@ def _decrypt_body(reader: _Reader, key: bytes, header: SealedHeader, mf: MemFile
             n = plan.plaintext_len(i)
             ct = ct_stage.acquire()
             ctv = memoryview(ct)
-            if _read_exact(reader, ctv[:n + TAG_SIZE]) != n + TAG_SIZE:
+            if _read_exact(reader, ctv[: n + TAG_SIZE]) != n + TAG_SIZE:
                 raise VerificationError("seal.truncated", f"sealed file ends inside segment {i} of {plan.count}")
             pt = pt_stage.acquire()
-            dec = Cipher(aes, modes.GCM(segment_nonce(prefix, i, i == last), bytes(ctv[n:n + TAG_SIZE]))).decryptor()
+            dec = Cipher(aes, modes.GCM(segment_nonce(prefix, i, i == last), bytes(ctv[n : n + TAG_SIZE]))).decryptor()
             dec.update_into(ctv[:n], pt)
             try:
                 dec.finalize()
             except InvalidTag:
-                raise _classify(aes, prefix, plan.count, i, ctv[:n + TAG_SIZE], plan) from None
+                raise _classify(aes, prefix, plan.count, i, ctv[: n + TAG_SIZE], plan) from None
             mf.write_all(memoryview(pt)[:n])
             ct_stage.submit(ct, n + TAG_SIZE)
             pt_stage.submit(pt, n)
@@ -282,8 +295,9 @@ def _decrypt_body(reader: _Reader, key: bytes, header: SealedHeader, mf: MemFile
         pt_stage.stop()
 
 
-def _classify(aes: algorithms.AES, prefix: bytes, count: int, index: int, seg: memoryview,
-              plan: SegmentPlan) -> VerificationError:
+def _classify(
+    aes: algorithms.AES, prefix: bytes, count: int, index: int, seg: memoryview, plan: SegmentPlan
+) -> VerificationError:
     """A segment failed at ``index``: if it authenticates at a nearby index it was moved."""
     n = len(seg) - TAG_SIZE
     out = bytearray(n + 15)
@@ -299,4 +313,3 @@ def _classify(aes: algorithms.AES, prefix: bytes, count: int, index: int, seg: m
             continue
         return VerificationError("seal.reordered", f"segment {j} was found at position {index}")
     return VerificationError("seal.tampered", f"segment {index} does not authenticate")
-

@@ -158,8 +158,12 @@ class WholeJson(Encoder):
         media = _media(headers)
         if self.minimum is not None and media != "application/json" and not media.endswith("+json"):
             # Nothing to pad in: only a JSON text takes trailing filler without changing meaning.
-            raise Refusal(502, "gateway.unpaddable_answer", f"A {media or 'typeless'} answer cannot be padded for this client.",
-                          code="upstream_error")
+            raise Refusal(
+                502,
+                "gateway.unpaddable_answer",
+                f"A {media or 'typeless'} answer cannot be padded for this client.",
+                code="upstream_error",
+            )
         return []
 
     def body(self, piece: bytes) -> list[bytes]:

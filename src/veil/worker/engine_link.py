@@ -184,8 +184,9 @@ class EngineLink(httpx.AsyncBaseTransport):
     ``target`` is the socket's path, or a ``(host, port)`` TCP address (benchmarks use the same
     lean client for their load, so that the client's parsing does not hide the gateway's)."""
 
-    def __init__(self, target: str | tuple[str, int], *, connect_timeout: float = 5.0, read_timeout: float = 300.0,
-                 max_idle: int = 256) -> None:
+    def __init__(
+        self, target: str | tuple[str, int], *, connect_timeout: float = 5.0, read_timeout: float = 300.0, max_idle: int = 256
+    ) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -196,8 +197,11 @@ class EngineLink(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         for attempt in range(3):  # the engine may be between bind and listen, or restarting
             try:
-                made = (loop.create_connection(lambda: _Connection(loop), *self.target) if isinstance(self.target, tuple)
-                        else loop.create_unix_connection(lambda: _Connection(loop), self.target))
+                made = (
+                    loop.create_connection(lambda: _Connection(loop), *self.target)
+                    if isinstance(self.target, tuple)
+                    else loop.create_unix_connection(lambda: _Connection(loop), self.target)
+                )
                 _, conn = await asyncio.wait_for(made, self.connect_timeout)
                 return conn
             except (OSError, asyncio.TimeoutError) as exc:
@@ -245,8 +249,9 @@ class EngineLink(httpx.AsyncBaseTransport):
             except BaseException:
                 conn.close()  # cancelled (the client left): the exchange is abandoned
                 raise
-            return httpx.Response(conn.status, headers=conn.headers, stream=_Body(self, conn),
-                                  extensions={"http_version": b"HTTP/1.1"})
+            return httpx.Response(
+                conn.status, headers=conn.headers, stream=_Body(self, conn), extensions={"http_version": b"HTTP/1.1"}
+            )
         raise httpx.RemoteProtocolError("the engine closed the connection before answering")
 
     async def aclose(self) -> None:

@@ -23,8 +23,19 @@ from veil.worker.refusals import Refusal
 FORWARDED_HEADERS = frozenset({"accept", "content-type"})
 #: Engine response headers that describe the engine's own connection, not the answer.
 _STRIP_RESPONSE = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-     "content-length", "content-encoding", "date", "server"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+    }
 )
 
 
@@ -68,8 +79,9 @@ async def read_whole(resp: httpx.Response, limit: int) -> bytes:
         async for piece in answer_body(resp):
             buf += piece
             if len(buf) > limit:
-                raise Refusal(502, "gateway.answer_too_large", "The engine's answer exceeds the gateway's limit.",
-                              code="upstream_error")
+                raise Refusal(
+                    502, "gateway.answer_too_large", "The engine's answer exceeds the gateway's limit.", code="upstream_error"
+                )
     except httpx.HTTPError:
         raise failed() from None
     return bytes(buf)

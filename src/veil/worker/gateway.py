@@ -135,8 +135,15 @@ class Gateway:
     """The gateway of one worker process. A newer manifest applies through :meth:`apply_manifest`."""
 
     def __init__(
-        self, keys: KeyStore, upstream: httpx.AsyncBaseTransport, *, tenancy: Tenancy, padding: PaddingSettings,
-        settings: GatewaySettings, limits: bhttp.Limits, max_request_bytes: int,
+        self,
+        keys: KeyStore,
+        upstream: httpx.AsyncBaseTransport,
+        *,
+        tenancy: Tenancy,
+        padding: PaddingSettings,
+        settings: GatewaySettings,
+        limits: bhttp.Limits,
+        max_request_bytes: int,
     ) -> None:
         self.keys = keys
         self.upstream = upstream
@@ -303,8 +310,9 @@ def create_gateway_app(
     if settings is None:
         settings = (manifest.gateway if manifest is not None else None) or GatewaySettings()
     tenancy = Tenancy(tenants, salt_secret=tenant_salt_secret, engine=engine)
-    gw = Gateway(keys, upstream, tenancy=tenancy, padding=padding, settings=settings, limits=limits,
-                 max_request_bytes=max_request_bytes)
+    gw = Gateway(
+        keys, upstream, tenancy=tenancy, padding=padding, settings=settings, limits=limits, max_request_bytes=max_request_bytes
+    )
     routes = [
         Route(GATEWAY_PATH, gw.keys_endpoint, methods=["GET"]),
         Route(GATEWAY_PATH, _PostEndpoint(gw, STANDARD_FRAMINGS), methods=["POST"]),

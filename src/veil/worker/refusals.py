@@ -15,8 +15,14 @@ from veil.errors import VeilError
 from veil.ohttp import bhttp
 
 #: HTTP status → OpenAI error ``type``, as OpenAI's API documents them.
-_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error", 500: "server_error",
-          502: "server_error", 503: "server_error"}
+_TYPES = {
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    500: "server_error",
+    502: "server_error",
+    503: "server_error",
+}
 
 
 def openai_error_body(message: str, type_: str, code: str, reason: str) -> bytes:
@@ -32,7 +38,13 @@ class Refusal(VeilError):
     """
 
     def __init__(
-        self, status: int, reason: str, message: str, *, code: str, type_: str | None = None,
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        *,
+        code: str,
+        type_: str | None = None,
         headers: bhttp.Fields | None = None,
     ) -> None:
         super().__init__(reason, message)

@@ -82,8 +82,9 @@ def _json(resp: httpx.Response) -> Any:
         raise ProtocolError("registration.malformed", "the coordinator's answer is not JSON") from None
 
 
-def authenticate_coordinator(coordinator_url: str, http: httpx.Client, root_key: str,
-                             pinned: CoordinatorPin | None = None) -> CoordinatorPin:
+def authenticate_coordinator(
+    coordinator_url: str, http: httpx.Client, root_key: str, pinned: CoordinatorPin | None = None
+) -> CoordinatorPin:
     """Verify the coordinator's attestation and manifest history (rooted in ``root_key``); with
     ``pinned``, also that it is the same state and that its history extends the one seen."""
     nonce = os.urandom(32)
@@ -97,8 +98,12 @@ def authenticate_coordinator(coordinator_url: str, http: httpx.Client, root_key:
     if head_digest != answer.manifest_digest:
         raise VerificationError("manifest.digest_mismatch", "the history does not end in the attested manifest")
     head = history[-1]
-    appraise_evidence(answer.evidence, head.manifest.coordinator, expected_report_data=answer.report_data(nonce),
-                      trust=trust_for(head.manifest.trusted_simulation_roots))
+    appraise_evidence(
+        answer.evidence,
+        head.manifest.coordinator,
+        expected_report_data=answer.report_data(nonce),
+        trust=trust_for(head.manifest.trusted_simulation_roots),
+    )
     check_identity(answer.identity, head.manifest)
     chain = tuple(e.digest.hex() for e in history)
     if pinned is not None:
@@ -113,9 +118,10 @@ def trust_anchor(attester: Attester) -> str:
     """The bootstrap admin key in this worker's launch data: the root its coordinator's history needs."""
     root_key = bootstrap_key(attester.launch_data())
     if root_key is None:
-        raise PolicyError("worker.no_trust_anchor",
-                          "no bootstrap admin key in this worker's launch data (HOST_DATA): it cannot "
-                          "authenticate a coordinator")
+        raise PolicyError(
+            "worker.no_trust_anchor",
+            "no bootstrap admin key in this worker's launch data (HOST_DATA): it cannot authenticate a coordinator",
+        )
     return root_key
 
 
@@ -157,9 +163,13 @@ def register(
         signature = str(body["signature"])
     except (KeyError, ValueError, TypeError):
         raise ProtocolError("registration.malformed", "coordinator answer has no signed, sealed secrets") from None
-    verify_statement(pin.identity, signature, REGISTRATION_CONTEXT,
-                     *registration_statement(nonce, public, worker_id, answered_digest, blob),
-                     reason="registration.bad_signature")
+    verify_statement(
+        pin.identity,
+        signature,
+        REGISTRATION_CONTEXT,
+        *registration_statement(nonce, public, worker_id, answered_digest, blob),
+        reason="registration.bad_signature",
+    )
     secrets = json.loads(keyrelease.open_sealed(key, blob, wire.WORKER_SECRETS_INFO, aad=nonce))
     if secrets["manifest_digest"] != answered_digest.hex():
         raise ProtocolError("registration.malformed", "the sealed secrets name another manifest")
@@ -168,6 +178,11 @@ def register(
         if answered_digest != pin.manifest.digest:
             raise VerificationError("manifest.digest_mismatch", "the coordinator's manifest changed during registration")
     return ReleasedSecrets(
-        worker_id, secrets["manifest_digest"], secrets["ohttp_keys"], secrets.get("data_keys", {}),
-        pin.manifest, pin, bytes.fromhex(secrets.get("worker_secret", "")),
+        worker_id,
+        secrets["manifest_digest"],
+        secrets["ohttp_keys"],
+        secrets.get("data_keys", {}),
+        pin.manifest,
+        pin,
+        bytes.fromhex(secrets.get("worker_secret", "")),
     )

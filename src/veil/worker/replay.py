@@ -44,8 +44,12 @@ class ReplayGuard:
     """Seen encapsulated keys and the ``Date`` window; one per gateway process."""
 
     def __init__(
-        self, window: float = DEFAULT_WINDOW, capacity: int = DEFAULT_CAPACITY, *,
-        clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+        self,
+        window: float = DEFAULT_WINDOW,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.window = window
         self.capacity = capacity
@@ -88,10 +92,12 @@ class ReplayGuard:
         now = self._clock()
         if abs(now - date) > self.window or date <= self._floor:
             raise Refusal(
-                400, "ohttp.date_out_of_window",
+                400,
+                "ohttp.date_out_of_window",
                 f"The request's Date is not within {self.window:.0f} s of the gateway's clock; "
                 "resend with the time from this answer's Date header.",
-                code="date_out_of_window", headers=[("date", formatdate(now, usegmt=True))],
+                code="date_out_of_window",
+                headers=[("date", formatdate(now, usegmt=True))],
             )
         entry = self._seen.get(key)
         if entry is not None:

@@ -81,7 +81,10 @@ def gpu_collector(mode: str, sim_gpu_dir: Path | None = None) -> Callable[[bytes
 
 
 def register_under_current(
-    config: WorkerConfig, attester: Attester, http: httpx.Client, previous: ReleasedSecrets | None = None,
+    config: WorkerConfig,
+    attester: Attester,
+    http: httpx.Client,
+    previous: ReleasedSecrets | None = None,
 ) -> tuple[ReleasedSecrets, SignedManifest]:
     """Register under the coordinator's current manifest, committing to its sandbox settings.
 
@@ -98,8 +101,15 @@ def register_under_current(
         manifest = pin.manifest
         sandbox_profile(manifest, config)  # never commit to a profile this worker would refuse to run
         try:
-            secrets = register(config.coordinator_url, attester, http, gpu_collector(config.gpu, config.sim_gpu_dir), previous,
-                               sandbox=sandbox_binding(manifest.manifest.sandbox), pin=pin)
+            secrets = register(
+                config.coordinator_url,
+                attester,
+                http,
+                gpu_collector(config.gpu, config.sim_gpu_dir),
+                previous,
+                sandbox=sandbox_binding(manifest.manifest.sandbox),
+                pin=pin,
+            )
         except RegistrationRefused as err:
             if err.reason != "binding.report_data_mismatch":
                 raise  # a verdict on this worker's evidence
@@ -142,8 +152,10 @@ def load_weights(entry: ModelEntry, secrets: ReleasedSecrets, config: WorkerConf
         if key_hex is None:
             raise PolicyError("secret.not_released", f"the coordinator did not release key {entry.key_id!r} to this worker")
         memfile = unseal_to_memfd(
-            entry.source, bytes.fromhex(key_hex),
-            expected_digest=entry.sealed_sha256, expected_plaintext_digest=entry.sha256,
+            entry.source,
+            bytes.fromhex(key_hex),
+            expected_digest=entry.sealed_sha256,
+            expected_plaintext_digest=entry.sha256,
         )
         os.lseek(memfile.fd, 0, os.SEEK_SET)  # gVisor shares the offset with the engine's stdin
         return Weights(STDIN_MODEL_PATH, memfile.fd, memfile)
@@ -153,7 +165,9 @@ def load_weights(entry: ModelEntry, secrets: ReleasedSecrets, config: WorkerConf
         raise PolicyError("model.missing", f"model {entry.name!r} is not sealed and no --model was given")
     digest = sha256_file(config.model_path)
     if digest != entry.sha256:
-        raise PolicyError("model.digest_mismatch", f"{config.model_path.name} (sha256 {digest[:16]}…) is not the manifest's {entry.name}")
+        raise PolicyError(
+            "model.digest_mismatch", f"{config.model_path.name} (sha256 {digest[:16]}…) is not the manifest's {entry.name}"
+        )
     return Weights(str(config.model_path))
 
 
@@ -169,9 +183,7 @@ def sandbox_profile(manifest: SignedManifest, config: WorkerConfig) -> SandboxPr
             "sandbox.unsandboxed_refused",
             "the manifest asks for no sandbox; start the worker with --allow-unsandboxed (development only)",
         )
-    return SandboxProfile(
-        name=settings.profile, allow_gpu=settings.allow_gpu, dev_unsandboxed=settings.profile == "none"
-    )
+    return SandboxProfile(name=settings.profile, allow_gpu=settings.allow_gpu, dev_unsandboxed=settings.profile == "none")
 
 
 def run_worker(config: WorkerConfig, attester: Attester) -> None:
@@ -193,11 +205,17 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
     profile = sandbox_profile(manifest, config)
     log.warning(
         "worker %s admitted; starting engine for %s (sandbox: %s)",
-        secrets.worker_id, entry.name, manifest.manifest.sandbox.profile,
+        secrets.worker_id,
+        entry.name,
+        manifest.manifest.sandbox.profile,
     )
     engine = EngineProcess(
-        config.run_dir / "engine.sock", weights.path, sandbox=profile, model_id=entry.name,
-        engine_module=ENGINE_MODULES[entry.engine], stdin_fd=weights.stdin_fd,
+        config.run_dir / "engine.sock",
+        weights.path,
+        sandbox=profile,
+        model_id=entry.name,
+        engine_module=ENGINE_MODULES[entry.engine],
+        stdin_fd=weights.stdin_fd,
     )
     with engine:
         upstream = EngineLink(str(engine.socket_path))
@@ -219,8 +237,16 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
 
 # Refusals that say something about the coordinator (busy, locked, rate-limited, a race), not about
 # this worker: they count as failed re-attestations, like an unreachable coordinator.
-NOT_A_VERDICT = frozenset({"state.locked", "nonce.unknown", "nonce.expired", "nonce.too_many_outstanding",
-                           "manifest.digest_mismatch", "registration.malformed"})
+NOT_A_VERDICT = frozenset(
+    {
+        "state.locked",
+        "nonce.unknown",
+        "nonce.expired",
+        "nonce.too_many_outstanding",
+        "manifest.digest_mismatch",
+        "registration.malformed",
+    }
+)
 MAX_REATTEST_FAILURES = 3  # consecutive; with the default 60 s interval, 3 minutes without fresh attestation
 
 
@@ -257,8 +283,17 @@ class Reregistration:
     stops. No engine ever runs under a profile the worker's latest evidence does not bind.
     """
 
-    def __init__(self, config: WorkerConfig, attester: Attester, app: Any, server: uvicorn.Server,
-                 secrets: ReleasedSecrets, entry: ModelEntry, engine: Any = None, weights: Weights | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        attester: Attester,
+        app: Any,
+        server: uvicorn.Server,
+        secrets: ReleasedSecrets,
+        entry: ModelEntry,
+        engine: Any = None,
+        weights: Weights | None = None,
+    ) -> None:
         self.config, self.attester, self.app, self.server = config, attester, app, server
         self.secrets, self.digest, self.entry = secrets, secrets.manifest_digest, entry
         self.engine, self.weights = engine, weights
@@ -290,10 +325,12 @@ class Reregistration:
             reason = getattr(err, "reason", type(err).__name__)
             log.warning("re-attestation failed (%d of %d in a row): %s", self.failures, MAX_REATTEST_FAILURES, reason)
             if self.failures >= MAX_REATTEST_FAILURES:
-                self._refuse(VeilError(
-                    "worker.reattestation_failed",
-                    f"{self.failures} re-attestations in a row failed (last: {reason}); this worker stops serving",
-                ))
+                self._refuse(
+                    VeilError(
+                        "worker.reattestation_failed",
+                        f"{self.failures} re-attestations in a row failed (last: {reason}); this worker stops serving",
+                    )
+                )
         else:
             self.failures = 0
 

@@ -192,9 +192,11 @@ class Tenancy:
             tenant = self.authenticate(req.headers)
             if tenant is None:
                 raise Refusal(
-                    401, "tenant.unauthorized",
+                    401,
+                    "tenant.unauthorized",
                     "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>' inside the encrypted request.",
-                    code="invalid_api_key", headers=[("www-authenticate", 'Bearer realm="veil"')],
+                    code="invalid_api_key",
+                    headers=[("www-authenticate", 'Bearer realm="veil"')],
                 )
         tpm = self._tpm.get(tenant.id) if tenant else None
         salt = tenant is not None and self.salts_cache and _path(req.path) in SALTED_PATHS
@@ -250,7 +252,10 @@ def _json_body(req: bhttp.Request) -> tuple[bytes, dict | None]:  # type: ignore
 def _rate_limited(wait: float, kind: str, limit: int) -> Refusal:
     seconds = max(1, math.ceil(wait))
     return Refusal(
-        429, "tenant.rate_limited", f"Rate limit reached for {kind} per minute (limit {limit}); retry in {seconds} s.",
-        code="rate_limit_exceeded", type_=kind,
+        429,
+        "tenant.rate_limited",
+        f"Rate limit reached for {kind} per minute (limit {limit}); retry in {seconds} s.",
+        code="rate_limit_exceeded",
+        type_=kind,
         headers=[("retry-after", str(seconds)), ("retry-after-ms", str(math.ceil(wait * 1000)))],
     )

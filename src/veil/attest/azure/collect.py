@@ -55,13 +55,27 @@ class Tpm2Cli:
     def quote(self, nonce: bytes) -> tuple[bytes, bytes, list[bytes]]:
         with tempfile.TemporaryDirectory() as d:
             p = Path(d)
-            self._run("tpm2_quote", "-c", f"{AK_HANDLE:#x}", "-l", "sha256:all", "-q", nonce.hex(),
-                      "-m", str(p / "msg"), "-s", str(p / "sig"), "-f", "plain",
-                      "-o", str(p / "pcrs"), "--pcrs_format", "values")
+            self._run(
+                "tpm2_quote",
+                "-c",
+                f"{AK_HANDLE:#x}",
+                "-l",
+                "sha256:all",
+                "-q",
+                nonce.hex(),
+                "-m",
+                str(p / "msg"),
+                "-s",
+                str(p / "sig"),
+                "-f",
+                "plain",
+                "-o",
+                str(p / "pcrs"),
+                "--pcrs_format",
+                "values",
+            )
             pcrs = (p / "pcrs").read_bytes()
-            return (p / "msg").read_bytes(), (p / "sig").read_bytes(), [
-                pcrs[i : i + 32] for i in range(0, len(pcrs), 32)
-            ]
+            return (p / "msg").read_bytes(), (p / "sig").read_bytes(), [pcrs[i : i + 32] for i in range(0, len(pcrs), 32)]
 
 
 def _b64url(data: bytes) -> str:
@@ -87,8 +101,7 @@ def collect_evidence(
     doc: dict[str, Any] = {
         "version": 2 if user_data is not None else 1,
         "hcl_report": _b64url(hcl),
-        "tpm_quote": {"message": message.hex(), "signature": signature.hex(),
-                      "pcrs": [p.hex() for p in pcrs]},
+        "tpm_quote": {"message": message.hex(), "signature": signature.hex(), "pcrs": [p.hex() for p in pcrs]},
     }
     if vcek_pem is not None:
         doc["vcek"] = vcek_pem
@@ -117,8 +130,9 @@ def imds_td_quote(td_report: bytes, http: Any = None) -> bytes:
     import httpx
 
     try:
-        resp = (http or httpx).post(f"{IMDS}/acc/tdquote", json={"report": _b64url(td_report)},
-                                    headers={"Metadata": "true"}, timeout=30)
+        resp = (http or httpx).post(
+            f"{IMDS}/acc/tdquote", json={"report": _b64url(td_report)}, headers={"Metadata": "true"}, timeout=30
+        )
         resp.raise_for_status()
         quote = resp.json()["quote"]
         return base64.urlsafe_b64decode(quote + "=" * (-len(quote) % 4))
@@ -158,8 +172,11 @@ class AzureVtpmAttester:
     def sealing_key(self) -> bytes:
         from veil.errors import ProtocolError
 
-        raise ProtocolError("sealing.unavailable", "an Azure CVM guest has no hardware sealing key (the paravisor "
-                            "holds the VMPL0 keys): run the coordinator without --db, or restore it with `veil recover`")
+        raise ProtocolError(
+            "sealing.unavailable",
+            "an Azure CVM guest has no hardware sealing key (the paravisor "
+            "holds the VMPL0 keys): run the coordinator without --db, or restore it with `veil recover`",
+        )
 
 
 def vtpm_attester(platform: str) -> Any:

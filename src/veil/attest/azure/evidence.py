@@ -116,8 +116,7 @@ def parse_evidence(doc: Any) -> VtpmEvidence:
         raise _fail("tpm_quote.pcrs must be a list of at most 24 hex values")
     pcrs = tuple(_hex(p, f"pcrs[{i}]") for i, p in enumerate(pcrs_raw))
     message = _hex(tq.get("message"), "tpm_quote.message")
-    quote = TpmQuote(message, _hex(tq.get("signature"), "tpm_quote.signature"), pcrs,
-                     parse_tpms_attest(message))
+    quote = TpmQuote(message, _hex(tq.get("signature"), "tpm_quote.signature"), pcrs, parse_tpms_attest(message))
     vcek = load_certificate(doc["vcek"]) if doc.get("vcek") is not None else None
     td_quote = b64url(doc["td_quote"], "td_quote") if doc.get("td_quote") is not None else None
     return VtpmEvidence(version, hcl_bytes, hcl, quote, vcek, td_quote)

@@ -93,9 +93,7 @@ def parse_hcl_report(data: bytes) -> HclReport:
     if magic != MAGIC:
         raise _fail("missing HCLA signature")
     hw = data[HCL_HEADER_SIZE : HCL_HEADER_SIZE + HW_REPORT_SIZE]
-    data_size, _ver, report_type, hash_type, var_size = struct.unpack_from(
-        "<5I", data, HCL_HEADER_SIZE + HW_REPORT_SIZE
-    )
+    data_size, _ver, report_type, hash_type, var_size = struct.unpack_from("<5I", data, HCL_HEADER_SIZE + HW_REPORT_SIZE)
     if report_type not in REPORT_TYPES:
         raise ParseError("azure.hcl_unsupported", f"hardware report type {report_type}")
     if hash_type not in HASH_TYPES:

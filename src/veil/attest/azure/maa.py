@@ -62,7 +62,7 @@ class MaaToken:
 def _chain(jwks: Any, kid: str) -> tuple[list[x509.Certificate], dict[str, Any]]:
     keys = jwks.get("keys") if isinstance(jwks, dict) else None
     if not isinstance(keys, list):
-        raise ParseError("azure.maa_jwks_malformed", "the MAA certificates must be a JWKS: {\"keys\": [...]}")
+        raise ParseError("azure.maa_jwks_malformed", 'the MAA certificates must be a JWKS: {"keys": [...]}')
     jwk = next((k for k in keys if isinstance(k, dict) and k.get("kid") == kid), None)
     if jwk is None:
         raise VerificationError("azure.maa_unknown_key", f"key id {kid!r} is not among the MAA certificates")
@@ -87,8 +87,10 @@ def _signing_key(jwks: Any, kid: str, now: datetime) -> tuple[rsa.RSAPublicKey, 
         except (InvalidSignature, *CERT_ERRORS) as exc:
             raise VerificationError("azure.maa_chain_invalid", "the signing certificate is not self-signed") from exc
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise VerificationError("azure.maa_cert_expired", f"the MAA signing certificate is valid "
-                                    f"{cert.not_valid_before_utc} .. {cert.not_valid_after_utc}, not at {now}")
+            raise VerificationError(
+                "azure.maa_cert_expired",
+                f"the MAA signing certificate is valid {cert.not_valid_before_utc} .. {cert.not_valid_after_utc}, not at {now}",
+            )
     else:
         verify_chain(certs, as_of=now, trusted_roots=roots, prefix="azure.maa_", what="a pinned MAA signing root")
     try:
@@ -139,8 +141,12 @@ def verify_token(token: Any, certs: Any, *, trust: TrustRoots, now: datetime, le
         raise ParseError("azure.maa_token_malformed", "token header has no kid")
     key, signer, root = _signing_key(certs, kid, now)
     try:
-        payload = jwt.decode(token, key=key, algorithms=["RS256"], options={
-            "verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False, "verify_iss": False})
+        payload = jwt.decode(
+            token,
+            key=key,
+            algorithms=["RS256"],
+            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False, "verify_iss": False},
+        )
     except jwt.InvalidSignatureError as exc:
         raise VerificationError("azure.maa_signature_invalid", "token signature is invalid") from exc
     except jwt.PyJWTError as exc:
@@ -160,8 +166,9 @@ def check_root(token: MaaToken, pinned: Collection[str]) -> None:
     """The signer's root must be trusted (TrustRoots) or pinned by the policy (its fingerprints)."""
     if token.root_trusted or token.root in {p.lower().replace(":", "") for p in pinned}:
         return
-    raise VerificationError("azure.maa_untrusted_root", f"the MAA signing chain ends at {token.root[:16]}..., "
-                            "not a pinned MAA signing root")
+    raise VerificationError(
+        "azure.maa_untrusted_root", f"the MAA signing chain ends at {token.root[:16]}..., not a pinned MAA signing root"
+    )
 
 
 def _forms(value: bytes) -> set[str]:
@@ -209,24 +216,37 @@ def token_claims(token: MaaToken) -> Claims:
     payload, tee = token.payload, token.tee
     kind = tee.get("x-ms-attestation-type")
     details: dict[str, Any] = {
-        "attestation_type": kind, "issuer": token.issuer, "signer": token.signer,
+        "attestation_type": kind,
+        "issuer": token.issuer,
+        "signer": token.signer,
         "compliance_status": tee.get("x-ms-compliance-status"),
         "runtime": tee.get("x-ms-runtime", payload.get("x-ms-runtime")),
-        "azurevm": {k: v for k, v in payload.items() if k.startswith("x-ms-azurevm-")}, "exp": payload.get("exp"),
+        "azurevm": {k: v for k, v in payload.items() if k.startswith("x-ms-azurevm-")},
+        "exp": payload.get("exp"),
     }
     if kind == "sevsnpvm":
         p = "x-ms-sevsnpvm-"
-        details.update({k[len(p):]: v for k, v in tee.items() if k.startswith(p)})
+        details.update({k[len(p) :]: v for k, v in tee.items() if k.startswith(p)})
         return Claims(
-            platform=PLATFORM, measurement=str(tee.get(p + "launchmeasurement", "")).lower(),
-            report_data=_hex(tee.get(p + "reportdata")), debug=tee.get(p + "is-debuggable") is not False,
+            platform=PLATFORM,
+            measurement=str(tee.get(p + "launchmeasurement", "")).lower(),
+            report_data=_hex(tee.get(p + "reportdata")),
+            debug=tee.get(p + "is-debuggable") is not False,
             simulated=token.simulated,
-            tcb={"bootloader": tee.get(p + "bootloader-svn"), "tee": tee.get(p + "tee-svn"),
-                 "snp": tee.get(p + "snpfw-svn"), "microcode": tee.get(p + "microcode-svn")},
+            tcb={
+                "bootloader": tee.get(p + "bootloader-svn"),
+                "tee": tee.get(p + "tee-svn"),
+                "snp": tee.get(p + "snpfw-svn"),
+                "microcode": tee.get(p + "microcode-svn"),
+            },
             details=details,
         )
     details.update({k: v for k, v in tee.items() if k.startswith("tdx_")})
     return Claims(
-        platform=PLATFORM, measurement=str(tee.get("tdx_mrtd", "")).lower(), report_data=_hex(tee.get("tdx_report_data")),
-        debug=tee.get("tdx_td_attributes_debug") is not False, simulated=token.simulated, details=details,
+        platform=PLATFORM,
+        measurement=str(tee.get("tdx_mrtd", "")).lower(),
+        report_data=_hex(tee.get("tdx_report_data")),
+        debug=tee.get("tdx_td_attributes_debug") is not False,
+        simulated=token.simulated,
+        details=details,
     )

@@ -92,26 +92,39 @@ class VtpmVerifier:
         nonce = _nonce(options)
         claims, hw = verify_vtpm(ev, nonce, hardware, platform=self.platform, options=options)
         if str(claims.details.get("hardware_platform", "")).startswith("sim-") != self.platform.startswith("sim-"):
-            raise PolicyError("evidence.platform_mismatch", f"{self.platform} evidence holds a "
-                              f"{claims.details.get('hardware_platform')} report")
+            raise PolicyError(
+                "evidence.platform_mismatch", f"{self.platform} evidence holds a {claims.details.get('hardware_platform')} report"
+            )
         token = _token(evidence, options)
         checks = [
             *(Check(f"hardware: {c.name}", c.result) for c in hw.checks if c.name != "binding"),
             Check("HCL binding", "the report's report_data covers the HCL runtime claims (HCLAkPub, user-data)"),
             Check("TPM quote", "signed by HCLAkPub from the runtime claims; PCR digest matches"),
-            Check("binding", "the TPM quote's nonce is the expected report_data" + (
-                "; so is the runtime claims' user-data (hardware-signed)" if claims.details["user_data_bound"]
-                else "; NOT CHECKED in the runtime claims (legacy layout)")),
+            Check(
+                "binding",
+                "the TPM quote's nonce is the expected report_data"
+                + (
+                    "; so is the runtime claims' user-data (hardware-signed)"
+                    if claims.details["user_data_bound"]
+                    else "; NOT CHECKED in the runtime claims (legacy layout)"
+                ),
+            ),
         ]
         if token is not None:
             if not hmac.compare_digest(bound_user_data(token), ev.hcl.user_data) or not any(ev.hcl.user_data):
-                raise VerificationError("azure.maa_binding_mismatch",
-                                        "the MAA token attests other runtime claims than this evidence's")
-            claims = claims.__class__(**{**claims.__dict__, "simulated": claims.simulated or token.simulated,
-                                         "details": {**claims.details, "maa": {"issuer": token.issuer,
-                                                                                "claims": token.payload}}})
-            checks.append(Check("MAA token", f"RS256 by {token.signer!r}, chain and times valid; it attests this "
-                                "evidence's runtime claims"))
+                raise VerificationError(
+                    "azure.maa_binding_mismatch", "the MAA token attests other runtime claims than this evidence's"
+                )
+            claims = claims.__class__(
+                **{
+                    **claims.__dict__,
+                    "simulated": claims.simulated or token.simulated,
+                    "details": {**claims.details, "maa": {"issuer": token.issuer, "claims": token.payload}},
+                }
+            )
+            checks.append(
+                Check("MAA token", f"RS256 by {token.signer!r}, chain and times valid; it attests this evidence's runtime claims")
+            )
         return VerifiedEvidence(claims, tuple(checks), native=VtpmVerified(ev, token))
 
     def policy(self, reference: ReferenceValues) -> AzureVtpmPolicy:
@@ -138,7 +151,9 @@ class MaaVerifier:
         return VerifiedEvidence(token_claims(token), tuple(checks), native=token)
 
     def policy(self, reference: ReferenceValues) -> MaaPolicy:
-        raise ParseError("azure.no_reference_values", "MAA tokens are judged inside Azure CVM evidence (ReferenceValues.azure.maa)")
+        raise ParseError(
+            "azure.no_reference_values", "MAA tokens are judged inside Azure CVM evidence (ReferenceValues.azure.maa)"
+        )
 
     def validate(self, verified: VerifiedEvidence, policy: MaaPolicy) -> list[Check]:
         return validate_maa(verified.native, policy, verified.claims)

@@ -71,7 +71,7 @@ def _check_condition(node: Any, depth: int, count: list[int]) -> None:
 def parse_policy(policy: Any) -> list[tuple[str, dict[str, Any]]]:
     """The policy's (authority, conditions) blocks; ``release.skr_malformed`` for anything else."""
     if not isinstance(policy, dict) or set(policy) != {"version", "anyOf"}:
-        raise _fail("an SKR policy is {\"version\", \"anyOf\"}")
+        raise _fail('an SKR policy is {"version", "anyOf"}')
     if policy["version"] not in VERSIONS:
         raise _fail(f"SKR policy version {policy['version']!r} (known: {sorted(VERSIONS)})")
     blocks = policy["anyOf"]

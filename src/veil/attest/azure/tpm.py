@@ -89,6 +89,4 @@ def parse_tpms_attest(data: bytes) -> TpmsAttest:
     digest = r.tpm2b()
     if r.pos != len(r.data):
         raise _fail(f"{len(r.data) - r.pos} trailing bytes after TPMS_QUOTE_INFO")
-    return TpmsAttest(
-        signer, extra, clock, resets, restarts, bool(safe), firmware, tuple(selections), digest
-    )
+    return TpmsAttest(signer, extra, clock, resets, restarts, bool(safe), firmware, tuple(selections), digest)

@@ -59,8 +59,13 @@ class MaaPolicy(BaseModel):
 
     @classmethod
     def from_reference(cls, ref: MaaReference) -> MaaPolicy:
-        return cls(issuers=list(ref.issuers), signing_roots=list(ref.signing_roots), leeway_seconds=ref.leeway_seconds,
-                   attestation_types=list(ref.attestation_types), require_azure_compliant=ref.require_azure_compliant)
+        return cls(
+            issuers=list(ref.issuers),
+            signing_roots=list(ref.signing_roots),
+            leeway_seconds=ref.leeway_seconds,
+            attestation_types=list(ref.attestation_types),
+            require_azure_compliant=ref.require_azure_compliant,
+        )
 
 
 class AzureVtpmPolicy(BaseModel):
@@ -89,9 +94,13 @@ class AzureVtpmPolicy(BaseModel):
 
         azure = ref.azure or AzureReference()
         hardware = {"snp": snp_policy(ref)} if ref.platform in SNP_PLATFORMS else {"tdx": tdx_policy(ref)}
-        return cls(**hardware, pcrs=dict(azure.pcrs), require_secure_boot=azure.require_secure_boot,
-                   require_user_data_binding=azure.require_user_data_binding,
-                   maa=MaaPolicy.from_reference(azure.maa) if azure.maa is not None else None)
+        return cls(
+            **hardware,
+            pcrs=dict(azure.pcrs),
+            require_secure_boot=azure.require_secure_boot,
+            require_user_data_binding=azure.require_user_data_binding,
+            maa=MaaPolicy.from_reference(azure.maa) if azure.maa is not None else None,
+        )
 
 
 def validate_vtpm(claims: Claims, evidence: VtpmEvidence, policy: AzureVtpmPolicy, maa: MaaToken | None = None) -> list[Check]:
@@ -106,8 +115,11 @@ def validate_vtpm(claims: Claims, evidence: VtpmEvidence, policy: AzureVtpmPolic
         raise PolicyError("azure.platform_mismatch", f"unexpected hardware {hardware!r}")
     checks = [Check("hardware policy", f"{hardware} reference values (measurement, TCB, debug) hold")]
     if policy.require_user_data_binding and not claims.details.get("user_data_bound"):
-        raise PolicyError("azure.user_data_unbound", "the HCL runtime claims do not carry the report_data "
-                          f"(evidence layout v{evidence.version}): only the TPM quote binds it")
+        raise PolicyError(
+            "azure.user_data_unbound",
+            "the HCL runtime claims do not carry the report_data "
+            f"(evidence layout v{evidence.version}): only the TPM quote binds it",
+        )
     vm = claims.details.get("vm_configuration", {})
     if policy.require_secure_boot and vm.get("secure-boot") is not True:
         raise PolicyError("azure.secure_boot_off", "the CVM booted without UEFI secure boot")
@@ -115,8 +127,12 @@ def validate_vtpm(claims: Claims, evidence: VtpmEvidence, policy: AzureVtpmPolic
     for idx, allowed in policy.pcrs.items():
         if pcrs.get(str(idx)) not in allowed:
             raise PolicyError("azure.pcr_not_allowed", f"PCR{idx} is not an allowed value")
-    checks.append(Check("vTPM policy", f"secure boot {'required' if policy.require_secure_boot else 'not required'}, "
-                        f"{len(policy.pcrs)} PCR(s) pinned"))
+    checks.append(
+        Check(
+            "vTPM policy",
+            f"secure boot {'required' if policy.require_secure_boot else 'not required'}, {len(policy.pcrs)} PCR(s) pinned",
+        )
+    )
     if policy.maa is not None:
         if maa is None:
             raise PolicyError("azure.maa_required", "the manifest requires a Microsoft Azure Attestation token")
@@ -150,5 +166,9 @@ def validate_maa(token: MaaToken, policy: MaaPolicy, claims: Claims | None = Non
     if policy.require_azure_compliant and not str(claims.details.get("compliance_status", "")).startswith("azure-compliant"):
         raise PolicyError("azure.maa_not_compliant", "MAA did not mark the VM azure-compliant")
     root = "a SIMULATION root" if token.simulated else f"root {token.root[:16]}..."
-    return [Check("MAA policy", f"token by {token.issuer} signed by a chain to {root}; {kind}, "
-                  f"{claims.details.get('compliance_status')}")]
+    return [
+        Check(
+            "MAA policy",
+            f"token by {token.issuer} signed by a chain to {root}; {kind}, {claims.details.get('compliance_status')}",
+        )
+    ]

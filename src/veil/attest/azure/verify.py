@@ -62,9 +62,7 @@ def verify_tpm_signature(quote: TpmQuote, ak: rsa.RSAPublicKey) -> None:
     try:
         ak.verify(quote.signature, quote.message, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature as exc:
-        raise VerificationError(
-            "azure.tpm_signature_invalid", "TPM quote is not signed by the HCL's attestation key"
-        ) from exc
+        raise VerificationError("azure.tpm_signature_invalid", "TPM quote is not signed by the HCL's attestation key") from exc
 
 
 def check_pcr_digest(quote: TpmQuote) -> dict[int, bytes]:
@@ -95,9 +93,7 @@ def check_hcl_binding(hcl: HclReport, hw_report_data: bytes) -> None:
     """report_data = hash(runtime claims) ‖ zeros: the hardware vouches for HCLAkPub."""
     digest = hcl.var_data_digest()
     if len(hw_report_data) != 64 or not hmac.compare_digest(hw_report_data[: len(digest)], digest):
-        raise VerificationError(
-            "azure.hcl_binding_mismatch", "hardware report_data does not hash the runtime claims"
-        )
+        raise VerificationError("azure.hcl_binding_mismatch", "hardware report_data does not hash the runtime claims")
     if any(hw_report_data[len(digest) :]):
         raise VerificationError("azure.hcl_binding_mismatch", "report_data tail is not zero")
 
@@ -121,9 +117,12 @@ def tdx_hardware(collateral: dict[str, Any] | None) -> HardwareVerifier:
         report = parse_td_report(evidence.hcl.td_report)
         body = verified.native.quote.body
         pairs = [
-            (report.report_data, body.report_data), (report.mr_td, body.mr_td),
-            (report.rtmrs, body.rtmrs), (report.td_attributes, body.td_attributes),
-            (report.xfam, body.xfam), (report.mr_seam, body.mr_seam),
+            (report.report_data, body.report_data),
+            (report.mr_td, body.mr_td),
+            (report.rtmrs, body.rtmrs),
+            (report.td_attributes, body.td_attributes),
+            (report.xfam, body.xfam),
+            (report.mr_seam, body.mr_seam),
         ]
         if any(a != b for a, b in pairs):
             raise VerificationError("azure.td_quote_mismatch", "TD quote is not of the HCL TDREPORT")
@@ -211,7 +210,12 @@ def verify_vtpm(
         "evidence_version": evidence.version,
     }
     claims = Claims(
-        platform=platform, measurement=hw.measurement, report_data=evidence.hcl.user_data,
-        debug=hw.debug, simulated=hw.simulated, tcb=dict(hw.tcb), details=details,
+        platform=platform,
+        measurement=hw.measurement,
+        report_data=evidence.hcl.user_data,
+        debug=hw.debug,
+        simulated=hw.simulated,
+        tcb=dict(hw.tcb),
+        details=details,
     )
     return claims, hw_verified

@@ -61,8 +61,9 @@ class NvidiaEvidence:
             raise ParseError("nvidia.malformed_evidence", "NVIDIA evidence must be a JSON object")
         try:
             cc = obj.get("host_reported_cc")
-            if cc is not None and not (isinstance(cc, dict) and all(
-                    isinstance(k, str) and type(v) is int for k, v in cc.items())):
+            if cc is not None and not (
+                isinstance(cc, dict) and all(isinstance(k, str) and type(v) is int for k, v in cc.items())
+            ):
                 raise ValueError("host_reported_cc must map names to integers")
             return cls(
                 report=base64.b64decode(obj["report"], validate=True),

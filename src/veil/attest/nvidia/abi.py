@@ -207,8 +207,7 @@ class _Reader:
         if n < 0 or self.pos + n > len(self.data):
             raise ParseError(
                 MALFORMED,
-                f"{self.what}: truncated at {field} (need {n} bytes at offset {self.pos}, "
-                f"have {len(self.data) - self.pos})",
+                f"{self.what}: truncated at {field} (need {n} bytes at offset {self.pos}, have {len(self.data) - self.pos})",
             )
         out = self.data[self.pos : self.pos + n]
         self.pos += n
@@ -262,9 +261,7 @@ def _parse_blocks(record: bytes, count: int) -> tuple[MeasurementBlock, ...]:
                 raise ParseError(MALFORMED, f"measurement {index}: size field and value disagree")
         blocks.append(MeasurementBlock(index, spec, value_type, value, record[start : r.pos]))
     if len(blocks) != count:
-        raise ParseError(
-            MALFORMED, f"header announces {count} blocks, the record holds {len(blocks)}"
-        )
+        raise ParseError(MALFORMED, f"header announces {count} blocks, the record holds {len(blocks)}")
     return tuple(blocks)
 
 
@@ -310,9 +307,7 @@ def parse_report(data: bytes) -> AttestationReport:
     opaque_fields = parse_opaque(opaque)
     sig_offset = r.pos
     signature = r.take(SIGNATURE_LEN, "signature")
-    response = MeasurementResponse(
-        version, param1, param2, blocks, record, nonce, opaque, opaque_fields, signature
-    )
+    response = MeasurementResponse(version, param1, param2, blocks, record, nonce, opaque, opaque_fields, signature)
     return AttestationReport(data, request, response, data[:sig_offset], data[r.pos :])
 
 

@@ -83,8 +83,7 @@ def collect_evidence(nonce: bytes, *, nvml: Any | None = None, cache: Any | None
         state = nvml.nvmlSystemGetConfComputeState()
         if getattr(state, "ccFeature", 0) != NVML_CC_SYSTEM_FEATURE_ENABLED:
             raise VeilError("nvidia.no_gpu", "confidential computing is not enabled on this system")
-        host_cc = {"cc_feature": int(getattr(state, "ccFeature", 0)),
-                   "dev_tools_mode": int(getattr(state, "devToolsMode", 1))}
+        host_cc = {"cc_feature": int(getattr(state, "ccFeature", 0)), "dev_tools_mode": int(getattr(state, "devToolsMode", 1))}
         count = nvml.nvmlDeviceGetCount()
         if count < 1:
             raise VeilError("nvidia.no_gpu", "no NVIDIA GPU found")

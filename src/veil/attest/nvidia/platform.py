@@ -34,8 +34,11 @@ def _assign_rims(verified: VerifiedReport, rims: list[VerifiedRim]) -> tuple[Ver
         version = rim.rim.version.lower()
         kind = "driver" if version == driver else "vbios" if version == vbios else None
         if kind is None or rim.rim.product.upper() != chip:
-            raise VerificationError("nvidia.rim_version_mismatch", f"a RIM for {rim.rim.product} {rim.rim.version} "
-                                    f"does not describe this GPU ({chip}, driver {driver}, VBIOS {vbios})")
+            raise VerificationError(
+                "nvidia.rim_version_mismatch",
+                f"a RIM for {rim.rim.product} {rim.rim.version} "
+                f"does not describe this GPU ({chip}, driver {driver}, VBIOS {vbios})",
+            )
         if kind in found:
             raise VerificationError("nvidia.rim_version_mismatch", f"two {kind} RIMs for one GPU")
         found[kind] = rim
@@ -49,17 +52,21 @@ def verify_evidence(evidence: NvidiaEvidence, options: VerifyOptions) -> Verifie
     trust, now = options.trust, options.now
     roots = trust.nvidia | trust.simulation
     try:
-        verified = verify_report(evidence.parse(), evidence.cert_chain_pem, expected_nonce=options.binding.expected,
-                                 as_of=now, trusted_roots=roots)
+        verified = verify_report(
+            evidence.parse(), evidence.cert_chain_pem, expected_nonce=options.binding.expected, as_of=now, trusted_roots=roots
+        )
         revocation, missing = check_chain(verified.chain, evidence.ocsp, now=now, trusted_roots=roots, skip_leaf=True)
-        rims = [verify_rim(r, trust=trust, now=now, ocsp=evidence.ocsp, source=f"RIM {i}")
-                for i, r in enumerate(evidence.rims)]
+        rims = [verify_rim(r, trust=trust, now=now, ocsp=evidence.ocsp, source=f"RIM {i}") for i, r in enumerate(evidence.rims)]
     except CERT_ERRORS as exc:  # a certificate `cryptography` could not use, found late
         raise VerificationError("nvidia.chain_invalid", f"unusable certificate: {exc}") from None
     driver_rim, vbios_rim = _assign_rims(verified, rims)
     simulated = fingerprint(verified.chain[-1]) not in trust.nvidia or any(r.simulated for r in rims)
     gpu = GpuVerified(
-        verified, now, tuple(rims), driver_rim, vbios_rim,
+        verified,
+        now,
+        tuple(rims),
+        driver_rim,
+        vbios_rim,
         tuple(revocation) + tuple(s for r in rims for s in r.revocation),
         tuple(missing) + tuple(m for r in rims for m in r.revocation_missing),
         evidence.host_cc,
@@ -70,11 +77,19 @@ def verify_evidence(evidence: NvidiaEvidence, options: VerifyOptions) -> Verifie
         Check("certificate chain", f"{len(verified.chain)} certificates to {root}"),
         Check("binding", "the GPU signed the expected SPDM nonce"),
         Check("firmware id", "the FWID certified in the leaf equals the report's"),
-        Check("RIM signatures", f"{len(rims)} RIM(s) XML-DSig signed by a chain to the "
-              f"{'SIMULATION' if any(r.simulated for r in rims) else 'pinned NVIDIA'} RIM root, valid now, and "
-              "describing this GPU's driver and VBIOS" if rims else "NOT CHECKED: the evidence carries no RIM"),
-        Check("revocation (OCSP)", f"{len(gpu.revocation)} signed OCSP status(es) good" + (
-            f"; {len(gpu.revocation_missing)} certificate(s) without a status" if gpu.revocation_missing else "")),
+        Check(
+            "RIM signatures",
+            f"{len(rims)} RIM(s) XML-DSig signed by a chain to the "
+            f"{'SIMULATION' if any(r.simulated for r in rims) else 'pinned NVIDIA'} RIM root, valid now, and "
+            "describing this GPU's driver and VBIOS"
+            if rims
+            else "NOT CHECKED: the evidence carries no RIM",
+        ),
+        Check(
+            "revocation (OCSP)",
+            f"{len(gpu.revocation)} signed OCSP status(es) good"
+            + (f"; {len(gpu.revocation_missing)} certificate(s) without a status" if gpu.revocation_missing else ""),
+        ),
     ]
     return VerifiedEvidence(claims_from(gpu, simulated), tuple(checks), native=gpu)
 
@@ -87,8 +102,9 @@ class NvidiaVerifier:
 
     def policy(self, reference: ReferenceValues) -> NvidiaPolicy:
         if reference.gpu is None:
-            raise PolicyError("evidence.gpu_reference_missing",
-                             f"the manifest has no GPU reference values for {reference.platform} workers")
+            raise PolicyError(
+                "evidence.gpu_reference_missing", f"the manifest has no GPU reference values for {reference.platform} workers"
+            )
         return reference.gpu
 
     def validate(self, verified: VerifiedEvidence, policy: NvidiaPolicy) -> list[Check]:

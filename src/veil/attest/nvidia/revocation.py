@@ -56,8 +56,11 @@ class Revocation:
 
     def to_json(self) -> dict[str, str | None]:
         return {
-            "subject": self.subject, "status": "good", "this_update": self.this_update.isoformat(),
-            "next_update": self.next_update.isoformat() if self.next_update else None, "responder": self.responder,
+            "subject": self.subject,
+            "status": "good",
+            "this_update": self.this_update.isoformat(),
+            "next_update": self.next_update.isoformat() if self.next_update else None,
+            "responder": self.responder,
         }
 
 
@@ -157,7 +160,10 @@ def _signer(
             eku = candidate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             continue
-        if ExtendedKeyUsageOID.OCSP_SIGNING not in eku or not candidate.not_valid_before_utc <= now <= candidate.not_valid_after_utc:
+        if (
+            ExtendedKeyUsageOID.OCSP_SIGNING not in eku
+            or not candidate.not_valid_before_utc <= now <= candidate.not_valid_after_utc
+        ):
             continue
         pool = [*response.certificates, *chain]
         current, depth = candidate, 0
@@ -172,8 +178,10 @@ def _signer(
             except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
                 break
             current, depth = parent, depth + 1
-    raise VerificationError("nvidia.ocsp_signature_invalid", "the OCSP response is not signed by the issuer or "
-                            "a responder chaining to the trusted root")
+    raise VerificationError(
+        "nvidia.ocsp_signature_invalid",
+        "the OCSP response is not signed by the issuer or a responder chaining to the trusted root",
+    )
 
 
 def check_chain(
@@ -201,16 +209,21 @@ def check_chain(
         signer = _signer(response, issuer, chain, trusted_roots, now)
         if single.certificate_status == ocsp.OCSPCertStatus.REVOKED:
             reason = single.revocation_reason.name if single.revocation_reason else "unspecified"
-            raise VerificationError(f"{prefix}cert_revoked", f"{subject!r} is revoked ({reason}, "
-                                    f"{single.revocation_time_utc})")
+            raise VerificationError(f"{prefix}cert_revoked", f"{subject!r} is revoked ({reason}, {single.revocation_time_utc})")
         if single.certificate_status != ocsp.OCSPCertStatus.GOOD:
             raise VerificationError(f"{prefix}revocation_unknown", f"the OCSP responder does not know {subject!r}")
         if single.this_update_utc > now + CLOCK_SKEW:
-            raise VerificationError(f"{prefix}revocation_not_yet_valid", f"the OCSP status of {subject!r} is "
-                                    f"from {single.this_update_utc}, after {now}")
+            raise VerificationError(
+                f"{prefix}revocation_not_yet_valid",
+                f"the OCSP status of {subject!r} is from {single.this_update_utc}, after {now}",
+            )
         if single.next_update_utc is not None and single.next_update_utc < now:
-            raise VerificationError(f"{prefix}revocation_stale", f"the OCSP status of {subject!r} expired at "
-                                    f"{single.next_update_utc}")
-        statuses.append(Revocation(subject, cert.serial_number, single.this_update_utc, single.next_update_utc,
-                                   signer.subject.rfc4514_string()))
+            raise VerificationError(
+                f"{prefix}revocation_stale", f"the OCSP status of {subject!r} expired at {single.next_update_utc}"
+            )
+        statuses.append(
+            Revocation(
+                subject, cert.serial_number, single.this_update_utc, single.next_update_utc, signer.subject.rfc4514_string()
+            )
+        )
     return statuses, missing

@@ -96,20 +96,20 @@ def _parse_xml(xml: bytes) -> object:
 def _signing_chain(root: object) -> list[x509.Certificate]:
     """The certificates of the enveloped signature's KeyInfo, leaf first (as NVIDIA writes them)."""
     signature = root.find(f"{{{DSIG_NS}}}Signature")  # type: ignore[attr-defined]
-    nodes = [] if signature is None else signature.findall(
-        f"{{{DSIG_NS}}}KeyInfo/{{{DSIG_NS}}}X509Data/{{{DSIG_NS}}}X509Certificate")
+    nodes = (
+        [] if signature is None else signature.findall(f"{{{DSIG_NS}}}KeyInfo/{{{DSIG_NS}}}X509Data/{{{DSIG_NS}}}X509Certificate")
+    )
     if not nodes:
         raise VerificationError("nvidia.rim_signature_invalid", "the RIM carries no signature with a certificate chain")
     try:
-        return [x509.load_der_x509_certificate(base64.b64decode("".join((n.text or "").split()), validate=True))
-                for n in nodes[:8]]
+        return [
+            x509.load_der_x509_certificate(base64.b64decode("".join((n.text or "").split()), validate=True)) for n in nodes[:8]
+        ]
     except (ValueError, binascii.Error) as exc:
         raise ParseError("nvidia.rim_malformed", f"RIM signing certificate unreadable: {exc}") from None
 
 
-def verify_rim(
-    xml: bytes, *, trust: TrustRoots, now: datetime, ocsp: Sequence[bytes] = (), source: str = "rim"
-) -> VerifiedRim:
+def verify_rim(xml: bytes, *, trust: TrustRoots, now: datetime, ocsp: Sequence[bytes] = (), source: str = "rim") -> VerifiedRim:
     """Signature (signxml) by the leaf of a chain to the pinned RIM root (or a trusted simulation
     root), valid at ``now``; the OCSP statuses of that chain; then the signed content parsed."""
 
@@ -117,8 +117,7 @@ def verify_rim(
 
     chain = list(_rim_chain(xml))
     roots = trust.nvidia_rim | trust.simulation
-    verify_chain(chain, as_of=now, trusted_roots=roots, prefix="nvidia.rim_",
-                 what="the pinned NVIDIA CoRIM signing Root CA")
+    verify_chain(chain, as_of=now, trusted_roots=roots, prefix="nvidia.rim_", what="the pinned NVIDIA CoRIM signing Root CA")
     simulated = fingerprint(chain[-1]) not in trust.nvidia_rim
     rim = _signed_rim(xml, chain[0].public_bytes(Encoding.DER), source)
     statuses, missing = check_chain(chain, ocsp, now=now, trusted_roots=roots, skip_leaf=False, prefix="nvidia.rim_")
@@ -143,14 +142,16 @@ def _signed_rim(xml: bytes, signer_der: bytes, source: str) -> Rim:
     signer = x509.load_der_x509_certificate(signer_der)
     try:
         result = XMLVerifier().verify(
-            _parse_xml(xml), x509_cert=signer.public_bytes(Encoding.PEM).decode(),
+            _parse_xml(xml),
+            x509_cert=signer.public_bytes(Encoding.PEM).decode(),
             # the chain's validity is checked at as_of by verify_chain; signxml's own time check is
             # pinned inside the signer's window so that a memoised result never depends on the clock
             expect_config=SignatureConfiguration(require_x509=True, verification_time=signer.not_valid_before_utc),
         )
     except (SignXMLException, *CERT_ERRORS) as exc:
-        raise VerificationError("nvidia.rim_signature_invalid", f"{source}: the RIM signature does not verify "
-                                f"({type(exc).__name__})") from None
+        raise VerificationError(
+            "nvidia.rim_signature_invalid", f"{source}: the RIM signature does not verify ({type(exc).__name__})"
+        ) from None
     signed = result.signed_xml  # type: ignore[union-attr]
     if signed is None or _local(signed.tag) != "SoftwareIdentity":
         raise VerificationError("nvidia.rim_signature_invalid", f"{source}: the signature does not cover the SWID tag")
@@ -214,9 +215,7 @@ def merge(*sources: Iterable[ReferenceMeasurement]) -> dict[int, ReferenceMeasur
     return merged
 
 
-def compare(
-    blocks: Mapping[int, MeasurementBlock], reference: Mapping[int, ReferenceMeasurement]
-) -> None:
+def compare(blocks: Mapping[int, MeasurementBlock], reference: Mapping[int, ReferenceMeasurement]) -> None:
     """Every active reference must be in the report with one of its allowed values."""
     bad: list[int] = []
     for index, ref in sorted(reference.items()):

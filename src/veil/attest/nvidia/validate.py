@@ -65,9 +65,7 @@ def claims_from(gpu: GpuVerified, simulated: bool = False) -> Claims:
     verified = gpu.report
     report = verified.report
     platform, chip = platform_of(verified)
-    blocks = {
-        str(b.index): b.value.hex() for b in sorted(report.response.blocks, key=lambda b: b.index)
-    }
+    blocks = {str(b.index): b.value.hex() for b in sorted(report.response.blocks, key=lambda b: b.index)}
     details: dict[str, Any] = {
         "chip": chip,
         "driver_version": report.driver_version,
@@ -83,8 +81,11 @@ def claims_from(gpu: GpuVerified, simulated: bool = False) -> Claims:
         "leaf_subject": verified.leaf.subject.rfc4514_string(),
         "leaf_fingerprint": fingerprint(verified.leaf),
         "trailing_bytes": len(report.trailing),
-        "rims": {kind: {"version": r.rim.version, "digest": r.rim.digest, "tag_id": r.rim.tag_id}
-                 for kind, r in (("driver", gpu.driver_rim), ("vbios", gpu.vbios_rim)) if r is not None},
+        "rims": {
+            kind: {"version": r.rim.version, "digest": r.rim.digest, "tag_id": r.rim.tag_id}
+            for kind, r in (("driver", gpu.driver_rim), ("vbios", gpu.vbios_rim))
+            if r is not None
+        },
         "revocation": [s.to_json() for s in gpu.revocation],
         "host_reported_cc": gpu.host_cc,
     }
@@ -102,8 +103,10 @@ def claims_from(gpu: GpuVerified, simulated: bool = False) -> Claims:
 
 
 def _references(policy: NvidiaPolicy) -> dict[int, ReferenceMeasurement]:
-    return {i: ReferenceMeasurement(i, tuple(bytes.fromhex(v) for v in vs), True, "", "manifest")
-            for i, vs in policy.reference_measurements.items()}
+    return {
+        i: ReferenceMeasurement(i, tuple(bytes.fromhex(v) for v in vs), True, "", "manifest")
+        for i, vs in policy.reference_measurements.items()
+    }
 
 
 def validate(gpu: GpuVerified, claims: Claims, policy: NvidiaPolicy) -> list[Check]:
@@ -135,25 +138,39 @@ def validate(gpu: GpuVerified, claims: Claims, policy: NvidiaPolicy) -> list[Che
     if policy.allowed_rim_digests:
         for rim in gpu.rims:
             if rim.rim.digest not in policy.allowed_rim_digests:
-                raise PolicyError("nvidia.rim_not_allowed", f"RIM {rim.rim.version} ({rim.rim.digest[:16]}...) "
-                                  "is not one the manifest allows")
+                raise PolicyError(
+                    "nvidia.rim_not_allowed", f"RIM {rim.rim.version} ({rim.rim.digest[:16]}...) is not one the manifest allows"
+                )
     blocks = verified.report.blocks_by_index()
     golden = merge(*(r.rim.measurements.values() for r in gpu.rims))
     compare(blocks, golden)
     compare(blocks, _references(policy))
     active = sum(1 for m in golden.values() if m.active)
-    checks.append(Check("golden measurements", f"{active} active RIM measurements and "
-                        f"{len(policy.reference_measurements)} manifest value(s) match the report"
-                        if gpu.rims else "NOT CHECKED: no RIM given (the policy allows it)"))
+    checks.append(
+        Check(
+            "golden measurements",
+            f"{active} active RIM measurements and {len(policy.reference_measurements)} manifest value(s) match the report"
+            if gpu.rims
+            else "NOT CHECKED: no RIM given (the policy allows it)",
+        )
+    )
     if policy.require_revocation and gpu.revocation_missing:
         raise PolicyError("nvidia.revocation_missing", "no OCSP status for " + "; ".join(gpu.revocation_missing))
     oldest = gpu.now - timedelta(hours=policy.max_revocation_age_hours)
     for status in gpu.revocation:
         if status.this_update < oldest:
-            raise PolicyError("nvidia.revocation_too_old", f"the OCSP status of {status.subject!r} is from "
-                              f"{status.this_update}, older than {policy.max_revocation_age_hours} h")
-    checks.append(Check("revocation age", f"{len(gpu.revocation)} OCSP status(es) at most "
-                        f"{policy.max_revocation_age_hours} h old" + (
-                            f"; NOT CHECKED for {len(gpu.revocation_missing)} certificate(s)" if gpu.revocation_missing else "")))
+            raise PolicyError(
+                "nvidia.revocation_too_old",
+                f"the OCSP status of {status.subject!r} is from "
+                f"{status.this_update}, older than {policy.max_revocation_age_hours} h",
+            )
+    checks.append(
+        Check(
+            "revocation age",
+            f"{len(gpu.revocation)} OCSP status(es) at most "
+            f"{policy.max_revocation_age_hours} h old"
+            + (f"; NOT CHECKED for {len(gpu.revocation_missing)} certificate(s)" if gpu.revocation_missing else ""),
+        )
+    )
     checks.append(Check("GPU policy", "platform, driver and VBIOS allowlists and CC state as required"))
     return checks

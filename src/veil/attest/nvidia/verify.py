@@ -43,7 +43,6 @@ _HASH_OIDS = {  # DER-encoded OID bodies of the digests an FWID may use
 MAX_CHAIN_LEN = 8
 
 
-
 @dataclass(frozen=True)
 class VerifiedReport:
     """What ``verify_report`` established, for the policy layer and the claims."""
@@ -82,9 +81,7 @@ def verify_signature(report: AttestationReport, leaf: x509.Certificate) -> None:
     try:
         key.verify(der, report.signed, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature as exc:
-        raise VerificationError(
-            "nvidia.signature_invalid", "the report signature does not verify with the leaf key"
-        ) from exc
+        raise VerificationError("nvidia.signature_invalid", "the report signature does not verify with the leaf key") from exc
 
 
 def check_nonce(report: AttestationReport, expected_nonce: bytes) -> None:
@@ -115,9 +112,7 @@ def certificate_fwids(cert: x509.Certificate) -> list[bytes]:
             try:
                 out.extend(_find_fwids(body, depth=0))
             except _DerError as exc:
-                raise VerificationError(
-                    "nvidia.fwid_mismatch", f"the leaf's TcbInfo extension is not DER: {exc}"
-                ) from exc
+                raise VerificationError("nvidia.fwid_mismatch", f"the leaf's TcbInfo extension is not DER: {exc}") from exc
     return out
 
 
@@ -147,8 +142,7 @@ def verify_report(
 ) -> VerifiedReport:
     """Chain, then signature, then nonce, then FWID; raises the first failure."""
     certs = load_chain(chain_pem)
-    verify_chain(certs, as_of=as_of, trusted_roots=trusted_roots, prefix="nvidia.",
-                 what="the pinned NVIDIA Device Identity CA")
+    verify_chain(certs, as_of=as_of, trusted_roots=trusted_roots, prefix="nvidia.", what="the pinned NVIDIA Device Identity CA")
     verify_signature(report, certs[0])
     check_nonce(report, expected_nonce)
     fwid = check_fwid(report, certs[0])

@@ -42,8 +42,9 @@ def load_or_create(platform: str, directory: str | os.PathLike[str]) -> Simulate
         from veil.attest.sim.azure import SimAzureCvm
 
         return SimAzureCvm.load_or_create(platform, directory)
-    raise ParseError("sim.unknown_platform", f"{platform!r} is not a simulated platform "
-                     "(sim-snp, sim-tdx, sim-azure-snp, sim-azure-tdx)")
+    raise ParseError(
+        "sim.unknown_platform", f"{platform!r} is not a simulated platform (sim-snp, sim-tdx, sim-azure-snp, sim-azure-tdx)"
+    )
 
 
 __all__ = ["PLATFORM", "SimPlatform", "SimulatedPlatform", "load_or_create", "measure_code"]

@@ -65,10 +65,19 @@ def hcl_report(hw_report: bytes, runtime_claims: bytes, report_type: int) -> byt
 
 def tpms_attest(nonce: bytes, pcr_digest: bytes, clock: int = 1) -> bytes:
     """TPMS_ATTEST (TPM 2.0 Part 2, 10.12.12) of type TPM_ST_ATTEST_QUOTE over SHA-256 PCRs 0..23."""
-    return (struct.pack(">IH", 0xFF544347, 0x8018) + struct.pack(">H", 2) + b"\0\x0b"
-            + struct.pack(">H", len(nonce)) + nonce + struct.pack(">QIIB", clock, 1, 0, 1)
-            + struct.pack(">Q", 0x2000000000000) + struct.pack(">IHB", 1, 0x000B, 3) + b"\xff\xff\xff"
-            + struct.pack(">H", 32) + pcr_digest)
+    return (
+        struct.pack(">IH", 0xFF544347, 0x8018)
+        + struct.pack(">H", 2)
+        + b"\0\x0b"
+        + struct.pack(">H", len(nonce))
+        + nonce
+        + struct.pack(">QIIB", clock, 1, 0, 1)
+        + struct.pack(">Q", 0x2000000000000)
+        + struct.pack(">IHB", 1, 0x000B, 3)
+        + b"\xff\xff\xff"
+        + struct.pack(">H", 32)
+        + pcr_digest
+    )
 
 
 def td_report(quote: bytes) -> bytes:
@@ -84,9 +93,16 @@ def td_report(quote: bytes) -> bytes:
     out[256:264] = (0x1FF).to_bytes(8, "little")  # TEE_TCB_INFO.valid
     out[264:280], out[280:328], out[328:376] = body.tee_tcb_svn, body.mr_seam, body.mr_signer_seam
     out[376:384] = body.seam_attributes
-    tdinfo = (body.td_attributes + body.xfam + body.mr_td + body.mr_config_id + body.mr_owner
-              + body.mr_owner_config + b"".join(body.rtmrs))
-    out[512:512 + len(tdinfo)] = tdinfo
+    tdinfo = (
+        body.td_attributes
+        + body.xfam
+        + body.mr_td
+        + body.mr_config_id
+        + body.mr_owner
+        + body.mr_owner_config
+        + b"".join(body.rtmrs)
+    )
+    out[512 : 512 + len(tdinfo)] = tdinfo
     out[224:256] = hashlib.sha256(b"veil/sim-azure-tdx/mac" + bytes(out[:224])).digest()
     return bytes(out)
 
@@ -96,8 +112,7 @@ class SimAzureCvm:
     ``sim-tdx`` machine, and its attester), its vTPM's attestation key and PCRs, and the simulated
     MAA instance, persisted in ``directory`` (``snp/`` or ``tdx/``, and ``azure.json``, 0600)."""
 
-    def __init__(self, platform: str, directory: Path, machine: SimulatedPlatform, ak: rsa.RSAPrivateKey,
-                 maa: SimMaa) -> None:
+    def __init__(self, platform: str, directory: Path, machine: SimulatedPlatform, ak: rsa.RSAPrivateKey, maa: SimMaa) -> None:
         self.platform, self.directory, self.machine, self.ak, self.maa = platform, directory, machine, ak, maa
         self.kind = PLATFORMS[platform]
         self.launch: bytes | None = None  # what the simulated VMM set at launch (HOST_DATA / MRCONFIGID)
@@ -108,8 +123,9 @@ class SimAzureCvm:
         """The simulated hardware's own attester (its report, measurement and sealing key)."""
         from veil.attest import registry
 
-        return registry.attester(f"sim-{self.kind}", registry.AttesterConfig(sim_dir=self.directory / self.kind,
-                                                                              launch_data=self.launch))
+        return registry.attester(
+            f"sim-{self.kind}", registry.AttesterConfig(sim_dir=self.directory / self.kind, launch_data=self.launch)
+        )
 
     @property
     def simulation_roots(self) -> list[str]:
@@ -122,12 +138,21 @@ class SimAzureCvm:
 
     def runtime_claims(self, report_data: bytes) -> bytes:
         pub = self.ak.public_key().public_numbers()
-        return json.dumps({
-            "keys": [{"kid": "HCLAkPub", "key_ops": ["sign"], "kty": "RSA", "e": _b64url_int(pub.e), "n": _b64url_int(pub.n)}],
-            "vm-configuration": {"console-enabled": False, "secure-boot": True, "tpm-enabled": True,
-                                 "vmUniqueId": "00000000-0000-0000-0000-000000000000"},
-            "user-data": report_data.ljust(64, b"\0").hex().upper(),
-        }, separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "keys": [
+                    {"kid": "HCLAkPub", "key_ops": ["sign"], "kty": "RSA", "e": _b64url_int(pub.e), "n": _b64url_int(pub.n)}
+                ],
+                "vm-configuration": {
+                    "console-enabled": False,
+                    "secure-boot": True,
+                    "tpm-enabled": True,
+                    "vmUniqueId": "00000000-0000-0000-0000-000000000000",
+                },
+                "user-data": report_data.ljust(64, b"\0").hex().upper(),
+            },
+            separators=(",", ":"),
+        ).encode()
 
     def evidence(self, report_data: bytes) -> dict[str, Any]:
         """The CVM's evidence in Veil's wire form, with the MAA token for it."""
@@ -136,32 +161,46 @@ class SimAzureCvm:
         message = tpms_attest(report_data, hashlib.sha256(b"".join(self.pcrs)).digest())
         vtpm: dict[str, Any] = {
             "version": 2,
-            "tpm_quote": {"message": message.hex(), "signature": self.ak.sign(message, padding.PKCS1v15(), hashes.SHA256()).hex(),
-                          "pcrs": [p.hex() for p in self.pcrs]}}
+            "tpm_quote": {
+                "message": message.hex(),
+                "signature": self.ak.sign(message, padding.PKCS1v15(), hashes.SHA256()).hex(),
+                "pcrs": [p.hex() for p in self.pcrs],
+            },
+        }
         wire: dict[str, Any] = {"platform": self.platform, "vtpm": vtpm}
         if self.kind == "snp":
             snp = hw["snp"]  # report, vcek, chain, crl: base64
             hw_report = base64.b64decode(snp["report"])
-            vtpm.update(hcl_report=_b64url(hcl_report(hw_report, runtime, HCL_REPORT_TYPES["snp"])),
-                        vcek=_b64url(base64.b64decode(snp["vcek"])))
+            vtpm.update(
+                hcl_report=_b64url(hcl_report(hw_report, runtime, HCL_REPORT_TYPES["snp"])),
+                vcek=_b64url(base64.b64decode(snp["vcek"])),
+            )
             wire.update(chain=snp["chain"], crl=snp["crl"])
             from veil.attest.snp.abi import parse_report
 
             parsed = parse_report(hw_report)
-            report = {"x-ms-sevsnpvm-launchmeasurement": parsed.measurement.hex(),
-                      "x-ms-sevsnpvm-reportdata": parsed.report_data.hex(),
-                      "x-ms-sevsnpvm-is-debuggable": parsed.debug, "x-ms-sevsnpvm-vmpl": parsed.vmpl}
+            report = {
+                "x-ms-sevsnpvm-launchmeasurement": parsed.measurement.hex(),
+                "x-ms-sevsnpvm-reportdata": parsed.report_data.hex(),
+                "x-ms-sevsnpvm-is-debuggable": parsed.debug,
+                "x-ms-sevsnpvm-vmpl": parsed.vmpl,
+            }
         else:
             from veil.attest.tdx.abi import parse_quote
 
             quote = base64.b64decode(hw["tdx"]["quote"])
-            vtpm.update(hcl_report=_b64url(hcl_report(td_report(quote), runtime, HCL_REPORT_TYPES["tdx"])),
-                        td_quote=_b64url(quote))
+            vtpm.update(
+                hcl_report=_b64url(hcl_report(td_report(quote), runtime, HCL_REPORT_TYPES["tdx"])), td_quote=_b64url(quote)
+            )
             wire["collateral"] = hw["tdx"]["collateral"]
             body = parse_quote(quote).body
-            report = {"tdx_mrtd": body.mr_td.hex(), "tdx_report_data": body.report_data.hex(),
-                      "tdx_mrseam": body.mr_seam.hex(), "tdx_td_attributes_debug": bool(body.td_attributes_int & 1),
-                      **{f"tdx_rtmr{i}": r.hex() for i, r in enumerate(body.rtmrs)}}
+            report = {
+                "tdx_mrtd": body.mr_td.hex(),
+                "tdx_report_data": body.report_data.hex(),
+                "tdx_mrseam": body.mr_seam.hex(),
+                "tdx_td_attributes_debug": bool(body.td_attributes_int & 1),
+                **{f"tdx_rtmr{i}": r.hex() for i, r in enumerate(body.rtmrs)},
+            }
         self._appraise_as_maa(wire, report_data)
         runtime_json = json.loads(runtime)
         claims = self.maa.cvm_claims(runtime=runtime_json, report=report, kind=MAA_TYPES[self.kind])
@@ -223,8 +262,7 @@ def sim_reference(platform: str, measurement: str) -> ReferenceValues:
     kind = PLATFORMS[platform]
     maa = MaaReference(issuers=[SIM_MAA_ISSUER], attestation_types=[MAA_TYPES[kind]])
     # the measurement is the SNP launch measurement or the TDX MRTD
-    return ReferenceValues.model_validate({"platform": platform, "measurements": [measurement],
-                                           "azure": AzureReference(maa=maa)})
+    return ReferenceValues.model_validate({"platform": platform, "measurements": [measurement], "azure": AzureReference(maa=maa)})
 
 
 def sim_release_policy(platform: str, measurement: str) -> ReleasePolicy:
@@ -233,11 +271,21 @@ def sim_release_policy(platform: str, measurement: str) -> ReleasePolicy:
     verified claims (the key goes only to a CVM that MAA attested as a compliant CVM of its kind)."""
     from veil.manifest import ReleasePolicy
 
-    skr = {"version": "1.0.0", "anyOf": [{"authority": SIM_MAA_ISSUER, "allOf": [
-        {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": MAA_TYPES[PLATFORMS[platform]]},
-        {"claim": "x-ms-isolation-tee.x-ms-compliance-status", "equals": "azure-compliant-cvm"}]}]}
-    return ReleasePolicy.model_validate({"platforms": [platform], "measurements": [measurement],
-                                         "allow_simulated": True, "skr": skr})
+    skr = {
+        "version": "1.0.0",
+        "anyOf": [
+            {
+                "authority": SIM_MAA_ISSUER,
+                "allOf": [
+                    {"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": MAA_TYPES[PLATFORMS[platform]]},
+                    {"claim": "x-ms-isolation-tee.x-ms-compliance-status", "equals": "azure-compliant-cvm"},
+                ],
+            }
+        ],
+    }
+    return ReleasePolicy.model_validate(
+        {"platforms": [platform], "measurements": [measurement], "allow_simulated": True, "skr": skr}
+    )
 
 
 def _attester(platform: str, config: AttesterConfig) -> SimAzureCvm:

@@ -54,7 +54,9 @@ _FILE = "gpu.json"
 
 def _der(tag: int, content: bytes) -> bytes:
     n = len(content)
-    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    length = (
+        bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    )
     return bytes([tag]) + length + content
 
 
@@ -66,8 +68,14 @@ def nvidia_tcb_info(public_key: ec.EllipticCurvePublicKey, fwid: bytes) -> bytes
 
 
 def build_report(
-    key: ec.EllipticCurvePrivateKey, nonce: bytes, *, blocks: dict[int, bytes], opaque: dict[int, bytes],
-    trailing: bytes = b"", version: int = 0x11, operation: int = 0xFF,
+    key: ec.EllipticCurvePrivateKey,
+    nonce: bytes,
+    *,
+    blocks: dict[int, bytes],
+    opaque: dict[int, bytes],
+    trailing: bytes = b"",
+    version: int = 0x11,
+    operation: int = 0xFF,
 ) -> bytes:
     """An SPDM GET_MEASUREMENTS request + signed response, DMTF digest blocks of type 1."""
     request = bytes([version, 0xE0, 0x01, operation]) + nonce + b"\x00"
@@ -77,8 +85,12 @@ def build_report(
         record += bytes([index, 0x01]) + len(dmtf).to_bytes(2, "little") + dmtf
     opaque_bytes = b"".join(k.to_bytes(2, "little") + len(v).to_bytes(2, "little") + v for k, v in opaque.items())
     response = (
-        bytes([version, 0x60, 0x00, 0x00, len(blocks)]) + len(record).to_bytes(3, "little") + record
-        + bytes(range(32)) + len(opaque_bytes).to_bytes(2, "little") + opaque_bytes
+        bytes([version, 0x60, 0x00, 0x00, len(blocks)])
+        + len(record).to_bytes(3, "little")
+        + record
+        + bytes(range(32))
+        + len(opaque_bytes).to_bytes(2, "little")
+        + opaque_bytes
     )
     signed = request + response
     r, s = decode_dss_signature(key.sign(signed, ec.ECDSA(hashes.SHA384())))
@@ -86,21 +98,49 @@ def build_report(
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, cn),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Veil {SIMULATED} GPU (not NVIDIA)"),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Veil {SIMULATED} GPU (not NVIDIA)"),
+        ]
+    )
 
 
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey, *,
-          ca: bool, not_before: dt.datetime, not_after: dt.datetime, tcb_info: bytes | None = None,
-          ocsp_signing: bool = False) -> x509.Certificate:
-    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer)).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after))
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: str,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    tcb_info: bytes | None = None,
+    ocsp_signing: bool = False,
+) -> x509.Certificate:
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
     if ca:
         b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    usage = dict.fromkeys(["content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
-                           "crl_sign", "encipher_only", "decipher_only"], False)
+    usage = dict.fromkeys(
+        [
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "crl_sign",
+            "encipher_only",
+            "decipher_only",
+        ],
+        False,
+    )
     b = b.add_extension(x509.KeyUsage(digital_signature=not ca, key_cert_sign=ca, **usage), critical=True)
     if ocsp_signing:
         b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
@@ -156,11 +196,20 @@ class SimGpu:
         self.certs = {
             "root": _cert(root, k["root"], root, k["root"], ca=True, not_before=nb, not_after=na),
             "ca": _cert(ca, k["ca"], root, k["root"], ca=True, not_before=nb, not_after=na),
-            "leaf": _cert(f"GH100 A01 GSP FMC LF {SIMULATED}", k["leaf"], ca, k["ca"], ca=False, not_before=nb,
-                          not_after=na, tcb_info=nvidia_tcb_info(k["leaf"].public_key(), self.cert_fwid or self.fwid)),
+            "leaf": _cert(
+                f"GH100 A01 GSP FMC LF {SIMULATED}",
+                k["leaf"],
+                ca,
+                k["ca"],
+                ca=False,
+                not_before=nb,
+                not_after=na,
+                tcb_info=nvidia_tcb_info(k["leaf"].public_key(), self.cert_fwid or self.fwid),
+            ),
             "rim_root": _cert(rim_root, k["rim_root"], rim_root, k["rim_root"], ca=True, not_before=nb, not_after=na),
-            "rim_signer": _cert(f"{SIMULATED} RIM Signer", k["rim_signer"], rim_root, k["rim_root"], ca=False,
-                                not_before=nb, not_after=na),
+            "rim_signer": _cert(
+                f"{SIMULATED} RIM Signer", k["rim_signer"], rim_root, k["rim_root"], ca=False, not_before=nb, not_after=na
+            ),
         }
 
     # ---- identity -------------------------------------------------------------------------------
@@ -209,22 +258,43 @@ class SimGpu:
         from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 
         golden = golden_blocks()
-        root = etree.Element(f"{{{SWID_NS}}}SoftwareIdentity", nsmap={None: SWID_NS, "ns2": SHA384_NS},
-                             attrib={"name": "GH100", "tagId": tag, "version": "1.0", "corpus": "false",
-                                     "patch": "false", "supplemental": "false", "tagVersion": "0"})
+        root = etree.Element(
+            f"{{{SWID_NS}}}SoftwareIdentity",
+            nsmap={None: SWID_NS, "ns2": SHA384_NS},
+            attrib={
+                "name": "GH100",
+                "tagId": tag,
+                "version": "1.0",
+                "corpus": "false",
+                "patch": "false",
+                "supplemental": "false",
+                "tagVersion": "0",
+            },
+        )
         etree.SubElement(root, f"{{{SWID_NS}}}Entity", name=f"Veil {SIMULATED} (not NVIDIA)", role="softwareCreator tagCreator")
         etree.SubElement(root, f"{{{SWID_NS}}}Meta", colloquialVersion=version, edition="GPU", product="GH100")
         payload = etree.SubElement(root, f"{{{SWID_NS}}}Payload")
         for block in range(1, BLOCKS + 1):
-            res = etree.SubElement(payload, f"{{{SWID_NS}}}Resource", type="Measurement", index=str(block - 1),
-                                   active="True" if block in indices else "False", alternatives="1",
-                                   name=f"Measurement_{block - 1}", size="48")
+            res = etree.SubElement(
+                payload,
+                f"{{{SWID_NS}}}Resource",
+                type="Measurement",
+                index=str(block - 1),
+                active="True" if block in indices else "False",
+                alternatives="1",
+                name=f"Measurement_{block - 1}",
+                size="48",
+            )
             res.set(f"{{{SHA384_NS}}}Hash0", (golden[block] if block in indices else bytes(48)).hex())
         signed = XMLSigner(
-            signature_algorithm=SignatureMethod.ECDSA_SHA384, digest_algorithm=DigestAlgorithm.SHA384,
+            signature_algorithm=SignatureMethod.ECDSA_SHA384,
+            digest_algorithm=DigestAlgorithm.SHA384,
             c14n_algorithm=CanonicalizationMethod.CANONICAL_XML_1_1,
-        ).sign(root, key=self.keys["rim_signer"],
-               cert=[self.certs[n].public_bytes(Encoding.PEM).decode() for n in ("rim_signer", "rim_root")])
+        ).sign(
+            root,
+            key=self.keys["rim_signer"],
+            cert=[self.certs[n].public_bytes(Encoding.PEM).decode() for n in ("rim_signer", "rim_root")],
+        )
         assert signed.find(f"{{{DSIG_NS}}}Signature") is not None
         signed_xml: bytes = etree.tostring(signed)
         return signed_xml
@@ -238,8 +308,10 @@ class SimGpu:
         vbios = format_vbios_version(self.vbios)
         driver_id, vbios_id = rim_ids(self.driver, vbios, {"project": "1010", "project_sku": "0200", "chip_sku": "882"})
         every = frozenset(range(1, BLOCKS + 1))
-        self.rim_docs = {driver_id: self._rim(self.driver, DRIVER_BLOCKS, driver_id),
-                         vbios_id: self._rim(vbios, every - DRIVER_BLOCKS, vbios_id)}
+        self.rim_docs = {
+            driver_id: self._rim(self.driver, DRIVER_BLOCKS, driver_id),
+            vbios_id: self._rim(vbios, every - DRIVER_BLOCKS, vbios_id),
+        }
         return dict(self.rim_docs)
 
     # ---- revocation -----------------------------------------------------------------------------
@@ -251,12 +323,20 @@ class SimGpu:
         for name, issuer in (("ca", "root"), ("rim_signer", "rim_root")):
             cert = self.certs[name]
             status = ocsp.OCSPCertStatus.REVOKED if name in revoked else ocsp.OCSPCertStatus.GOOD
-            builder = ocsp.OCSPResponseBuilder().add_response(
-                cert=cert, issuer=self.certs[issuer], algorithm=hashes.SHA384(), cert_status=status,
-                this_update=now - dt.timedelta(minutes=1), next_update=now + dt.timedelta(days=1),
-                revocation_time=now - dt.timedelta(hours=1) if name in revoked else None,
-                revocation_reason=x509.ReasonFlags.key_compromise if name in revoked else None,
-            ).responder_id(ocsp.OCSPResponderEncoding.HASH, self.certs[issuer])
+            builder = (
+                ocsp.OCSPResponseBuilder()
+                .add_response(
+                    cert=cert,
+                    issuer=self.certs[issuer],
+                    algorithm=hashes.SHA384(),
+                    cert_status=status,
+                    this_update=now - dt.timedelta(minutes=1),
+                    next_update=now + dt.timedelta(days=1),
+                    revocation_time=now - dt.timedelta(hours=1) if name in revoked else None,
+                    revocation_reason=x509.ReasonFlags.key_compromise if name in revoked else None,
+                )
+                .responder_id(ocsp.OCSPResponderEncoding.HASH, self.certs[issuer])
+            )
             out[fingerprint(cert)] = builder.sign(self.keys[issuer], hashes.SHA384()).public_bytes(Encoding.DER)
         return out
 
@@ -265,13 +345,19 @@ class SimGpu:
         says = self.devtools if self.host_says_devtools is None else self.host_says_devtools
         return {"cc_feature": 1, "dev_tools_mode": int(says)}
 
-    def evidence(self, nonce: bytes, *, now: dt.datetime | None = None, revoked: frozenset[str] = frozenset(),
-                 with_collateral: bool = True) -> NvidiaEvidence:
+    def evidence(
+        self, nonce: bytes, *, now: dt.datetime | None = None, revoked: frozenset[str] = frozenset(), with_collateral: bool = True
+    ) -> NvidiaEvidence:
         """Everything a worker sends for this GPU: report, chain and (by default) RIMs, OCSP, CC state."""
         if not with_collateral:
             return NvidiaEvidence(self.report(nonce), self.chain_pem())
-        return NvidiaEvidence(self.report(nonce), self.chain_pem(), tuple(self.rims().values()),
-                              tuple(self.ocsp_responses(now, revoked).values()), self.host_cc())
+        return NvidiaEvidence(
+            self.report(nonce),
+            self.chain_pem(),
+            tuple(self.rims().values()),
+            tuple(self.ocsp_responses(now, revoked).values()),
+            self.host_cc(),
+        )
 
     def collect(self, challenge: bytes, public_key: bytes) -> list[NvidiaEvidence]:
         """A worker's GPU collector (``veil worker --gpu sim``): evidence over the composite nonce."""
@@ -283,10 +369,14 @@ class SimGpu:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        doc = {"keys": {n: _pem_key(k) for n, k in self.keys.items()},
-               "certs": {n: c.public_bytes(Encoding.PEM).decode() for n, c in self.certs.items()},
-               "rims": {i: r.decode() for i, r in self.rims().items()},
-               "fwid": self.fwid.hex(), "driver": self.driver, "vbios": self.vbios.hex()}
+        doc = {
+            "keys": {n: _pem_key(k) for n, k in self.keys.items()},
+            "certs": {n: c.public_bytes(Encoding.PEM).decode() for n, c in self.certs.items()},
+            "rims": {i: r.decode() for i, r in self.rims().items()},
+            "fwid": self.fwid.hex(),
+            "driver": self.driver,
+            "vbios": self.vbios.hex(),
+        }
         fd = os.open(path / _FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh)
@@ -295,10 +385,14 @@ class SimGpu:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> SimGpu:
         doc = json.loads((Path(directory) / _FILE).read_text())
-        return cls(fwid=bytes.fromhex(doc["fwid"]), driver=doc["driver"], vbios=bytes.fromhex(doc["vbios"]),
-                   keys={n: _load_key(k) for n, k in doc["keys"].items()},
-                   certs={n: x509.load_pem_x509_certificate(c.encode()) for n, c in doc["certs"].items()},
-                   rim_docs={i: r.encode() for i, r in doc["rims"].items()})
+        return cls(
+            fwid=bytes.fromhex(doc["fwid"]),
+            driver=doc["driver"],
+            vbios=bytes.fromhex(doc["vbios"]),
+            keys={n: _load_key(k) for n, k in doc["keys"].items()},
+            certs={n: x509.load_pem_x509_certificate(c.encode()) for n, c in doc["certs"].items()},
+            rim_docs={i: r.encode() for i, r in doc["rims"].items()},
+        )
 
     @classmethod
     def load_or_create(cls, directory: str | os.PathLike[str]) -> SimGpu:

@@ -16,6 +16,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
@@ -145,9 +146,7 @@ class SimPlatform:
 
     # ---- creation and persistence ---------------------------------------------------------
     @classmethod
-    def create(
-        cls, directory: str | os.PathLike[str], *, tcb: TcbVersion | None = None, product: str = MILAN
-    ) -> "SimPlatform":
+    def create(cls, directory: str | os.PathLike[str], *, tcb: TcbVersion | None = None, product: str = MILAN) -> "SimPlatform":
         """Generate a fresh chain (once per deployment) and persist it with 0600 files.
 
         ``product`` picks the layout being simulated (Milan by default; Turin has an 8-byte
@@ -264,7 +263,11 @@ class SimPlatform:
         return self.vcek.public_bytes(serialization.Encoding.DER)
 
     def issue_crl(
-        self, revoked_serials: list[int] = (), *, days: int = 7, issued: dt.datetime | None = None  # type: ignore[assignment]
+        self,
+        revoked_serials: Sequence[int] = (),
+        *,
+        days: int = 7,
+        issued: dt.datetime | None = None,
     ) -> bytes:
         """An ARK-signed CRL (DER) like AMD's KDS serves, listing ``revoked_serials``, issued at
         ``issued`` (default: just now) and valid ``days``."""
@@ -272,9 +275,7 @@ class SimPlatform:
         b = x509.CertificateRevocationListBuilder().issuer_name(self.ark.subject)
         b = b.last_update(now).next_update(now + dt.timedelta(days=days))
         for serial in revoked_serials:
-            b = b.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
-            )
+            b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
         return b.sign(self.ark_key, hashes.SHA384(), rsa_padding=PSS).public_bytes(serialization.Encoding.DER)
 
     def current_crl(self) -> bytes:
@@ -378,9 +379,7 @@ class SimPlatform:
         report = self.build_report(
             report_data, measurement=measurement, host_data=host_data, policy=policy, vmpl=vmpl, debug=debug, version=version
         )
-        return SnpEvidence(
-            report=self.sign_report(report), vcek=self.vcek_der, chain_pem=self.chain_pem, crl=self.current_crl()
-        )
+        return SnpEvidence(report=self.sign_report(report), vcek=self.vcek_der, chain_pem=self.chain_pem, crl=self.current_crl())
 
 
 def measure_code(package_dir: str | os.PathLike[str] | None = None) -> bytes:

@@ -92,40 +92,69 @@ def sgx_extension(ppid: bytes, cpu_svn: bytes, pce_svn: int, fmspc: bytes, platf
     tcb = b"".join(_entry(f"2.{i + 1}", _int(0x02, cpu_svn[i])) for i in range(16))
     tcb += _entry("2.17", _int(0x02, pce_svn)) + _entry("2.18", _der(0x04, cpu_svn))
     config = b"".join(_entry(f"7.{i}", _der(0x01, b"\x00")) for i in (1, 2, 3))
-    return _der(0x30, b"".join((
-        _entry("1", _der(0x04, ppid)),
-        _entry("2", _der(0x30, tcb)),
-        _entry("3", _der(0x04, b"\x00\x00")),  # PCE-ID
-        _entry("4", _der(0x04, fmspc)),
-        _entry("5", _int(0x0A, 1)),  # SGX type: Scalable
-        _entry("6", _der(0x04, platform_instance)),
-        _entry("7", _der(0x30, config)),  # dynamic platform, cached keys, SMT: all false
-    )))
+    return _der(
+        0x30,
+        b"".join(
+            (
+                _entry("1", _der(0x04, ppid)),
+                _entry("2", _der(0x30, tcb)),
+                _entry("3", _der(0x04, b"\x00\x00")),  # PCE-ID
+                _entry("4", _der(0x04, fmspc)),
+                _entry("5", _int(0x0A, 1)),  # SGX type: Scalable
+                _entry("6", _der(0x04, platform_instance)),
+                _entry("7", _der(0x30, config)),  # dynamic platform, cached keys, SMT: all false
+            )
+        ),
+    )
 
 
 # ---- certificates ----------------------------------------------------------------------------------
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, f"{cn} ({SIMULATED_MARKER})"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Veil {SIMULATED_MARKER} TEE (not Intel)"),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "sim-tdx: no hardware protection"),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{cn} ({SIMULATED_MARKER})"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Veil {SIMULATED_MARKER} TEE (not Intel)"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "sim-tdx: no hardware protection"),
+        ]
+    )
 
 
-def _cert(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePublicKey, signer: ec.EllipticCurvePrivateKey,
-          *, ca: bool, path: int | None = None, extension: bytes | None = None) -> x509.Certificate:
+def _cert(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePublicKey,
+    signer: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    path: int | None = None,
+    extension: bytes | None = None,
+) -> x509.Certificate:
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
     builder = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key)
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365 * (25 if ca else 7)))
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=365 * (25 if ca else 7)))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path if ca else None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=not ca, content_commitment=not ca, key_encipherment=False, data_encipherment=False,
-            key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
-        ), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=not ca,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     )
     if extension is not None:
         builder = builder.add_extension(
@@ -187,12 +216,12 @@ class SimTdxPlatform:
         fmspc = b"\x5e" + secrets.token_bytes(2) + bytes(3)  # a made-up family; Intel's start 00..b0
         root_name = _name("Intel SGX Root CA")
         root = _cert(root_name, root_name, keys["root"].public_key(), keys["root"], ca=True, path=1)
-        pck_ca = _cert(_name("Intel SGX PCK Platform CA"), root_name, keys["pck_ca"].public_key(), keys["root"],
-                       ca=True, path=0)
+        pck_ca = _cert(_name("Intel SGX PCK Platform CA"), root_name, keys["pck_ca"].public_key(), keys["root"], ca=True, path=0)
         tcb = _cert(_name("Intel SGX TCB Signing"), root_name, keys["tcb"].public_key(), keys["root"], ca=False)
         ext = sgx_extension(secrets.token_bytes(16), CPU_SVN, PCE_SVN, fmspc, secrets.token_bytes(16))
-        pck = _cert(_name("Intel SGX PCK Certificate"), pck_ca.subject, keys["pck"].public_key(), keys["pck_ca"],
-                    ca=False, extension=ext)
+        pck = _cert(
+            _name("Intel SGX PCK Certificate"), pck_ca.subject, keys["pck"].public_key(), keys["pck_ca"], ca=False, extension=ext
+        )
         platform = cls(d, keys, root, pck_ca, tcb, pck, fmspc, secrets.token_bytes(32), secrets.token_bytes(48), tcb_status)
         platform._save()
         return platform
@@ -200,14 +229,19 @@ class SimTdxPlatform:
     def _save(self) -> None:
         d = self.directory
         for name, key in self.keys.items():
-            _write_private(d / f"{name}.key", key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            _write_private(
+                d / f"{name}.key",
+                key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+            )
         for name in ("root", "pck_ca", "tcb_signer", "pck"):
             _write_private(d / f"{name}.pem", getattr(self, name).public_bytes(serialization.Encoding.PEM))
         meta = {
             "warning": "SIMULATED Intel TDX platform (veil sim-tdx): no hardware protection",
-            "fmspc": self.fmspc.hex(), "qe_mrsigner": self.qe_mrsigner.hex(), "mr_seam": self.mr_seam.hex(),
-            "tcb_status": self.tcb_status, "root_fingerprint": self.root_fingerprint,
+            "fmspc": self.fmspc.hex(),
+            "qe_mrsigner": self.qe_mrsigner.hex(),
+            "mr_seam": self.mr_seam.hex(),
+            "tcb_status": self.tcb_status,
+            "root_fingerprint": self.root_fingerprint,
         }
         _write_private(d / "platform.json", json.dumps(meta, indent=2).encode())
 
@@ -222,11 +256,21 @@ class SimTdxPlatform:
             key = serialization.load_pem_private_key((d / f"{name}.key").read_bytes(), password=None)
             assert isinstance(key, ec.EllipticCurvePrivateKey)
             keys[name] = key
-        certs = {n: x509.load_pem_x509_certificate((d / f"{n}.pem").read_bytes())
-                 for n in ("root", "pck_ca", "tcb_signer", "pck")}
-        return cls(d, keys, certs["root"], certs["pck_ca"], certs["tcb_signer"], certs["pck"],
-                   bytes.fromhex(meta["fmspc"]), bytes.fromhex(meta["qe_mrsigner"]), bytes.fromhex(meta["mr_seam"]),
-                   meta.get("tcb_status", "UpToDate"))
+        certs = {
+            n: x509.load_pem_x509_certificate((d / f"{n}.pem").read_bytes()) for n in ("root", "pck_ca", "tcb_signer", "pck")
+        }
+        return cls(
+            d,
+            keys,
+            certs["root"],
+            certs["pck_ca"],
+            certs["tcb_signer"],
+            certs["pck"],
+            bytes.fromhex(meta["fmspc"]),
+            bytes.fromhex(meta["qe_mrsigner"]),
+            bytes.fromhex(meta["mr_seam"]),
+            meta.get("tcb_status", "UpToDate"),
+        )
 
     @classmethod
     def load_or_create(cls, directory: str | os.PathLike[str]) -> SimTdxPlatform:
@@ -243,28 +287,45 @@ class SimTdxPlatform:
         return [self.root_fingerprint]
 
     # ---- collateral (Intel PCS layout) ----------------------------------------------------------
-    def issue_collateral(self, *, issued: dt.datetime | None = None, validity: dt.timedelta = COLLATERAL_VALIDITY,
-                         revoke_pck: bool = False) -> dict[str, Any]:
+    def issue_collateral(
+        self, *, issued: dt.datetime | None = None, validity: dt.timedelta = COLLATERAL_VALIDITY, revoke_pck: bool = False
+    ) -> dict[str, Any]:
         """TCB info, QE identity and both CRLs as Intel's PCS serves them, signed now (or ``issued``);
         ``revoke_pck``: the PCK CRL lists this platform's PCK certificate (Intel revoked it)."""
         now = issued or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
         nxt = now + validity
         root_key, tcb_key = self.keys["root"], self.keys["tcb"]
         tcb_info = json.dumps(self._tcb_info(now, nxt), separators=(",", ":"))
-        qe_identity = json.dumps({
-            "id": "TD_QE", "version": 2, "issueDate": _iso(now), "nextUpdate": _iso(nxt),
-            "tcbEvaluationDataNumber": 17, "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
-            "attributes": "11000000000000000000000000000000", "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
-            "mrsigner": self.qe_mrsigner.hex().upper(), "isvprodid": QE_ISVPRODID,
-            "tcbLevels": [{"tcb": {"isvsvn": QE_ISVSVN}, "tcbDate": TCB_DATE, "tcbStatus": "UpToDate"}],
-        }, separators=(",", ":"))
+        qe_identity = json.dumps(
+            {
+                "id": "TD_QE",
+                "version": 2,
+                "issueDate": _iso(now),
+                "nextUpdate": _iso(nxt),
+                "tcbEvaluationDataNumber": 17,
+                "miscselect": "00000000",
+                "miscselectMask": "FFFFFFFF",
+                "attributes": "11000000000000000000000000000000",
+                "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+                "mrsigner": self.qe_mrsigner.hex().upper(),
+                "isvprodid": QE_ISVPRODID,
+                "tcbLevels": [{"tcb": {"isvsvn": QE_ISVSVN}, "tcbDate": TCB_DATE, "tcbStatus": "UpToDate"}],
+            },
+            separators=(",", ":"),
+        )
 
         def crl(issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey, revoked: x509.Certificate | None = None) -> str:
-            builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
-                       .last_update(now).next_update(nxt).add_extension(x509.CRLNumber(1), critical=False))
+            builder = (
+                x509.CertificateRevocationListBuilder()
+                .issuer_name(issuer.subject)
+                .last_update(now)
+                .next_update(nxt)
+                .add_extension(x509.CRLNumber(1), critical=False)
+            )
             if revoked is not None:
-                builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(
-                    revoked.serial_number).revocation_date(now).build())
+                builder = builder.add_revoked_certificate(
+                    x509.RevokedCertificateBuilder().serial_number(revoked.serial_number).revocation_date(now).build()
+                )
             return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER).hex()
 
         return {
@@ -284,23 +345,41 @@ class SimTdxPlatform:
             return [{"svn": v} for v in svns]
 
         advisories = [] if self.tcb_status == "UpToDate" else ["INTEL-SA-00837"]
-        levels = [{
-            "tcb": {"sgxtcbcomponents": components(CPU_SVN), "pcesvn": PCE_SVN,
-                    "tdxtcbcomponents": components(TEE_TCB_SVN)},
-            "tcbDate": TCB_DATE, "tcbStatus": self.tcb_status, "advisoryIDs": advisories,
-        }]
+        levels = [
+            {
+                "tcb": {"sgxtcbcomponents": components(CPU_SVN), "pcesvn": PCE_SVN, "tdxtcbcomponents": components(TEE_TCB_SVN)},
+                "tcbDate": TCB_DATE,
+                "tcbStatus": self.tcb_status,
+                "advisoryIDs": advisories,
+            }
+        ]
         if self.tcb_status == "UpToDate":  # an older level below, as Intel lists them
-            levels.append({
-                "tcb": {"sgxtcbcomponents": components(bytes(16)), "pcesvn": 5, "tdxtcbcomponents": components(bytes(16))},
-                "tcbDate": "2023-02-15T00:00:00Z", "tcbStatus": "OutOfDate", "advisoryIDs": ["INTEL-SA-00837"],
-            })
+            levels.append(
+                {
+                    "tcb": {"sgxtcbcomponents": components(bytes(16)), "pcesvn": 5, "tdxtcbcomponents": components(bytes(16))},
+                    "tcbDate": "2023-02-15T00:00:00Z",
+                    "tcbStatus": "OutOfDate",
+                    "advisoryIDs": ["INTEL-SA-00837"],
+                }
+            )
         module = {"mrsigner": "00" * 48, "attributes": "0000000000000000", "attributesMask": "FFFFFFFFFFFFFFFF"}
         return {
-            "id": "TDX", "version": 3, "issueDate": _iso(now), "nextUpdate": _iso(nxt),
-            "fmspc": self.fmspc.hex().upper(), "pceId": "0000", "tcbType": 0, "tcbEvaluationDataNumber": 17,
+            "id": "TDX",
+            "version": 3,
+            "issueDate": _iso(now),
+            "nextUpdate": _iso(nxt),
+            "fmspc": self.fmspc.hex().upper(),
+            "pceId": "0000",
+            "tcbType": 0,
+            "tcbEvaluationDataNumber": 17,
             "tdxModule": module,
-            "tdxModuleIdentities": [{**module, "id": "TDX_01", "tcbLevels": [
-                {"tcb": {"isvsvn": TEE_TCB_SVN[0]}, "tcbDate": TCB_DATE, "tcbStatus": "UpToDate"}]}],
+            "tdxModuleIdentities": [
+                {
+                    **module,
+                    "id": "TDX_01",
+                    "tcbLevels": [{"tcb": {"isvsvn": TEE_TCB_SVN[0]}, "tcbDate": TCB_DATE, "tcbStatus": "UpToDate"}],
+                }
+            ],
             "tcbLevels": levels,
         }
 
@@ -323,8 +402,14 @@ class SimTdxPlatform:
 
     # ---- quotes -----------------------------------------------------------------------------------
     def td_report_body(
-        self, report_data: bytes, *, mr_td: bytes, rtmrs: tuple[bytes, ...] = DEFAULT_RTMRS,
-        mr_config_id: bytes = bytes(48), mr_owner: bytes = bytes(48), debug: bool = False,
+        self,
+        report_data: bytes,
+        *,
+        mr_td: bytes,
+        rtmrs: tuple[bytes, ...] = DEFAULT_RTMRS,
+        mr_config_id: bytes = bytes(48),
+        mr_owner: bytes = bytes(48),
+        debug: bool = False,
         body_type: int = BODY_TYPE_TD10,
     ) -> bytes:
         """The TD report body the simulated TDX module would sign into a quote."""
@@ -333,17 +418,27 @@ class SimTdxPlatform:
         if len(rtmrs) != 4 or any(len(r) != 48 for r in rtmrs):
             raise ParseError("sim.bad_input", "four 48-byte RTMRs")
         attributes = TD_ATTR_SEPT_VE_DISABLE | (TD_ATTR_DEBUG if debug else 0)
-        body = b"".join((
-            TEE_TCB_SVN, self.mr_seam, bytes(48), bytes(8),  # tee_tcb_svn, mr_seam, mr_signer_seam (Intel's: 0), seam attributes
-            attributes.to_bytes(8, "little"), XFAM.to_bytes(8, "little"), mr_td, mr_config_id, mr_owner,
-            bytes(48), *rtmrs, report_data.ljust(64, b"\0"),
-        ))
+        body = b"".join(
+            (
+                TEE_TCB_SVN,
+                self.mr_seam,
+                bytes(48),
+                bytes(8),  # tee_tcb_svn, mr_seam, mr_signer_seam (Intel's: 0), seam attributes
+                attributes.to_bytes(8, "little"),
+                XFAM.to_bytes(8, "little"),
+                mr_td,
+                mr_config_id,
+                mr_owner,
+                bytes(48),
+                *rtmrs,
+                report_data.ljust(64, b"\0"),
+            )
+        )
         if body_type == BODY_TYPE_TD15:
             body += TEE_TCB_SVN + bytes(48)  # tee_tcb_svn2, mr_service_td (no service TD)
         return body
 
-    def quote(self, report_data: bytes, *, mr_td: bytes, version: int = 4, body_type: int = BODY_TYPE_TD10,
-              **body: Any) -> bytes:
+    def quote(self, report_data: bytes, *, mr_td: bytes, version: int = 4, body_type: int = BODY_TYPE_TD10, **body: Any) -> bytes:
         """A DCAP quote v4 (TD 1.0) or v5 (TD 1.0 or 1.5) over a TD report body."""
         if version not in (4, 5) or (version == 4 and body_type != BODY_TYPE_TD10):
             raise ParseError("sim.bad_input", "quote v4 carries a TD 1.0 body; v5 a TD 1.0 or 1.5 body")
@@ -354,17 +449,32 @@ class SimTdxPlatform:
         auth_data = secrets.token_bytes(32)
         qe_report = self._qe_report(hashlib.sha256(_raw_public(ak) + auth_data).digest())
         chain = (_pem(self.pck) + _pem(self.pck_ca) + _pem(self.root)).encode()
-        qe_cert = (qe_report + _raw_signature(self.keys["pck"], qe_report)
-                   + struct.pack("<H", len(auth_data)) + auth_data
-                   + struct.pack("<HI", 5, len(chain)) + chain)
+        qe_cert = (
+            qe_report
+            + _raw_signature(self.keys["pck"], qe_report)
+            + struct.pack("<H", len(auth_data))
+            + auth_data
+            + struct.pack("<HI", 5, len(chain))
+            + chain
+        )
         signature_data = _raw_signature(ak, signed) + _raw_public(ak) + struct.pack("<HI", 6, len(qe_cert)) + qe_cert
         return signed + struct.pack("<I", len(signature_data)) + signature_data
 
     def _qe_report(self, report_data_head: bytes) -> bytes:
         """The quoting enclave's SGX report (384 bytes) binding the attestation key."""
-        report = (CPU_SVN + struct.pack("<I", 0) + bytes(28) + QE_ATTRIBUTES + hashlib.sha256(b"veil/sim-tdx/qe").digest()
-                  + bytes(32) + self.qe_mrsigner + bytes(96) + struct.pack("<HH", QE_ISVPRODID, QE_ISVSVN) + bytes(60)
-                  + report_data_head.ljust(64, b"\0"))
+        report = (
+            CPU_SVN
+            + struct.pack("<I", 0)
+            + bytes(28)
+            + QE_ATTRIBUTES
+            + hashlib.sha256(b"veil/sim-tdx/qe").digest()
+            + bytes(32)
+            + self.qe_mrsigner
+            + bytes(96)
+            + struct.pack("<HH", QE_ISVPRODID, QE_ISVSVN)
+            + bytes(60)
+            + report_data_head.ljust(64, b"\0")
+        )
         assert len(report) == 384
         return report
 

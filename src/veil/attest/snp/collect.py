@@ -177,9 +177,7 @@ def to_evidence(collected: CollectedReport, *, cache: Any = None, product: str |
     kind = "vlek" if "vlek" in certs and "vcek" not in certs else "vcek"
     chain = b""
     if "ask" in certs and "ark" in certs:
-        chain = b"".join(
-            x509.load_der_x509_certificate(certs[n]).public_bytes(Encoding.PEM) for n in ("ask", "ark")
-        )
+        chain = b"".join(x509.load_der_x509_certificate(certs[n]).public_bytes(Encoding.PEM) for n in ("ask", "ark"))
     crl = certs.get("crl")
     cache = cache or CollateralCache()
     product = product or report.product or (product_of_certificate(leaf) if leaf else None)

@@ -55,9 +55,7 @@ def derived_key(
         (ioctl or fcntl.ioctl)(fd, SNP_GET_DERIVED_KEY, arg)
     except OSError as exc:
         exitinfo = struct.unpack_from("<Q", arg, 24)[0]
-        raise ProtocolError(
-            "sealing.failed", f"SNP_GET_DERIVED_KEY failed: {exc.strerror} (exitinfo2 0x{exitinfo:x})"
-        ) from None
+        raise ProtocolError("sealing.failed", f"SNP_GET_DERIVED_KEY failed: {exc.strerror} (exitinfo2 0x{exitinfo:x})") from None
     finally:
         os.close(fd)
     raw = resp.raw

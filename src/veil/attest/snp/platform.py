@@ -52,9 +52,7 @@ def verify_evidence(evidence: SnpEvidence, options: VerifyOptions) -> VerifiedEv
     report = parse_report(evidence.report)
     load_certificate(evidence.vcek)  # a malformed VCEK says so before anything is looked up for it
     crl = _required_crl(evidence, report, options)
-    verified = verify_report(
-        report, evidence.vcek, evidence.chain_pem or None, trust=options.trust, as_of=options.now, crl=crl
-    )
+    verified = verify_report(report, evidence.vcek, evidence.chain_pem or None, trust=options.trust, as_of=options.now, crl=crl)
     chain = verified.chain
     key = chain.key_kind.upper()
     inter = "ASVK" if chain.key_kind == "vlek" else "ASK"
@@ -72,11 +70,13 @@ def verify_evidence(evidence: SnpEvidence, options: VerifyOptions) -> VerifiedEv
         Check("report signature", f"ECDSA P-384/SHA-384 by the {key}: valid"),
         Check("certificate chain", f"{key} <- {inter} <- ARK ({source}), RSASSA-PSS signatures valid, root {root}"),
         Check("certificate validity", f"every certificate valid at {options.now.isoformat(timespec='seconds')}"),
-        Check("revocation (CRL)", f"ARK-signed CRL #{crl_info.number} issued {crl_info.last_update.date().isoformat()}, "
-              f"next update {next_update} ({(options.now - crl_info.last_update).days} days old, "
-              f"{crl_info.revoked} revoked): no certificate of the chain revoked"),
-        Check("chip and TCB", f"the {key} certifies this chip and reported TCB "
-              + " ".join(f"{k}={v}" for k, v in tcb.items())),
+        Check(
+            "revocation (CRL)",
+            f"ARK-signed CRL #{crl_info.number} issued {crl_info.last_update.date().isoformat()}, "
+            f"next update {next_update} ({(options.now - crl_info.last_update).days} days old, "
+            f"{crl_info.revoked} revoked): no certificate of the chain revoked",
+        ),
+        Check("chip and TCB", f"the {key} certifies this chip and reported TCB " + " ".join(f"{k}={v}" for k, v in tcb.items())),
         options.binding.check(report.report_data),
     ]
     return VerifiedEvidence(verified.claims(), tuple(checks), native=verified)

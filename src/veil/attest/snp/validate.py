@@ -172,12 +172,17 @@ def _checks(report: Report, policy: SnpPolicy, product: str | None, tcb: TcbVers
         guest.append("SMT off")
     checks = [
         Check("guest policy", ", ".join(guest)),
-        Check("launch measurement", f"{report.measurement.hex()[:16]}… "
-              + ("matches a reference value" if policy.measurements else "(no reference values: any accepted)")),
+        Check(
+            "launch measurement",
+            f"{report.measurement.hex()[:16]}… "
+            + ("matches a reference value" if policy.measurements else "(no reference values: any accepted)"),
+        ),
         Check("minimum TCB", f"reported {_tcb_text(tcb)} >= minimum {_tcb_text(minimum)}"),
     ]
     if policy.minimum_guest_svn or policy.minimum_firmware:
-        checks.append(Check("versions", f"guest SVN {report.guest_svn} >= {policy.minimum_guest_svn}, firmware {report.firmware}"))
+        checks.append(
+            Check("versions", f"guest SVN {report.guest_svn} >= {policy.minimum_guest_svn}, firmware {report.firmware}")
+        )
     extra = [
         _allowlist(policy.host_data, "HOST_DATA") if policy.host_data else "",
         _allowlist(policy.chip_ids, "chip id") if policy.chip_ids else "",

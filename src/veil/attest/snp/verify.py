@@ -265,19 +265,25 @@ def _check_pss(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> N
 def verify_report_signature(report: Report, key: ec.EllipticCurvePublicKey) -> None:
     """ECDSA P-384 / SHA-384 over bytes 0x000-0x29F with the VCEK or VLEK."""
     if report.signature_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384:
-        raise VerificationError("snp.unsupported_signature_algo", f"signature algorithm {report.signature_algo} is not ECDSA P-384 SHA-384")
+        raise VerificationError(
+            "snp.unsupported_signature_algo", f"signature algorithm {report.signature_algo} is not ECDSA P-384 SHA-384"
+        )
     if report.signing_key == SigningKey.NONE:
         raise VerificationError("snp.report_unsigned", "the report says no key signed it")
     r, s = report.signature_ints()
     try:
         key.verify(encode_dss_signature(r, s), report.signed_bytes(), ec.ECDSA(hashes.SHA384()))
     except (InvalidSignature, ValueError):
-        raise VerificationError("snp.report_signature_invalid", "the report signature does not verify with the VCEK/VLEK") from None
+        raise VerificationError(
+            "snp.report_signature_invalid", "the report signature does not verify with the VCEK/VLEK"
+        ) from None
 
 
 def _check_time(cert: x509.Certificate, as_of: datetime, what: str) -> None:
     if as_of < cert.not_valid_before_utc:
-        raise VerificationError("snp.certificate_not_yet_valid", f"{what} is valid only from {cert.not_valid_before_utc.isoformat()}")
+        raise VerificationError(
+            "snp.certificate_not_yet_valid", f"{what} is valid only from {cert.not_valid_before_utc.isoformat()}"
+        )
     if as_of > cert.not_valid_after_utc:
         raise VerificationError("snp.certificate_expired", f"{what} expired on {cert.not_valid_after_utc.isoformat()}")
 
@@ -305,9 +311,7 @@ def _load_crl(data: bytes) -> x509.CertificateRevocationList:
     return x509.load_der_x509_crl(data)
 
 
-def _check_crl(
-    crl_der: bytes, ark: x509.Certificate, revocable: Iterable[x509.Certificate], as_of: datetime
-) -> CrlInfo:
+def _check_crl(crl_der: bytes, ark: x509.Certificate, revocable: Iterable[x509.Certificate], as_of: datetime) -> CrlInfo:
     """AMD's KDS CRL is issued by the ARK and lists revoked ASKs/ASVKs (and VCEKs where issued).
 
     It must verify with the ARK, be current at ``as_of`` (last update <= as_of <= next update) and
@@ -339,7 +343,9 @@ def _check_crl(
         )
     for cert in revocable:
         if cert.issuer == crl.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-            raise VerificationError("snp.revoked", f"certificate {cert.subject.rfc4514_string()} serial {cert.serial_number} is revoked")
+            raise VerificationError(
+                "snp.revoked", f"certificate {cert.subject.rfc4514_string()} serial {cert.serial_number} is revoked"
+            )
     try:
         number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     except x509.ExtensionNotFound:
@@ -449,9 +455,7 @@ def _verify_vcek_chain(
     leaf_is_vlek = OID_CSP_ID in {e.oid.dotted_string for e in leaf.extensions}
     key_kind = "vlek" if leaf_is_vlek else "vcek"
     if pinned and (pinned[1] == "asvk") != leaf_is_vlek:
-        raise VerificationError(
-            "snp.signing_key_mismatch", f"a {key_kind.upper()} cannot be issued by AMD's {pinned[1].upper()}"
-        )
+        raise VerificationError("snp.signing_key_mismatch", f"a {key_kind.upper()} cannot be issued by AMD's {pinned[1].upper()}")
     if pinned and pinned[0] != product:
         raise VerificationError("snp.product_mismatch", f"the intermediate is {pinned[0]}'s, not {product}'s")
     tcb: dict[str, int] = {k: ext[k] for k in ("bootloader", "tee", "snp", "microcode", "fmc") if k in ext}

@@ -139,8 +139,20 @@ def _parse_body(r: _Reader, body_type: int) -> TdReportBody:
         svn2 = r.take(16)
         service = r.take(48)
     return TdReportBody(
-        tee_tcb_svn, mr_seam, mr_signer_seam, seam_attributes, td_attributes, xfam, mr_td,
-        mr_config_id, mr_owner, mr_owner_config, rtmrs, report_data, svn2, service,
+        tee_tcb_svn,
+        mr_seam,
+        mr_signer_seam,
+        seam_attributes,
+        td_attributes,
+        xfam,
+        mr_td,
+        mr_config_id,
+        mr_owner,
+        mr_owner_config,
+        rtmrs,
+        report_data,
+        svn2,
+        service,
     )
 
 
@@ -198,8 +210,17 @@ def parse_quote(data: bytes) -> TdxQuote:
     cert_data = s.take(s.u32())
     qe_cert = _parse_qe_cert(cert_data) if cert_type == CERT_DATA_QE_REPORT else None
     return TdxQuote(
-        header, body_type, body, signature, ak, cert_type, cert_data, qe_cert,
-        data[:signed_end], data[: r.pos], len(data) - r.pos,
+        header,
+        body_type,
+        body,
+        signature,
+        ak,
+        cert_type,
+        cert_data,
+        qe_cert,
+        data[:signed_end],
+        data[: r.pos],
+        len(data) - r.pos,
     )
 
 
@@ -231,12 +252,20 @@ def parse_td_report(data: bytes) -> TdReport:
     """Parse a 1024-byte TDREPORT (trailing bytes beyond 1024 are refused by callers' slicing)."""
     if len(data) != TDREPORT_SIZE:
         raise ParseError("tdx.tdreport_malformed", f"TDREPORT is {len(data)} bytes, want 1024")
+
     def f(off: int, n: int) -> bytes:
         return data[off : off + n]
 
     return TdReport(
-        report_data=f(128, 64), tee_tcb_svn=f(264, 16), mr_seam=f(280, 48),
-        mr_signer_seam=f(328, 48), td_attributes=f(512, 8), xfam=f(520, 8), mr_td=f(528, 48),
-        mr_config_id=f(576, 48), mr_owner=f(624, 48), mr_owner_config=f(672, 48),
+        report_data=f(128, 64),
+        tee_tcb_svn=f(264, 16),
+        mr_seam=f(280, 48),
+        mr_signer_seam=f(328, 48),
+        td_attributes=f(512, 8),
+        xfam=f(520, 8),
+        mr_td=f(528, 48),
+        mr_config_id=f(576, 48),
+        mr_owner=f(624, 48),
+        mr_owner_config=f(672, 48),
         rtmrs=(f(720, 48), f(768, 48), f(816, 48), f(864, 48)),
     )

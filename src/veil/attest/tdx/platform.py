@@ -58,13 +58,22 @@ def verify_evidence(evidence: TdxEvidence, options: VerifyOptions) -> VerifiedEv
     expires = verified.collateral_expires.isoformat(timespec="seconds") if verified.collateral_expires else "?"
     checks = (
         Check("quote signature", f"ECDSA P-256 by the quote's attestation key: valid (quote v{verified.quote.header.version})"),
-        Check("QE report", "signed by the PCK certificate, binds the attestation key; QE identity "
-              f"{verified.qe_status or 'matched'} (ISVSVN {verified.qe_isvsvn})"),
+        Check(
+            "QE report",
+            "signed by the PCK certificate, binds the attestation key; QE identity "
+            f"{verified.qe_status or 'matched'} (ISVSVN {verified.qe_isvsvn})",
+        ),
         Check("certificate chain", f"PCK <- PCK CA <- {root}; TCB info and QE identity signed by the TCB signing certificate"),
-        Check("revocation (CRL)", f"root CA CRL #{verified.crl_numbers[0]} and PCK CRL #{verified.crl_numbers[1]}: "
-              "no certificate of the chains revoked"),
-        Check("collateral times", f"PCS collateral for FMSPC {verified.fmspc} issued up to {issued}, "
-              f"valid until {expires}, checked at {options.now.isoformat(timespec='seconds')}"),
+        Check(
+            "revocation (CRL)",
+            f"root CA CRL #{verified.crl_numbers[0]} and PCK CRL #{verified.crl_numbers[1]}: "
+            "no certificate of the chains revoked",
+        ),
+        Check(
+            "collateral times",
+            f"PCS collateral for FMSPC {verified.fmspc} issued up to {issued}, "
+            f"valid until {expires}, checked at {options.now.isoformat(timespec='seconds')}",
+        ),
         Check("TCB level", f"{verified.tcb_status} (TCB date {verified.tcb_date or '?'})"),
         options.binding.check(verified.quote.body.report_data),
     )
@@ -77,13 +86,20 @@ def policy_from_reference(ref: ReferenceValues) -> TdxPolicy:
     tdx = ref.tdx or TdxReference()
     return TdxPolicy(
         mrtd=list(ref.measurements),
-        rtmr0=tdx.rtmr0, rtmr1=tdx.rtmr1, rtmr2=tdx.rtmr2, rtmr3=tdx.rtmr3,
-        mr_config_id=tdx.mr_config_id, mr_owner=tdx.mr_owner, mr_seam=tdx.mr_seam,
+        rtmr0=tdx.rtmr0,
+        rtmr1=tdx.rtmr1,
+        rtmr2=tdx.rtmr2,
+        rtmr3=tdx.rtmr3,
+        mr_config_id=tdx.mr_config_id,
+        mr_owner=tdx.mr_owner,
+        mr_seam=tdx.mr_seam,
         allow_debug=ref.allow_debug,
         allowed_tcb_statuses=statuses_at_least(tdx.min_tcb_status),
         allowed_advisories=frozenset(tdx.allowed_advisory_ids) if tdx.allowed_advisory_ids is not None else None,
-        td_attributes_mask=tdx.td_attributes_mask, td_attributes_expected=tdx.td_attributes_expected,
-        xfam_mask=tdx.xfam_mask, xfam_expected=tdx.xfam_expected,
+        td_attributes_mask=tdx.td_attributes_mask,
+        td_attributes_expected=tdx.td_attributes_expected,
+        xfam_mask=tdx.xfam_mask,
+        xfam_expected=tdx.xfam_expected,
     )
 
 

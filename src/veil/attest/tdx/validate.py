@@ -17,8 +17,12 @@ from veil.errors import PolicyError
 DEFAULT_TCB_STATUSES = frozenset({"UpToDate", "SWHardeningNeeded"})
 # Intel's TCB statuses from best to worst; "Revoked" is never accepted (the verifier refuses it).
 TCB_STATUS_ORDER = (
-    "UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate", "OutOfDateConfigurationNeeded",
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
 )
 
 
@@ -71,9 +75,7 @@ class TdxPolicy(BaseModel):
     def _measurements(cls, v: list[str] | None) -> list[str] | None:
         return _hex_list(v, 48)
 
-    @field_validator(
-        "td_attributes_mask", "td_attributes_expected", "xfam_mask", "xfam_expected", mode="before"
-    )
+    @field_validator("td_attributes_mask", "td_attributes_expected", "xfam_mask", "xfam_expected", mode="before")
     @classmethod
     def _int_or_hex(cls, v: Any) -> Any:
         return int(v, 16) if isinstance(v, str) else v
@@ -103,8 +105,7 @@ def validate_claims(claims: Claims, policy: TdxPolicy) -> list[Check]:
             raise PolicyError("tdx.advisory_forbidden", f"platform is affected by {', '.join(bad)}")
     matched = [
         _allowed(claims.measurement, policy.mrtd, "tdx.mrtd_not_allowed", "MRTD"),
-        *(_allowed(d.get(f"rtmr{i}", ""), getattr(policy, f"rtmr{i}"), "tdx.rtmr_not_allowed", f"RTMR{i}")
-          for i in range(4)),
+        *(_allowed(d.get(f"rtmr{i}", ""), getattr(policy, f"rtmr{i}"), "tdx.rtmr_not_allowed", f"RTMR{i}") for i in range(4)),
         _allowed(d.get("mr_seam", ""), policy.mr_seam, "tdx.mrseam_not_allowed", "MRSEAM"),
         _allowed(d.get("mr_config_id", ""), policy.mr_config_id, "tdx.mrconfigid_not_allowed", "MRCONFIGID"),
         _allowed(d.get("mr_owner", ""), policy.mr_owner, "tdx.mrowner_not_allowed", "MROWNER"),
@@ -117,11 +118,19 @@ def validate_claims(claims: Claims, policy: TdxPolicy) -> list[Check]:
         raise PolicyError("tdx.xfam_mismatch", f"XFAM {xfam:#018x} refused")
     checked = [m for m in matched if m]
     return [
-        Check("TD attributes", f"debug {'allowed by policy' if claims.debug else 'off'}, attributes {attrs:#018x}"
-              + (f" & {policy.td_attributes_mask:#x} as required" if policy.td_attributes_mask else "")
-              + (f", XFAM {xfam:#018x} & {policy.xfam_mask:#x} as required" if policy.xfam_mask else "")),
-        Check("TCB status", f"{status} is allowed; advisories: {', '.join(advisories) or 'none'}"
-              + (" (all allowed)" if advisories and policy.allowed_advisories is not None else "")),
-        Check("measurements", ("match the reference values: " + ", ".join(checked)) if checked
-              else "(no reference values: any accepted)"),
+        Check(
+            "TD attributes",
+            f"debug {'allowed by policy' if claims.debug else 'off'}, attributes {attrs:#018x}"
+            + (f" & {policy.td_attributes_mask:#x} as required" if policy.td_attributes_mask else "")
+            + (f", XFAM {xfam:#018x} & {policy.xfam_mask:#x} as required" if policy.xfam_mask else ""),
+        ),
+        Check(
+            "TCB status",
+            f"{status} is allowed; advisories: {', '.join(advisories) or 'none'}"
+            + (" (all allowed)" if advisories and policy.allowed_advisories is not None else ""),
+        ),
+        Check(
+            "measurements",
+            ("match the reference values: " + ", ".join(checked)) if checked else "(no reference values: any accepted)",
+        ),
     ]

@@ -28,8 +28,15 @@ from veil.errors import ParseError, VerificationError
 SIMULATED_MARKER = "SIMULATED"  # in every sim-tdx certificate subject (see veil.attest.sim.tdx)
 
 COLLATERAL_FIELDS = (
-    "pck_crl_issuer_chain", "root_ca_crl", "pck_crl", "tcb_info_issuer_chain", "tcb_info",
-    "tcb_info_signature", "qe_identity_issuer_chain", "qe_identity", "qe_identity_signature",
+    "pck_crl_issuer_chain",
+    "root_ca_crl",
+    "pck_crl",
+    "tcb_info_issuer_chain",
+    "tcb_info",
+    "tcb_info_signature",
+    "qe_identity_issuer_chain",
+    "qe_identity",
+    "qe_identity_signature",
 )
 _CHAIN_FIELDS = ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain")
 
@@ -215,9 +222,7 @@ def verify_quote(
     report: dict[str, Any] = next(iter(out.get("report", {}).values()), {})
     report = {**report.get("base", {}), **report}  # a TD 1.5 body nests the TD 1.0 fields under "base"
     # Belt and braces: the fields Veil exposes must be those dcap-qvl verified.
-    if report.get("mr_td") != parsed.body.mr_td.hex() or report.get(
-        "report_data"
-    ) != parsed.body.report_data.hex():
+    if report.get("mr_td") != parsed.body.mr_td.hex() or report.get("report_data") != parsed.body.report_data.hex():
         raise VerificationError("tdx.parser_mismatch", "verified report differs from parsed quote")
     tcb = out.get("tcb", {})
     status = str(tcb.get("status", ""))
@@ -280,6 +285,11 @@ def to_claims(verified: TdxVerified, platform: str | None = None) -> Claims:
     if verified.simulated:
         details["notice"] = "SIMULATED TEE: no hardware protection; for development and tests only"
     return Claims(
-        platform=platform, measurement=b.mr_td.hex(), report_data=b.report_data, debug=b.debug,
-        simulated=verified.simulated, tcb=tcb, details=details,
+        platform=platform,
+        measurement=b.mr_td.hex(),
+        report_data=b.report_data,
+        debug=b.debug,
+        simulated=verified.simulated,
+        tcb=tcb,
+        details=details,
     )
