@@ -132,7 +132,16 @@ class Stack:
         resp = httpx.post(f"{self.coordinator_url}/v1/manifest", content=entry.model_dump_json(), timeout=30)
         assert resp.status_code == 200, resp.text
         self.head = entry
+        self.reregister()
         return entry
+
+    def reregister(self) -> None:
+        """The gateway takes the keys the coordinator releases to workers, as a worker re-registering
+        does: a manifest change starts a new generation, attested at once here (promotion 0)."""
+        held = {c.key_id for c in self.gateway_keys.configs()}
+        for config in self.state.released_keys.configs():
+            if config.key_id not in held:
+                self.gateway_keys.add(self.state.released_keys.get(config.key_id))
 
     def policy(self, *, pinned: bool) -> ClientPolicy:
         """The development policy `veil up` would write: pinned to the current digest, or by admin key."""
