@@ -223,6 +223,17 @@ def test_verify_files(vectors: Path, tmp_path: Path) -> None:
     assert verify_files(missing).reason == "cli.missing_input"
 
 
+def test_a_certificate_with_an_invalid_version_is_a_malformed_chain(h100: NvidiaEvidence) -> None:
+    """cryptography raises InvalidVersion (not a ValueError) for a version field other than v1-v3:
+    hypothesis found the verifier raising it instead of refusing."""
+    ders = [c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(h100.cert_chain_pem)]
+    v3 = b"\xa0\x03\x02\x01\x02"  # TBSCertificate's [0] EXPLICIT Version v3
+    assert v3 in ders[0]
+    ders[0] = ders[0].replace(v3, v3[:-1] + b"\x05", 1)
+    v = _verify(NvidiaEvidence(h100.report, b"".join(_der_to_pem(d) for d in ders)))
+    assert v.reason == "nvidia.malformed_chain", v
+
+
 # --- verify_evidence never raises for bad evidence ----------------------------------------------
 
 

@@ -75,7 +75,7 @@ def load_certificate(value: Any, what: str = "vcek") -> bytes:
     if isinstance(value, str) and "-----BEGIN" in value:
         try:
             return x509.load_pem_x509_certificate(value.encode()).public_bytes(Encoding.DER)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise _fail(f"{what} is not a PEM certificate") from exc
     return b64url(value, what)
 

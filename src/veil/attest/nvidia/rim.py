@@ -105,7 +105,7 @@ def _signing_chain(root: object) -> list[x509.Certificate]:
         return [
             x509.load_der_x509_certificate(base64.b64decode("".join((n.text or "").split()), validate=True)) for n in nodes[:8]
         ]
-    except (ValueError, binascii.Error) as exc:
+    except (ValueError, binascii.Error, x509.InvalidVersion) as exc:
         raise ParseError("nvidia.rim_malformed", f"RIM signing certificate unreadable: {exc}") from None
 
 

@@ -167,7 +167,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
     """One certificate, DER or PEM (``snp.malformed_certificate`` otherwise)."""
     try:
         return _load_one(bytes(data))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, x509.InvalidVersion) as exc:
         raise ParseError("snp.malformed_certificate", f"cannot read certificate: {exc}") from None
 
 
@@ -177,7 +177,7 @@ def load_chain(pem: bytes) -> list[x509.Certificate]:
         raise VerificationError("snp.chain_incomplete", "no ASK/ARK certificates supplied")
     try:
         return list(_load_bundle(bytes(pem)))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, x509.InvalidVersion) as exc:
         raise ParseError("snp.malformed_certificate", f"cannot read certificate chain: {exc}") from None
 
 

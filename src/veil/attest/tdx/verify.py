@@ -159,7 +159,7 @@ def _parse_collateral(fields: tuple[str, ...]) -> _Parsed:
     for field in _CHAIN_FIELDS:
         try:
             certs = x509.load_pem_x509_certificates(values[field].encode())
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise ParseError("tdx.collateral_malformed", f"{field}: {exc}") from exc
         roots.add(certs[-1].public_bytes(Encoding.DER))
     if len(roots) != 1:
@@ -183,7 +183,7 @@ def _pck_listed_in_crl(quote: TdxQuote, collateral: dict[str, Any]) -> bool:
         crl = x509.load_der_x509_crl(bytes.fromhex(raw)) if not raw.startswith("-----") else x509.load_pem_x509_crl(raw.encode())
         if pck is None or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
             return False
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, x509.InvalidVersion):
         return False
     return crl.get_revoked_certificate_by_serial_number(pck.serial_number) is not None
 
