@@ -167,10 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     from veil.sandbox.stage import stage
 
     try:
-        binds = read_only_binds(spec, ())  # before staging, which hides the host's /tmp
+        # Everything that reads the host's files (the bind list, the seccomp library, /etc) comes
+        # before staging, which hides the host's /tmp: a venv or checkout there would vanish.
+        binds = read_only_binds(spec, ())
+        seccomp_fd, etc_fds = bpf_memfd(), etc_copies()
         staged = {} if identity is None else stage([*binds, spec.socket_dir])
         cmd = wrap_command(
-            spec, command, socket_dir=spec.socket_dir, seccomp_fd=bpf_memfd(), staged=staged, etc_fds=etc_copies(), binds=binds
+            spec, command, socket_dir=spec.socket_dir, seccomp_fd=seccomp_fd, staged=staged, etc_fds=etc_fds, binds=binds
         )
         if identity is not None:
             drop_privileges(*identity)
