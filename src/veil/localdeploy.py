@@ -402,6 +402,9 @@ class LocalDeployment:
             if proc.poll() is not None:
                 log = self.state_dir / "logs" / f"{name}.log"
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                if "state.unsupported_format" in tail:  # written by an older Veil: the user's choice, never ours
+                    tail += f"\n(this local deployment's state in {self.state_dir} was written by another Veil version: "
+                    tail += "remove that directory or pass another --state-dir to start afresh)"
                 raise DeploymentError(f"deploy.{name}_exited", f"the {name} exited:\n{tail}")
             try:
                 if httpx.get(url, timeout=2).status_code == 200:
