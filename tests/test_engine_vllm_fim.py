@@ -44,7 +44,10 @@ def _vllm_standin(seen: list[dict[str, Any]]) -> Starlette:
     """vLLM's /v1/completions as its stream looks on the wire; the body it got is recorded."""
 
     async def completions(request: Request) -> Response:
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:  # vLLM answers broken JSON with a 400 (raising would close the kept-alive connection)
+            return JSONResponse({"error": {"message": "invalid JSON", "type": "BadRequestError", "code": 400}}, status_code=400)
         seen.append(body)
         if body.get("max_tokens") == 999:  # vLLM's refusal shape, with a message quoting the request
             return JSONResponse(
