@@ -24,8 +24,9 @@ from veil.attest.api import as_of_utc
 from veil.errors import VerificationError
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
-# what `cryptography` raises for a certificate it cannot use (odd key type, bad encoding)
-CERT_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm)
+# what `cryptography` raises for a certificate it cannot use (odd key type, bad encoding, a version
+# field other than v1-v3: InvalidVersion is not a ValueError)
+CERT_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion)
 
 __all__ = ["CERT_ERRORS", "extension", "fingerprint", "verify_chain"]
 

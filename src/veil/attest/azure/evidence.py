@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from veil.attest.azure.hcl import HclReport, parse_hcl_report
 from veil.attest.azure.tpm import TpmsAttest, parse_tpms_attest
+from veil.attest.chain import CERT_ERRORS
 from veil.errors import ParseError
 
 MAX_PCRS = 24
@@ -75,7 +76,7 @@ def load_certificate(value: Any, what: str = "vcek") -> bytes:
     if isinstance(value, str) and "-----BEGIN" in value:
         try:
             return x509.load_pem_x509_certificate(value.encode()).public_bytes(Encoding.DER)
-        except (ValueError, x509.InvalidVersion) as exc:
+        except CERT_ERRORS as exc:
             raise _fail(f"{what} is not a PEM certificate") from exc
     return b64url(value, what)
 

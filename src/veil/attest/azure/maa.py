@@ -71,7 +71,7 @@ def _chain(jwks: Any, kid: str) -> tuple[list[x509.Certificate], dict[str, Any]]
         raise VerificationError("azure.maa_untrusted_root", f"key {kid!r} carries no x5c certificate chain")
     try:
         return [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in x5c], jwk
-    except (ValueError, TypeError, binascii.Error, x509.InvalidVersion) as exc:
+    except (*CERT_ERRORS, binascii.Error) as exc:
         raise ParseError("azure.maa_jwks_malformed", f"x5c of {kid!r}: {exc}") from None
 
 

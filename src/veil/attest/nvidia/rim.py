@@ -30,6 +30,7 @@ from functools import lru_cache
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from veil.attest.chain import CERT_ERRORS
 from veil.attest.nvidia.abi import MeasurementBlock
 from veil.attest.nvidia.revocation import Revocation, check_chain
 from veil.attest.trust import TrustRoots
@@ -105,7 +106,7 @@ def _signing_chain(root: object) -> list[x509.Certificate]:
         return [
             x509.load_der_x509_certificate(base64.b64decode("".join((n.text or "").split()), validate=True)) for n in nodes[:8]
         ]
-    except (ValueError, binascii.Error, x509.InvalidVersion) as exc:
+    except (*CERT_ERRORS, binascii.Error) as exc:
         raise ParseError("nvidia.rim_malformed", f"RIM signing certificate unreadable: {exc}") from None
 
 
@@ -134,8 +135,8 @@ def _rim_chain(xml: bytes) -> tuple[x509.Certificate, ...]:
 def _signed_rim(xml: bytes, signer_der: bytes, source: str) -> Rim:
     """The XML signature by ``signer`` (memoised, successes only: a pure function of the bytes; the
     chain and its times are checked on every call) and the content it covers."""
-    from signxml.verifier import SignatureConfiguration, XMLVerifier
     from signxml.exceptions import SignXMLException
+    from signxml.verifier import SignatureConfiguration, XMLVerifier
 
     from veil.attest.nvidia.verify import CERT_ERRORS
 

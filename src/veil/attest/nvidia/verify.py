@@ -60,7 +60,7 @@ def load_chain(pem: bytes) -> list[x509.Certificate]:
     """PEM certificates, leaf first; unreadable input is ``nvidia.malformed_chain``."""
     try:
         certs = x509.load_pem_x509_certificates(bytes(pem))
-    except (ValueError, TypeError, x509.InvalidVersion) as exc:
+    except CERT_ERRORS as exc:
         raise ParseError("nvidia.malformed_chain", f"certificate chain is not PEM: {exc}") from exc
     if len(certs) > MAX_CHAIN_LEN:
         raise ParseError("nvidia.malformed_chain", f"{len(certs)} certificates is too long a chain")

@@ -23,18 +23,19 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import SignatureAlgorithmOID
 
+from veil.attest.chain import CERT_ERRORS
 from veil.attest.claims import Claims
-from veil.attest.trust import TrustRoots
 from veil.attest.snp.abi import (
-    MILAN,
     GENOA,
-    TURIN,
+    MILAN,
     SIGNATURE_ALGO_ECDSA_P384_SHA384,
+    TURIN,
     Report,
     SigningKey,
     TcbVersion,
     tcb_reserved_ok,
 )
+from veil.attest.trust import TrustRoots
 from veil.errors import ParseError, VerificationError
 
 # ---- AMD VCEK/VLEK certificate extensions ---------------------------------------------------
@@ -167,7 +168,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
     """One certificate, DER or PEM (``snp.malformed_certificate`` otherwise)."""
     try:
         return _load_one(bytes(data))
-    except (ValueError, TypeError, x509.InvalidVersion) as exc:
+    except CERT_ERRORS as exc:
         raise ParseError("snp.malformed_certificate", f"cannot read certificate: {exc}") from None
 
 
@@ -177,7 +178,7 @@ def load_chain(pem: bytes) -> list[x509.Certificate]:
         raise VerificationError("snp.chain_incomplete", "no ASK/ARK certificates supplied")
     try:
         return list(_load_bundle(bytes(pem)))
-    except (ValueError, TypeError, x509.InvalidVersion) as exc:
+    except CERT_ERRORS as exc:
         raise ParseError("snp.malformed_certificate", f"cannot read certificate chain: {exc}") from None
 
 

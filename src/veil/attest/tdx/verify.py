@@ -20,6 +20,7 @@ import dcap_qvl
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from veil.attest.chain import CERT_ERRORS
 from veil.attest.claims import Claims
 from veil.attest.tdx.abi import TdxQuote, parse_quote
 from veil.attest.trust import TrustRoots
@@ -159,7 +160,7 @@ def _parse_collateral(fields: tuple[str, ...]) -> _Parsed:
     for field in _CHAIN_FIELDS:
         try:
             certs = x509.load_pem_x509_certificates(values[field].encode())
-        except (ValueError, x509.InvalidVersion) as exc:
+        except CERT_ERRORS as exc:
             raise ParseError("tdx.collateral_malformed", f"{field}: {exc}") from exc
         roots.add(certs[-1].public_bytes(Encoding.DER))
     if len(roots) != 1:
@@ -183,7 +184,7 @@ def _pck_listed_in_crl(quote: TdxQuote, collateral: dict[str, Any]) -> bool:
         crl = x509.load_der_x509_crl(bytes.fromhex(raw)) if not raw.startswith("-----") else x509.load_pem_x509_crl(raw.encode())
         if pck is None or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
             return False
-    except (ValueError, TypeError, KeyError, x509.InvalidVersion):
+    except (*CERT_ERRORS, KeyError):
         return False
     return crl.get_revoked_certificate_by_serial_number(pck.serial_number) is not None
 
