@@ -127,13 +127,16 @@ class HAProxy:
             )
         self.wait_ready(binds, timeout)
 
+    def _check_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BalancerError("balancer.exited", f"haproxy exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+
     def wait_ready(self, binds: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for bind in binds:
             host, _, port = bind.rpartition(":")
             while True:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise BalancerError("balancer.exited", f"haproxy exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+                self._check_running()
                 try:
                     socket.create_connection((host, int(port)), timeout=1).close()
                     break
@@ -149,8 +152,7 @@ class HAProxy:
         announced ready only when the balancer routes to all of its replicas."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise BalancerError("balancer.exited", f"haproxy exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            self._check_running()
             states = {k: v["status"] for k, v in self.server_states().items() if k.startswith(backend + "/")}
             if states and all(s == "UP" for s in states.values()):
                 return
