@@ -1,14 +1,18 @@
-"""Unsealing throughput on one core vs a plain file read and `openssl speed`, plus peak memory.
+"""Unsealing with the segment-tree pin on one core and on all cores, in one run, plus peak memory.
 
     .venv/bin/python bench/unseal.py --size 256M [--tink] [--json]
 
-Everything but the "all cores" line runs pinned to one CPU (sched_setaffinity), best of --repeat.
-The sealed file sits in the page cache (it was just written), so "plain read" is the cost of
-reading it at all; the plaintext source is generated in a memfd and never written to disk.
+One-core variants run pinned to one CPU (sched_setaffinity, one worker thread); all-core variants
+run on every allowed CPU with the default worker count; they run round-robin, best of --repeat.
+Beside them, the ceilings measured in the same run: a plain read of the sealed file (it sits in
+the page cache, just written), SHA-256 and AES-256-GCM in memory, AEAD-only unsealing, and
+``pinned_ceiling_one_core_gbps`` = 1 / (1/AEAD-only + 1/SHA-256): what one core can do when it must
+both unseal and hash every byte. The plaintext source is generated in a memfd, never on disk.
 
-Memory, measured honestly: a fresh child process unseals the file; we report its peak RSS
-(ru_maxrss: interpreter + buffers, the memfd is not mapped so it is not in RSS) and the memfd's
-allocated bytes (st_blocks * 512, shmem), and compare their sum with the goal size + 64 MiB.
+Memory, measured honestly: a fresh child process unseals the file on all cores; we report its peak
+RSS (VmHWM: interpreter + buffers; the memfd is not mapped, so it is not in RSS) plus the
+memfd's allocated bytes (st_blocks * 512, shmem), minus the model size: ``peak_rss_over_model_mib``
+(goal: at most 64).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -64,10 +69,19 @@ def _interleaved(
     return wall, cpu
 
 
-def _sha256_only(size: int) -> None:
-    block, h = memoryview(bytearray(DEFAULT_SEGMENT_SIZE)), hashlib.sha256()
-    for _ in range(size // len(block)):
-        h.update(block)
+def _sha256_only(size: int, threads: int = 1) -> None:
+    """SHA-256 of ``size`` bytes in 1 MiB blocks, split over ``threads`` (hashlib drops the GIL)."""
+
+    def part() -> None:
+        block = memoryview(bytearray(DEFAULT_SEGMENT_SIZE))
+        for _ in range(size // len(block) // threads):
+            hashlib.sha256(block).digest()
+
+    workers = [threading.Thread(target=part) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
 
 
 def _gcm_only(size: int) -> None:
@@ -87,10 +101,6 @@ def _plain_read(path: Path) -> None:
     with open(path, "rb", buffering=0) as f:
         while f.readinto(buf):
             pass
-
-
-def _unseal(path: Path, key: bytes, **kw) -> MemFile:
-    return unseal_to_memfd(path, key, **kw)
 
 
 def openssl_speed(cpu: int) -> dict[str, float]:
@@ -150,13 +160,14 @@ def tink_unseal(path: Path, key: bytes, header_len: int, segment_size: int) -> M
 
 
 _RSS_CHILD = """
-import os, resource, sys
+import os, sys
 from veil.sealing import unseal_to_memfd
-path, key, digest = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-mf = unseal_to_memfd(path, key, expected_digest=digest)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base * 1024, peak * 1024, os.fstat(mf.fd).st_blocks * 512)
+def hwm():  # this process's own high-water mark (ru_maxrss would include the parent's, kept across exec)
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+path, key, pin = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3]
+base = hwm()
+mf = unseal_to_memfd(path, key, expected_tree_digest=pin)
+print(base, hwm(), os.fstat(mf.fd).st_blocks * 512)
 """
 
 
@@ -165,17 +176,16 @@ def main() -> None:
     ap.add_argument("--size", type=_size, default=1 << 30, help="plaintext size, e.g. 256M, 1G (default 1G)")
     ap.add_argument("--segment-size", type=_size, default=DEFAULT_SEGMENT_SIZE)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the first allowed)")
+    ap.add_argument("--cpu", type=int, default=None, help="CPU for the one-core variants (default: the first allowed)")
     ap.add_argument("--dir", type=Path, default=None, help="where the sealed file goes (default: $TMPDIR)")
     ap.add_argument("--tink", action="store_true", help="also time the Tink library on the same file")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = ap.parse_args()
 
     allowed = os.sched_getaffinity(0)
     cpu = args.cpu if args.cpu is not None else min(allowed)
     size = args.size
     key = generate_data_key()
-    load = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="veil-bench-", dir=args.dir))
     sealed = workdir / "model.sealed"
     try:
@@ -189,102 +199,112 @@ def main() -> None:
             header = seal_file(Path(src.path), sealed, key, "bench", segment_size=args.segment_size)
             seal_s = time.perf_counter() - t
 
-        res: dict[str, float] = {"size_bytes": size, "loadavg_before": load, "seal_gbps": size / seal_s / GB}
-        variants: dict[str, Callable[[], object]] = {
+        pin = header.tree_sha256
+        res: dict[str, float] = {
+            "size_bytes": size,
+            "cores": len(allowed),
+            "loadavg_before": os.getloadavg()[0],
+            "seal_gbps": size / seal_s / GB,
+        }
+        one: dict[str, Callable[[], object]] = {
             "plain_read_gbps": lambda: _plain_read(sealed),
             "sha256_inprocess_gbps": lambda: _sha256_only(size),
             "aes_gcm_inprocess_gbps": lambda: _gcm_only(size),
-            "unseal_aead_only_gbps": lambda: _unseal(sealed, key, threads=False, verify_plaintext=False),
-            "unseal_plaintext_sha256_gbps": lambda: _unseal(sealed, key, threads=False),
-            "unseal_full_gbps": lambda: _unseal(sealed, key, threads=False, expected_digest=header.sealed_sha256),
+            "unseal_aead_only_gbps": lambda: unseal_to_memfd(sealed, key, workers=1, verify_plaintext=False),
+            "pinned_gbps_one_core": lambda: unseal_to_memfd(sealed, key, workers=1, expected_tree_digest=pin),
         }
         if args.tink:
             try:
                 import tink  # noqa: F401
 
-                variants["tink_library_gbps"] = lambda: tink_unseal(sealed, key, len(header.raw), header.segment_size)
+                one["tink_library_gbps"] = lambda: tink_unseal(sealed, key, len(header.raw), header.segment_size)
             except ImportError:
                 pass
-        cpus = {name: {cpu} for name in variants}
-        if len(allowed) > 1:
-            res["all_cores"] = len(allowed)
-            variants["unseal_plaintext_sha256_all_cores_gbps"] = lambda: _unseal(sealed, key, threads=True)
-            variants["unseal_full_all_cores_gbps"] = lambda: _unseal(
-                sealed, key, threads=True, expected_digest=header.sealed_sha256
-            )
-            cpus.update({name: allowed for name in variants if name.endswith("all_cores_gbps")})
-        wall, cpu_s = _interleaved(args.repeat, variants, cpus)
-        res.update({k: size / v / GB for k, v in wall.items()})
-        res.update({k.replace("_gbps", "_gb_per_cpu_s"): size / v / GB for k, v in cpu_s.items()})
+        cores = len(allowed)
+        every: dict[str, Callable[[], object]] = {
+            "sha256_all_cores_gbps": lambda: _sha256_only(size, cores),
+            "unseal_aead_only_all_cores_gbps": lambda: unseal_to_memfd(sealed, key, verify_plaintext=False),
+            "pinned_gbps_all_cores": lambda: unseal_to_memfd(sealed, key, expected_tree_digest=pin),
+        }
+        cpus = {name: {cpu} for name in one} | {name: allowed for name in every}
+        wall, cpu_s = _interleaved(args.repeat, one | every, cpus)
         os.sched_setaffinity(0, allowed)
+        res.update({k: size / v / GB for k, v in wall.items()})
+        res.update({_per_cpu(k): size / v / GB for k, v in cpu_s.items()})
+        res["pinned_ceiling_one_core_gbps"] = 1 / (1 / res["unseal_aead_only_gbps"] + 1 / res["sha256_inprocess_gbps"])
+        res["all_cores_over_one_core"] = res["pinned_gbps_all_cores"] / res["pinned_gbps_one_core"]
         res.update({f"openssl_{k}_gbps": v for k, v in openssl_speed(cpu).items()})
 
         out = subprocess.run(
-            [sys.executable, "-c", _RSS_CHILD, str(sealed), key.hex(), header.sealed_sha256],
-            capture_output=True,
-            text=True,
-            check=True,
+            [sys.executable, "-c", _RSS_CHILD, str(sealed), key.hex(), pin], capture_output=True, text=True, check=True
         )
         base, peak, memfd = map(int, out.stdout.split())
+        mib = 1 << 20
         res.update(
             {
-                "rss_base_bytes": base,
-                "rss_peak_bytes": peak,
-                "memfd_bytes": memfd,
-                "peak_total_bytes": peak + memfd,
-                "goal_bytes": size + (64 << 20),
+                "rss_base_mib": base / mib,
+                "rss_peak_mib": peak / mib,
+                "memfd_mib": memfd / mib,
+                "peak_rss_over_model_mib": (peak + memfd - size) / mib,
+                "unseal_buffers_mib": (peak - base) / mib,
+                "loadavg_after": os.getloadavg()[0],
             }
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    _report(res, args, cpu)
     if args.json:
-        print(json.dumps(res, indent=2))
-        return
+        print(json.dumps(res))
+
+
+def _per_cpu(name: str) -> str:
+    return name.replace("_gbps", "_gb_per_cpu_s") if name.endswith("_gbps") else name + "_gb_per_cpu_s"
+
+
+def _report(res: dict[str, float], args: argparse.Namespace, cpu: int) -> None:
     mib = 1 << 20
+    cores = int(res["cores"])
     print(
-        f"unseal bench: {size / mib:.0f} MiB, segment {args.segment_size // 1024} KiB, one core (cpu {cpu}), "
-        f"best of {args.repeat}; load average before {res['loadavg_before']:.2f} (other work shares these cores)"
+        f"unseal bench: {res['size_bytes'] / mib:.0f} MiB, segment {args.segment_size // 1024} KiB, one core = cpu {cpu}, "
+        f"all cores = {cores}, best of {args.repeat}; load average {res['loadavg_before']:.2f} before, "
+        f"{res['loadavg_after']:.2f} after (other work shares these cores)"
     )
     rows = [
-        ("plain file read", "plain_read_gbps"),
-        ("SHA-256 in memory (hashlib)", "sha256_inprocess_gbps"),
-        ("AES-256-GCM in memory (update_into)", "aes_gcm_inprocess_gbps"),
-        ("unseal, AEAD only", "unseal_aead_only_gbps"),
-        ("unseal + plaintext SHA-256 (default)", "unseal_plaintext_sha256_gbps"),
-        ("unseal + plaintext & sealed SHA-256 pin", "unseal_full_gbps"),
-        ("Tink library (decrypt into memfd)", "tink_library_gbps"),
+        ("plain file read, one core", "plain_read_gbps"),
+        ("SHA-256 in memory, one core", "sha256_inprocess_gbps"),
+        (f"SHA-256 in memory, {cores} cores", "sha256_all_cores_gbps"),
+        ("AES-256-GCM in memory (update_into), one core", "aes_gcm_inprocess_gbps"),
+        ("unseal, AEAD only, one core", "unseal_aead_only_gbps"),
+        (f"unseal, AEAD only, {cores} cores", "unseal_aead_only_all_cores_gbps"),
+        ("pinned ceiling for one core (AEAD + SHA-256)", "pinned_ceiling_one_core_gbps"),
+        ("unseal + tree pin, one core", "pinned_gbps_one_core"),
+        (f"unseal + tree pin, {cores} cores", "pinned_gbps_all_cores"),
+        ("Tink library (decrypt into memfd), one core", "tink_library_gbps"),
         ("openssl speed aes-256-gcm", "openssl_aes-256-gcm_gbps"),
         ("openssl speed sha256", "openssl_sha256_gbps"),
-        (f"unseal + plaintext SHA-256, {res.get('all_cores', 1)} cores", "unseal_plaintext_sha256_all_cores_gbps"),
-        (f"unseal full pin, {res.get('all_cores', 1)} cores", "unseal_full_all_cores_gbps"),
-        ("seal (two passes + fsync, all cores)", "seal_gbps"),
+        ("seal (two passes + fsync)", "seal_gbps"),
     ]
-    print(f"  {'':<42} {'wall GB/s':>9}  {'GB per CPU-second':>17}")
+    print(f"  {'':<46} {'wall GB/s':>9}  {'GB per CPU-second':>17}")
     for label, k in rows:
         if k in res:
-            per_cpu = res.get(k.replace("_gbps", "_gb_per_cpu_s"))
-            print(f"  {label:<42} {res[k]:9.2f}  {per_cpu:17.2f}" if per_cpu else f"  {label:<42} {res[k]:9.2f}")
+            per_cpu = res.get(_per_cpu(k))
+            print(f"  {label:<46} {res[k]:9.2f}  {per_cpu:17.2f}" if per_cpu else f"  {label:<46} {res[k]:9.2f}")
     ratios = [
+        ("pinned, one core / its ceiling", "pinned_gbps_one_core", "pinned_ceiling_one_core_gbps"),
+        (f"pinned, {cores} cores / one core", "pinned_gbps_all_cores", "pinned_gbps_one_core"),
+        (f"pinned, {cores} cores / SHA-256 on {cores} cores", "pinned_gbps_all_cores", "sha256_all_cores_gbps"),
         ("AEAD-only unseal / plain read", "unseal_aead_only_gbps", "plain_read_gbps"),
-        ("AEAD-only unseal / openssl aes-256-gcm", "unseal_aead_only_gbps", "openssl_aes-256-gcm_gbps"),
-        ("AEAD-only unseal / in-process AES-GCM", "unseal_aead_only_gbps", "aes_gcm_inprocess_gbps"),
-        ("default unseal / in-process SHA-256", "unseal_plaintext_sha256_gbps", "sha256_inprocess_gbps"),
-        ("default unseal / openssl sha256", "unseal_plaintext_sha256_gbps", "openssl_sha256_gbps"),
-        ("full-pin unseal / plain read", "unseal_full_gbps", "plain_read_gbps"),
         ("Tink library / AEAD-only unseal", "tink_library_gbps", "unseal_aead_only_gbps"),
-        ("default unseal, all cores / one core", "unseal_plaintext_sha256_all_cores_gbps", "unseal_plaintext_sha256_gbps"),
     ]
-    print("ratios (same run; wall, then per CPU-second where both sides have it):")
+    print("ratios (same run, wall):")
     for label, num, den in ratios:
         if res.get(num) and res.get(den):
-            cn, cd = (res.get(x.replace("_gbps", "_gb_per_cpu_s")) for x in (num, den))
-            extra = f"  {cn / cd:6.2f}" if cn and cd else ""
-            print(f"  {label:<42} {res[num] / res[den]:6.2f}{extra}")
+            print(f"  {label:<46} {res[num] / res[den]:6.2f}")
     print(
-        f"memory: child peak RSS {peak / mib:.1f} MiB (interpreter alone {base / mib:.1f} MiB), memfd "
-        f"{memfd / mib:.1f} MiB; total {(peak + memfd) / mib:.1f} MiB vs goal {res['goal_bytes'] / mib:.0f} MiB "
-        f"({'ok' if peak + memfd <= res['goal_bytes'] else 'OVER'})"
+        f"memory (child, all cores): peak RSS {res['rss_peak_mib']:.1f} MiB (interpreter alone {res['rss_base_mib']:.1f} MiB, "
+        f"unseal buffers {res['unseal_buffers_mib']:.1f} MiB) + memfd {res['memfd_mib']:.1f} MiB = model + "
+        f"{res['peak_rss_over_model_mib']:.1f} MiB (goal: + 64 MiB, {'ok' if res['peak_rss_over_model_mib'] <= 64 else 'OVER'})"
     )
 
 

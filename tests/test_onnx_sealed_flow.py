@@ -86,6 +86,7 @@ def test_sealed_onnx_model_runs_only_on_the_attested_worker(tmp_path) -> None:
                 sha256=header.plaintext_sha256,
                 source=str(tmp_path / "model.sealed"),
                 sealed_sha256=sealed_sha,
+                tree_sha256=header.tree_sha256,
                 key_id="onnx-key",
             )
         ],

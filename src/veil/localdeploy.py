@@ -49,6 +49,7 @@ DATA_KEY_ID = f"{DEFAULT_MODEL_NAME}-key"
 @dataclass(frozen=True)
 class SealedModel:
     plaintext_sha256: str
+    tree_sha256: str
     sealed_sha256: str
     key: bytes = field(repr=False)
 
@@ -159,18 +160,23 @@ class LocalDeployment:
     def seal_model(self) -> SealedModel:
         """Seal the weights once under a fresh data key (the admin keeps the key file, 0600)."""
         from veil.engines.models import sha256_file
-        from veil.sealing import read_header, seal_file
+        from veil.errors import ParseError
+        from veil.sealing import plaintext_digests, read_header, seal_file
 
         assert self.model_path is not None
-        plain = sha256_file(self.model_path)
-        if self.sealed_path.exists() and self.data_key_path.exists() and read_header(self.sealed_path).plaintext_sha256 == plain:
+        _, plain, tree = plaintext_digests(self.model_path)
+        try:  # a file sealed by an older format version is sealed afresh
+            current = self.sealed_path.exists() and read_header(self.sealed_path).tree_sha256 == tree.hex()
+        except ParseError:
+            current = False
+        if current and self.data_key_path.exists():
             key = admin_ops.load_data_key(self.data_key_path)
         else:
             self.sealed_path.parent.mkdir(mode=0o700, exist_ok=True)
             self.data_key_path.unlink(missing_ok=True)
             key = admin_ops.write_new_data_key(self.data_key_path)
             seal_file(self.model_path, self.sealed_path, key, DATA_KEY_ID)
-        return SealedModel(plain, sha256_file(self.sealed_path), key)
+        return SealedModel(plain.hex(), tree.hex(), sha256_file(self.sealed_path), key)
 
     def start(self, progress: Callable[[str], None] | None = None) -> ClientPolicy:
         """Start everything; returns the client policy written for this deployment."""
@@ -264,6 +270,7 @@ class LocalDeployment:
                         sha256=sealed.plaintext_sha256,
                         source=str(self.sealed_path),
                         sealed_sha256=sealed.sealed_sha256,
+                        tree_sha256=sealed.tree_sha256,
                         key_id=DATA_KEY_ID,
                     )
                 ],

@@ -222,10 +222,21 @@ class ModelEntry(_Strict):
 
     name: str
     engine: Literal["llama.cpp", "vllm", "transformers", "onnxruntime"] = "llama.cpp"
-    sha256: str  # plaintext weights digest (hex)
+    sha256: str  # plaintext weights digest (hex): whole-file SHA-256, as model hubs publish it
     source: str | None = None  # sealed weights: path or URL
     sealed_sha256: str | None = None
     key_id: str | None = None
+    # sealed weights: the segment-tree digest of the plaintext (veil.sealing.format.SegmentTree),
+    # the pin the worker checks while it unseals on every core; `veil seal` prints it
+    tree_sha256: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_tree(self, handler: Any) -> dict[str, Any]:
+        # left out while None, so manifests written before this field keep their digests
+        data: dict[str, Any] = handler(self)
+        if self.tree_sha256 is None:
+            data.pop("tree_sha256", None)
+        return data
 
 
 class ReleasePolicy(_Strict):

@@ -1,6 +1,7 @@
 """Sealed weights under attack: truncation, reordering, splicing, tampering, wrong key, wrong digest.
 
-Every refusal must carry its reason code and leave no open memfd behind.
+Every refusal must carry its reason code, with one worker thread and with several (segments are
+decrypted in parallel), and leave no open memfd and no thread behind.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from veil.errors import VeilError
 from veil.sealing import generate_data_key, seal_file, unseal_to_memfd
 from veil.sealing.format import TAG_SIZE, TINK_HEADER_SIZE, build_header
-from veil.sealing.seal import encrypt_stream
+from veil.sealing.seal import encrypt_stream, plaintext_digests
 
 SEG = 4096
 FIRST = SEG - TINK_HEADER_SIZE - TAG_SIZE
@@ -41,12 +42,13 @@ def sealed(tmp_path: Path):
 def _refuse(tmp_path: Path, blob: bytes, key: bytes, reason: str, **kw) -> None:
     path = tmp_path / "attacked.sealed"
     path.write_bytes(blob)
-    before, threads = _open_fds(), threading.active_count()
-    with pytest.raises(VeilError) as err:
-        unseal_to_memfd(path, key, **kw)
-    assert err.value.reason == reason, err.value
-    assert not any("memfd:" in fd for fd in _open_fds() - before), "a refused unseal left a memfd open"
-    assert threading.active_count() == threads, "a refused unseal left a hashing thread running"
+    for workers in (1, 3):
+        before, threads = _open_fds(), threading.active_count()
+        with pytest.raises(VeilError) as err:
+            unseal_to_memfd(path, key, workers=workers, **kw)
+        assert err.value.reason == reason, err.value
+        assert not any("memfd:" in fd for fd in _open_fds() - before), "a refused unseal left a memfd open"
+        assert threading.active_count() == threads, "a refused unseal left a worker thread running"
 
 
 def _segment_offsets(header, blob: bytes) -> list[tuple[int, int]]:
@@ -79,8 +81,8 @@ def test_truncation_detected_while_streaming_without_length(sealed) -> None:
         client = httpx.Client(transport=httpx.MockTransport(lambda _r, part=part: httpx.Response(200, content=iter([part]))))
         with pytest.raises(VeilError) as err:
             unseal_to_memfd(
-                "http://store/m.sealed", key, http_client=client, threads=True, expected_digest=header.sealed_sha256
-            )  # helper threads stop on errors too
+                "http://store/m.sealed", key, http_client=client, workers=3, expected_tree_digest=header.tree_sha256
+            )  # worker threads stop on errors too
         assert err.value.reason == "seal.truncated"
 
 
@@ -130,7 +132,7 @@ KID = len("model")
         ("magic", 0, "seal.malformed"),
         ("segment size", 16, "seal.tampered"),
         ("plaintext size", 25, "seal.tampered"),
-        ("plaintext sha256", 40, "seal.tampered"),
+        ("plaintext tree sha256", 40, "seal.tampered"),
         ("key id", 58, "seal.tampered"),
         ("key check value", 58 + KID, "seal.wrong_key"),  # indistinguishable from a wrong key, still refused
         ("header mac", 58 + KID + 16, "seal.tampered"),
@@ -161,31 +163,26 @@ def test_wrong_key(tmp_path: Path, sealed) -> None:
     assert err.value.reason == "seal.bad_key"
 
 
-def test_digest_pins(tmp_path: Path, sealed) -> None:
+def test_tree_pin(tmp_path: Path, sealed) -> None:
     key, data, header, blob = sealed
-    for threads in (False, True):
-        _refuse(tmp_path, blob, key, "seal.digest_mismatch", expected_digest="00" * 32, threads=threads)
-    _refuse(tmp_path, blob, key, "seal.digest_mismatch", expected_plaintext_digest="sha256:" + "11" * 32)
+    _refuse(tmp_path, blob, key, "seal.digest_mismatch", expected_tree_digest="sha256:" + "11" * 32)
+    # the whole-file SHA-256 is not the tree pin: passing it by mistake is refused, not ignored
+    _refuse(tmp_path, blob, key, "seal.digest_mismatch", expected_tree_digest=hashlib.sha256(data).hexdigest())
     path = tmp_path / "ok.sealed"
     path.write_bytes(blob)
-    with unseal_to_memfd(
-        path,
-        key,
-        expected_digest="sha256:" + header.sealed_sha256.upper(),
-        expected_plaintext_digest=hashlib.sha256(data).hexdigest(),
-    ) as mf:
-        assert mf.read() == data
+    with unseal_to_memfd(path, key, expected_tree_digest="sha256:" + header.tree_sha256.upper()) as mf:
+        assert mf.read() == data and mf.tree_sha256 == header.tree_sha256
 
 
 def test_lying_header_from_a_key_holder(tmp_path: Path) -> None:
-    """A key holder seals bytes under a header naming another digest: the re-hash catches it."""
+    """A key holder seals bytes under a header naming another tree: the recomputed tree catches it."""
     key = generate_data_key()
     real, claimed = os.urandom(SIZE), os.urandom(SIZE)
-    header = build_header(key, "model", SIZE, hashlib.sha256(claimed).digest(), SEG)
+    (tmp_path / "claimed.bin").write_bytes(claimed)
+    header = build_header(key, "model", SIZE, plaintext_digests(tmp_path / "claimed.bin", SEG)[2], SEG)
     out = io.BytesIO()
     encrypt_stream(io.BytesIO(real), out, key, header)
-    for threads in (False, True):
-        _refuse(tmp_path, out.getvalue(), key, "seal.digest_mismatch", threads=threads)
+    _refuse(tmp_path, out.getvalue(), key, "seal.digest_mismatch", expected_tree_digest=header.tree_sha256)
     # verify_plaintext=False trusts the authenticated header: documented trade-off
     path = tmp_path / "attacked.sealed"  # written by _refuse above
     with unseal_to_memfd(path, key, verify_plaintext=False) as mf:
@@ -197,8 +194,8 @@ def test_source_changed_while_sealing(tmp_path: Path, monkeypatch: pytest.Monkey
 
     src = tmp_path / "m.bin"
     src.write_bytes(os.urandom(SIZE))
-    real = seal_mod._digest
-    monkeypatch.setattr(seal_mod, "_digest", lambda p, prog: (real(p, prog)[0], bytes(32)))
+    real = seal_mod.plaintext_digests
+    monkeypatch.setattr(seal_mod, "plaintext_digests", lambda *a: real(*a)[:2] + (bytes(32),))
     with pytest.raises(VeilError) as err:
         seal_file(src, tmp_path / "m.sealed", generate_data_key(), "model", segment_size=SEG)
     assert err.value.reason == "seal.source_changed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -29,9 +30,9 @@ def test_seal_generates_key_and_prints_manifest_fields(tmp_path: Path) -> None:
     key_file = tmp_path / "model.sealed.key"
     assert fields["key_id"] == "smollm2" and fields["key_file"] == str(key_file)
     assert key_file.stat().st_mode & 0o777 == 0o600
-    with unseal_to_memfd(
-        out, load_data_key(key_file), expected_digest=fields["sealed_sha256"], expected_plaintext_digest=fields["sha256"]
-    ) as mf:
+    assert fields["sha256"] == hashlib.sha256(data).hexdigest()
+    assert fields["sealed_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    with unseal_to_memfd(out, load_data_key(key_file), expected_tree_digest=fields["tree_sha256"]) as mf:
         assert mf.read() == data
 
     # an existing key file is reused, and never overwritten

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from pathlib import Path
 
 import httpx
@@ -42,14 +43,13 @@ def test_round_trip(tmp_path: Path, size: int) -> None:
     dst, header = _seal(tmp_path, data, key)
     assert header.plaintext_size == size
     assert header.plaintext_sha256 == hashlib.sha256(data).hexdigest()
+    assert header.tree_sha256 == _tree_by_the_spec(data, SEG).hex()
     assert header.sealed_sha256 == hashlib.sha256(dst.read_bytes()).hexdigest()
     assert dst.stat().st_size == header.sealed_size
     assert not (tmp_path / "m.sealed.partial").exists()
-    for threads in (False, True):
-        with unseal_to_memfd(
-            dst, key, expected_digest=header.sealed_sha256, expected_plaintext_digest=header.plaintext_sha256, threads=threads
-        ) as mf:
-            assert mf.size == size and mf.sha256 == header.plaintext_sha256
+    for workers in (1, 2, 5):
+        with unseal_to_memfd(dst, key, expected_tree_digest=header.tree_sha256, workers=workers) as mf:
+            assert mf.size == size and mf.tree_sha256 == header.tree_sha256
             assert mf.read() == data
             with open(mf.path, "rb") as f:
                 assert f.read() == data
@@ -63,7 +63,22 @@ def test_default_segment_size_round_trip(tmp_path: Path) -> None:
     seen: list[int] = []
     with unseal_to_memfd(str(dst), key, progress=lambda done, total: seen.append(done)) as mf:
         assert mf.read() == data
-    assert seen[-1] == len(data) and len(seen) == 4
+    assert seen == sorted(seen) and seen[-1] == len(data)
+
+
+def _tree_by_the_spec(data: bytes, seg: int) -> bytes:
+    """docs/sealed-weights.md's definition, written out independently of veil.sealing."""
+    first, full = seg - 56, seg - 16
+    parts = [data[:first]] + [data[o : o + full] for o in range(first, len(data), full)]
+    leaves = b"".join(hashlib.sha256(p).digest() for p in parts)
+    return hashlib.sha256(b"veil-seal/v2 segment-tree\x00" + struct.pack(">QI", len(data), seg) + leaves).digest()
+
+
+def test_format_version_1_is_refused_with_a_reason_to_re_seal() -> None:
+    raw = build_header(generate_data_key(), "k", 10, bytes(32), SEG).raw
+    with pytest.raises(VeilError) as err:
+        parse_header(raw[:8] + b"\x00\x01" + raw[10:])
+    assert err.value.reason == "seal.unsupported_version" and "re-seal" in err.value.message
 
 
 def test_segment_plan() -> None:
@@ -84,7 +99,7 @@ def test_header_fields_and_parse() -> None:
     assert header.raw[:8] == b"VEILSEAL" and len(header.raw) == 106 + len("llama-3-8b/v2")
     again = parse_header(header.raw + b"trailing bytes are not header")
     assert again == header
-    assert (again.key_id, again.plaintext_size, again.plaintext_sha256, again.segment_size) == (
+    assert (again.key_id, again.plaintext_size, again.tree_sha256, again.segment_size) == (
         "llama-3-8b/v2",
         1,
         digest.hex(),
@@ -100,7 +115,7 @@ def test_header_fields_and_parse() -> None:
     "mutate,reason",
     [
         (lambda raw: b"NOTVEIL!" + raw[8:], "seal.malformed"),
-        (lambda raw: raw[:8] + b"\x00\x02" + raw[10:], "seal.unsupported_version"),
+        (lambda raw: raw[:8] + b"\x00\x03" + raw[10:], "seal.unsupported_version"),
         (lambda raw: raw[:12] + b"\x07" + raw[13:], "seal.malformed"),  # unknown algorithm
         (lambda raw: raw[:14] + b"\x00\x00\x00\x10" + raw[18:], "seal.malformed"),  # segment size 16
         (lambda raw: raw[:30], "seal.truncated"),
@@ -157,7 +172,7 @@ def test_read_header_and_http_source(tmp_path: Path) -> None:
     assert read_header(dst).key_id == "remote-model"
     for path in ("/m.sealed", "/chunked"):
         with unseal_to_memfd(
-            f"https://weights.example{path}", key, expected_digest=header.sealed_sha256, http_client=client
+            f"https://weights.example{path}", key, expected_tree_digest=header.tree_sha256, http_client=client
         ) as mf:
             assert mf.read() == data
     with pytest.raises(VeilError) as err:

@@ -62,6 +62,7 @@ def seal_command(
     fields = {
         "key_id": header.key_id,
         "sha256": header.plaintext_sha256,
+        "tree_sha256": header.tree_sha256,
         "sealed_sha256": header.sealed_sha256,
         "size": header.plaintext_size,
         "sealed_size": header.sealed_size,

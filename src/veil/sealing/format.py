@@ -14,13 +14,13 @@ Layout (all integers big-endian)::
 
     Veil header, H = 106 + L bytes
       0   8  magic b"VEILSEAL"
-      8   2  format version (1)
+      8   2  format version (2; version 1 files are refused: re-seal them)
      10   2  H, total header length
      12   1  algorithm (1 = Tink AES256-GCM-HKDF-SHA256 streaming)
      13   1  L, key id length (1..255)
      14   4  S, ciphertext segment size
      18   8  plaintext size
-     26  32  plaintext SHA-256
+     26  32  segment-tree SHA-256 of the plaintext (see SegmentTree)
      58   L  key id, UTF-8
    58+L  16  key check value  = HKDF-SHA256(key, info="veil-seal/v1 key-check")[:16]
    74+L  32  header MAC       = HMAC-SHA256(HKDF(key, info="veil-seal/v1 header-mac"), header[:74+L])
@@ -31,6 +31,10 @@ Layout (all integers big-endian)::
      40   .  segments: AES-256-GCM(segment key, nonce_prefix || u32 index || last_flag, pt) || tag
     segment key = HKDF-SHA256(ikm=key, salt=salt, info=Veil header)
     segment 0 holds S - 56 plaintext bytes, later segments S - 16, the last one the rest.
+
+The plaintext pin is a segment tree (a root over per-segment SHA-256 digests) instead of one
+whole-file SHA-256, so every core can hash the segments it decrypts (docs/sealed-weights.md says
+why it is exactly as strong).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from veil.errors import ParseError, VerificationError
 
 MAGIC = b"VEILSEAL"
-VERSION = 1
+VERSION = 2
 ALG_AES256_GCM_HKDF_STREAMING = 1
 KEY_SIZE = 32
 TAG_SIZE = 16
@@ -59,7 +63,8 @@ MIN_SEGMENT_SIZE = 4096
 MAX_SEGMENT_SIZE = 64 << 20
 MAX_SEGMENTS = 1 << 32  # the segment index is a u32 in the nonce
 
-_FIXED = struct.Struct(">8sHHBBIQ32s")  # up to and including the plaintext digest: 58 bytes
+_FIXED = struct.Struct(">8sHHBBIQ32s")  # up to and including the plaintext tree digest: 58 bytes
+_TREE_PREFIX = b"veil-seal/v2 segment-tree\x00"
 _KCV_INFO = b"veil-seal/v1 key-check"
 _MAC_INFO = b"veil-seal/v1 header-mac"
 
@@ -125,6 +130,10 @@ class SegmentPlan:
             return self.plaintext_per_segment
         return self.plaintext_size - self.first_plaintext - (self.count - 2) * self.plaintext_per_segment
 
+    def plaintext_offset(self, index: int) -> int:
+        """Where segment ``index``'s plaintext starts in the plaintext file."""
+        return 0 if index == 0 else self.first_plaintext + (index - 1) * self.plaintext_per_segment
+
     def body_size(self) -> int:
         """Tink stream bytes: its header, every plaintext byte and one tag per segment."""
         return TINK_HEADER_SIZE + self.plaintext_size + TAG_SIZE * self.count
@@ -137,12 +146,14 @@ class SealedHeader:
     version: int
     key_id: str
     plaintext_size: int
-    plaintext_sha256: str  # hex
+    tree_sha256: str  # hex: segment-tree digest of the plaintext, the manifest's tree_sha256 pin
     segment_size: int
     key_check: bytes
     mac: bytes
     raw: bytes
-    sealed_sha256: str = ""  # not in the header: filled in by seal_file() for the manifest
+    # not in the header: filled in by seal_file() for the manifest
+    plaintext_sha256: str = ""  # whole-file SHA-256, what model hubs publish
+    sealed_sha256: str = ""  # SHA-256 of the sealed file, checkable without the key
 
     @property
     def plan(self) -> SegmentPlan:
@@ -164,7 +175,7 @@ class SealedHeader:
 
 
 def build_header(
-    key: bytes, key_id: str, plaintext_size: int, plaintext_sha256: bytes, segment_size: int = DEFAULT_SEGMENT_SIZE
+    key: bytes, key_id: str, plaintext_size: int, tree_sha256: bytes, segment_size: int = DEFAULT_SEGMENT_SIZE
 ) -> SealedHeader:
     """Pack and MAC a header for ``key``."""
     check_key(key)
@@ -173,13 +184,13 @@ def build_header(
         raise ValueError("key id must be 1..255 UTF-8 bytes")
     if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
         raise ValueError(f"segment size must be in [{MIN_SEGMENT_SIZE}, {MAX_SEGMENT_SIZE}]")
-    if len(plaintext_sha256) != 32:
-        raise ValueError("plaintext digest must be 32 bytes")
+    if len(tree_sha256) != 32:
+        raise ValueError("plaintext tree digest must be 32 bytes")
     if SegmentPlan(plaintext_size, segment_size).count > MAX_SEGMENTS:
         raise ValueError("file too large for this segment size")
     hlen = _FIXED.size + len(kid) + KCV_SIZE + MAC_SIZE
     body = (
-        _FIXED.pack(MAGIC, VERSION, hlen, ALG_AES256_GCM_HKDF_STREAMING, len(kid), segment_size, plaintext_size, plaintext_sha256)
+        _FIXED.pack(MAGIC, VERSION, hlen, ALG_AES256_GCM_HKDF_STREAMING, len(kid), segment_size, plaintext_size, tree_sha256)
         + kid
         + key_check_value(key)
     )
@@ -194,6 +205,12 @@ def header_length(prefix: bytes) -> int:
     if prefix[:8] != MAGIC:
         raise ParseError("seal.malformed", "not a Veil sealed file (bad magic)")
     version, hlen = struct.unpack(">HH", prefix[8:12])
+    if version == 1:
+        raise ParseError(
+            "seal.unsupported_version",
+            "sealed with format version 1 (a whole-file SHA-256 pin that only one core can check): "
+            "re-seal the weights with `veil seal` and pin its tree_sha256 in the manifest",
+        )
     if version != VERSION:
         raise ParseError("seal.unsupported_version", f"sealed format version {version} is not supported")
     if hlen < _FIXED.size + 1 + KCV_SIZE + MAC_SIZE:
@@ -226,7 +243,7 @@ def parse_header(raw: bytes) -> SealedHeader:
         version=version,
         key_id=key_id,
         plaintext_size=size,
-        plaintext_sha256=digest.hex(),
+        tree_sha256=digest.hex(),
         segment_size=seg,
         key_check=raw[off : off + KCV_SIZE],
         mac=raw[off + KCV_SIZE : hlen],
@@ -240,3 +257,37 @@ def normalize_digest(value: str) -> str:
     if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
         raise ParseError("seal.bad_digest", f"not a SHA-256 digest: {value!r}")
     return v
+
+
+class SegmentTree:
+    """The plaintext pin: SHA-256 over the geometry and every segment's plaintext SHA-256, in order.
+
+    root = SHA-256("veil-seal/v2 segment-tree" 0x00 || u64 plaintext size || u32 segment size ||
+    SHA-256(segment 0 plaintext) || ... || SHA-256(segment n-1 plaintext)). The size and segment
+    size fix how many leaves there are and which bytes each covers, so the root commits to every
+    plaintext byte exactly as a whole-file SHA-256 does (two plaintexts with one root would give a
+    SHA-256 collision in the root or in a leaf), yet each leaf can be computed on any core.
+    Leaves may arrive out of order (from several threads, under the caller's lock); only those not
+    yet folded into the root are kept, so memory stays bounded by what is in flight.
+    """
+
+    def __init__(self, plan: SegmentPlan) -> None:
+        self.plan = plan
+        self._h = hashlib.sha256(_TREE_PREFIX + struct.pack(">QI", plan.plaintext_size, plan.segment_size))
+        self._next = 0
+        self._pending: dict[int, bytes] = {}
+
+    def add(self, index: int, leaf: bytes) -> None:
+        """Record SHA-256 of segment ``index``'s plaintext."""
+        if not 0 <= index < self.plan.count or index < self._next or index in self._pending:
+            raise ValueError(f"segment {index} given twice or out of range")
+        self._pending[index] = leaf
+        while self._next in self._pending:
+            self._h.update(self._pending.pop(self._next))
+            self._next += 1
+
+    def digest(self) -> bytes:
+        """The root, once every segment's leaf has been added."""
+        if self._next != self.plan.count:
+            raise ValueError(f"segment tree has {self._next} of {self.plan.count} leaves")
+        return self._h.digest()

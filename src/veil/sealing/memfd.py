@@ -24,10 +24,10 @@ _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_
 class MemFile:
     """An open memfd. Close it (or use ``with``) to free the memory once no process maps it."""
 
-    def __init__(self, fd: int, size: int, sha256: str = "") -> None:
+    def __init__(self, fd: int, size: int, tree_sha256: str = "") -> None:
         self.fd = fd
         self.size = size
-        self.sha256 = sha256  # hex digest of the contents, verified while they were written
+        self.tree_sha256 = tree_sha256  # segment-tree digest of the contents, verified while they were written
 
     @classmethod
     def create(cls, name: str = "veil-weights", size_hint: int = 0) -> "MemFile":
@@ -63,6 +63,13 @@ class MemFile:
             self.size += n
             data = data[n:]
 
+    def write_at(self, data: memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset`` without moving the file offset (threads write side by side);
+        the caller sets ``size`` once every part is written."""
+        while data:
+            n = os.pwrite(self.fd, data, offset)
+            data, offset = data[n:], offset + n
+
     def seal(self) -> None:
         """Freeze size and contents for good and rewind, so readers start at offset 0."""
         os.ftruncate(self.fd, self.size)  # drop any reservation beyond what was written
@@ -95,4 +102,4 @@ class MemFile:
             pass
 
     def __repr__(self) -> str:
-        return f"MemFile(fd={self.fd}, size={self.size}, sha256={self.sha256[:16]}…)"
+        return f"MemFile(fd={self.fd}, size={self.size}, tree_sha256={self.tree_sha256[:16]}…)"

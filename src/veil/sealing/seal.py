@@ -1,8 +1,9 @@
 """Seal a weights file: two streaming passes (digest, then encrypt) in constant memory.
 
-Two passes because the plaintext SHA-256 and size live in the header, and the header is the
-associated data of every segment, so it must be final before the first byte is encrypted. The
-second pass re-hashes what it encrypts and refuses if the source changed in between.
+Two passes because the plaintext's segment-tree digest and size live in the header, and the header
+is the associated data of every segment, so it must be final before the first byte is encrypted.
+The first pass also computes the whole-file SHA-256 for the manifest; the second re-hashes the
+segments it encrypts and refuses if the source changed in between.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from veil.sealing.format import (
     NONCE_PREFIX_SIZE,
     TINK_HEADER_SIZE,
     SealedHeader,
+    SegmentPlan,
+    SegmentTree,
     build_header,
     check_key,
     segment_key,
@@ -33,7 +36,6 @@ from veil.sealing.format import (
 
 # progress(phase, done_bytes, total_bytes); phase is "hashing" or "sealing"
 Progress = Callable[[str, int, int], None]
-_READ = 1 << 20
 
 
 def generate_data_key() -> bytes:
@@ -52,19 +54,31 @@ def read_exact(f: io.RawIOBase | io.BufferedIOBase, view: memoryview) -> int:
     return got
 
 
-def _digest(src: Path, progress: Progress | None) -> tuple[int, bytes]:
-    h = hashlib.sha256()
-    total = src.stat().st_size
-    buf = bytearray(_READ)
-    view = memoryview(buf)
+def plaintext_digests(
+    src: Path, segment_size: int = DEFAULT_SEGMENT_SIZE, progress: Progress | None = None
+) -> tuple[int, bytes, bytes]:
+    """(size, whole-file SHA-256, segment-tree digest) of a plaintext file, in one read.
+
+    The tree digest depends only on the bytes and the segment size, so anyone holding the
+    published weights can recompute the manifest's ``tree_sha256`` pin.
+    """
+    plan = SegmentPlan(src.stat().st_size, segment_size)
+    flat, tree = hashlib.sha256(), SegmentTree(plan)
+    view = memoryview(bytearray(plan.plaintext_per_segment))
     done = 0
     with open(src, "rb", buffering=0) as f:
-        while n := read_exact(f, view):
-            h.update(view[:n])
+        for i in range(plan.count):
+            n = plan.plaintext_len(i)
+            if read_exact(f, view[:n]) != n:
+                raise VeilError("seal.source_changed", f"{src} shrank while it was being hashed")
+            flat.update(view[:n])
+            tree.add(i, hashlib.sha256(view[:n]).digest())
             done += n
             if progress:
-                progress("hashing", done, total)
-    return done, h.digest()
+                progress("hashing", done, plan.plaintext_size)
+        if f.read(1):
+            raise VeilError("seal.source_changed", f"{src} grew while it was being hashed")
+    return plan.plaintext_size, flat.digest(), tree.digest()
 
 
 def encrypt_stream(
@@ -79,8 +93,8 @@ def encrypt_stream(
 ) -> tuple[bytes, str]:
     """Write ``header`` and the encrypted segments of ``fin`` (exactly header.plaintext_size bytes).
 
-    Returns (SHA-256 of the plaintext actually encrypted, hex SHA-256 of everything written); the
-    caller compares the first with the header. Separate from seal_file so tests can forge files and
+    Returns (segment-tree digest of the plaintext actually encrypted, hex SHA-256 of everything
+    written); the caller compares the first with the header. Separate from seal_file so tests can forge files and
     pin test vectors (``salt``/``nonce_prefix``: never pass them otherwise; they must be random).
     """
     plan = header.plan
@@ -91,7 +105,7 @@ def encrypt_stream(
     aes = algorithms.AES(segment_key(key, salt, header.raw))
     pt_view = memoryview(bytearray(plan.plaintext_per_segment))
     ct_view = memoryview(bytearray(plan.plaintext_per_segment + 15))  # update_into wants a block of slack
-    check, sealed = hashlib.sha256(), hashlib.sha256()
+    check, sealed = SegmentTree(plan), hashlib.sha256()
     for chunk in (header.raw, bytes([TINK_HEADER_SIZE]) + salt + prefix):
         fout.write(chunk)
         sealed.update(chunk)
@@ -100,7 +114,7 @@ def encrypt_stream(
         n = plan.plaintext_len(i)
         if read_exact(fin, pt_view[:n]) != n:
             raise VeilError("seal.source_changed", "the source shrank while it was being sealed")
-        check.update(pt_view[:n])
+        check.add(i, hashlib.sha256(pt_view[:n]).digest())
         enc = Cipher(aes, modes.GCM(segment_nonce(prefix, i, i == plan.count - 1))).encryptor()
         out = ct_view[: enc.update_into(pt_view[:n], ct_view)]
         enc.finalize()
@@ -120,11 +134,12 @@ def seal_file(
 ) -> SealedHeader:
     """Encrypt ``src`` to ``dst`` (written to ``dst.partial``, fsynced, then renamed).
 
-    Returns the header with ``sealed_sha256`` set: the digest to pin in the manifest.
+    Returns the header with ``plaintext_sha256`` and ``sealed_sha256`` set: with ``tree_sha256``,
+    the digests the manifest pins.
     """
     check_key(key)
     src, dst = Path(src), Path(dst)
-    size, digest = _digest(src, progress)
+    size, flat, digest = plaintext_digests(src, segment_size, progress)
     header = build_header(key, key_id, size, digest, segment_size)
     tmp = dst.with_name(dst.name + ".partial")
     try:
@@ -138,4 +153,4 @@ def seal_file(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return replace(header, sealed_sha256=sealed_hex)
+    return replace(header, plaintext_sha256=flat.hex(), sealed_sha256=sealed_hex)

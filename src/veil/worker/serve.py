@@ -151,12 +151,9 @@ def load_weights(entry: ModelEntry, secrets: ReleasedSecrets, config: WorkerConf
         key_hex = secrets.data_keys.get(entry.key_id or "")
         if key_hex is None:
             raise PolicyError("secret.not_released", f"the coordinator did not release key {entry.key_id!r} to this worker")
-        memfile = unseal_to_memfd(
-            entry.source,
-            bytes.fromhex(key_hex),
-            expected_digest=entry.sealed_sha256,
-            expected_plaintext_digest=entry.sha256,
-        )
+        if entry.tree_sha256 is None:
+            raise PolicyError("seal.unpinned", f"the manifest pins no tree_sha256 for the sealed model {entry.name!r}")
+        memfile = unseal_to_memfd(entry.source, bytes.fromhex(key_hex), expected_tree_digest=entry.tree_sha256)
         os.lseek(memfile.fd, 0, os.SEEK_SET)  # gVisor shares the offset with the engine's stdin
         return Weights(STDIN_MODEL_PATH, memfile.fd, memfile)
     from veil.engines.models import sha256_file
