@@ -129,7 +129,7 @@ async def _cpu_per_request(gw: GatewayProcess, load: Load, tokens: int, requests
 
 
 def _through(gw: GatewayProcess) -> Load:
-    return Load(EngineLink(("127.0.0.1", gw.port)), gw.pair.config)
+    return Load(EngineLink(("127.0.0.1", gw.port), coalesce=0), gw.pair.config)
 
 
 async def cpu_costs(gateways: list[GatewayProcess], args: argparse.Namespace) -> list[dict[str, float]]:
@@ -153,7 +153,7 @@ async def cpu_costs(gateways: list[GatewayProcess], args: argparse.Namespace) ->
 
 
 async def latency(gw: GatewayProcess, args: argparse.Namespace) -> dict[str, Any]:
-    direct, through = Load(EngineLink(gw.engine_socket), None), _through(gw)
+    direct, through = Load(EngineLink(gw.engine_socket, coalesce=0), None), _through(gw)
     await through.run(8, 16, 4)
     await direct.run(8, 16, 4)
     out: dict[str, Any] = {}
@@ -184,7 +184,7 @@ async def latency(gw: GatewayProcess, args: argparse.Namespace) -> dict[str, Any
 
 
 async def unpaced(gw: GatewayProcess, args: argparse.Namespace) -> list[dict[str, Any]]:
-    direct, through = Load(EngineLink(gw.engine_socket), None), _through(gw)
+    direct, through = Load(EngineLink(gw.engine_socket, coalesce=0), None), _through(gw)
     await through.run(8, 16, 4)
     rows = []
     for c in (64, 256):

@@ -21,17 +21,17 @@ reason codes only, and an unexpected exception is logged by its type name alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import httpx
-from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 
 from veil.errors import VeilError
 from veil.manifest import GatewaySettings, Manifest, PaddingSettings, TenantEntry
@@ -180,7 +180,7 @@ class Gateway:
             return _compat_disabled()
         return await self.keys_endpoint(request)
 
-    async def respond(self, request: Request, framings: dict[str, Framing], ex: _Exchange) -> Response:
+    async def respond(self, request: Request, framings: dict[str, Framing], ex: _Exchange) -> "Response | SealedStream":
         """The whole pipeline for one POST; ``ex.close()`` (the caller's) settles afterwards."""
         if framings is COMPAT_FRAMINGS and not self.settings.ohttpy_compat:
             return _compat_disabled()
@@ -210,7 +210,7 @@ class Gateway:
             log.error("ohttp gateway: unexpected %s after decryption; answered encrypted", type(exc).__name__)
             return self._refused(opened, internal_error())
 
-    async def _answer(self, opened: Opened, ex: _Exchange) -> Response:
+    async def _answer(self, opened: Opened, ex: _Exchange) -> "Response | SealedStream":
         try:
             inner = bhttp.decode_request(opened.plaintext, self.limits)
         except VeilError as err:
@@ -223,31 +223,11 @@ class Gateway:
         first = encoder.head(status, headers)
         outer = _outer_status(opened.sealer, status)
         if encoder.streams:
-            return StreamingResponse(self._stream(encoder, first, ex), status_code=outer, media_type=opened.sealer.media_type)
+            return SealedStream(outer, opened.sealer.media_type, encoder, first, ex)
         content = await read_whole(ex.upstream, self.limits.max_content_bytes)
         ex.meter.whole(headers, content)
         wire = first + encoder.body(content) + encoder.end()
         return Response(b"".join(wire), status_code=outer, media_type=opened.sealer.media_type)
-
-    async def _stream(self, encoder: Encoder, first: list[bytes], ex: _Exchange) -> AsyncIterator[bytes]:
-        for out in first:
-            yield out
-        assert ex.upstream is not None
-        try:
-            async for piece in answer_body(ex.upstream):
-                ex.meter.stream(piece)
-                sealed = encoder.body(piece)
-                if sealed:
-                    yield sealed[0] if len(sealed) == 1 else b"".join(sealed)  # one write per read
-        except httpx.HTTPError:
-            # No final chunk: the client reports chunked.truncated, never a silently short answer.
-            log.warning("ohttp stream: the engine failed mid-answer; closing without a final chunk")
-            return
-        except Exception as exc:  # noqa: BLE001 - never a traceback once plaintext exists
-            log.error("ohttp stream: unexpected %s mid-answer; closing without a final chunk", type(exc).__name__)
-            return
-        for out in encoder.end():
-            yield out
 
     def _refused(self, opened: Opened, refusal: Refusal) -> Response:
         status, headers, body = refusal.answer()
@@ -263,6 +243,127 @@ def _outer_status(sealer: Sealer, inner: int) -> int:
 
 def _compat_disabled() -> JSONResponse:
     return _outer_error(404, "gateway.compat_disabled", "this deployment's manifest does not enable ohttpy's variant")
+
+
+class SealedStream:
+    """A streamed answer, sealed chunk by chunk and sent straight to the server's ``send``.
+
+    Every streamed event passes through here, so it takes the fewest hops: one ASGI message per
+    engine read (all events that arrived together sealed as one chunk), no generator or
+    middleware wrapper of ``send`` in between, and no per-request task group. A client that
+    leaves is noticed by one waiting ``receive()`` whose completion cancels the stream (the
+    engine's connection is then closed by settle, so the engine stops generating).
+    """
+
+    def __init__(self, status: int, media_type: str, encoder: Encoder, first: list[bytes], ex: _Exchange) -> None:
+        self.status = status
+        self.headers = [(b"content-type", media_type.encode())]
+        self.encoder = encoder
+        self.first = first
+        self.ex = ex
+        self.finished = False
+        self.client_left = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        watcher = asyncio.ensure_future(receive())
+
+        def on_message(done: "asyncio.Future[Message]") -> None:
+            if not self.finished and not done.cancelled() and task is not None:
+                self.client_left = True
+                task.cancel()
+
+        watcher.add_done_callback(on_message)
+        try:
+            await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+            await send({"type": "http.response.body", "body": b"".join(self.first), "more_body": True})
+            end = await self._pump(send)
+            self.finished = True
+            await send({"type": "http.response.body", "body": end, "more_body": False})
+        except asyncio.CancelledError:
+            if not self.client_left:
+                raise
+        finally:
+            self.finished = True
+            watcher.cancel()
+
+    async def _pump(self, send: Send) -> bytes:
+        """Seal and send the engine's body as it arrives; the final chunk's bytes, or — if the
+        engine failed mid-answer — nothing more: the client then reports ``chunked.truncated``,
+        never a silently short answer."""
+        ex, encoder = self.ex, self.encoder
+        assert ex.upstream is not None
+        try:
+            async for piece in answer_body(ex.upstream):
+                ex.meter.stream(piece)
+                sealed = encoder.body(piece)
+                if sealed:
+                    body = sealed[0] if len(sealed) == 1 else b"".join(sealed)  # one write per read
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+        except httpx.HTTPError:
+            log.warning("ohttp stream: the engine failed mid-answer; closing without a final chunk")
+            return b""
+        except Exception as exc:  # noqa: BLE001 - never a traceback once plaintext exists
+            log.error("ohttp stream: unexpected %s mid-answer; closing without a final chunk", type(exc).__name__)
+            return b""
+        return b"".join(encoder.end())
+
+
+Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class GatewayApp:
+    """The gateway's ASGI app: its four routes, dispatched by path and method.
+
+    Written by hand, in place of Starlette's application and router, because Starlette wraps
+    every ``send`` in two middlewares (error and exception handling) that each streamed event
+    would pass through; the pipeline already turns every failure into an answer. Any other path
+    is a 404 and any other method a 405 (``gateway.not_found``, ``gateway.method_not_allowed``).
+    ``state.gateway`` is the :class:`Gateway` (the worker applies newer manifests through it).
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.state = SimpleNamespace(gateway=gateway)
+        self.routes: dict[str, dict[str, Endpoint]] = {
+            GATEWAY_PATH: {"GET": _get(gateway.keys_endpoint), "POST": _PostEndpoint(gateway, STANDARD_FRAMINGS)},
+            COMPAT_PATH: {"POST": _PostEndpoint(gateway, COMPAT_FRAMINGS)},
+            COMPAT_KEYS_PATH: {"GET": _get(gateway.compat_keys_endpoint)},
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets: uvicorn refuses the upgrade
+        methods = self.routes.get(scope["path"])
+        if methods is None:
+            await _outer_error(404, "gateway.not_found", "no such gateway route")(scope, receive, send)
+            return
+        endpoint = methods.get(scope["method"])
+        if endpoint is None:
+            refusal = _outer_error(405, "gateway.method_not_allowed", f"use {' or '.join(methods)}")
+            refusal.headers["allow"] = ", ".join(methods)
+            await refusal(scope, receive, send)
+            return
+        await endpoint(scope, receive, send)
+
+
+def _get(handler: Callable[[Request], Awaitable[Response]]) -> Endpoint:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await (await handler(Request(scope, receive)))(scope, receive, send)
+
+    return endpoint
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 class _PostEndpoint:
@@ -293,7 +394,7 @@ def create_gateway_app(
     padding: PaddingSettings | None = None,
     settings: GatewaySettings | None = None,
     tenant_salt_secret: bytes | None = None,
-) -> Starlette:
+) -> GatewayApp:
     """Build the gateway ASGI app. ``upstream`` is the transport to the engine: an
     :class:`~veil.worker.engine_link.EngineLink` on its Unix socket (or, in tests, an
     ``httpx.ASGITransport`` around an in-process engine).
@@ -313,12 +414,4 @@ def create_gateway_app(
     gw = Gateway(
         keys, upstream, tenancy=tenancy, padding=padding, settings=settings, limits=limits, max_request_bytes=max_request_bytes
     )
-    routes = [
-        Route(GATEWAY_PATH, gw.keys_endpoint, methods=["GET"]),
-        Route(GATEWAY_PATH, _PostEndpoint(gw, STANDARD_FRAMINGS), methods=["POST"]),
-        Route(COMPAT_PATH, _PostEndpoint(gw, COMPAT_FRAMINGS), methods=["POST"]),
-        Route(COMPAT_KEYS_PATH, gw.compat_keys_endpoint, methods=["GET"]),
-    ]
-    app = Starlette(routes=routes)
-    app.state.gateway = gw  # the worker applies newer manifests through it
-    return app
+    return GatewayApp(gw)
