@@ -155,6 +155,20 @@ def test_tampered_stream_and_segments(tmp_path: Path, sealed) -> None:
             _refuse(tmp_path, _flip(blob, offset), key, "seal.tampered")
 
 
+def test_first_failing_segment_is_reported_with_several_workers(tmp_path: Path, sealed) -> None:
+    """Workers finish out of order; the refusal is still the lowest failing segment's, as a
+    one-by-one pass reports it (segment 1 tampered, segment 4 tampered, the stream cut in segment 5,
+    served without a length so the cut is only seen while reading)."""
+    key, _, header, blob = sealed
+    spans = _segment_offsets(header, blob)
+    attacked = _flip(_flip(blob, spans[4][0] + 9), spans[1][0] + 9)[: spans[5][0] + 10]
+    client = httpx.Client(transport=httpx.MockTransport(lambda _r: httpx.Response(200, content=iter([attacked]))))
+    for workers in (1, 2, 5):
+        with pytest.raises(VeilError) as err:
+            unseal_to_memfd("http://store/m.sealed", key, http_client=client, workers=workers)
+        assert (err.value.reason, err.value.message) == ("seal.tampered", "segment 1 does not authenticate")
+
+
 def test_wrong_key(tmp_path: Path, sealed) -> None:
     _, _, _, blob = sealed
     _refuse(tmp_path, blob, generate_data_key(), "seal.wrong_key")

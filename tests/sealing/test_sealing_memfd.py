@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -82,8 +83,10 @@ def _files_containing(roots: list[Path], needle: bytes, since: float) -> list[Pa
     return hits
 
 
-def test_plaintext_never_written_to_disk(tmp_path: Path) -> None:
-    """The plaintext comes from a memfd and goes to a memfd; no file anywhere may hold the canary."""
+def test_plaintext_never_written_to_disk(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The plaintext comes from a memfd and goes to a memfd through three worker threads; no file
+    anywhere and no log record may hold the canary."""
+    caplog.set_level(logging.DEBUG)
     start = time.time() - 1
     canary = b"VEIL-CANARY:" + os.urandom(24).hex().encode()
     data = os.urandom(20_000) + canary + os.urandom(30_000)
@@ -94,6 +97,7 @@ def test_plaintext_never_written_to_disk(tmp_path: Path) -> None:
         assert canary in mf.read()
         roots = [r for r in (tmp_path, Path(tempfile.gettempdir()), Path("/var/tmp")) if r.is_dir()]
         assert _files_containing(roots, canary, start) == []
+    assert not any(canary.decode() in r.getMessage() for r in caplog.records)
     (tmp_path / "leak").write_bytes(b"x" + canary)  # and the scan would have seen a leak
     assert set(_files_containing(roots, canary, start)) == {tmp_path / "leak"}
 
