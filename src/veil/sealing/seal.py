@@ -3,7 +3,9 @@
 Two passes because the plaintext's segment-tree digest and size live in the header, and the header
 is the associated data of every segment, so it must be final before the first byte is encrypted.
 The first pass also computes the whole-file SHA-256 for the manifest; the second re-hashes the
-segments it encrypts and refuses if the source changed in between.
+segments it encrypts and refuses if the source changed in between. In both passes the calling
+thread reads, hashes the whole file and writes, in order, while worker threads hash (and encrypt)
+the next segments (hashlib and AES-GCM release the GIL).
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import hmac
 import io
 import os
 import secrets
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, TypeVar
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from veil.errors import VeilError
+from veil.sealing.unseal import default_workers
 from veil.sealing.format import (
     DEFAULT_SEGMENT_SIZE,
     KEY_SIZE,
@@ -36,6 +41,7 @@ from veil.sealing.format import (
 
 # progress(phase, done_bytes, total_bytes); phase is "hashing" or "sealing"
 Progress = Callable[[str, int, int], None]
+R = TypeVar("R")
 
 
 def generate_data_key() -> bytes:
@@ -54,6 +60,47 @@ def read_exact(f: io.RawIOBase | io.BufferedIOBase, view: memoryview) -> int:
     return got
 
 
+def _segments_in_order(
+    fin: io.RawIOBase | io.BufferedIOBase,
+    plan: SegmentPlan,
+    work: Callable[[int, memoryview, memoryview], R],
+    consume: Callable[[int, memoryview, memoryview, R], None],
+    what: str,
+) -> None:
+    """Read every segment's plaintext in order; run ``work(i, plaintext, out)`` on worker threads, a few
+    segments ahead; call ``consume(i, plaintext, out, result)`` on this thread in index order.
+    ``out`` is a scratch buffer of one segment plus AES slack; buffers are reused, so memory stays
+    at (workers + 1) pairs. Refuses a source that ends early (``what`` names the pass)."""
+    workers = default_workers(plan.segment_size)
+    free = [
+        (memoryview(bytearray(plan.plaintext_per_segment)), memoryview(bytearray(plan.segment_size))) for _ in range(workers + 1)
+    ]
+    window: deque[tuple[int, memoryview, memoryview, Future[R]]] = deque()
+
+    def oldest() -> None:
+        i, pt, out, result = window.popleft()
+        consume(i, pt[: plan.plaintext_len(i)], out, result.result())
+        free.append((pt, out))
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="seal") as pool:
+        for i in range(plan.count):
+            if not free:
+                oldest()
+            pt, out = free.pop()
+            n = plan.plaintext_len(i)
+            if read_exact(fin, pt[:n]) != n:
+                raise VeilError("seal.source_changed", f"the source shrank while it was being {what}")
+            window.append((i, pt, out, pool.submit(work, i, pt[:n], out)))
+        while window:
+            oldest()
+    if fin.read(1):
+        raise VeilError("seal.source_changed", f"the source grew while it was being {what}")
+
+
+def _leaf(_i: int, pt: memoryview, _out: memoryview) -> bytes:
+    return hashlib.sha256(pt).digest()
+
+
 def plaintext_digests(
     src: Path, segment_size: int = DEFAULT_SEGMENT_SIZE, progress: Progress | None = None
 ) -> tuple[int, bytes, bytes]:
@@ -64,20 +111,18 @@ def plaintext_digests(
     """
     plan = SegmentPlan(src.stat().st_size, segment_size)
     flat, tree = hashlib.sha256(), SegmentTree(plan)
-    view = memoryview(bytearray(plan.plaintext_per_segment))
     done = 0
+
+    def consume(i: int, pt: memoryview, _out: memoryview, leaf: bytes) -> None:
+        nonlocal done
+        flat.update(pt)
+        tree.add(i, leaf)
+        done += len(pt)
+        if progress:
+            progress("hashing", done, plan.plaintext_size)
+
     with open(src, "rb", buffering=0) as f:
-        for i in range(plan.count):
-            n = plan.plaintext_len(i)
-            if read_exact(f, view[:n]) != n:
-                raise VeilError("seal.source_changed", f"{src} shrank while it was being hashed")
-            flat.update(view[:n])
-            tree.add(i, hashlib.sha256(view[:n]).digest())
-            done += n
-            if progress:
-                progress("hashing", done, plan.plaintext_size)
-        if f.read(1):
-            raise VeilError("seal.source_changed", f"{src} grew while it was being hashed")
+        _segments_in_order(f, plan, _leaf, consume, "hashed")
     return plan.plaintext_size, flat.digest(), tree.digest()
 
 
@@ -103,29 +148,30 @@ def encrypt_stream(
     if len(salt) != KEY_SIZE or len(prefix) != NONCE_PREFIX_SIZE:
         raise ValueError("salt is 32 bytes, nonce prefix 7")
     aes = algorithms.AES(segment_key(key, salt, header.raw))
-    pt_view = memoryview(bytearray(plan.plaintext_per_segment))
-    ct_view = memoryview(bytearray(plan.plaintext_per_segment + 15))  # update_into wants a block of slack
     check, sealed = SegmentTree(plan), hashlib.sha256()
     for chunk in (header.raw, bytes([TINK_HEADER_SIZE]) + salt + prefix):
         fout.write(chunk)
         sealed.update(chunk)
     done = 0
-    for i in range(plan.count):
-        n = plan.plaintext_len(i)
-        if read_exact(fin, pt_view[:n]) != n:
-            raise VeilError("seal.source_changed", "the source shrank while it was being sealed")
-        check.add(i, hashlib.sha256(pt_view[:n]).digest())
+
+    def encrypt(i: int, pt: memoryview, out: memoryview) -> tuple[bytes, int, bytes]:
         enc = Cipher(aes, modes.GCM(segment_nonce(prefix, i, i == plan.count - 1))).encryptor()
-        out = ct_view[: enc.update_into(pt_view[:n], ct_view)]
+        n = enc.update_into(pt, out)
         enc.finalize()
-        for part in (out, enc.tag):
+        return hashlib.sha256(pt).digest(), n, enc.tag
+
+    def write(i: int, pt: memoryview, out: memoryview, result: tuple[bytes, int, bytes]) -> None:
+        nonlocal done
+        leaf, n, tag = result
+        check.add(i, leaf)
+        for part in (out[:n], tag):
             fout.write(part)
             sealed.update(part)
-        done += n
+        done += len(pt)
         if progress:
             progress("sealing", done, plan.plaintext_size)
-    if fin.read(1):
-        raise VeilError("seal.source_changed", "the source grew while it was being sealed")
+
+    _segments_in_order(fin, plan, encrypt, write, "sealed")
     return check.digest(), sealed.hexdigest()
 
 
