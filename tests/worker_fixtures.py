@@ -72,7 +72,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 class WorkerStack:
     """Coordinator (in-process, real HTTP), hostile relay, and one ``veil worker`` process."""
 
-    def __init__(self, tmp: Path, *, interval: float = 1.0, **manifest_fields: Any) -> None:
+    def __init__(self, tmp: Path, *, interval: float = 1.0, gateway_processes: int = 1, **manifest_fields: Any) -> None:
         self.sim = SimPlatform.create(tmp / "sim")
         self.admin = Ed25519PrivateKey.generate()  # also the bootstrap key both VMs are launched with
         self.attester = SimSnpAttester(self.sim.directory, host_data=bytes.fromhex(public_key_hex(self.admin)))
@@ -117,6 +117,8 @@ class WorkerStack:
                 str(model),
                 "--reregister-seconds",
                 str(interval),
+                "--gateway-processes",
+                str(gateway_processes),
                 "--sim-launch-data",
                 public_key_hex(self.admin),
             ],

@@ -76,6 +76,7 @@ class LocalDeployment:
     coordinators: int = 1
     db_url: str | None = None  # default: SQLite in the state directory; several coordinators need PostgreSQL
     reregister_seconds: float = 60.0  # how often workers re-attest (and pick up a newer manifest)
+    gateway_processes: int = 1  # gateway processes per worker on its port (0: one per core)
     sim_gpu: bool = False  # every worker has a SIMULATED H100 whose evidence the manifest requires
     platform: str = "sim-snp"  # the simulated TEE both processes run on: sim-snp, sim-tdx, sim-azure-snp|tdx
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -362,6 +363,8 @@ class LocalDeployment:
                     str(run_dir),
                     "--reregister-seconds",
                     str(self.reregister_seconds),
+                    "--gateway-processes",
+                    str(self.gateway_processes),
                     *self._launch_data,
                     *(["--allow-unsandboxed"] if self.sandbox == "none" else []),
                     *self._gpu_args(),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import signal
 import socket
@@ -39,6 +40,17 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def listeners(port: int) -> int:
+    """How many sockets listen on loopback TCP ``port`` (each gateway process has its own)."""
+    count = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.split(":")[1], 16) == port:
+                count += 1
+    return count
 
 
 class ServerThread:
@@ -259,13 +271,24 @@ class GatewayProcess:
                     self.stop()
                     raise RuntimeError("gateway process did not start: " + self.stderr())
                 time.sleep(0.05)
+        while listeners(self.port) < options.get("processes", 1):  # every gateway process is serving
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("gateway processes did not start: " + self.stderr())
+            time.sleep(0.05)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
     def gateway_pids(self) -> list[int]:
         """The gateway's own processes (not the fake engine's): what benchmarks charge to it."""
-        return [self.proc.pid]
+        pids = [self.proc.pid]
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            for child in f.read().split():
+                with open(f"/proc/{child}/cmdline", "rb") as cmd:
+                    if b"veil.worker.pool" in cmd.read():
+                        pids.append(int(child))
+        return pids
 
     def victim(self, timeout: float = 30.0) -> float:
         """One legitimate streamed chat on a fresh connection, through Veil's own transport; its
@@ -411,10 +434,12 @@ def _run_engine(args: argparse.Namespace) -> None:
 
 
 def _run_gateway(args: argparse.Namespace) -> None:
+    from veil.keyrelease import export_ohttp_keys
     from veil.manifest import GatewaySettings, PaddingSettings
     from veil.ohttp.keyconfig import KeyPair, KeyStore
-    from veil.worker.engine_link import EngineLink
-    from veil.worker.gateway import create_gateway_app
+    from veil.worker.pool import GatewayPool, GatewaySpec, build_app, reuseport_socket
+    from veil.worker.replay import DEFAULT_CAPACITY
+    from veil.worker.shared_state import SharedState
 
     key = bytes.fromhex(sys.stdin.readline().strip())
     sock = Path(args.engine_uds)
@@ -438,21 +463,32 @@ def _run_gateway(args: argparse.Namespace) -> None:
             if time.monotonic() > deadline or engine.poll() is not None:
                 raise SystemExit("the fake engine did not start")
             time.sleep(0.02)
-        upstream = EngineLink(str(sock))
         padding = PaddingSettings(requests=None, responses=None, stream_chunks=None) if args.padding == "off" else None
-        app = create_gateway_app(
-            KeyStore([KeyPair.from_private_bytes(args.key_id, key)]),
-            upstream,
-            padding=padding,
-            settings=GatewaySettings(ohttpy_compat=args.compat),
-        )
         limits = ServerLimits(
             header_timeout=args.header_timeout,
             body_timeout=args.body_timeout,
             max_connections=args.max_connections,
             fds_per_connection=2,
         )
-        uvicorn.Server(server_config(app, host="127.0.0.1", port=args.port, limits=limits)).run()
+        spec = GatewaySpec(
+            host="127.0.0.1",
+            port=args.port,
+            engine_socket=str(sock),
+            key_records=export_ohttp_keys(KeyStore([KeyPair.from_private_bytes(args.key_id, key)])),
+            salt_secret=os.urandom(32),
+            limits=limits,
+            padding=padding,
+            settings=GatewaySettings(ohttpy_compat=args.compat),
+        )
+        shared = SharedState.create(DEFAULT_CAPACITY)
+        app = build_app(spec, shared)
+        server = uvicorn.Server(server_config(app, host="127.0.0.1", port=args.port, limits=limits))
+        listener = reuseport_socket("127.0.0.1", args.port)
+        pool = GatewayPool(args.processes, spec, shared.fd)  # the same worker pieces as veil.worker.serve
+        try:
+            server.run(sockets=[listener])
+        finally:
+            pool.close()
     finally:
         engine.terminate()
         engine.wait(timeout=10)
@@ -496,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     gw.add_argument("--header-timeout", type=float, default=ServerLimits.header_timeout)
     gw.add_argument("--body-timeout", type=float, default=ServerLimits.body_timeout)
     gw.add_argument("--max-connections", type=int, default=ServerLimits.max_connections)
+    gw.add_argument("--processes", type=int, default=1, help="gateway processes on the port (veil.worker.pool)")
     for p in (eng, gw):
         p.add_argument("--tokens", type=int, default=16)
         p.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")

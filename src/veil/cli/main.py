@@ -140,6 +140,12 @@ def up(
         help="Coordinator database URL (default: SQLite in the state directory; required as postgresql+psycopg://... with --coordinators > 1).",
     ),
     reregister_seconds: float = typer.Option(60.0, help="How often workers re-attest; a newer manifest reaches them then."),
+    gateway_processes: int = typer.Option(
+        1,
+        "--gateway-processes",
+        min=0,
+        help="Gateway processes per worker, sharing its port, keys, replay cache and tenant limits (0: one per core).",
+    ),
     sim_gpu: bool = typer.Option(
         False,
         "--sim-gpu",
@@ -177,6 +183,7 @@ def up(
             coordinators=coordinators,
             db_url=db,
             reregister_seconds=reregister_seconds,
+            gateway_processes=gateway_processes,
             sim_gpu=sim_gpu,
             platform=platform,
         )
@@ -355,12 +362,28 @@ def worker(
     ),
     sim_gpu_dir: Optional[Path] = typer.Option(None, "--sim-gpu-dir", help="The SIMULATED H100 of `veil up --sim-gpu`."),
     reregister_seconds: float = typer.Option(60.0, help="Re-attest this often; a newer manifest takes effect then."),
+    gateway_processes: int = typer.Option(
+        1,
+        "--gateway-processes",
+        min=0,
+        help="Gateway processes sharing this worker's port, keys, replay cache and tenant limits (0: one per core).",
+    ),
 ) -> None:
     """Run a worker: attest, receive keys, unseal weights, start the sandboxed engine, serve OHTTP."""
     from veil.worker.serve import WorkerConfig, run_worker
 
     config = WorkerConfig(
-        coordinator, host, port, model, run_dir, allow_unsandboxed, model_name, gpu, reregister_seconds, sim_gpu_dir
+        coordinator,
+        host,
+        port,
+        model,
+        run_dir,
+        allow_unsandboxed,
+        model_name,
+        gpu,
+        reregister_seconds,
+        sim_gpu_dir,
+        gateway_processes,
     )
     try:
         run_worker(config, _attester(platform, sim_dir, sim_launch_data, evidence_source, aa_url))

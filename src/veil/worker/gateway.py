@@ -42,7 +42,8 @@ from veil.worker.encoding import Encoder, Sealer, choose_encoder, is_event_strea
 from veil.worker.forwarding import answer_body, answer_headers, open_upstream, read_whole
 from veil.worker.opening import Framing, Opened, open_request
 from veil.worker.refusals import Refusal, internal_error
-from veil.worker.replay import ReplayGuard
+from veil.worker.replay import DEFAULT_CAPACITY, ReplayGuard
+from veil.worker.shared_state import SharedState
 from veil.worker.tenants import Admission, Tenancy, Usage
 
 log = logging.getLogger("veil.worker.gateway")
@@ -144,6 +145,7 @@ class Gateway:
         settings: GatewaySettings,
         limits: bhttp.Limits,
         max_request_bytes: int,
+        shared: SharedState,
     ) -> None:
         self.keys = keys
         self.upstream = upstream
@@ -152,7 +154,7 @@ class Gateway:
         self.settings = settings
         self.limits = limits
         self.max_request_bytes = max_request_bytes
-        self.replay = ReplayGuard(window=settings.replay_window_seconds)
+        self.replay = ReplayGuard(window=settings.replay_window_seconds, shared=shared)
         self.stopped: str | None = None
 
     def apply_manifest(self, manifest: Manifest, keys: KeyStore | None = None) -> None:
@@ -394,6 +396,7 @@ def create_gateway_app(
     padding: PaddingSettings | None = None,
     settings: GatewaySettings | None = None,
     tenant_salt_secret: bytes | None = None,
+    shared: SharedState | None = None,
 ) -> GatewayApp:
     """Build the gateway ASGI app. ``upstream`` is the transport to the engine: an
     :class:`~veil.worker.engine_link.EngineLink` on its Unix socket (or, in tests, an
@@ -402,16 +405,27 @@ def create_gateway_app(
     ``manifest`` supplies ``tenants``, ``padding`` and the gateway ``settings`` (explicit arguments
     win); ``engine`` names the engine behind ``upstream`` (per-tenant ``cache_salt`` goes only to
     engines that take it, vLLM). ``tenant_salt_secret`` keys the prefix-cache salts; by default a
-    fresh random one per worker. No tenants: no API key is required.
+    fresh random one per worker. No tenants: no API key is required. ``shared`` is the worker's
+    table of replay entries and tenant buckets (``veil.worker.pool`` gives every gateway process
+    the same one); by default a table of this gateway's own.
     """
+    if shared is None:
+        shared = SharedState.create(DEFAULT_CAPACITY)
     if tenants is None:
         tenants = manifest.tenants if manifest is not None else []
     if padding is None:
         padding = (manifest.padding if manifest is not None else None) or PaddingSettings()
     if settings is None:
         settings = (manifest.gateway if manifest is not None else None) or GatewaySettings()
-    tenancy = Tenancy(tenants, salt_secret=tenant_salt_secret, engine=engine)
+    tenancy = Tenancy(tenants, salt_secret=tenant_salt_secret, engine=engine, shared=shared)
     gw = Gateway(
-        keys, upstream, tenancy=tenancy, padding=padding, settings=settings, limits=limits, max_request_bytes=max_request_bytes
+        keys,
+        upstream,
+        tenancy=tenancy,
+        padding=padding,
+        settings=settings,
+        limits=limits,
+        max_request_bytes=max_request_bytes,
+        shared=shared,
     )
     return GatewayApp(gw)

@@ -18,67 +18,61 @@ becomes a floor: no dated request at or before it is accepted again, so a dated 
 replayable here. Standard clients that send no ``Date`` (ohttpy, most RFC 9458 clients) keep
 working; their requests are protected by the cache alone — for ``2 × window`` seconds, or less
 while the cache is under such a flood. See docs/threat-model.md for replays across workers.
+
+The cache and its floor live in the worker's :class:`~veil.worker.shared_state.SharedState`, so
+every gateway process of a worker refuses a replay that another one answered. The cache is
+set-associative (8 entries per bucket), so "the oldest entry" evicted is the oldest of its bucket;
+buckets are chosen by a hash keyed with a secret of the worker, so nobody can aim requests at the
+bucket of a request they captured to evict it early.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from email.utils import formatdate, parsedate_tz, mktime_tz
 
 from veil.errors import ProtocolError
 from veil.ohttp import bhttp
 from veil.worker.refusals import Refusal
+from veil.worker.shared_state import SharedState
 
 DEFAULT_WINDOW = 60.0
 DEFAULT_CAPACITY = 1 << 17  # ~1,000 requests/s sustained for 2 × 60 s; about 25 MiB at most
 
 
-def _key(enc: bytes) -> bytes:
-    return hashlib.blake2b(enc, digest_size=16).digest()  # X-Wing's enc is 1,120 bytes: keep 16
-
-
 class ReplayGuard:
-    """Seen encapsulated keys and the ``Date`` window; one per gateway process."""
+    """Seen encapsulated keys and the ``Date`` window, over the worker's shared table (``shared``;
+    by default a table of its own, of ``capacity`` entries)."""
 
     def __init__(
         self,
         window: float = DEFAULT_WINDOW,
         capacity: int = DEFAULT_CAPACITY,
         *,
+        shared: SharedState | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.window = window
-        self.capacity = capacity
+        self.shared = shared if shared is not None else SharedState.create(capacity)
         self._clock = clock
         self._monotonic = monotonic
-        # key -> [expiry (monotonic), Date of the request (wall clock) or None]
-        self._seen: OrderedDict[bytes, list[float | None]] = OrderedDict()
-        self._floor = float("-inf")  # dated requests at or before this are refused (after evictions)
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return self.shared.live(self._monotonic())
 
     def claim(self, enc: bytes) -> bytes:
         """Record ``enc`` or refuse it as a replay (``ohttp.replayed``); returns the claim's key."""
         now = self._monotonic()
-        self._expire(now)
-        key = _key(enc)
-        if key in self._seen:
+        key = self.shared.digest(enc)  # X-Wing's enc is 1,120 bytes: keep 16
+        if not self.shared.claim(key, now, now + 2 * self.window):
             raise ProtocolError("ohttp.replayed", "this encapsulated request was seen before")
-        while len(self._seen) >= self.capacity:
-            _, (_, date) = self._seen.popitem(last=False)  # evicted early: its date becomes the floor
-            if date is not None:
-                self._floor = max(self._floor, date)
-        self._seen[key] = [now + 2 * self.window, None]
         return key
 
     def release(self, key: bytes) -> None:
         """The claimed request did not authenticate: forget it (garbage never fills the cache)."""
-        self._seen.pop(key, None)
+        self.shared.release(key)
 
     def check_date(self, key: bytes, headers: bhttp.Fields) -> None:
         """Refuse (encrypted) an inner request whose ``Date`` lies outside the window."""
@@ -90,7 +84,7 @@ class ReplayGuard:
             raise Refusal(400, "ohttp.bad_date", "The Date header is not an HTTP date.", code="bad_date")
         date = float(mktime_tz(parsed))
         now = self._clock()
-        if abs(now - date) > self.window or date <= self._floor:
+        if abs(now - date) > self.window or date <= self.shared.floor():
             raise Refusal(
                 400,
                 "ohttp.date_out_of_window",
@@ -99,13 +93,4 @@ class ReplayGuard:
                 code="date_out_of_window",
                 headers=[("date", formatdate(now, usegmt=True))],
             )
-        entry = self._seen.get(key)
-        if entry is not None:
-            entry[1] = date
-
-    def _expire(self, now: float) -> None:
-        while self._seen:
-            key, (expiry, _) = next(iter(self._seen.items()))
-            if expiry is not None and expiry > now:
-                return
-            del self._seen[key]
+        self.shared.set_date(key, date)

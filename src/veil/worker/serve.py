@@ -52,6 +52,7 @@ class WorkerConfig:
     gpu: str = "auto"  # auto: attest CC-mode GPUs through NVML when present; none; required; sim
     reregister_seconds: float = 60.0  # re-attest this often; manifest changes take effect then
     sim_gpu_dir: Path | None = None  # gpu=sim: the SIMULATED H100 of `veil up --sim-gpu`
+    gateway_processes: int = 1  # gateway processes on the port (veil.worker.pool); 0: one per core
 
 
 def gpu_collector(mode: str, sim_gpu_dir: Path | None = None) -> Callable[[bytes, bytes], list[Any]] | None:
@@ -183,19 +184,25 @@ def sandbox_profile(manifest: SignedManifest, config: WorkerConfig) -> SandboxPr
     return SandboxProfile(name=settings.profile, allow_gpu=settings.allow_gpu, dev_unsandboxed=settings.profile == "none")
 
 
+def gateway_process_count(requested: int) -> int:
+    """How many gateway processes to run: ``requested``, or one per usable core for 0."""
+    return requested if requested > 0 else max(1, len(os.sched_getaffinity(0)))
+
+
 def run_worker(config: WorkerConfig, attester: Attester) -> None:
     from veil.engines.launcher import EngineProcess
     from veil.sandbox.hardening import harden_worker
-    from veil.worker.engine_link import EngineLink
+    from veil.worker.pool import GatewayPool, GatewaySpec, build_app, reuseport_socket
+    from veil.worker.replay import DEFAULT_CAPACITY
+    from veil.worker.shared_state import SharedState
 
     if problem := harden_worker():  # no core dumps; the engine's mounts die with this process
         log.warning("worker keeps the host's mount namespace: %s", problem)
-    from veil.worker.gateway import create_gateway_app
 
     with httpx.Client(timeout=30) as http:
         secrets, manifest = register_under_current(config, attester, http)
     entry = select_model(manifest, config.model_name)
-    keys = keyrelease.import_ohttp_keys(secrets.ohttp_keys)
+    keyrelease.import_ohttp_keys(secrets.ohttp_keys)  # malformed records refuse the worker before the engine starts
     config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(config.run_dir, 0o700)  # an existing directory is tightened too: only we reach the socket
     weights = load_weights(entry, secrets, config)
@@ -215,18 +222,32 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
         stdin_fd=weights.stdin_fd,
     )
     with engine:
-        upstream = EngineLink(str(engine.socket_path))
-        # tenants and padding from the attested manifest; the cache-salt secret is made fresh per worker
-        app = create_gateway_app(keys, upstream, manifest=manifest.manifest, engine=entry.engine)
+        # Tenants and padding from the attested manifest; the cache-salt secret is made fresh per
+        # worker and shared by its gateway processes, as are the replay cache and tenant buckets.
+        spec = GatewaySpec(
+            host=config.host,
+            port=config.port,
+            engine_socket=str(engine.socket_path),
+            key_records=secrets.ohttp_keys,
+            salt_secret=os.urandom(32),
+            limits=GATEWAY_LIMITS,
+            manifest=manifest.manifest,
+            engine=entry.engine,
+        )
+        shared = SharedState.create(DEFAULT_CAPACITY)
+        app = build_app(spec, shared)
         # Slow clients timed out, connections capped with descriptors kept for the engine and
         # coordinator links (veil.httpserver).
         server = make_server(app, host=config.host, port=config.port, limits=GATEWAY_LIMITS)
-        keeper = Reregistration(config, attester, app, server, secrets, entry, engine, weights)
+        listener = reuseport_socket(config.host, config.port)
+        pool = GatewayPool(gateway_process_count(config.gateway_processes), spec, shared.fd)
+        keeper = Reregistration(config, attester, app, server, secrets, entry, engine, weights, pool)
         keeper.start()
         try:
-            server.run()
+            server.run(sockets=[listener])
         finally:
             keeper.stop()
+            pool.close()
             weights.close()
         if keeper.refused is not None:
             raise keeper.refused
@@ -290,10 +311,12 @@ class Reregistration:
         entry: ModelEntry,
         engine: Any = None,
         weights: Weights | None = None,
+        pool: Any = None,
     ) -> None:
         self.config, self.attester, self.app, self.server = config, attester, app, server
         self.secrets, self.digest, self.entry = secrets, secrets.manifest_digest, entry
         self.engine, self.weights = engine, weights
+        self.pool = pool  # the worker's other gateway processes: told everything the app is told
         self.refused: VeilError | None = None
         self.failures = 0
         self._stop = threading.Event()
@@ -339,6 +362,8 @@ class Reregistration:
         self.secrets = secrets
         if secrets.manifest_digest == self.digest:
             gateway.keys = keys  # the coordinator may rotate keys without a new manifest
+            if self.pool is not None:
+                self.pool.keys(secrets.ohttp_keys)
             return
         if select_model(manifest, self.entry.name) != self.entry:
             raise PolicyError("model.changed", "the manifest changed the model this worker serves; restart it")
@@ -346,6 +371,8 @@ class Reregistration:
         if self.engine is not None and profile != self.engine.profile:
             self._restart_engine(profile)
         gateway.apply_manifest(manifest.manifest, keys)
+        if self.pool is not None:
+            self.pool.manifest(manifest.manifest, secrets.ohttp_keys)
         self.digest = secrets.manifest_digest
         log.warning("worker %s now serves under manifest %s", secrets.worker_id, self.digest[:16])
 
@@ -361,4 +388,6 @@ class Reregistration:
         log.error("stopping: %s (%s)", err.message, err.reason)
         self.refused = err
         self.app.state.gateway.stop(err.reason)  # no key left: nothing more can be decrypted here
+        if self.pool is not None:
+            self.pool.stop(err.reason)
         self.server.should_exit = True

@@ -25,6 +25,7 @@ from typing import Any
 from veil.manifest import TenantEntry
 from veil.ohttp import bhttp
 from veil.worker.refusals import Refusal
+from veil.worker.shared_state import SharedState
 
 SALT_CONTEXT = b"veil/cache-salt/v1\x00"
 #: Every path that reaches a model's prompt cache: OpenAI's chat and text completions and Responses
@@ -40,33 +41,53 @@ SALT_ENGINES = frozenset({"vllm", "llama.cpp", "transformers"})
 
 
 class TokenBucket:
-    """``per_minute`` tokens of capacity, refilled continuously; may go into debt on settlement."""
+    """``per_minute`` tokens of capacity, refilled continuously; may go into debt on settlement.
 
-    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
+    Its level lives in the worker's shared table (``veil.worker.shared_state``) under ``key``, so
+    every gateway process of the worker draws from the same bucket (by default a table of its own).
+    """
+
+    def __init__(
+        self, per_minute: int, clock: Callable[[], float], *, shared: SharedState | None = None, key: bytes | None = None
+    ) -> None:
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
-        self.level = self.capacity
         self._clock = clock
-        self._t = clock()
+        self._shared = shared if shared is not None else SharedState.create(1, bucket_slots=1)
+        self._at = self._shared.bucket_slot(key or os.urandom(16), self.capacity, clock())
 
-    def _refill(self) -> None:
+    @property
+    def level(self) -> float:
+        return self._shared.read_bucket(self._at)[0]
+
+    def _refilled(self) -> tuple[float, float]:
+        level, stamp = self._shared.read_bucket(self._at)
         now = self._clock()
-        self.level = min(self.capacity, self.level + (now - self._t) * self.rate)
-        self._t = now
+        return min(self.capacity, level + max(0.0, now - stamp) * self.rate), now
 
     def take(self, cost: float) -> float:
         """Take ``cost`` and return 0.0, or take nothing and return the seconds to wait."""
-        self._refill()
         need = min(cost, self.capacity)  # a request bigger than the bucket waits for a full one
-        if self.level >= need:
-            self.level -= cost
-            return 0.0
-        return (need - self.level) / self.rate
+        with self._shared.locked():
+            level, now = self._refilled()
+            if level >= need:
+                self._shared.write_bucket(self._at, level - cost, now)
+                return 0.0
+            self._shared.write_bucket(self._at, level, now)
+        return (need - level) / self.rate
 
     def settle(self, delta: float) -> None:
         """Charge (positive) or refund (negative) the difference between estimate and usage."""
-        self._refill()
-        self.level = min(self.capacity, self.level - delta)
+        with self._shared.locked():
+            level, now = self._refilled()
+            self._shared.write_bucket(self._at, min(self.capacity, level - delta), now)
+
+
+def bucket_key(tenant_id: str, kind: str, per_minute: int) -> bytes:
+    """Where a tenant's bucket lives in the shared table: the same tenant, kind and limit map to
+    the same bucket in every process and across manifest updates (a manifest update is no way
+    to reset a rate limit); a changed limit starts a fresh, full bucket."""
+    return hashlib.blake2b(f"{kind}\x00{per_minute}\x00{tenant_id}".encode(), digest_size=16).digest()
 
 
 # -- admission --------------------------------------------------------------------------------
@@ -133,32 +154,32 @@ class Tenancy:
         salt_secret: bytes | None = None,
         engine: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedState | None = None,
     ) -> None:
         self.tenants = list(tenants)
         self._clock = clock
         self._digests = [bytes.fromhex(t.key_sha256) for t in self.tenants]
-        # Per-worker secret made at start; salts never leave this process and nothing a client
-        # sends can choose or predict them.
+        # Per-worker secret made at start (shared by the worker's gateway processes); salts never
+        # leave the worker and nothing a client sends can choose or predict them.
         self._salt_secret = salt_secret if salt_secret is not None else os.urandom(32)
         self.salts_cache = engine in SALT_ENGINES
-        self._rpm = {t.id: TokenBucket(t.requests_per_minute, clock) for t in self.tenants}
-        self._tpm = {t.id: TokenBucket(t.tokens_per_minute, clock) for t in self.tenants if t.tokens_per_minute}
+        # The buckets live in the worker's shared table: every gateway process draws from them.
+        self._shared = shared if shared is not None else SharedState.create(1)
+        self._rpm = {t.id: self._bucket(t.id, "requests", t.requests_per_minute) for t in self.tenants}
+        self._tpm = {t.id: self._bucket(t.id, "tokens", t.tokens_per_minute) for t in self.tenants if t.tokens_per_minute}
+
+    def _bucket(self, tenant_id: str, kind: str, per_minute: int) -> TokenBucket:
+        return TokenBucket(per_minute, self._clock, shared=self._shared, key=bucket_key(tenant_id, kind, per_minute))
 
     @property
     def enabled(self) -> bool:
         return bool(self.tenants)
 
     def updated(self, tenants: list[TenantEntry]) -> "Tenancy":
-        """The tenancy of a newer manifest: same worker salt secret, and a tenant whose limits did
-        not change keeps its running buckets (a manifest update is no way to reset a rate limit)."""
-        new = Tenancy(tenants, salt_secret=self._salt_secret, clock=self._clock)
+        """The tenancy of a newer manifest: same worker salt secret and shared table, so a tenant
+        whose limits did not change keeps its running buckets (see :func:`bucket_key`)."""
+        new = Tenancy(tenants, salt_secret=self._salt_secret, clock=self._clock, shared=self._shared)
         new.salts_cache = self.salts_cache
-        old = {t.id: t for t in self.tenants}
-        for t in new.tenants:
-            if t.id in old and old[t.id].requests_per_minute == t.requests_per_minute:
-                new._rpm[t.id] = self._rpm[t.id]
-            if t.id in old and old[t.id].tokens_per_minute == t.tokens_per_minute and t.id in self._tpm:
-                new._tpm[t.id] = self._tpm[t.id]
         return new
 
     def cache_salt(self, tenant_id: str) -> str:

@@ -1,0 +1,210 @@
+"""Several gateway processes on one port, so that the gateway uses every core it is given.
+
+The worker's own process serves as gateway 0 (it also re-attests); :class:`GatewayPool` starts
+``processes - 1`` more (``python -m veil.worker.pool``). Each binds the worker's port with
+``SO_REUSEPORT``, so the kernel spreads connections over them, and runs the same app under
+uvicorn with the same server limits. What must hold across processes does:
+
+* **Keys and settings** reach every process from the worker, never through disk, argv or the
+  environment: a socketpair to each child carries JSON lines — the first with the key records,
+  the manifest and the tenant salt secret, later ones with each re-registration's keys and
+  manifest, or the order to stop. The worker sends them the moment it applies them itself, so
+  a rotation or revocation reaches every process within the same re-attestation interval.
+* **Replays** are refused whichever process a copy reaches, and **tenant limits** are drawn from
+  one set of buckets: both live in the worker's :class:`~veil.worker.shared_state.SharedState`
+  (an anonymous memfd each child inherits; see there for the lock).
+* **Lifetime**: a child dies with the worker (parent-death signal), and stops serving (forgets
+  its keys) the moment its channel closes.
+
+``SO_REUSEPORT`` lets any process of the same user bind the port too; inside the TEE only Veil
+runs, and the network is the host's anyway (OHTTP is end to end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import uvicorn
+
+from veil.httpserver import ServerLimits, make_server
+from veil.manifest import GatewaySettings, Manifest, PaddingSettings
+from veil.process import die_with_parent
+
+log = logging.getLogger("veil.worker.pool")
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` that other gateway processes may bind too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+@dataclasses.dataclass
+class GatewaySpec:
+    """What every gateway process builds its app from (the arguments of ``create_gateway_app``)."""
+
+    host: str
+    port: int
+    engine_socket: str
+    key_records: list[dict[str, object]]  # keyrelease.export_ohttp_keys: private keys, in memory only
+    salt_secret: bytes
+    limits: ServerLimits
+    manifest: Manifest | None = None
+    engine: str | None = None
+    padding: PaddingSettings | None = None
+    settings: GatewaySettings | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "engine_socket": self.engine_socket,
+            "keys": self.key_records,
+            "salt": self.salt_secret.hex(),
+            "limits": dataclasses.asdict(self.limits),
+            "manifest": self.manifest.model_dump_json() if self.manifest is not None else None,
+            "engine": self.engine,
+            "padding": self.padding.model_dump_json() if self.padding is not None else None,
+            "settings": self.settings.model_dump_json() if self.settings is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "GatewaySpec":
+        return cls(
+            host=doc["host"],
+            port=doc["port"],
+            engine_socket=doc["engine_socket"],
+            key_records=doc["keys"],
+            salt_secret=bytes.fromhex(doc["salt"]),
+            limits=ServerLimits(**doc["limits"]),
+            manifest=Manifest.model_validate_json(doc["manifest"]) if doc["manifest"] else None,
+            engine=doc["engine"],
+            padding=PaddingSettings.model_validate_json(doc["padding"]) if doc["padding"] else None,
+            settings=GatewaySettings.model_validate_json(doc["settings"]) if doc["settings"] else None,
+        )
+
+
+def build_app(spec: GatewaySpec, shared: Any) -> Any:
+    """The gateway app of one process (the worker's own, or a child's), from ``spec``."""
+    from veil import keyrelease
+    from veil.worker.engine_link import EngineLink
+    from veil.worker.gateway import create_gateway_app
+
+    return create_gateway_app(
+        keyrelease.import_ohttp_keys(spec.key_records),
+        EngineLink(spec.engine_socket),
+        manifest=spec.manifest,
+        engine=spec.engine,
+        padding=spec.padding,
+        settings=spec.settings,
+        tenant_salt_secret=spec.salt_secret,
+        shared=shared,
+    )
+
+
+class GatewayPool:
+    """The worker's extra gateway processes (``processes - 1`` of them) and their channels."""
+
+    def __init__(self, processes: int, spec: GatewaySpec, shared_fd: int) -> None:
+        self.children: list[tuple[subprocess.Popen[bytes], socket.socket]] = []
+        self._lock = threading.Lock()
+        first = (json.dumps(spec.to_json()) + "\n").encode()
+        for _ in range(processes - 1):
+            mine, theirs = socket.socketpair()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "veil.worker.pool", str(theirs.fileno()), str(shared_fd)],
+                pass_fds=(theirs.fileno(), shared_fd),
+                preexec_fn=lambda: die_with_parent(signal.SIGKILL),
+                stdin=subprocess.DEVNULL,
+            )
+            theirs.close()
+            mine.sendall(first)
+            self.children.append((proc, mine))
+
+    def pids(self) -> list[int]:
+        return [proc.pid for proc, _ in self.children]
+
+    def _send(self, message: dict[str, Any]) -> None:
+        line = (json.dumps(message) + "\n").encode()
+        with self._lock:
+            for proc, channel in self.children:
+                try:
+                    channel.sendall(line)
+                except OSError:
+                    log.error("gateway process %d is gone; stopping the worker's other gateways", proc.pid)
+                    proc.kill()  # it can no longer be told about key changes: it must not serve on
+
+    def keys(self, records: list[dict[str, object]]) -> None:
+        """Every process now serves exactly these keys (a rotation without a new manifest)."""
+        self._send({"keys": records})
+
+    def manifest(self, manifest: Manifest, records: list[dict[str, object]]) -> None:
+        """Every process applies a newer manifest and the keys that came with it."""
+        self._send({"manifest": manifest.model_dump_json(), "keys": records})
+
+    def stop(self, reason: str) -> None:
+        """Every process forgets its keys and exits (the worker failed closed)."""
+        self._send({"stop": reason})
+
+    def close(self) -> None:
+        for _, channel in self.children:
+            channel.close()  # a child stops serving when its channel closes
+        for proc, _ in self.children:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.children.clear()
+
+
+def _follow(lines: Any, app: Any, server: uvicorn.Server) -> None:
+    """A child's side of the channel: apply what the worker sends; its end stops this process."""
+    from veil import keyrelease
+
+    gateway = app.state.gateway
+    reason = "gateway.worker_gone"
+    for line in lines:
+        message = json.loads(line)
+        if "stop" in message:
+            reason = str(message["stop"])
+            break
+        keys = keyrelease.import_ohttp_keys(message["keys"])
+        if "manifest" in message:
+            gateway.apply_manifest(Manifest.model_validate_json(message["manifest"]), keys)
+        else:
+            gateway.keys = keys
+    gateway.stop(reason)  # no key left: nothing more can be decrypted here
+    server.should_exit = True
+
+
+def _child(channel_fd: int, shared_fd: int) -> None:
+    from veil.sandbox.hardening import forbid_core_dumps
+    from veil.worker.shared_state import SharedState
+
+    forbid_core_dumps()  # before any key arrives
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
+    lines = socket.socket(fileno=channel_fd).makefile("rb")
+    spec = GatewaySpec.from_json(json.loads(lines.readline()))
+    app = build_app(spec, SharedState.attach(shared_fd))
+    server = make_server(app, host=spec.host, port=spec.port, limits=spec.limits)
+    threading.Thread(target=_follow, args=(lines, app, server), name="veil-gateway-follow", daemon=True).start()
+    server.run(sockets=[reuseport_socket(spec.host, spec.port)])
+
+
+if __name__ == "__main__":
+    _child(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,129 @@
+"""Several gateway processes on one port (veil.worker.pool): keys reach every process, a rotation
+and a stop reach every process at once, and the shared table holds across real processes.
+
+Real processes: the pool's children under uvicorn with SO_REUSEPORT, asked on fresh connections
+(so the kernel spreads them over the processes).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from veil.httpserver import GATEWAY_LIMITS
+from veil.keyrelease import export_ohttp_keys
+from veil.manifest import TenantEntry
+from veil.ohttp.keyconfig import KeyPair, KeyStore, decode_key_config_list
+from veil.testing import free_port, listeners
+from veil.wire import GATEWAY_PATH
+from veil.worker.pool import GatewayPool, GatewaySpec
+from veil.worker.shared_state import SharedState
+from veil.worker.tenants import Tenancy
+
+ASKS = 12  # fresh connections per look: all on one of two processes has probability 2**-11
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[tuple[GatewayPool, str]]:
+    port = free_port()
+    spec = GatewaySpec(
+        host="127.0.0.1",
+        port=port,
+        engine_socket=str(tmp_path / "no-engine.sock"),  # key discovery needs no engine
+        key_records=export_ohttp_keys(KeyStore([KeyPair.generate(1)])),
+        salt_secret=os.urandom(32),
+        limits=GATEWAY_LIMITS,
+    )
+    shared = SharedState.create(1024)
+    made = GatewayPool(3, spec, shared.fd)  # the test process stands for gateway 0: two children
+    try:
+        deadline = time.monotonic() + 60
+        while listeners(port) < 2:
+            assert time.monotonic() < deadline and all(p.poll() is None for p, _ in made.children), "children did not start"
+            time.sleep(0.05)
+        yield made, f"http://127.0.0.1:{port}"
+    finally:
+        made.close()
+
+
+def _key_ids(url: str) -> set[tuple[int, ...]]:
+    seen = set()
+    for _ in range(ASKS):
+        with httpx.Client(timeout=10) as http:  # a new connection each time
+            r = http.get(url + GATEWAY_PATH)
+            seen.add(tuple(c.key_id for c in decode_key_config_list(r.content)))
+    return seen
+
+
+def _until(check: object, seconds: float = 10.0) -> float:
+    start = time.monotonic()
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() - start < seconds, "not within the bound"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_a_rotation_and_a_stop_reach_every_gateway_process(pool: tuple[GatewayPool, str]) -> None:
+    gateways, url = pool
+    assert _key_ids(url) == {(1,)}
+    gateways.keys(export_ohttp_keys(KeyStore([KeyPair.generate(2)])))  # a re-registration's rotation
+    took = _until(lambda: _key_ids(url) == {(2,)})
+    assert took < 5  # at once, well inside one re-attestation interval (60 s by default)
+
+    gateways.stop("worker.reattestation_failed")  # the worker failed closed
+    _until(lambda: all(p.poll() is not None for p, _ in gateways.children))
+    assert listeners(int(url.rsplit(":", 1)[1])) == 0
+
+
+def test_a_child_stops_when_the_worker_is_gone(pool: tuple[GatewayPool, str]) -> None:
+    gateways, _ = pool
+    for _, channel in gateways.children:
+        channel.close()  # what the worker's death does to the channel
+    _until(lambda: all(p.poll() is not None for p, _ in gateways.children))
+
+
+def test_replay_claims_hold_across_real_processes() -> None:
+    """Two processes claim the same 300 keys at once: each key is granted exactly once."""
+    shared = SharedState.create(1 << 14)  # 2,048 buckets: 300 keys never fill one of 8 ways
+    script = textwrap.dedent("""
+        import sys, time
+        from veil.worker.shared_state import SharedState
+        table = SharedState.attach(int(sys.argv[1]))
+        now = time.monotonic()
+        won = sum(table.claim(table.digest(b"enc %d" % i), now, now + 60) for i in range(300))
+        print(won)
+    """)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(shared.fd)], pass_fds=(shared.fd,), stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    won = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert sum(won) == 300 and shared.live(time.monotonic()) == 300
+
+
+def test_tenant_buckets_are_shared_by_every_process() -> None:
+    """A tenant allowed 3 requests a minute gets 3 in all, however they are spread."""
+    from veil.admin import create_tenant
+    from veil.ohttp import bhttp
+    from veil.worker.refusals import Refusal
+
+    key, entry = create_tenant("t", 3)
+    assert isinstance(entry, TenantEntry)
+    shared = SharedState.create(16)
+    one = Tenancy([entry], salt_secret=b"s" * 32, shared=shared)
+    other = Tenancy([entry], salt_secret=b"s" * 32, shared=SharedState.attach(shared.fd))  # another mapping
+    req = bhttp.Request("POST", "https", "api", "/v1/models", [("authorization", f"Bearer {key}")], b"")
+    for tenancy in (one, other, one):
+        tenancy.admit(req)
+    for tenancy in (one, other):
+        with pytest.raises(Refusal) as refused:
+            tenancy.admit(req)
+        assert refused.value.reason == "tenant.rate_limited"
