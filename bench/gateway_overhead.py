@@ -14,18 +14,24 @@ requests, answers counted but not decrypted) so it does not hide the gateway; on
 goes through Veil's real client transport and is checked in full.
 
 * **CPU per event and per request**: streams of 1 and of ``1 + --tokens`` events from a paced
-  engine (events arrive one by one: the gateway's worst case, no coalescing), 16 at a time; the
-  difference per added event is ``us_per_event``, the 1-event cost ``ms_per_request`` (HPKE open,
-  admission, the engine hop, head and final chunk).
+  engine, 16 at a time; the difference per added event is ``us_per_event``, the 1-event cost
+  ``ms_per_request`` (HPKE open, admission, the engine hop, head and final chunk). At ``--rate``
+  (500 events/s per stream) events 2 ms apart share the gateway's 5 ms coalescing tick; at
+  ``--slow-rate`` (100/s, 10 ms apart) every event goes on alone, the gateway's worst case:
+  ``us_per_event_one_by_one``.
 * **Latency added**: whole answers from an engine paced at ``--latency-rate`` (as a GPU serving
   many streams gives each) at concurrency 1, 8, 64 and 256, direct and through the gateway
   interleaved in rounds; ``p99_added_ms_64`` = p99(gateway) - p99(direct) at 64.
-* **Throughput**: unpaced engine at 64 and 256 streams: events per second through the gateway (one
-  process) and straight to the engine, and the gateway CPU per event at that load (events that
-  arrive in one read are sealed together).
+* **Throughput**: unpaced engine at 64 and 256 streams: events per second through the gateway with
+  ``--processes`` processes and with one, interleaved (``events_per_s``, all processes together,
+  and ``events_per_s_one_process``), straight to the engine, and the gateway CPU per event at that
+  load. The load generator, the engine and the gateway share this machine's cores.
 
-    python bench/gateway_overhead.py               # text
-    python bench/gateway_overhead.py --json        # ... and one JSON object on the last line
+All gateways run ``--processes`` processes (``veil.worker.pool``, SO_REUSEPORT on one port) except
+the one-process throughput reference.
+
+    python bench/gateway_overhead.py                   # text
+    python bench/gateway_overhead.py --processes 2 --json  # ... and one JSON object on the last line
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from veil.ohttp.keyconfig import KeyConfig  # noqa: E402
 from veil.ohttp.padding import pad_message  # noqa: E402
 from veil.testing import GatewayProcess  # noqa: E402
 from veil.wire import GATEWAY_PATH, MEDIA_TYPE_CHUNKED_REQUEST  # noqa: E402
-from veil.worker.engine_link import EngineLink  # noqa: E402
+from veil.worker.engine_link import DEFAULT_COALESCE, EngineLink  # noqa: E402
 
 CONCURRENCY = (1, 8, 64, 256)
 CHAT_PATH = "/v1/chat/completions"
@@ -183,29 +189,32 @@ async def latency(gw: GatewayProcess, args: argparse.Namespace) -> dict[str, Any
     return out
 
 
-async def unpaced(gw: GatewayProcess, args: argparse.Namespace) -> list[dict[str, Any]]:
-    direct, through = Load(EngineLink(gw.engine_socket, coalesce=0), None), _through(gw)
-    await through.run(8, 16, 4)
+async def unpaced(gateways: dict[int, GatewayProcess], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Events per second at 64 and 256 streams through each gateway (keyed by its process count)
+    and straight to the engine, interleaved."""
+    loads = {n: _through(gw) for n, gw in gateways.items()}
+    any_gw = next(iter(gateways.values()))
+    direct = Load(EngineLink(any_gw.engine_socket, coalesce=0), None)
+    for load in loads.values():
+        await load.run(8, 16, 4)
     rows = []
     for c in (64, 256):
         n = max(c, args.requests * 2)
         _, d_wall = await direct.run(c, n, args.tokens)
-        pids = gw.gateway_pids()
-        c0 = cpu_seconds(pids)
-        _, g_wall = await through.run(c, n, args.tokens)
-        cpu = cpu_seconds(pids) - c0
-        events = n * args.tokens
-        rows.append(
-            {
-                "concurrency": c,
-                "direct_events_per_s": events / d_wall,
-                "events_per_s": events / g_wall,
-                "gateway_cpu_us_per_event": cpu / events * 1e6,
-                "gateway_cpu_share": cpu / g_wall,
-            }
-        )
+        row: dict[str, Any] = {"concurrency": c, "direct_events_per_s": n * args.tokens / d_wall}
+        for procs, gw in gateways.items():
+            pids = gw.gateway_pids()
+            c0 = cpu_seconds(pids)
+            _, g_wall = await loads[procs].run(c, n, args.tokens)
+            cpu = cpu_seconds(pids) - c0
+            events = n * args.tokens
+            row[f"events_per_s_{procs}p"] = events / g_wall
+            row[f"gateway_cpu_us_per_event_{procs}p"] = cpu / events * 1e6
+            row[f"gateway_cores_busy_{procs}p"] = cpu / g_wall
+        rows.append(row)
     await direct.link.aclose()
-    await through.link.aclose()
+    for load in loads.values():
+        await load.link.aclose()
     return rows
 
 
@@ -231,6 +240,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32, help="events per streamed answer")
     ap.add_argument("--rate", type=float, default=500.0, help="engine for the CPU figures: events per second per stream")
     ap.add_argument(
+        "--slow-rate", type=float, default=100.0, help="engine for the one-by-one CPU figure: events per second per stream"
+    )
+    ap.add_argument(
         "--latency-rate",
         type=float,
         default=50.0,
@@ -239,6 +251,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement")
     ap.add_argument("--padding", choices=("on", "off"), default="on")
     ap.add_argument(
+        "--processes", type=int, default=len(os.sched_getaffinity(0)), help="gateway processes (default: one per core)"
+    )
+    ap.add_argument(
         "--baseline",
         metavar="SRC",
         help="also measure the gateway of another checkout's src/ (e.g. an older commit's), interleaved: CPU ratios in one run",
@@ -246,56 +261,68 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="also print one JSON object on the last line")
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
+    procs = args.processes
     with tempfile.TemporaryDirectory(prefix="veil-bench-") as tmp:
-        opts: dict[str, Any] = {"tokens": 1 << 20, "padding": args.padding, "rate": args.rate}
-        with GatewayProcess(Path(tmp) / "paced", **opts) as gw:
+        opts: dict[str, Any] = {"tokens": 1 << 20, "padding": args.padding, "processes": procs}
+        with (
+            GatewayProcess(Path(tmp) / "paced", rate=args.rate, **opts) as gw,
+            GatewayProcess(Path(tmp) / "slow", rate=args.slow_rate, **opts) as slow,
+        ):
             gw.victim()  # one answer through Veil's own client transport, decrypted and checked
-            gateways = [gw]
+            gateways = [gw, slow]
             if args.baseline:
                 os.environ["PYTHONPATH"] = str(Path(args.baseline).resolve())  # the baseline's child imports its veil
                 try:
-                    gateways.append(GatewayProcess(Path(tmp) / "baseline", **opts))
+                    gateways.append(GatewayProcess(Path(tmp) / "baseline", tokens=1 << 20, padding=args.padding, rate=args.rate))
                 finally:
                     del os.environ["PYTHONPATH"]
             try:
                 costs = asyncio.run(cpu_costs(gateways, args))
             finally:
-                for g in gateways[1:]:
+                for g in gateways[2:]:
                     g.stop()
             result: dict[str, Any] = dict(costs[0])
+            result["us_per_event_one_by_one"] = costs[1]["us_per_event"]
             if args.baseline:
-                result["baseline"] = {**costs[1], "src": args.baseline}
-        with GatewayProcess(Path(tmp) / "latency", **{**opts, "rate": args.latency_rate}) as gw:
+                result["baseline"] = {**costs[2], "src": args.baseline, "processes": 1}
+        with GatewayProcess(Path(tmp) / "latency", rate=args.latency_rate, **opts) as gw:
             result.update(asyncio.run(latency(gw, args)))
-        del opts["rate"]
-        with GatewayProcess(Path(tmp) / "unpaced", **opts) as gw:
-            result["throughput"] = asyncio.run(unpaced(gw, args))
-    result["events_per_s"] = max(r["events_per_s"] for r in result["throughput"])
+        unpaced_opts = {"tokens": 1 << 20, "padding": args.padding}
+        with (
+            GatewayProcess(Path(tmp) / "unpaced", processes=procs, **unpaced_opts) as many,
+            GatewayProcess(Path(tmp) / "unpaced1", processes=1, **unpaced_opts) as one,
+        ):
+            result["throughput"] = asyncio.run(unpaced({procs: many, 1: one} if procs != 1 else {1: one}, args))
+    result["events_per_s"] = max(r[f"events_per_s_{procs}p"] for r in result["throughput"])
+    result["events_per_s_one_process"] = max(r["events_per_s_1p"] for r in result["throughput"])
     result.update(
-        processes=1,
+        processes=procs,
         padding=args.padding,
         tokens=args.tokens,
         rate=args.rate,
+        slow_rate=args.slow_rate,
         latency_rate=args.latency_rate,
+        coalesce_ms=DEFAULT_COALESCE * 1e3,
         reference=reference(),
         cpus=os.cpu_count(),
         load_average=[round(load0, 2), round(os.getloadavg()[0], 2)],
     )
     print(
-        f"gateway overhead — one gateway process, padding {args.padding}, load average "
+        f"gateway overhead — {procs} gateway process(es), padding {args.padding}, load average "
         f"{load0:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; this machine now: sealing a 512-byte chunk "
         f"{result['reference']['seal_512B_us']:.1f} µs (idle: about 2.4)"
     )
     print(
-        f"gateway CPU: {result['us_per_event']:.1f} µs per streamed event (events one by one), "
+        f"gateway CPU: {result['us_per_event']:.1f} µs per streamed event at {args.rate:g}/s per stream (coalesced on the "
+        f"{DEFAULT_COALESCE * 1e3:g} ms tick), {result['us_per_event_one_by_one']:.1f} µs one by one ({args.slow_rate:g}/s); "
         f"{result['ms_per_request']:.3f} ms per request (HPKE, admission, engine hop, head, end)"
     )
     if args.baseline:
         b = result["baseline"]
         print(
-            f"baseline ({args.baseline}), same rounds: {b['us_per_event']:.1f} µs per event, {b['ms_per_request']:.3f} ms per request"
-            f" — ratio now/baseline {result['us_per_event'] / b['us_per_event']:.2f} per event, "
-            f"{result['ms_per_request'] / b['ms_per_request']:.2f} per request"
+            f"baseline ({args.baseline}, one process), same rounds: {b['us_per_event']:.1f} µs per event, "
+            f"{b['ms_per_request']:.3f} ms per request — ratio now/baseline {result['us_per_event'] / b['us_per_event']:.2f} "
+            f"per event, {result['ms_per_request'] / b['ms_per_request']:.2f} per request"
         )
     print(f"latency of whole {args.tokens}-event answers, engine at {args.latency_rate:g} events/s per stream:")
     print(f"{'conc':>5} {'direct p50':>11} {'gw p50':>9} {'direct p99':>11} {'gw p99':>9} {'added p50':>10} {'added p99':>10}")
@@ -305,10 +332,13 @@ def main() -> None:
             f"{r['gateway_p99_ms']:>7.2f}ms {r['added_p50_ms']:>8.2f}ms {r['added_p99_ms']:>8.2f}ms"
         )
     for r in result["throughput"]:
+        ways = ", ".join(
+            f"{n} process(es) {r[f'events_per_s_{n}p']:,.0f} events/s ({r[f'gateway_cpu_us_per_event_{n}p']:.1f} µs/event, "
+            f"{r[f'gateway_cores_busy_{n}p']:.2f} cores)"
+            for n in sorted({procs, 1})
+        )
         print(
-            f"unpaced, {r['concurrency']} streams: {r['events_per_s']:,.0f} events/s through the gateway "
-            f"(direct {r['direct_events_per_s']:,.0f}), gateway CPU {r['gateway_cpu_us_per_event']:.1f} µs/event, "
-            f"{r['gateway_cpu_share']:.2f} cores busy"
+            f"unpaced, {r['concurrency']} streams: direct {r['direct_events_per_s']:,.0f} events/s; through the gateway: {ways}"
         )
     if args.json:
         print(json.dumps(result))

@@ -14,6 +14,8 @@ an answer that arrives encoded anyway).
 
 from __future__ import annotations
 
+import functools
+
 import httpx
 
 from veil.ohttp import bhttp
@@ -41,8 +43,14 @@ _STRIP_RESPONSE = frozenset(
 
 def upstream_request(req: bhttp.Request) -> httpx.Request:
     headers = [(n, v) for n, v in req.headers if n.lower() in FORWARDED_HEADERS]
-    path = req.path if req.path.startswith("/") else "/" + req.path
-    return httpx.Request(req.method, "http://engine" + path, headers=headers, content=req.content)
+    return httpx.Request(req.method, _engine_url(req.path), headers=headers, content=req.content)
+
+
+@functools.lru_cache(maxsize=256)
+def _engine_url(path: str) -> httpx.URL:
+    """The engine URL of an inner path, parsed once per path (httpx's URL parsing is a good part
+    of a request's fixed cost, and clients use a handful of paths)."""
+    return httpx.URL("http://engine" + (path if path.startswith("/") else "/" + path))
 
 
 async def open_upstream(upstream: httpx.AsyncBaseTransport, req: bhttp.Request) -> httpx.Response:
