@@ -14,7 +14,8 @@ requests, answers counted but not decrypted) so it does not hide the gateway; on
 goes through Veil's real client transport and is checked in full.
 
 * **CPU per event and per request**: streams of 1 and of ``1 + --tokens`` events from a paced
-  engine, 16 at a time; the difference per added event is ``us_per_event``, the 1-event cost
+  engine, 16 at a time, through one gateway process (the code path's own cost) and through
+  ``--processes`` (``with_processes``: each process then sees fewer streams per wake-up); the difference per added event is ``us_per_event``, the 1-event cost
   ``ms_per_request`` (HPKE open, admission, the engine hop, head and final chunk). At ``--rate``
   (500 events/s per stream) events 2 ms apart share the gateway's 5 ms coalescing tick; at
   ``--slow-rate`` (100/s, 10 ms apart) every event goes on alone, the gateway's worst case:
@@ -27,8 +28,7 @@ goes through Veil's real client transport and is checked in full.
   and ``events_per_s_one_process``), straight to the engine, and the gateway CPU per event at that
   load. The load generator, the engine and the gateway share this machine's cores.
 
-All gateways run ``--processes`` processes (``veil.worker.pool``, SO_REUSEPORT on one port) except
-the one-process throughput reference.
+The latency gateway runs ``--processes`` processes (``veil.worker.pool``, SO_REUSEPORT on one port).
 
     python bench/gateway_overhead.py                   # text
     python bench/gateway_overhead.py --processes 2 --json  # ... and one JSON object on the last line
@@ -264,12 +264,15 @@ def main() -> None:
     procs = args.processes
     with tempfile.TemporaryDirectory(prefix="veil-bench-") as tmp:
         opts: dict[str, Any] = {"tokens": 1 << 20, "padding": args.padding, "processes": procs}
+        one = {**opts, "processes": 1}
         with (
-            GatewayProcess(Path(tmp) / "paced", rate=args.rate, **opts) as gw,
-            GatewayProcess(Path(tmp) / "slow", rate=args.slow_rate, **opts) as slow,
+            GatewayProcess(Path(tmp) / "paced", rate=args.rate, **one) as gw,
+            GatewayProcess(Path(tmp) / "slow", rate=args.slow_rate, **one) as slow,
+            GatewayProcess(Path(tmp) / "pacedN", rate=args.rate, **opts) as gw_n,
         ):
             gw.victim()  # one answer through Veil's own client transport, decrypted and checked
-            gateways = [gw, slow]
+            gw_n.victim()
+            gateways = [gw, slow, gw_n]
             if args.baseline:
                 os.environ["PYTHONPATH"] = str(Path(args.baseline).resolve())  # the baseline's child imports its veil
                 try:
@@ -279,12 +282,13 @@ def main() -> None:
             try:
                 costs = asyncio.run(cpu_costs(gateways, args))
             finally:
-                for g in gateways[2:]:
+                for g in gateways[3:]:
                     g.stop()
-            result: dict[str, Any] = dict(costs[0])
+            result: dict[str, Any] = dict(costs[0])  # one process: the code path's own cost
             result["us_per_event_one_by_one"] = costs[1]["us_per_event"]
+            result["with_processes"] = costs[2]  # the same load spread over --processes processes
             if args.baseline:
-                result["baseline"] = {**costs[2], "src": args.baseline, "processes": 1}
+                result["baseline"] = {**costs[3], "src": args.baseline, "processes": 1}
         with GatewayProcess(Path(tmp) / "latency", rate=args.latency_rate, **opts) as gw:
             result.update(asyncio.run(latency(gw, args)))
         unpaced_opts = {"tokens": 1 << 20, "padding": args.padding}
@@ -315,7 +319,9 @@ def main() -> None:
     print(
         f"gateway CPU: {result['us_per_event']:.1f} µs per streamed event at {args.rate:g}/s per stream (coalesced on the "
         f"{DEFAULT_COALESCE * 1e3:g} ms tick), {result['us_per_event_one_by_one']:.1f} µs one by one ({args.slow_rate:g}/s); "
-        f"{result['ms_per_request']:.3f} ms per request (HPKE, admission, engine hop, head, end)"
+        f"{result['ms_per_request']:.3f} ms per request (HPKE, admission, engine hop, head, end); one process. "
+        f"Spread over {procs}: {result['with_processes']['us_per_event']:.1f} µs per event, "
+        f"{result['with_processes']['ms_per_request']:.3f} ms per request"
     )
     if args.baseline:
         b = result["baseline"]
