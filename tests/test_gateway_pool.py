@@ -127,3 +127,22 @@ def test_tenant_buckets_are_shared_by_every_process() -> None:
         with pytest.raises(Refusal) as refused:
             tenancy.admit(req)
         assert refused.value.reason == "tenant.rate_limited"
+
+
+def test_a_worker_never_joins_another_servers_port() -> None:
+    """SO_REUSEPORT lets same-user sockets share a port: the worker's own bind must still find the
+    port taken by an earlier server (here, another worker's gateway sockets) and fail as any
+    server does, while its own gateway processes join its sockets."""
+    import errno
+
+    from veil.worker.pool import reuseport_socket
+
+    port = free_port()
+    earlier = reuseport_socket("127.0.0.1", port, first=True)
+    try:
+        with pytest.raises(OSError) as taken:
+            reuseport_socket("127.0.0.1", port, first=True)
+        assert taken.value.errno == errno.EADDRINUSE
+        reuseport_socket("127.0.0.1", port).close()  # a gateway process of the same worker joins
+    finally:
+        earlier.close()

@@ -483,7 +483,7 @@ def _run_gateway(args: argparse.Namespace) -> None:
         shared = SharedState.create(DEFAULT_CAPACITY)
         app = build_app(spec, shared)
         server = uvicorn.Server(server_config(app, host="127.0.0.1", port=args.port, limits=limits))
-        listener = reuseport_socket("127.0.0.1", args.port)
+        listener = reuseport_socket("127.0.0.1", args.port, first=True)
         pool = GatewayPool(args.processes, spec, shared.fd)  # the same worker pieces as veil.worker.serve
         try:
             server.run(sockets=[listener])

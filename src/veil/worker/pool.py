@@ -41,9 +41,18 @@ from veil.process import die_with_parent
 log = logging.getLogger("veil.worker.pool")
 
 
-def reuseport_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` that other gateway processes may bind too."""
+def reuseport_socket(host: str, port: int, *, first: bool = False) -> socket.socket:
+    """A listening TCP socket on ``host:port`` that the worker's other gateway processes bind too.
+
+    ``first`` (the worker's own process): the port must be free, as for any server — a plain
+    bind is tried first, so a worker never silently joins the sockets another server (an earlier
+    deployment, say) holds on that port with ``SO_REUSEPORT``; that is ``EADDRINUSE``, as before.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if first:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            probe.bind((host, port))
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

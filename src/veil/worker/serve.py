@@ -239,7 +239,10 @@ def run_worker(config: WorkerConfig, attester: Attester) -> None:
         # Slow clients timed out, connections capped with descriptors kept for the engine and
         # coordinator links (veil.httpserver).
         server = make_server(app, host=config.host, port=config.port, limits=GATEWAY_LIMITS)
-        listener = reuseport_socket(config.host, config.port)
+        try:
+            listener = reuseport_socket(config.host, config.port, first=True)
+        except OSError as exc:
+            raise VeilError("worker.port_unavailable", f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
         pool = GatewayPool(gateway_process_count(config.gateway_processes), spec, shared.fd)
         keeper = Reregistration(config, attester, app, server, secrets, entry, engine, weights, pool)
         keeper.start()
