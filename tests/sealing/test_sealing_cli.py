@@ -43,6 +43,23 @@ def test_seal_generates_key_and_prints_manifest_fields(tmp_path: Path) -> None:
     assert "sealed_sha256" in res.stdout
 
 
+def test_digest_only_prints_the_pins_of_published_weights(tmp_path: Path) -> None:
+    """An auditor holding the published weights recomputes the manifest's pins; nothing is written."""
+    model = tmp_path / "model.gguf"
+    model.write_bytes(os.urandom(200_000))
+    sealed = CliRunner().invoke(app, ["seal", str(model), "--out", str(tmp_path / "m.sealed"), "--json"])
+    pins = json.loads(sealed.stdout.strip().splitlines()[0])
+    res = CliRunner().invoke(app, ["seal", str(model), "--digest-only", "--json"])
+    assert res.exit_code == 0, res.output
+    digests = json.loads(res.stdout.strip().splitlines()[0])
+    assert (digests["sha256"], digests["tree_sha256"]) == (pins["sha256"], pins["tree_sha256"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.sealed", "m.sealed.key", "model.gguf"]
+    other = CliRunner().invoke(app, ["seal", str(model), "--digest-only", "--segment-size", "8192", "--json"])
+    assert json.loads(other.stdout.strip().splitlines()[0])["tree_sha256"] != pins["tree_sha256"]
+    assert CliRunner().invoke(app, ["seal", str(model), "--digest-only", "--segment-size", "100"]).exit_code == 1
+    assert CliRunner().invoke(app, ["seal", str(model)]).exit_code == 2  # sealing needs --out
+
+
 def test_seal_refuses_a_bad_key_file(tmp_path: Path) -> None:
     (tmp_path / "m").write_bytes(b"x")
     (tmp_path / "k").write_text("not a key")

@@ -28,6 +28,8 @@ from veil.sealing.unseal import default_workers
 from veil.sealing.format import (
     DEFAULT_SEGMENT_SIZE,
     KEY_SIZE,
+    MAX_SEGMENT_SIZE,
+    MIN_SEGMENT_SIZE,
     NONCE_PREFIX_SIZE,
     TINK_HEADER_SIZE,
     SealedHeader,
@@ -109,6 +111,8 @@ def plaintext_digests(
     The tree digest depends only on the bytes and the segment size, so anyone holding the
     published weights can recompute the manifest's ``tree_sha256`` pin.
     """
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise ValueError(f"segment size must be in [{MIN_SEGMENT_SIZE}, {MAX_SEGMENT_SIZE}]")
     plan = SegmentPlan(src.stat().st_size, segment_size)
     flat, tree = hashlib.sha256(), SegmentTree(plan)
     done = 0
