@@ -283,7 +283,13 @@ def run() -> Iterator[Run]:
         shutil.rmtree(capture_dir, ignore_errors=True)
         raise
     state_dir = Path(tempfile.mkdtemp(prefix="veil-canary-state-"))
-    dep = LocalDeployment(state_dir, coordinator_port=ports["coordinator"], worker_port=ports["gateway"], sandbox=SANDBOX)
+    dep = LocalDeployment(
+        state_dir,
+        coordinator_port=ports["coordinator"],
+        worker_port=ports["gateway"],
+        sandbox=SANDBOX,
+        gateway_processes=2,  # the worker's second gateway process decrypts too: it must leak nothing either
+    )
     outputs: dict[str, str] = {}
     try:
         dep.start()

@@ -54,6 +54,8 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._unwatch()
+        if self.transport is not None:
+            self.transport.resume_reading()  # a reused connection starts reading, whatever held it
         self.parser = httptools.HttpResponseParser(self)
         self.head: asyncio.Future[None] = self.loop.create_future()
         self.status = 0
