@@ -69,8 +69,8 @@ class GatewaySpec:
     host: str
     port: int
     engine_socket: str
-    key_records: list[dict[str, object]]  # keyrelease.export_ohttp_keys: private keys, in memory only
-    salt_secret: bytes
+    key_records: list[dict[str, object]] = dataclasses.field(repr=False)  # private keys: in memory only
+    salt_secret: bytes = dataclasses.field(repr=False)
     limits: ServerLimits
     manifest: Manifest | None = None
     engine: str | None = None

@@ -23,7 +23,10 @@ The cache and its floor live in the worker's :class:`~veil.worker.shared_state.S
 every gateway process of a worker refuses a replay that another one answered. The cache is
 set-associative (8 entries per bucket), so "the oldest entry" evicted is the oldest of its bucket;
 buckets are chosen by a hash keyed with a secret of the worker, so nobody can aim requests at the
-bucket of a request they captured to evict it early.
+bucket of a request they captured to evict it early. What remains under such a flood: a chunked
+request's key is claimed when its header arrives and its ``Date`` recorded when its body is
+complete; if a flood evicts the claim in between and a copy arrives before the body ends, both
+are answered (once each; nothing is decrypted for the attacker).
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ class ReplayGuard:
             raise Refusal(400, "ohttp.bad_date", "The Date header is not an HTTP date.", code="bad_date")
         date = float(mktime_tz(parsed))
         now = self._clock()
-        if abs(now - date) > self.window or date <= self.shared.floor():
+        mono = self._monotonic()
+        if abs(now - date) > self.window or not self.shared.record_date(key, date, mono, mono + 2 * self.window):
             raise Refusal(
                 400,
                 "ohttp.date_out_of_window",
@@ -93,4 +97,3 @@ class ReplayGuard:
                 code="date_out_of_window",
                 headers=[("date", formatdate(now, usegmt=True))],
             )
-        self.shared.set_date(key, date)

@@ -30,6 +30,7 @@ import mmap
 import os
 import struct
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -61,6 +62,7 @@ class SharedState:
             raise ProtocolError("gateway.shared_state_malformed", "the shared gateway table is not one")
         self._buckets_at: int = _HEADER_SIZE + self.replay_buckets * self.replay_ways * _ENTRY.size
         self._thread_lock = threading.Lock()
+        weakref.finalize(self, _release, mapping, fd)  # a gateway made and dropped (tests) leaks nothing
 
     @classmethod
     def create(cls, replay_capacity: int, bucket_slots: int = DEFAULT_BUCKET_SLOTS) -> "SharedState":
@@ -76,8 +78,10 @@ class SharedState:
 
     @classmethod
     def attach(cls, fd: int) -> "SharedState":
-        """Map the table another gateway process created (its memfd, inherited)."""
-        return cls(fd, mmap.mmap(fd, os.fstat(fd).st_size))
+        """Map the table another gateway process created (its memfd, inherited; ``fd`` is
+        duplicated, so the caller keeps its own)."""
+        own = os.dup(fd)
+        return cls(own, mmap.mmap(own, os.fstat(own).st_size))
 
     def digest(self, data: bytes) -> bytes:
         """The table key for ``data``: keyed by a secret of this worker, so nobody outside can
@@ -133,13 +137,25 @@ class SharedState:
                 if self._mm[at : at + 16] == key:
                     _ENTRY.pack_into(self._mm, at, _EMPTY_KEY, 0.0, math.nan)
 
-    def set_date(self, key: bytes, date: float) -> None:
-        with self.locked():
-            for at in self._ways(key):
-                if self._mm[at : at + 16] == key:
-                    _DOUBLE.pack_into(self._mm, at + 24, date)
+    def record_date(self, key: bytes, date: float, now: float, expiry: float) -> bool:
+        """Record the inner ``Date`` of claimed ``key``; False if it lies at or before the floor.
+        A claim evicted meanwhile (by a flood) is made again, so its date is not lost."""
+        mm = self._mm
+        for _ in range(2):
+            with self.locked():
+                if date <= self.floor():
+                    return False
+                for at in self._ways(key):
+                    seen, until, _ = _ENTRY.unpack_from(mm, at)
+                    if seen == key and until > now:
+                        _DOUBLE.pack_into(mm, at + 24, date)
+                        return True
+            if not self.claim(key, now, expiry):
+                continue  # claimed again meanwhile: record on that entry
+        return False  # evicted twice over while being recorded: refuse rather than lose it
 
     def floor(self) -> float:
+        """Dated requests at or before this are refused (raised by early evictions)."""
         value: float = _FLOOR.unpack_from(self._mm, _FLOOR_AT)[0]
         return value
 
@@ -178,3 +194,8 @@ class SharedState:
     def write_bucket(self, at: int, level: float, stamp: float) -> None:
         _DOUBLE.pack_into(self._mm, at + 16, level)
         _DOUBLE.pack_into(self._mm, at + 24, stamp)
+
+
+def _release(mapping: mmap.mmap, fd: int) -> None:
+    mapping.close()
+    os.close(fd)
