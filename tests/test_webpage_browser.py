@@ -110,6 +110,9 @@ def test_page_shows_what_was_verified(browser, proxy_url: str, attested: Atteste
     assert "certificate chain" in chain and "VCEK <- ASK <- ARK" in chain  # the verifier's own words
     assert attested.manifest is not None and attested.manifest.digest.hex() in manifest
     assert "smollm2-135m-instruct" in manifest
+    model = attested.manifest.manifest.models[0]
+    if model.tree_sha256:  # sealed weights: the page names the pin the TEE checks, not only the hub's digest
+        assert f"the TEE checks tree {model.tree_sha256[:16]}" in manifest
     assert SANDBOX in page.locator("#admits").inner_text()
     assert "(current)" in page.locator("#history").inner_text()  # `veil proxy` keeps the manifest log
     keys = page.locator("#keys").inner_text()

@@ -95,7 +95,8 @@ function showManifest(v, history, admission) {
     ["replaces", signed.previous || "nothing (the first manifest)", "mono"],
     ["signed by", (signed.signatures || []).map((s) => s.key || s.public_key || JSON.stringify(s).slice(0, 80)).join(", "), "mono"],
     ["admin keys", (m.admin_keys || []).join(", "), "mono"],
-    ["models", (m.models || []).map((x) => `${x.name} (${x.engine}, sha256 ${x.sha256.slice(0, 16)}…)`).join("; ") || "none"],
+    ["models", (m.models || []).map((x) => `${x.name} (${x.engine}, sha256 ${x.sha256.slice(0, 16)}…` +
+      (x.tree_sha256 ? `, sealed: the TEE checks tree ${x.tree_sha256.slice(0, 16)}…)` : ")")).join("; ") || "none"],
   ] : [["manifest", "not verified"]]);
   const sandbox = m ? m.sandbox.profile + (m.sandbox.allow_gpu ? " + GPU" : "") : "";
   const rows = m ? [
