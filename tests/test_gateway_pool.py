@@ -98,7 +98,7 @@ def test_replay_claims_hold_across_real_processes() -> None:
         from veil.worker.shared_state import SharedState
         table = SharedState.attach(int(sys.argv[1]))
         now = time.monotonic()
-        won = sum(table.claim(table.digest(b"enc %d" % i), now, now + 60) for i in range(300))
+        won = sum(table.claim(table.digest(b"enc %d" % i), i, now, now + 60) for i in range(300))
         print(won)
     """)
     procs = [

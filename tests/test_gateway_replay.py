@@ -82,3 +82,44 @@ def test_capacity_is_bounded_and_evictions_raise_a_floor() -> None:
         g.check_date(key, _date(c.wall - 5))
     assert e.value.reason == "ohttp.date_out_of_window"
     g.check_date(key, _date(c.wall))  # a fresh request is unaffected
+
+
+@pytest.mark.parametrize("dated", [True, False])
+def test_a_copy_of_a_request_evicted_mid_body_is_answered_at_most_once(dated: bool) -> None:
+    """The attacker floods the cache while a captured chunked request's body is still arriving,
+    evicting its claim, and sends a copy: only one of the two may be answered."""
+    c = _Clocks()
+    g = c.guard(window=60, capacity=4)  # one bucket of 4: every key collides
+    original = g.claim(b"O" * 32)  # the header arrived; the body is still coming
+    for i in range(4):  # the flood: valid requests (dated earlier, so the floor stays below) evict its claim
+        g.check_date(g.claim(bytes([i]) * 32), _date(c.wall - 10))
+    copy = g.claim(b"O" * 32)  # the copy's header: the key is free again, so it is claimed
+    headers = _date(c.wall) if dated else []
+    g.check_date(copy, headers)  # the copy's body completes first: answered
+    with pytest.raises(Refusal) as e:  # the original finds its claim taken by the copy
+        g.check_date(original, headers)
+    assert e.value.reason == "ohttp.replayed"
+
+
+def test_an_evicted_claim_not_taken_is_made_again_and_a_copy_is_refused() -> None:
+    c = _Clocks()
+    g = c.guard(window=60, capacity=4)
+    original = g.claim(b"O" * 32)
+    for i in range(4):
+        g.check_date(g.claim(bytes([i]) * 32), _date(c.wall))
+    g.check_date(original, [])  # the body completes: its claim is made again ...
+    with pytest.raises(ProtocolError) as e:  # ... so a copy arriving now is refused at its header
+        g.claim(b"O" * 32)
+    assert e.value.reason == "ohttp.replayed"
+
+
+def test_a_request_that_fails_cannot_release_a_copys_claim() -> None:
+    c = _Clocks()
+    g = c.guard(window=60, capacity=4)
+    original = g.claim(b"O" * 32)
+    for i in range(4):
+        g.check_date(g.claim(bytes([i]) * 32), _date(c.wall))
+    g.claim(b"O" * 32)  # a copy holds the key now
+    g.release(original)  # the original then fails to authenticate: the copy's claim stays
+    with pytest.raises(ProtocolError):
+        g.claim(b"O" * 32)

@@ -23,14 +23,17 @@ The cache and its floor live in the worker's :class:`~veil.worker.shared_state.S
 every gateway process of a worker refuses a replay that another one answered. The cache is
 set-associative (8 entries per bucket), so "the oldest entry" evicted is the oldest of its bucket;
 buckets are chosen by a hash keyed with a secret of the worker, so nobody can aim requests at the
-bucket of a request they captured to evict it early. What remains under such a flood: a chunked
-request's key is claimed when its header arrives and its ``Date`` recorded when its body is
-complete; if a flood evicts the claim in between and a copy arrives before the body ends, both
-are answered (once each; nothing is decrypted for the attacker).
+bucket of a request they captured to evict it early. A chunked request's key is claimed when its
+header arrives and confirmed (with its ``Date``) when its body is complete; every claim carries a
+random tag of the request that made it, so if a flood evicts the claim in between and a copy
+claims the same key meanwhile, the confirmation finds another request's tag and the original is
+refused (``ohttp.replayed``, encrypted): exactly one of the two is answered, as if the host had
+dropped the other — which it can always do.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from email.utils import formatdate, parsedate_tz, mktime_tz
@@ -66,34 +69,47 @@ class ReplayGuard:
         return self.shared.live(self._monotonic())
 
     def claim(self, enc: bytes) -> bytes:
-        """Record ``enc`` or refuse it as a replay (``ohttp.replayed``); returns the claim's key."""
+        """Record ``enc`` or refuse it as a replay (``ohttp.replayed``); returns the claim: the
+        table key (16 bytes) and this request's random tag (8 bytes)."""
         now = self._monotonic()
         key = self.shared.digest(enc)  # X-Wing's enc is 1,120 bytes: keep 16
-        if not self.shared.claim(key, now, now + 2 * self.window):
+        tag = os.urandom(8)
+        if not self.shared.claim(key, int.from_bytes(tag, "little"), now, now + 2 * self.window):
             raise ProtocolError("ohttp.replayed", "this encapsulated request was seen before")
-        return key
+        return key + tag
 
-    def release(self, key: bytes) -> None:
+    def release(self, claim: bytes) -> None:
         """The claimed request did not authenticate: forget it (garbage never fills the cache)."""
-        self.shared.release(key)
+        self.shared.release(claim[:16], int.from_bytes(claim[16:], "little"))
 
-    def check_date(self, key: bytes, headers: bhttp.Fields) -> None:
-        """Refuse (encrypted) an inner request whose ``Date`` lies outside the window."""
+    def check_date(self, claim: bytes, headers: bhttp.Fields) -> None:
+        """Confirm the claim now that the request is whole, and refuse (encrypted) an inner
+        request whose ``Date`` lies outside the window or whose claim a copy took meanwhile."""
         values = [v for n, v in headers if n == "date"]
-        if not values:
-            return
-        parsed = parsedate_tz(values[0]) if len(values) == 1 else None
-        if parsed is None:
-            raise Refusal(400, "ohttp.bad_date", "The Date header is not an HTTP date.", code="bad_date")
-        date = float(mktime_tz(parsed))
+        date: float | None = None
         now = self._clock()
+        if values:
+            parsed = parsedate_tz(values[0]) if len(values) == 1 else None
+            if parsed is None:
+                raise Refusal(400, "ohttp.bad_date", "The Date header is not an HTTP date.", code="bad_date")
+            date = float(mktime_tz(parsed))
+            if abs(now - date) > self.window:
+                raise self._out_of_window(now)
         mono = self._monotonic()
-        if abs(now - date) > self.window or not self.shared.record_date(key, date, mono, mono + 2 * self.window):
+        verdict = self.shared.confirm(claim[:16], int.from_bytes(claim[16:], "little"), date, mono, mono + 2 * self.window)
+        if verdict == "taken":
             raise Refusal(
-                400,
-                "ohttp.date_out_of_window",
-                f"The request's Date is not within {self.window:.0f} s of the gateway's clock; "
-                "resend with the time from this answer's Date header.",
-                code="date_out_of_window",
-                headers=[("date", formatdate(now, usegmt=True))],
+                400, "ohttp.replayed", "A copy of this request claimed it while its body was arriving.", code="replayed"
             )
+        if verdict == "floor":
+            raise self._out_of_window(now)
+
+    def _out_of_window(self, now: float) -> Refusal:
+        return Refusal(
+            400,
+            "ohttp.date_out_of_window",
+            f"The request's Date is not within {self.window:.0f} s of the gateway's clock; "
+            "resend with the time from this answer's Date header.",
+            code="date_out_of_window",
+            headers=[("date", formatdate(now, usegmt=True))],
+        )

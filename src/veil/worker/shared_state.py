@@ -15,8 +15,9 @@ a killed holder; no maintained library offers a fixed-size cross-process hash ta
 
 Layout (little-endian): a 64-byte header (magic, table sizes, the replay floor, the secret key of
 the table's hash), then the replay
-table — ``buckets × ways`` entries of ``key[16] expiry:f64 date:f64`` (``expiry`` on the
-monotonic clock, 0 = free; ``date`` NaN = none) — then the token buckets, ``slots`` entries of
+table — ``buckets × ways`` entries of ``key[16] expiry:f64 date:f64 owner:u64`` (``expiry`` on the
+monotonic clock, 0 = free; ``date`` NaN = none; ``owner`` a random tag of the request that made
+the claim) — then the token buckets, ``slots`` entries of
 ``key[16] level:f64 stamp:f64`` (key zero = free). All times are CLOCK_MONOTONIC / wall seconds,
 the same in every process.
 """
@@ -40,7 +41,8 @@ _MAGIC = b"VEILSHM1"
 _HEADER = struct.Struct("<8sIIId16s")  # magic, replay buckets, replay ways, bucket slots, floor, hash key
 _HEADER_SIZE = 64
 _FLOOR_AT = 20  # offset of the floor within the header
-_ENTRY = struct.Struct("<16sdd")  # replay: key, expiry, date  |  bucket: key, level, stamp
+_ENTRY = struct.Struct("<16sdd")  # bucket: key, level, stamp
+_CLAIM = struct.Struct("<16sddQ")  # replay: key, expiry, date, owner
 _FLOOR = struct.Struct("<d")
 _DOUBLE = struct.Struct("<d")
 _EMPTY_KEY = bytes(16)
@@ -60,7 +62,7 @@ class SharedState:
         self.bucket_slots: int = slots
         if magic != _MAGIC:
             raise ProtocolError("gateway.shared_state_malformed", "the shared gateway table is not one")
-        self._buckets_at: int = _HEADER_SIZE + self.replay_buckets * self.replay_ways * _ENTRY.size
+        self._buckets_at: int = _HEADER_SIZE + self.replay_buckets * self.replay_ways * _CLAIM.size
         self._thread_lock = threading.Lock()
         weakref.finalize(self, _release, mapping, fd)  # a gateway made and dropped (tests) leaks nothing
 
@@ -68,7 +70,7 @@ class SharedState:
     def create(cls, replay_capacity: int, bucket_slots: int = DEFAULT_BUCKET_SLOTS) -> "SharedState":
         ways = max(1, min(_WAYS, replay_capacity))
         buckets = max(1, replay_capacity // ways)
-        size = _HEADER_SIZE + (buckets * ways + bucket_slots) * _ENTRY.size
+        size = _HEADER_SIZE + buckets * ways * _CLAIM.size + bucket_slots * _ENTRY.size
         fd = os.memfd_create("veil-gateway-shared", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, size)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
@@ -104,55 +106,68 @@ class SharedState:
     # -- the replay cache (veil.worker.replay decides; this stores) -----------------------------
 
     def _ways(self, key: bytes) -> range:
-        start = _HEADER_SIZE + (int.from_bytes(key[:8], "little") % self.replay_buckets) * self.replay_ways * _ENTRY.size
-        return range(start, start + self.replay_ways * _ENTRY.size, _ENTRY.size)
+        start = _HEADER_SIZE + (int.from_bytes(key[:8], "little") % self.replay_buckets) * self.replay_ways * _CLAIM.size
+        return range(start, start + self.replay_ways * _CLAIM.size, _CLAIM.size)
 
-    def claim(self, key: bytes, now: float, expiry: float) -> bool:
-        """Record ``key`` (live until ``expiry``); False if it is already live. When its bucket is
-        full, the oldest entry there is evicted early and its date (if any) raises the floor."""
+    def claim(self, key: bytes, owner: int, now: float, expiry: float) -> bool:
+        """Record ``key`` for request ``owner`` (live until ``expiry``); False if it is already
+        live. When its bucket is full, the oldest entry there is evicted early and its date (if
+        any) raises the floor."""
+        with self.locked():
+            return self._claim(key, owner, now, expiry) >= 0
+
+    def _claim(self, key: bytes, owner: int, now: float, expiry: float) -> int:
+        """The entry now holding ``owner``'s claim of ``key``, or -1 if ``key`` is live (locked)."""
+        mm = self._mm
+        free = oldest = -1
+        oldest_expiry = math.inf
+        oldest_date = math.nan
+        for at in self._ways(key):
+            seen, until, date, _ = _CLAIM.unpack_from(mm, at)
+            if until <= now:
+                if free < 0:
+                    free = at
+            elif seen == key:
+                return -1
+            elif until < oldest_expiry:
+                oldest, oldest_expiry, oldest_date = at, until, date
+        if free < 0:
+            free = oldest
+            if not math.isnan(oldest_date):
+                self._raise_floor(oldest_date)
+        _CLAIM.pack_into(mm, free, key, expiry, math.nan, owner)
+        return free
+
+    def release(self, key: bytes, owner: int) -> None:
+        """Forget ``owner``'s claim of ``key`` (never another request's claim of the same key)."""
+        with self.locked():
+            for at in self._ways(key):
+                seen, _, _, holder = _CLAIM.unpack_from(self._mm, at)
+                if seen == key and holder == owner:
+                    _CLAIM.pack_into(self._mm, at, _EMPTY_KEY, 0.0, math.nan, 0)
+
+    def confirm(self, key: bytes, owner: int, date: float | None, now: float, expiry: float) -> str:
+        """Confirm, once the request is whole, that ``owner`` still holds its claim of ``key``,
+        recording its inner ``Date`` (None: it sent none). Returns ``"ok"``, ``"floor"`` (the date
+        lies at or before the floor) or ``"taken"``: a flood evicted the claim while the body was
+        arriving and another request with the same key claimed it meanwhile — a copy, so exactly
+        one of the two is answered. A claim evicted and not taken is made again (its date is kept)."""
         mm = self._mm
         with self.locked():
-            free = oldest = -1
-            oldest_expiry = math.inf
-            oldest_date = math.nan
+            if date is not None and date <= self.floor():
+                return "floor"
             for at in self._ways(key):
-                seen, until, date = _ENTRY.unpack_from(mm, at)
-                if until <= now:
-                    if free < 0:
-                        free = at
-                elif seen == key:
-                    return False
-                elif until < oldest_expiry:
-                    oldest, oldest_expiry, oldest_date = at, until, date
-            if free < 0:
-                free = oldest
-                if not math.isnan(oldest_date):
-                    self._raise_floor(oldest_date)
-            _ENTRY.pack_into(mm, free, key, expiry, math.nan)
-            return True
-
-    def release(self, key: bytes) -> None:
-        with self.locked():
-            for at in self._ways(key):
-                if self._mm[at : at + 16] == key:
-                    _ENTRY.pack_into(self._mm, at, _EMPTY_KEY, 0.0, math.nan)
-
-    def record_date(self, key: bytes, date: float, now: float, expiry: float) -> bool:
-        """Record the inner ``Date`` of claimed ``key``; False if it lies at or before the floor.
-        A claim evicted meanwhile (by a flood) is made again, so its date is not lost."""
-        mm = self._mm
-        for _ in range(2):
-            with self.locked():
-                if date <= self.floor():
-                    return False
-                for at in self._ways(key):
-                    seen, until, _ = _ENTRY.unpack_from(mm, at)
-                    if seen == key and until > now:
+                seen, until, _, holder = _CLAIM.unpack_from(mm, at)
+                if seen == key and until > now:
+                    if holder != owner:
+                        return "taken"
+                    if date is not None:
                         _DOUBLE.pack_into(mm, at + 24, date)
-                        return True
-            if not self.claim(key, now, expiry):
-                continue  # claimed again meanwhile: record on that entry
-        return False  # evicted twice over while being recorded: refuse rather than lose it
+                    return "ok"
+            at = self._claim(key, owner, now, expiry)  # evicted and not taken: claimed again (no live key)
+            if date is not None:
+                _DOUBLE.pack_into(mm, at + 24, date)
+            return "ok"
 
     def floor(self) -> float:
         """Dated requests at or before this are refused (raised by early evictions)."""
@@ -165,9 +180,9 @@ class SharedState:
 
     def live(self, now: float) -> int:
         """How many replay entries are live (for tests and metrics; scans the whole table)."""
-        end = _HEADER_SIZE + self.replay_capacity * _ENTRY.size
+        end = _HEADER_SIZE + self.replay_capacity * _CLAIM.size
         with self.locked():
-            return sum(1 for at in range(_HEADER_SIZE, end, _ENTRY.size) if _DOUBLE.unpack_from(self._mm, at + 16)[0] > now)
+            return sum(1 for at in range(_HEADER_SIZE, end, _CLAIM.size) if _DOUBLE.unpack_from(self._mm, at + 16)[0] > now)
 
     # -- token buckets (veil.worker.tenants decides; this stores) -------------------------------
 
