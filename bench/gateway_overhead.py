@@ -22,7 +22,10 @@ goes through Veil's real client transport and is checked in full.
   ``us_per_event_one_by_one``.
 * **Latency added**: whole answers from an engine paced at ``--latency-rate`` (as a GPU serving
   many streams gives each) at concurrency 1, 8, 64 and 256, direct and through the gateway
-  interleaved in rounds; ``p99_added_ms_64`` = p99(gateway) - p99(direct) at 64.
+  interleaved in rounds; ``p99_added_ms_64`` = p99(gateway) - p99(direct) at 64. Streams arrive
+  steadily (stream i starts i/c of one answer's duration in, as streams come and go on a serving
+  GPU); ``p99_added_ms_64_burst`` is the same with all 64 starting at once, which queues 64 fixed
+  per-request costs behind each other.
 * **Throughput**: unpaced engine at 64 and 256 streams: events per second through the gateway with
   ``--processes`` processes and with one, interleaved (``events_per_s``, all processes together,
   and ``events_per_s_one_process``), straight to the engine, and the gateway CPU per event at that
@@ -110,16 +113,19 @@ class Load:
             raise RuntimeError(f"HTTP {resp.status_code}")
         return time.perf_counter() - t0, size
 
-    async def run(self, concurrency: int, requests: int, tokens: int) -> tuple[list[float], float]:
+    async def run(self, concurrency: int, requests: int, tokens: int, spread: float = 0.0) -> tuple[list[float], float]:
+        """``spread`` > 0: stream i starts ``i / concurrency × spread`` seconds in (steady arrivals,
+        as streams come and go on a serving GPU); 0: all start at once (a synchronised burst)."""
         bodies = [_sealed(self.config, tokens) if self.config else _chat(tokens) for _ in range(requests)]
         lat: list[float] = []
 
-        async def task(mine: list[bytes]) -> None:
+        async def task(i: int, mine: list[bytes]) -> None:
+            await asyncio.sleep(i / concurrency * spread)
             for b in mine:
                 lat.append((await self._one(b))[0])
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(task(bodies[i::concurrency]) for i in range(concurrency)))
+        await asyncio.gather(*(task(i, bodies[i::concurrency]) for i in range(concurrency)))
         return lat, time.perf_counter() - t0
 
 
@@ -164,16 +170,18 @@ async def latency(gw: GatewayProcess, args: argparse.Namespace) -> dict[str, Any
     await direct.run(8, 16, 4)
     out: dict[str, Any] = {}
     rows = []
-    for c in CONCURRENCY:
+    answer_s = args.tokens / args.latency_rate  # one answer's duration from the paced engine
+    for c, spread in [(c, answer_s) for c in CONCURRENCY] + [(64, 0.0)]:
         n = max(c, min(args.requests, 4 * c))
         d_lat: list[float] = []
         g_lat: list[float] = []
         for _ in range(args.rounds):
-            d_lat += (await direct.run(c, n, args.tokens))[0]
-            g_lat += (await through.run(c, n, args.tokens))[0]
+            d_lat += (await direct.run(c, n, args.tokens, spread))[0]
+            g_lat += (await through.run(c, n, args.tokens, spread))[0]
         rows.append(
             {
                 "concurrency": c,
+                "arrivals": "steady" if spread else "burst",
                 "direct_p50_ms": statistics.median(d_lat) * 1e3,
                 "gateway_p50_ms": statistics.median(g_lat) * 1e3,
                 "direct_p99_ms": p99(d_lat) * 1e3,
@@ -183,7 +191,8 @@ async def latency(gw: GatewayProcess, args: argparse.Namespace) -> dict[str, Any
             }
         )
     out["latency"] = rows
-    out["p99_added_ms_64"] = next(r["added_p99_ms"] for r in rows if r["concurrency"] == 64)
+    out["p99_added_ms_64"] = next(r["added_p99_ms"] for r in rows if r["concurrency"] == 64 and r["arrivals"] == "steady")
+    out["p99_added_ms_64_burst"] = next(r["added_p99_ms"] for r in rows if r["arrivals"] == "burst")
     await direct.link.aclose()
     await through.link.aclose()
     return out
@@ -331,10 +340,12 @@ def main() -> None:
             f"per event, {result['ms_per_request'] / b['ms_per_request']:.2f} per request"
         )
     print(f"latency of whole {args.tokens}-event answers, engine at {args.latency_rate:g} events/s per stream:")
-    print(f"{'conc':>5} {'direct p50':>11} {'gw p50':>9} {'direct p99':>11} {'gw p99':>9} {'added p50':>10} {'added p99':>10}")
+    print(
+        f"{'conc':>5} {'arrivals':>8} {'direct p50':>11} {'gw p50':>9} {'direct p99':>11} {'gw p99':>9} {'added p50':>10} {'added p99':>10}"
+    )
     for r in result["latency"]:
         print(
-            f"{r['concurrency']:>5} {r['direct_p50_ms']:>9.2f}ms {r['gateway_p50_ms']:>7.2f}ms {r['direct_p99_ms']:>9.2f}ms "
+            f"{r['concurrency']:>5} {r['arrivals']:>8} {r['direct_p50_ms']:>9.2f}ms {r['gateway_p50_ms']:>7.2f}ms {r['direct_p99_ms']:>9.2f}ms "
             f"{r['gateway_p99_ms']:>7.2f}ms {r['added_p50_ms']:>8.2f}ms {r['added_p99_ms']:>8.2f}ms"
         )
     for r in result["throughput"]:
