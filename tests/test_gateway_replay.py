@@ -84,6 +84,12 @@ def test_capacity_is_bounded_and_evictions_raise_a_floor() -> None:
     g.check_date(key, _date(c.wall))  # a fresh request is unaffected
 
 
+def _flood(g: ReplayGuard, date: float) -> None:
+    """Four valid requests: with a cache of 4 they evict every earlier claim."""
+    for i in range(4):
+        g.check_date(g.claim(bytes([i]) * 32), _date(date))
+
+
 @pytest.mark.parametrize("dated", [True, False])
 def test_a_copy_of_a_request_evicted_mid_body_is_answered_at_most_once(dated: bool) -> None:
     """The attacker floods the cache while a captured chunked request's body is still arriving,
@@ -91,8 +97,7 @@ def test_a_copy_of_a_request_evicted_mid_body_is_answered_at_most_once(dated: bo
     c = _Clocks()
     g = c.guard(window=60, capacity=4)  # one bucket of 4: every key collides
     original = g.claim(b"O" * 32)  # the header arrived; the body is still coming
-    for i in range(4):  # the flood: valid requests (dated earlier, so the floor stays below) evict its claim
-        g.check_date(g.claim(bytes([i]) * 32), _date(c.wall - 10))
+    _flood(g, c.wall - 10)  # valid requests, dated earlier (the floor stays below), evict its claim
     copy = g.claim(b"O" * 32)  # the copy's header: the key is free again, so it is claimed
     headers = _date(c.wall) if dated else []
     g.check_date(copy, headers)  # the copy's body completes first: answered
@@ -105,8 +110,7 @@ def test_an_evicted_claim_not_taken_is_made_again_and_a_copy_is_refused() -> Non
     c = _Clocks()
     g = c.guard(window=60, capacity=4)
     original = g.claim(b"O" * 32)
-    for i in range(4):
-        g.check_date(g.claim(bytes([i]) * 32), _date(c.wall))
+    _flood(g, c.wall)
     g.check_date(original, [])  # the body completes: its claim is made again ...
     with pytest.raises(ProtocolError) as e:  # ... so a copy arriving now is refused at its header
         g.claim(b"O" * 32)
@@ -117,8 +121,7 @@ def test_a_request_that_fails_cannot_release_a_copys_claim() -> None:
     c = _Clocks()
     g = c.guard(window=60, capacity=4)
     original = g.claim(b"O" * 32)
-    for i in range(4):
-        g.check_date(g.claim(bytes([i]) * 32), _date(c.wall))
+    _flood(g, c.wall)
     g.claim(b"O" * 32)  # a copy holds the key now
     g.release(original)  # the original then fails to authenticate: the copy's claim stays
     with pytest.raises(ProtocolError):
