@@ -146,3 +146,22 @@ def test_a_worker_never_joins_another_servers_port() -> None:
         reuseport_socket("127.0.0.1", port).close()  # a gateway process of the same worker joins
     finally:
         earlier.close()
+
+
+def test_one_process_per_core_respects_the_cgroup_cpu_quota(tmp_path: Path) -> None:
+    """``--gateway-processes 0`` in a pod limited to 1.5 CPUs on a larger node starts 2, not one
+    per node core; without a quota it is the affinity."""
+    from veil.worker.serve import gateway_process_count
+
+    cores = len(os.sched_getaffinity(0))
+    assert gateway_process_count(3, tmp_path) == 3
+    assert gateway_process_count(0, tmp_path) == cores  # no cgroup files: the affinity
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert gateway_process_count(0, tmp_path) == cores
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert gateway_process_count(0, tmp_path) == min(cores, 2)
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")  # cgroup v1: half a CPU
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert gateway_process_count(0, tmp_path) == 1

@@ -230,6 +230,7 @@ def test_a_database_is_required() -> None:
         "confidentialNodes.provider=openshift",
         "image.worker.digest=sha256:1234",
         "coordinator.resources.limits=null",
+        "worker.gatewayProcesses=-1",
     ],
 )
 def test_values_schema_refuses_bad_values(bad: str) -> None:
@@ -317,6 +318,7 @@ def test_worker_probes_autoscaler_and_memory_backed_run_dir(rendered) -> None:
     assert models["persistentVolumeClaim"]["claimName"] == "veil-sealed-models"
     assert any(m["name"] == "models" and m["readOnly"] for m in c["volumeMounts"])
     assert f"--coordinator=http://rel-veil-coordinator.veil.svc:8470" in c["args"]
+    assert "--gateway-processes=2" in c["args"]  # several gateway processes on the port by default
     assert _one(objects, "PodDisruptionBudget", "-worker")["spec"]["maxUnavailable"] == 1
 
 

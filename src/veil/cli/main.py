@@ -144,7 +144,7 @@ def up(
         1,
         "--gateway-processes",
         min=0,
-        help="Gateway processes per worker, sharing its port, keys, replay cache and tenant limits (0: one per core).",
+        help="Gateway processes per worker, sharing its port, keys, replay cache and tenant limits (0: one per core the worker may use, within its cgroup CPU quota).",
     ),
     sim_gpu: bool = typer.Option(
         False,
@@ -366,7 +366,7 @@ def worker(
         1,
         "--gateway-processes",
         min=0,
-        help="Gateway processes sharing this worker's port, keys, replay cache and tenant limits (0: one per core).",
+        help="Gateway processes sharing this worker's port, keys, replay cache and tenant limits (0: one per core the worker may use, within its cgroup CPU quota).",
     ),
 ) -> None:
     """Run a worker: attest, receive keys, unseal weights, start the sandboxed engine, serve OHTTP."""

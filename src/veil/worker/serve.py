@@ -5,6 +5,7 @@ sandboxed engine on a Unix socket, and serve the OHTTP gateway in front of it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -184,9 +185,30 @@ def sandbox_profile(manifest: SignedManifest, config: WorkerConfig) -> SandboxPr
     return SandboxProfile(name=settings.profile, allow_gpu=settings.allow_gpu, dev_unsandboxed=settings.profile == "none")
 
 
-def gateway_process_count(requested: int) -> int:
-    """How many gateway processes to run: ``requested``, or one per usable core for 0."""
-    return requested if requested > 0 else max(1, len(os.sched_getaffinity(0)))
+def gateway_process_count(requested: int, cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """How many gateway processes to run: ``requested``, or for 0 one per core this process may
+    use: its CPU affinity, capped by its cgroup's CPU quota (a Kubernetes pod's CPU limit leaves
+    the affinity at every core of the node)."""
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota(cgroup)
+    return max(1, min(cores, math.ceil(quota)) if quota else cores)
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup's CFS quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), or None."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        p = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return q / p if q > 0 and p > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def run_worker(config: WorkerConfig, attester: Attester) -> None:
