@@ -24,7 +24,7 @@ from typing import BinaryIO, Callable, TypeVar
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from veil.errors import VeilError
-from veil.sealing.unseal import default_workers
+from veil.sealing.unseal import default_workers, read_exact
 from veil.sealing.format import (
     DEFAULT_SEGMENT_SIZE,
     KEY_SIZE,
@@ -49,17 +49,6 @@ R = TypeVar("R")
 def generate_data_key() -> bytes:
     """A fresh random 32-byte per-model data key."""
     return secrets.token_bytes(KEY_SIZE)
-
-
-def read_exact(f: io.RawIOBase | io.BufferedIOBase, view: memoryview) -> int:
-    """Fill ``view`` unless EOF comes first; returns the bytes read."""
-    got = 0
-    while got < len(view):
-        n = f.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    return got
 
 
 def _segments_in_order(

@@ -79,7 +79,8 @@ class _ChunkReader:
         return n
 
 
-def _read_exact(r: _Reader, view: memoryview) -> int:
+def read_exact(r: _Reader, view: memoryview) -> int:
+    """Fill ``view`` unless EOF comes first; returns the bytes read."""
     got = 0
     while got < len(view):
         n = r.readinto(view[got:])
@@ -128,10 +129,10 @@ def read_header(src: str | Path, *, http_client: httpx.Client | None = None) -> 
 
 def _read_header(r: _Reader) -> SealedHeader:
     first = bytearray(12)
-    n = _read_exact(r, memoryview(first))
+    n = read_exact(r, memoryview(first))
     hlen = header_length(bytes(first[:n]))
     rest = bytearray(hlen - 12)
-    n = _read_exact(r, memoryview(rest))
+    n = read_exact(r, memoryview(rest))
     return parse_header(bytes(first) + bytes(rest[:n]))
 
 
@@ -196,7 +197,7 @@ def unseal_to_memfd(
 def _read_stream_header(reader: _Reader) -> tuple[bytes, bytes]:
     """Tink's stream header: (salt, nonce prefix)."""
     tink = bytearray(TINK_HEADER_SIZE)
-    if _read_exact(reader, memoryview(tink)) != TINK_HEADER_SIZE:
+    if read_exact(reader, memoryview(tink)) != TINK_HEADER_SIZE:
         raise VerificationError("seal.truncated", "sealed file ends before its first segment")
     if tink[0] != TINK_HEADER_SIZE:
         raise VerificationError("seal.tampered", "stream header length byte was modified")
@@ -239,7 +240,7 @@ class _Segments:
             for i in range(plan.count):
                 ct = self._free.get()
                 n = plan.plaintext_len(i) + TAG_SIZE
-                if self._first_error < i or _read_exact(reader, memoryview(ct)[:n]) != n:
+                if self._first_error < i or read_exact(reader, memoryview(ct)[:n]) != n:
                     self._free.put(ct)
                     if self._first_error > i:
                         self._fail(i, VerificationError("seal.truncated", f"sealed file ends inside segment {i} of {plan.count}"))
