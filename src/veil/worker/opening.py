@@ -32,7 +32,7 @@ from veil.ohttp.compat import CompatResponseSender
 from veil.ohttp.keyconfig import KEM_ENC_LEN, KeyStore
 from veil.ohttp.ohttp import HEADER_LEN, decapsulate_request, parse_header
 from veil.worker.encoding import ChunkSealer, Sealer, WholeSealer
-from veil.worker.replay import ReplayGuard
+from veil.worker.replay import Claim, ReplayGuard
 
 
 class Framing(enum.Enum):
@@ -47,7 +47,7 @@ class Opened:
 
     plaintext: bytes
     sealer: Sealer
-    claim: bytes  # its entry in the replay cache
+    claim: Claim  # its entry in the replay cache
 
 
 def _too_large(limit: int) -> ProtocolError:
@@ -90,7 +90,7 @@ async def open_request(request: Request, framing: Framing, keys: KeyStore, repla
 async def _open_chunked(request: Request, keys: KeyStore, replay: ReplayGuard, limit: int) -> Opened:
     rx = ChunkedRequestReceiver(keys)
     parts: list[bytes] = []
-    claim: bytes | None = None
+    claim: Claim | None = None
     seen = 0
     try:
         async for piece in request.stream():

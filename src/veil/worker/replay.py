@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 from email.utils import formatdate, parsedate_tz, mktime_tz
 
 from veil.errors import ProtocolError
@@ -45,6 +46,13 @@ from veil.worker.shared_state import SharedState
 
 DEFAULT_WINDOW = 60.0
 DEFAULT_CAPACITY = 1 << 17  # ~1,000 requests/s sustained for 2 × 60 s; about 25 MiB at most
+
+
+class Claim(NamedTuple):
+    """A request's entry in the replay cache: the table key of its ``enc`` and its random tag."""
+
+    key: bytes  # 16 bytes, keyed by the worker's secret (SharedState.digest)
+    owner: int  # 64 random bits: tells this request's claim from a copy's
 
 
 class ReplayGuard:
@@ -68,21 +76,19 @@ class ReplayGuard:
     def __len__(self) -> int:
         return self.shared.live(self._monotonic())
 
-    def claim(self, enc: bytes) -> bytes:
-        """Record ``enc`` or refuse it as a replay (``ohttp.replayed``); returns the claim: the
-        table key (16 bytes) and this request's random tag (8 bytes)."""
+    def claim(self, enc: bytes) -> Claim:
+        """Record ``enc`` or refuse it as a replay (``ohttp.replayed``); returns the claim."""
         now = self._monotonic()
-        key = self.shared.digest(enc)  # X-Wing's enc is 1,120 bytes: keep 16
-        tag = os.urandom(8)
-        if not self.shared.claim(key, int.from_bytes(tag, "little"), now, now + 2 * self.window):
+        claim = Claim(self.shared.digest(enc), int.from_bytes(os.urandom(8), "little"))  # X-Wing's enc is 1,120 bytes: keep 16
+        if not self.shared.claim(claim.key, claim.owner, now, now + 2 * self.window):
             raise ProtocolError("ohttp.replayed", "this encapsulated request was seen before")
-        return key + tag
+        return claim
 
-    def release(self, claim: bytes) -> None:
+    def release(self, claim: Claim) -> None:
         """The claimed request did not authenticate: forget it (garbage never fills the cache)."""
-        self.shared.release(claim[:16], int.from_bytes(claim[16:], "little"))
+        self.shared.release(claim.key, claim.owner)
 
-    def check_date(self, claim: bytes, headers: bhttp.Fields) -> None:
+    def check_date(self, claim: Claim, headers: bhttp.Fields) -> None:
         """Confirm the claim now that the request is whole, and refuse (encrypted) an inner
         request whose ``Date`` lies outside the window or whose claim a copy took meanwhile."""
         values = [v for n, v in headers if n == "date"]
@@ -96,7 +102,7 @@ class ReplayGuard:
             if abs(now - date) > self.window:
                 raise self._out_of_window(now)
         mono = self._monotonic()
-        verdict = self.shared.confirm(claim[:16], int.from_bytes(claim[16:], "little"), date, mono, mono + 2 * self.window)
+        verdict = self.shared.confirm(claim.key, claim.owner, date, mono, mono + 2 * self.window)
         if verdict == "taken":
             raise Refusal(
                 400, "ohttp.replayed", "A copy of this request claimed it while its body was arriving.", code="replayed"
