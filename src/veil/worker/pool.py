@@ -30,13 +30,17 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from veil.httpserver import ServerLimits, make_server
 from veil.manifest import GatewaySettings, Manifest, PaddingSettings
 from veil.process import die_with_parent
+
+if TYPE_CHECKING:
+    from veil.worker.gateway import GatewayApp
+    from veil.worker.shared_state import SharedState
 
 log = logging.getLogger("veil.worker.pool")
 
@@ -107,7 +111,7 @@ class GatewaySpec:
         )
 
 
-def build_app(spec: GatewaySpec, shared: Any) -> Any:
+def build_app(spec: GatewaySpec, shared: "SharedState") -> "GatewayApp":
     """The gateway app of one process (the worker's own, or a child's), from ``spec``."""
     from veil import keyrelease
     from veil.worker.engine_link import EngineLink
@@ -154,7 +158,7 @@ class GatewayPool:
                 try:
                     channel.sendall(line)
                 except OSError:
-                    log.error("gateway process %d is gone; stopping the worker's other gateways", proc.pid)
+                    log.error("gateway process %d cannot be reached; killing it", proc.pid)
                     proc.kill()  # it can no longer be told about key changes: it must not serve on
 
     def keys(self, records: list[dict[str, object]]) -> None:
@@ -181,7 +185,7 @@ class GatewayPool:
         self.children.clear()
 
 
-def _follow(lines: Any, app: Any, server: uvicorn.Server) -> None:
+def _follow(lines: Any, app: "GatewayApp", server: uvicorn.Server) -> None:
     """A child's side of the channel: apply what the worker sends; its end stops this process."""
     from veil import keyrelease
 

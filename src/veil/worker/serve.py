@@ -9,7 +9,7 @@ import math
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,9 @@ from veil.worker.registration import (
     register,
     trust_anchor,
 )
+
+if TYPE_CHECKING:
+    from veil.worker.pool import GatewayPool
 
 log = logging.getLogger("veil.worker")
 STDIN_MODEL_PATH = "/proc/self/fd/0"
@@ -336,7 +339,7 @@ class Reregistration:
         entry: ModelEntry,
         engine: Any = None,
         weights: Weights | None = None,
-        pool: Any = None,
+        pool: GatewayPool | None = None,
     ) -> None:
         self.config, self.attester, self.app, self.server = config, attester, app, server
         self.secrets, self.digest, self.entry = secrets, secrets.manifest_digest, entry
