@@ -39,6 +39,7 @@ from veil.attest.nvidia import NvidiaEvidence
 from veil.attest.nvidia.abi import OpaqueField
 from veil.attest.nvidia.rim import DSIG_NS, SHA384_NS, SWID_NS, rim_ids
 from veil.attest.nvidia.verify import TCG_DICE_TCB_INFO, fingerprint
+from veil.attest.sim.certs import signing_key_usage
 
 SIMULATED = "SIMULATED"
 SHA384_OID = bytes.fromhex("608648016503040202")
@@ -129,19 +130,7 @@ def _cert(
     )
     if ca:
         b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    usage = dict.fromkeys(
-        [
-            "content_commitment",
-            "key_encipherment",
-            "data_encipherment",
-            "key_agreement",
-            "crl_sign",
-            "encipher_only",
-            "decipher_only",
-        ],
-        False,
-    )
-    b = b.add_extension(x509.KeyUsage(digital_signature=not ca, key_cert_sign=ca, **usage), critical=True)
+    b = b.add_extension(signing_key_usage(ca), critical=True)
     if ocsp_signing:
         b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
     if tcb_info is not None:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cryptography.x509.oid import NameOID
 
 from veil.attest.chain import fingerprint
+from veil.attest.sim.certs import signing_key_usage
 
 SIM_ISSUER = "https://sim-maa.attest.veil.invalid"
 
@@ -46,18 +47,6 @@ def _cert(
             ]
         )
 
-    usage = dict.fromkeys(
-        [
-            "content_commitment",
-            "key_encipherment",
-            "data_encipherment",
-            "key_agreement",
-            "crl_sign",
-            "encipher_only",
-            "decipher_only",
-        ],
-        False,
-    )
     return (
         x509.CertificateBuilder()
         .subject_name(name(cn))
@@ -67,7 +56,7 @@ def _cert(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=not ca, key_cert_sign=ca, **usage), critical=True)
+        .add_extension(signing_key_usage(ca), critical=True)
         .sign(issuer_key, hashes.SHA256())
     )
 
