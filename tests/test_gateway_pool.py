@@ -85,6 +85,7 @@ def test_a_rotation_and_a_stop_reach_every_gateway_process(pool: tuple[GatewayPo
 
 def test_a_child_stops_when_the_worker_is_gone(pool: tuple[GatewayPool, str]) -> None:
     gateways, _ = pool
+    gateways._done.set()  # the worker is gone, and its watcher with it
     for _, channel in gateways.children:
         channel.close()  # what the worker's death does to the channel
     _until(lambda: all(p.poll() is not None for p, _ in gateways.children))
@@ -165,3 +166,48 @@ def test_one_process_per_core_respects_the_cgroup_cpu_quota(tmp_path: Path) -> N
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")  # cgroup v1: half a CPU
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert gateway_process_count(0, tmp_path) == 1
+
+
+def _pids_until_replaced(gateways: GatewayPool, port: int, gone: int) -> list[int]:
+    """Wait for ``gone`` to be replaced and the replacement to listen; the children's pids then."""
+    _until(lambda: gone not in gateways.pids() and len(gateways.pids()) == 2, seconds=20)
+    _until(lambda: listeners(port) == 2, seconds=60)
+    return gateways.pids()
+
+
+def test_a_dead_child_is_replaced_with_the_keys_the_worker_holds_now(pool: tuple[GatewayPool, str]) -> None:
+    """A child killed after a rotation comes back serving the rotated keys only: the replacement
+    starts from what the worker holds now, so a rotated-out key cannot return with it."""
+    import signal
+
+    gateways, url = pool
+    port = int(url.rsplit(":", 1)[1])
+    gateways.keys(export_ohttp_keys(KeyStore([KeyPair.generate(2)])))
+    _until(lambda: _key_ids(url) == {(2,)})
+    victim = gateways.pids()[0]
+    os.kill(victim, signal.SIGKILL)  # a crash, or the OOM killer
+    _pids_until_replaced(gateways, port, victim)
+    assert _key_ids(url) == {(2,)}  # the key the worker started with (1) is not served again
+    gateways.keys(export_ohttp_keys(KeyStore([KeyPair.generate(3)])))  # the replacement follows on
+    _until(lambda: _key_ids(url) == {(3,)})
+
+
+def test_replacements_stop_past_the_budget_and_after_a_stop(pool: tuple[GatewayPool, str]) -> None:
+    import signal
+
+    gateways, url = pool
+    port = int(url.rsplit(":", 1)[1])
+    gateways.MAX_RESTARTS = 1  # type: ignore[misc]
+    first = gateways.pids()[0]
+    os.kill(first, signal.SIGKILL)
+    _pids_until_replaced(gateways, port, first)
+    second = gateways.pids()[-1]
+    os.kill(second, signal.SIGKILL)  # past the budget: dropped, not replaced
+    _until(lambda: len(gateways.pids()) == 1, seconds=20)
+    assert second not in gateways.pids()
+    assert listeners(port) == 1  # the other child serves on
+    gateways.stop("worker.reattestation_failed")
+    _until(lambda: all(p.poll() is not None for p, _ in gateways.children))
+    time.sleep(3 * gateways.CHECK_SECONDS)
+    assert all(p.poll() is not None for p, _ in gateways.children)  # nothing replaced after a stop
+    assert listeners(port) == 0

@@ -14,7 +14,12 @@ uvicorn with the same server limits. What must hold across processes does:
   one set of buckets: both live in the worker's :class:`~veil.worker.shared_state.SharedState`
   (an anonymous memfd each child inherits; see there for the lock).
 * **Lifetime**: a child dies with the worker (parent-death signal), and stops serving (forgets
-  its keys) the moment its channel closes.
+  its keys) the moment its channel closes. A child that dies on its own (a crash, the OOM killer)
+  is replaced within :attr:`GatewayPool.CHECK_SECONDS`, from the keys and manifest the worker holds
+  *now* — never the ones it started with, so a rotated-out key does not come back with it — up to
+  :attr:`GatewayPool.MAX_RESTARTS` times a :attr:`GatewayPool.RESTART_WINDOW_SECONDS`; past that
+  the worker stops replacing (a child that dies at once would only spin) and the others serve on.
+  After a stop nothing is replaced.
 
 ``SO_REUSEPORT`` lets any process of the same user bind the port too; inside the TEE only Veil
 runs, and the network is the host's anyway (OHTTP is end to end).
@@ -30,6 +35,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -130,23 +137,70 @@ def build_app(spec: GatewaySpec, shared: "SharedState") -> "GatewayApp":
 
 
 class GatewayPool:
-    """The worker's extra gateway processes (``processes - 1`` of them) and their channels."""
+    """The worker's extra gateway processes (``processes - 1`` of them), their channels, and the
+    thread that replaces one that dies."""
+
+    CHECK_SECONDS = 0.5
+    MAX_RESTARTS = 5
+    RESTART_WINDOW_SECONDS = 60.0
 
     def __init__(self, processes: int, spec: GatewaySpec, shared_fd: int) -> None:
         self.children: list[tuple[subprocess.Popen[bytes], socket.socket]] = []
-        self._lock = threading.Lock()
-        first = (json.dumps(spec.to_json()) + "\n").encode()
-        for _ in range(processes - 1):
-            mine, theirs = socket.socketpair()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "veil.worker.pool", str(theirs.fileno()), str(shared_fd)],
-                pass_fds=(theirs.fileno(), shared_fd),
-                preexec_fn=lambda: die_with_parent(signal.SIGKILL),
-                stdin=subprocess.DEVNULL,
-            )
-            theirs.close()
-            mine.sendall(first)
-            self.children.append((proc, mine))
+        self.spec = dataclasses.replace(spec)  # what a replacement starts from: kept current with every change sent
+        self.shared_fd = shared_fd
+        self.restarts: deque[float] = deque()  # monotonic times of the replacements in the window
+        self._lock = threading.Lock()  # children, spec and every send: a replacement misses nothing
+        self._done = threading.Event()  # set by stop() and close(): nothing is replaced after
+        with self._lock:
+            for _ in range(processes - 1):
+                self.children.append(self._spawn())
+        self._watcher = threading.Thread(target=self._watch, name="veil-gateway-watch", daemon=True)
+        if self.children:
+            self._watcher.start()
+
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        """One child, given the current spec as its first line (called with the lock held)."""
+        mine, theirs = socket.socketpair()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "veil.worker.pool", str(theirs.fileno()), str(self.shared_fd)],
+            pass_fds=(theirs.fileno(), self.shared_fd),
+            preexec_fn=lambda: die_with_parent(signal.SIGKILL),
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        mine.sendall((json.dumps(self.spec.to_json()) + "\n").encode())
+        return proc, mine
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.CHECK_SECONDS):
+            with self._lock:
+                if not self._done.is_set():
+                    self._replace_dead()
+
+    def _replace_dead(self) -> None:
+        """Replace each child that exited, within the restart budget (called with the lock held)."""
+        for i, (proc, channel) in enumerate(self.children):
+            code = proc.poll()
+            if code is None:
+                continue
+            now = time.monotonic()
+            while self.restarts and now - self.restarts[0] > self.RESTART_WINDOW_SECONDS:
+                self.restarts.popleft()
+            if len(self.restarts) >= self.MAX_RESTARTS:
+                log.error(
+                    "gateway process %d exited (%s); not replaced: %d replacements in the last %.0f s",
+                    proc.pid,
+                    _exit_status(code),
+                    len(self.restarts),
+                    self.RESTART_WINDOW_SECONDS,
+                )
+                channel.close()
+                del self.children[i]
+                return  # the list changed; the next check looks at the rest
+            self.restarts.append(now)
+            channel.close()
+            self.children[i] = self._spawn()
+            log.error("gateway process %d exited (%s); replaced by %d", proc.pid, _exit_status(code), self.children[i][0].pid)
 
     def pids(self) -> list[int]:
         return [proc.pid for proc, _ in self.children]
@@ -154,6 +208,10 @@ class GatewayPool:
     def _send(self, message: dict[str, Any]) -> None:
         line = (json.dumps(message) + "\n").encode()
         with self._lock:
+            if "keys" in message:
+                self.spec.key_records = message["keys"]
+            if "manifest" in message:
+                self.spec.manifest = Manifest.model_validate_json(message["manifest"])
             for proc, channel in self.children:
                 try:
                     channel.sendall(line)
@@ -170,10 +228,14 @@ class GatewayPool:
         self._send({"manifest": manifest.model_dump_json(), "keys": records})
 
     def stop(self, reason: str) -> None:
-        """Every process forgets its keys and exits (the worker failed closed)."""
+        """Every process forgets its keys and exits (the worker failed closed); none is replaced."""
+        self._done.set()
         self._send({"stop": reason})
 
     def close(self) -> None:
+        self._done.set()
+        if self._watcher.is_alive():
+            self._watcher.join()  # a replacement under way finishes first, and is closed below
         for _, channel in self.children:
             channel.close()  # a child stops serving when its channel closes
         for proc, _ in self.children:
@@ -183,6 +245,15 @@ class GatewayPool:
                 proc.kill()
                 proc.wait()
         self.children.clear()
+
+
+def _exit_status(code: int) -> str:
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
 
 
 def _follow(lines: Any, app: "GatewayApp", server: uvicorn.Server) -> None:
