@@ -8,7 +8,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from veil.errors import ParseError, PolicyError, VerificationError
 from veil.manifest import (
     Manifest,
+    ModelEntry,
     ReferenceValues,
+    ReleasePolicy,
     SignedManifest,
     check_successor,
     public_key_hex,
@@ -30,6 +32,29 @@ def test_digest_is_canonical_and_stable() -> None:
     again = Manifest.model_validate_json(m.model_dump_json(indent=4))
     assert m.digest() == again.digest()
     assert make_manifest(admin, settings={"a": 1}).digest() != m.digest()
+
+
+def test_fields_added_later_are_left_out_while_unset() -> None:
+    """Manifests signed before a field existed keep their canonical bytes: each later field is
+    absent from the JSON while unset, and present once set."""
+    admin = Ed25519PrivateKey.generate()
+    later = {
+        ReferenceValues: ("snp", "tdx", "gpu", "azure"),
+        ModelEntry: ("tree_sha256",),
+        ReleasePolicy: ("skr",),
+        Manifest: ("tenants", "padding", "gateway", "coordinator_identity"),
+    }
+    unset = {
+        ReferenceValues: ReferenceValues(platform="sim-snp", measurements=[MEAS]),
+        ModelEntry: ModelEntry(name="m", sha256="00" * 32),
+        ReleasePolicy: ReleasePolicy(),
+        Manifest: make_manifest(admin),
+    }
+    for model, names in later.items():
+        assert not set(names) & set(unset[model].model_dump(mode="json")), model
+    assert b"tenants" not in unset[Manifest].canonical() and b"coordinator_identity" not in unset[Manifest].canonical()
+    assert "tree_sha256" in ModelEntry(name="m", sha256="00" * 32, tree_sha256="11" * 32).model_dump()
+    assert "coordinator_identity" in make_manifest(admin, coordinator_identity="22" * 32).model_dump()
 
 
 def test_chain_accepts_signed_successors() -> None:

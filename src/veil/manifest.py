@@ -11,7 +11,7 @@ manifest and its predecessor, so returning to an earlier manifest is a new, dist
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
@@ -52,6 +52,17 @@ TcbStatus = Literal[
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields added after manifests were first signed: left out of the JSON while unset (None or
+    # empty), so manifests written before them keep their canonical bytes and digests.
+    omitted_while_unset: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: Any) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in self.omitted_while_unset:
+            if getattr(self, name) in (None, []):
+                data.pop(name, None)
+        return data
 
 
 def _hex_values(values: list[str] | None, size: int) -> list[str] | None:
@@ -193,6 +204,8 @@ class ReferenceValues(_Strict):
     snp: SnpReference | None = None
     tdx: TdxReference | None = None
 
+    omitted_while_unset = ("snp", "tdx", "gpu", "azure")
+
     @model_validator(mode="after")
     def _per_platform(self) -> "ReferenceValues":
         if self.snp is not None and self.platform not in SNP_PLATFORMS:
@@ -206,15 +219,6 @@ class ReferenceValues(_Strict):
         if self.require_gpu and self.gpu is None:
             raise ValueError("require_gpu needs GPU reference values (gpu): GPUs are judged against them")
         return self
-
-    @model_serializer(mode="wrap")
-    def _omit_unset(self, handler: Any) -> dict[str, Any]:
-        # left out while None, so manifests written before these fields keep their digests
-        data: dict[str, Any] = handler(self)
-        for name in ("snp", "tdx", "gpu", "azure"):
-            if getattr(self, name) is None:
-                data.pop(name, None)
-        return data
 
 
 class ModelEntry(_Strict):
@@ -230,13 +234,7 @@ class ModelEntry(_Strict):
     # the pin the worker checks while it unseals on every core; `veil seal` prints it
     tree_sha256: str | None = None
 
-    @model_serializer(mode="wrap")
-    def _omit_tree(self, handler: Any) -> dict[str, Any]:
-        # left out while None, so manifests written before this field keep their digests
-        data: dict[str, Any] = handler(self)
-        if self.tree_sha256 is None:
-            data.pop("tree_sha256", None)
-        return data
+    omitted_while_unset = ("tree_sha256",)
 
 
 class ReleasePolicy(_Strict):
@@ -259,6 +257,8 @@ class ReleasePolicy(_Strict):
     # given as a release policy means {"skr": document}
     skr: dict[str, Any] | None = None
 
+    omitted_while_unset = ("skr",)
+
     @model_validator(mode="before")
     @classmethod
     def _bare_skr(cls, data: Any) -> Any:
@@ -277,13 +277,6 @@ class ReleasePolicy(_Strict):
             except ParseError as err:
                 raise ValueError(f"{err.reason}: {err.message}") from None
         return value
-
-    @model_serializer(mode="wrap")
-    def _omit_skr(self, handler: Any) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if self.skr is None:
-            data.pop("skr", None)
-        return data
 
 
 class SandboxSettings(_Strict):
@@ -355,25 +348,14 @@ class Manifest(_Strict):
     # state swapped underneath by the host is refused, not served (docs/protocol.md §2b).
     coordinator_identity: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
+    omitted_while_unset = ("tenants", "padding", "gateway", "coordinator_identity")
+
     @field_validator("tenants")
     @classmethod
     def _unique_tenants(cls, tenants: list[TenantEntry]) -> list[TenantEntry]:
         if len({t.id for t in tenants}) != len(tenants) or len({t.key_sha256 for t in tenants}) != len(tenants):
             raise ValueError("tenant ids and key hashes must be unique")
         return tenants
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_additions(self, handler: Any) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if not self.tenants:
-            data.pop("tenants", None)
-        if self.padding is None:
-            data.pop("padding", None)
-        if self.gateway is None:
-            data.pop("gateway", None)
-        if self.coordinator_identity is None:
-            data.pop("coordinator_identity", None)
-        return data
 
     def canonical(self) -> bytes:
         """RFC 8785 canonical JSON: the bytes that are hashed and signed."""
